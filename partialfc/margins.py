@@ -29,9 +29,10 @@ cosine itself, shifted so that ψ is continuous at θ*:
 This is the ArcFace paper's fallback ``cos θ − m·sin m`` made continuous: ψ stays strictly
 decreasing in θ over [0, π] and its gradient there is ``s`` (finite, never zero).
 
-**Endpoints.** At ``cos θ = ±1`` the exact derivative of ``cos(m1·θ + m2)`` is unbounded (``sin θ``
-in the denominator). Cosines are clamped to ``[−1 + ε, 1 − ε]`` before ``arccos``, which keeps
-the gradient finite; ``ε`` is chosen per dtype.
+**Endpoints.** At ``cos θ = 1`` the exact derivative of ``cos(m1·θ + m2)`` is unbounded (``sin θ``
+in the denominator). Above ``1 − ε`` ψ continues linearly with its slope at ``1 − ε``, so it stays
+strictly monotonic with a finite gradient; ``ε`` is 1e-6 (fp32) or 1e-7 (fp64). Near ``cos θ = −1``
+the continuation above applies, which is linear in ``cos θ`` already.
 
 :class:`Softmax` is the unnormalised baseline: ``logit = x · w`` with no scale and no margin.
 """
@@ -81,12 +82,21 @@ class CombinedMargin:
         if self.m1 == 1.0 and self.m2 == 0.0:  # CosFace: no angle needed, exact everywhere
             return (cos_theta - self.m3) * self.s
         eps = _clamp_eps(cos_theta.dtype)
-        theta = torch.acos(cos_theta.clamp(-1.0 + eps, 1.0 - eps))
-        margin_branch = torch.cos(theta * self.m1 + self.m2) - self.m3
+        clamped = cos_theta.clamp(-1.0 + eps, 1.0 - eps)
+        theta = torch.acos(clamped)
+        # Above 1 − ε, continue linearly with the slope at 1 − ε: strictly monotonic, finite gradient.
+        # (Below −1 + ε the tail branch applies whenever m1·θ + m2 can reach π.)
+        overshoot = (cos_theta - clamped).clamp_min(0.0)
+        margin_branch = torch.cos(theta * self.m1 + self.m2) - self.m3 + overshoot * self._top_slope(eps)
         if self.theta_star >= math.pi:
             return margin_branch * self.s
         tail_branch = cos_theta - self._tail_offset
         return torch.where(theta <= self.theta_star, margin_branch, tail_branch) * self.s
+
+    def _top_slope(self, eps: float) -> float:
+        """d cos(m1·θ + m2) / d cos θ at cos θ = 1 − ε, i.e. m1·sin(m1·θ0 + m2) / sin θ0."""
+        theta0 = math.acos(1.0 - eps)
+        return self.m1 * math.sin(self.m1 * theta0 + self.m2) / math.sin(theta0)
 
     def __repr__(self) -> str:
         return f"CombinedMargin(s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3})"

@@ -54,5 +54,5 @@ def batch(step: int, num_samples: int, dim: int, num_classes: int) -> tuple[torc
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual − expected| / max |expected|."""
-    expected = expected.double()
-    return float((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+    actual, expected = actual.detach().double(), expected.detach().double()
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))

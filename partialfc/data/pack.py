@@ -1,0 +1,209 @@
+"""Write face datasets as RecordIO, from image folders, InsightFace ``.lst`` files or generators.
+
+Keys follow the InsightFace layout inside every shard (header 0, images 1..n sorted by
+identity, identity records n+1..n+k); the *physical* order of the images can be shuffled
+independently of the keys, so a sequential reader such as DALI's sees mixed identities while
+the identity key ranges stay valid.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from partialfc.data.dataset import DatasetError, shard_name, write_property
+from partialfc.data.image import ImageDecodeError, jpeg_size
+from partialfc.data.progress import Progress
+from partialfc.data.recordio import RecordWriter, pack_record
+
+LAYOUTS = ("insightface", "headerless")
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
+
+
+def scan_folder(src: Path) -> tuple[list[int], list[Path], list[str]]:
+    """Images under ``src/<identity>/``; class ids follow the sorted identity folder names."""
+    identities = sorted(d for d in Path(src).iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not identities:
+        raise DatasetError(f"{src}: no identity sub-folders")
+    labels: list[int] = []
+    paths: list[Path] = []
+    skipped = 0
+    for label, folder in enumerate(identities):
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.suffix.lower() in JPEG_SUFFIXES]
+        skipped += len(files) - len(images)
+        if not images:
+            raise DatasetError(f"{folder}: identity folder holds no .jpg/.jpeg image")
+        labels.extend([label] * len(images))
+        paths.extend(images)
+    if skipped:
+        warnings.warn(f"{src}: skipped {skipped} files that are not .jpg/.jpeg", stacklevel=2)
+    return labels, paths, [d.name for d in identities]
+
+
+def read_list(lst: Path) -> tuple[list[int], list[Path]]:
+    """Parse a ``.lst``: InsightFace ``aligned<TAB>path<TAB>label`` or im2rec ``index<TAB>label<TAB>path``.
+
+    Relative paths are taken relative to the ``.lst`` file's folder.
+    """
+    labels: list[int] = []
+    paths: list[Path] = []
+    root = Path(lst).parent
+    for lineno, line in enumerate(Path(lst).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        try:
+            if len(fields) < 3:
+                raise ValueError
+            if _is_int(fields[-1]) and not _is_number(fields[1]):
+                path, label = fields[1], int(fields[-1])
+            elif _is_number(fields[1]) and not _is_number(fields[-1]):
+                path, label = fields[-1], int(float(fields[1]))
+            else:
+                raise ValueError
+        except ValueError:
+            raise DatasetError(
+                f"{lst}: line {lineno} is {line!r}; expected 'aligned\\tpath\\tlabel' or 'index\\tlabel\\tpath'"
+            ) from None
+        labels.append(label)
+        p = Path(path)
+        paths.append(p if p.is_absolute() else root / p)
+    if not labels:
+        raise DatasetError(f"{lst}: no entries")
+    return labels, paths
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_jpeg_file(path: Path) -> bytes:
+    """Bytes of a JPEG file, stored as they are (no re-encoding loses no quality)."""
+    return Path(path).read_bytes()
+
+
+class _Checked:
+    """Worker-side wrapper: load one image and read its size, naming the source on failure."""
+
+    def __init__(self, load: Callable[[Any], bytes]) -> None:
+        self.load = load
+
+    def __call__(self, source: Any) -> tuple[bytes, tuple[int, int]]:
+        data = self.load(source)
+        if not data:
+            raise DatasetError(f"{source}: empty image")
+        try:
+            return data, jpeg_size(data)
+        except ImageDecodeError as err:
+            raise DatasetError(f"{source}: {err}") from None
+
+
+def _loaded(load: Callable[[Any], bytes], sources: Sequence[Any], workers: int) -> Iterator[tuple[bytes, tuple[int, int]]]:
+    """Yield loaded images in order, in a process pool when it pays off."""
+    checked = _Checked(load)
+    if workers <= 1 or len(sources) < 256:
+        yield from map(checked, sources)
+        return
+    chunk = max(1, min(256, len(sources) // (workers * 8)))
+    with multiprocessing.get_context().Pool(workers) as pool:
+        yield from pool.imap(checked, sources, chunksize=chunk)
+
+
+def shard_paths(out_prefix: str | Path, shards: int) -> list[Path]:
+    """The .rec paths ``pack_dataset`` writes for ``shards`` shards."""
+    if shards == 1:
+        return [Path(f"{out_prefix}.rec")]
+    return [shard_name(out_prefix, s, shards) for s in range(shards)]
+
+
+def pack_dataset(
+    out_prefix: str | Path,
+    labels: Sequence[int],
+    sources: Sequence[Any],
+    load: Callable[[Any], bytes],
+    *,
+    num_classes: int | None = None,
+    shards: int = 1,
+    shuffle: bool = False,
+    seed: int = 0,
+    layout: str = "insightface",
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Write images ``load(sources[i])`` with class ``labels[i]`` as RecordIO shards + ``property``.
+
+    ``load`` must be picklable (a module-level function or object) since it runs in worker
+    processes. Returns the .rec paths written.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    lab = np.asarray(labels, dtype=np.int64)
+    n = len(lab)
+    if n == 0 or len(sources) != n:
+        raise DatasetError(f"{out_prefix}: need one source per label, got {len(sources)} sources for {n} labels")
+    if lab.min() < 0 or lab.max() >= 1 << 24:
+        raise DatasetError(f"{out_prefix}: labels must lie in [0, 2**24), got {lab.min()}..{lab.max()}")
+    num_classes = int(lab.max()) + 1 if num_classes is None else num_classes
+    if lab.max() >= num_classes:
+        raise DatasetError(f"{out_prefix}: label {lab.max()} out of range for num_classes={num_classes}")
+    if not 1 <= shards <= n:
+        raise DatasetError(f"{out_prefix}: cannot split {n} images into {shards} shards")
+    physical = np.random.default_rng(seed).permutation(n) if shuffle else np.argsort(lab, kind="stable")
+    bounds = np.linspace(0, n, shards + 1).astype(np.int64)
+    order = [physical[bounds[s] : bounds[s + 1]] for s in range(shards)]
+    recs = shard_paths(out_prefix, shards)
+    recs[0].parent.mkdir(parents=True, exist_ok=True)
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    stream = _loaded(load, [sources[i] for i in physical.tolist()], workers)
+    size: tuple[int, int] | None = None
+    bar = Progress(n, f"pack {recs[0].parent}") if progress else None
+    for rec, items in zip(recs, order):
+        with RecordWriter(rec) as writer:
+            if layout == "headerless":
+                keys = np.arange(len(items), dtype=np.int64)
+            else:
+                by_identity = np.argsort(lab[items], kind="stable")
+                keys = np.empty(len(items), np.int64)
+                keys[by_identity] = np.arange(1, len(items) + 1)
+            for item, key in zip(items.tolist(), keys.tolist()):
+                data, hw = next(stream)
+                if size is None:
+                    size = hw
+                elif hw != size:
+                    raise DatasetError(f"{sources[item]}: image is {hw[0]}x{hw[1]}, earlier ones are {size[0]}x{size[1]}")
+                writer.write(key, pack_record(float(lab[item]), data, id=key))
+                if bar:
+                    bar.update()
+            if layout == "insightface":
+                _write_identities(writer, lab[items])
+    if bar:
+        bar.close()
+    assert size is not None
+    write_property(recs[0].parent, num_classes, size[0], size[1], n)
+    return recs
+
+
+def _write_identities(writer: RecordWriter, shard_labels: np.ndarray) -> None:
+    """Identity records (key ranges of each label's images) and the header, after the images."""
+    n = len(shard_labels)
+    sorted_labels = np.sort(shard_labels, kind="stable")
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    ends = np.r_[starts[1:], n]
+    for j, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        writer.write(n + 1 + j, pack_record([a + 1, b + 1], b""))
+    writer.write(0, pack_record([n + 1, n + 1 + len(starts)], b""))

@@ -1,0 +1,96 @@
+"""Which images each rank reads in each epoch: the one plan that both loaders (DALI, PyTorch) follow.
+
+Every rank derives the same global order from ``(seed, epoch)`` alone, so no communication is
+needed. The tail that does not fill a batch on every rank is dropped, so all ranks run the same
+number of equally sized batches and collective calls in the training step never wait on a rank
+that has run out of data. Global batch ``g`` goes to rank ``g % world_size``: with ``shuffle``
+off, step ``s`` of all ranks together covers one contiguous slice of the dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def batches_per_rank(num_images: int, batch_size: int, world_size: int) -> int:
+    """Number of full batches every rank gets per epoch (the remainder is dropped globally)."""
+    if batch_size < 1 or world_size < 1:
+        raise ValueError(f"batch_size ({batch_size}) and world_size ({world_size}) must be positive")
+    count = num_images // (batch_size * world_size)
+    if count == 0:
+        raise ValueError(
+            f"dataset has {num_images} images: not enough for one batch of {batch_size} on each of {world_size} ranks"
+        )
+    return count
+
+
+def rank_batches(
+    num_images: int,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+) -> np.ndarray:
+    """Image indices of every batch of ``rank`` in ``epoch``, shape ``[batches_per_rank, batch_size]``.
+
+    The same arguments give the same plan on any machine (numpy's PCG64 stream from a
+    SeedSequence of ``(seed, epoch)``); ranks of one job get disjoint batches.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"seed ({seed}) and epoch ({epoch}) must be non-negative")
+    count = batches_per_rank(num_images, batch_size, world_size)
+    used = count * batch_size * world_size
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(num_images)[:used]
+    else:
+        order = np.arange(used, dtype=np.int64)
+    return order.reshape(count, world_size, batch_size)[:, rank].astype(np.int64)
+
+
+def stream_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
+    """A 31-bit seed for one random stream (flips, in-batch order) of one rank in one epoch.
+
+    Ranks and epochs must not share augmentation streams, and DALI takes only non-negative
+    32-bit seeds.
+    """
+    return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def check_state(state: dict[str, Any], backend: str, loader: Any) -> tuple[int, int]:
+    """Validate a loader ``state_dict`` against ``loader``; returns the (epoch, batch) to continue at.
+
+    A mid-epoch position means the same images only under the same plan: world size, rank,
+    batch size, seed, shuffle and dataset size must all match, else ``ValueError`` names the field.
+    At an epoch boundary only seed, shuffle and dataset size must match, so a job can restart on a
+    different world size there.
+    """
+    where = f"rank {loader.rank}: {backend} loader state"
+    if state.get("backend") != backend:
+        raise ValueError(f"{where}: field 'backend' is {state.get('backend')!r}, this loader is {backend!r}")
+    for field in ("epoch", "batch", "num_batches", "world_size", "rank", "batch_size", "seed", "shuffle", "num_images"):
+        if field not in state:
+            raise ValueError(f"{where}: field {field!r} is missing")
+    epoch, batch = int(state["epoch"]), int(state["batch"])
+    if not 0 <= batch <= int(state["num_batches"]):
+        raise ValueError(f"{where}: field 'batch' is {batch}, outside [0, {state['num_batches']}]")
+    boundary = batch in (0, int(state["num_batches"]))
+    expected = {"seed": loader.seed, "shuffle": loader.shuffle, "num_images": int(loader.dataset.num_images)}
+    if not boundary:
+        expected.update(world_size=loader.world_size, rank=loader.rank, batch_size=loader.batch_size)
+    for field, value in expected.items():
+        if state[field] != value:
+            hint = (
+                f" (mid-epoch position, batch {batch}: resuming on another world size is only possible at an epoch boundary)"
+                if field in ("world_size", "rank", "batch_size")
+                else ""
+            )
+            raise ValueError(f"{where}: field {field!r} is {state[field]!r}, this loader has {value!r}{hint}")
+    if batch == int(state["num_batches"]):
+        return epoch + 1, 0
+    return epoch, batch

@@ -1,0 +1,145 @@
+"""Synthetic face-like dataset: learnable identities, real RecordIO layout, verification pairs.
+
+Each identity is an analytic picture (background waves, a coloured ellipse "face", a few
+coloured blobs at identity-specific places). Every image of that identity renders the same
+picture under a random similarity transform, lighting change and noise, so a small CNN can
+learn identities and embeddings generalise to held-out identities, which makes open-set
+verification on them meaningful. Everything derives from the seed: same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from partialfc.data.image import encode_jpeg
+from partialfc.data.pack import pack_dataset
+from partialfc.data.verification import write_verification_bin
+
+SIZE = 112
+NUM_BLOBS = 5
+TRAIN_PREFIX = "train"
+VERIFICATION_NAME = "synth_val"
+_IDENTITY, _AUGMENT, _PAIRS = 0, 1, 2  # independent random streams per purpose
+_AXIS = (np.arange(SIZE, dtype=np.float32) + 0.5) / SIZE * 2 - 1  # pixel centres in [-1, 1]
+
+
+def _identity_params(seed: int, identity: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng((seed, _IDENTITY, identity))
+    params = {
+        "bg": rng.uniform(40, 215, 3),
+        "wave_freq": rng.uniform(1.0, 4.0, (2, 2)) * rng.choice([-1, 1], (2, 2)),
+        "wave_phase": rng.uniform(0, 2 * math.pi, 2),
+        "wave_amp": rng.uniform(15, 45, (2, 3)),
+        "face_colour": rng.uniform(30, 225, 3),
+        "face_axes": rng.uniform(0.45, 0.8, 2),
+        "blob_pos": rng.uniform(-0.55, 0.55, (NUM_BLOBS, 2)),
+        "blob_size": rng.uniform(0.08, 0.22, NUM_BLOBS),
+        "blob_colour": rng.uniform(0, 255, (NUM_BLOBS, 3)),
+    }
+    # float32 everywhere: a float64 scalar would promote every 112x112 operation.
+    return {k: v.astype(np.float32) for k, v in params.items()}
+
+
+def render(seed: int, identity: int, index: int) -> np.ndarray:
+    """Image ``index`` of ``identity`` as uint8 112x112x3 RGB."""
+    p = _identity_params(seed, identity)
+    rng = np.random.default_rng((seed, _AUGMENT, identity, index))
+    angle, scale, gain, offset = (float(t) for t in rng.uniform((-0.2, 0.9, 0.75, -25), (0.2, 1.1, 1.25, 25)))
+    shift = rng.uniform(-0.12, 0.12, 2).astype(np.float32)
+    tint = rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    # Canonical coordinates in [-1, 1]; evaluate the identity's picture at the inverse transform.
+    x = _AXIS[None, :] - shift[0]
+    y = _AXIS[:, None] - shift[1]
+    c, s = math.cos(angle) / scale, math.sin(angle) / scale
+    u, v = c * x + s * y, -s * x + c * y
+    # Channels-first while computing: broadcasting a 2-D weight over a leading axis of 3 is
+    # ten times faster than over a trailing one.
+    img = np.empty((3, SIZE, SIZE), np.float32)
+    img[:] = p["bg"][:, None, None]
+    for k in range(2):
+        wave = np.sin(math.pi * (p["wave_freq"][k, 0] * u + p["wave_freq"][k, 1] * v) + p["wave_phase"][k])
+        img += wave[None] * p["wave_amp"][k][:, None, None]
+    face = (u / p["face_axes"][0]) ** 2 + (v / p["face_axes"][1]) ** 2 < 1
+    img[:, face] = p["face_colour"][:, None]
+    for (bx, by), r, colour in zip(p["blob_pos"], p["blob_size"], p["blob_colour"]):
+        weight = np.exp(-((u - bx) ** 2 + (v - by) ** 2) / (2 * r * r))
+        img += weight[None] * (colour[:, None, None] - img)
+    img = (img - 128) * (gain * tint)[:, None, None] + (128 + offset)
+    img += (rng.random(img.shape, dtype=np.float32) - 0.5) * 20  # uniform noise, std about 5.8
+    return np.ascontiguousarray(np.clip(img, 0, 255).astype(np.uint8).transpose(1, 2, 0))
+
+
+class SyntheticImage:
+    """Picklable loader for the packer: source ``(identity, index)`` -> encoded JPEG."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, source: tuple[int, int]) -> bytes:
+        identity, index = source
+        return encode_jpeg(render(self.seed, identity, index), quality=90)
+
+
+def verification_pairs(
+    seed: int, first_identity: int, identities: int, images_per_identity: int, pairs: int
+) -> tuple[list[tuple[int, int]], list[bool]]:
+    """Image sources of ``pairs`` pairs (first half positive) drawn from the held-out identities."""
+    if identities < 2 and pairs > 1:
+        raise ValueError("negative verification pairs need at least 2 held-out identities")
+    rng = np.random.default_rng((seed, _PAIRS))
+    per_id = max(images_per_identity, 2)
+    sources: list[tuple[int, int]] = []
+    issame: list[bool] = []
+    for k in range(pairs):
+        same = k < (pairs + 1) // 2
+        if same:
+            a = b = int(rng.integers(identities))
+            i, j = (int(t) for t in rng.choice(per_id, 2, replace=False))
+        else:
+            a, b = (int(t) for t in rng.choice(identities, 2, replace=False))
+            i, j = (int(t) for t in rng.integers(per_id, size=2))
+        sources += [(first_identity + a, i), (first_identity + b, j)]
+        issame.append(same)
+    order = rng.permutation(pairs)
+    shuffled = [s for k in order.tolist() for s in sources[2 * k : 2 * k + 2]]
+    return shuffled, [issame[k] for k in order.tolist()]
+
+
+def generate_synthetic_dataset(
+    out_dir: str | Path,
+    identities: int,
+    images_per_identity: int,
+    seed: int = 0,
+    shards: int = 1,
+    holdout_identities: int = 0,
+    pairs: int = 0,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write ``out_dir/train.rec`` (or shards), ``property`` and ``synth_val.bin``; returns ``out_dir``.
+
+    Training identities get class ids 0..identities-1; the ``holdout_identities`` are extra
+    identities that appear only in the verification pairs (open-set evaluation). The images are
+    physically shuffled (keys stay sorted by identity) so sequential readers see mixed classes.
+    """
+    if identities < 1 or images_per_identity < 1:
+        raise ValueError("need at least one identity and one image per identity")
+    if pairs and not holdout_identities:
+        raise ValueError("verification pairs need --holdout-identities > 0")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.repeat(np.arange(identities), images_per_identity).tolist()
+    sources = [(i, j) for i in range(identities) for j in range(images_per_identity)]
+    loader = SyntheticImage(seed)
+    pack_dataset(
+        out / TRAIN_PREFIX, labels, sources, loader, num_classes=identities, shards=shards,
+        shuffle=True, seed=seed, workers=workers, progress=progress,
+    )
+    if pairs:
+        pair_sources, issame = verification_pairs(seed, identities, holdout_identities, images_per_identity, pairs)
+        write_verification_bin(out / f"{VERIFICATION_NAME}.bin", [loader(s) for s in pair_sources], issame)
+    return out
