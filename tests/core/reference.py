@@ -53,6 +53,6 @@ def batch(step: int, num_samples: int, dim: int, num_classes: int) -> tuple[torc
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual − expected| / max |expected|."""
+    """Norm-wise relative error ‖actual − expected‖ / ‖expected‖ (Frobenius)."""
     actual, expected = actual.detach().double(), expected.detach().double()
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+    return float(torch.linalg.vector_norm(actual - expected) / torch.linalg.vector_norm(expected).clamp_min(1e-30))
