@@ -49,12 +49,12 @@ class LazySGD:
         self,
         weight: torch.Tensor,
         state: dict[str, torch.Tensor],
-        rows: torch.Tensor | None,
+        rows: torch.Tensor | slice,
         row_values: torch.Tensor,
         grad: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Update ``weight[rows]`` (all rows when ``rows`` is None) in place.
+        """Update ``weight[rows]`` in place; ``rows`` is an index tensor or a contiguous slice.
 
         ``row_values`` holds the current fp32 values of those rows and ``grad`` their gradient;
         both are consumed (overwritten) to avoid extra ``[rows, D]`` buffers.
@@ -96,7 +96,7 @@ class LazyAdamW:
         self,
         weight: torch.Tensor,
         state: dict[str, torch.Tensor],
-        rows: torch.Tensor | None,
+        rows: torch.Tensor | slice,
         row_values: torch.Tensor,
         grad: torch.Tensor,
         generator: torch.Generator | None = None,
@@ -124,28 +124,28 @@ class LazyAdamW:
 CentreOptimizer = LazySGD | LazyAdamW
 
 
-def _load_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+def _load_rows(tensor: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
     """fp32 values of the selected rows, to be modified and handed to :func:`store_rows`.
 
-    With ``rows=None`` and fp32 storage this is the state tensor itself (updated in place, no
-    copy); otherwise a fresh buffer.
+    For a slice of fp32 storage this is a view (updated in place, no copy); otherwise a buffer.
     """
-    selected = tensor if rows is None else tensor.index_select(0, rows)
+    selected = tensor[rows] if isinstance(rows, slice) else tensor.index_select(0, rows)
     return selected.to(torch.float32)
 
 
 def store_rows(
     tensor: torch.Tensor,
-    rows: torch.Tensor | None,
+    rows: torch.Tensor | slice,
     values: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> None:
     """Write fp32 ``values`` into ``tensor[rows]``, rounding stochastically into bf16 storage."""
     if tensor.dtype == torch.bfloat16 and generator is not None:
         values = _stochastic_round_bf16(values, generator)
-    if rows is None:
-        if values.data_ptr() != tensor.data_ptr():  # dense fp32 updates were made in place
-            tensor.copy_(values)
+    if isinstance(rows, slice):
+        target = tensor[rows]
+        if values.data_ptr() != target.data_ptr():  # fp32 views were updated in place already
+            target.copy_(values)
     else:
         tensor.index_copy_(0, rows, values.to(tensor.dtype))
 

@@ -58,6 +58,7 @@ from partialfc.margins import CombinedMargin, Head
 __all__ = ["PartialFC", "shard_range", "LabelRangeError"]
 
 _INIT_BLOCK_ROWS = 4096  # rows per independently seeded block of the centre initialisation
+_UPDATE_CHUNK_ROWS = 32768  # rows per optimizer update call: bounds its fp32 working buffers
 _SAMPLING, _ROUNDING = 0, 1  # purposes of the per-step random streams
 
 
@@ -117,8 +118,9 @@ class PartialFC(nn.Module):
             raise ValueError(f"PartialFC: num_classes={num_classes} leaves rank {self.rank} of {self.world_size} without classes")
         self.num_sample = min(self.num_local, math.ceil(sample_rate * self.num_local))
 
-        weight = _init_centres(seed, self.class_start, self.num_local, embedding_size, init_std)
-        self.weight = nn.Parameter(weight.to(device=device, dtype=param_dtype), requires_grad=False)
+        weight = torch.empty(self.num_local, embedding_size, dtype=param_dtype, device=device)
+        _init_centres(weight, seed, self.class_start, init_std)
+        self.weight = nn.Parameter(weight, requires_grad=False)
         self._state_names = []
         for name, tensor in self.optimizer.init_state(self.weight).items():
             self.register_buffer(f"optim_{name}", tensor)
@@ -154,13 +156,12 @@ class PartialFC(nn.Module):
         if torch.is_grad_enabled():
             self._pending.append((rows, sampled_weight))
 
-        if self.margin.normalize:
-            # s is folded into the (small) embedding side so that the GEMM yields s·cos θ directly.
-            x = F.normalize(embeddings.float(), dim=1) * self.margin.scale
-            w = F.normalize(sampled_weight, dim=1)
-        else:
-            x, w = embeddings.float(), sampled_weight
-        return _MarginCrossEntropy.apply(x, w, target_col, in_shard, self.margin, self.process_group, self.world_size)
+        x = embeddings.float()
+        if self.margin.normalize:  # s is folded into the (N-row) embedding side: the GEMM yields s·cos θ
+            x = F.normalize(x, dim=1) * self.margin.scale
+        return _MarginCrossEntropy.apply(
+            x, sampled_weight, target_col, in_shard, self.margin, self.process_group, self.world_size
+        )
 
     @property
     def last_sampled_rows(self) -> torch.Tensor:
@@ -216,7 +217,8 @@ class PartialFC(nn.Module):
         self._pending = []
         state = {name: getattr(self, f"optim_{name}") for name in self._state_names}
         generator = self._generator(self.weight.device, _ROUNDING) if self.weight.dtype == torch.bfloat16 else None
-        self.optimizer.update(self.weight, state, rows, row_values, grad, generator)
+        for chunk in _row_chunks(rows, row_values.shape[0]):
+            self.optimizer.update(self.weight, state, chunk if rows is None else rows[chunk], row_values[chunk], grad[chunk], generator)
         self.step_count += 1
 
     # ------------------------------------------------------------------ checkpointing
@@ -250,9 +252,11 @@ class PartialFC(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
-def _init_centres(seed: int, class_start: int, num_local: int, dim: int, std: float) -> torch.Tensor:
-    """Rows ``[class_start, class_start + num_local)`` of a C×D matrix that does not depend on W."""
-    weight = torch.empty(num_local, dim)
+@torch.no_grad()
+def _init_centres(weight: torch.Tensor, seed: int, class_start: int, std: float) -> None:
+    """Fill ``weight`` with rows ``[class_start, class_start + num_local)`` of a C×D matrix that
+    does not depend on W; one block at a time, so no full-size fp32 temporary exists."""
+    num_local, dim = weight.shape
     first_block = class_start // _INIT_BLOCK_ROWS
     last_block = (class_start + num_local - 1) // _INIT_BLOCK_ROWS
     generator = torch.Generator()
@@ -262,7 +266,11 @@ def _init_centres(seed: int, class_start: int, num_local: int, dim: int, std: fl
         block_start = block * _INIT_BLOCK_ROWS
         lo, hi = max(class_start, block_start), min(class_start + num_local, block_start + _INIT_BLOCK_ROWS)
         weight[lo - class_start : hi - class_start] = values[lo - block_start : hi - block_start]
-    return weight
+
+
+def _row_chunks(rows: torch.Tensor | None, num_rows: int) -> list[slice]:
+    """Row ranges of at most _UPDATE_CHUNK_ROWS, bounding the optimizer's temporary buffers."""
+    return [slice(start, min(start + _UPDATE_CHUNK_ROWS, num_rows)) for start in range(0, num_rows, _UPDATE_CHUNK_ROWS)]
 
 
 def _merge_micro_batches(
@@ -357,11 +365,12 @@ class _AllGatherEmbeddings(torch.autograd.Function):
 
 
 class _MarginCrossEntropy(torch.autograd.Function):
-    """Logits GEMM + margin + distributed softmax cross-entropy, with a hand-written backward.
+    """Centre normalisation + logits GEMM + margin + distributed softmax CE, hand-written backward.
 
-    Fusing them keeps a single N×S fp32 buffer alive (logits → exp → gradient, in place) instead
-    of the several an autograd graph would save. Under autocast the GEMMs run in the autocast
-    dtype; the softmax and its sums are always fp32.
+    Fusing them keeps one N×S fp32 buffer alive (logits → exp → gradient, in place) and no S×D
+    buffer but the sampled centres and their gradient: centres are normalised by scaling the
+    logit columns by 1/‖w_j‖ rather than by materialising ŵ. Under autocast the GEMMs run in the
+    autocast dtype; the softmax and its sums are always fp32.
     """
 
     @staticmethod
@@ -371,6 +380,10 @@ class _MarginCrossEntropy(torch.autograd.Function):
         with torch.autocast(device_type, enabled=False):
             x_gemm, w_gemm = x.to(gemm_dtype), w.to(gemm_dtype)
             logits = (x_gemm @ w_gemm.t()).to(torch.float32)
+            inv_norm = None
+            if margin.normalize:
+                inv_norm = torch.linalg.vector_norm(w, dim=1).clamp_min_(1e-12).reciprocal_()
+                logits.mul_(inv_norm)
 
             column = target_col.unsqueeze(1)
             raw_target = logits.gather(1, column).squeeze(1)
@@ -386,7 +399,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
             _all_reduce_pair(sum_exp, true_logit, group, world_size)
             loss = (sum_exp.log() + row_max - true_logit).mean()
 
-        ctx.save_for_backward(x_gemm, w_gemm, target_col, in_shard)
+        ctx.save_for_backward(x_gemm, w_gemm, w, inv_norm, target_col, in_shard)
         ctx.exp_logits = exp_logits  # overwritten in place by backward: not a saved tensor
         ctx.sum_exp, ctx.dpsi_draw = sum_exp, dpsi_draw
         ctx.input_dtypes = (x.dtype, w.dtype)
@@ -395,7 +408,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        x_gemm, w_gemm, target_col, in_shard = ctx.saved_tensors
+        x_gemm, w_gemm, w, inv_norm, target_col, in_shard = ctx.saved_tensors
         grad = ctx.exp_logits
         ctx.exp_logits = None
         num_rows = grad.shape[0]
@@ -405,10 +418,16 @@ class _MarginCrossEntropy(torch.autograd.Function):
         grad_at_column = grad.gather(1, column).squeeze(1)
         grad_target = (grad_at_column - grad_loss / num_rows) * ctx.dpsi_draw
         grad.scatter_(1, column, torch.where(in_shard, grad_target, grad_at_column).unsqueeze(1))
+        if inv_norm is not None:
+            grad.mul_(inv_norm)  # through the column scaling: ∂L/∂(x·w_j) = ∂L/∂z_ij / ‖w_j‖
         grad = grad.to(x_gemm.dtype)
         grad_x = (grad @ w_gemm).to(ctx.input_dtypes[0])
-        grad_w = (grad.t() @ x_gemm).to(ctx.input_dtypes[1])
-        return grad_x, grad_w, None, None, None, None, None
+        grad_w = (grad.t() @ x_gemm).to(torch.float32)
+        if inv_norm is not None:
+            # Through ŵ = w/‖w‖: project out the radial part, g ← g − (g·w)·w/‖w‖², in place.
+            radial = torch.bmm(grad_w.unsqueeze(1), w.unsqueeze(2)).view(-1).mul_(inv_norm.square())
+            grad_w.addcmul_(radial.unsqueeze(1), w, value=-1.0)
+        return grad_x, grad_w.to(ctx.input_dtypes[1]), None, None, None, None, None
 
 
 def _margin_with_derivative(raw_target: torch.Tensor, margin: Head) -> tuple[torch.Tensor, torch.Tensor]:

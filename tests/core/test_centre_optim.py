@@ -32,7 +32,7 @@ def test_every_row_updated_equals_torch_optim(lazy, dense, indexed):
     weight, reference = init.clone(), init.clone().requires_grad_()
     state = lazy.init_state(weight)
     optimizer = dense([reference])
-    rows = torch.arange(ROWS) if indexed else None
+    rows = torch.arange(ROWS) if indexed else slice(0, ROWS)
     for grad in grads(4):
         values = weight.clone() if indexed else weight
         lazy.update(weight, state, rows, values, grad.clone())
@@ -71,7 +71,7 @@ def test_adamw_bias_correction_counts_each_rows_own_updates():
 def test_bf16_stochastic_rounding_is_unbiased():
     target = torch.full((20000, 1), 1.0 + 1e-3)  # bf16 spacing at 1.0 is 2**-7 ≈ 7.8e-3
     storage = torch.zeros(20000, 1, dtype=torch.bfloat16)
-    store_rows(storage, None, target.clone(), torch.Generator().manual_seed(0))
+    store_rows(storage, slice(None), target.clone(), torch.Generator().manual_seed(0))
     assert set(storage.float().unique().tolist()) == {1.0, 1.0078125}
     assert storage.float().mean().item() == pytest.approx(1.001, abs=2e-4)
     nearest = target.to(torch.bfloat16).float().mean().item()
