@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.optim.sgd import sgd
 
 __all__ = ["LazySGD", "LazyAdamW", "CentreOptimizer", "store_rows"]
 
@@ -59,15 +60,12 @@ class LazySGD:
         ``row_values`` holds the current fp32 values of those rows and ``grad`` their gradient;
         both are consumed (overwritten) to avoid extra ``[rows, D]`` buffers.
         """
-        direction = grad
-        if self.weight_decay:
-            direction.add_(row_values, alpha=self.weight_decay)
-        if self.momentum:
-            buf = _load_rows(state["momentum"], rows)
-            buf.mul_(self.momentum).add_(direction)
+        buf = _load_rows(state["momentum"], rows) if self.momentum else None
+        # torch's fused SGD kernel: one pass over weight, gradient and momentum instead of five.
+        sgd([row_values], [grad], [buf], fused=True, weight_decay=self.weight_decay, momentum=self.momentum,
+            lr=self.lr, dampening=0.0, nesterov=self.nesterov, maximize=False)
+        if buf is not None:
             store_rows(state["momentum"], rows, buf, generator)
-            direction = direction.add_(buf, alpha=self.momentum) if self.nesterov else buf
-        row_values.add_(direction, alpha=-self.lr)
         store_rows(weight, rows, row_values, generator)
 
 

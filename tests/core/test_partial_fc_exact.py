@@ -29,7 +29,7 @@ def train_shards(rank: int, world_size: int) -> dict:
             local_embeddings = embeddings[local].float().requires_grad_()
             loss = pfc(local_embeddings, labels[local])
             loss.backward()
-            centre_grad = pfc._pending[0][1].grad.clone()
+            centre_grad = pfc._pending[0].grad.clone()
             pfc.step()
             record["steps"].append(
                 {

@@ -90,5 +90,5 @@ def test_full_rate_uses_every_row_without_index():
     pfc = PartialFC(4, 10, 1.0, CombinedMargin())
     pfc(torch.randn(3, 4, requires_grad=True), torch.tensor([1, 2, 3])).backward()
     assert torch.equal(pfc.last_sampled_rows, torch.arange(10))
-    assert pfc._pending[0][0] is None  # the dense path skips the gather and index updates
+    assert pfc._pending[0].rows is None  # the dense path skips the gather and index updates
     pfc.step()
