@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 # its own venv and is never imported by the package.
 MXNET_VENV ?= .venv-mxnet
 
-.PHONY: setup test oracle clean
+.PHONY: setup test quickstart oracle clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ oracle: $(MXNET_VENV)/bin/python
 
 test: setup oracle
 	PARTIALFC_MXNET_PYTHON=$(MXNET_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+
+quickstart: setup
+	$(VENV)/bin/torchrun --nproc_per_node 2 -m partialfc.train --config configs/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) $(MXNET_VENV) .pytest_cache

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partialfc.centre_optim import CentreOptimizer, LazySGD
+from partialfc.distributed import all_gather_into, reduce_scatter_into
 from partialfc.margins import CombinedMargin, Head
 
 __all__ = ["PartialFC", "shard_range", "LabelRangeError"]
@@ -232,15 +233,25 @@ class PartialFC(nn.Module):
 
     # ------------------------------------------------------------------ update
     @torch.no_grad()
+    def grad_sq_norm(self) -> torch.Tensor:
+        """Squared L2 norm of this rank's pending centre gradient (a device scalar, no host sync).
+
+        Summed over ranks and added to the backbone's, it gives the global norm for clipping and
+        for the fp16 overflow decision.
+        """
+        return torch.linalg.vector_norm(self._pending_gradient().grad).square()
+
+    @torch.no_grad()
+    def scale_grad_(self, factor: torch.Tensor | float) -> None:
+        """Multiply the pending centre gradient (unscaling, clipping)."""
+        self._pending_gradient().grad.mul_(factor)
+
+    @torch.no_grad()
     def step(self) -> None:
         """Apply the lazy optimizer to the rows sampled since the last step; advance the step."""
-        if not self._pending:
-            raise RuntimeError("PartialFC.step() called without a forward pass since the last step")
-        self._label_check.raise_if_bad()
-        if not all(micro.has_grad for micro in self._pending):
-            raise RuntimeError("PartialFC.step(): a forward pass since the last step has no gradient (missing backward?)")
-        rows, values, grad = _merge_micro_batches(self.weight, self._pending)
+        micro = self._pending_gradient()
         self._pending = []
+        rows, values, grad = micro.rows, micro.values, micro.grad
         state = {name: getattr(self, f"optim_{name}") for name in self._state_names}
         generator = self._generator(self.weight.device, _ROUNDING) if self.weight.dtype == torch.bfloat16 else None
         chunk_rows = max(1, _UPDATE_CHUNK_BYTES // (4 * self.embedding_size))
@@ -250,6 +261,22 @@ class PartialFC(nn.Module):
                 self.weight, state, chunk if rows is None else rows[chunk], values[chunk], grad[chunk], generator
             )
         self.step_count += 1
+
+    def skip_step(self) -> None:
+        """Drop the pending gradient without an update (e.g. fp16 overflow); advance the step."""
+        self._pending = []
+        self.step_count += 1
+
+    def _pending_gradient(self) -> _MicroBatch:
+        """The step's gradient as one micro-batch record (micro-batches merged on first use)."""
+        if not self._pending:
+            raise RuntimeError("PartialFC.step() called without a forward pass since the last step")
+        self._label_check.raise_if_bad()
+        if not all(micro.has_grad for micro in self._pending):
+            raise RuntimeError("PartialFC.step(): a forward pass since the last step has no gradient (missing backward?)")
+        if len(self._pending) > 1:
+            self._pending = [_merge_micro_batches(self.weight, self._pending)]
+        return self._pending[0]
 
     # ------------------------------------------------------------------ checkpointing
     def get_extra_state(self) -> dict:
@@ -329,24 +356,23 @@ class _Workspace:
         return flat[:numel].view(shape)
 
 
-def _merge_micro_batches(
-    weight: torch.Tensor, pending: Sequence[_MicroBatch]
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(rows, their fp32 values, their summed gradient) over the micro-batches of one step."""
-    if len(pending) == 1:
-        return pending[0].rows, pending[0].values, pending[0].grad
+def _merge_micro_batches(weight: torch.Tensor, pending: Sequence[_MicroBatch]) -> _MicroBatch:
+    """One record for several micro-batches of a step: union of rows, summed gradients."""
+    device = weight.device
     if any(micro.rows is None for micro in pending):
-        grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        rows, values = None, weight.detach().to(torch.float32)
+        grad = torch.zeros(weight.shape, dtype=torch.float32, device=device)
         for micro in pending:
             if micro.rows is None:
                 grad.add_(micro.grad)
             else:
                 grad.index_add_(0, micro.rows, micro.grad)
-        return None, weight.detach().to(torch.float32), grad
-    rows, inverse = torch.unique(torch.cat([micro.rows for micro in pending]), sorted=True, return_inverse=True)
-    grad = torch.zeros(rows.numel(), weight.shape[1], dtype=torch.float32, device=weight.device)
-    grad.index_add_(0, inverse, torch.cat([micro.grad for micro in pending]))
-    return rows, weight.index_select(0, rows).to(torch.float32), grad
+    else:
+        rows, inverse = torch.unique(torch.cat([micro.rows for micro in pending]), sorted=True, return_inverse=True)
+        values = weight.index_select(0, rows).to(torch.float32)
+        grad = torch.zeros(rows.numel(), weight.shape[1], dtype=torch.float32, device=device)
+        grad.index_add_(0, inverse, torch.cat([micro.grad for micro in pending]))
+    return _MicroBatch(rows=rows, values=values, grad=grad, logits=pending[0].logits, has_grad=True)
 
 
 class _DeferredLabelCheck:
@@ -397,7 +423,7 @@ def _all_gather_labels(labels: torch.Tensor, group: dist.ProcessGroup | None, wo
     if world_size == 1:
         return labels
     gathered = labels.new_empty(world_size * labels.shape[0])
-    _all_gather_single(gathered, labels.contiguous(), group)
+    all_gather_into(gathered, labels.contiguous(), group)
     return gathered
 
 
@@ -408,13 +434,13 @@ class _AllGatherEmbeddings(torch.autograd.Function):
     def forward(ctx, local: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:
         ctx.group, ctx.world_size = group, world_size
         gathered = local.new_empty(world_size * local.shape[0], local.shape[1])
-        _all_gather_single(gathered, local.contiguous(), group)
+        all_gather_into(gathered, local.contiguous(), group)
         return gathered
 
     @staticmethod
     def backward(ctx, grad_gathered: torch.Tensor):
         local_grad = grad_gathered.new_empty(grad_gathered.shape[0] // ctx.world_size, grad_gathered.shape[1])
-        _reduce_scatter_single(local_grad, grad_gathered.contiguous(), ctx.group)
+        reduce_scatter_into(local_grad, grad_gathered.contiguous(), ctx.group)
         return local_grad.mul_(ctx.world_size), None, None
 
 
@@ -520,15 +546,6 @@ def _margin_with_derivative(raw_target: torch.Tensor, margin: Head) -> tuple[tor
         target_logit = margin.target_logit(raw / margin.scale)
         (dpsi_draw,) = torch.autograd.grad(target_logit.sum(), raw)
     return target_logit.detach().float(), dpsi_draw.float()
-
-
-def _all_gather_single(output: torch.Tensor, local: torch.Tensor, group: dist.ProcessGroup | None) -> None:
-    # torch 2.13 renamed all_gather_into_tensor; older releases have only the old name.
-    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(output, local, group=group)
-
-
-def _reduce_scatter_single(output: torch.Tensor, full: torch.Tensor, group: dist.ProcessGroup | None) -> None:
-    (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(output, full, op=dist.ReduceOp.SUM, group=group)
 
 
 def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None, world_size: int) -> None:

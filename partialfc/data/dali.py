@@ -27,17 +27,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image_index import BatchIndex, write_batch_index
-from partialfc.data.sampler import batches_per_rank, check_state, rank_batches, stream_seed
+from partialfc.data.sampler import PlannedLoader, check_state, stream_seed
 
 _READER = "Reader"
-_STATE_VERSION = 1
 
 
 @pipeline_def(enable_checkpointing=True)
@@ -64,14 +62,18 @@ def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, mea
     return images, labels.gpu() if gpu else labels
 
 
-class DaliLoader:
+class DaliLoader(PlannedLoader):
     """Batches ``(images [B,3,H,W] float32 in [-1,1], labels [B] int64)`` of one rank, via DALI.
 
     Every rank of a job must use the same ``seed``, ``batch_size`` and ``world_size``; then all
-    ranks yield ``len(loader)`` batches per epoch, disjoint across ranks. Call :meth:`set_epoch`
-    before iterating (as with ``DistributedSampler``); without it, the loader moves to the next
-    epoch by itself after a complete pass.
+    ranks yield ``len(loader)`` batches per epoch, disjoint across ranks. Call ``set_epoch`` before
+    iterating (as with ``DistributedSampler``); without it, the loader moves to the next epoch by
+    itself after a complete pass. The ``.rec`` files must be memory-mappable (local disk or a
+    file system with mmap): DALI maps the unlisted bytes between two planned records instead of
+    copying them.
     """
+
+    backend = "dali"
 
     def __init__(
         self,
@@ -88,48 +90,17 @@ class DaliLoader:
         prefetch_queue_depth: int = 2,
         work_dir: str | Path | None = None,
     ) -> None:
-        self.dataset = dataset
-        self.batch_size = int(batch_size)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.seed = int(seed)
+        super().__init__(dataset, batch_size, rank, world_size, seed, shuffle, flip)
         self.device_id = device_id
         self.num_threads = int(num_threads)
-        self.shuffle = bool(shuffle)
-        self.flip = bool(flip)
         self.prefetch_queue_depth = int(prefetch_queue_depth)
-        self._num_batches = batches_per_rank(dataset.num_images, self.batch_size, self.world_size)
-        rank_batches(dataset.num_images, self.batch_size, self.world_size, self.rank, self.seed, 0, False)
         self._work_dir = Path(tempfile.mkdtemp(prefix=f"partialfc-dali-rank{self.rank}-", dir=work_dir))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._work_dir, True)
-        self._epoch = 0
-        self._position = 0
         self._checkpoint: bytes | None = None
         self._live: DALIGenericIterator | None = None
 
-    def __len__(self) -> int:
-        return self._num_batches
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch, unless the loader is already inside that epoch."""
-        if epoch != self._epoch:
-            self._close_live()
-            self._epoch = int(epoch)
-            self._position = 0
-            self._checkpoint = None
-
-    def plan(self, epoch: int) -> np.ndarray:
-        """Image ids of this rank's batches in ``epoch`` (``[len(self), batch_size]``)."""
-        return rank_batches(
-            self.dataset.num_images, self.batch_size, self.world_size, self.rank, self.seed, epoch, self.shuffle
-        )
-
     def _open(self) -> tuple[DALIGenericIterator, BatchIndex]:
-        index = write_batch_index(self.dataset, self.plan(self._epoch), self._work_dir / f"epoch{self._epoch}.idx")
+        index = write_batch_index(self.dataset, self.plan(self.epoch), self._work_dir / f"epoch{self.epoch}.idx")
         pipe = _face_pipeline(
             paths=index.paths,
             index_path=str(index.index_path),
@@ -140,7 +111,7 @@ class DaliLoader:
             batch_size=self.batch_size + index.extra,
             num_threads=self.num_threads,
             device_id=self.device_id,
-            seed=stream_seed(self.seed, self._epoch, self.rank, 0),
+            seed=stream_seed(self.seed, self.epoch, self.rank, 0),
             prefetch_queue_depth=self.prefetch_queue_depth,
             checkpoint=self._checkpoint,
         )
@@ -155,74 +126,59 @@ class DaliLoader:
         return iterator, index
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._position >= self._num_batches:
-            self._epoch += 1
-            self._position = 0
-            self._checkpoint = None
-        self._close_live()
+        self._begin_pass()
+        self._park()
         iterator, index = self._open()
         self._live = iterator
         try:
-            while self._position < self._num_batches:
+            while self.position < len(self):
                 out = next(iterator)[0]
-                keep = index.keep[self._position]
+                keep = index.keep[self.position]
                 images, labels = out["images"], out["labels"]
                 if keep[-1] - keep[0] == len(keep) - 1:
                     images, labels = images[keep[0] : keep[-1] + 1], labels[keep[0] : keep[-1] + 1]
                 else:
                     where = torch.from_numpy(keep).to(images.device)
                     images, labels = images.index_select(0, where), labels.index_select(0, where)
-                self._position += 1
+                self.position += 1
                 yield images, labels
-            self._epoch += 1
-            self._position = 0
-            self._checkpoint = None
+            self._end_pass()
         finally:
             if self._live is iterator:
-                self._close_live()
+                self._park()
 
-    def _close_live(self) -> None:
-        """Drop the running pipeline, keeping its position so that the next ``__iter__`` resumes there."""
+    def _park(self) -> None:
+        """Drop the running pipeline, keeping its checkpoint so that the next ``__iter__`` resumes there."""
         if self._live is not None:
-            if 0 < self._position < self._num_batches:
+            if 0 < self.position < len(self):
                 self._checkpoint = self._live.checkpoints()[0]
             self._live = None
 
+    def _forget_position(self) -> None:
+        self._live = None
+        self._checkpoint = None
+
     def state_dict(self) -> dict[str, Any]:
-        """Position after the batches consumed so far (epoch, batch, DALI checkpoint)."""
-        checkpoint = self._checkpoint
-        if self._live is not None and 0 < self._position < self._num_batches:
-            checkpoint = self._live.checkpoints()[0]
-        return {
-            "backend": "dali",
-            "version": _STATE_VERSION,
-            "epoch": self._epoch,
-            "batch": self._position,
-            "world_size": self.world_size,
-            "rank": self.rank,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "flip": self.flip,
-            "num_images": int(self.dataset.num_images),
-            "num_batches": self._num_batches,
-            "dali_checkpoint": checkpoint if 0 < self._position < self._num_batches else None,
-        }
+        """Position after the batches consumed so far: epoch, batch and DALI's checkpoint."""
+        checkpoint = None
+        if 0 < self.position < len(self):
+            checkpoint = self._live.checkpoints()[0] if self._live is not None else self._checkpoint
+        return {**self._state(), "dali_checkpoint": checkpoint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``; refuse one saved under a different sharding or data plan."""
-        epoch, position = check_state(state, "dali", self)
-        self._close_live()
-        self._epoch, self._position = epoch, position
-        self._checkpoint = state["dali_checkpoint"] if 0 < position < self._num_batches else None
-        if 0 < self._position < self._num_batches and self._checkpoint is None:
-            raise ValueError(
-                f"rank {self.rank}: DALI loader state is inside epoch {self._epoch} (batch {self._position}) "
-                f"but field 'dali_checkpoint' is empty"
-            )
+        epoch, position = check_state(state, self.backend, self)
+        self._forget_position()
+        self.epoch, self.position = epoch, position
+        if 0 < position < len(self):
+            if not state.get("dali_checkpoint"):
+                raise ValueError(
+                    f"rank {self.rank}: dali loader state is inside epoch {epoch} (batch {position}) "
+                    f"but field 'dali_checkpoint' is empty"
+                )
+            self._checkpoint = state["dali_checkpoint"]
 
     def close(self) -> None:
         """Release the pipeline and remove the per-epoch index files."""
-        self._close_live()
+        self._forget_position()
         self._cleanup()
-

@@ -390,7 +390,7 @@ class RecordDataset:
         if bad.size:
             i = int(bad[0])
             raise DatasetError(
-                f"{self._where(i)}: label {raw[i]!r} is not a class id (non-negative integer below 2**24)"
+                f"{self._where(i)}: label {float(raw[i])!r} is not a class id (non-negative integer below 2**24)"
             )
         return raw.astype(np.int64)
 

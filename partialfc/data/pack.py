@@ -113,6 +113,16 @@ class _Checked:
             raise DatasetError(f"{source}: {err}") from None
 
 
+def pool_context() -> multiprocessing.context.BaseContext:
+    """fork where available, as DataLoader does: no ``__main__`` guard needed in callers' scripts.
+
+    The workers run only numpy and libjpeg-turbo, never torch, so inheriting the caller's
+    threads is harmless.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def _loaded(load: Callable[[Any], bytes], sources: Sequence[Any], workers: int) -> Iterator[tuple[bytes, tuple[int, int]]]:
     """Yield loaded images in order, in a process pool when it pays off."""
     checked = _Checked(load)
@@ -120,7 +130,7 @@ def _loaded(load: Callable[[Any], bytes], sources: Sequence[Any], workers: int) 
         yield from map(checked, sources)
         return
     chunk = max(1, min(256, len(sources) // (workers * 8)))
-    with multiprocessing.get_context().Pool(workers) as pool:
+    with pool_context().Pool(workers) as pool:
         yield from pool.imap(checked, sources, chunksize=chunk)
 
 

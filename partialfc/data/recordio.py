@@ -161,11 +161,17 @@ class RecordReader:
     DataLoader's parent) reopens its own map in each worker. Without an .idx file the records are
     found by scanning and keyed by their ordinal (0, 1, ...), as ``MXRecordIO`` numbers them; an
     .idx that does not describe the .rec exactly (offsets past EOF or not at a record, records
-    missing from it) is refused rather than silently trusted.
+    missing from it) is refused rather than silently trusted. ``check_index=False`` defers that
+    check (call :meth:`check_index`) so a verifier can still visit every indexed record.
     """
 
     def __init__(
-        self, rec_path: str | Path, idx_path: str | Path | None = None, *, rebuild_index: bool = False
+        self,
+        rec_path: str | Path,
+        idx_path: str | Path | None = None,
+        *,
+        rebuild_index: bool = False,
+        check_index: bool = True,
     ) -> None:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
@@ -173,7 +179,6 @@ class RecordReader:
             raise RecordIOError(f"{self.rec_path}: no such RecordIO file")
         self.size = self.rec_path.stat().st_size
         self._pid = -1
-        self._file = None
         self._map: mmap.mmap | None = None
         self.index_rebuilt = rebuild_index or not self.idx_path.is_file()
         if self.index_rebuilt:
@@ -187,7 +192,8 @@ class RecordReader:
             self.offsets = offsets
         else:
             self.keys, self.offsets = _parse_idx(self.idx_path)
-            self._check_index()
+            if check_index:
+                self.check_index()
         order = np.argsort(self.keys, kind="stable")
         self._sorted_keys = self.keys[order]
         self._sorted_pos = order
@@ -200,13 +206,12 @@ class RecordReader:
         """The whole .rec as a read-only buffer, mapped once per process (fork-safe)."""
         if self._pid != os.getpid():
             self._map = None
-            self._file = None
             self._pid = os.getpid()
         if self._map is None:
             if self.size == 0:
                 return memoryview(b"")
-            self._file = open(self.rec_path, "rb")
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            with open(self.rec_path, "rb") as f:  # the map keeps its own descriptor
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return memoryview(self._map)
 
     def words(self) -> np.ndarray:
@@ -268,7 +273,7 @@ class RecordReader:
             _, pos = self.read_at(pos)
         return np.asarray(offsets, dtype=np.int64)
 
-    def _check_index(self) -> None:
+    def check_index(self) -> None:
         """Verify that the .idx lists every record of the .rec once, at real record starts."""
         where = f"{self.idx_path} (index of {self.rec_path})"
         off = self.offsets
@@ -342,10 +347,7 @@ class RecordReader:
             except BufferError:
                 # A caller still holds a view of the map; it is released when that view dies.
                 pass
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
         self._map = None
-        self._file = None
 
     def __enter__(self) -> RecordReader:
         return self
@@ -355,5 +357,5 @@ class RecordReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_map=None, _file=None, _pid=-1)
+        state.update(_map=None, _pid=-1)
         return state

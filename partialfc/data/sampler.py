@@ -94,3 +94,75 @@ def check_state(state: dict[str, Any], backend: str, loader: Any) -> tuple[int, 
     if batch == int(state["num_batches"]):
         return epoch + 1, 0
     return epoch, batch
+
+
+class PlannedLoader:
+    """Epoch and position bookkeeping shared by the DALI and PyTorch loaders.
+
+    The loader is inside epoch ``epoch`` after ``position`` batches; a complete pass moves it to
+    the next epoch, and :meth:`set_epoch` jumps to another epoch's start (a no-op for the current
+    one, so a trainer that calls it after :meth:`load_state_dict` keeps the restored position).
+    """
+
+    backend = ""
+
+    def __init__(
+        self, dataset: Any, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool, flip: bool
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.flip = bool(flip)
+        self._num_batches = batches_per_rank(dataset.num_images, self.batch_size, self.world_size)
+        rank_batches(dataset.num_images, self.batch_size, self.world_size, self.rank, self.seed, 0, False)
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def plan(self, epoch: int) -> np.ndarray:
+        """Image ids of this rank's batches in ``epoch`` (``[len(self), batch_size]``)."""
+        return rank_batches(
+            self.dataset.num_images, self.batch_size, self.world_size, self.rank, self.seed, epoch, self.shuffle
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch, unless the loader is already inside that epoch."""
+        if int(epoch) != self.epoch:
+            self._forget_position()
+            self.epoch = int(epoch)
+            self.position = 0
+
+    def _begin_pass(self) -> None:
+        """Called by ``__iter__``: after a finished epoch, move to the next one."""
+        if self.position >= self._num_batches:
+            self._forget_position()
+            self.epoch += 1
+            self.position = 0
+
+    def _end_pass(self) -> None:
+        self._forget_position()
+        self.epoch += 1
+        self.position = 0
+
+    def _forget_position(self) -> None:
+        """Drop backend state tied to the current position (overridden by DALI)."""
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "epoch": self.epoch,
+            "batch": self.position,
+            "num_batches": self._num_batches,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "flip": self.flip,
+            "num_images": int(self.dataset.num_images),
+        }

@@ -1,0 +1,303 @@
+"""Typed training configuration: one dataclass per component, YAML file + dotted CLI overrides.
+
+Every field carries a one-line doc (``help``) that ``--help`` prints with its default. Values are
+checked when loaded: unknown keys, wrong types and out-of-range values fail before any process
+group or dataset is touched, naming the offending ``section.field`` and the file it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from partialfc.metrics import MetricsConfig
+
+__all__ = ["Config", "ConfigError", "load_config", "add_config_arguments", "config_from_args", "to_dict"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field (and file) it comes from."""
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with a one-line doc; mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SyntheticConfig:
+    identities: int = option(0, "generate a synthetic dataset with this many identities if data.path is missing (0: never)")
+    images_per_identity: int = option(20, "images per synthetic identity")
+    holdout_identities: int = option(200, "identities held out of training for the verification .bin")
+    pairs: int = option(1000, "verification pairs in the synthetic .bin (half positive)")
+    shards: int = option(2, "number of .rec shards to write")
+
+
+@dataclass
+class DataConfig:
+    path: str = option("", "dataset: a .rec file, its prefix, a directory holding one dataset, or a glob of shards")
+    num_classes: int = option(0, "number of identities; 0 takes it from the dataset (a non-zero value must agree)")
+    backend: Literal["auto", "dali", "torch"] = option("auto", "input pipeline: DALI when installed (auto), or the PyTorch fallback")
+    batch_size: int = option(128, "images per rank per step (global batch = batch_size x world size x grad_accum)")
+    num_workers: int = option(4, "decoding threads (DALI) or worker processes (PyTorch loader) per rank")
+    flip: bool = option(True, "random horizontal flip")
+    val_targets: list[str] = option([], "verification .bin files (LFW protocol); relative paths are resolved against data.path")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "synthetic dataset"})
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = option("r50", "backbone name from the registry (r18, r34, r50, r100, r200, mbf, tiny, ...)")
+    embedding_size: int = option(512, "embedding dimension D")
+    dropout: float = option(0.0, "dropout before the embedding layer")
+    channels_last: bool = option(True, "channels_last memory format on GPU (ignored on CPU)")
+
+
+@dataclass
+class LossConfig:
+    head: Literal["margin", "softmax"] = option("margin", "margin: normalised combined-margin head; softmax: plain unnormalised softmax")
+    s: float = option(64.0, "logit scale s")
+    m1: float = option(1.0, "multiplicative angular margin (SphereFace)")
+    m2: float = option(0.5, "additive angular margin (ArcFace)")
+    m3: float = option(0.0, "additive cosine margin (CosFace)")
+    sample_rate: float = option(1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling")
+    bf16_gemm: bool = option(False, "run the logits GEMM in bf16 under autocast (CE stays fp32)")
+    param_dtype: Literal["fp32", "bf16"] = option("fp32", "storage of class centres and their optimizer state")
+    init_std: float = option(0.01, "standard deviation of the centre initialisation")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = option("sgd", "optimizer of backbone and centres")
+    lr: float = option(0.1, "peak learning rate; linear scaling rule: 0.1 x global batch / 1024 for SGD")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas")
+    clip_grad_norm: float = option(0.0, "clip the global gradient norm (backbone + all centre shards) to this; 0 disables")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_epochs: float = option(0.0, "linear warm-up from 0 to optim.lr over this many epochs")
+    decay: Literal["poly", "cosine", "constant"] = option("poly", "decay after warm-up, by step")
+    power: float = option(2.0, "exponent of the polynomial decay")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = option(20.0, "training length in epochs (fractions allowed)")
+    max_steps: int = option(0, "stop after this many steps instead (0: use epochs)")
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
+    amp: Literal["none", "bf16", "fp16"] = option("bf16", "autocast dtype of the backbone (fp16 adds dynamic loss scaling)")
+    seed: int = option(0, "seed of initialisation, sampling, shuffling and augmentation")
+    deterministic: bool = option(False, "deterministic kernels (slower; bit-identical resume on GPU)")
+    log_every: int = option(50, "print a log line every N steps")
+    tensorboard: bool = option(False, "also write TensorBoard scalars (needs the tensorboard package)")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = option(2000, "save a checkpoint every N steps (and at the end); 0: only at the end")
+    keep: int = option(3, "keep the newest K complete checkpoints")
+    resume: str = option("auto", "auto: newest complete checkpoint in the run directory; a path; or none")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = option(2000, "run verification every N steps (and at the end); 0: only at the end")
+    batch_size: int = option(256, "images per rank per verification batch")
+    far: float = option(1e-3, "false accept rate at which TAR is reported")
+
+
+@dataclass
+class DistConfig:
+    backend: Literal["auto", "nccl", "gloo"] = option("auto", "collective backend; auto: NCCL on GPU, gloo on CPU")
+    timeout_s: int = option(1800, "collective timeout in seconds")
+
+
+@dataclass
+class Config:
+    output: str = option("runs/default", "run directory: config, log, checkpoints, model.pt, summary.json")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "input data"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "backbone"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "Partial-FC head"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "learning-rate schedule"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "verification"})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"help": "distributed"})
+    metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"help": "Prometheus metrics"})
+
+    def validate(self) -> None:
+        """Range checks that types alone cannot express."""
+        checks = [
+            ("data.batch_size", self.data.batch_size > 0, "must be > 0"),
+            ("data.num_classes", self.data.num_classes >= 0, "must be >= 0"),
+            ("model.embedding_size", self.model.embedding_size > 0, "must be > 0"),
+            ("loss.sample_rate", 0.0 < self.loss.sample_rate <= 1.0, "must be in (0, 1]"),
+            ("loss.s", self.loss.s > 0, "must be > 0"),
+            ("optim.lr", self.optim.lr > 0, "must be > 0"),
+            ("optim.betas", len(self.optim.betas) == 2, "must have two values"),
+            ("train.epochs", self.train.epochs > 0 or self.train.max_steps > 0, "or train.max_steps must be > 0"),
+            ("train.grad_accum", self.train.grad_accum >= 1, "must be >= 1"),
+            ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
+            ("checkpoint.keep", self.checkpoint.keep >= 1, "must be >= 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"{name}={_get(self, name)!r} {rule}")
+
+
+# ---------------------------------------------------------------------- loading
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < YAML file < overrides (dotted keys), validated."""
+    config = Config()
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read config {path}: {error}") from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+        _merge(config, raw, prefix="", source=str(path))
+    for key, value in (overrides or {}).items():
+        _set(config, key, value, source="command line")
+    config.validate()
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (for YAML dumps and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def _merge(node: Any, raw: dict[str, Any], prefix: str, source: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{name}' (known in this section: {', '.join(fields)})")
+        if dataclasses.is_dataclass(getattr(node, key)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{name}' is a section and needs a mapping, got {value!r}")
+            _merge(getattr(node, key), value, f"{name}.", source)
+        else:
+            _set(node, key, value, source, full_name=name)
+
+
+def _set(root: Any, dotted: str, value: Any, source: str, full_name: str | None = None) -> None:
+    *parents, leaf = dotted.split(".")
+    node = root
+    for part in parents:
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            raise ConfigError(f"{source}: unknown key '{dotted}'")
+        node = getattr(node, part)
+    name = full_name or dotted
+    if not dataclasses.is_dataclass(node) or leaf not in {f.name for f in dataclasses.fields(node)}:
+        raise ConfigError(f"{source}: unknown key '{name}'")
+    if dataclasses.is_dataclass(getattr(node, leaf)):
+        raise ConfigError(f"{source}: '{name}' is a section; set its fields ('{name}.<field>')")
+    expected = typing.get_type_hints(type(node))[leaf]
+    setattr(node, leaf, _coerce(value, expected, name, source))
+
+
+def _coerce(value: Any, expected: Any, name: str, source: str) -> Any:
+    """Convert YAML or command-line values to the field's type, or fail naming the field."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    fail = ConfigError(f"{source}: {name}: expected {_type_name(expected)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {name}: must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [item for item in value.split(",") if item]
+        if not isinstance(value, (list, tuple)):
+            raise fail
+        return [_coerce(item, args[0], name, source) for item in value]
+    if origin in (typing.Union, types.UnionType):
+        return value if value is None and type(None) in args else _coerce(value, args[0], name, source)
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise fail
+    if expected in (int, float):
+        if isinstance(value, bool):
+            raise fail
+        try:
+            converted = expected(value)
+        except (TypeError, ValueError):
+            raise fail from None
+        if expected is int and isinstance(value, float) and not value.is_integer():
+            raise fail
+        return converted
+    if expected is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise fail
+        return str(value)
+    raise fail
+
+
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) is list:
+        return f"a list of {_type_name(typing.get_args(expected)[0])}"
+    return getattr(expected, "__name__", str(expected))
+
+
+def _get(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# ---------------------------------------------------------------------- command line
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--section.field`` option per config field, documented, defaults shown."""
+    _add_fields(parser, Config(), prefix="")
+
+
+def _add_fields(parser: argparse.ArgumentParser, node: Any, prefix: str) -> None:
+    group = parser.add_argument_group(prefix.rstrip(".") or "run") if prefix else parser
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _add_fields(parser, value, f"{prefix}{f.name}.")
+            continue
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        group.add_argument(
+            f"--{prefix}{f.name}",
+            dest=f"{prefix}{f.name}",
+            metavar=_metavar(hints[f.name]),
+            choices=choices,
+            default=argparse.SUPPRESS,
+            help=f"{f.metadata['help']} (default: {shown!r})",
+        )
+
+
+def _metavar(expected: Any) -> str:
+    if typing.get_origin(expected) is Literal:
+        return "{" + ",".join(map(str, typing.get_args(expected))) + "}"
+    if typing.get_origin(expected) is list:
+        return "A,B,..."
+    return {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}.get(expected, "VALUE")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Config from ``--config FILE`` plus every ``--section.field`` given on the command line."""
+    overrides = {key: value for key, value in vars(args).items() if "." in key or key == "output"}
+    return load_config(getattr(args, "config", None), overrides)

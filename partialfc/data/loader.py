@@ -1,0 +1,172 @@
+"""PyTorch input pipeline (no DALI needed) and the factory that picks a backend.
+
+The fallback follows the same epoch plan as the DALI loader (:mod:`partialfc.data.sampler`), so it
+gives the same guarantees: equal batch counts on all ranks, a global shuffle seeded by
+``(seed, epoch)``, seeded flips, and a position that resumes exactly. One DataLoader item is one
+whole batch, decoded by a worker into shared memory, which keeps inter-process traffic to one
+tensor per batch. Workers are fork-safe: the record readers map their files again in each process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from partialfc.data.dataset import RecordDataset
+from partialfc.data.image import decode_jpeg
+from partialfc.data.sampler import PlannedLoader, check_state, stream_seed
+
+
+_SCALE = np.float32(1 / 127.5)
+
+
+class _EpochBatches(Dataset):
+    """Item ``b`` is batch ``b`` of one rank's epoch: decoded, flipped, normalised, in shared memory."""
+
+    def __init__(self, dataset: RecordDataset, plan: np.ndarray, flips: np.ndarray) -> None:
+        self.dataset = dataset
+        self.plan = plan
+        self.flips = flips
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def _where(self, i: int) -> str:
+        shard = self.dataset.shards[int(self.dataset.image_shard[i])]
+        return f"image {i} ({shard.rec_path}, key {int(self.dataset.image_key[i])})"
+
+    def _decode(self, i: int) -> np.ndarray:
+        try:
+            return decode_jpeg(self.dataset.read_image(i))
+        except ValueError as err:
+            raise ValueError(f"{self._where(i)}: {err}") from None
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, flips = self.plan[b], self.flips[b]
+        first = self._decode(int(ids[0]))
+        images = torch.empty((len(ids), 3) + first.shape[:2], dtype=torch.float32)
+        if torch.utils.data.get_worker_info() is not None:
+            images.share_memory_()  # filled in place, so the hand-over to the trainer copies nothing
+        out = images.numpy()
+        for k, i in enumerate(ids.tolist()):
+            image = first if k == 0 else self._decode(i)
+            if image.shape != first.shape:
+                raise ValueError(
+                    f"{self._where(i)} is {image.shape}, {self._where(int(ids[0]))} of the same "
+                    f"batch is {first.shape}; images must share one size"
+                )
+            if flips[k]:
+                image = image[:, ::-1]
+            # x / 127.5 - 1 maps [0, 255] to [-1, 1]; one image at a time stays in cache.
+            chw = out[k]
+            chw[...] = image.transpose(2, 0, 1)
+            chw *= _SCALE
+            chw -= 1.0
+        return images, torch.from_numpy(self.dataset.labels[ids])
+
+
+class TorchLoader(PlannedLoader):
+    """Batches ``(images [B,3,H,W] float32 in [-1,1], labels [B] int64)`` of one rank, via a DataLoader.
+
+    Same contract as :class:`partialfc.data.dali.DaliLoader`; ``num_workers`` processes decode
+    whole batches (0 decodes in the calling process).
+    """
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        dataset: RecordDataset,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        flip: bool = True,
+        num_workers: int = 2,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+        multiprocessing_context: str | None = None,
+    ) -> None:
+        super().__init__(dataset, batch_size, rank, world_size, seed, shuffle, flip)
+        self.num_workers = int(num_workers)
+        self.prefetch_factor = int(prefetch_factor)
+        self.pin_memory = bool(pin_memory)
+        self.multiprocessing_context = multiprocessing_context
+
+    def flips(self, epoch: int) -> np.ndarray:
+        """Which planned images of ``epoch`` are mirrored (``[len(self), batch_size]`` bool)."""
+        shape = (len(self), self.batch_size)
+        if not self.flip:
+            return np.zeros(shape, bool)
+        return np.random.default_rng(stream_seed(self.seed, epoch, self.rank, 1)).random(shape) < 0.5
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._begin_pass()
+        batches = _EpochBatches(self.dataset, self.plan(self.epoch), self.flips(self.epoch))
+        workers = self.num_workers > 0
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            sampler=range(self.position, len(self)),
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor if workers else None,
+            pin_memory=self.pin_memory,
+            multiprocessing_context=self.multiprocessing_context if workers else None,
+        )
+        for images, labels in loader:
+            self.position += 1
+            yield images, labels
+        self._end_pass()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position after the batches consumed so far (epoch and batch index)."""
+        return self._state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``; refuse one saved under a different sharding or data plan."""
+        self.epoch, self.position = check_state(state, self.backend, self)
+
+
+Backend = Literal["dali", "torch", "auto"]
+
+
+def dali_available() -> bool:
+    """True when ``nvidia.dali`` can be imported (it is an optional dependency)."""
+    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
+
+
+def build_loader(
+    dataset: RecordDataset,
+    *,
+    backend: Backend = "auto",
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle: bool = True,
+    flip: bool = True,
+    device_id: int | None = None,
+    num_workers: int = 2,
+    **options: Any,
+) -> PlannedLoader:
+    """The training loader for one rank: DALI when chosen or (``auto``) importable, else PyTorch.
+
+    ``num_workers`` is DALI's thread count or the DataLoader's process count; ``device_id`` (the
+    local GPU) makes DALI decode on that GPU and is ignored by the PyTorch loader, whose batches
+    stay on CPU. Extra ``options`` go to the chosen loader's constructor.
+    """
+    if backend not in ("dali", "torch", "auto"):
+        raise ValueError(f"data backend must be 'dali', 'torch' or 'auto', got {backend!r}")
+    common = dict(rank=rank, world_size=world_size, seed=seed, shuffle=shuffle, flip=flip)
+    if backend == "dali" or (backend == "auto" and dali_available()):
+        from partialfc.data.dali import DaliLoader
+
+        return DaliLoader(dataset, batch_size, device_id=device_id, num_threads=max(num_workers, 1), **common, **options)
+    return TorchLoader(dataset, batch_size, num_workers=num_workers, **common, **options)

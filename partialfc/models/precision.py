@@ -1,0 +1,27 @@
+"""Precision contexts shared by the backbones: optional float16 body, float32 embedding head."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def body_autocast(x: torch.Tensor, fp16: bool) -> contextlib.AbstractContextManager:
+    """Autocast to float16 on ``x``'s device when ``fp16``; otherwise leave any caller autocast alone.
+
+    Mirrors arcface_torch's ``fp16`` option, except that ``fp16=False`` does not switch off an
+    autocast the caller opened (upstream's ``autocast(False)`` does), so external bf16 works.
+    """
+    if fp16:
+        return torch.autocast(device_type=x.device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def float32_head(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast so the embedding layers run in float32, as arcface_torch's head does.
+
+    The FC and final BatchNorm are a tiny share of the FLOPs; keeping them in float32 gives
+    float32 embeddings whatever precision the body ran in.
+    """
+    return torch.autocast(device_type=x.device.type, enabled=False)

@@ -1,0 +1,39 @@
+"""Name -> constructor table, so configs and CLIs pick a backbone by string (timm-style)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register_model(factory: ModelFactory) -> ModelFactory:
+    """Register ``factory(embedding_size=512, **kwargs)`` under its function name.
+
+    Registering a second model under a taken name is an error rather than a silent override.
+    """
+    name = factory.__name__
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = factory
+    return factory
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, embedding_size: int = 512, **kwargs: object) -> nn.Module:
+    """Build backbone ``name`` mapping ``[B, 3, 112, 112]`` images to ``[B, embedding_size]``.
+
+    Extra keyword arguments go to the model's constructor (``dropout``, ``fp16``, ...).
+    """
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    return factory(embedding_size=embedding_size, **kwargs)

@@ -1,0 +1,97 @@
+"""``python -m partialfc.train``: the training job (under torchrun, or as a single process).
+
+    torchrun --nproc_per_node 8 -m partialfc.train --config configs/ms1mv3_r50.yaml --optim.lr 0.2
+    python -m partialfc.train --config configs/quickstart.yaml --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from partialfc.config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
+from partialfc.distributed import init_distributed, shutdown
+from partialfc.models import create_model
+from partialfc.partial_fc import shard_range
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m partialfc.train",
+        description="Train a face-recognition backbone with a Partial-FC classifier. Options below override "
+        "the YAML file given with --config, which overrides the defaults shown.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file with the sections below (configs/*.yaml)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config and the memory plan per rank, then exit")
+    parser.add_argument("--world-size", type=int, default=None, metavar="W",
+                        help="with --dry-run: plan for W ranks (default: this launch's world size)")
+    add_config_arguments(parser)
+    return parser
+
+
+def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple[str, int]]:
+    """Bytes per rank of what dominates memory (rank 0, the largest shard); activations excluded."""
+    dim = config.model.embedding_size
+    num_local = shard_range(num_classes, 0, world_size)[1]
+    num_sample = min(num_local, math.ceil(config.loss.sample_rate * num_local))
+    centre_bytes = 2 if config.loss.param_dtype == "bf16" else 4
+    state_copies = 2 if config.optim.name == "adamw" else (1 if config.optim.momentum else 0)
+    global_batch = config.data.batch_size * world_size
+    with torch.device("meta"):
+        backbone_params = sum(p.numel() for p in create_model(config.model.backbone, embedding_size=dim).parameters())
+    backbone_states = 3 if config.optim.name == "adamw" else (2 if config.optim.momentum else 1)
+    return [
+        ("class centres", num_local * dim * centre_bytes),
+        ("centre optimizer state", num_local * dim * centre_bytes * state_copies),
+        ("sampled centres + their gradient (fp32)", 2 * num_sample * dim * 4),
+        ("logits / softmax buffer (fp32)", global_batch * num_sample * 4),
+        ("backbone weights + gradients + optimizer state", backbone_params * 4 * (1 + backbone_states)),
+    ]
+
+
+def dry_run(config: Config, world_size: int) -> None:
+    num_classes = config.data.num_classes
+    if not num_classes and config.data.synthetic.identities and not Path(config.data.path).exists():
+        num_classes = config.data.synthetic.identities  # generated on the first real run
+    elif not num_classes:
+        from partialfc.data import RecordDataset
+
+        num_classes = RecordDataset(config.data.path).num_classes
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+    print(f"# memory plan per rank: W={world_size}, C={num_classes}, global batch {config.data.batch_size * world_size}")
+    plan = memory_plan(config, num_classes, world_size)
+    for name, size in plan:
+        print(f"#   {name:<48} {size / 2**30:9.3f} GiB")
+    print(f"#   {'total (activations not included)':<48} {sum(size for _, size in plan) / 2**30:9.3f} GiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        if args.dry_run:
+            dry_run(config, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
+            return 0
+        from partialfc.trainer import Trainer
+
+        info = init_distributed(config.dist.backend, config.dist.timeout_s)
+        try:
+            Trainer(config, info).fit()
+        finally:
+            shutdown()
+    except ConfigError as error:
+        print(f"partialfc.train: config error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Properties every training loader backend must have, checked the same way for DALI and PyTorch.
+
+``make(dataset, rank=, world_size=, seed=, **kw)`` builds a loader of the backend under test.
+Images come from :mod:`data.rec_fixtures`, so each output image says which record it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from data.rec_fixtures import read_index
+from partialfc.data.dataset import RecordDataset
+from partialfc.data.image import decode_jpeg
+
+Make = Callable[..., object]
+
+
+def run_epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def check_ranks(make: Make, ds: RecordDataset, world_size: int, batch_size: int) -> None:
+    """Equal counts and sizes on every rank, right labels and pixels, each image at most once."""
+    seen: list[int] = []
+    counts = []
+    flipped = []
+    for rank in range(world_size):
+        loader = make(ds, rank=rank, world_size=world_size, seed=7, batch_size=batch_size)
+        batches = run_epoch(loader)
+        counts.append(len(batches))
+        assert len(batches) == len(loader) == ds.num_images // (batch_size * world_size)
+        for images, labels in batches:
+            assert images.shape == (batch_size, 3, 112, 112) and images.dtype == torch.float32
+            assert labels.shape == (batch_size,) and labels.dtype == torch.int64
+            assert images.min() >= -1.0 and images.max() <= 1.0
+            decoded = [read_index(im.numpy()) for im in images]
+            ids = np.array([i for i, _ in decoded])
+            assert np.array_equal(labels.numpy(), ds.labels[ids]), "labels differ from the native reader"
+            for (i, flip), im in zip(decoded, images):
+                native = decode_jpeg(ds.read_image(int(i))).astype(np.float32)
+                if flip:
+                    native = native[:, ::-1]
+                got = im.numpy().transpose(1, 2, 0) * 127.5 + 127.5
+                assert np.abs(got - native).mean() < 1.0, f"pixels of image {i} differ from the native decode"
+                flipped.append(flip)
+            seen.extend(ids.tolist())
+    assert len(set(counts)) == 1, f"ranks yield different batch counts: {counts}"
+    used = counts[0] * batch_size * world_size
+    assert len(seen) == len(set(seen)) == used, "an image was read twice in one epoch"
+    assert 0.3 < np.mean(flipped) < 0.7, f"flip rate {np.mean(flipped):.2f}"
+
+
+def check_mixing(make: Make, ds: RecordDataset, batch_size: int) -> None:
+    """Batches hold about as many identities as random batches, far more than file order gives."""
+    loader = make(ds, rank=0, world_size=1, seed=1, batch_size=batch_size)
+    distinct = [len(set(labels.tolist())) for _, labels in loader]
+    n = len(distinct) * batch_size
+    sorted_distinct = [len(set(ds.labels[i : i + batch_size].tolist())) for i in range(0, n, batch_size)]
+    rng = np.random.default_rng(0)
+    random_distinct = [len(set(rng.choice(ds.labels, batch_size, replace=False).tolist())) for _ in range(200)]
+    assert np.mean(distinct) > 0.9 * np.mean(random_distinct), (distinct, np.mean(random_distinct))
+    assert np.mean(distinct) > 2 * np.mean(sorted_distinct), (distinct, sorted_distinct)
+    first = next(iter(make(ds, rank=0, world_size=1, seed=1, batch_size=batch_size, flip=False)))[1]
+    assert not np.array_equal(first.numpy(), ds.labels[:batch_size])
+
+
+def check_determinism(make: Make, ds: RecordDataset, batch_size: int) -> None:
+    """Same seed, same batches bit for bit; the next epoch and another seed differ."""
+    a = make(ds, rank=1, world_size=2, seed=5, batch_size=batch_size)
+    b = make(ds, rank=1, world_size=2, seed=5, batch_size=batch_size)
+    first_a, first_b = run_epoch(a), run_epoch(b)
+    for (xa, ya), (xb, yb) in zip(first_a, first_b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    second = run_epoch(a)
+    assert a.epoch == 2
+    assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(first_a, second))
+    other = run_epoch(make(ds, rank=1, world_size=2, seed=6, batch_size=batch_size))
+    assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(first_a, other))
+
+
+def check_resume(make: Make, ds: RecordDataset, batch_size: int, stop: int) -> None:
+    """State saved after ``stop`` batches; a fresh loader continues with the very next batches."""
+    reference = make(ds, rank=0, world_size=2, seed=3, batch_size=batch_size)
+    reference.set_epoch(1)
+    expected = run_epoch(reference) + run_epoch(reference)
+    loader = make(ds, rank=0, world_size=2, seed=3, batch_size=batch_size)
+    loader.set_epoch(1)
+    for k, _ in enumerate(loader):
+        if k + 1 == stop:
+            state = loader.state_dict()
+            break
+    assert state["epoch"] == 1 and state["batch"] == stop
+    restored = make(ds, rank=0, world_size=2, seed=3, batch_size=batch_size)
+    restored.load_state_dict(state)
+    restored.set_epoch(1)  # a trainer re-entering the epoch must not lose the position
+    got = run_epoch(restored) + run_epoch(restored)
+    assert len(got) == len(expected) - stop
+    for (xe, ye), (xg, yg) in zip(expected[stop:], got):
+        assert torch.equal(xe, xg) and torch.equal(ye, yg), "resumed batch differs"
+
+    # The abandoned loader also resumes where it stopped, and a state from another world size is refused.
+    again = run_epoch(loader)
+    assert torch.equal(again[0][1], expected[stop][1])
+    other = make(ds, rank=0, world_size=3, seed=3, batch_size=batch_size)
+    try:
+        other.load_state_dict(state)
+    except ValueError as err:
+        assert "world_size" in str(err)
+    else:
+        raise AssertionError("a mid-epoch state from world_size=2 was accepted by world_size=3")
+    done = make(ds, rank=0, world_size=2, seed=3, batch_size=batch_size)
+    done.set_epoch(4)
+    run_epoch(done)
+    other.load_state_dict(done.state_dict())  # epoch boundary: allowed
+    assert other.epoch == 5 and other.position == 0

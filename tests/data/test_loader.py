@@ -1,0 +1,80 @@
+"""PyTorch fallback loader: the same contract as the DALI pipeline, plus the backend factory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data import loader_contract as contract
+from data.rec_fixtures import write_dataset
+from partialfc.data.dataset import RecordDataset
+from partialfc.data.loader import TorchLoader, build_loader, dali_available
+from partialfc.data.sampler import rank_batches
+
+BATCH = 16
+
+
+def make(ds, *, rank, world_size, seed, batch_size, **kw):
+    kw.setdefault("num_workers", 0)
+    return TorchLoader(ds, batch_size, rank=rank, world_size=world_size, seed=seed, **kw)
+
+
+@pytest.fixture(scope="module")
+def one_file(tmp_path_factory):
+    path, _ = write_dataset(tmp_path_factory.mktemp("one"), num_ids=60, seed=1)
+    return RecordDataset(path)
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory):
+    path, _ = write_dataset(tmp_path_factory.mktemp("two"), num_ids=50, seed=2, shards=2)
+    return RecordDataset(path)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_equal_batches_and_each_image_once(one_file, world_size):
+    contract.check_ranks(make, one_file, world_size, BATCH)
+
+
+def test_two_shards(two_shards):
+    assert len(two_shards.shards) == 2
+    contract.check_ranks(make, two_shards, 2, BATCH)
+
+
+def test_workers_match_in_process_decoding(one_file):
+    inline = contract.run_epoch(make(one_file, rank=1, world_size=2, seed=4, batch_size=BATCH))
+    forked = contract.run_epoch(make(one_file, rank=1, world_size=2, seed=4, batch_size=BATCH, num_workers=2))
+    assert len(inline) == len(forked)
+    for (xa, ya), (xb, yb) in zip(inline, forked):
+        assert xa.equal(xb) and ya.equal(yb)
+
+
+def test_batches_mix_identities(one_file):
+    contract.check_mixing(make, one_file, BATCH)
+
+
+def test_deterministic(one_file):
+    contract.check_determinism(make, one_file, BATCH)
+
+
+def test_exact_resume(one_file):
+    contract.check_resume(make, one_file, BATCH, stop=3)
+
+
+def test_plan_partitions_the_dataset():
+    plans = [rank_batches(1000, 16, 3, r, seed=9, epoch=2, shuffle=True) for r in range(3)]
+    ids = np.concatenate([p.ravel() for p in plans])
+    assert all(p.shape == (20, 16) for p in plans)
+    assert len(np.unique(ids)) == ids.size == 960
+    ordered = rank_batches(1000, 16, 3, 1, seed=9, epoch=2, shuffle=False)
+    assert np.array_equal(ordered[0], np.arange(16, 32))
+    with pytest.raises(ValueError, match="not enough for one batch"):
+        rank_batches(40, 16, 3, 0, seed=0, epoch=0, shuffle=True)
+
+
+def test_factory(one_file):
+    assert isinstance(build_loader(one_file, backend="torch", batch_size=BATCH), TorchLoader)
+    auto = build_loader(one_file, backend="auto", batch_size=BATCH)
+    assert type(auto).__name__ == ("DaliLoader" if dali_available() else "TorchLoader")
+    with pytest.raises(ValueError, match="backend"):
+        build_loader(one_file, backend="tf", batch_size=BATCH)
