@@ -153,6 +153,9 @@ class Config:
             ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
             ("checkpoint.keep", self.checkpoint.keep >= 1, "must be >= 1"),
         ]
+        from partialfc.models import list_models
+
+        checks.append(("model.backbone", self.model.backbone in list_models(), f"is not one of {', '.join(list_models())}"))
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name}={_get(self, name)!r} {rule}")

@@ -10,6 +10,7 @@ list and multiprocess modes: docs/observability.md.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -78,14 +79,17 @@ class TrainingMetrics:
         self._endpoint: _Endpoint | None = None
         if not self._active:
             return
+        invalid = [key for key in info if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key) or key.startswith("__")]
+        if invalid:
+            raise ValueError(f"info keys must be Prometheus label names: {invalid}")
+        if world_size > 1 and not dist.is_initialized():
+            raise RuntimeError("TrainingMetrics with world_size > 1 needs torch.distributed initialised first")
         self._final_scrape_timeout = config.final_scrape_timeout
         directory = Path(config.multiproc_dir or Path(output_dir) / f"prometheus-{node}")
         if local_rank == 0:
             _prepare_directory(directory, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
             self._endpoint = _Endpoint(config.address, config.port, directory)
         if world_size > 1:
-            if not dist.is_initialized():
-                raise RuntimeError("TrainingMetrics with world_size > 1 needs torch.distributed initialised first")
             dist.barrier()
         # The value class is chosen when prometheus_client is imported; install the multiprocess one
         # explicitly so import order does not matter, and restore both on close().
@@ -143,19 +147,13 @@ class TrainingMetrics:
             "Unix time of the last successful checkpoint save (start time before one).",
         )
         self._resident = gauge("partialfc_resident_memory_bytes", "Resident set size of the rank's process.")
+        # Created on the first CUDA observe_memory: on CPU they would export a misleading 0.
         self._device_memory_families = {
-            "allocated": Gauge(
-                "partialfc_device_memory_allocated_bytes", "CUDA memory held by tensors.", list(ids),
-                registry=None, multiprocess_mode=GAUGE_MODE,
-            ),
-            "reserved": Gauge(
-                "partialfc_device_memory_reserved_bytes", "CUDA memory reserved by the caching allocator.", list(ids),
-                registry=None, multiprocess_mode=GAUGE_MODE,
-            ),
-            "peak": Gauge(
-                "partialfc_device_memory_peak_bytes", "Peak CUDA memory held by tensors.", list(ids),
-                registry=None, multiprocess_mode=GAUGE_MODE,
-            ),
+            kind: Gauge(f"partialfc_device_memory_{kind}_bytes", doc, list(ids), registry=None,
+                        multiprocess_mode=GAUGE_MODE)
+            for kind, doc in (("allocated", "CUDA memory held by tensors."),
+                              ("reserved", "CUDA memory reserved by the caching allocator."),
+                              ("peak", "Peak CUDA memory held by tensors."))
         }
         self._device_memory: dict[str, Gauge] = {}
         self._accuracy = Gauge(
@@ -174,7 +172,7 @@ class TrainingMetrics:
                 "partialfc_build_info", "Always 1; labels describe the run.", sorted(info),
                 registry=None, multiprocess_mode="max",
             )
-            build.labels(**{key: str(value) for key, value in info.items()}).set(1)
+            (build.labels(**{key: str(value) for key, value in info.items()}) if info else build).set(1)
 
     @property
     def url(self) -> str | None:
@@ -240,8 +238,7 @@ class TrainingMetrics:
         if device.type != "cuda":
             return
         if not self._device_memory:
-            self._device_memory = {kind: family.labels(**self._ids) for kind, family in
-                                   self._device_memory_families.items()}
+            self._device_memory = {kind: gauge.labels(**self._ids) for kind, gauge in self._device_memory_families.items()}
         self._device_memory["allocated"].set(torch.cuda.memory_allocated(device))
         self._device_memory["reserved"].set(torch.cuda.memory_reserved(device))
         self._device_memory["peak"].set(torch.cuda.max_memory_allocated(device))

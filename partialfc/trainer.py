@@ -138,6 +138,7 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[config.train.amp]
         self.scaler = LossScaler(enabled=config.train.amp == "fp16")
         self.step = 0
+        self.skipped_steps = 0  # fp16 overflows since this process started
         self.best: dict[str, float] = {}
         self.metrics = TrainingMetrics(
             config.metrics, output_dir=str(self.run_dir), rank=info.rank, local_rank=info.local_rank,
@@ -194,6 +195,7 @@ class Trainer:
                     self._save()
             self._export()
             self.log.update_summary(status="finished")
+            barrier()  # every rank's final metric values are written before the last scrape
         except BaseException:
             self.log.update_summary(status="failed")
             raise
@@ -237,7 +239,7 @@ class Trainer:
         grad_norm, found_inf = self._unscale_and_clip()
         if found_inf:
             self.pfc.skip_step()
-            window.skipped += 1
+            self.skipped_steps += 1
         else:
             self.optimizer.step()
             self.pfc.step()
@@ -247,13 +249,14 @@ class Trainer:
         window.steps += 1
         window.grad_norm = grad_norm
         window.lr = lr
-        self.metrics.observe_step(
-            samples=self.global_batch, step_seconds=time.perf_counter() - window.last_step_end,
-            data_wait_seconds=window.data_wait - window.data_wait_reported, epoch=self.loader.epoch,
-            sampled_centres=self.pfc.num_sample,
+        now = time.perf_counter()
+        step_wait = window.data_wait - window.data_wait_reported
+        self.metrics.observe_step(  # per rank: local samples, compute time without the data wait
+            samples=self.config.data.batch_size * accum, step_seconds=now - window.last_step_end - step_wait,
+            data_wait_seconds=step_wait, epoch=self.loader.epoch, sampled_centres=self.pfc.num_sample,
         )
         window.data_wait_reported = window.data_wait
-        window.last_step_end = time.perf_counter()
+        window.last_step_end = now
         self.log.progress(self.step, self.total_steps, f"lr {lr:.4g}")
 
     def _unscale_and_clip(self) -> tuple[torch.Tensor | None, bool]:
@@ -296,11 +299,11 @@ class Trainer:
             f"grad_norm {'-' if grad_norm is None else f'{grad_norm:.3f}'} {samples_per_s:,.0f} samples/s "
             f"data_wait {100 * window.data_wait / max(elapsed, 1e-9):.0f}% mem {memory / 2**30:.2f}GiB "
             f"eta {_duration(remaining)}"
-            + (f" loss_scale {self.scaler.scale:g} skipped {window.skipped}" if self.scaler.enabled else "")
+            + (f" loss_scale {self.scaler.scale:g} skipped {self.skipped_steps}" if self.scaler.enabled else "")
         )
         self.metrics.observe_log(loss=loss, lr=window.lr, grad_norm=grad_norm,
                                  loss_scale=self.scaler.scale if self.scaler.enabled else None,
-                                 skipped_steps_total=window.skipped)
+                                 skipped_steps_total=self.skipped_steps)
         self.metrics.observe_memory(self.device)
         self.log.scalars(self.step, {"loss": loss, "lr": window.lr, "samples_per_s": samples_per_s})
         self.log.update_summary(step=self.step, epoch=self.loader.epoch, loss=loss, lr=window.lr,
@@ -339,8 +342,12 @@ class Trainer:
                 "config": to_dict(self.config),
             }
         rank_state = {"rng": _rng_state(), "loader": self.loader.state_dict()}
-        path = save_checkpoint(self.run_dir / "checkpoints", self.step, self.loader.epoch, self.info, self.pfc,
-                               trainer_state, rank_state, self.config.checkpoint.keep)
+        try:
+            path = save_checkpoint(self.run_dir / "checkpoints", self.step, self.loader.epoch, self.info, self.pfc,
+                                   trainer_state, rank_state, self.config.checkpoint.keep)
+        except BaseException:
+            self.metrics.observe_checkpoint(seconds=time.perf_counter() - start, success=False)
+            raise
         seconds = time.perf_counter() - start
         self.metrics.observe_checkpoint(seconds=seconds, success=True)
         self.log.info(f"checkpoint {path} ({seconds:.1f}s)")
@@ -394,7 +401,7 @@ class _Window:
     def __init__(self, start: float) -> None:
         self.start = self.last_step_end = start
         self.loss_sum: torch.Tensor | float = 0.0
-        self.micro_batches = self.steps = self.skipped = 0
+        self.micro_batches = self.steps = 0
         self.data_wait = self.data_wait_reported = 0.0
         self.grad_norm: torch.Tensor | None = None
         self.lr = 0.0

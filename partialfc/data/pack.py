@@ -8,6 +8,7 @@ the identity key ranges stay valid.
 
 from __future__ import annotations
 
+import glob
 import multiprocessing
 import os
 import warnings
@@ -182,30 +183,57 @@ def pack_dataset(
     stream = _loaded(load, [sources[i] for i in physical.tolist()], workers)
     size: tuple[int, int] | None = None
     bar = Progress(n, f"pack {recs[0].parent}") if progress else None
-    for rec, items in zip(recs, order):
-        with RecordWriter(rec) as writer:
-            if layout == "headerless":
-                keys = np.arange(len(items), dtype=np.int64)
-            else:
-                by_identity = np.argsort(lab[items], kind="stable")
-                keys = np.empty(len(items), np.int64)
-                keys[by_identity] = np.arange(1, len(items) + 1)
-            for item, key in zip(items.tolist(), keys.tolist()):
-                data, hw = next(stream)
-                if size is None:
-                    size = hw
-                elif hw != size:
-                    raise DatasetError(f"{sources[item]}: image is {hw[0]}x{hw[1]}, earlier ones are {size[0]}x{size[1]}")
-                writer.write(key, pack_record(float(lab[item]), data, id=key))
-                if bar:
-                    bar.update()
-            if layout == "insightface":
-                _write_identities(writer, lab[items])
+    # Written under temporary names and renamed at the end: an interrupted pack leaves no
+    # half-written file that would load as a (wrong) dataset.
+    partial = [(rec.with_name(rec.name + ".partial"), rec.with_suffix(".idx.partial")) for rec in recs]
+    try:
+        for (tmp_rec, tmp_idx), items in zip(partial, order):
+            with RecordWriter(tmp_rec, tmp_idx) as writer:
+                for item, key in zip(items.tolist(), _image_keys(lab[items], layout).tolist()):
+                    data, hw = next(stream)
+                    if size is None:
+                        size = hw
+                    elif hw != size:
+                        raise DatasetError(f"{sources[item]}: image is {hw[0]}x{hw[1]}, earlier ones are {size[0]}x{size[1]}")
+                    writer.write(key, pack_record(float(lab[item]), data, id=key))
+                    if bar:
+                        bar.update()
+                if layout == "insightface":
+                    _write_identities(writer, lab[items])
+    except BaseException:
+        stream.close()  # stops the worker pool now, not at garbage collection
+        for path in (p for pair in partial for p in pair):
+            path.unlink(missing_ok=True)
+        raise
     if bar:
         bar.close()
+    _remove_other_shard_sets(out_prefix, recs)
+    for rec, (tmp_rec, tmp_idx) in zip(recs, partial):
+        os.replace(tmp_idx, rec.with_suffix(".idx"))
+        os.replace(tmp_rec, rec)
     assert size is not None
     write_property(recs[0].parent, num_classes, size[0], size[1], n)
     return recs
+
+
+def _remove_other_shard_sets(out_prefix: str | Path, keep: list[Path]) -> None:
+    """Delete earlier outputs of this prefix with another shard count, so they cannot be mixed in."""
+    prefix = Path(out_prefix)
+    old = [Path(f"{prefix}.rec"), *prefix.parent.glob(glob.escape(prefix.name) + "-*-of-*.rec")]
+    for rec in old:
+        if rec not in keep:
+            rec.unlink(missing_ok=True)
+            rec.with_suffix(".idx").unlink(missing_ok=True)
+
+
+def _image_keys(shard_labels: np.ndarray, layout: str) -> np.ndarray:
+    """Keys of a shard's images in write order: 0..n-1, or (InsightFace) 1..n ranked by identity."""
+    n = len(shard_labels)
+    if layout == "headerless":
+        return np.arange(n, dtype=np.int64)
+    keys = np.empty(n, np.int64)
+    keys[np.argsort(shard_labels, kind="stable")] = np.arange(1, n + 1)
+    return keys
 
 
 def _write_identities(writer: RecordWriter, shard_labels: np.ndarray) -> None:

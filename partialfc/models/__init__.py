@@ -5,9 +5,8 @@ embeddings (not L2-normalised; the margin loss normalises). Mixed precision: wra
 in ``torch.autocast`` or pass ``fp16=True`` (body under float16 autocast, as arcface_torch).
 """
 
+# The model modules are imported for their @register_model side effect.
+from partialfc.models import face_resnet, iresnet, mobilefacenet, tiny  # noqa: F401
 from partialfc.models.registry import create_model, list_models, register_model
-
-# Imported for their @register_model side effect.
-from partialfc.models import face_resnet, iresnet, mobilefacenet, tiny  # noqa: E402,F401  isort: skip
 
 __all__ = ["create_model", "list_models", "register_model"]

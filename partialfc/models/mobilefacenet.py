@@ -74,16 +74,21 @@ class Residual(nn.Module):
 
     def __init__(self, channels: int, num_block: int, width: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*(DepthWise(channels, channels, width, 1, residual=True) for _ in range(num_block)))
+        self.layers = nn.Sequential(
+            *(DepthWise(channels, channels, width, 1, residual=True) for _ in range(num_block))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
 
 class GDC(nn.Module):
-    """Global depthwise 7x7 conv + BN -> flatten -> bias-free FC -> BatchNorm1d."""
+    """Global depthwise 7x7 conv + BN -> flatten -> (dropout) -> bias-free FC -> BatchNorm1d.
 
-    def __init__(self, embedding_size: int) -> None:
+    The dropout is not in ``layers`` so that the parameter indices stay upstream's.
+    """
+
+    def __init__(self, embedding_size: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             LinearBlock(512, 512, kernel=7, groups=512),
@@ -91,15 +96,18 @@ class GDC(nn.Module):
             nn.Linear(512, embedding_size, bias=False),
             nn.BatchNorm1d(embedding_size),
         )
+        self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        gdc, flatten, fc, bn = self.layers
+        return bn(fc(self.dropout(flatten(gdc(x)))))
 
 
 class MobileFaceNet(nn.Module):
     """MobileFaceNet; ``blocks`` are the residual counts of the four stages, ``scale`` the width multiplier.
 
     Input stride 2 then three stride-2 bottlenecks take 112 to 7; ``conv_sep`` lifts to 512 channels.
+    ``dropout`` (not in upstream, default off) acts on the 512-d GDC output before the FC.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class MobileFaceNet(nn.Module):
         embedding_size: int = 512,
         blocks: Sequence[int] = (1, 4, 6, 2),
         scale: int = 2,
+        dropout: float = 0.0,
         fp16: bool = False,
     ) -> None:
         super().__init__()
@@ -129,7 +138,7 @@ class MobileFaceNet(nn.Module):
             ]
         )
         self.conv_sep = ConvBlock(c2, 512)
-        self.features = GDC(embedding_size)
+        self.features = GDC(embedding_size, dropout)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -43,6 +43,9 @@ def test_pack_shards_shuffle_and_headerless(face_tree, tmp_path):
     ds = RecordDataset(out)
     assert [s.rec_path.name for s in ds.shards] == ["train-00000-of-00002.rec", "train-00001-of-00002.rec"]
     assert sorted(ds.labels.tolist()) == [0, 0, 1, 2, 2, 2]
+    assert main(["pack", str(face_tree), str(out), "--quiet"]) == 0  # repack unsharded: old shards go
+    assert [s.rec_path.name for s in RecordDataset(out.parent).shards] == ["train.rec"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["property", "train.idx", "train.rec"]
     out = tmp_path / "flat" / "train"
     assert main(["pack", str(face_tree), str(out), "--layout", "headerless", "--quiet"]) == 0
     assert RecordDataset(out).layout == "headerless"
@@ -64,6 +67,7 @@ def test_pack_rejects_non_jpeg(face_tree, tmp_path, capsys):
     (face_tree / "bob" / "bad.jpg").write_bytes(b"\x89PNG not a jpeg")
     assert main(["pack", str(face_tree), str(tmp_path / "o" / "train"), "--quiet"]) == 2
     assert "bob/bad.jpg: not a JPEG" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing half-written
 
 
 def test_inspect_json_and_text(tiny_synth, capsys):

@@ -1,8 +1,5 @@
-"""Acceptance test: a real Prometheus server scrapes a 2-rank CPU job and its query API shows the job.
-
-The job is tests/metrics/train_driver.py under torchrun; see docs/observability.md ("Integration test")
-for running the same assertions against ``python -m partialfc.train``.
-"""
+"""Acceptance test: a real Prometheus server scrapes a 2-rank CPU training job (``python -m
+partialfc.train`` under torchrun) and its query API shows the job."""
 
 from __future__ import annotations
 
@@ -10,29 +7,30 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
 from prom_server import PrometheusServer, kill_group
+from training_run import REPO, train_args, training_command, training_env
 
 STEPS = 40
-BATCH = 32
+BATCH = 16  # per rank
 WORLD_SIZE = 2
 JOB_TIMEOUT = 180
 
 
-def job_command(output: Path, port: int) -> list[str]:
-    """The 2-rank job Prometheus scrapes."""
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
-        str(REPO / "tests" / "metrics" / "train_driver.py"),
-        "--output", str(output), "--port", str(port), "--steps", str(STEPS), "--batch", str(BATCH),
-        "--final-scrape-timeout", "0",
-    ]
+def job_command(dataset: Path, output: Path, port: int) -> list[str]:
+    """The 2-rank training job Prometheus scrapes; the endpoint waits for one final scrape."""
+    return training_command(WORLD_SIZE, train_args(
+        dataset, output, "--train.max_steps", str(STEPS), "--data.batch_size", str(BATCH),
+        "--schedule.decay", "constant", "--schedule.warmup_epochs", "0", "--eval.every_steps", "0",
+        "--data.val_targets", "", "--data.backend", "torch",
+        "--metrics.port", str(port), "--metrics.address", "127.0.0.1", "--metrics.final_scrape_timeout", "60",
+    ))
 
 
 def run_job(command: list[str], log: Path) -> None:
     """Run the job to its end; its whole process group is killed if it fails or times out."""
     with open(log, "wb") as out:
-        job = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        job = subprocess.Popen(command, cwd=REPO, env=training_env(), stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
         try:
             returncode = job.wait(timeout=JOB_TIMEOUT)
         finally:
@@ -40,8 +38,8 @@ def run_job(command: list[str], log: Path) -> None:
     assert returncode == 0, f"job failed ({returncode}):\n{log.read_text()[-4000:]}"
 
 
-def test_prometheus_scrapes_two_rank_job(prometheus: PrometheusServer, tmp_path: Path) -> None:
-    run_job(job_command(tmp_path / "run", prometheus.target_port), tmp_path / "job.log")
+def test_prometheus_scrapes_two_rank_job(prometheus: PrometheusServer, tiny_dataset: Path, tmp_path: Path) -> None:
+    run_job(job_command(tiny_dataset, tmp_path / "run", prometheus.target_port), tmp_path / "job.log")
     selector = f'{{job="{prometheus.job}"}}'
     expected = STEPS * BATCH
 

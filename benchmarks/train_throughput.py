@@ -1,0 +1,180 @@
+"""End-to-end training throughput and where a step's time goes.
+
+    torchrun --nproc_per_node 2 benchmarks/train_throughput.py --backbone tiny --num-classes 1000000
+    torchrun --nproc_per_node 1 benchmarks/train_throughput.py --backbone r50 --amp bf16   # one GPU
+
+Every rank times, median over ``--steps`` after ``--warmup``:
+
+- **step**: a full training step as the trainer runs it (DDP backbone under autocast, Partial FC,
+  backward, optimizer steps) on batches from the real input pipeline;
+- **data**: fetching one batch from the loader alone (DALI, or the PyTorch fallback);
+- **backbone**: forward + backward + SGD step of the backbone alone on a fixed batch (no DDP);
+- **partial fc**: forward + backward + centre update of Partial FC alone on fixed embeddings;
+- **comm**: the step's collectives alone: the backbone's gradient all-reduce (one flat buffer, as
+  DDP buckets it) plus Partial FC's all-gathers, three N-sized all-reduces and reduce-scatter.
+
+Shares are each part's time over the step's; they need not add up to 100% (data loading overlaps
+with compute, and DDP overlaps its all-reduce with the backward pass). The input is a synthetic
+InsightFace-layout dataset written to ``--data-dir`` once (112×112 JPEGs), and labels are drawn
+uniformly over the ``--num-classes`` classes so that the classifier has its real size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from partialfc import CombinedMargin, LazySGD, PartialFC
+from partialfc.data import RecordDataset
+from partialfc.data.loader import build_loader
+from partialfc.data.synth import generate_synthetic_dataset
+from partialfc.distributed import all_gather_into, init_distributed, reduce_scatter_into
+from partialfc.models import create_model
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="r50", help="registry name of the backbone")
+    parser.add_argument("--num-classes", type=int, default=1_000_000, help="classes C")
+    parser.add_argument("--sample-rate", type=float, default=0.1, help="Partial FC r")
+    parser.add_argument("--batch", type=int, default=128, help="images per rank")
+    parser.add_argument("--embedding-size", type=int, default=512, help="D")
+    parser.add_argument("--amp", choices=AMP, default="bf16", help="backbone autocast dtype")
+    parser.add_argument("--data-backend", choices=["auto", "dali", "torch"], default="auto", help="input pipeline")
+    parser.add_argument("--data-workers", type=int, default=4, help="DALI threads / DataLoader workers per rank")
+    parser.add_argument("--data-dir", default="/tmp/partialfc-bench-data", help="synthetic dataset location")
+    parser.add_argument("--steps", type=int, default=10, help="timed iterations (median)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    return parser.parse_args()
+
+
+def timed(fn: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    info = init_distributed()
+    device = info.device
+    amp = AMP[args.amp]
+    data_dir = Path(args.data_dir)
+    if info.is_main and not (data_dir / "property").exists():
+        generate_synthetic_dataset(data_dir, 500, 8, seed=0, shards=1)
+    if dist.is_initialized():
+        dist.barrier()
+    dataset = RecordDataset(data_dir)
+    loader = build_loader(dataset, backend=args.data_backend, batch_size=args.batch, rank=info.rank,
+                          world_size=info.world_size, seed=0,
+                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=args.data_workers)
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+    generator = torch.Generator().manual_seed(info.rank)
+
+    def random_labels() -> torch.Tensor:
+        return torch.randint(0, args.num_classes, (args.batch,), generator=generator).to(device)
+
+    torch.manual_seed(0)
+    backbone = create_model(args.backbone, embedding_size=args.embedding_size).to(device)
+    if device.type == "cuda":
+        backbone = backbone.to(memory_format=torch.channels_last)
+    model = nn.parallel.DistributedDataParallel(backbone, device_ids=[info.local_rank] if device.type == "cuda" else None) \
+        if dist.is_initialized() else backbone
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    pfc = PartialFC(args.embedding_size, args.num_classes, args.sample_rate, CombinedMargin(), optimizer=LazySGD(),
+                    device=device)
+    autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+    def full_step() -> None:
+        images, _ = next(stream)
+        images = images.to(device, non_blocking=True)
+        with autocast:
+            embeddings = model(images)
+        pfc(embeddings, random_labels()).backward()
+        optimizer.step()
+        pfc.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    fixed_images = next(stream)[0].to(device)
+
+    def backbone_step() -> None:
+        with autocast:
+            embeddings = backbone(fixed_images)
+        embeddings.float().square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    fixed_embeddings = torch.randn(args.batch, args.embedding_size, device=device, requires_grad=True)
+
+    def pfc_step() -> None:
+        pfc(fixed_embeddings, random_labels()).backward()
+        pfc.step()
+
+    flat_grads = torch.zeros(sum(p.numel() for p in backbone.parameters()), device=device)
+    n = args.batch * info.world_size
+    gathered = torch.empty(n, args.embedding_size, device=device)
+    scalars = torch.zeros(n, device=device)
+    labels_gathered = torch.empty(n, dtype=torch.long, device=device)
+    local_labels = torch.zeros(args.batch, dtype=torch.long, device=device)
+
+    def comm_step() -> None:
+        if not dist.is_initialized():
+            return
+        dist.all_reduce(flat_grads)
+        all_gather_into(gathered, fixed_embeddings.detach())
+        all_gather_into(labels_gathered, local_labels)
+        for _ in range(3):
+            dist.all_reduce(scalars)
+        reduce_scatter_into(fixed_embeddings.detach().clone(), gathered)
+
+    results = {
+        "step": timed(full_step, args.steps, args.warmup, device),
+        "data": timed(lambda: next(stream), args.steps, args.warmup, device),
+        "backbone": timed(backbone_step, args.steps, args.warmup, device),
+        "partial fc": timed(pfc_step, args.steps, args.warmup, device),
+        "comm": timed(comm_step, args.steps, args.warmup, device),
+    }
+    values = torch.tensor(list(results.values()), dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    if info.is_main:
+        step = float(values[0])
+        print(f"device={device.type} W={info.world_size} backbone={args.backbone} amp={args.amp} C={args.num_classes} "
+              f"r={args.sample_rate} B/rank={args.batch} loader={loader.backend} threads/rank={torch.get_num_threads()}")
+        print(f"end-to-end: {args.batch * info.world_size / step:,.0f} img/s ({step * 1e3:.1f} ms/step)")
+        print(f"{'part':<12} {'ms':>9} {'share of step':>14}")
+        for name, seconds in zip(results, values.tolist()):
+            print(f"{name:<12} {seconds * 1e3:>9.1f} {100 * seconds / step:>13.0f}%")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

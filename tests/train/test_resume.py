@@ -1,0 +1,89 @@
+"""Checkpoint/resume: bit-identical continuation, and re-sharding to another world size."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from training_run import run_training, train_args
+from dist_harness import run_distributed
+
+from partialfc import CombinedMargin, PartialFC
+from partialfc.checkpoint import load_checkpoint
+from partialfc.distributed import DistInfo
+
+STEPS = 12  # the dataset has 960 images: 30 steps of 2 x 16 per epoch; 12 steps cover part of one
+
+
+def final_state(output) -> dict[str, torch.Tensor]:
+    """Backbone weights and every rank's centres + centre optimizer state after the last step."""
+    state = {f"backbone.{k}": v for k, v in torch.load(output / "model.pt", weights_only=True)["state_dict"].items()}
+    last = sorted((output / "checkpoints").iterdir())[-1]
+    for part in sorted(last.glob("centres-*.pt")):
+        for key, value in torch.load(part, weights_only=True)["state"].items():
+            if isinstance(value, torch.Tensor):
+                state[f"{part.stem}.{key}"] = value
+    return state
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_resume_is_bit_identical(tiny_dataset, tmp_path, backend):
+    common = ("--train.max_steps", str(STEPS), "--checkpoint.every_steps", str(STEPS // 2),
+              "--eval.every_steps", "0", "--data.backend", backend, "--loss.sample_rate", "0.5")
+    straight = tmp_path / "straight"
+    run_training(2, train_args(tiny_dataset, straight, *common))
+
+    resumed = tmp_path / "resumed"
+    halfway = straight / "checkpoints" / f"step-{STEPS // 2:08d}"
+    shutil.copytree(halfway, resumed / "checkpoints" / halfway.name)
+    result = run_training(2, train_args(tiny_dataset, resumed, *common))
+    assert f"resumed from {resumed / 'checkpoints' / halfway.name} at step {STEPS // 2}" in result.stdout
+
+    expected, actual = final_state(straight), final_state(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def reshard_and_score(rank: int, world_size: int, checkpoint, embeddings, labels) -> dict:
+    """Load the checkpoint at this world size; centres, momentum and the loss of a fixed batch."""
+    info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
+    pfc = PartialFC(128, 120, 1.0, CombinedMargin(s=32.0, m2=0.3))
+    load_checkpoint(checkpoint, info, pfc)
+    local = slice(rank * len(labels) // world_size, (rank + 1) * len(labels) // world_size)
+    with torch.no_grad():
+        loss = pfc(embeddings[local], labels[local])
+    return {"weight": pfc.weight.clone(), "momentum": pfc.optim_momentum.clone(), "loss": loss,
+            "step_count": pfc.step_count}
+
+
+def test_reshard_to_other_world_sizes(tiny_dataset, tmp_path):
+    output = tmp_path / "w2"
+    run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0"))
+    checkpoint = output / "checkpoints" / "step-00000004"
+    saved = [torch.load(checkpoint / f"centres-{r:05d}-of-00002.pt", weights_only=True)["state"] for r in range(2)]
+    saved_weight = torch.cat([s["weight"] for s in saved])
+    saved_momentum = torch.cat([s["optim_momentum"] for s in saved])
+    generator = torch.Generator().manual_seed(0)
+    embeddings, labels = torch.randn(12, 128, generator=generator), torch.randint(0, 120, (12,), generator=generator)
+
+    losses = []
+    for world_size in (1, 2, 3):
+        ranks = run_distributed(reshard_and_score, world_size, checkpoint, embeddings, labels)
+        assert torch.equal(torch.cat([r["weight"] for r in ranks]), saved_weight), world_size
+        assert torch.equal(torch.cat([r["momentum"] for r in ranks]), saved_momentum), world_size
+        assert all(r["step_count"] == 4 for r in ranks)
+        losses.append(ranks[0]["loss"])
+    assert max(abs(float(loss - losses[1])) for loss in losses) <= 1e-6 * float(losses[1])
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_trainer_resumes_on_another_world_size(tiny_dataset, tmp_path, world_size):
+    output = tmp_path / "run"
+    run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0",
+                               "--data.backend", "torch"))
+    result = run_training(world_size, train_args(tiny_dataset, output, "--train.max_steps", "6",
+                                                 "--eval.every_steps", "0", "--data.backend", "torch"))
+    assert f"world size changed (2 -> {world_size})" in result.stdout
+    assert "resumed from" in result.stdout and "step 6/6" in result.stdout

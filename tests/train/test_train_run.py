@@ -1,0 +1,59 @@
+"""The training job end to end: learning, single process, bad configs, exported model."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from training_run import run_training, train_args
+
+from partialfc.data.verification import VerificationSet
+from partialfc.evaluation import evaluate
+from partialfc.models import create_model
+
+
+def test_two_rank_run_learns(tiny_dataset, tmp_path):
+    output = tmp_path / "run"
+    run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "40", "--eval.every_steps", "40",
+                               "--checkpoint.every_steps", "20", "--data.batch_size", "32"))
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == 40
+    losses = [float(line.split(" loss ")[1].split()[0]) for line in (output / "train.log").read_text().splitlines()
+              if " loss " in line]
+    # Margin losses rise in the first steps from random centres; compare the first and last windows.
+    assert len(losses) == 20 and sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
+
+    vset = VerificationSet(tiny_dataset / "synth_val.bin")
+    torch.manual_seed(0)
+    untrained = evaluate(create_model("tiny", embedding_size=128), vset, 128, torch.device("cpu"), 100).accuracy
+    trained = summary["best_verification"]["synth_val"]
+    assert trained > untrained + 0.05, (untrained, trained)  # chance is 0.5; colour alone gives ~0.85
+
+    exported = torch.load(output / "model.pt", weights_only=True)
+    model = create_model(exported["backbone"], embedding_size=exported["embedding_size"])
+    model.load_state_dict(exported["state_dict"])
+    assert (output / "model_best.pt").is_file() and (output / "config.yaml").is_file()
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00000020", "step-00000040"]
+
+
+def test_single_process_without_torchrun(tiny_dataset, tmp_path):
+    output = tmp_path / "single"
+    run_training(None, train_args(tiny_dataset, output, "--train.max_steps", "3", "--data.backend", "torch"))
+    assert json.loads((output / "summary.json").read_text())["status"] == "finished"
+
+
+def test_bad_configs_fail_clearly(tiny_dataset, tmp_path):
+    cases = [
+        (["--optim.lr", "fast"], "optim.lr: expected float"),
+        (["--data.num_classes", "7"], "data.num_classes=7 but dataset"),
+        (["--loss.sample_rate", "1.5"], "loss.sample_rate=1.5 must be in (0, 1]"),
+        (["--model.backbone", "nope"], "model.backbone='nope' is not one of"),
+    ]
+    for extra, message in cases:
+        result = run_training(None, train_args(tiny_dataset, tmp_path / "bad", *extra), check=False)
+        assert result.returncode == 2, (extra, result.stderr[-2000:])
+        assert message in result.stderr, (extra, result.stderr[-2000:])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("optim:\n  lrr: 0.1\n")
+    result = run_training(None, ["--config", str(bad_yaml)], check=False)
+    assert result.returncode == 2 and f"{bad_yaml}: unknown key 'optim.lrr'" in result.stderr

@@ -1,0 +1,41 @@
+"""Run the real training CLI from tests: torchrun (or plain python) on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_args(dataset: Path, output: Path, *extra: str) -> list[str]:
+    """The quickstart config on ``dataset``, small batches, metrics off unless ``extra`` says otherwise."""
+    return [
+        "--config", str(REPO / "configs" / "quickstart.yaml"),
+        "--data.path", str(dataset), "--output", str(output),
+        "--data.batch_size", "16", "--data.num_workers", "1", "--train.log_every", "2",
+        "--eval.batch_size", "100", "--metrics.port", "0", *extra,
+    ]
+
+
+def training_command(nproc: int | None, args: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc_per_node nproc -m partialfc.train ARGS`` (plain python when nproc is None)."""
+    if nproc is None:
+        return [sys.executable, "-m", "partialfc.train", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "partialfc.train", *args]
+
+
+def training_env() -> dict[str, str]:
+    # In-place restarts of gloo jobs need this on torch 2.13 (see shared/FIELD_NOTES.md).
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def run_training(nproc: int | None, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(training_command(nproc, args), cwd=REPO, env=training_env(),
+                            capture_output=True, text=True, timeout=540)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
