@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,13 +55,18 @@ def prepare_dataset(config: Config, info: DistInfo) -> RecordDataset:
     path, synthetic = config.data.path, config.data.synthetic
     if not path:
         raise ConfigError("data.path is empty: point it at a dataset (.rec, prefix, directory or glob)")
-    if synthetic.identities > 0 and not Path(path).exists():
-        if info.is_main:
+    if synthetic.identities > 0:
+        # Rank 0 alone decides and writes; every rank waits (ranks must not test existence themselves:
+        # they would race with the writer). Written aside and renamed, so it is complete or absent.
+        if info.is_main and not Path(path).exists():
+            staging = Path(f"{path}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
             generate_synthetic_dataset(
-                path, synthetic.identities, synthetic.images_per_identity, seed=config.train.seed,
+                staging, synthetic.identities, synthetic.images_per_identity, seed=config.train.seed,
                 shards=synthetic.shards, holdout_identities=synthetic.holdout_identities, pairs=synthetic.pairs,
                 progress=True,
             )
+            staging.rename(path)
         barrier()
     dataset = RecordDataset(path)
     if config.data.num_classes and config.data.num_classes != dataset.num_classes:
