@@ -159,10 +159,11 @@ class RecordReader:
 
     The file is memory-mapped lazily per process, so a reader created before ``fork`` (e.g. in a
     DataLoader's parent) reopens its own map in each worker. Without an .idx file the records are
-    found by scanning and keyed by their ordinal (0, 1, ...), as ``MXRecordIO`` numbers them; an
-    .idx that does not describe the .rec exactly (offsets past EOF or not at a record, records
-    missing from it) is refused rather than silently trusted. ``check_index=False`` defers that
-    check (call :meth:`check_index`) so a verifier can still visit every indexed record.
+    found by scanning and keyed by their ordinal (0, 1, ...), as ``MXRecordIO`` numbers them. A
+    stale .idx (offsets past EOF or not at a record, records missing from it) is never trusted: it
+    is ignored and the index rebuilt by scanning, with a warning naming the file and the problem
+    (the .idx on disk is left as it is). ``check_index=False`` skips that check (call
+    :meth:`check_index`) so a verifier can visit and report every indexed record.
     """
 
     def __init__(
@@ -181,19 +182,22 @@ class RecordReader:
         self._pid = -1
         self._map: mmap.mmap | None = None
         self.index_rebuilt = rebuild_index or not self.idx_path.is_file()
-        if self.index_rebuilt:
-            if not rebuild_index:
-                warnings.warn(
-                    f"{self.idx_path} is missing; indexing {self.rec_path} by scanning, keys are record ordinals",
-                    stacklevel=2,
-                )
-            offsets = self._scan()
-            self.keys = np.arange(len(offsets), dtype=np.int64)
-            self.offsets = offsets
-        else:
+        if not self.index_rebuilt:
             self.keys, self.offsets = _parse_idx(self.idx_path)
             if check_index:
-                self.check_index()
+                try:
+                    self.check_index()
+                except RecordIOError as stale:
+                    warnings.warn(f"{stale}; indexing {self.rec_path} by scanning, keys are record ordinals", stacklevel=2)
+                    self.index_rebuilt = True
+        elif not rebuild_index:
+            warnings.warn(
+                f"{self.idx_path} is missing; indexing {self.rec_path} by scanning, keys are record ordinals",
+                stacklevel=2,
+            )
+        if self.index_rebuilt:
+            self.offsets = self._scan()
+            self.keys = np.arange(len(self.offsets), dtype=np.int64)
         order = np.argsort(self.keys, kind="stable")
         self._sorted_keys = self.keys[order]
         self._sorted_pos = order

@@ -110,14 +110,23 @@ def test_missing_index_is_rebuilt_by_scan_with_ordinal_keys(tmp_path):
     assert [r.read(i) for i in range(len(PAYLOADS))] == list(PAYLOADS.values())
 
 
+def assert_rebuilt_by_scan(rec, match: str, payloads: dict[int, bytes]) -> None:
+    """A stale .idx is named in a warning, ignored, and the records are found by scanning."""
+    idx_before = rec.with_suffix(".idx").read_text()
+    with pytest.warns(UserWarning, match=match):
+        reader = RecordReader(rec)
+    assert reader.index_rebuilt and list(reader.keys) == list(range(len(payloads)))
+    assert [reader.read(i) for i in range(len(payloads))] == list(payloads.values())
+    assert rec.with_suffix(".idx").read_text() == idx_before  # the user's file is left alone
+
+
 def test_stale_index_records_appended_after_indexing(tmp_path):
     rec = tmp_path / "a.rec"
     write(rec)
     idx = (tmp_path / "a.idx").read_text()
     write(rec, {**PAYLOADS, 100: b"new"})
     (tmp_path / "a.idx").write_text(idx)
-    with pytest.raises(RecordIOError, match=r"a\.idx.*index is stale"):
-        RecordReader(rec)
+    assert_rebuilt_by_scan(rec, r"a\.idx.*index is stale.*indexing .*a\.rec by scanning", {**PAYLOADS, 100: b"new"})
 
 
 def test_stale_index_offset_not_at_record(tmp_path):
@@ -127,8 +136,7 @@ def test_stale_index_offset_not_at_record(tmp_path):
     key, off = lines[2].split("\t")
     lines[2] = f"{key}\t{int(off) + 4}"
     (tmp_path / "a.idx").write_text("\n".join(lines) + "\n")
-    with pytest.raises(RecordIOError, match=rf"line 3 \(key {key}\): offset {int(off) + 4} holds"):
-        RecordReader(rec)
+    assert_rebuilt_by_scan(rec, rf"line 3 \(key {key}\): offset {int(off) + 4} holds", PAYLOADS)
 
 
 def test_index_offset_past_eof(tmp_path):
@@ -136,8 +144,7 @@ def test_index_offset_past_eof(tmp_path):
     write(rec)
     with open(tmp_path / "a.idx", "a") as f:
         f.write("500\t1000000\n")
-    with pytest.raises(RecordIOError, match=r"a\.idx.*key 500\) points at offset 1000000, past end of file"):
-        RecordReader(rec)
+    assert_rebuilt_by_scan(rec, r"a\.idx.*key 500\) points at offset 1000000, past end of file", PAYLOADS)
     r = RecordReader(rec, check_index=False)
     with pytest.raises(RecordIOError, match=r"a\.rec: offset 1000000: past end of file"):
         r.read(500)

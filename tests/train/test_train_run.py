@@ -42,6 +42,21 @@ def test_single_process_without_torchrun(tiny_dataset, tmp_path):
     assert json.loads((output / "summary.json").read_text())["status"] == "finished"
 
 
+def test_fp16_accumulation_and_clipping(tiny_dataset, tmp_path):
+    """fp16 with loss scaling, 2 micro-batches per step, global-norm clipping: the step path that
+    decides on overflow and clips over backbone + centres."""
+    output = tmp_path / "fp16"
+    result = run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "4", "--train.log_every", "1",
+                                        "--train.amp", "fp16", "--train.grad_accum", "2",
+                                        "--optim.clip_grad_norm", "1.0", "--eval.every_steps", "0",
+                                        "--data.backend", "torch"))
+    lines = [line for line in result.stdout.splitlines() if " loss_scale " in line]
+    assert len(lines) == 4 and all("loss_scale 65536" in line for line in lines), result.stdout[-3000:]
+    norms = [float(line.split(" grad_norm ")[1].split()[0]) for line in lines]
+    assert all(norm > 0 for norm in norms)
+    assert "global batch 64" in result.stdout  # 16 per rank x 2 ranks x 2 micro-batches
+
+
 def test_bad_configs_fail_clearly(tiny_dataset, tmp_path):
     cases = [
         (["--optim.lr", "fast"], "optim.lr: expected float"),
