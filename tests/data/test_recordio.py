@@ -189,8 +189,10 @@ def test_flipped_magic(tmp_path):
     data = bytearray(rec.read_bytes())
     data[offsets[11]] ^= 0xFF
     rec.write_bytes(bytes(data))
-    with pytest.raises(RecordIOError, match=rf"key 11\): offset {offsets[11]} holds 0x"):
-        RecordReader(rec)
+    # The index no longer matches, and the rescan that replaces it stops at the corrupt record.
+    with pytest.warns(UserWarning, match=rf"key 11\): offset {offsets[11]} holds 0x"):
+        with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[11]}: bad magic 0xced723f5"):
+            RecordReader(rec)
     r = RecordReader(rec, check_index=False)
     with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[11]}: bad magic 0xced723f5"):
         r.read(11)
