@@ -20,32 +20,20 @@ from partialfc.models.registry import register_model
 
 
 class ConvBlock(nn.Module):
-    """Conv -> BN -> PReLU."""
+    """Conv -> BN -> PReLU, or Conv -> BN for the linear bottleneck (``activation=False``).
+
+    Submodules are ``layers.0`` (conv), ``layers.1`` (BN), ``layers.2`` (PReLU), as upstream names them.
+    """
 
     def __init__(
-        self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
+        self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1,
+        activation: bool = True,
     ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
             nn.BatchNorm2d(out_c),
-            nn.PReLU(out_c),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class LinearBlock(nn.Module):
-    """Conv -> BN with no activation (the linear bottleneck)."""
-
-    def __init__(
-        self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
-    ) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
-            nn.BatchNorm2d(out_c),
+            *([nn.PReLU(out_c)] if activation else []),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +49,7 @@ class DepthWise(nn.Module):
         self.layers = nn.Sequential(
             ConvBlock(in_c, width),
             ConvBlock(width, width, kernel=3, stride=stride, padding=1, groups=width),
-            LinearBlock(width, out_c),
+            ConvBlock(width, out_c, activation=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +79,7 @@ class GDC(nn.Module):
     def __init__(self, embedding_size: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            LinearBlock(512, 512, kernel=7, groups=512),
+            ConvBlock(512, 512, kernel=7, groups=512, activation=False),
             nn.Flatten(1),
             nn.Linear(512, embedding_size, bias=False),
             nn.BatchNorm1d(embedding_size),

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data.rec_fixtures import write_dataset
 
+from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import encode_jpeg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,3 +64,17 @@ def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("synth")
     return generate_synthetic_dataset(out, 12, 4, seed=3, holdout_identities=3, pairs=6, workers=1)
+
+
+@pytest.fixture(scope="session")
+def one_file(tmp_path_factory: pytest.TempPathFactory) -> RecordDataset:
+    """One InsightFace-layout .rec whose images encode their own index (loader tests)."""
+    path, _ = write_dataset(tmp_path_factory.mktemp("one"), num_ids=60, seed=1)
+    return RecordDataset(path)
+
+
+@pytest.fixture(scope="session")
+def two_shards(tmp_path_factory: pytest.TempPathFactory) -> RecordDataset:
+    """The same kind of dataset split into two shards with global class ids."""
+    path, _ = write_dataset(tmp_path_factory.mktemp("two"), num_ids=50, seed=2, shards=2)
+    return RecordDataset(path)

@@ -29,18 +29,6 @@ def make(ds, *, rank, world_size, seed, batch_size, **kw):
     return DaliLoader(ds, batch_size, rank=rank, world_size=world_size, seed=seed, device_id=None, num_threads=2, **kw)
 
 
-@pytest.fixture(scope="module")
-def one_file(tmp_path_factory):
-    path, _ = write_dataset(tmp_path_factory.mktemp("one"), num_ids=60, seed=1)
-    return RecordDataset(path)
-
-
-@pytest.fixture(scope="module")
-def two_shards(tmp_path_factory):
-    path, _ = write_dataset(tmp_path_factory.mktemp("two"), num_ids=50, seed=2, shards=2)
-    return RecordDataset(path)
-
-
 def test_fixture_has_header_identity_and_multipart_records(one_file):
     reader = one_file.reader(0)
     assert one_file.layout == "insightface"

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from data import loader_contract as contract
-from data.rec_fixtures import write_dataset
-from partialfc.data.dataset import RecordDataset
 from partialfc.data.loader import TorchLoader, build_loader, dali_available
 from partialfc.data.sampler import rank_batches
 
@@ -17,18 +15,6 @@ BATCH = 16
 def make(ds, *, rank, world_size, seed, batch_size, **kw):
     kw.setdefault("num_workers", 0)
     return TorchLoader(ds, batch_size, rank=rank, world_size=world_size, seed=seed, **kw)
-
-
-@pytest.fixture(scope="module")
-def one_file(tmp_path_factory):
-    path, _ = write_dataset(tmp_path_factory.mktemp("one"), num_ids=60, seed=1)
-    return RecordDataset(path)
-
-
-@pytest.fixture(scope="module")
-def two_shards(tmp_path_factory):
-    path, _ = write_dataset(tmp_path_factory.mktemp("two"), num_ids=50, seed=2, shards=2)
-    return RecordDataset(path)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
