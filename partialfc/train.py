@@ -26,7 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m partialfc.train",
         description="Train a face-recognition backbone with a Partial-FC classifier. Options below override "
         "the YAML file given with --config, which overrides the defaults shown.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with the sections below (configs/*.yaml)")
     parser.add_argument("--dry-run", action="store_true",
@@ -69,8 +68,15 @@ def dry_run(config: Config, world_size: int) -> None:
     print(f"# memory plan per rank: W={world_size}, C={num_classes}, global batch {config.data.batch_size * world_size}")
     plan = memory_plan(config, num_classes, world_size)
     for name, size in plan:
-        print(f"#   {name:<48} {size / 2**30:9.3f} GiB")
-    print(f"#   {'total (activations not included)':<48} {sum(size for _, size in plan) / 2**30:9.3f} GiB")
+        print(f"#   {name:<48} {_human_bytes(size):>12}")
+    print(f"#   {'total (activations not included)':<48} {_human_bytes(sum(size for _, size in plan)):>12}")
+
+
+def _human_bytes(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,68 @@
+"""Config: presets load, --help documents every field, dry-run plans memory, overrides coerce types."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from training_run import REPO
+
+from partialfc.config import Config, ConfigError, load_config
+from partialfc.train import build_parser, main, memory_plan
+
+
+def field_names(node, prefix: str = "") -> list[str]:
+    names = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        names += field_names(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else [f"{prefix}{f.name}"]
+    return names
+
+
+def test_help_documents_every_field():
+    text = build_parser().format_help()
+    for name in field_names(Config()):
+        assert f"--{name}" in text, name
+    assert "(default: 'r50')" in text and "Partial FC r" in text
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_presets_are_valid(preset):
+    config = load_config(REPO / "configs" / preset)
+    assert config.data.path and config.output
+
+
+def test_real_dataset_presets_carry_real_sizes():
+    sizes = {"ms1mv3_r50.yaml": 93431, "ms1mv3_r100.yaml": 93431, "glint360k_r100.yaml": 360232,
+             "webface42m_r100_pfc02.yaml": 2059906}
+    for preset, classes in sizes.items():
+        assert load_config(REPO / "configs" / preset).data.num_classes == classes, preset
+
+
+def test_overrides_coerce_and_validate():
+    config = load_config(None, {"optim.lr": "0.2", "data.flip": "false", "data.val_targets": "lfw,cfp_fp",
+                                "train.max_steps": "7", "data.path": "x"})
+    assert (config.optim.lr, config.data.flip, config.data.val_targets, config.train.max_steps) == (0.2, False, ["lfw", "cfp_fp"], 7)
+    with pytest.raises(ConfigError, match="train.max_steps: expected int, got '1.5'"):
+        load_config(None, {"train.max_steps": "1.5"})
+    with pytest.raises(ConfigError, match="train.amp: must be one of none, bf16, fp16"):
+        load_config(None, {"train.amp": "fp8"})
+    with pytest.raises(ConfigError, match="'optim' is a section"):
+        load_config(None, {"optim": "sgd"})
+
+
+def test_memory_plan_scales_with_world_size_and_dtype():
+    config = load_config(REPO / "configs" / "webface42m_r100_pfc02.yaml")
+    plan8 = dict(memory_plan(config, 2_059_906, 8))
+    plan16 = dict(memory_plan(config, 2_059_906, 16))
+    assert plan8["class centres"] == 257_489 * 512 * 4  # ceil(2,059,906 / 8) rows of fp32
+    assert plan16["class centres"] * 2 == pytest.approx(plan8["class centres"], rel=1e-4)
+    config.loss.param_dtype = "bf16"
+    assert dict(memory_plan(config, 2_059_906, 8))["class centres"] * 2 == plan8["class centres"]
+
+
+def test_dry_run_prints_config_and_plan(capsys):
+    assert main(["--config", str(REPO / "configs" / "ms1mv3_r50.yaml"), "--dry-run", "--world-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "backbone: r50" in out and "memory plan per rank: W=8, C=93431, global batch 1024" in out
+    assert "class centres" in out and "total (activations not included)" in out
