@@ -219,6 +219,8 @@ class Trainer:
             yield from self.loader
 
     def _train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], window: _Window) -> None:
+        step_start = time.perf_counter()
+        wait_before = window.data_wait
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -255,14 +257,11 @@ class Trainer:
         window.steps += 1
         window.grad_norm = grad_norm
         window.lr = lr
-        now = time.perf_counter()
-        step_wait = window.data_wait - window.data_wait_reported
+        step_wait = window.data_wait - wait_before
         self.metrics.observe_step(  # per rank: local samples, compute time without the data wait
-            samples=self.config.data.batch_size * accum, step_seconds=now - window.last_step_end - step_wait,
+            samples=self.config.data.batch_size * accum, step_seconds=time.perf_counter() - step_start - step_wait,
             data_wait_seconds=step_wait, epoch=self.loader.epoch, sampled_centres=self.pfc.num_sample,
         )
-        window.data_wait_reported = window.data_wait
-        window.last_step_end = now
         self.log.progress(self.step, self.total_steps, f"lr {lr:.4g}")
 
     def _unscale_and_clip(self) -> tuple[torch.Tensor | None, bool]:
@@ -384,14 +383,11 @@ class Trainer:
         self.log.info(f"resumed from {path} at step {self.step}")
 
     def _export(self) -> None:
+        """model.pt after the last step (verification and checkpoint ran at that step already)."""
         if self.info.is_main:
             self._write_model(self.run_dir / "model.pt")
             self.log.info(f"exported {self.run_dir / 'model.pt'}")
         self.log.update_summary(step=self.step, model=str(self.run_dir / "model.pt"), best_verification=self.best)
-        if self.val_sets and not _due(self.step, self.config.eval.every_steps, self.total_steps):
-            self._verify()
-        if not _due(self.step, self.config.checkpoint.every_steps, self.total_steps):
-            self._save()
 
     def _write_model(self, path: Path) -> None:
         """Backbone weights for inference; loads with ``torch.load(weights_only=True)``."""
@@ -405,10 +401,10 @@ class _Window:
     """Accumulators between two log lines (device tensors stay on device until the log line)."""
 
     def __init__(self, start: float) -> None:
-        self.start = self.last_step_end = start
+        self.start = start
         self.loss_sum: torch.Tensor | float = 0.0
         self.micro_batches = self.steps = 0
-        self.data_wait = self.data_wait_reported = 0.0
+        self.data_wait = 0.0
         self.grad_norm: torch.Tensor | None = None
         self.lr = 0.0
 
