@@ -173,8 +173,10 @@ def test_truncated_file(tmp_path):
     offsets = write(rec)
     data = rec.read_bytes()
     rec.write_bytes(data[:-100])
-    with pytest.raises(RecordIOError, match=r"a\.rec"):
-        RecordReader(rec)
+    # The index no longer tiles the file; the rescan that replaces it stops at the cut record.
+    with pytest.warns(UserWarning, match=rf"a\.idx.*{len(data) - 100}-byte file; the index is stale"):
+        with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[99]}: truncated record"):
+            RecordReader(rec)
     r = RecordReader(rec, check_index=False)
     with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[99]}: truncated record"):
         r.read(99)
