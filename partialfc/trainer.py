@@ -107,6 +107,7 @@ class Trainer:
         self.log = RunLog(self.run_dir, enabled=info.is_main, tensorboard=config.train.tensorboard)
         torch.manual_seed(config.train.seed)  # identical backbone initialisation on every rank
         if config.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
             torch.use_deterministic_algorithms(True)
 
         self.dataset = prepare_dataset(config, info)
