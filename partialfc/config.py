@@ -109,6 +109,7 @@ class CheckpointConfig:
     every_steps: int = option(2000, "save a checkpoint every N steps (and at the end); 0: only at the end")
     keep: int = option(3, "keep the newest K complete checkpoints")
     resume: str = option("auto", "auto: newest complete checkpoint in the run directory; a path; or none")
+    on_sigterm: bool = option(True, "on SIGTERM (pre-emption), save a checkpoint at the next log step and stop (exit 143)")
 
 
 @dataclass

@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
         info = init_distributed(config.dist.backend, config.dist.timeout_s)
         try:
-            Trainer(config, info).fit()
+            status = Trainer(config, info).fit()
         finally:
             shutdown()
+        if status == "preempted":
+            return 143  # 128 + SIGTERM: the job did not finish; a restart resumes from the saved checkpoint
     except ConfigError as error:
         print(f"partialfc.train: config error: {error}", file=sys.stderr)
         return 2

@@ -17,6 +17,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +149,7 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0  # fp16 overflows since this process started
         self.best: dict[str, float] = {}
+        self.sigterm = _SigtermFlag(enabled=config.checkpoint.on_sigterm)
         self.metrics = TrainingMetrics(
             config.metrics, output_dir=str(self.run_dir), rank=info.rank, local_rank=info.local_rank,
             node=info.node, world_size=info.world_size,
@@ -177,7 +180,8 @@ class Trainer:
         return LazySGD(lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> str:
+        """Train to the end ("finished"), or until a SIGTERM is agreed on: save, stop, "preempted"."""
         self._resume()
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
@@ -193,13 +197,20 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 self._train_step(batches, window)
-                if self.step % self.config.train.log_every == 0 or self.step == self.total_steps:
+                log_step = self.step % self.config.train.log_every == 0 or self.step == self.total_steps
+                if log_step:
                     self._log(window)
                     window = _Window(time.perf_counter())
                 if _due(self.step, self.config.eval.every_steps, self.total_steps) and self.val_sets:
                     self._verify()
                 if _due(self.step, self.config.checkpoint.every_steps, self.total_steps):
                     self._save()
+                elif log_step and self.sigterm.agreed(self.device):
+                    self._save()
+                    self.log.info(f"SIGTERM: stopped at step {self.step} after saving; --checkpoint.resume auto continues")
+                    self.log.update_summary(status="preempted")
+                    barrier()
+                    return "preempted"
             self._export()
             self.log.update_summary(status="finished")
             barrier()  # every rank's final metric values are written before the last scrape
@@ -209,7 +220,7 @@ class Trainer:
         finally:
             self.metrics.close()
             self.log.close()
-        return self.log.summary
+        return "finished"
 
     @property
     def global_batch(self) -> int:
@@ -396,6 +407,31 @@ class Trainer:
         torch.save({"backbone": self.config.model.backbone, "embedding_size": self.config.model.embedding_size,
                     "state_dict": self.backbone.state_dict()}, tmp)
         os.replace(tmp, path)
+
+
+class _SigtermFlag:
+    """Records SIGTERM; ranks agree on stopping at log steps, where the host syncs anyway.
+
+    Signals reach ranks at different moments (and inside collectives), so each rank only notes it;
+    a MAX all-reduce at the next log step makes every rank stop after the same step. A second
+    SIGTERM gets the default action (terminate) if saving takes too long.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.received = False
+        if enabled and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.received = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def agreed(self, device: torch.device) -> bool:
+        if not dist.is_initialized():
+            return self.received
+        flag = torch.tensor([1.0 if self.received else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class _Window:

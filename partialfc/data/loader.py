@@ -10,6 +10,7 @@ tensor per batch. Workers are fork-safe: the record readers map their files agai
 from __future__ import annotations
 
 import importlib.util
+import signal
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -70,6 +71,12 @@ class _EpochBatches(Dataset):
         return images, torch.from_numpy(self.dataset.labels[ids])
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """torchrun signals a worker's whole process group; the trainer answers SIGTERM by saving a
+    checkpoint, which a decoder process dying mid-batch would abort. Workers end with their parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class TorchLoader(PlannedLoader):
     """Batches ``(images [B,3,H,W] float32 in [-1,1], labels [B] int64)`` of one rank, via a DataLoader.
 
@@ -119,6 +126,7 @@ class TorchLoader(PlannedLoader):
             prefetch_factor=self.prefetch_factor if workers else None,
             pin_memory=self.pin_memory,
             multiprocessing_context=self.multiprocessing_context if workers else None,
+            worker_init_fn=_ignore_sigterm if workers else None,
         )
         for images, labels in loader:
             self.position += 1

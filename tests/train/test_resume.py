@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
-from training_run import run_training, train_args
+from training_run import REPO, run_training, train_args, training_command, training_env
 from dist_harness import run_distributed
 
 from partialfc import CombinedMargin, PartialFC
@@ -87,3 +92,36 @@ def test_trainer_resumes_on_another_world_size(tiny_dataset, tmp_path, world_siz
                                                  "--eval.every_steps", "0", "--data.backend", "torch"))
     assert f"world size changed (2 -> {world_size})" in result.stdout
     assert "resumed from" in result.stdout and "step 6/6" in result.stdout
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path):
+    """Pre-emption: SIGTERM to torchrun reaches every rank (and its decoder processes); the ranks
+    agree at the next log step, save, and exit 143; --checkpoint.resume auto continues from there."""
+    output = tmp_path / "run"
+    args = train_args(tiny_dataset, output, "--train.max_steps", "100000", "--checkpoint.every_steps", "0",
+                      "--eval.every_steps", "0", "--data.backend", "torch", "--data.num_workers", "1")
+    log = output / "train.log"
+    job = subprocess.Popen(training_command(2, args), cwd=REPO, env=training_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and " step 6/" in log.read_text()):
+            assert job.poll() is None and time.monotonic() < deadline, "training did not reach step 6"
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0  # the job did not finish
+    text = log.read_text()
+    assert "SIGTERM: stopped at step" in text, text[-2000:]
+    stopped = int(text.split("SIGTERM: stopped at step ")[1].split()[0])
+    assert stopped % 2 == 0 and stopped >= 6  # at a log step
+    assert json.loads((output / "summary.json").read_text())["status"] == "preempted"
+    assert (output / "checkpoints" / f"step-{stopped:08d}" / "meta.json").is_file()
+
+    result = run_training(2, train_args(tiny_dataset, output, "--train.max_steps", str(stopped + 2),
+                                        "--eval.every_steps", "0", "--data.backend", "torch"))
+    assert f"resumed from {output / 'checkpoints' / f'step-{stopped:08d}'} at step {stopped}" in result.stdout
+    assert json.loads((output / "summary.json").read_text())["status"] == "finished"
