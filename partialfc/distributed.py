@@ -66,15 +66,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """The maximum of a host value over ranks (for decisions every rank must agree on)."""
-    if not dist.is_initialized():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
-
-
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
