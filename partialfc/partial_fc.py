@@ -390,6 +390,9 @@ class _DeferredLabelCheck:
         self._ready: torch.cuda.Event | None = None
 
     def record(self, labels: torch.Tensor) -> None:
+        # A summary still pending (an earlier micro-batch of this step) is checked first, never
+        # overwritten; its copy has long completed by now, so this does not stall.
+        self.raise_if_bad()
         bad = (labels < 0) | (labels >= self.num_classes)
         count = torch.count_nonzero(bad)
         first = torch.where(bad, labels, labels.new_full((), torch.iinfo(torch.int64).max)).min()

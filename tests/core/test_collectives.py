@@ -100,3 +100,16 @@ def test_ddp_backbone_gradient_equals_single_process_global_batch():
     PartialFC(DIM, NUM_CLASSES, 1.0, CombinedMargin(), seed=5)(backbone(inputs), labels).backward()
     for grad in run_distributed(ddp_backbone_grad, world_size, inputs, labels):
         assert relative_error(grad, backbone.weight.grad) < 1e-5
+
+
+def test_deferred_check_keeps_an_earlier_micro_batch():
+    """The GPU path records every micro-batch and checks at step(): a later good micro-batch must
+    not hide an earlier bad one."""
+    from partialfc.partial_fc import _DeferredLabelCheck
+
+    check = _DeferredLabelCheck(NUM_CLASSES)
+    check.record(torch.tensor([1, NUM_CLASSES + 3]))
+    with pytest.raises(LabelRangeError, match=str(NUM_CLASSES + 3)):
+        check.record(torch.tensor([1, 2]))
+    check.record(torch.tensor([1, 2]))
+    check.raise_if_bad()  # good labels: nothing pending to report
