@@ -126,3 +126,42 @@ def test_input_shape_validation():
         pfc(torch.randn(2, DIM + 1), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="labels"):
         pfc(torch.randn(2, DIM), torch.tensor([0, 1, 2]))
+
+
+def test_skip_step_moves_on_to_the_next_sampling_stream():
+    """A skipped step (fp16 overflow) must not make the next step resample the same rows."""
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(4, DIM, generator=generator)
+    labels = torch.randint(0, 1000, (4,), generator=generator)
+    skipped = PartialFC(DIM, 1000, 0.01, CombinedMargin(), seed=4)
+    stepped = PartialFC(DIM, 1000, 0.01, CombinedMargin(), seed=4)
+    for pfc in (skipped, stepped):
+        pfc(embeddings, labels).backward()
+    first_rows = skipped.last_sampled_rows.clone()
+    before = skipped.weight.clone()
+    skipped.skip_step()
+    stepped.step()
+    assert torch.equal(skipped.weight, before)
+    for pfc in (skipped, stepped):
+        pfc(embeddings, labels).backward()
+    assert not torch.equal(skipped.last_sampled_rows, first_rows)
+    assert torch.equal(skipped.last_sampled_rows, stepped.last_sampled_rows)
+
+
+def test_accumulated_micro_batches_sharing_rows_add_their_gradients():
+    """Micro-batches with the same labels share their positive rows: their gradients must add."""
+    pfc = PartialFC(DIM, 1000, 0.01, CombinedMargin(), optimizer=LazySGD(lr=1.0, momentum=0.0, weight_decay=0.0), seed=4)
+    before = pfc.weight.clone()
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 1000, (4,), generator=generator)
+    expected_delta = torch.zeros_like(before)
+    sampled = []
+    for _ in range(2):
+        pfc(torch.randn(4, DIM, generator=generator), labels).backward()
+        rows = pfc.last_sampled_rows.clone()
+        expected_delta.index_add_(0, rows, -pfc._pending[-1].grad)
+        sampled.append(rows)
+    shared = sampled[0][torch.isin(sampled[0], sampled[1])]
+    assert torch.isin(labels, shared).all() and not torch.equal(sampled[0], sampled[1])
+    pfc.step()
+    torch.testing.assert_close(pfc.weight - before, expected_delta, rtol=1e-5, atol=1e-7)
