@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import decode_jpeg
 from partialfc.data.loader import TorchLoader, dali_available
 from partialfc.data.synth import generate_synthetic_dataset
+from partialfc.models import InputConfig
 
 _JPEGS: list[bytes] = []
+_INPUT = InputConfig()
 
 
 def _decode_simplejpeg(lo: int, hi: int) -> int:
@@ -34,11 +37,9 @@ def _decode_simplejpeg(lo: int, hi: int) -> int:
 
 
 def _decode_normalise(lo: int, hi: int) -> int:
-    out = np.empty((3, 112, 112), np.float32)
+    out = torch.empty((1, 3) + _INPUT.size, dtype=torch.float32)
     for data in _JPEGS[lo:hi]:
-        out[...] = decode_jpeg(data).transpose(2, 0, 1)
-        out *= np.float32(1 / 127.5)
-        out -= 1.0
+        _INPUT.normalize(torch.from_numpy(decode_jpeg(data))[None], out=out)
     return hi - lo
 
 
@@ -110,14 +111,15 @@ def main() -> None:
                      best_of(lambda: floor(jpegs, args.cores, _decode_normalise))))
         if dali_available():
             def dali_rate() -> float:
-                loader = DaliLoader(ds, args.batch_size, seed=0, device_id=None, num_threads=args.cores)
+                loader = DaliLoader(ds, args.batch_size, input_config=_INPUT, seed=0, device_id=None,
+                                    num_threads=args.cores)
                 rate = loader_rate(loader, args.epochs)
                 loader.close()
                 return rate
 
             rows.append(("DALI CPU pipeline (DaliLoader)", best_of(dali_rate)))
         rows.append(("PyTorch fallback (TorchLoader)", best_of(
-            lambda: loader_rate(TorchLoader(ds, args.batch_size, seed=0, num_workers=args.cores), args.epochs))))
+            lambda: loader_rate(TorchLoader(ds, args.batch_size, input_config=_INPUT, seed=0, num_workers=args.cores), args.epochs))))
 
         print(f"\n| pipeline | images/s | % of floor |\n|---|---:|---:|")
         for name, rate in rows:

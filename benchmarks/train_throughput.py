@@ -37,7 +37,7 @@ from partialfc.data import RecordDataset
 from partialfc.data.loader import build_loader
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.distributed import all_gather_into, init_distributed, reduce_scatter_into
-from partialfc.models import create_model
+from partialfc.models import InputConfig, create_model
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -88,7 +88,8 @@ def main() -> None:
     dataset = RecordDataset(data_dir)
     loader = build_loader(dataset, backend=args.data_backend, batch_size=args.batch, rank=info.rank,
                           world_size=info.world_size, seed=0,
-                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=args.data_workers)
+                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=args.data_workers,
+                          input_config=InputConfig())
 
     def batches():
         while True:

@@ -89,7 +89,7 @@ def embed_pairs(
     chunks = [torch.empty(0, embedding_size, device=device)]
     for offset in range(start, start + count, batch_size):
         pixels = torch.from_numpy(vset.images(slice(offset, min(offset + batch_size, start + count))))
-        images = pixels.to(device).permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
+        images = model.input_config.normalize(pixels.to(device))
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             embedding = model(images).float() + model(images.flip(3)).float()
         chunks.append(F.normalize(embedding, dim=1))

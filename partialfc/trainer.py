@@ -112,6 +112,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
             torch.use_deterministic_algorithms(True)
 
+        self.backbone = self._build_backbone()  # before the loader, which normalises as it says
         self.dataset = prepare_dataset(config, info)
         self.num_classes = self.dataset.num_classes
         self.val_sets = [VerificationSet(path) for path in resolve_val_targets(config)]
@@ -119,6 +120,7 @@ class Trainer:
             self.dataset, backend=config.data.backend, batch_size=config.data.batch_size, rank=info.rank,
             world_size=info.world_size, seed=config.train.seed, flip=config.data.flip,
             device_id=info.local_rank if self.device.type == "cuda" else None, num_workers=config.data.num_workers,
+            input_config=self.backbone.input_config,
         )
         self.steps_per_epoch = len(self.loader) // config.train.grad_accum
         if self.steps_per_epoch == 0:
@@ -128,7 +130,6 @@ class Trainer:
             )
         self.total_steps = config.train.max_steps or math.ceil(config.train.epochs * self.steps_per_epoch)
 
-        self.backbone = self._build_backbone()
         self.model = self.backbone
         if dist.is_initialized():
             self.model = nn.parallel.DistributedDataParallel(

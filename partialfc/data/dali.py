@@ -34,12 +34,13 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image_index import BatchIndex, write_batch_index
 from partialfc.data.sampler import PlannedLoader, check_state, stream_seed
+from partialfc.models.input_config import InputConfig
 
 _READER = "Reader"
 
 
 @pipeline_def(enable_checkpointing=True)
-def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, mean: float, std: float):
+def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, input_config: InputConfig):
     """Read records, decode to RGB, mirror at random, normalise to CHW float32; labels to int64."""
     jpegs, labels = fn.readers.mxnet(
         path=paths,
@@ -48,13 +49,13 @@ def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, mea
         random_shuffle=False,
         dont_use_mmap=False,
     )
-    images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=getattr(types, input_config.channel_order))
     images = fn.crop_mirror_normalize(
         images,
         dtype=types.FLOAT,
         output_layout="CHW",
-        mean=[mean] * 3,
-        std=[std] * 3,
+        mean=list(input_config.mean),
+        std=list(input_config.std),
         mirror=fn.random.coin_flip(probability=0.5) if flip else 0,
     )
     # Labels are float32 of shape [1] (flag 0) or [flag] (label arrays): the class id is element 0.
@@ -63,9 +64,9 @@ def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, mea
 
 
 class DaliLoader(PlannedLoader):
-    """Batches ``(images [B,3,H,W] float32 in [-1,1], labels [B] int64)`` of one rank, via DALI.
+    """Batches ``(images [B,3,H,W] float32, labels [B] int64)`` of one rank, via DALI.
 
-    Every rank of a job must use the same ``seed``, ``batch_size`` and ``world_size``; then all
+    Images are normalised as ``input_config`` (the backbone's) says. Every rank of a job must use the same ``seed``, ``batch_size`` and ``world_size``; then all
     ranks yield ``len(loader)`` batches per epoch, disjoint across ranks. Call ``set_epoch`` before
     iterating (as with ``DistributedSampler``); without it, the loader moves to the next epoch by
     itself after a complete pass. The ``.rec`` files must be memory-mappable (local disk or a
@@ -80,6 +81,7 @@ class DaliLoader(PlannedLoader):
         dataset: RecordDataset,
         batch_size: int,
         *,
+        input_config: InputConfig,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
@@ -91,6 +93,7 @@ class DaliLoader(PlannedLoader):
         work_dir: str | Path | None = None,
     ) -> None:
         super().__init__(dataset, batch_size, rank, world_size, seed, shuffle, flip)
+        self.input_config = input_config
         self.device_id = device_id
         self.num_threads = int(num_threads)
         self.prefetch_queue_depth = int(prefetch_queue_depth)
@@ -106,8 +109,7 @@ class DaliLoader(PlannedLoader):
             index_path=str(index.index_path),
             gpu=self.device_id is not None,
             flip=self.flip,
-            mean=127.5,
-            std=127.5,
+            input_config=self.input_config,
             batch_size=self.batch_size + index.extra,
             num_threads=self.num_threads,
             device_id=self.device_id,

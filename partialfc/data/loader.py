@@ -21,18 +21,19 @@ from torch.utils.data import DataLoader, Dataset
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import decode_jpeg
 from partialfc.data.sampler import PlannedLoader, check_state, stream_seed
-
-
-_SCALE = np.float32(1 / 127.5)
+from partialfc.models.input_config import InputConfig
 
 
 class _EpochBatches(Dataset):
     """Item ``b`` is batch ``b`` of one rank's epoch: decoded, flipped, normalised, in shared memory."""
 
-    def __init__(self, dataset: RecordDataset, plan: np.ndarray, flips: np.ndarray) -> None:
+    def __init__(
+        self, dataset: RecordDataset, plan: np.ndarray, flips: np.ndarray, input_config: InputConfig
+    ) -> None:
         self.dataset = dataset
         self.plan = plan
         self.flips = flips
+        self.input_config = input_config
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -50,10 +51,7 @@ class _EpochBatches(Dataset):
     def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, flips = self.plan[b], self.flips[b]
         first = self._decode(int(ids[0]))
-        images = torch.empty((len(ids), 3) + first.shape[:2], dtype=torch.float32)
-        if torch.utils.data.get_worker_info() is not None:
-            images.share_memory_()  # filled in place, so the hand-over to the trainer copies nothing
-        out = images.numpy()
+        pixels = np.empty((len(ids),) + first.shape, dtype=np.uint8)
         for k, i in enumerate(ids.tolist()):
             image = first if k == 0 else self._decode(i)
             if image.shape != first.shape:
@@ -61,13 +59,11 @@ class _EpochBatches(Dataset):
                     f"{self._where(i)} is {image.shape}, {self._where(int(ids[0]))} of the same "
                     f"batch is {first.shape}; images must share one size"
                 )
-            if flips[k]:
-                image = image[:, ::-1]
-            # x / 127.5 - 1 maps [0, 255] to [-1, 1]; one image at a time stays in cache.
-            chw = out[k]
-            chw[...] = image.transpose(2, 0, 1)
-            chw *= _SCALE
-            chw -= 1.0
+            pixels[k] = image[:, ::-1] if flips[k] else image
+        images = torch.empty((len(ids), 3) + first.shape[:2], dtype=torch.float32)
+        if torch.utils.data.get_worker_info() is not None:
+            images.share_memory_()  # filled in place, so the hand-over to the trainer copies nothing
+        self.input_config.normalize(torch.from_numpy(pixels), out=images)
         return images, torch.from_numpy(self.dataset.labels[ids])
 
 
@@ -78,10 +74,11 @@ def _ignore_sigterm(worker_id: int) -> None:
 
 
 class TorchLoader(PlannedLoader):
-    """Batches ``(images [B,3,H,W] float32 in [-1,1], labels [B] int64)`` of one rank, via a DataLoader.
+    """Batches ``(images [B,3,H,W] float32, labels [B] int64)`` of one rank, via a DataLoader.
 
-    Same contract as :class:`partialfc.data.dali.DaliLoader`; ``num_workers`` processes decode
-    whole batches (0 decodes in the calling process).
+    Same contract as :class:`partialfc.data.dali.DaliLoader`; images are normalised as
+    ``input_config`` (the backbone's) says; ``num_workers`` processes decode whole batches (0
+    decodes in the calling process).
     """
 
     backend = "torch"
@@ -91,6 +88,7 @@ class TorchLoader(PlannedLoader):
         dataset: RecordDataset,
         batch_size: int,
         *,
+        input_config: InputConfig,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
@@ -102,6 +100,7 @@ class TorchLoader(PlannedLoader):
         multiprocessing_context: str | None = None,
     ) -> None:
         super().__init__(dataset, batch_size, rank, world_size, seed, shuffle, flip)
+        self.input_config = input_config
         self.num_workers = int(num_workers)
         self.prefetch_factor = int(prefetch_factor)
         self.pin_memory = bool(pin_memory)
@@ -116,7 +115,7 @@ class TorchLoader(PlannedLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._begin_pass()
-        batches = _EpochBatches(self.dataset, self.plan(self.epoch), self.flips(self.epoch))
+        batches = _EpochBatches(self.dataset, self.plan(self.epoch), self.flips(self.epoch), self.input_config)
         workers = self.num_workers > 0
         loader = DataLoader(
             batches,
@@ -155,6 +154,7 @@ def build_loader(
     *,
     backend: Backend = "auto",
     batch_size: int,
+    input_config: InputConfig,
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
@@ -168,11 +168,11 @@ def build_loader(
 
     ``num_workers`` is DALI's thread count or the DataLoader's process count; ``device_id`` (the
     local GPU) makes DALI decode on that GPU and is ignored by the PyTorch loader, whose batches
-    stay on CPU. Extra ``options`` go to the chosen loader's constructor.
+    stay on CPU. ``input_config`` is the backbone's (``model.input_config``). Extra ``options`` go to the chosen loader's constructor.
     """
     if backend not in ("dali", "torch", "auto"):
         raise ValueError(f"data backend must be 'dali', 'torch' or 'auto', got {backend!r}")
-    common = dict(rank=rank, world_size=world_size, seed=seed, shuffle=shuffle, flip=flip)
+    common = dict(input_config=input_config, rank=rank, world_size=world_size, seed=seed, shuffle=shuffle, flip=flip)
     if backend == "dali" or (backend == "auto" and dali_available()):
         from partialfc.data.dali import DaliLoader
 

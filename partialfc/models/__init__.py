@@ -1,12 +1,14 @@
 """Face-recognition backbones behind a name registry.
 
-Every model maps ``[B, 3, 112, 112]`` float images normalised to [-1, 1] to ``[B, E]`` float32
-embeddings (not L2-normalised; the margin loss normalises). Mixed precision: wrap the forward
-in ``torch.autocast`` or pass ``fp16=True`` (body under float16 autocast, as arcface_torch).
+Every model maps ``[B, 3, 112, 112]`` float images, normalised as its ``model.input_config``
+(:class:`InputConfig`) says (``[-1, 1]`` for all of them), to ``[B, E]`` float32 embeddings (not
+L2-normalised; the margin loss normalises). Mixed precision: wrap the forward in
+``torch.autocast`` or pass ``fp16=True`` (body under float16 autocast, as arcface_torch).
 """
 
 # The model modules are imported for their @register_model side effect.
 from partialfc.models import face_resnet, iresnet, mobilefacenet, tiny  # noqa: F401
+from partialfc.models.input_config import InputConfig
 from partialfc.models.registry import create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["InputConfig", "create_model", "list_models", "register_model"]

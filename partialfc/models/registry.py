@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from partialfc.models.input_config import InputConfig
+
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 
@@ -30,10 +32,14 @@ def list_models() -> list[str]:
 def create_model(name: str, embedding_size: int = 512, **kwargs: object) -> nn.Module:
     """Build backbone ``name`` mapping ``[B, 3, 112, 112]`` images to ``[B, embedding_size]``.
 
-    Extra keyword arguments go to the model's constructor (``dropout``, ``fp16``, ...).
+    Extra keyword arguments go to the model's constructor (``dropout``, ``fp16``, ...). The model
+    carries ``model.input_config`` (:class:`InputConfig`): the default unless its factory set one.
     """
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
-    return factory(embedding_size=embedding_size, **kwargs)
+    model = factory(embedding_size=embedding_size, **kwargs)
+    if not isinstance(getattr(model, "input_config", None), InputConfig):
+        model.input_config = InputConfig()
+    return model

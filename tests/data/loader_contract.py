@@ -1,6 +1,7 @@
 """Properties every training loader backend must have, checked the same way for DALI and PyTorch.
 
-``make(dataset, rank=, world_size=, seed=, **kw)`` builds a loader of the backend under test.
+``make(dataset, rank=, world_size=, seed=, **kw)`` builds a loader of the backend under test,
+normalising with the default :class:`InputConfig` unless ``input_config=`` is given.
 Images come from :mod:`data.rec_fixtures`, so each output image says which record it is.
 """
 
@@ -14,12 +15,33 @@ import torch
 from data.rec_fixtures import read_index
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import decode_jpeg
+from partialfc.models import InputConfig
 
 Make = Callable[..., object]
 
 
 def run_epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def check_pixels(images: torch.Tensor, ids: np.ndarray, flips: list[bool], ds: RecordDataset,
+                 input_config: InputConfig) -> None:
+    """Each image is its record's native decode, mirrored when flipped, normalised as ``input_config``."""
+    mean, std = np.array(input_config.mean, np.float32), np.array(input_config.std, np.float32)
+    for i, flip, im in zip(ids, flips, images):
+        native = decode_jpeg(ds.read_image(int(i))).astype(np.float32)
+        if flip:
+            native = native[:, ::-1]
+        got = im.numpy().transpose(1, 2, 0) * std + mean
+        assert np.abs(got - native).mean() < 1.0, f"pixels of image {i} differ from the native decode"
+
+
+def check_input_config(make: Make, ds: RecordDataset, batch_size: int) -> None:
+    """Per-channel mean and std come from the InputConfig the loader was given, channel by channel."""
+    config = InputConfig(mean=(10.0, 120.0, 250.0), std=(255.0, 64.0, 2.0))
+    images, _ = next(iter(make(ds, rank=0, world_size=1, seed=0, batch_size=batch_size, input_config=config)))
+    decoded = [read_index(im.numpy(), config) for im in images]
+    check_pixels(images, np.array([i for i, _ in decoded]), [f for _, f in decoded], ds, config)
 
 
 def check_ranks(make: Make, ds: RecordDataset, world_size: int, batch_size: int) -> None:
@@ -39,13 +61,9 @@ def check_ranks(make: Make, ds: RecordDataset, world_size: int, batch_size: int)
             decoded = [read_index(im.numpy()) for im in images]
             ids = np.array([i for i, _ in decoded])
             assert np.array_equal(labels.numpy(), ds.labels[ids]), "labels differ from the native reader"
-            for (i, flip), im in zip(decoded, images):
-                native = decode_jpeg(ds.read_image(int(i))).astype(np.float32)
-                if flip:
-                    native = native[:, ::-1]
-                got = im.numpy().transpose(1, 2, 0) * 127.5 + 127.5
-                assert np.abs(got - native).mean() < 1.0, f"pixels of image {i} differ from the native decode"
-                flipped.append(flip)
+            flips = [flip for _, flip in decoded]
+            check_pixels(images, ids, flips, ds, InputConfig())
+            flipped.extend(flips)
             seen.extend(ids.tolist())
     assert len(set(counts)) == 1, f"ranks yield different batch counts: {counts}"
     used = counts[0] * batch_size * world_size

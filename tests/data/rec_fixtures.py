@@ -16,6 +16,7 @@ import numpy as np
 from partialfc.data.dataset import shard_name, write_property
 from partialfc.data.image import encode_jpeg
 from partialfc.data.recordio import MAGIC, RecordWriter, pack_record
+from partialfc.models import InputConfig
 
 SIZE = 112
 _BLOCK = 14
@@ -38,11 +39,11 @@ def index_image(index: int, label: int) -> np.ndarray:
     return img
 
 
-def read_index(image: np.ndarray) -> tuple[int, bool]:
-    """(index, flipped) of an image from :func:`index_image`, HWC uint8 or CHW normalised to [-1, 1]."""
+def read_index(image: np.ndarray, input_config: InputConfig = InputConfig()) -> tuple[int, bool]:
+    """(index, flipped) of an image from :func:`index_image`, HWC uint8 or CHW normalised as ``input_config``."""
     a = np.asarray(image, dtype=np.float32)
     if a.shape[0] == 3:
-        a = a.transpose(1, 2, 0) * 127.5 + 127.5
+        a = a.transpose(1, 2, 0) * np.array(input_config.std, np.float32) + np.array(input_config.mean, np.float32)
     index = 0
     for bit in range(_BITS):
         row, col = divmod(bit, 4)

@@ -13,6 +13,7 @@ from data.rec_fixtures import MULTIPART_INDEX, read_index, write_dataset
 from partialfc.data.dataset import RecordDataset
 from partialfc.data import image_index
 from partialfc.data.image_index import ensure_image_index, write_batch_index
+from partialfc.models import InputConfig
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -26,6 +27,7 @@ BATCH = 16
 
 
 def make(ds, *, rank, world_size, seed, batch_size, **kw):
+    kw.setdefault("input_config", InputConfig())
     return DaliLoader(ds, batch_size, rank=rank, world_size=world_size, seed=seed, device_id=None, num_threads=2, **kw)
 
 
@@ -44,6 +46,10 @@ def test_ranks_get_equal_batches_and_each_image_once(one_file, world_size):
 
 def test_two_shards(two_shards):
     contract.check_ranks(make, two_shards, 2, BATCH)
+
+
+def test_normalises_as_the_input_config_says(one_file):
+    contract.check_input_config(make, one_file, BATCH)
 
 
 def test_batches_mix_identities(one_file):

@@ -8,12 +8,14 @@ import pytest
 from data import loader_contract as contract
 from partialfc.data.loader import TorchLoader, build_loader, dali_available
 from partialfc.data.sampler import rank_batches
+from partialfc.models import InputConfig
 
 BATCH = 16
 
 
 def make(ds, *, rank, world_size, seed, batch_size, **kw):
     kw.setdefault("num_workers", 0)
+    kw.setdefault("input_config", InputConfig())
     return TorchLoader(ds, batch_size, rank=rank, world_size=world_size, seed=seed, **kw)
 
 
@@ -33,6 +35,10 @@ def test_workers_match_in_process_decoding(one_file):
     assert len(inline) == len(forked)
     for (xa, ya), (xb, yb) in zip(inline, forked):
         assert xa.equal(xb) and ya.equal(yb)
+
+
+def test_normalises_as_the_input_config_says(one_file):
+    contract.check_input_config(make, one_file, BATCH)
 
 
 def test_batches_mix_identities(one_file):
@@ -59,8 +65,10 @@ def test_plan_partitions_the_dataset():
 
 
 def test_factory(one_file):
-    assert isinstance(build_loader(one_file, backend="torch", batch_size=BATCH), TorchLoader)
-    auto = build_loader(one_file, backend="auto", batch_size=BATCH)
+    config = InputConfig()
+    assert isinstance(build_loader(one_file, backend="torch", batch_size=BATCH, input_config=config), TorchLoader)
+    auto = build_loader(one_file, backend="auto", batch_size=BATCH, input_config=config)
     assert type(auto).__name__ == ("DaliLoader" if dali_available() else "TorchLoader")
+    assert auto.input_config is config
     with pytest.raises(ValueError, match="backend"):
-        build_loader(one_file, backend="tf", batch_size=BATCH)
+        build_loader(one_file, backend="tf", batch_size=BATCH, input_config=config)
