@@ -1,9 +1,13 @@
 """partialfc: distributed Partial-FC training for face recognition at millions of identities."""
 
-from partialfc.centre_optim import LazyAdamW, LazySGD
-from partialfc.margins import CombinedMargin, Softmax
-from partialfc.partial_fc import LabelRangeError, PartialFC, shard_range
+from partialfc.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
+from partialfc.distributed import shard_range
+from partialfc.margins import CombinedMargin, Margin, Softmax
+from partialfc.partial_fc import LabelRangeError, PartialFC
 
 __version__ = "0.1.0"
 
-__all__ = ["PartialFC", "CombinedMargin", "Softmax", "LazySGD", "LazyAdamW", "LabelRangeError", "shard_range"]
+__all__ = [
+    "PartialFC", "Margin", "CombinedMargin", "Softmax", "CentreOptimizer", "LazySGD", "LazyAdamW",
+    "LabelRangeError", "shard_range",
+]

@@ -21,11 +21,39 @@ updated at irregular intervals.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.optim.sgd import sgd
 
 __all__ = ["LazySGD", "LazyAdamW", "CentreOptimizer", "store_rows"]
+
+
+class CentreOptimizer(Protocol):
+    """The contract :class:`~partialfc.PartialFC` drives a lazy centre optimizer through."""
+
+    lr: float
+    """Learning rate; the trainer's schedule overwrites it every step."""
+
+    def init_state(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-row state tensors (``[num_local, ...]``, registered as buffers: saved and re-sharded)."""
+        ...
+
+    def update(
+        self,
+        weight: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        rows: torch.Tensor | slice,
+        row_values: torch.Tensor,
+        grad: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Update ``weight[rows]`` and its state in place; ``rows`` is an index tensor or a slice.
+
+        ``row_values`` holds the current fp32 values of those rows and ``grad`` their gradient;
+        both may be consumed (overwritten). ``generator`` drives stochastic rounding into bf16.
+        """
+        ...
 
 
 @dataclass
@@ -55,11 +83,7 @@ class LazySGD:
         grad: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Update ``weight[rows]`` in place; ``rows`` is an index tensor or a contiguous slice.
-
-        ``row_values`` holds the current fp32 values of those rows and ``grad`` their gradient;
-        both are consumed (overwritten) to avoid extra ``[rows, D]`` buffers.
-        """
+        """See :meth:`CentreOptimizer.update`; consumes ``row_values`` and ``grad`` to avoid extra buffers."""
         buf = _load_rows(state["momentum"], rows) if self.momentum else None
         # torch's fused SGD kernel: one pass over weight, gradient and momentum instead of five.
         sgd([row_values], [grad], [buf], fused=True, weight_decay=self.weight_decay, momentum=self.momentum,
@@ -99,7 +123,7 @@ class LazyAdamW:
         grad: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Same contract as :meth:`LazySGD.update`."""
+        """See :meth:`CentreOptimizer.update`."""
         beta1, beta2 = self.betas
         step = _load_rows(state["row_step"], rows).add_(1.0)
         store_rows(state["row_step"], rows, step)
@@ -118,8 +142,6 @@ class LazyAdamW:
         row_values.addcdiv_(exp_avg * step_size, denom, value=-1.0)
         store_rows(weight, rows, row_values, generator)
 
-
-CentreOptimizer = LazySGD | LazyAdamW
 
 
 def _load_rows(tensor: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:

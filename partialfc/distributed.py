@@ -1,4 +1,8 @@
-"""Process-group setup: torchrun (env://) or a single process, backend chosen by device."""
+"""Process groups and the collectives built on them; how work and random streams split by rank.
+
+Setup: torchrun (env://) or a single process, backend chosen by device. The collective helpers
+take the world size explicitly and do nothing at W = 1, so single-process code needs no group.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import datetime
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -59,6 +64,78 @@ def all_gather_into(output: torch.Tensor, local: torch.Tensor, group: dist.Proce
 def reduce_scatter_into(output: torch.Tensor, full: torch.Tensor, group: dist.ProcessGroup | None = None) -> None:
     """Sum ``full`` over ranks and keep this rank's block of rows in ``output``."""
     (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(output, full, op=dist.ReduceOp.SUM, group=group)
+
+
+def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(start, count)`` of ``rank``'s contiguous block when ``num_items`` are split over ranks.
+
+    The first ``num_items mod world_size`` ranks get one item more (uneven splits allowed).
+    """
+    base, remainder = divmod(num_items, world_size)
+    return rank * base + min(rank, remainder), base + (1 if rank < remainder else 0)
+
+
+def derive_seed(*parts: int, bits: int = 63) -> int:
+    """A non-negative seed for the random stream named by ``parts`` (e.g. seed, purpose, step, rank).
+
+    Streams of different ``parts`` are statistically independent (numpy's ``SeedSequence`` hash).
+    ``bits=63`` suits ``torch.Generator``; ``bits=31`` the non-negative int32 seeds DALI takes.
+    The two widths take different bits of the 64-bit hash (top 63, low 31): that is how every
+    stream was seeded before this helper existed, kept so that runs and checkpoints reproduce.
+    """
+    state = int(np.random.SeedSequence(parts).generate_state(1, np.uint64)[0])
+    if bits == 63:
+        return state >> 1
+    if bits == 31:
+        return state & 0x7FFFFFFF
+    raise ValueError(f"derive_seed: bits must be 31 or 63, got {bits}")
+
+
+def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None, world_size: int) -> None:
+    """In-place all-reduce; nothing at W = 1."""
+    if world_size > 1:
+        dist.all_reduce(tensor, op=op, group=group)
+
+
+def all_reduce_sum_pair(a: torch.Tensor, b: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> None:
+    """Two SUM all-reduces in flight together (independent, so their latencies overlap)."""
+    if world_size > 1:
+        works = [dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group, async_op=True) for t in (a, b)]
+        for work in works:
+            work.wait()
+
+
+def all_gather_rows(local: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:
+    """Every rank's ``local`` (equal shapes) concatenated along dim 0, rank order; no gradient."""
+    if world_size == 1:
+        return local
+    gathered = local.new_empty(world_size * local.shape[0], *local.shape[1:])
+    all_gather_into(gathered, local.contiguous(), group)
+    return gathered
+
+
+def all_gather_with_grad(local: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:
+    """:func:`all_gather_rows` whose backward reduce-scatters (sums) the gradient and multiplies it by W.
+
+    The ×W is the DDP convention of :mod:`partialfc.partial_fc`: the gathered rows feed a loss
+    averaged over the global batch, and DDP divides backbone gradients by W again.
+    """
+    if world_size == 1:
+        return local
+    return _AllGatherWithGrad.apply(local, group, world_size)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:
+        ctx.group, ctx.world_size = group, world_size
+        return all_gather_rows(local, group, world_size)
+
+    @staticmethod
+    def backward(ctx, grad_gathered: torch.Tensor):
+        local_grad = grad_gathered.new_empty(grad_gathered.shape[0] // ctx.world_size, *grad_gathered.shape[1:])
+        reduce_scatter_into(local_grad, grad_gathered.contiguous(), ctx.group)
+        return local_grad.mul_(ctx.world_size), None, None
 
 
 def barrier() -> None:

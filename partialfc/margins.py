@@ -1,6 +1,6 @@
-"""Classification heads: how a sample's target logit is formed from its cosine.
+"""Margins: how a sample's target logit is formed from its cosine.
 
-Every head maps the cosine ``cos θ_ij`` between embedding ``x_i`` and centre ``w_j`` to a logit.
+Every margin maps the cosine ``cos θ_ij`` between embedding ``x_i`` and centre ``w_j`` to a logit.
 Non-target logits are ``s · cos θ_ij``; the target logit of sample ``i`` (class ``y_i``) is
 
     ψ(θ) = s · (cos(m1·θ + m2) − m3),          θ = arccos(cos θ_{i,y_i})
@@ -8,7 +8,7 @@ Non-target logits are ``s · cos θ_ij``; the target logit of sample ``i`` (clas
 which covers the margin family in one formula:
 
     ================================  ====  ====  ====
-    head                               m1    m2    m3
+    family                             m1    m2    m3
     ================================  ====  ====  ====
     normalised softmax (NormFace)      1     0     0
     SphereFace (multiplicative)        >1    0     0
@@ -40,14 +40,28 @@ the continuation above applies, which is linear in ``cos θ`` already.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 
-__all__ = ["CombinedMargin", "Softmax", "Head"]
+__all__ = ["Margin", "CombinedMargin", "Softmax"]
+
+
+class Margin(Protocol):
+    """What :class:`~partialfc.PartialFC` asks of a margin family."""
+
+    normalize: bool
+    """True: logits are ``scale · cos θ`` (embeddings and centres normalised); False: raw ``x · w``."""
+    scale: float
+    """Multiplier of the non-target cosines (``s``)."""
+
+    def target_logit(self, cos_theta: torch.Tensor) -> torch.Tensor:
+        """The target logit for a vector of target cosines, differentiable with its exact gradient."""
+        ...
 
 
 class CombinedMargin:
-    """Normalised head with target logit ``s · (cos(m1·θ + m2) − m3)``; see the module docstring."""
+    """Normalised margin with target logit ``s · (cos(m1·θ + m2) − m3)``; see the module docstring."""
 
     normalize = True
 
@@ -115,8 +129,6 @@ class Softmax:
     def __repr__(self) -> str:
         return "Softmax()"
 
-
-Head = CombinedMargin | Softmax
 
 
 def _clamp_eps(dtype: torch.dtype) -> float:

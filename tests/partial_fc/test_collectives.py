@@ -105,9 +105,9 @@ def test_ddp_backbone_gradient_equals_single_process_global_batch():
 def test_deferred_check_keeps_an_earlier_micro_batch():
     """The GPU path records every micro-batch and checks at step(): a later good micro-batch must
     not hide an earlier bad one."""
-    from partialfc.partial_fc import _DeferredLabelCheck
+    from partialfc._partial_fc_buffers import DeferredLabelCheck
 
-    check = _DeferredLabelCheck(NUM_CLASSES)
+    check = DeferredLabelCheck(NUM_CLASSES)
     check.record(torch.tensor([1, NUM_CLASSES + 3]))
     with pytest.raises(LabelRangeError, match=str(NUM_CLASSES + 3)):
         check.record(torch.tensor([1, 2]))
