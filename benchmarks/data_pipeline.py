@@ -22,7 +22,7 @@ import torch
 
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import decode_jpeg
-from partialfc.data.loader import TorchLoader, dali_available
+from partialfc.data.loaders import LoaderParams, TorchLoader, dali_available
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.models import InputConfig
 
@@ -102,7 +102,7 @@ def main() -> None:
 
         rows = [("floor: simplejpeg decode, in memory", best_of(lambda: floor(jpegs, args.cores, _decode_simplejpeg)))]
         if dali_available():
-            from partialfc.data.dali import DaliLoader
+            from partialfc.data.loaders.dali import DaliLoader
 
             rows.append(("floor: nvImageCodec CPU decode, in memory",
                          best_of(lambda: floor(jpegs, args.cores, _decode_nvimgcodec))))
@@ -111,15 +111,14 @@ def main() -> None:
                      best_of(lambda: floor(jpegs, args.cores, _decode_normalise))))
         if dali_available():
             def dali_rate() -> float:
-                loader = DaliLoader(ds, args.batch_size, input_config=_INPUT, seed=0, device_id=None,
-                                    num_threads=args.cores)
+                loader = DaliLoader(ds, LoaderParams(args.batch_size, _INPUT), device_id=None, num_threads=args.cores)
                 rate = loader_rate(loader, args.epochs)
                 loader.close()
                 return rate
 
             rows.append(("DALI CPU pipeline (DaliLoader)", best_of(dali_rate)))
         rows.append(("PyTorch fallback (TorchLoader)", best_of(
-            lambda: loader_rate(TorchLoader(ds, args.batch_size, input_config=_INPUT, seed=0, num_workers=args.cores), args.epochs))))
+            lambda: loader_rate(TorchLoader(ds, LoaderParams(args.batch_size, _INPUT), num_workers=args.cores), args.epochs))))
 
         print(f"\n| pipeline | images/s | % of floor |\n|---|---:|---:|")
         for name, rate in rows:

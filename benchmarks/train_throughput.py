@@ -34,7 +34,7 @@ from torch import nn
 
 from partialfc import CombinedMargin, LazySGD, PartialFC
 from partialfc.data import RecordDataset
-from partialfc.data.loader import build_loader
+from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.distributed import all_gather_into, init_distributed, reduce_scatter_into
 from partialfc.models import InputConfig, create_model
@@ -86,10 +86,9 @@ def main() -> None:
     if dist.is_initialized():
         dist.barrier()
     dataset = RecordDataset(data_dir)
-    loader = build_loader(dataset, backend=args.data_backend, batch_size=args.batch, rank=info.rank,
-                          world_size=info.world_size, seed=0,
-                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=args.data_workers,
-                          input_config=InputConfig())
+    params = LoaderParams(args.batch, InputConfig(), rank=info.rank, world_size=info.world_size, seed=0)
+    loader = build_loader(dataset, params, backend=args.data_backend,
+                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=args.data_workers)
 
     def batches():
         while True:

@@ -36,7 +36,7 @@ from partialfc.centre_optim import LazyAdamW, LazySGD
 from partialfc.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from partialfc.config import Config, ConfigError, to_dict
 from partialfc.data import RecordDataset
-from partialfc.data.loader import build_loader
+from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.data.verification import VerificationSet
 from partialfc.distributed import DistInfo, barrier
@@ -116,11 +116,13 @@ class Trainer:
         self.dataset = prepare_dataset(config, info)
         self.num_classes = self.dataset.num_classes
         self.val_sets = [VerificationSet(path) for path in resolve_val_targets(config)]
+        loader_params = LoaderParams(
+            config.data.batch_size, self.backbone.input_config, rank=info.rank, world_size=info.world_size,
+            seed=config.train.seed, flip=config.data.flip,
+        )
         self.loader = build_loader(
-            self.dataset, backend=config.data.backend, batch_size=config.data.batch_size, rank=info.rank,
-            world_size=info.world_size, seed=config.train.seed, flip=config.data.flip,
+            self.dataset, loader_params, backend=config.data.backend,
             device_id=info.local_rank if self.device.type == "cuda" else None, num_workers=config.data.num_workers,
-            input_config=self.backbone.input_config,
         )
         self.steps_per_epoch = len(self.loader) // config.train.grad_accum
         if self.steps_per_epoch == 0:

@@ -1,28 +1,31 @@
-"""Face-recognition data: RecordIO datasets, synthetic data, verification pairs.
+"""Face-recognition data: RecordIO datasets, training loaders, synthetic data, verification pairs.
 
 ``python -m partialfc.data --help`` lists the command-line tools (pack, inspect, verify, index, synth).
+The RecordIO format itself (readers, writers, record headers) is in :mod:`partialfc.data.recordio`;
+the DALI loader, which needs ``nvidia.dali``, in :mod:`partialfc.data.loaders.dali`.
 """
 
-from partialfc.data.dataset import DatasetError, RecordDataset, Shard
-from partialfc.data.recordio import (
-    MAGIC,
-    IRHeader,
-    RecordIOError,
-    RecordReader,
-    RecordWriter,
-    pack_record,
-    unpack_record,
-)
+from partialfc.data.dataset import RecordDataset
+from partialfc.data.integrity import IntegrityReport, verify_dataset
+from partialfc.data.layout import DatasetError
+from partialfc.data.loaders import LoaderParams, PlannedLoader, TorchLoader, build_loader, dali_available
+from partialfc.data.pack import pack_dataset
+from partialfc.data.synth import generate_synthetic_dataset
+from partialfc.data.verification import VerificationError, VerificationSet, load_verification_sets
 
 __all__ = [
-    "MAGIC",
     "DatasetError",
-    "IRHeader",
+    "IntegrityReport",
+    "LoaderParams",
+    "PlannedLoader",
     "RecordDataset",
-    "RecordIOError",
-    "RecordReader",
-    "RecordWriter",
-    "Shard",
-    "pack_record",
-    "unpack_record",
+    "TorchLoader",
+    "VerificationError",
+    "VerificationSet",
+    "build_loader",
+    "dali_available",
+    "generate_synthetic_dataset",
+    "load_verification_sets",
+    "pack_dataset",
+    "verify_dataset",
 ]

@@ -132,7 +132,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from partialfc.data.image_index import ensure_image_index
+    from partialfc.data.loaders.dali_index import ensure_image_index
 
     with RecordDataset(args.path) as ds:
         print(ensure_image_index(ds, cache_dir=args.cache_dir))

@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.data.dataset import DatasetError, shard_name, write_property
 from partialfc.data.image import ImageDecodeError, jpeg_size
+from partialfc.data.layout import LAYOUTS, DatasetError, image_keys, shard_paths, write_identities, write_property
 from partialfc.data.progress import Progress
 from partialfc.data.recordio import RecordWriter, pack_record
 
-LAYOUTS = ("insightface", "headerless")
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
@@ -135,13 +134,6 @@ def _loaded(load: Callable[[Any], bytes], sources: Sequence[Any], workers: int) 
         yield from pool.imap(checked, sources, chunksize=chunk)
 
 
-def shard_paths(out_prefix: str | Path, shards: int) -> list[Path]:
-    """The .rec paths ``pack_dataset`` writes for ``shards`` shards."""
-    if shards == 1:
-        return [Path(f"{out_prefix}.rec")]
-    return [shard_name(out_prefix, s, shards) for s in range(shards)]
-
-
 def pack_dataset(
     out_prefix: str | Path,
     labels: Sequence[int],
@@ -189,7 +181,7 @@ def pack_dataset(
     try:
         for (tmp_rec, tmp_idx), items in zip(partial, order):
             with RecordWriter(tmp_rec, tmp_idx) as writer:
-                for item, key in zip(items.tolist(), _image_keys(lab[items], layout).tolist()):
+                for item, key in zip(items.tolist(), image_keys(lab[items], layout).tolist()):
                     data, hw = next(stream)
                     if size is None:
                         size = hw
@@ -199,7 +191,7 @@ def pack_dataset(
                     if bar:
                         bar.update()
                 if layout == "insightface":
-                    _write_identities(writer, lab[items])
+                    write_identities(writer, lab[items])
     except BaseException:
         stream.close()  # stops the worker pool now, not at garbage collection
         for path in (p for pair in partial for p in pair):
@@ -226,22 +218,3 @@ def _remove_other_shard_sets(out_prefix: str | Path, keep: list[Path]) -> None:
             rec.with_suffix(".idx").unlink(missing_ok=True)
 
 
-def _image_keys(shard_labels: np.ndarray, layout: str) -> np.ndarray:
-    """Keys of a shard's images in write order: 0..n-1, or (InsightFace) 1..n ranked by identity."""
-    n = len(shard_labels)
-    if layout == "headerless":
-        return np.arange(n, dtype=np.int64)
-    keys = np.empty(n, np.int64)
-    keys[np.argsort(shard_labels, kind="stable")] = np.arange(1, n + 1)
-    return keys
-
-
-def _write_identities(writer: RecordWriter, shard_labels: np.ndarray) -> None:
-    """Identity records (key ranges of each label's images) and the header, after the images."""
-    n = len(shard_labels)
-    sorted_labels = np.sort(shard_labels, kind="stable")
-    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-    ends = np.r_[starts[1:], n]
-    for j, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-        writer.write(n + 1 + j, pack_record([a + 1, b + 1], b""))
-    writer.write(0, pack_record([n + 1, n + 1 + len(starts)], b""))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from partialfc.data.dataset import shard_name, write_property
+from partialfc.data.layout import shard_name, write_property
 from partialfc.data.image import encode_jpeg
 from partialfc.data.recordio import MAGIC, RecordWriter, pack_record
 from partialfc.models import InputConfig

@@ -125,7 +125,6 @@ def test_verify_missing_index_and_scan_failure(tmp_path, make_jpeg, capsys):
 
 
 def test_index_builds_image_only_index(tiny_synth, tmp_path, capsys):
-    pytest.importorskip("partialfc.data.image_index")
     import shutil
 
     data = tmp_path / "copy"

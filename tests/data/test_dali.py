@@ -11,14 +11,14 @@ import torch
 from data import loader_contract as contract
 from data.rec_fixtures import MULTIPART_INDEX, read_index, write_dataset
 from partialfc.data.dataset import RecordDataset
-from partialfc.data import image_index
-from partialfc.data.image_index import ensure_image_index, write_batch_index
+from partialfc.data.loaders import LoaderParams, dali_index
+from partialfc.data.loaders.dali_index import ensure_image_index, write_batch_index
 from partialfc.models import InputConfig
 
 try:
     from nvidia.dali import fn, pipeline_def, types
 
-    from partialfc.data.dali import DaliLoader
+    from partialfc.data.loaders.dali import DaliLoader
 except ImportError as err:  # CI installs DALI; a bare dev machine may not have it
     print(f"DALI tests skipped: nvidia.dali cannot be imported ({err})")
     pytest.skip(f"nvidia.dali cannot be imported: {err}", allow_module_level=True)
@@ -26,9 +26,9 @@ except ImportError as err:  # CI installs DALI; a bare dev machine may not have 
 BATCH = 16
 
 
-def make(ds, *, rank, world_size, seed, batch_size, **kw):
-    kw.setdefault("input_config", InputConfig())
-    return DaliLoader(ds, batch_size, rank=rank, world_size=world_size, seed=seed, device_id=None, num_threads=2, **kw)
+def make(ds, *, rank, world_size, seed, batch_size, flip=True, input_config=InputConfig()):
+    params = LoaderParams(batch_size, input_config, rank=rank, world_size=world_size, seed=seed, flip=flip)
+    return DaliLoader(ds, params, device_id=None, num_threads=2)
 
 
 def test_fixture_has_header_identity_and_multipart_records(one_file):
@@ -129,14 +129,14 @@ def test_static_image_index_is_reused_refreshed_and_cached(tmp_path, monkeypatch
     assert ensure_image_index(RecordDataset(path)) == index and index.stat().st_mtime_ns != mtime
     index.unlink()
     data_dir = ds.shards[0].rec_path.parent
-    real_write = image_index._write_static
+    real_write = dali_index._write_static
 
     def read_only_data_dir(dataset, path, sidecar, stamp):
         if path.parent == data_dir:  # what a read-only mount answers (chmod does not stop root)
             raise PermissionError(13, "Permission denied", str(path))
         real_write(dataset, path, sidecar, stamp)
 
-    monkeypatch.setattr(image_index, "_write_static", read_only_data_dir)
+    monkeypatch.setattr(dali_index, "_write_static", read_only_data_dir)
     cached = ensure_image_index(ds, cache_dir=tmp_path / "cache")
     assert cached.parent == tmp_path / "cache"
     assert sum(1 for _ in open(cached)) == ds.num_images

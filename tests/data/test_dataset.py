@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from partialfc.data.dataset import DatasetError, RecordDataset, _f32_eq, write_property
+from partialfc.data import DatasetError, RecordDataset
+from partialfc.data.layout import _f32_eq, write_property
 from partialfc.data.pack import pack_dataset
 from partialfc.data.recordio import MAGIC, RecordReader, RecordWriter, pack_record, unpack_record
 

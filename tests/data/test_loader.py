@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 
 from data import loader_contract as contract
-from partialfc.data.loader import TorchLoader, build_loader, dali_available
-from partialfc.data.sampler import rank_batches
+from partialfc.data.loaders import LoaderParams, TorchLoader, build_loader, dali_available
+from partialfc.data.loaders.plan import rank_batches
 from partialfc.models import InputConfig
 
 BATCH = 16
 
 
-def make(ds, *, rank, world_size, seed, batch_size, **kw):
-    kw.setdefault("num_workers", 0)
-    kw.setdefault("input_config", InputConfig())
-    return TorchLoader(ds, batch_size, rank=rank, world_size=world_size, seed=seed, **kw)
+def make(ds, *, rank, world_size, seed, batch_size, flip=True, input_config=InputConfig(), num_workers=0):
+    params = LoaderParams(batch_size, input_config, rank=rank, world_size=world_size, seed=seed, flip=flip)
+    return TorchLoader(ds, params, num_workers=num_workers)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -65,10 +64,10 @@ def test_plan_partitions_the_dataset():
 
 
 def test_factory(one_file):
-    config = InputConfig()
-    assert isinstance(build_loader(one_file, backend="torch", batch_size=BATCH, input_config=config), TorchLoader)
-    auto = build_loader(one_file, backend="auto", batch_size=BATCH, input_config=config)
+    params = LoaderParams(BATCH, InputConfig())
+    assert isinstance(build_loader(one_file, params, backend="torch"), TorchLoader)
+    auto = build_loader(one_file, params, backend="auto")
     assert type(auto).__name__ == ("DaliLoader" if dali_available() else "TorchLoader")
-    assert auto.input_config is config
+    assert auto.params is params
     with pytest.raises(ValueError, match="backend"):
-        build_loader(one_file, backend="tf", batch_size=BATCH, input_config=config)
+        build_loader(one_file, params, backend="tf")

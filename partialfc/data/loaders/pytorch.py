@@ -1,6 +1,6 @@
-"""PyTorch input pipeline (no DALI needed) and the factory that picks a backend.
+"""PyTorch input pipeline: the fallback when DALI is not installed.
 
-The fallback follows the same epoch plan as the DALI loader (:mod:`partialfc.data.sampler`), so it
+It follows the same epoch plan as the DALI loader (:mod:`partialfc.data.loaders.plan`), so it
 gives the same guarantees: equal batch counts on all ranks, a global shuffle seeded by
 ``(seed, epoch)``, seeded flips, and a position that resumes exactly. One DataLoader item is one
 whole batch, decoded by a worker into shared memory, which keeps inter-process traffic to one
@@ -9,10 +9,9 @@ tensor per batch. Workers are fork-safe: the record readers map their files agai
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import decode_jpeg
-from partialfc.data.sampler import PlannedLoader, check_state, stream_seed
+from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, check_state, stream_seed
 from partialfc.models.input_config import InputConfig
 
 
@@ -76,9 +75,8 @@ def _ignore_sigterm(worker_id: int) -> None:
 class TorchLoader(PlannedLoader):
     """Batches ``(images [B,3,H,W] float32, labels [B] int64)`` of one rank, via a DataLoader.
 
-    Same contract as :class:`partialfc.data.dali.DaliLoader`; images are normalised as
-    ``input_config`` (the backbone's) says; ``num_workers`` processes decode whole batches (0
-    decodes in the calling process).
+    Same contract as :class:`partialfc.data.loaders.dali.DaliLoader`; ``num_workers`` processes
+    decode whole batches (0 decodes in the calling process).
     """
 
     backend = "torch"
@@ -86,21 +84,14 @@ class TorchLoader(PlannedLoader):
     def __init__(
         self,
         dataset: RecordDataset,
-        batch_size: int,
+        params: LoaderParams,
         *,
-        input_config: InputConfig,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-        flip: bool = True,
         num_workers: int = 2,
         prefetch_factor: int = 2,
         pin_memory: bool = False,
         multiprocessing_context: str | None = None,
     ) -> None:
-        super().__init__(dataset, batch_size, rank, world_size, seed, shuffle, flip)
-        self.input_config = input_config
+        super().__init__(dataset, params)
         self.num_workers = int(num_workers)
         self.prefetch_factor = int(prefetch_factor)
         self.pin_memory = bool(pin_memory)
@@ -108,14 +99,15 @@ class TorchLoader(PlannedLoader):
 
     def flips(self, epoch: int) -> np.ndarray:
         """Which planned images of ``epoch`` are mirrored (``[len(self), batch_size]`` bool)."""
-        shape = (len(self), self.batch_size)
-        if not self.flip:
+        p = self.params
+        shape = (len(self), p.batch_size)
+        if not p.flip:
             return np.zeros(shape, bool)
-        return np.random.default_rng(stream_seed(self.seed, epoch, self.rank, 1)).random(shape) < 0.5
+        return np.random.default_rng(stream_seed(p.seed, epoch, p.rank, 1)).random(shape) < 0.5
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._begin_pass()
-        batches = _EpochBatches(self.dataset, self.plan(self.epoch), self.flips(self.epoch), self.input_config)
+        batches = _EpochBatches(self.dataset, self.plan(self.epoch), self.flips(self.epoch), self.params.input_config)
         workers = self.num_workers > 0
         loader = DataLoader(
             batches,
@@ -139,42 +131,3 @@ class TorchLoader(PlannedLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``; refuse one saved under a different sharding or data plan."""
         self.epoch, self.position = check_state(state, self.backend, self)
-
-
-Backend = Literal["dali", "torch", "auto"]
-
-
-def dali_available() -> bool:
-    """True when ``nvidia.dali`` can be imported (it is an optional dependency)."""
-    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
-
-
-def build_loader(
-    dataset: RecordDataset,
-    *,
-    backend: Backend = "auto",
-    batch_size: int,
-    input_config: InputConfig,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    shuffle: bool = True,
-    flip: bool = True,
-    device_id: int | None = None,
-    num_workers: int = 2,
-    **options: Any,
-) -> PlannedLoader:
-    """The training loader for one rank: DALI when chosen or (``auto``) importable, else PyTorch.
-
-    ``num_workers`` is DALI's thread count or the DataLoader's process count; ``device_id`` (the
-    local GPU) makes DALI decode on that GPU and is ignored by the PyTorch loader, whose batches
-    stay on CPU. ``input_config`` is the backbone's (``model.input_config``). Extra ``options`` go to the chosen loader's constructor.
-    """
-    if backend not in ("dali", "torch", "auto"):
-        raise ValueError(f"data backend must be 'dali', 'torch' or 'auto', got {backend!r}")
-    common = dict(input_config=input_config, rank=rank, world_size=world_size, seed=seed, shuffle=shuffle, flip=flip)
-    if backend == "dali" or (backend == "auto" and dali_available()):
-        from partialfc.data.dali import DaliLoader
-
-        return DaliLoader(dataset, batch_size, device_id=device_id, num_threads=max(num_workers, 1), **common, **options)
-    return TorchLoader(dataset, batch_size, num_workers=num_workers, **common, **options)

@@ -6,10 +6,10 @@ CPU threads (tests, CPU-only machines).
 
 Shuffling: DALI's ``random_shuffle`` only mixes inside a small buffer, and it ignores the order of
 index lines (it sorts offsets), so on an identity-sorted ``.rec`` neither gives mixed batches.
-Instead every epoch follows the plan of :mod:`partialfc.data.sampler` (a global permutation,
+Instead every epoch follows the plan of :mod:`partialfc.data.loaders.plan` (a global permutation,
 remainder dropped so all ranks run the same number of equal batches), and each rank gets its own
 index in which batch ``j`` is placed in the ``j``-th repetition of the shard list
-(:func:`partialfc.data.image_index.write_batch_index`). A batch is therefore a uniformly random
+(:func:`partialfc.data.loaders.dali_index.write_batch_index`). A batch is therefore a uniformly random
 subset of the dataset, each image is read at most once per epoch, and nothing is rewritten.
 
 Resume: the pipeline is built with ``enable_checkpointing=True``; :meth:`DaliLoader.state_dict`
@@ -32,8 +32,8 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from partialfc.data.dataset import RecordDataset
-from partialfc.data.image_index import BatchIndex, write_batch_index
-from partialfc.data.sampler import PlannedLoader, check_state, stream_seed
+from partialfc.data.loaders.dali_index import BatchIndex, write_batch_index
+from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, check_state, stream_seed
 from partialfc.models.input_config import InputConfig
 
 _READER = "Reader"
@@ -66,11 +66,11 @@ def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, inp
 class DaliLoader(PlannedLoader):
     """Batches ``(images [B,3,H,W] float32, labels [B] int64)`` of one rank, via DALI.
 
-    Images are normalised as ``input_config`` (the backbone's) says. Every rank of a job must use the same ``seed``, ``batch_size`` and ``world_size``; then all
-    ranks yield ``len(loader)`` batches per epoch, disjoint across ranks. Call ``set_epoch`` before
-    iterating (as with ``DistributedSampler``); without it, the loader moves to the next epoch by
-    itself after a complete pass. The ``.rec`` files must be memory-mappable (local disk or a
-    file system with mmap): DALI maps the unlisted bytes between two planned records instead of
+    Every rank of a job must use the same ``params`` except the rank; then all ranks yield
+    ``len(loader)`` batches per epoch, disjoint across ranks. Call ``set_epoch`` before iterating
+    (as with ``DistributedSampler``); without it, the loader moves to the next epoch by itself
+    after a complete pass. The ``.rec`` files must be memory-mappable (local disk or a file
+    system with mmap): DALI maps the unlisted bytes between two planned records instead of
     copying them.
     """
 
@@ -79,25 +79,18 @@ class DaliLoader(PlannedLoader):
     def __init__(
         self,
         dataset: RecordDataset,
-        batch_size: int,
+        params: LoaderParams,
         *,
-        input_config: InputConfig,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
         device_id: int | None = None,
         num_threads: int = 4,
-        shuffle: bool = True,
-        flip: bool = True,
         prefetch_queue_depth: int = 2,
         work_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(dataset, batch_size, rank, world_size, seed, shuffle, flip)
-        self.input_config = input_config
+        super().__init__(dataset, params)
         self.device_id = device_id
         self.num_threads = int(num_threads)
         self.prefetch_queue_depth = int(prefetch_queue_depth)
-        self._work_dir = Path(tempfile.mkdtemp(prefix=f"partialfc-dali-rank{self.rank}-", dir=work_dir))
+        self._work_dir = Path(tempfile.mkdtemp(prefix=f"partialfc-dali-rank{params.rank}-", dir=work_dir))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._work_dir, True)
         self._checkpoint: bytes | None = None
         self._live: DALIGenericIterator | None = None
@@ -108,12 +101,12 @@ class DaliLoader(PlannedLoader):
             paths=index.paths,
             index_path=str(index.index_path),
             gpu=self.device_id is not None,
-            flip=self.flip,
-            input_config=self.input_config,
-            batch_size=self.batch_size + index.extra,
+            flip=self.params.flip,
+            input_config=self.params.input_config,
+            batch_size=self.params.batch_size + index.extra,
             num_threads=self.num_threads,
             device_id=self.device_id,
-            seed=stream_seed(self.seed, self.epoch, self.rank, 0),
+            seed=stream_seed(self.params.seed, self.epoch, self.params.rank, 0),
             prefetch_queue_depth=self.prefetch_queue_depth,
             checkpoint=self._checkpoint,
         )
@@ -175,7 +168,7 @@ class DaliLoader(PlannedLoader):
         if 0 < position < len(self):
             if not state.get("dali_checkpoint"):
                 raise ValueError(
-                    f"rank {self.rank}: dali loader state is inside epoch {epoch} (batch {position}) "
+                    f"rank {self.params.rank}: dali loader state is inside epoch {epoch} (batch {position}) "
                     f"but field 'dali_checkpoint' is empty"
                 )
             self._checkpoint = state["dali_checkpoint"]

@@ -1,5 +1,8 @@
 """Which images each rank reads in each epoch: the one plan that both loaders (DALI, PyTorch) follow.
 
+:class:`LoaderParams` holds what every loader is built from; :class:`PlannedLoader` is the
+epoch/position bookkeeping both backends share.
+
 Every rank derives the same global order from ``(seed, epoch)`` alone, so no communication is
 needed. The tail that does not fill a batch on every rank is dropped, so all ranks run the same
 number of equally sized batches and collective calls in the training step never wait on a rank
@@ -9,9 +12,13 @@ off, step ``s`` of all ranks together covers one contiguous slice of the dataset
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from partialfc.distributed import derive_seed
+from partialfc.models.input_config import InputConfig
 
 
 def batches_per_rank(num_images: int, batch_size: int, world_size: int) -> int:
@@ -59,10 +66,10 @@ def stream_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
     Ranks and epochs must not share augmentation streams, and DALI takes only non-negative
     32-bit seeds.
     """
-    return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+    return derive_seed(seed, epoch, rank, stream, bits=31)
 
 
-def check_state(state: dict[str, Any], backend: str, loader: Any) -> tuple[int, int]:
+def check_state(state: dict[str, Any], backend: str, loader: PlannedLoader) -> tuple[int, int]:
     """Validate a loader ``state_dict`` against ``loader``; returns the (epoch, batch) to continue at.
 
     A mid-epoch position means the same images only under the same plan: world size, rank,
@@ -70,7 +77,8 @@ def check_state(state: dict[str, Any], backend: str, loader: Any) -> tuple[int, 
     At an epoch boundary only seed, shuffle and dataset size must match, so a job can restart on a
     different world size there.
     """
-    where = f"rank {loader.rank}: {backend} loader state"
+    params = loader.params
+    where = f"rank {params.rank}: {backend} loader state"
     if state.get("backend") != backend:
         raise ValueError(f"{where}: field 'backend' is {state.get('backend')!r}, this loader is {backend!r}")
     for field in ("epoch", "batch", "num_batches", "world_size", "rank", "batch_size", "seed", "shuffle", "num_images"):
@@ -80,9 +88,9 @@ def check_state(state: dict[str, Any], backend: str, loader: Any) -> tuple[int, 
     if not 0 <= batch <= int(state["num_batches"]):
         raise ValueError(f"{where}: field 'batch' is {batch}, outside [0, {state['num_batches']}]")
     boundary = batch in (0, int(state["num_batches"]))
-    expected = {"seed": loader.seed, "shuffle": loader.shuffle, "num_images": int(loader.dataset.num_images)}
+    expected = {"seed": params.seed, "shuffle": params.shuffle, "num_images": int(loader.dataset.num_images)}
     if not boundary:
-        expected.update(world_size=loader.world_size, rank=loader.rank, batch_size=loader.batch_size)
+        expected.update(world_size=params.world_size, rank=params.rank, batch_size=params.batch_size)
     for field, value in expected.items():
         if state[field] != value:
             hint = (
@@ -96,6 +104,23 @@ def check_state(state: dict[str, Any], backend: str, loader: Any) -> tuple[int, 
     return epoch, batch
 
 
+@dataclass(frozen=True)
+class LoaderParams:
+    """What every loader backend is built from; all ranks of a job share it except ``rank``.
+
+    ``batch_size`` is per rank; ``seed`` drives the shuffle and the flips; ``input_config`` is the
+    backbone's (``model.input_config``), so images are normalised as the model expects.
+    """
+
+    batch_size: int
+    input_config: InputConfig
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    shuffle: bool = True
+    flip: bool = True
+
+
 class PlannedLoader:
     """Epoch and position bookkeeping shared by the DALI and PyTorch loaders.
 
@@ -106,18 +131,11 @@ class PlannedLoader:
 
     backend = ""
 
-    def __init__(
-        self, dataset: Any, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool, flip: bool
-    ) -> None:
+    def __init__(self, dataset: Any, params: LoaderParams) -> None:
         self.dataset = dataset
-        self.batch_size = int(batch_size)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.seed = int(seed)
-        self.shuffle = bool(shuffle)
-        self.flip = bool(flip)
-        self._num_batches = batches_per_rank(dataset.num_images, self.batch_size, self.world_size)
-        rank_batches(dataset.num_images, self.batch_size, self.world_size, self.rank, self.seed, 0, False)
+        self.params = params
+        self._num_batches = batches_per_rank(dataset.num_images, params.batch_size, params.world_size)
+        rank_batches(dataset.num_images, params.batch_size, params.world_size, params.rank, params.seed, 0, False)
         self.epoch = 0
         self.position = 0
 
@@ -126,9 +144,8 @@ class PlannedLoader:
 
     def plan(self, epoch: int) -> np.ndarray:
         """Image ids of this rank's batches in ``epoch`` (``[len(self), batch_size]``)."""
-        return rank_batches(
-            self.dataset.num_images, self.batch_size, self.world_size, self.rank, self.seed, epoch, self.shuffle
-        )
+        p = self.params
+        return rank_batches(self.dataset.num_images, p.batch_size, p.world_size, p.rank, p.seed, epoch, p.shuffle)
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its first batch, unless the loader is already inside that epoch."""
@@ -153,16 +170,17 @@ class PlannedLoader:
         """Drop backend state tied to the current position (overridden by DALI)."""
 
     def _state(self) -> dict[str, Any]:
+        p = self.params
         return {
             "backend": self.backend,
             "epoch": self.epoch,
             "batch": self.position,
             "num_batches": self._num_batches,
-            "world_size": self.world_size,
-            "rank": self.rank,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "flip": self.flip,
+            "world_size": p.world_size,
+            "rank": p.rank,
+            "batch_size": p.batch_size,
+            "seed": p.seed,
+            "shuffle": p.shuffle,
+            "flip": p.flip,
             "num_images": int(self.dataset.num_images),
         }
