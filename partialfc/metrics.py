@@ -14,6 +14,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,8 @@ import torch.distributed as dist
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from partialfc.log_window import PHASES
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PATH = "/metrics"
@@ -119,8 +122,7 @@ class TrainingMetrics:
             buckets=STEP_BUCKETS,
         ).labels(**ids)
         self._data_wait = counter("partialfc_data_wait_seconds_total", "Time the rank waited for input batches.")
-        phases = ("forward", "backward", "optimizer")
-        self._phase = {p: counter("partialfc_step_phase_seconds_total", "Step time per phase.", phase=p) for p in phases}
+        self._phase = {p: counter("partialfc_step_phase_seconds_total", "Step time per phase.", phase=p) for p in PHASES}
         self._skipped = counter("partialfc_skipped_steps_total", "Steps skipped for inf/NaN gradients (AMP).")
         self._checkpoint_saves = {
             result: counter("partialfc_checkpoint_saves_total", "Checkpoint save attempts by result.", result=result)
@@ -180,16 +182,7 @@ class TrainingMetrics:
         return self._endpoint.url if self._endpoint is not None else None
 
     def observe_step(
-        self,
-        *,
-        samples: int,
-        step_seconds: float,
-        data_wait_seconds: float,
-        epoch: int,
-        sampled_centres: int,
-        forward_seconds: float | None = None,
-        backward_seconds: float | None = None,
-        optimizer_seconds: float | None = None,
+        self, *, samples: int, step_seconds: float, data_wait_seconds: float, epoch: int, sampled_centres: int
     ) -> None:
         """Record one finished step (host-side numbers only). ``step_seconds`` excludes the data wait."""
         if not self._active:
@@ -198,10 +191,6 @@ class TrainingMetrics:
         self._steps.inc()
         self._step_duration.observe(step_seconds)
         self._data_wait.inc(data_wait_seconds)
-        for phase, seconds in (("forward", forward_seconds), ("backward", backward_seconds),
-                               ("optimizer", optimizer_seconds)):
-            if seconds is not None:
-                self._phase[phase].inc(seconds)
         if epoch != self._epoch_seen:
             self._epoch.set(epoch)
             self._epoch_seen = epoch
@@ -209,6 +198,13 @@ class TrainingMetrics:
             self._centres.set(sampled_centres)
             self._centres_seen = sampled_centres
         self._last_step.set(time.time())
+
+    def observe_phases(self, seconds: Mapping[str, float]) -> None:
+        """Add the step time per phase (forward, backward, optimizer) of the steps since the last call."""
+        if not self._active:
+            return
+        for phase, value in seconds.items():
+            self._phase[phase].inc(value)
 
     def observe_log(
         self, *, loss: float, lr: float, grad_norm: float | None, loss_scale: float | None, skipped_steps_total: int
@@ -234,7 +230,7 @@ class TrainingMetrics:
         """Record the process RSS and, on CUDA, the device's allocated/reserved/peak memory."""
         if not self._active:
             return
-        self._resident.set(_resident_bytes())
+        self._resident.set(resident_bytes())
         if device.type != "cuda":
             return
         if not self._device_memory:
@@ -288,7 +284,7 @@ def _prepare_directory(directory: Path, restart_count: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def _resident_bytes() -> int:
+def resident_bytes() -> int:
     """Current resident set size of this process (Linux /proc)."""
     with open("/proc/self/statm", "rb") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

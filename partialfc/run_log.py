@@ -72,3 +72,9 @@ class RunLog:
             self._writer.close()
         if self._file is not None:
             self._file.close()
+
+
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` for ETAs."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

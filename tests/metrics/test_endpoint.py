@@ -28,7 +28,8 @@ def exercise(metrics: TrainingMetrics, steps: int, loss: float = 2.5) -> None:
     """Call every observe_* method like a trainer would."""
     for step in range(steps):
         metrics.observe_step(samples=BATCH, step_seconds=0.06, data_wait_seconds=0.002, epoch=step // 2,
-                             sampled_centres=100, forward_seconds=0.02, backward_seconds=0.03, optimizer_seconds=0.01)
+                             sampled_centres=100)
+        metrics.observe_phases({"forward": 0.02, "backward": 0.03, "optimizer": 0.01})
     metrics.observe_log(loss=loss, lr=0.1, grad_norm=3.0, loss_scale=65536.0, skipped_steps_total=1)
     metrics.observe_memory(torch.device("cpu"))
     metrics.observe_checkpoint(seconds=1.5, success=True)
