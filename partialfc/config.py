@@ -35,7 +35,8 @@ def option(default: Any, help: str) -> Any:
 
 @dataclass
 class SyntheticConfig:
-    identities: int = option(0, "generate a synthetic dataset with this many identities if data.path is missing (0: never)")
+    identities: int = option(0, "identities of the synthetic dataset generated at synthetic.path when missing (0: never)")
+    path: str = option("", "where the synthetic dataset is generated when missing (no other path ever is); set data.path to it")
     images_per_identity: int = option(20, "images per synthetic identity")
     holdout_identities: int = option(200, "identities held out of training for the verification .bin")
     pairs: int = option(1000, "verification pairs in the synthetic .bin (half positive)")
@@ -144,6 +145,8 @@ class Config:
         checks = [
             ("data.batch_size", self.data.batch_size > 0, "must be > 0"),
             ("data.num_classes", self.data.num_classes >= 0, "must be >= 0"),
+            ("data.synthetic.path", bool(self.data.synthetic.path) or self.data.synthetic.identities == 0,
+             "must name where to generate the dataset when data.synthetic.identities > 0"),
             ("model.embedding_size", self.model.embedding_size > 0, "must be > 0"),
             ("loss.sample_rate", 0.0 < self.loss.sample_rate <= 1.0, "must be in (0, 1]"),
             ("loss.s", self.loss.s > 0, "must be > 0"),

@@ -10,6 +10,7 @@ from partialfc.data.integrity import IntegrityReport, verify_dataset
 from partialfc.data.layout import DatasetError
 from partialfc.data.loaders import LoaderParams, PlannedLoader, TorchLoader, build_loader, dali_available
 from partialfc.data.pack import pack_dataset
+from partialfc.data.prepare import prepare_dataset, resolve_val_targets
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.data.verification import VerificationError, VerificationSet, load_verification_sets
 
@@ -27,5 +28,7 @@ __all__ = [
     "generate_synthetic_dataset",
     "load_verification_sets",
     "pack_dataset",
+    "prepare_dataset",
+    "resolve_val_targets",
     "verify_dataset",
 ]
