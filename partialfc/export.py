@@ -1,0 +1,162 @@
+"""Export a trained backbone: ``python -m partialfc.export onnx MODEL --out model.onnx``.
+
+The ONNX graph takes the *normalised* float32 NCHW image (as insightface's released ONNX models do)
+with a dynamic batch axis and returns the raw (not L2-normalised) embedding. How to normalise is
+stored in the model's metadata (``metadata_props``), so a runtime needs nothing but the file:
+
+    input_size     "112,112"            (height, width)
+    channel_order  "RGB"
+    mean, std      "127.5,127.5,127.5"  x = (pixel - mean) / std, per channel
+    backbone, embedding_size, producer
+
+**Opset 18** by default: it is the opset torch's exporter (torch.export + onnxscript) emits
+natively, so no version-conversion pass rewrites the graph (asking for 17 runs the ONNX C API
+down-converter as a fallback); the backbones need only Conv, BatchNormalization, PRelu, Add,
+Gemm and Reshape, unchanged since opset 14, so newer opsets add nothing; and onnxruntime has run
+opset 18 since 1.14 (2023). ``--opset`` picks another for an older runtime.
+
+Every export is checked: ``onnx.checker`` (full check) and onnxruntime against PyTorch on random
+inputs at batch 1 and 7 (a batch size the example input did not have), max abs difference <= 1e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from partialfc.embed import ModelFileError, load_backbone
+from partialfc.models.input_config import InputConfig
+
+DEFAULT_OPSET = 18
+PARITY_TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 7)
+INPUT_NAME, OUTPUT_NAME = "input", "embedding"
+
+__all__ = ["DEFAULT_OPSET", "ExportResult", "ParityError", "export_onnx", "read_input_config"]
+
+
+class ParityError(ModelFileError):
+    """onnxruntime's output differs from PyTorch's beyond the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    opset: int
+    max_abs_difference: dict[int, float]  # batch size -> max |onnxruntime - pytorch|
+
+
+def _csv(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def read_input_config(path: str | Path, metadata: Mapping[str, str]) -> InputConfig:
+    """The :class:`InputConfig` stored in an exported model's metadata; names the file if absent."""
+    missing = [key for key in ("input_size", "channel_order", "mean", "std") if key not in metadata]
+    if missing:
+        raise ModelFileError(f"{path}: ONNX metadata lacks {missing}; export it with `python -m partialfc.export onnx`")
+    try:
+        height, width = (int(v) for v in metadata["input_size"].split(","))
+        return InputConfig(size=(height, width), channel_order=metadata["channel_order"],
+                           mean=tuple(float(v) for v in metadata["mean"].split(",")),
+                           std=tuple(float(v) for v in metadata["std"].split(",")))
+    except ValueError as err:
+        raise ModelFileError(f"{path}: bad input metadata {dict(metadata)}: {err}") from None
+
+
+def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, seed: int = 0) -> ExportResult:
+    """Export, check with the ONNX checker and compare with PyTorch under onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    trained = load_backbone(model_path)
+    config: InputConfig = trained.backbone.input_config
+    example = torch.randn(2, 3, *config.size, generator=torch.Generator().manual_seed(seed))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # torch.onnx logs one warning per torchvision operator it cannot register; none is used here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's deprecation chatter about its own internals
+        program = torch.onnx.export(
+            trained.backbone, (example,), None, dynamo=True, opset_version=opset, verbose=False,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        )
+    proto = program.model_proto
+    metadata = {
+        "input_size": _csv(config.size), "channel_order": config.channel_order,
+        "mean": _csv(config.mean), "std": _csv(config.std),
+        "backbone": trained.name, "embedding_size": str(trained.embedding_size),
+        "producer": f"partialfc.export from {Path(model_path).name}",
+    }
+    onnx.helper.set_model_props(proto, metadata)
+    tmp = out.with_name(out.name + ".tmp")
+    onnx.save(proto, tmp)
+    onnx.checker.check_model(str(tmp), full_check=True)
+
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed + 1)
+    differences = {}
+    for batch in PARITY_BATCHES:
+        images = torch.randn(batch, 3, *config.size, generator=generator)
+        with torch.no_grad():
+            expected = trained.backbone(images).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ModelFileError(f"{tmp}: onnxruntime output {got.shape} at batch {batch}, PyTorch gives {expected.shape}")
+        differences[batch] = float(abs(got - expected).max())
+    worst = max(differences, key=differences.get)
+    if differences[worst] > PARITY_TOLERANCE:
+        raise ParityError(
+            f"{tmp}: onnxruntime differs from PyTorch by {differences[worst]:.3g} at batch {worst} "
+            f"(tolerance {PARITY_TOLERANCE:g}); the file is kept for inspection"
+        )
+    tmp.replace(out)
+    return ExportResult(out, opset, differences)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m partialfc.export",
+                                     description="Export a trained backbone for inference runtimes.")
+    sub = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    onnx_parser = sub.add_parser(
+        "onnx", help="ONNX with a dynamic batch axis, checked against PyTorch",
+        description="Write the backbone of MODEL as ONNX: input 'input' float32 [batch, 3, H, W] normalised as "
+        "the metadata says, output 'embedding' float32 [batch, D] (not L2-normalised). The file is "
+        "checked by onnx.checker and by onnxruntime against PyTorch at batch 1 and 7 "
+        f"(max abs difference <= {PARITY_TOLERANCE:g}); a failing export is left as OUT.tmp and exits 1.",
+    )
+    onnx_parser.add_argument("model", metavar="MODEL", nargs="?", default="runs/quickstart/model.pt",
+                             help="model.pt written by partialfc.train (default: runs/quickstart/model.pt)")
+    onnx_parser.add_argument("--out", default=None,
+                             help="output file (default: MODEL with the suffix .onnx)")
+    onnx_parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                             help=f"ONNX opset (default {DEFAULT_OPSET}, the exporter's native opset; "
+                             "lower values go through the ONNX version converter)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.model).with_suffix(".onnx")
+    try:
+        result = export_onnx(args.model, out, opset=args.opset)
+    except ModelFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1 if isinstance(err, ParityError) else 2
+    parity = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.max_abs_difference.items())
+    print(f"{result.path}: opset {result.opset}, dynamic batch axis, onnx.checker passed; "
+          f"max |onnxruntime - pytorch| {parity}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
