@@ -1,0 +1,104 @@
+"""TrainingOptimizer: one LR, one global norm, unscaling and clipping over backbone + centres."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from partialfc import CombinedMargin, PartialFC
+from partialfc.config import OptimConfig
+from partialfc.optimizer import TrainingOptimizer, centre_optimizer
+
+CLASSES, DIM = 10, 8
+
+
+def make(config: OptimConfig, fp16: bool = False) -> tuple[nn.Module, PartialFC, TrainingOptimizer]:
+    torch.manual_seed(0)
+    backbone = nn.Linear(4, DIM)
+    pfc = PartialFC(DIM, CLASSES, 1.0, CombinedMargin(s=8.0, m2=0.3), optimizer=centre_optimizer(config))
+    return backbone, pfc, TrainingOptimizer(config, backbone, pfc, fp16=fp16)
+
+
+def backward(backbone: nn.Module, pfc: PartialFC, optimizer: TrainingOptimizer) -> None:
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 4, generator=generator), torch.randint(0, CLASSES, (6,), generator=generator)
+    (pfc(backbone(x), y) * optimizer.loss_multiplier).backward()
+
+
+def reference_norm(backbone: nn.Module, pfc: PartialFC) -> float:
+    squares = sum(float(p.grad.square().sum()) for p in backbone.parameters()) + float(pfc.grad_sq_norm())
+    return squares**0.5
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_one_learning_rate_for_both_halves(name):
+    _, pfc, optimizer = make(OptimConfig(name=name))
+    optimizer.set_lr(0.0375)
+    assert [group["lr"] for group in optimizer.backbone_optimizer.param_groups] == [0.0375]
+    assert pfc.optimizer.lr == 0.0375
+    assert type(optimizer.backbone_optimizer).__name__.lower() == name
+    assert type(pfc.optimizer).__name__ == {"sgd": "LazySGD", "adamw": "LazyAdamW"}[name]
+
+
+def test_fp16_unscales_before_the_norm_and_the_update():
+    config = OptimConfig(lr=0.1, momentum=0.9)
+    plain = make(config)
+    backward(*plain)
+    expected_norm = reference_norm(*plain[:2])
+    expected = plain[2].step(need_norm=True)
+
+    scaled = make(config, fp16=True)
+    assert scaled[2].loss_multiplier == 2.0**16
+    backward(*scaled)
+    outcome = scaled[2].step(need_norm=True)
+    assert not outcome.skipped
+    assert float(outcome.grad_norm) == pytest.approx(expected_norm, rel=1e-5)
+    assert float(outcome.grad_norm) == pytest.approx(float(expected.grad_norm), rel=1e-5)
+    assert torch.allclose(scaled[0].weight, plain[0].weight, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(scaled[1].weight, plain[1].weight, rtol=1e-5, atol=1e-7)
+
+
+def test_clipping_scales_backbone_and_centre_gradients_to_the_global_norm():
+    config = OptimConfig(lr=1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=0.01)
+    backbone, pfc, optimizer = make(config)
+    before = (copy.deepcopy(backbone.state_dict()), pfc.weight.clone())
+    backward(backbone, pfc, optimizer)
+    norm = float(optimizer.step().grad_norm)
+    assert norm > 0.1  # clipping is active
+    # lr 1, plain SGD: the update is minus the clipped gradient, so its norm is the clip value.
+    backbone_update = sum(float((backbone.state_dict()[k] - v).square().sum()) for k, v in before[0].items())
+    centre_update = float((pfc.weight - before[1]).square().sum())
+    assert centre_update > 0
+    assert (backbone_update + centre_update) ** 0.5 == pytest.approx(0.01, rel=1e-4)
+
+
+def test_a_non_finite_norm_under_fp16_skips_both_halves_and_halves_the_scale():
+    backbone, pfc, optimizer = make(OptimConfig(), fp16=True)
+    before = (backbone.weight.clone(), pfc.weight.clone(), pfc.step_count)
+    backward(backbone, pfc, optimizer)
+    backbone.weight.grad[0, 0] = float("inf")
+    outcome = optimizer.step()
+    assert outcome.skipped and not torch.isfinite(outcome.grad_norm)
+    assert torch.equal(backbone.weight, before[0]) and torch.equal(pfc.weight, before[1])
+    assert pfc.step_count == before[2] + 1  # the sampling stream still advances
+    assert optimizer.scaler.scale == 2.0**15 and optimizer.skipped_steps == 1
+    assert backbone.weight.grad is None  # gradients are dropped with the step
+
+
+def test_state_dict_round_trip_continues_identically():
+    config = OptimConfig(name="adamw", lr=0.01)
+    first = make(config, fp16=True)
+    backward(*first)
+    first[2].step()
+    second = make(config, fp16=True)
+    second[0].load_state_dict(first[0].state_dict())
+    second[1].load_state_dict(first[1].state_dict())
+    second[2].load_state_dict(copy.deepcopy(first[2].state_dict()))  # as from disk: no shared tensors
+    for backbone, pfc, optimizer in (first, second):
+        backward(backbone, pfc, optimizer)
+        optimizer.step()
+    assert torch.equal(first[0].weight, second[0].weight)
+    assert torch.equal(first[1].weight, second[1].weight)

@@ -1,0 +1,55 @@
+"""The Trainer in this process at world size 1: fast checks of what subprocess runs cannot see."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from training_run import REPO
+
+from partialfc.config import load_config
+from partialfc.distributed import DistInfo
+from partialfc.log_window import LogWindow
+from partialfc.trainer import Trainer
+
+SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, local_world_size=1, node=0, device=torch.device("cpu"))
+
+
+def make_trainer(dataset: Path, output: Path, **overrides: object) -> Trainer:
+    config = load_config(REPO / "configs" / "quickstart.yaml", {
+        "data.path": str(dataset), "output": str(output), "data.batch_size": 16, "data.backend": "torch",
+        "data.num_workers": 1, "train.log_every": 2, "eval.every_steps": 0, "metrics.port": 0, **overrides,
+    })
+    return Trainer(config, SINGLE)
+
+
+def test_the_scheduled_lr_reaches_both_optimizers_every_step(tiny_dataset, tmp_path):
+    trainer = make_trainer(tiny_dataset, tmp_path / "run", **{"schedule.warmup_epochs": 1.0, "train.max_steps": 4})
+    batches, window = trainer._batches(), LogWindow()
+    for step in range(4):
+        trainer.train_step(batches, window)
+        expected = trainer.schedule(step)
+        assert expected == (step + 1) * trainer.config.optim.lr / trainer.schedule.warmup_steps
+        assert trainer.optimizer.backbone_optimizer.param_groups[0]["lr"] == expected
+        assert trainer.pfc.optimizer.lr == expected
+    assert trainer.progress.step == 4 and window.steps == 4
+    phases = trainer.phases.collect()
+    assert set(phases) == {"forward", "backward", "optimizer"} and all(s > 0 for s in phases.values())
+    assert trainer.phases.collect() == dict.fromkeys(phases, 0.0)  # collected once
+
+
+def test_resume_continues_the_global_rng_streams(tiny_dataset, tmp_path):
+    """Dropout draws from the global torch RNG: a resume that did not restore it would diverge."""
+    settings = {"model.dropout": 0.3, "train.max_steps": 6, "checkpoint.every_steps": 3}
+    straight = tmp_path / "straight"
+    assert make_trainer(tiny_dataset, straight, **settings).fit() == "finished"
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
+    trainer = make_trainer(tiny_dataset, resumed, **settings)
+    assert trainer.fit() == "finished"
+    expected = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
+    actual = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert "resumed from" in (resumed / "train.log").read_text()
