@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from partialfc.data.layout import shard_name, write_property
 from partialfc.data.image import encode_jpeg
@@ -52,6 +53,11 @@ def read_index(image: np.ndarray, input_config: InputConfig = InputConfig()) -> 
     left = a[6 * _BLOCK + 3 :, 3 : SIZE // 2 - 3, 2].mean()
     right = a[6 * _BLOCK + 3 :, SIZE // 2 + 3 : -3, 2].mean()
     return index, bool(right > left)
+
+
+def run_epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every batch of one pass over ``loader``, copied (a backend may reuse its buffers)."""
+    return [(x.clone(), y.clone()) for x, y in loader]
 
 
 def _jpeg(index: int, label: int) -> bytes:

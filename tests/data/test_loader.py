@@ -1,11 +1,11 @@
-"""PyTorch fallback loader: the same contract as the DALI pipeline, plus the backend factory."""
+"""PyTorch fallback loader beyond the shared contract (test_loader_contract.py), the plan, the backend factory."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from data import loader_contract as contract
+from data.rec_fixtures import run_epoch
 from partialfc.data.loaders import LoaderParams, TorchLoader, build_loader, dali_available
 from partialfc.data.loaders.plan import rank_batches
 from partialfc.models import InputConfig
@@ -13,43 +13,13 @@ from partialfc.models import InputConfig
 BATCH = 16
 
 
-def make(ds, *, rank, world_size, seed, batch_size, flip=True, input_config=InputConfig(), num_workers=0):
-    params = LoaderParams(batch_size, input_config, rank=rank, world_size=world_size, seed=seed, flip=flip)
-    return TorchLoader(ds, params, num_workers=num_workers)
-
-
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_get_equal_batches_and_each_image_once(one_file, world_size):
-    contract.check_ranks(make, one_file, world_size, BATCH)
-
-
-def test_two_shards(two_shards):
-    assert len(two_shards.shards) == 2
-    contract.check_ranks(make, two_shards, 2, BATCH)
-
-
 def test_workers_match_in_process_decoding(one_file):
-    inline = contract.run_epoch(make(one_file, rank=1, world_size=2, seed=4, batch_size=BATCH))
-    forked = contract.run_epoch(make(one_file, rank=1, world_size=2, seed=4, batch_size=BATCH, num_workers=2))
+    params = LoaderParams(BATCH, InputConfig(), rank=1, world_size=2, seed=4)
+    inline = run_epoch(TorchLoader(one_file, params, num_workers=0))
+    forked = run_epoch(TorchLoader(one_file, params, num_workers=2))
     assert len(inline) == len(forked)
     for (xa, ya), (xb, yb) in zip(inline, forked):
         assert xa.equal(xb) and ya.equal(yb)
-
-
-def test_normalises_as_the_input_config_says(one_file):
-    contract.check_input_config(make, one_file, BATCH)
-
-
-def test_batches_mix_identities(one_file):
-    contract.check_mixing(make, one_file, BATCH)
-
-
-def test_deterministic(one_file):
-    contract.check_determinism(make, one_file, BATCH)
-
-
-def test_exact_resume(one_file):
-    contract.check_resume(make, one_file, BATCH, stop=3)
 
 
 def test_plan_partitions_the_dataset():

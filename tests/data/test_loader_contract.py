@@ -1,7 +1,6 @@
-"""Properties every training loader backend must have, checked the same way for DALI and PyTorch.
+"""Properties every training loader backend must have: each test runs on DALI and on PyTorch.
 
-``make(dataset, rank=, world_size=, seed=, **kw)`` builds a loader of the backend under test,
-normalising with the default :class:`InputConfig` unless ``input_config=`` is given.
+The ``make`` fixture builds a loader of the backend under test from the plan arguments.
 Images come from :mod:`data.rec_fixtures`, so each output image says which record it is.
 """
 
@@ -10,18 +9,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import torch
 
-from data.rec_fixtures import read_index
-from partialfc.data.dataset import RecordDataset
+from data.rec_fixtures import read_index, run_epoch
+from partialfc.data import LoaderParams, PlannedLoader, RecordDataset, TorchLoader
 from partialfc.data.image import decode_jpeg
 from partialfc.models import InputConfig
 
-Make = Callable[..., object]
+BATCH = 16
+Make = Callable[..., PlannedLoader]
 
 
-def run_epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x.clone(), y.clone()) for x, y in loader]
+@pytest.fixture(params=["torch", "dali"])
+def make(request: pytest.FixtureRequest) -> Make:
+    """``make(dataset, rank=, world_size=, seed=, batch_size=, flip=, input_config=)`` for one backend."""
+    if request.param == "dali":
+        dali = pytest.importorskip("partialfc.data.loaders.dali", reason="nvidia.dali cannot be imported")
+
+    def build(ds: RecordDataset, *, rank: int = 0, world_size: int = 1, seed: int = 0, batch_size: int = BATCH,
+              flip: bool = True, input_config: InputConfig = InputConfig()) -> PlannedLoader:
+        params = LoaderParams(batch_size, input_config, rank=rank, world_size=world_size, seed=seed, flip=flip)
+        if request.param == "dali":
+            return dali.DaliLoader(ds, params, device_id=None, num_threads=2)
+        return TorchLoader(ds, params, num_workers=0)
+
+    return build
 
 
 def check_pixels(images: torch.Tensor, ids: np.ndarray, flips: list[bool], ds: RecordDataset,
@@ -36,16 +49,19 @@ def check_pixels(images: torch.Tensor, ids: np.ndarray, flips: list[bool], ds: R
         assert np.abs(got - native).mean() < 1.0, f"pixels of image {i} differ from the native decode"
 
 
-def check_input_config(make: Make, ds: RecordDataset, batch_size: int) -> None:
+def test_normalises_as_the_input_config_says(make, one_file):
     """Per-channel mean and std come from the InputConfig the loader was given, channel by channel."""
     config = InputConfig(mean=(10.0, 120.0, 250.0), std=(255.0, 64.0, 2.0))
-    images, _ = next(iter(make(ds, rank=0, world_size=1, seed=0, batch_size=batch_size, input_config=config)))
+    images, _ = next(iter(make(one_file, input_config=config)))
     decoded = [read_index(im.numpy(), config) for im in images]
-    check_pixels(images, np.array([i for i, _ in decoded]), [f for _, f in decoded], ds, config)
+    check_pixels(images, np.array([i for i, _ in decoded]), [f for _, f in decoded], one_file, config)
 
 
-def check_ranks(make: Make, ds: RecordDataset, world_size: int, batch_size: int) -> None:
+@pytest.mark.parametrize("dataset, world_size", [("one_file", 2), ("one_file", 3), ("two_shards", 2)])
+def test_ranks_get_equal_batches_and_each_image_once(make, request, dataset, world_size):
     """Equal counts and sizes on every rank, right labels and pixels, each image at most once."""
+    ds, batch_size = request.getfixturevalue(dataset), BATCH
+    assert len(ds.shards) == {"one_file": 1, "two_shards": 2}[dataset]
     seen: list[int] = []
     counts = []
     flipped = []
@@ -71,8 +87,9 @@ def check_ranks(make: Make, ds: RecordDataset, world_size: int, batch_size: int)
     assert 0.3 < np.mean(flipped) < 0.7, f"flip rate {np.mean(flipped):.2f}"
 
 
-def check_mixing(make: Make, ds: RecordDataset, batch_size: int) -> None:
+def test_batches_mix_identities(make, one_file):
     """Batches hold about as many identities as random batches, far more than file order gives."""
+    ds, batch_size = one_file, BATCH
     loader = make(ds, rank=0, world_size=1, seed=1, batch_size=batch_size)
     distinct = [len(set(labels.tolist())) for _, labels in loader]
     n = len(distinct) * batch_size
@@ -85,8 +102,9 @@ def check_mixing(make: Make, ds: RecordDataset, batch_size: int) -> None:
     assert not np.array_equal(first.numpy(), ds.labels[:batch_size])
 
 
-def check_determinism(make: Make, ds: RecordDataset, batch_size: int) -> None:
+def test_deterministic(make, one_file):
     """Same seed, same batches bit for bit; the next epoch and another seed differ."""
+    ds, batch_size = one_file, BATCH
     a = make(ds, rank=1, world_size=2, seed=5, batch_size=batch_size)
     b = make(ds, rank=1, world_size=2, seed=5, batch_size=batch_size)
     first_a, first_b = run_epoch(a), run_epoch(b)
@@ -99,8 +117,9 @@ def check_determinism(make: Make, ds: RecordDataset, batch_size: int) -> None:
     assert not all(torch.equal(y1, y2) for (_, y1), (_, y2) in zip(first_a, other))
 
 
-def check_resume(make: Make, ds: RecordDataset, batch_size: int, stop: int) -> None:
+def test_exact_resume(make, one_file):
     """State saved after ``stop`` batches; a fresh loader continues with the very next batches."""
+    ds, batch_size, stop = one_file, BATCH, 3
     reference = make(ds, rank=0, world_size=2, seed=3, batch_size=batch_size)
     reference.set_epoch(1)
     expected = run_epoch(reference) + run_epoch(reference)
@@ -134,3 +153,15 @@ def check_resume(make: Make, ds: RecordDataset, batch_size: int, stop: int) -> N
     run_epoch(done)
     other.load_state_dict(done.state_dict())  # epoch boundary: allowed
     assert other.epoch == 5 and other.position == 0
+
+
+def test_state_roundtrip_through_torch_save(make, one_file, tmp_path):
+    loader = make(one_file, seed=2)
+    it = iter(loader)
+    next(it)
+    torch.save(loader.state_dict(), tmp_path / "s.pt")
+    expected = next(it)
+    restored = make(one_file, seed=2)
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=False))
+    got = next(iter(restored))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
