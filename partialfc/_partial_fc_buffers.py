@@ -38,6 +38,7 @@ class MicroBatch:
     values: torch.Tensor  # their fp32 values [S, D] (for dense fp32, the weight itself)
     grad: torch.Tensor  # [S, D] buffer the backward pass writes ∂L/∂w into
     logits: torch.Tensor  # [N, S] buffer for logits → exp → ∂L/∂z
+    negative_factor: torch.Tensor | None = None  # [N, S] ∂z/∂(s·cos θ) where a margin rewrites non-targets
     has_grad: bool = False
 
 
@@ -60,10 +61,13 @@ class Workspace:
             flat = self._flat[name] = torch.empty(numel, dtype=dtype, device=device)
         return flat[:numel].view(shape)
 
-    def micro_batch(self, weight: torch.Tensor, rows: torch.Tensor | None, num_samples: int, index: int) -> MicroBatch:
+    def micro_batch(
+        self, weight: torch.Tensor, rows: torch.Tensor | None, num_samples: int, index: int, negative_factor: bool
+    ) -> MicroBatch:
         """fp32 values of the sampled centres and the buffers their gradient and logits go to.
 
         ``index`` numbers the micro-batches of one step: buffers of pending ones are never reused.
+        ``negative_factor`` adds an ``[N, S]`` buffer for margins that rewrite non-target logits.
         """
         num_rows = weight.shape[0] if rows is None else rows.numel()
         shape, device = (num_rows, weight.shape[1]), weight.device
@@ -82,6 +86,8 @@ class Workspace:
             values=values,
             grad=self.get(f"grad{index}", shape, torch.float32, device),
             logits=self.get(f"logits{index}", (num_samples, num_rows), torch.float32, device),
+            negative_factor=self.get(f"factor{index}", (num_samples, num_rows), torch.float32, device)
+            if negative_factor else None,
         )
 
 

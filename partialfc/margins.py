@@ -1,11 +1,14 @@
-"""Margins: how a sample's target logit is formed from its cosine.
+r"""Margins: how the logits of a sample are formed from its cosines, one page for every family.
 
-Every margin maps the cosine ``cos θ_ij`` between embedding ``x_i`` and centre ``w_j`` to a logit.
-Non-target logits are ``s · cos θ_ij``; the target logit of sample ``i`` (class ``y_i``) is
+Every margin maps the cosines ``c_ij = cos θ_ij`` between embedding ``x_i`` and centre ``w_j`` to
+logits. Unless a family says otherwise, non-target logits are ``s·c_ij`` and the target logit of
+sample ``i`` (class ``y_i``) is ``ψ(c_{i,y_i})``. Gradients are always the exact derivative of
+the formula (no straight-through trick); :mod:`partialfc.partial_fc` evaluates ψ and its
+derivatives in float64 on the N target cosines.
 
-    ψ(θ) = s · (cos(m1·θ + m2) − m3),          θ = arccos(cos θ_{i,y_i})
-
-which covers the margin family in one formula:
+**CombinedMargin** (SphereFace / ArcFace / CosFace / InsightFace combined; Liu et al. 2017,
+Deng et al. 2019, Wang et al. 2018): ``ψ(θ) = s·(cos(m1·θ + m2) − m3)``,
+``dψ/dc = s·m1·sin(m1·θ + m2) / sin θ``. No state.
 
     ================================  ====  ====  ====
     family                             m1    m2    m3
@@ -17,57 +20,142 @@ which covers the margin family in one formula:
     combined (InsightFace)             1     0.3   0.2
     ================================  ====  ====  ====
 
-Gradients are the exact derivative of ψ (no straight-through trick):
-``dψ/d cos θ = s · m1 · sin(m1·θ + m2) / sin θ``.
+*Beyond θ* = (π − m2) / m1* the angle ``m1·θ + m2`` passes π and ``cos(m1·θ + m2)`` turns back
+up, which would reward pushing a sample *away* from its centre. Past θ* ψ continues with the
+cosine itself, shifted so that ψ is continuous at θ*: ``ψ = s·(cos θ − cos θ* − 1 − m3)``
+(gradient s). This is the ArcFace paper's fallback ``cos θ − m·sin m`` made continuous: ψ stays
+strictly decreasing in θ over [0, π]. *Endpoints:* at ``c = 1`` the derivative is unbounded
+(``sin θ`` in the denominator); above ``1 − ε`` ψ continues linearly with its slope at ``1 − ε``
+(ε = 1e-6 in fp32, 1e-7 in fp64).
 
-**Beyond θ* = (π − m2) / m1** the angle ``m1·θ + m2`` passes π and ``cos(m1·θ + m2)`` turns back
-up, which would reward pushing a sample *away* from its centre. Past θ* we continue ψ with the
-cosine itself, shifted so that ψ is continuous at θ*:
+**AdaFace** (Kim et al., CVPR 2022; mk-minchul/AdaFace ``head.py``): the margin follows image
+quality, measured by the feature norm ``n_i = clip(‖x_i‖, 0.001, 100)`` (detached). Running
+statistics ``μ ← α·mean(n) + (1 − α)·μ``, ``σ ← α·std(n) + (1 − α)·σ`` (unbiased std, α = t_alpha,
+μ₀ = 20, σ₀ = 100) are updated *before* use; ``g_i = clip(h·(n_i − μ)/(σ + 10⁻³), −1, 1)``;
+``ψ = s·(cos(clip(θ − m·g_i, 10⁻³, π − 10⁻³)) − m·(1 + g_i))`` on ``c`` clamped to
+``[−1 + 10⁻³, 1 − 10⁻³]``; ``dψ/dc = s·sin(θ − m·g_i)/sin θ`` inside both clips, 0 outside.
+State: μ, σ. *Deviation:* the official head also clamps the non-target cosines to
+``[−1 + 10⁻³, 1 − 10⁻³]``; here they are not clamped (they differ only for ``|c| > 0.999``).
 
-    ψ(θ) = s · (cos θ − cos θ* − 1 − m3)       for θ > θ*
+**CurricularFace** (Huang et al., CVPR 2020; HuangYG123/CurricularFace): ArcFace target
+``ψ = s·cos(θ + m)`` if ``c > cos(π − m)``, else ``s·(c − m·sin(π − m))`` (the official,
+discontinuous fallback), ``dψ/dc = s·(cos m + c·sin m / sin θ)`` resp. ``s``. Hard negatives,
+``c_ij > cos(θ_{y_i} + m)``, become ``s·c_ij·(t + c_ij)`` with derivative ``s·(t + 2·c_ij)``.
+State: ``t ← 0.01·mean(c_{i,y_i}) + 0.99·t`` (t₀ = 0), updated before use. Needs every sample's
+target cosine on every rank: one more all-reduce of N floats.
 
-This is the ArcFace paper's fallback ``cos θ − m·sin m`` made continuous: ψ stays strictly
-decreasing in θ over [0, π] and its gradient there is ``s`` (finite, never zero).
+**MagFace** (Meng et al., CVPR 2021; IrvingMeng/MagFace ``models/magface.py``, ``run/trainer.py``):
+with ``a_i = clamp(‖x_i‖, l_a, u_a)`` (gradient flows through it) and the margin
+``m(a) = (u_m − l_m)/(u_a − l_a)·(a − l_a) + l_m``: ``ψ = s·cos(θ + m(a_i))`` if ``c > 0`` else
+``s·c`` (the official ``easy_margin``); ``∂ψ/∂c = s·sin(θ + m)/sin θ``, ``∂ψ/∂a = −s·sin(θ + m)·m'``.
+The loss adds ``λ_g·mean_i(a_i/u_a² + 1/a_i)``. No state.
 
-**Endpoints.** At ``cos θ = 1`` the exact derivative of ``cos(m1·θ + m2)`` is unbounded (``sin θ``
-in the denominator). Above ``1 − ε`` ψ continues linearly with its slope at ``1 − ε``, so it stays
-strictly monotonic with a finite gradient; ``ε`` is 1e-6 (fp32) or 1e-7 (fp64). Near ``cos θ = −1``
-the continuation above applies, which is linear in ``cos θ`` already.
+**ElasticFace** (Boutros et al., CVPRW 2022; fdbtrs/ElasticFace ``utils/losses.py``): each sample
+draws its own margin ``m_i ~ N(m, std²)``; ``kind="arc"``: ``ψ = s·cos(θ + m_i)``,
+``kind="cos"``: ``ψ = s·(c − m_i)``. The draws are a deterministic function of
+(seed, step, micro-batch, sample), identical on every rank. No state. *Deviation* (arc): past
+``θ + m_i = π`` and near ``c = 1`` ψ continues as CombinedMargin does; the official head turns
+back up there.
 
-:class:`Softmax` is the unnormalised baseline: ``logit = x · w`` with no scale and no margin.
+**Softmax** is the unnormalised baseline: ``logit = x · w``, no scale, no margin.
+
+How :class:`~partialfc.PartialFC` drives a margin is the :class:`Margin` protocol below.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 
-__all__ = ["Margin", "CombinedMargin", "Softmax"]
+__all__ = ["Margin", "MarginStep", "CombinedMargin", "Softmax", "AdaFace", "CurricularFace", "MagFace", "ElasticFace"]
+
+
+@dataclass(frozen=True)
+class MarginStep:
+    """What a margin may use besides the cosines, per forward pass."""
+
+    training: bool
+    """A forward pass with gradients: running statistics are updated only then."""
+    seed: int
+    """Seed of this forward pass's random stream (seed, step, micro-batch); the same on every rank."""
 
 
 class Margin(Protocol):
-    """What :class:`~partialfc.PartialFC` asks of a margin family."""
+    """What :class:`~partialfc.PartialFC` asks of a margin family (:class:`BaseMargin` has defaults)."""
 
     normalize: bool
     """True: logits are ``scale · cos θ`` (embeddings and centres normalised); False: raw ``x · w``."""
     scale: float
     """Multiplier of the non-target cosines (``s``)."""
+    needs_target_cosines: bool
+    """Every rank needs every sample's target cosine (one more all-reduce of N floats)."""
 
-    def target_logit(self, cos_theta: torch.Tensor) -> torch.Tensor:
+    def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor | None:
+        """Per-sample inputs of ψ ([N], from the all-gathered embeddings; may carry gradient), or None."""
+        ...
+
+    def target_logit(self, cos_theta: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """The target logit for a vector of target cosines, differentiable with its exact gradient."""
         ...
 
+    def modulate_negatives_(
+        self, logits: torch.Tensor, target_cos: torch.Tensor, step: MarginStep, factor: torch.Tensor
+    ) -> None:
+        """Rewrite the ``[N, S]`` logits ``s·c`` in place and write ``∂z/∂(s·c)`` into ``factor``.
 
-class CombinedMargin:
-    """Normalised margin with target logit ``s · (cos(m1·θ + m2) − m3)``; see the module docstring."""
+        Called only when :attr:`needs_target_cosines`; ``target_cos`` is every sample's target cosine.
+        """
+        ...
+
+    def regulariser(self, inputs: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-sample terms ([N]) whose mean is added to the loss, or None."""
+        ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Running state, saved with :class:`~partialfc.PartialFC`'s extra state."""
+        ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class BaseMargin:
+    """Defaults for the optional parts of :class:`Margin`: no per-sample inputs, no state."""
 
     normalize = True
+    needs_target_cosines = False
+    s: float
+
+    @property
+    def scale(self) -> float:
+        return self.s
+
+    def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor | None:
+        return None
+
+    def modulate_negatives_(
+        self, logits: torch.Tensor, target_cos: torch.Tensor, step: MarginStep, factor: torch.Tensor
+    ) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not modulate negatives")
+
+    def regulariser(self, inputs: torch.Tensor | None) -> torch.Tensor | None:
+        return None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
+
+
+class CombinedMargin(BaseMargin):
+    """Normalised margin with target logit ``s · (cos(m1·θ + m2) − m3)``; see the module docstring."""
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
-        if not s > 0:
-            raise ValueError(f"CombinedMargin: scale s must be > 0, got s={s}")
+        _check_scale("CombinedMargin", s)
         if not m1 >= 1.0:
             raise ValueError(f"CombinedMargin: m1 must be >= 1 (SphereFace multiplier), got m1={m1}")
         if not 0.0 <= m2 < math.pi:
@@ -76,61 +164,109 @@ class CombinedMargin:
             raise ValueError(f"CombinedMargin: m3 must be >= 0, got m3={m3}")
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.theta_star = (math.pi - self.m2) / self.m1
-        # Offset of the linear-in-cos continuation past θ*, fixed so that ψ is continuous there.
-        self._tail_offset = math.cos(self.theta_star) + 1.0 + self.m3
-
-    @property
-    def scale(self) -> float:
-        """Multiplier of non-target cosines."""
-        return self.s
 
     @property
     def is_identity(self) -> bool:
         """True when the target logit is just ``s · cos θ`` (normalised softmax)."""
         return self.m1 == 1.0 and self.m2 == 0.0 and self.m3 == 0.0
 
-    def target_logit(self, cos_theta: torch.Tensor) -> torch.Tensor:
+    def target_logit(self, cos_theta: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """ψ for a vector of target cosines; differentiable with the exact gradient."""
         if self.is_identity:
             return cos_theta * self.s
         if self.m1 == 1.0 and self.m2 == 0.0:  # CosFace: no angle needed, exact everywhere
             return (cos_theta - self.m3) * self.s
-        eps = _clamp_eps(cos_theta.dtype)
-        clamped = cos_theta.clamp(-1.0 + eps, 1.0 - eps)
-        theta = torch.acos(clamped)
-        # Above 1 − ε, continue linearly with the slope at 1 − ε: strictly monotonic, finite gradient.
-        # (Below −1 + ε the tail branch applies whenever m1·θ + m2 can reach π.)
-        overshoot = (cos_theta - clamped).clamp_min(0.0)
-        margin_branch = torch.cos(theta * self.m1 + self.m2) - self.m3 + overshoot * self._top_slope(eps)
-        if self.theta_star >= math.pi:
-            return margin_branch * self.s
-        tail_branch = cos_theta - self._tail_offset
-        return torch.where(theta <= self.theta_star, margin_branch, tail_branch) * self.s
-
-    def _top_slope(self, eps: float) -> float:
-        """d cos(m1·θ + m2) / d cos θ at cos θ = 1 − ε, i.e. m1·sin(m1·θ0 + m2) / sin θ0."""
-        theta0 = math.acos(1.0 - eps)
-        return self.m1 * math.sin(self.m1 * theta0 + self.m2) / math.sin(theta0)
+        return (angular_margin(cos_theta, self.m1, self.m2) - self.m3) * self.s
 
     def __repr__(self) -> str:
         return f"CombinedMargin(s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3})"
 
 
-class Softmax:
+def angular_margin(cos_theta: torch.Tensor, m1: float, m2: float | torch.Tensor) -> torch.Tensor:
+    """``cos(m1·θ + m2)`` with CombinedMargin's continuations past θ* and near ``cos θ = 1``.
+
+    ``m2`` may be a per-sample tensor (ElasticFace, MagFace), with gradient.
+    """
+    eps = _clamp_eps(cos_theta.dtype)
+    m2 = torch.as_tensor(m2, dtype=cos_theta.dtype, device=cos_theta.device)
+    clamped = cos_theta.clamp(-1.0 + eps, 1.0 - eps)
+    theta = torch.acos(clamped)
+    # Above 1 − ε, continue linearly with the slope at 1 − ε: strictly monotonic, finite gradient.
+    # (Below −1 + ε the tail branch applies whenever m1·θ + m2 can reach π.)
+    theta0 = math.acos(1.0 - eps)
+    top_slope = m1 * torch.sin(m1 * theta0 + m2) / math.sin(theta0)
+    overshoot = (cos_theta - clamped).clamp_min(0.0)
+    margin_branch = torch.cos(theta * m1 + m2) + overshoot * top_slope
+    # Past θ* = (π − m2)/m1: the cosine itself, shifted to be continuous at θ* (strictly monotonic).
+    theta_star = (math.pi - m2) / m1
+    tail_branch = cos_theta - torch.cos(theta_star) - 1.0
+    return torch.where(theta <= theta_star, margin_branch, tail_branch)
+
+
+class Softmax(BaseMargin):
     """Unnormalised softmax baseline: logits are raw dot products ``x · w``."""
 
     normalize = False
-    scale = 1.0
+    s = 1.0
     is_identity = True
 
-    def target_logit(self, logit: torch.Tensor) -> torch.Tensor:
+    def target_logit(self, logit: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         return logit
 
     def __repr__(self) -> str:
         return "Softmax()"
 
 
+class AdaFace(BaseMargin):
+    """Margin adapted to image quality through the feature norm; see the module docstring."""
+
+    _EPS = 1e-3  # the official head's clamp of cosines and angles, and σ's offset
+
+    def __init__(self, s: float = 64.0, m: float = 0.4, h: float = 0.333, t_alpha: float = 0.01) -> None:
+        _check_scale("AdaFace", s)
+        if not 0.0 <= m < math.pi:
+            raise ValueError(f"AdaFace: margin m must be in [0, pi), got m={m}")
+        if not h >= 0.0:
+            raise ValueError(f"AdaFace: h must be >= 0, got h={h}")
+        if not 0.0 < t_alpha <= 1.0:
+            raise ValueError(f"AdaFace: t_alpha must be in (0, 1], got t_alpha={t_alpha}")
+        self.s, self.m, self.h, self.t_alpha = float(s), float(m), float(h), float(t_alpha)
+        self.batch_mean = torch.tensor(20.0, dtype=torch.float64)
+        self.batch_std = torch.tensor(100.0, dtype=torch.float64)
+
+    def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor:
+        """The margin scaler ``g_i`` of every sample of the global batch (no gradient)."""
+        norms = torch.linalg.vector_norm(embeddings.detach().double(), dim=1).clamp(0.001, 100.0)
+        if step.training:
+            self.batch_mean = self.batch_mean.to(norms.device).mul(1.0 - self.t_alpha).add_(norms.mean(), alpha=self.t_alpha)
+            self.batch_std = self.batch_std.to(norms.device).mul(1.0 - self.t_alpha).add_(norms.std(), alpha=self.t_alpha)
+        scaler = (norms - self.batch_mean.to(norms.device)) / (self.batch_std.to(norms.device) + self._EPS)
+        return (scaler * self.h).clamp(-1.0, 1.0)
+
+    def target_logit(self, cos_theta: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs is None:
+            raise ValueError("AdaFace.target_logit needs the margin scalers from sample_inputs")
+        theta = cos_theta.clamp(-1.0 + self._EPS, 1.0 - self._EPS).acos()
+        angle = (theta - self.m * inputs).clamp(self._EPS, math.pi - self._EPS)
+        return (angle.cos() - self.m * (1.0 + inputs)) * self.s
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"batch_mean": self.batch_mean.detach().cpu().clone(), "batch_std": self.batch_std.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.batch_mean = state["batch_mean"].to(torch.float64).clone()
+            self.batch_std = state["batch_std"].to(torch.float64).clone()
+
+    def __repr__(self) -> str:
+        return f"AdaFace(s={self.s}, m={self.m}, h={self.h}, t_alpha={self.t_alpha})"
+
 
 def _clamp_eps(dtype: torch.dtype) -> float:
     # 1 − ε must stay representable below 1, and ε large enough that 1/sqrt(1 − (1−ε)²) is modest.
     return 1e-7 if dtype == torch.float64 else 1e-6
+
+
+def _check_scale(family: str, s: float) -> None:
+    if not s > 0:
+        raise ValueError(f"{family}: scale s must be > 0, got s={s}")

@@ -69,12 +69,12 @@ from partialfc.distributed import (
     derive_seed,
     shard_range,
 )
-from partialfc.margins import CombinedMargin, Margin
+from partialfc.margins import CombinedMargin, Margin, MarginStep
 
 __all__ = ["PartialFC", "LabelRangeError"]
 
 _INIT_BLOCK_ROWS = 4096  # rows per independently seeded block of the centre initialisation
-_SAMPLING, _ROUNDING = 0, 1  # purposes of the per-step random streams
+_SAMPLING, _ROUNDING, _MARGIN = 0, 1, 2  # purposes of the per-step random streams
 
 
 class PartialFC(nn.Module):
@@ -155,23 +155,38 @@ class PartialFC(nn.Module):
         if not labels.is_cuda:  # free on CPU; on GPU the check runs in step(), without a stall here
             self._label_check.raise_if_bad()
         embeddings = all_gather_with_grad(local_embeddings, self.process_group, self.world_size)
+        # Margin inputs per sample (feature norms, random margins) and running statistics come from
+        # the global batch, so every rank computes the same values.
+        margin_step = MarginStep(
+            training=torch.is_grad_enabled(),
+            seed=derive_seed(self.seed, _MARGIN, self.step_count, len(self._pending)),
+        )
+        x = embeddings.float()
+        margin_inputs = self.margin.sample_inputs(x, margin_step)
 
         # Step 2: sample the centres (positives + random negatives) and read them as fp32.
         rows, target_col, in_shard = self._sample(labels)
-        micro = self._workspace.micro_batch(self.weight, rows, labels.numel(), index=len(self._pending))
-        if torch.is_grad_enabled():
+        micro = self._workspace.micro_batch(
+            self.weight, rows, labels.numel(), index=len(self._pending),
+            negative_factor=self.margin.needs_target_cosines,
+        )
+        if margin_step.training:
             self._pending.append(micro)
 
         # Steps 3–5: logits, margin, distributed cross-entropy and its backward, fused.
-        x = embeddings.float()
         if self.margin.normalize:  # s is folded into the (N-row) embedding side: the GEMM yields s·cos θ
             x = F.normalize(x, dim=1) * self.margin.scale
         # The centres enter as a grad-requiring alias so the graph exists even for frozen
         # embeddings; their gradient bypasses autograd into micro.grad (no copy, no accumulation).
-        centres = micro.values.detach().requires_grad_(torch.is_grad_enabled())
-        return _MarginCrossEntropy.apply(
-            x, centres, target_col, in_shard, self.margin, micro, self.process_group, self.world_size
+        centres = micro.values.detach().requires_grad_(margin_step.training)
+        loss = _MarginCrossEntropy.apply(
+            x, centres, margin_inputs, target_col, in_shard, self.margin, margin_step, micro,
+            self.process_group, self.world_size,
         )
+        regulariser = self.margin.regulariser(margin_inputs)
+        if regulariser is not None:
+            loss = loss + _mean_with_own_rows_gradient(regulariser, self.rank, local_labels.shape[0])
+        return loss
 
     @property
     def last_sampled_rows(self) -> torch.Tensor:
@@ -261,6 +276,7 @@ class PartialFC(nn.Module):
             "num_classes": self.num_classes,
             "class_start": self.class_start,
             "num_local": self.num_local,
+            "margin": self.margin.state_dict(),
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -273,6 +289,7 @@ class PartialFC(nn.Module):
                 "re-shard the checkpoint by global class range for this world size"
             )
         self.step_count = int(state["step_count"])
+        self.margin.load_state_dict(state.get("margin", {}))
         self._pending = []
 
     def extra_repr(self) -> str:
@@ -302,6 +319,16 @@ def _init_centres(weight: torch.Tensor, seed: int, class_start: int, std: float)
 
 
 # ---------------------------------------------------------------------- steps 3–5, fused
+def _mean_with_own_rows_gradient(terms: torch.Tensor, rank: int, local_batch: int) -> torch.Tensor:
+    """Mean of per-sample terms of the global batch, with gradient through this rank's samples only.
+
+    Every rank computes the terms of all N samples from the all-gathered embeddings; the gather's
+    backward sums gradients over ranks, so each sample's gradient must come from one rank alone.
+    """
+    own = terms[rank * local_batch : (rank + 1) * local_batch]
+    return terms.detach().mean() + (own - own.detach()).sum() / terms.numel()
+
+
 class _MarginCrossEntropy(torch.autograd.Function):
     """Centre normalisation + logits GEMM + margin + distributed softmax CE, hand-written backward.
 
@@ -313,7 +340,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, target_col, in_shard, margin, micro, group, world_size):
+    def forward(ctx, x, w, margin_inputs, target_col, in_shard, margin, margin_step, micro, group, world_size):
         device_type = x.device.type
         gemm_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         with torch.autocast(device_type, enabled=False):
@@ -328,8 +355,19 @@ class _MarginCrossEntropy(torch.autograd.Function):
 
             column = target_col.unsqueeze(1)
             raw_target = logits.gather(1, column).squeeze(1)
-            target_logit, dpsi_draw = _margin_with_derivative(raw_target, margin)
-            target_logit = torch.where(in_shard, target_logit, raw_target)  # other ranks' rows: unchanged
+            factor = micro.negative_factor
+            if factor is not None:  # margins that rewrite non-target logits (CurricularFace)
+                target_cos = torch.where(in_shard, raw_target / margin.scale, 0.0)
+                all_reduce(target_cos, dist.ReduceOp.SUM, group, world_size)
+                margin.modulate_negatives_(logits, target_cos, margin_step, factor)
+                factor.scatter_(1, column, torch.where(in_shard, 1.0, factor.gather(1, column).squeeze(1)).unsqueeze(1))
+                other_rank_value = logits.gather(1, column).squeeze(1)
+            else:
+                other_rank_value = raw_target
+            target_logit, dpsi_draw, dpsi_dinputs = _margin_with_derivative(
+                raw_target, margin, margin_inputs, with_input_grad=ctx.needs_input_grad[2]
+            )
+            target_logit = torch.where(in_shard, target_logit, other_rank_value)  # other ranks' rows: unchanged
             logits.scatter_(1, column, target_logit.unsqueeze(1))
 
             # Step 4: distributed cross-entropy; three all-reduces of N scalars.
@@ -341,23 +379,26 @@ class _MarginCrossEntropy(torch.autograd.Function):
             all_reduce_sum_pair(sum_exp, true_logit, group, world_size)
             loss = (sum_exp.log() + row_max - true_logit).mean()
 
-        ctx.save_for_backward(x_gemm, w_gemm, w, inv_norm, target_col, in_shard, sum_exp, dpsi_draw)
+        ctx.save_for_backward(x_gemm, w_gemm, w, inv_norm, target_col, in_shard, sum_exp, dpsi_draw, dpsi_dinputs)
         ctx.micro, ctx.input_dtype = micro, x.dtype  # micro.logits now holds exp(z − m)
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        x_gemm, w_gemm, w, inv_norm, target_col, in_shard, sum_exp, dpsi_draw = ctx.saved_tensors
+        x_gemm, w_gemm, w, inv_norm, target_col, in_shard, sum_exp, dpsi_draw, dpsi_dinputs = ctx.saved_tensors
         micro = ctx.micro
         grad = micro.logits
         num_rows = grad.shape[0]
         column = target_col.unsqueeze(1)
         # Step 5: ∂L/∂z = (p − onehot)·g/N with p = exp/Z; folded into one pass over the N×S buffer.
         grad.mul_((grad_loss / num_rows) / sum_exp.unsqueeze(1))
+        if micro.negative_factor is not None:
+            grad.mul_(micro.negative_factor)  # through the rewritten non-target logits (1 at targets)
         grad_at_column = grad.gather(1, column).squeeze(1)
-        grad_target = (grad_at_column - grad_loss / num_rows) * dpsi_draw
-        grad.scatter_(1, column, torch.where(in_shard, grad_target, grad_at_column).unsqueeze(1))
+        grad_z_target = torch.where(in_shard, grad_at_column - grad_loss / num_rows, 0.0)
+        grad.scatter_(1, column, torch.where(in_shard, grad_z_target * dpsi_draw, grad_at_column).unsqueeze(1))
+        grad_inputs = None if dpsi_dinputs is None else (grad_z_target * dpsi_dinputs).to(dpsi_dinputs.dtype)
         if inv_norm is not None:
             grad.mul_(inv_norm)  # through the column scaling: ∂L/∂(x·w_j) = ∂L/∂z_ij / ‖w_j‖
         grad = grad.to(x_gemm.dtype)
@@ -366,17 +407,22 @@ class _MarginCrossEntropy(torch.autograd.Function):
         if inv_norm is not None:
             project_out_radial(micro.grad, w, inv_norm)
         micro.has_grad = True
-        return grad_x, None, None, None, None, None, None, None
+        return grad_x, None, grad_inputs, None, None, None, None, None, None, None
 
 
-def _margin_with_derivative(raw_target: torch.Tensor, margin: Margin) -> tuple[torch.Tensor, torch.Tensor]:
-    """ψ at each row's target column and its exact derivative dψ/d(raw logit), both fp32.
+def _margin_with_derivative(
+    raw_target: torch.Tensor, margin: Margin, inputs: torch.Tensor | None, with_input_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """ψ at each row's target column, dψ/d(raw logit) and dψ/d(margin inputs) (None: not needed).
 
     Evaluated in float64 on these N scalars: free, and it removes the fp32 rounding of arccos and
     cos, which otherwise dominates the error of the margin gradients (~1e-5 → ~1e-7 relative).
     """
     with torch.enable_grad():
         raw = raw_target.detach().double().requires_grad_()
-        target_logit = margin.target_logit(raw / margin.scale)
-        (dpsi_draw,) = torch.autograd.grad(target_logit.sum(), raw)
-    return target_logit.detach().float(), dpsi_draw.float()
+        inputs64 = None if inputs is None else inputs.detach().double().requires_grad_(with_input_grad)
+        target_logit = margin.target_logit(raw / margin.scale, inputs64)
+        wrt = [raw, inputs64] if with_input_grad else [raw]
+        grads = torch.autograd.grad(target_logit.sum(), wrt, allow_unused=True, materialize_grads=True)
+    dpsi_dinputs = grads[1].to(inputs.dtype) if with_input_grad else None
+    return target_logit.detach().float(), grads[0].float(), dpsi_dinputs

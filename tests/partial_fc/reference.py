@@ -56,3 +56,28 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Norm-wise relative error ‖actual − expected‖ / ‖expected‖ (Frobenius)."""
     actual, expected = actual.detach().double(), expected.detach().double()
     return float(torch.linalg.vector_norm(actual - expected) / torch.linalg.vector_norm(expected).clamp_min(1e-30))
+
+
+def spread_norms(embeddings: torch.Tensor, step: int, low: float = 5.0, high: float = 120.0) -> torch.Tensor:
+    """Rescale rows to norms spread over [low, high]: margins that read the feature norm need variety."""
+    generator = torch.Generator().manual_seed(2000 + step)
+    norms = low + (high - low) * torch.rand(embeddings.shape[0], 1, generator=generator, dtype=torch.float64)
+    return F.normalize(embeddings, dim=1) * norms
+
+
+def cosines(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.normalize(embeddings, dim=1) @ F.normalize(weight, dim=1).t()
+
+
+def adaface_loss(embeddings, weight, labels, state: dict, s=64.0, m=0.4, h=0.333, t_alpha=0.01) -> torch.Tensor:
+    """mk-minchul/AdaFace head.py, dense; ``state`` holds batch_mean / batch_std and is updated."""
+    eps = 1e-3
+    norms = embeddings.norm(dim=1).clip(0.001, 100).detach()
+    state["batch_mean"] = norms.mean() * t_alpha + (1 - t_alpha) * state["batch_mean"]
+    state["batch_std"] = norms.std() * t_alpha + (1 - t_alpha) * state["batch_std"]
+    scaler = ((norms - state["batch_mean"]) / (state["batch_std"] + eps) * h).clip(-1, 1)
+    cos = cosines(embeddings, weight).clamp(-1 + eps, 1 - eps)
+    onehot = F.one_hot(labels, weight.shape[0]).double()
+    theta = (cos.acos() + onehot * (-m * scaler[:, None])).clip(eps, math.pi - eps)
+    logits = (theta.cos() - onehot * (m + m * scaler)[:, None]) * s
+    return F.cross_entropy(logits, labels)
