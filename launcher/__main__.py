@@ -1,0 +1,129 @@
+"""``python -m launcher``: detect the node's place in the job and exec torchrun on ``partialfc.train``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+
+from launcher.command import (
+    DEFAULT_MAX_RESTARTS,
+    TrainingSettings,
+    apply_overrides,
+    rendezvous_conf,
+    torchrun_command,
+    torchrun_environment,
+    training_settings,
+)
+from launcher.environment import NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, LaunchEnvironmentError, Placement, detect
+
+EPILOG = f"""\
+environments recognised (first match wins; variables a user sets explicitly, PET_* included, win):
+  Kubeflow PyTorchJob v1    MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, PET_* (or PET_RDZV_ENDPOINT + PET_NNODES with elasticPolicy)
+  Kubeflow Trainer v2       PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT, PET_NPROC_PER_NODE
+  Indexed Job / JobSet      JOB_COMPLETION_INDEX, plus {NNODES_VAR} and {RDZV_HOST_VAR} (pod 0's DNS name)
+                            from the manifest; {RDZV_PORT_VAR} (default 29400)
+  SLURM                     SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST (first host hosts the rendezvous)
+  none of these             a single node
+
+torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and TORCH_NCCL_ASYNC_ERROR_HANDLING=3 unless they are
+set. The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is
+raised to cover it. Metrics: local rank 0 empties the node's metrics directory when this launcher's
+torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py).
+
+example:
+  python -m launcher --print -- --config configs/ms1mv3_r50.yaml --output /checkpoints/ms1mv3-r50
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m launcher",
+        description="Start this node's part of a partialfc training job: detect the scheduler, then exec torchrun "
+        "(c10d rendezvous, elastic restarts) on `python -m partialfc.train TRAIN_ARGS`. Every argument the "
+        "launcher does not own, or everything after `--`, is a training argument.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--nproc-per-node", type=int, metavar="N",
+                        help="worker processes on this node (default: the scheduler's value, else visible GPUs, or 1 on CPU)")
+    parser.add_argument("--nnodes", metavar="N|MIN:MAX", help="node count (default: the scheduler's)")
+    parser.add_argument("--node-rank", type=int, metavar="R", help="this node's rank (default: the scheduler's)")
+    parser.add_argument("--max-restarts", type=int, metavar="N",
+                        help=f"in-place restarts of the worker group after a failure (default: PET_MAX_RESTARTS, else "
+                        f"{DEFAULT_MAX_RESTARTS})")
+    parser.add_argument("--rdzv-id", metavar="ID", help="rendezvous id, the same on every node (default: derived from "
+                        "the scheduler: the rendezvous host or the SLURM job id)")
+    parser.add_argument("--print", action="store_true", dest="print_only",
+                        help="print the detected environment and the exact command, then exit without running it")
+    return parser
+
+
+def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Launcher options and training arguments: ``--`` separates them; without it, unknown ones train."""
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def describe(placement: Placement, settings: TrainingSettings, added: Mapping[str, str], command: list[str]) -> str:
+    lines = [f"environment: {placement.source}"]
+    lines += [f"  {name}={value}" for name, value in placement.variables.items()]
+    rank = "assigned by the rendezvous" if placement.node_rank is None else str(placement.node_rank)
+    lines += [
+        f"nodes: {placement.nnodes}, this node's rank: {rank}",
+        f"rendezvous: c10d at {placement.rdzv_endpoint}, id {placement.rdzv_id}",
+        f"collective timeout (dist.timeout_s): {settings.timeout_s} s",
+    ]
+    if settings.metrics_port:
+        lines.append(f"metrics: port {settings.metrics_port}, directory {settings.metrics_dir} "
+                     "(emptied at this agent's first start, kept across in-place restarts)")
+    else:
+        lines.append("metrics: off (metrics.port 0)")
+    lines.append("set for torchrun (were unset): " + (" ".join(f"{k}={v}" for k, v in added.items()) or "nothing"))
+    lines.append("command: " + shlex.join(command))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    own, train_args = split_arguments(sys.argv[1:] if argv is None else argv)
+    args, unknown = build_parser().parse_known_args(own)
+    train_args = unknown + train_args
+    try:
+        settings = training_settings(train_args)
+    except ValueError as error:  # partialfc.config.ConfigError
+        print(f"launcher: training config: {error}", file=sys.stderr)
+        return 2
+    try:
+        cli = {"nproc_per_node": args.nproc_per_node, "nnodes": args.nnodes, "node_rank": args.node_rank,
+               "max_restarts": args.max_restarts, "rdzv_id": args.rdzv_id}
+        placement = apply_overrides(detect(env), env, cli)
+    except LaunchEnvironmentError as error:
+        print(f"launcher: {error}", file=sys.stderr)
+        return 2
+    nproc = placement.nproc_per_node or visible_gpus() or 1
+    max_restarts = DEFAULT_MAX_RESTARTS if placement.max_restarts is None else placement.max_restarts
+    command = torchrun_command(placement, nproc, max_restarts, rendezvous_conf(placement, settings.timeout_s, env),
+                               train_args)
+    child_env, added = torchrun_environment(env)
+    if args.print_only:
+        print(describe(placement, settings, added, command))
+        return 0
+    print(describe(placement, settings, added, command), file=sys.stderr, flush=True)
+    os.execve(command[0], command, child_env)  # replaces this process: signals go straight to torchrun
+
+
+if __name__ == "__main__":
+    sys.exit(main())

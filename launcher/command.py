@@ -1,0 +1,130 @@
+"""From a placement and the training arguments to torchrun's command line and environment."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from launcher.environment import LaunchEnvironmentError, Placement, check_nnodes, nproc_from
+
+DEFAULT_MAX_RESTARTS = 3
+# torchrun's own default join timeout; a longer collective timeout raises it (see rendezvous_conf).
+MIN_JOIN_TIMEOUT_S = 600
+
+# Set for torchrun and its workers only where the environment does not set them already.
+FIXED_DEFAULTS = {
+    # torch 2.13 + gloo: without it in-place restarts fail in connectFullMesh or hang (FIELD_NOTES.md).
+    # torchrun reads it itself, so it must be in torchrun's environment, not the workers'.
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    # A failed or timed-out NCCL collective ends the worker process (without a possibly hanging
+    # communicator abort), so the agent sees a failure and restarts the group instead of hanging.
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+}
+
+# torchrun reads each of its flags from PET_<FLAG> too; a user who set one meant it.
+PET_OVERRIDES = {
+    "nnodes": "PET_NNODES",
+    "node_rank": "PET_NODE_RANK",
+    "nproc_per_node": "PET_NPROC_PER_NODE",
+    "max_restarts": "PET_MAX_RESTARTS",
+    "rdzv_id": "PET_RDZV_ID",
+}
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What the launcher needs to know of the training config (``--config`` + overrides)."""
+
+    timeout_s: int
+    metrics_port: int
+    metrics_dir: str  # empty: <output>/prometheus-<node> chosen by the trainer
+
+
+def training_settings(train_args: Sequence[str]) -> TrainingSettings:
+    """Read the collective timeout and metrics settings the way ``partialfc.train`` will."""
+    from partialfc.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
+    add_config_arguments(parser)
+    known, _ = parser.parse_known_args(list(train_args))
+    config = config_from_args(known)
+    directory = config.metrics.multiproc_dir or str(Path(config.output) / "prometheus-<node>")
+    return TrainingSettings(config.dist.timeout_s, config.metrics.port, directory)
+
+
+def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | None]) -> Placement:
+    """Command-line options beat PET_* variables the user set, which beat what the scheduler implies."""
+    changes: dict[str, object] = {}
+    for name, variable in PET_OVERRIDES.items():
+        if not env.get(variable) or env[variable] == str(getattr(placement, name)):
+            continue
+        if name in ("nnodes", "rdzv_id"):
+            changes[name] = env[variable]
+        elif name == "nproc_per_node":
+            changes[name] = nproc_from(env) or placement.nproc_per_node
+        else:
+            try:
+                changes[name] = int(env[variable])
+            except ValueError:
+                raise LaunchEnvironmentError(f"{variable}={env[variable]!r} is not an integer") from None
+    sources = [PET_OVERRIDES[name] for name in changes]
+    given = {name: value for name, value in cli.items() if value is not None}
+    changes.update(given)
+    sources += [f"--{name.replace('_', '-')}" for name in given]
+    if "nnodes" in changes:
+        check_nnodes(str(changes["nnodes"]), sources[list(changes).index("nnodes")])
+    resolved = replace(placement, **changes)
+    if resolved.node_rank is not None and resolved.node_rank >= int(resolved.nnodes.split(":")[-1]):
+        raise LaunchEnvironmentError(
+            f"{', '.join(sources)}: node rank {resolved.node_rank} is not below the node count {resolved.nnodes}"
+        )
+    return resolved
+
+
+def rendezvous_conf(placement: Placement, timeout_s: int, env: Mapping[str, str]) -> str:
+    """``--rdzv-conf``: who hosts the store, and how long a restarted group waits for its nodes.
+
+    Node rank 0 hosts the c10d store when the scheduler fixes node ranks (torch otherwise guesses by
+    matching host names and addresses, which a DNS alias can defeat); without node ranks, the node
+    whose torchrun local address (PET_LOCAL_ADDR) is the rendezvous host hosts it. A restarted node may wait for a
+    peer that is still blocked in a collective until ``dist.timeout_s``, so the join timeout is at
+    least that. Keys in PET_RDZV_CONF (the operator's ``rdzvConf``) win.
+    """
+    conf = {"join_timeout": str(max(MIN_JOIN_TIMEOUT_S, timeout_s + 60))}
+    if placement.node_rank is not None and placement.rdzv_host != "localhost":
+        conf["is_host"] = str(placement.node_rank == 0).lower()
+    elif env.get("PET_LOCAL_ADDR") == placement.rdzv_host:  # torch's guess misses addresses of secondary NICs
+        conf["is_host"] = "true"
+    for item in filter(None, env.get("PET_RDZV_CONF", "").split(",")):
+        key, _, value = item.partition("=")
+        conf[key.strip()] = value.strip()
+    return ",".join(f"{key}={value}" for key, value in conf.items())
+
+
+def torchrun_command(
+    placement: Placement, nproc_per_node: int, max_restarts: int, rdzv_conf: str, train_args: Sequence[str]
+) -> list[str]:
+    """``python -m torch.distributed.run`` (torchrun) with a c10d rendezvous, then ``-m partialfc.train``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", placement.nnodes]
+    if placement.node_rank is not None:
+        command += ["--node-rank", str(placement.node_rank)]
+    command += [
+        "--nproc-per-node", str(nproc_per_node),
+        "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", placement.rdzv_endpoint,
+        "--rdzv-id", placement.rdzv_id,
+        "--rdzv-conf", rdzv_conf,
+        "--max-restarts", str(max_restarts),
+        "-m", "partialfc.train", *train_args,
+    ]
+    return command
+
+
+def torchrun_environment(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The environment for torchrun and the defaults it adds; variables already set are left alone."""
+    added = {name: value for name, value in FIXED_DEFAULTS.items() if name not in env}
+    return {**env, **added}, added
