@@ -1,0 +1,165 @@
+"""The commands end to end on the tiny synthetic dataset with a randomly initialised tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from partialfc import embed, export
+from partialfc.data import RecordDataset
+from partialfc.data.image import decode_jpeg
+from partialfc.data.synth import GALLERY_LIST, HOLDOUT_DIR, IMAGE_LIST, PROBE_LIST, TEMPLATE_PAIRS
+from partialfc.eval import __main__ as eval_cli
+from partialfc.eval.templates import read_image_list, read_template_pairs, read_template_subjects
+from partialfc.models import create_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("tiny", embedding_size=32)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save({"backbone": "tiny", "embedding_size": 32, "state_dict": model.state_dict()}, path)
+    return path
+
+
+def _run_json(capsys, main, argv: list[str]) -> dict:
+    assert main([*argv, "--json", "-"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_holdout_protocol_files_are_consistent(tiny_dataset):
+    holdout = tiny_dataset / HOLDOUT_DIR
+    images = read_image_list(holdout / IMAGE_LIST)
+    assert len(images.names) == 40 * 8  # every image of the 40 held-out identities
+    subject_of = {int(t): int(n.split("/")[0]) for n, t in zip(images.names, images.template_ids)}
+    assert set(subject_of.values()) == set(range(120, 160))  # identities after the 120 training ones
+    first, second, labels = read_template_pairs(holdout / TEMPLATE_PAIRS)
+    same = np.array([subject_of[a] == subject_of[b] for a, b in zip(first, second)])
+    assert (same == labels).all() and labels.sum() == 40 * 6  # 4 templates a subject: 6 genuine pairs each
+    assert (~labels).sum() == 10 * labels.sum()
+    gallery_templates, gallery_subjects = read_template_subjects(holdout / GALLERY_LIST)
+    probe_templates, probe_subjects = read_template_subjects(holdout / PROBE_LIST)
+    assert len(set(gallery_subjects)) == len(gallery_subjects) == 20  # one template per enrolled subject
+    assert not set(gallery_templates) & set(probe_templates)
+    assert set(gallery_templates) | set(probe_templates) == set(subject_of)
+    assert all(subject_of[int(t)] == s for t, s in zip(probe_templates, probe_subjects))
+    train = RecordDataset(tiny_dataset)
+    assert decode_jpeg(train.read_image(0)).shape == decode_jpeg((holdout / "images" / images.names[0]).read_bytes()).shape
+
+
+def test_embed_folder_matches_the_model(tiny_dataset, model_file, tmp_path, capsys):
+    out = tmp_path / "holdout"
+    assert embed.main([str(tiny_dataset / HOLDOUT_DIR / "images"), "--model", str(model_file), "--out", str(out),
+                       "--batch-size", "50", "--quiet"]) == 0
+    assert "images/s" in capsys.readouterr().out
+    vectors, names = np.load(f"{out}.npy"), Path(f"{out}.txt").read_text().splitlines()
+    assert vectors.shape == (320, 32) and names[0] == "00120/000.jpg" and len(set(names)) == 320
+    # Row k is normalize(model(x) + model(mirrored x)) with the model's own input normalisation.
+    trained = embed.load_backbone(model_file)
+    pixels = torch.from_numpy(decode_jpeg((tiny_dataset / HOLDOUT_DIR / "images" / names[7]).read_bytes()))[None]
+    x = trained.backbone.input_config.normalize(pixels)
+    with torch.no_grad():
+        expected = F.normalize(trained.backbone(x) + trained.backbone(x.flip(3)), dim=1)
+    np.testing.assert_allclose(vectors[7], expected[0].numpy(), atol=1e-5)
+
+
+def test_embed_rec_and_bin(tiny_dataset, model_file, tmp_path):
+    assert embed.main([str(tiny_dataset), "--model", str(model_file), "--out", str(tmp_path / "train"), "--quiet"]) == 0
+    dataset = RecordDataset(tiny_dataset)
+    assert np.load(tmp_path / "train.npy").shape == (len(dataset), 32)
+    np.testing.assert_array_equal(np.load(tmp_path / "train.labels.npy"), dataset.labels)
+    assert embed.main([str(tiny_dataset / "synth_val.bin"), "--model", str(model_file), "--out", str(tmp_path / "val"),
+                       "--no-flip", "--quiet"]) == 0
+    assert Path(tmp_path / "val.txt").read_text().splitlines()[:2] == ["pair000000.a", "pair000000.b"]
+
+
+def test_pairs_and_identify_from_model_or_embeddings(tiny_dataset, model_file, tmp_path, capsys):
+    holdout = str(tiny_dataset / HOLDOUT_DIR)
+    prefix = tmp_path / "holdout"
+    assert embed.main([f"{holdout}/images", "--model", str(model_file), "--out", str(prefix), "--quiet"]) == 0
+    capsys.readouterr()
+    by_model = _run_json(capsys, eval_cli.main, ["pairs", "--model", str(model_file), "--data", holdout,
+                                                 "--out", str(tmp_path / "a"), "--quiet"])
+    by_file = _run_json(capsys, eval_cli.main, ["pairs", "--embeddings", str(prefix), "--data", holdout,
+                                                "--out", str(tmp_path / "b")])
+    assert (by_model["genuine_pairs"], by_model["impostor_pairs"], by_model["templates"]) == (240, 2400, 160)
+    assert by_model["tar_at_far"] == pytest.approx(by_file["tar_at_far"], abs=1e-6)
+    assert set(by_model["tar_at_far"]) == {"1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"}
+    roc = np.loadtxt(tmp_path / "a" / "roc.csv", delimiter=",", skiprows=1)
+    assert (np.diff(roc[:, 2]) >= 0).all() and roc[-1, 1] == 1.0  # TAR rises with FAR up to accept-all
+    assert (tmp_path / "a" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    result = _run_json(capsys, eval_cli.main, ["identify", "--embeddings", str(prefix), "--data", holdout,
+                                               "--out", str(tmp_path / "c")])
+    assert (result["gallery_subjects"], result["mated_probes"], result["non_mated_probes"]) == (20, 60, 80)
+    assert 0 <= result["rank1"] <= result["rank5"] <= 1 and result["cmc"][0] == result["rank1"]
+    assert set(result["tpir_at_fpir"]) == {"0.01", "0.1"}
+    assert (tmp_path / "c" / "cmc.png").stat().st_size > 1000
+
+    assert eval_cli.main(["identify", "--embeddings", str(prefix), "--data", holdout, "--gallery", str(tmp_path / "no")]) == 2
+    assert "no such template list" in capsys.readouterr().err
+
+
+def test_verify_table_and_json(tiny_dataset, model_file, tmp_path, capsys):
+    bin_path = str(tiny_dataset / "synth_val.bin")
+    assert eval_cli.main(["verify", bin_path, "--model", str(model_file), "--json", str(tmp_path / "v.json")]) == 0
+    table = capsys.readouterr().out
+    assert "synth_val" in table and "TAR@FAR=0.0001" in table
+    result = json.loads((tmp_path / "v.json").read_text())["sets"]["synth_val"]
+    assert result["pairs"] == 200 and 0.5 <= result["accuracy"] <= 1 and result["mean_norm"] > 0
+    assert set(result["tar_at_far"]) == {"0.0001", "0.001", "0.01"}
+    assert eval_cli.main(["verify", bin_path, "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: no such model file" in capsys.readouterr().err
+
+
+def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "model.onnx"
+    result = export.export_onnx(model_file, out)
+    assert result.opset == export.DEFAULT_OPSET and set(result.max_abs_difference) == {1, 7}
+    assert max(result.max_abs_difference.values()) <= export.PARITY_TOLERANCE
+    proto = onnx.load(out)
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata["input_size"] == "112,112" and metadata["mean"] == "127.5,127.5,127.5"
+    assert metadata["embedding_size"] == "32" and proto.opset_import[0].version == export.DEFAULT_OPSET
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
+
+    bin_path = str(tiny_dataset / "synth_val.bin")
+    torch_result = _run_json(capsys, eval_cli.main, ["verify", bin_path, "--model", str(model_file)])
+    onnx_result = _run_json(capsys, eval_cli.main, ["verify", bin_path, "--model", str(out)])
+    assert "onnxruntime" in onnx_result["runtime"]
+    a, b = torch_result["sets"]["synth_val"], onnx_result["sets"]["synth_val"]
+    assert a["accuracy"] == b["accuracy"] and a["mean_norm"] == pytest.approx(b["mean_norm"], rel=1e-5)
+
+
+def _documented(parser: argparse.ArgumentParser) -> list[str]:
+    """Option strings of ``parser`` and its sub-commands that have no help text."""
+    undocumented = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                undocumented += _documented(sub)
+        elif not (action.help or "").strip():
+            undocumented.append(action.dest)
+    return undocumented
+
+
+def test_every_command_documents_every_option():
+    for module in (eval_cli, embed, export):
+        assert _documented(module.build_parser()) == [], module.__name__
+    modules = ("partialfc.eval", "partialfc.embed", "partialfc.export")  # the `python -m` entry points, in parallel
+    runs = [subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=REPO, stdout=subprocess.PIPE, text=True) for m in modules]
+    for module, run in zip(modules, runs):
+        stdout, _ = run.communicate(timeout=120)
+        assert run.returncode == 0 and "usage: python -m " + module in stdout
