@@ -180,7 +180,7 @@ DETECTORS: tuple[Callable[[Mapping[str, str]], Placement | None], ...] = (
 
 
 # ---------------------------------------------------------------------- SLURM host lists
-_HOSTLIST_ITEM = re.compile(r"(?:[^,\[]|\[[^\]]*\])+")
+_HOSTLIST_ITEM = re.compile(r"(?:[^,\[\]]|\[[^\]]*\])+")  # a name; commas inside brackets do not split
 
 
 def expand_hostlist(hostlist: str) -> list[str]:

@@ -1,0 +1,101 @@
+"""The command line and environment the launcher hands to torchrun, and ``--print``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from training_run import REPO
+
+from launcher.__main__ import main, split_arguments
+from launcher.command import apply_overrides, rendezvous_conf, torchrun_command, torchrun_environment, training_settings
+from launcher.environment import LaunchEnvironmentError, detect
+
+INDEXED = {"JOB_COMPLETION_INDEX": "1", "PARTIALFC_NNODES": "2", "PARTIALFC_RDZV_HOST": "r50-0.r50"}
+
+
+def test_command_has_a_c10d_rendezvous_and_passes_training_arguments_through():
+    placement = detect(INDEXED)
+    command = torchrun_command(placement, 8, 3, "join_timeout=600", ["--config", "c.yaml", "--optim.lr", "0.2"])
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    flags = dict(zip(command[3:-6:2], command[4:-6:2]))
+    assert flags == {"--nnodes": "2", "--node-rank": "1", "--nproc-per-node": "8", "--rdzv-backend": "c10d",
+                     "--rdzv-endpoint": "r50-0.r50:29400", "--rdzv-id": "partialfc-r50-0.r50",
+                     "--rdzv-conf": "join_timeout=600", "--max-restarts": "3"}
+    assert command[-6:] == ["-m", "partialfc.train", "--config", "c.yaml", "--optim.lr", "0.2"]
+    assert "--node-rank" not in torchrun_command(detect({}), 1, 3, "", [])
+
+
+def test_explicit_environment_and_options_win_over_what_the_scheduler_implies():
+    env = {**INDEXED, "PET_NPROC_PER_NODE": "4", "PET_MAX_RESTARTS": "7", "PET_RDZV_ID": "mine"}
+    placement = apply_overrides(detect(env), env, {})
+    assert (placement.nproc_per_node, placement.max_restarts, placement.rdzv_id) == (4, 7, "mine")
+    placement = apply_overrides(detect(env), env, {"max_restarts": 0, "nproc_per_node": None})
+    assert (placement.nproc_per_node, placement.max_restarts) == (4, 0)
+    with pytest.raises(LaunchEnvironmentError, match="PET_NNODES: node rank 1 is not below the node count 1"):
+        apply_overrides(detect(INDEXED), {**INDEXED, "PET_NNODES": "1"}, {})
+    with pytest.raises(LaunchEnvironmentError, match="--nnodes='two' must be N or MIN:MAX"):
+        apply_overrides(detect(INDEXED), INDEXED, {"nnodes": "two"})
+
+
+def test_environment_defaults_never_replace_what_is_set():
+    env, added = torchrun_environment({"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "PATH": "/bin"})
+    assert added == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+
+
+def test_rendezvous_conf_hosts_the_store_on_node_0_and_waits_out_a_collective_timeout():
+    node1 = detect(INDEXED)
+    assert rendezvous_conf(node1, 1800, {}) == "join_timeout=1860,is_host=false"
+    node0 = detect({**INDEXED, "JOB_COMPLETION_INDEX": "0"})
+    assert rendezvous_conf(node0, 60, {}) == "join_timeout=600,is_host=true"
+    assert rendezvous_conf(node0, 60, {"PET_RDZV_CONF": "join_timeout=900,read_timeout=120"}) == \
+        "join_timeout=900,is_host=true,read_timeout=120"
+    elastic = detect({"PET_RDZV_ENDPOINT": "10.0.0.1:29400", "PET_NNODES": "2"})
+    assert rendezvous_conf(elastic, 60, {}) == "join_timeout=600"
+    assert rendezvous_conf(elastic, 60, {"PET_LOCAL_ADDR": "10.0.0.1"}) == "join_timeout=600,is_host=true"
+
+
+def test_training_settings_come_from_the_config_file_and_overrides(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("output: /ckpt/run\ndist:\n  timeout_s: 900\nmetrics:\n  port: 9400\n")
+    settings = training_settings(["--config", str(config), "--data.path", "x"])
+    assert (settings.timeout_s, settings.metrics_port, settings.metrics_dir) == (900, 9400, "/ckpt/run/prometheus-<node>")
+    settings = training_settings(["--config", str(config), "--dist.timeout_s", "30",
+                                  "--metrics.multiproc_dir", "/tmp/m"])
+    assert (settings.timeout_s, settings.metrics_dir) == (30, "/tmp/m")
+
+
+def test_split_arguments():
+    assert split_arguments(["--print", "--", "--config", "a"]) == (["--print"], ["--config", "a"])
+    assert split_arguments(["--print", "--config", "a"]) == (["--print", "--config", "a"], [])
+
+
+def test_print_shows_the_environment_and_the_exact_command(capsys):
+    env = {**INDEXED, "PATH": "/bin"}
+    assert main(["--print", "--nproc-per-node", "2", "--config", "configs/quickstart.yaml",
+                 "--dist.timeout_s", "120"], env) == 0
+    out = capsys.readouterr().out
+    assert "environment: Kubernetes Indexed Job" in out and "JOB_COMPLETION_INDEX=1" in out
+    assert "collective timeout (dist.timeout_s): 120 s" in out
+    assert "set for torchrun (were unset): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=3" in out
+    command = out.split("command: ", 1)[1].strip()
+    assert command.endswith("--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint r50-0.r50:29400 --rdzv-id "
+                            "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,is_host=false --max-restarts 3 "
+                            "-m partialfc.train --config configs/quickstart.yaml --dist.timeout_s 120")
+
+
+def test_errors_exit_2_with_one_line(capsys):
+    assert main(["--print"], {"RANK": "1"}) == 2
+    assert capsys.readouterr().err == "launcher: RANK is set but MASTER_ADDR is not: the environment is half-configured\n"
+    assert main(["--print", "--train.epochs", "-1"], {}) == 2
+    assert "launcher: training config: train.epochs=-1.0" in capsys.readouterr().err
+
+
+def test_module_entry_point_help_lists_every_option():
+    result = subprocess.run([sys.executable, "-m", "launcher", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, check=True)
+    for option in ("--nproc-per-node", "--nnodes", "--node-rank", "--max-restarts", "--rdzv-id", "--print",
+                   "JOB_COMPLETION_INDEX", "SLURM_JOB_NODELIST", "PET_MASTER_ADDR"):
+        assert option in result.stdout, option
