@@ -262,6 +262,53 @@ class AdaFace(BaseMargin):
         return f"AdaFace(s={self.s}, m={self.m}, h={self.h}, t_alpha={self.t_alpha})"
 
 
+class CurricularFace(BaseMargin):
+    """ArcFace target plus hard negatives re-weighted by the training progress ``t``; see the module docstring."""
+
+    needs_target_cosines = True
+
+    def __init__(self, s: float = 64.0, m: float = 0.5) -> None:
+        _check_scale("CurricularFace", s)
+        if not 0.0 <= m < math.pi:
+            raise ValueError(f"CurricularFace: margin m must be in [0, pi), got m={m}")
+        self.s, self.m = float(s), float(m)
+        self.threshold = math.cos(math.pi - self.m)
+        self.t = torch.tensor(0.0, dtype=torch.float64)
+
+    def target_logit(self, cos_theta: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        cos_theta = cos_theta.clamp(-1.0, 1.0)
+        sin_theta = (1.0 - cos_theta * cos_theta).clamp_min(0.0).sqrt()
+        shifted = cos_theta * math.cos(self.m) - sin_theta * math.sin(self.m)
+        fallback = cos_theta - math.sin(math.pi - self.m) * self.m
+        return torch.where(cos_theta > self.threshold, shifted, fallback) * self.s
+
+    def modulate_negatives_(
+        self, logits: torch.Tensor, target_cos: torch.Tensor, step: MarginStep, factor: torch.Tensor
+    ) -> None:
+        """Hard negatives ``c > cos(θ_y + m)`` become ``s·c·(t + c)``; ``factor`` gets ``t + 2c`` there, 1 elsewhere."""
+        target_cos = target_cos.double().clamp(-1.0, 1.0)
+        if step.training:
+            self.t = self.t.to(target_cos.device).mul(0.99).add_(target_cos.mean(), alpha=0.01)
+        t = self.t.to(device=logits.device, dtype=logits.dtype)
+        sin_target = (1.0 - target_cos * target_cos).clamp_min(0.0).sqrt()
+        hard_threshold = (target_cos * math.cos(self.m) - sin_target * math.sin(self.m)) * self.s
+        hard = logits > hard_threshold.to(logits.dtype).unsqueeze(1)
+        torch.add(t, logits, alpha=2.0 / self.s, out=factor)  # t + 2c
+        # z = s·c·(t + c) = (s·c)·((t + 2c) + t)/2 on hard negatives, s·c elsewhere.
+        logits.mul_(torch.where(hard, (factor + t).mul_(0.5), 1.0))
+        torch.where(hard, factor, factor.new_ones(()), out=factor)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"t": self.t.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.t = state["t"].to(torch.float64).clone()
+
+    def __repr__(self) -> str:
+        return f"CurricularFace(s={self.s}, m={self.m})"
+
+
 def _clamp_eps(dtype: torch.dtype) -> float:
     # 1 − ε must stay representable below 1, and ε large enough that 1/sqrt(1 − (1−ε)²) is modest.
     return 1e-7 if dtype == torch.float64 else 1e-6

@@ -81,3 +81,17 @@ def adaface_loss(embeddings, weight, labels, state: dict, s=64.0, m=0.4, h=0.333
     theta = (cos.acos() + onehot * (-m * scaler[:, None])).clip(eps, math.pi - eps)
     logits = (theta.cos() - onehot * (m + m * scaler)[:, None]) * s
     return F.cross_entropy(logits, labels)
+
+
+def curricularface_loss(embeddings, weight, labels, state: dict, s=64.0, m=0.5) -> torch.Tensor:
+    """HuangYG123/CurricularFace head, dense; ``state["t"]`` is updated."""
+    cos = cosines(embeddings, weight).clamp(-1, 1)
+    target = cos.gather(1, labels[:, None])
+    sin = (1.0 - target**2).sqrt()
+    target_m = target * math.cos(m) - sin * math.sin(m)
+    hard = cos > target_m
+    final_target = torch.where(target > math.cos(math.pi - m), target_m, target - math.sin(math.pi - m) * m)
+    state["t"] = target.detach().mean() * 0.01 + 0.99 * state["t"]
+    cos = torch.where(hard, cos * (state["t"] + cos), cos)
+    logits = cos.scatter(1, labels[:, None], final_target) * s
+    return F.cross_entropy(logits, labels)

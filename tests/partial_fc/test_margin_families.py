@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from dist_harness import run_distributed
-from reference import adaface_loss, batch, relative_error, spread_norms
+from reference import adaface_loss, batch, curricularface_loss, relative_error, spread_norms
 
-from partialfc import AdaFace, LazySGD, PartialFC
+from partialfc import AdaFace, CurricularFace, LazySGD, PartialFC
 
 NUM_CLASSES, DIM, LOCAL_BATCH, STEPS = 23, 16, 5, 2  # 23 is not divisible by 2, 3 or 4
 SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -17,19 +17,23 @@ INIT_STD = 0.5  # see test_partial_fc_exact
 
 
 def make_margin(family: str):
-    return {"adaface": lambda: AdaFace(s=64.0, m=0.4, h=0.333, t_alpha=0.01)}[family]()
+    return {
+        "adaface": lambda: AdaFace(s=64.0, m=0.4, h=0.333, t_alpha=0.01),
+        "curricularface": lambda: CurricularFace(s=64.0, m=0.5),
+    }[family]()
 
 
 def initial_state(family: str) -> dict:
     return {"adaface": {"batch_mean": torch.tensor(20.0, dtype=torch.float64),
-                        "batch_std": torch.tensor(100.0, dtype=torch.float64)}}[family]
+                        "batch_std": torch.tensor(100.0, dtype=torch.float64)},
+            "curricularface": {"t": torch.tensor(0.0, dtype=torch.float64)}}[family]
 
 
 def reference_loss(family: str, embeddings, weight, labels, state: dict) -> torch.Tensor:
-    return {"adaface": adaface_loss}[family](embeddings, weight, labels, state)
+    return {"adaface": adaface_loss, "curricularface": curricularface_loss}[family](embeddings, weight, labels, state)
 
 
-FAMILIES = ["adaface"]
+FAMILIES = ["adaface", "curricularface"]
 
 
 def global_batch(step: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +110,7 @@ def test_matches_dense_float64_reference(shards_by_world_size, world_size, famil
                 assert relative_error(ours["margin_state"][key], value) < 1e-5, f"{where} {key}"
 
 
-STATEFUL = ["adaface"]
+STATEFUL = ["adaface", "curricularface"]
 
 
 def one_step(pfc: PartialFC, seed: int) -> torch.Tensor:
