@@ -17,7 +17,10 @@ def line_plot(
     logx: bool = False,
 ) -> Path:
     """One axes with a line per ``(label, x, y)``; written atomically to ``path``."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(f"{path}: plots need matplotlib: pip install 'partialfc[eval]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
