@@ -1,27 +1,31 @@
 """End-to-end training throughput and where a step's time goes.
 
     torchrun --nproc_per_node 2 benchmarks/train_throughput.py --backbone tiny --num-classes 1000000
-    torchrun --nproc_per_node 1 benchmarks/train_throughput.py --backbone r50 --amp bf16   # one GPU
+    torchrun --nproc_per_node 1 benchmarks/train_throughput.py --backbone r50 --amp bf16 --data-backend torch   # one GPU
 
 Every rank times, median over ``--steps`` after ``--warmup``:
 
-- **step**: a full training step as the trainer runs it (DDP backbone under autocast, Partial FC,
-  backward, optimizer steps) on batches from the real input pipeline;
+- **step**: a full training step as the trainer runs it (DDP backbone under autocast, channels_last
+  on GPU, Partial FC, backward, optimizer steps) on batches from the real input pipeline;
+- **resident step**: the same step on one batch already on the device (compute bound: what the
+  step costs when input keeps up);
 - **data**: fetching one batch from the loader alone (DALI, or the PyTorch fallback);
 - **backbone**: forward + backward + SGD step of the backbone alone on a fixed batch (no DDP);
 - **partial fc**: forward + backward + centre update of Partial FC alone on fixed embeddings;
 - **comm**: the step's collectives alone: the backbone's gradient all-reduce (one flat buffer, as
   DDP buckets it) plus Partial FC's all-gathers, three N-sized all-reduces and reduce-scatter.
 
-Shares are each part's time over the step's; they need not add up to 100% (data loading overlaps
-with compute, and DDP overlaps its all-reduce with the backward pass). The input is a synthetic
+Shares are each part's time over the resident step's; they need not add up to 100% (data loading
+overlaps with compute, and DDP overlaps its all-reduce with the backward pass). The input is a synthetic
 InsightFace-layout dataset written to ``--data-dir`` once (112×112 JPEGs), and labels are drawn
 uniformly over the ``--num-classes`` classes so that the classifier has its real size.
+``--json`` writes every figure to a file as well (``benchmarks/gpu_suite.sh`` collects it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -51,10 +55,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--embedding-size", type=int, default=512, help="D")
     parser.add_argument("--amp", choices=AMP, default="bf16", help="backbone autocast dtype")
     parser.add_argument("--data-backend", choices=["auto", "dali", "torch"], default="auto", help="input pipeline")
-    parser.add_argument("--data-workers", type=int, default=4, help="DALI threads / DataLoader workers per rank")
+    parser.add_argument("--data-workers", type=int, default=None,
+                        help="DALI threads / DataLoader workers per rank (default: this machine's cores / local ranks)")
     parser.add_argument("--data-dir", default="/tmp/partialfc-bench-data", help="synthetic dataset location")
     parser.add_argument("--steps", type=int, default=10, help="timed iterations (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (rank 0)")
     return parser.parse_args()
 
 
@@ -86,19 +92,21 @@ def main() -> None:
     if dist.is_initialized():
         dist.barrier()
     dataset = RecordDataset(data_dir)
-    params = LoaderParams(args.batch, InputConfig(), rank=info.rank, world_size=info.world_size, seed=0)
+    input_config = InputConfig()
+    params = LoaderParams(args.batch, input_config, rank=info.rank, world_size=info.world_size, seed=0)
+    workers = args.data_workers or max(1, len(os.sched_getaffinity(0)) // info.local_world_size)
     loader = build_loader(dataset, params, backend=args.data_backend,
-                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=args.data_workers)
+                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=workers)
 
     def batches():
         while True:
             yield from loader
 
     stream = batches()
-    generator = torch.Generator().manual_seed(info.rank)
+    generator = torch.Generator(device=device).manual_seed(info.rank)
 
     def random_labels() -> torch.Tensor:
-        return torch.randint(0, args.num_classes, (args.batch,), generator=generator).to(device)
+        return torch.randint(0, args.num_classes, (args.batch,), generator=generator, device=device)
 
     torch.manual_seed(0)
     backbone = create_model(args.backbone, embedding_size=args.embedding_size).to(device)
@@ -106,14 +114,14 @@ def main() -> None:
         backbone = backbone.to(memory_format=torch.channels_last)
     model = nn.parallel.DistributedDataParallel(backbone, device_ids=[info.local_rank] if device.type == "cuda" else None) \
         if dist.is_initialized() else backbone
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda")
     pfc = PartialFC(args.embedding_size, args.num_classes, args.sample_rate, CombinedMargin(), optimizer=LazySGD(),
                     device=device)
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
 
-    def full_step() -> None:
-        images, _ = next(stream)
-        images = images.to(device, non_blocking=True)
+    def train_step(images: torch.Tensor) -> None:
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)  # as the trainer does
         with autocast:
             embeddings = model(images)
         pfc(embeddings, random_labels()).backward()
@@ -121,7 +129,11 @@ def main() -> None:
         pfc.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def loader_step() -> None:
+        train_step(next(stream)[0].to(device, non_blocking=True))
+
     fixed_images = next(stream)[0].to(device)
+    resident_images = fixed_images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else fixed_images
 
     def backbone_step() -> None:
         with autocast:
@@ -154,7 +166,8 @@ def main() -> None:
         reduce_scatter_into(fixed_embeddings.detach().clone(), gathered)
 
     results = {
-        "step": timed(full_step, args.steps, args.warmup, device),
+        "step": timed(loader_step, args.steps, args.warmup, device),
+        "resident step": timed(lambda: train_step(resident_images), args.steps, args.warmup, device),
         "data": timed(lambda: next(stream), args.steps, args.warmup, device),
         "backbone": timed(backbone_step, args.steps, args.warmup, device),
         "partial fc": timed(pfc_step, args.steps, args.warmup, device),
@@ -164,13 +177,27 @@ def main() -> None:
     if dist.is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
     if info.is_main:
-        step = float(values[0])
+        seconds = dict(zip(results, values.tolist()))
+        global_batch = args.batch * info.world_size
+        resident = seconds["resident step"]
         print(f"device={device.type} W={info.world_size} backbone={args.backbone} amp={args.amp} C={args.num_classes} "
-              f"r={args.sample_rate} B/rank={args.batch} loader={loader.backend} threads/rank={torch.get_num_threads()}")
-        print(f"end-to-end: {args.batch * info.world_size / step:,.0f} img/s ({step * 1e3:.1f} ms/step)")
-        print(f"{'part':<12} {'ms':>9} {'share of step':>14}")
-        for name, seconds in zip(results, values.tolist()):
-            print(f"{name:<12} {seconds * 1e3:>9.1f} {100 * seconds / step:>13.0f}%")
+              f"r={args.sample_rate} B/rank={args.batch} loader={loader.backend} workers/rank={workers} "
+              f"threads/rank={torch.get_num_threads()}")
+        print(f"end-to-end through the loader: {global_batch / seconds['step']:,.0f} img/s; "
+              f"batch on the device: {global_batch / resident:,.0f} img/s ({resident * 1e3:.1f} ms/step)")
+        print(f"{'part':<14} {'ms':>9} {'share of resident step':>23}")
+        for name, value in seconds.items():
+            print(f"{name:<14} {value * 1e3:>9.1f} {100 * value / resident:>22.0f}%")
+        if args.json:
+            args.json.write_text(json.dumps({
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "world_size": info.world_size, "backbone": args.backbone, "amp": args.amp,
+                "num_classes": args.num_classes, "sample_rate": args.sample_rate, "batch_per_rank": args.batch,
+                "loader": loader.backend, "workers_per_rank": workers,
+                "ms": {name: round(value * 1e3, 3) for name, value in seconds.items()},
+                "images_per_s": {"loader": global_batch / seconds["step"], "resident": global_batch / resident},
+                "partial_fc_share": seconds["partial fc"] / resident,
+            }, indent=2) + "\n")
     if dist.is_initialized():
         dist.destroy_process_group()
 
