@@ -5,7 +5,7 @@ The RecordIO format itself (readers, writers, record headers) is in :mod:`partia
 the DALI loader, which needs ``nvidia.dali``, in :mod:`partialfc.data.loaders.dali`.
 """
 
-from partialfc.data.dataset import RecordDataset
+from partialfc.data.dataset import RecordDataset, RecordDecodeError
 from partialfc.data.integrity import IntegrityReport, verify_dataset
 from partialfc.data.layout import DatasetError
 from partialfc.data.loaders import LoaderParams, PlannedLoader, TorchLoader, build_loader, dali_available
@@ -20,6 +20,7 @@ __all__ = [
     "LoaderParams",
     "PlannedLoader",
     "RecordDataset",
+    "RecordDecodeError",
     "TorchLoader",
     "VerificationError",
     "VerificationSet",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.layout import (
     FLOAT32_EXACT,
     DatasetError,
@@ -22,6 +23,18 @@ from partialfc.data.layout import (
     resolve_shards,
 )
 from partialfc.data.recordio import RecordReader, unpack_record
+
+
+class RecordDecodeError(DatasetError, ValueError):
+    """An image record that does not decode; the message and ``rec_path``/``key`` name the record.
+
+    Re-raised from a DataLoader worker, only the message survives (the attributes are None).
+    """
+
+    def __init__(self, message: str, rec_path: Path | None = None, key: int | None = None) -> None:
+        super().__init__(message)
+        self.rec_path = rec_path
+        self.key = key
 
 
 class RecordDataset:
@@ -51,7 +64,8 @@ class RecordDataset:
         self.num_classes = self._count_classes(parts)
         self.image_size = (self.property.height, self.property.width) if self.property else None
 
-    def _where(self, i: int) -> str:
+    def describe(self, i: int) -> str:
+        """How messages name image ``i``: ``SHARD.rec: record key K at offset O``."""
         shard = self.shards[int(self.image_shard[i])]
         return f"{shard.rec_path}: record key {int(self.image_key[i])} at offset {int(self.image_offset[i])}"
 
@@ -60,7 +74,7 @@ class RecordDataset:
         if bad.size:
             i = int(bad[0])
             raise DatasetError(
-                f"{self._where(i)}: label {float(raw[i])!r} is not a class id (non-negative integer below 2**24)"
+                f"{self.describe(i)}: label {float(raw[i])!r} is not a class id (non-negative integer below 2**24)"
             )
         return raw.astype(np.int64)
 
@@ -89,7 +103,7 @@ class RecordDataset:
             )
         if seen > num_classes:
             i = int(np.argmax(self.labels))
-            raise DatasetError(f"{self._where(i)}: label {seen - 1} is out of range for num_classes={num_classes} ({origin})")
+            raise DatasetError(f"{self.describe(i)}: label {seen - 1} is out of range for num_classes={num_classes} ({origin})")
         if self.layout == "insightface":
             present = np.bincount(self.labels, minlength=num_classes) > 0
             if not present.all():
@@ -110,8 +124,16 @@ class RecordDataset:
             raise IndexError(f"image index {i} out of range for {self.num_images} images")
         reader = self._readers[int(self.image_shard[i])]
         payload, _ = reader.read_at(int(self.image_offset[i]))
-        _, image = unpack_record(payload, self._where(i))
+        _, image = unpack_record(payload, self.describe(i))
         return bytes(image)
+
+    def decode_image(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 HWC RGB; :class:`RecordDecodeError` names its shard and key if it does not decode."""
+        try:
+            return decode_jpeg(self.read_image(i))
+        except ImageDecodeError as err:
+            shard = self.shards[int(self.image_shard[i])]
+            raise RecordDecodeError(f"{self.describe(i)} (image {i}): {err}", shard.rec_path, int(self.image_key[i])) from None
 
     def class_sizes(self) -> np.ndarray:
         """Number of images of each class id."""

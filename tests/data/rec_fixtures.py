@@ -76,8 +76,11 @@ def write_dataset(
     shards: int = 1,
     min_per_id: int = 2,
     max_per_id: int = 9,
+    not_jpeg: int | None = None,
 ) -> tuple[Path, np.ndarray]:
     """Write an InsightFace-layout dataset (header + identity records, images sorted by identity).
+
+    Image ``not_jpeg`` (if given) holds PNG-signature bytes instead of a JPEG.
 
     Returns (path to pass to ``RecordDataset``, labels of images 0..N-1). Shards split at identity
     boundaries; each is a complete InsightFace file, and a ``property`` file gives the class count.
@@ -97,7 +100,8 @@ def write_dataset(
             for ident in ids.tolist():
                 first = key
                 for _ in range(int(counts[ident])):
-                    writer.write(key, pack_record(float(ident), _jpeg(index, ident), id=index))
+                    image = b"\x89PNG\r\n\x1a\n not a JPEG" if index == not_jpeg else _jpeg(index, ident)
+                    writer.write(key, pack_record(float(ident), image, id=index))
                     key += 1
                     index += 1
                 ranges.append((first, key))

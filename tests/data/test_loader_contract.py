@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.rec_fixtures import read_index, run_epoch
-from partialfc.data import LoaderParams, PlannedLoader, RecordDataset, TorchLoader
+from data.rec_fixtures import read_index, run_epoch, write_dataset
+from partialfc.data import LoaderParams, PlannedLoader, RecordDataset, RecordDecodeError, TorchLoader
 from partialfc.data.image import decode_jpeg
 from partialfc.models import InputConfig
 
@@ -165,3 +165,13 @@ def test_state_roundtrip_through_torch_save(make, one_file, tmp_path):
     restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=False))
     got = next(iter(restored))
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_undecodable_record_is_named_by_file_and_key(make, tmp_path):
+    """DALI itself says only "nvImageCodec failure"; both backends name the shard file and record key."""
+    path, _ = write_dataset(tmp_path, num_ids=20, seed=4, not_jpeg=37)
+    ds = RecordDataset(path)
+    rec, key = ds.shards[0].rec_path, int(ds.image_key[37])
+    with pytest.raises(RecordDecodeError, match=rf"^{rec}: record key {key} at offset \d+ \(image 37\): not a JPEG") as err:
+        run_epoch(make(ds, batch_size=8))
+    assert (err.value.rec_path, err.value.key) == (rec, key)

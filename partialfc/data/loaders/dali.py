@@ -20,6 +20,7 @@ for bit.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import weakref
@@ -31,7 +32,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from partialfc.data.dataset import RecordDataset
+from partialfc.data.dataset import RecordDataset, RecordDecodeError
 from partialfc.data.loaders.dali_index import BatchIndex, write_batch_index
 from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, check_state, stream_seed
 from partialfc.models.input_config import InputConfig
@@ -95,8 +96,7 @@ class DaliLoader(PlannedLoader):
         self._checkpoint: bytes | None = None
         self._live: DALIGenericIterator | None = None
 
-    def _open(self) -> tuple[DALIGenericIterator, BatchIndex]:
-        index = write_batch_index(self.dataset, self.plan(self.epoch), self._work_dir / f"epoch{self.epoch}.idx")
+    def _open(self, index: BatchIndex) -> DALIGenericIterator:
         pipe = _face_pipeline(
             paths=index.paths,
             index_path=str(index.index_path),
@@ -110,24 +110,28 @@ class DaliLoader(PlannedLoader):
             prefetch_queue_depth=self.prefetch_queue_depth,
             checkpoint=self._checkpoint,
         )
-        iterator = DALIGenericIterator(
-            pipe,
-            ["images", "labels"],
-            reader_name=_READER,
-            last_batch_policy=LastBatchPolicy.DROP,
-            auto_reset=False,
-        )
-        index.index_path.unlink()  # DALI has read it while building the pipeline
-        return iterator, index
+        try:
+            return DALIGenericIterator(  # starts the pipeline: prefetches the first batches
+                pipe,
+                ["images", "labels"],
+                reader_name=_READER,
+                last_batch_policy=LastBatchPolicy.DROP,
+                auto_reset=False,
+            )
+        finally:
+            index.index_path.unlink()  # DALI has read it while building the pipeline
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._begin_pass()
         self._park()
-        iterator, index = self._open()
+        index = write_batch_index(self.dataset, self.plan(self.epoch), self._work_dir / f"epoch{self.epoch}.idx")
+        with self._naming_undecodable(index):
+            iterator = self._open(index)
         self._live = iterator
         try:
             while self.position < len(self):
-                out = next(iterator)[0]
+                with self._naming_undecodable(index):
+                    out = next(iterator)[0]
                 keep = index.keep[self.position]
                 images, labels = out["images"], out["labels"]
                 if keep[-1] - keep[0] == len(keep) - 1:
@@ -141,6 +145,26 @@ class DaliLoader(PlannedLoader):
         finally:
             if self._live is iterator:
                 self._park()
+
+    @contextlib.contextmanager
+    def _naming_undecodable(self, index: BatchIndex) -> Iterator[None]:
+        """Turn DALI's decoder failure, which names no record ("nvImageCodec failure"), into a
+        :class:`RecordDecodeError` naming the shard file and record key.
+
+        The culprit is found by decoding, with the project's own reader, every record DALI may
+        have been reading: the current batch and those it prefetches. Other failures pass unchanged.
+        """
+        try:
+            yield
+        except RuntimeError as err:
+            self._live = None  # DALI: "Current pipeline object is no longer valid"
+            last = min(len(self), self.position + self.prefetch_queue_depth + 1)
+            for i in index.listed[self.position : last].ravel().tolist():
+                try:
+                    self.dataset.decode_image(i)
+                except RecordDecodeError as undecodable:
+                    raise undecodable from err
+            raise
 
     def _park(self) -> None:
         """Drop the running pipeline, keeping its checkpoint so that the next ``__iter__`` resumes there."""

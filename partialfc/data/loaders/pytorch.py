@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from partialfc.data.dataset import RecordDataset
-from partialfc.data.image import decode_jpeg
 from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, check_state, stream_seed
 from partialfc.models.input_config import InputConfig
 
@@ -37,25 +36,15 @@ class _EpochBatches(Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def _where(self, i: int) -> str:
-        shard = self.dataset.shards[int(self.dataset.image_shard[i])]
-        return f"image {i} ({shard.rec_path}, key {int(self.dataset.image_key[i])})"
-
-    def _decode(self, i: int) -> np.ndarray:
-        try:
-            return decode_jpeg(self.dataset.read_image(i))
-        except ValueError as err:
-            raise ValueError(f"{self._where(i)}: {err}") from None
-
     def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, flips = self.plan[b], self.flips[b]
-        first = self._decode(int(ids[0]))
+        first = self.dataset.decode_image(int(ids[0]))
         pixels = np.empty((len(ids),) + first.shape, dtype=np.uint8)
         for k, i in enumerate(ids.tolist()):
-            image = first if k == 0 else self._decode(i)
+            image = first if k == 0 else self.dataset.decode_image(i)
             if image.shape != first.shape:
                 raise ValueError(
-                    f"{self._where(i)} is {image.shape}, {self._where(int(ids[0]))} of the same "
+                    f"{self.dataset.describe(i)} is {image.shape}, {self.dataset.describe(int(ids[0]))} of the same "
                     f"batch is {first.shape}; images must share one size"
                 )
             pixels[k] = image[:, ::-1] if flips[k] else image
@@ -118,6 +107,9 @@ class TorchLoader(PlannedLoader):
             pin_memory=self.pin_memory,
             multiprocessing_context=self.multiprocessing_context if workers else None,
             worker_init_fn=_ignore_sigterm if workers else None,
+            # Its own generator: the workers' base seed must not be drawn from the global RNG, whose
+            # stream (dropout, user code) a resume restores and this would shift.
+            generator=torch.Generator().manual_seed(stream_seed(self.params.seed, self.epoch, self.params.rank, 2)),
         )
         for images, labels in loader:
             self.position += 1
