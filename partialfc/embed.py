@@ -255,6 +255,25 @@ def embed_source(embedder: Embedder, source: ImageSource, batch_size: int, flip:
 
 
 # ---------------------------------------------------------------------------------- command line
+DEFAULT_MODEL = "runs/quickstart/model.pt"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --batch-size and --device, shared by the embed and eval commands."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})")
+    parser.add_argument("--batch-size", type=_positive_int, default=128, help="images per forward pass (default 128)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m partialfc.embed",
@@ -266,14 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of .jpg/.jpeg crops (searched recursively; names are paths relative to it), "
                         "a RecordIO dataset (.rec, its prefix, or a directory holding one; names are record keys), "
                         "or a verification .bin (names pairNNNNNN.a / .b)")
-    parser.add_argument("--model", default="runs/quickstart/model.pt",
-                        help="model.pt written by partialfc.train, or an .onnx from partialfc.export "
-                        "(default: runs/quickstart/model.pt)")
+    add_model_options(parser)
     parser.add_argument("--out", required=True, metavar="OUT",
                         help="output prefix: writes OUT.npy, OUT.txt (and OUT.labels.npy for a .rec)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no-flip", action="store_true",
                         help="embed each image alone instead of summing it with its mirror image")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -282,9 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        print("error: --batch-size must be at least 1", file=sys.stderr)
-        return 2
     try:
         embedder = load_embedder(args.model, args.device)
         source = open_image_source(args.source)

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from partialfc.data.synth import GALLERY_LIST, HOLDOUT_DIR, HOLDOUT_IMAGES, IMAGE_LIST, PROBE_LIST, TEMPLATE_PAIRS, VERIFICATION_NAME
 from partialfc.data.verification import VerificationSet
-from partialfc.embed import embed_source, image_folder_source, load_embedder
+from partialfc.embed import add_model_options, embed_source, image_folder_source, load_embedder
 from partialfc.eval.identification import identification_metrics
 from partialfc.eval.plots import line_plot
 from partialfc.eval.protocol import roc_far_grid, tar_at_far
@@ -30,7 +29,6 @@ from partialfc.eval.templates import (
 )
 from partialfc.evaluation import VERIFY_FARS, verify_set
 
-DEFAULT_MODEL = "runs/quickstart/model.pt"
 DEFAULT_DATA = Path("data/synthetic")
 PAIR_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 IDENTIFY_FPIRS = (1e-2, 1e-1)
@@ -185,11 +183,7 @@ def cmd_identify(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- parser
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    add_model_options(parser)
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write the results as JSON to FILE; '-' prints only the JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -253,9 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        print("error: --batch-size must be at least 1", file=sys.stderr)
-        return 2
     try:
         payload = args.func(args)
     except (ValueError, OSError) as err:  # ModelFileError, TemplateListError, VerificationError, DatasetError ...
