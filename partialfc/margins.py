@@ -309,6 +309,41 @@ class CurricularFace(BaseMargin):
         return f"CurricularFace(s={self.s}, m={self.m})"
 
 
+class MagFace(BaseMargin):
+    """Margin growing with the feature magnitude, plus its magnitude regulariser; see the module docstring."""
+
+    def __init__(
+        self, s: float = 64.0, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8,
+        lambda_g: float = 35.0,
+    ) -> None:
+        _check_scale("MagFace", s)
+        if not 0.0 < l_a < u_a:
+            raise ValueError(f"MagFace: need 0 < l_a < u_a, got l_a={l_a}, u_a={u_a}")
+        if not 0.0 <= l_m <= u_m < math.pi:
+            raise ValueError(f"MagFace: need 0 <= l_m <= u_m < pi, got l_m={l_m}, u_m={u_m}")
+        if not lambda_g >= 0.0:
+            raise ValueError(f"MagFace: lambda_g must be >= 0, got lambda_g={lambda_g}")
+        self.s, self.l_a, self.u_a = float(s), float(l_a), float(u_a)
+        self.l_m, self.u_m, self.lambda_g = float(l_m), float(u_m), float(lambda_g)
+
+    def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor:
+        """The clamped magnitudes ``a_i``, with gradient (margin and regulariser depend on them)."""
+        return torch.linalg.vector_norm(embeddings, dim=1).clamp(self.l_a, self.u_a)
+
+    def target_logit(self, cos_theta: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs is None:
+            raise ValueError("MagFace.target_logit needs the magnitudes from sample_inputs")
+        margin = (self.u_m - self.l_m) / (self.u_a - self.l_a) * (inputs - self.l_a) + self.l_m
+        return torch.where(cos_theta > 0.0, angular_margin(cos_theta, 1.0, margin), cos_theta) * self.s
+
+    def regulariser(self, inputs: torch.Tensor | None) -> torch.Tensor:
+        return self.lambda_g * (inputs / self.u_a**2 + 1.0 / inputs)
+
+    def __repr__(self) -> str:
+        return (f"MagFace(s={self.s}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "
+                f"lambda_g={self.lambda_g})")
+
+
 def _clamp_eps(dtype: torch.dtype) -> float:
     # 1 − ε must stay representable below 1, and ε large enough that 1/sqrt(1 − (1−ε)²) is modest.
     return 1e-7 if dtype == torch.float64 else 1e-6

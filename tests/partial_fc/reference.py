@@ -95,3 +95,17 @@ def curricularface_loss(embeddings, weight, labels, state: dict, s=64.0, m=0.5) 
     cos = torch.where(hard, cos * (state["t"] + cos), cos)
     logits = cos.scatter(1, labels[:, None], final_target) * s
     return F.cross_entropy(logits, labels)
+
+
+def magface_loss(embeddings, weight, labels, state: dict, s=64.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8,
+                 lambda_g=35.0) -> torch.Tensor:
+    """IrvingMeng/MagFace MagLinear (easy_margin) + MagLoss + lambda_g·loss_g, dense."""
+    x_norm = embeddings.norm(dim=1, keepdim=True).clamp(l_a, u_a)
+    margin = (u_m - l_m) / (u_a - l_a) * (x_norm - l_a) + l_m
+    cos = cosines(embeddings, weight).clamp(-1, 1)
+    sin = (1.0 - cos**2).sqrt()
+    cos_m = torch.where(cos > 0, cos * torch.cos(margin) - sin * torch.sin(margin), cos)
+    onehot = F.one_hot(labels, weight.shape[0]).double()
+    logits = s * (onehot * cos_m + (1.0 - onehot) * cos)
+    loss_g = (x_norm / u_a**2 + 1.0 / x_norm).mean()
+    return F.cross_entropy(logits, labels) + lambda_g * loss_g

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from dist_harness import run_distributed
-from reference import adaface_loss, batch, curricularface_loss, relative_error, spread_norms
+from reference import adaface_loss, batch, curricularface_loss, magface_loss, relative_error, spread_norms
 
-from partialfc import AdaFace, CurricularFace, LazySGD, PartialFC
+from partialfc import AdaFace, CurricularFace, LazySGD, MagFace, PartialFC
 
 NUM_CLASSES, DIM, LOCAL_BATCH, STEPS = 23, 16, 5, 2  # 23 is not divisible by 2, 3 or 4
 SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -20,20 +20,23 @@ def make_margin(family: str):
     return {
         "adaface": lambda: AdaFace(s=64.0, m=0.4, h=0.333, t_alpha=0.01),
         "curricularface": lambda: CurricularFace(s=64.0, m=0.5),
+        "magface": lambda: MagFace(s=64.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0),
     }[family]()
 
 
 def initial_state(family: str) -> dict:
     return {"adaface": {"batch_mean": torch.tensor(20.0, dtype=torch.float64),
                         "batch_std": torch.tensor(100.0, dtype=torch.float64)},
-            "curricularface": {"t": torch.tensor(0.0, dtype=torch.float64)}}[family]
+            "curricularface": {"t": torch.tensor(0.0, dtype=torch.float64)},
+            "magface": {}}[family]
 
 
 def reference_loss(family: str, embeddings, weight, labels, state: dict) -> torch.Tensor:
-    return {"adaface": adaface_loss, "curricularface": curricularface_loss}[family](embeddings, weight, labels, state)
+    losses = {"adaface": adaface_loss, "curricularface": curricularface_loss, "magface": magface_loss}
+    return losses[family](embeddings, weight, labels, state)
 
 
-FAMILIES = ["adaface", "curricularface"]
+FAMILIES = ["adaface", "curricularface", "magface"]
 
 
 def global_batch(step: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
