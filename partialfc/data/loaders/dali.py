@@ -34,7 +34,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from partialfc.data.dataset import RecordDataset, RecordDecodeError
 from partialfc.data.loaders.dali_index import BatchIndex, write_batch_index
-from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, check_state, stream_seed
+from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, Stream, check_state, stream_seed
 from partialfc.models.input_config import InputConfig
 
 _READER = "Reader"
@@ -106,7 +106,7 @@ class DaliLoader(PlannedLoader):
             batch_size=self.params.batch_size + index.extra,
             num_threads=self.num_threads,
             device_id=self.device_id,
-            seed=stream_seed(self.params.seed, self.epoch, self.params.rank, 0),
+            seed=stream_seed(self.params.seed, self.epoch, self.params.rank, Stream.DALI_FLIPS),
             prefetch_queue_depth=self.prefetch_queue_depth,
             checkpoint=self._checkpoint,
         )

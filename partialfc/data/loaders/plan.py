@@ -12,6 +12,7 @@ off, step ``s`` of all ranks together covers one contiguous slice of the dataset
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,13 +61,21 @@ def rank_batches(
     return order.reshape(count, world_size, batch_size)[:, rank].astype(np.int64)
 
 
-def stream_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
-    """A 31-bit seed for one random stream (flips, in-batch order) of one rank in one epoch.
+class Stream(enum.IntEnum):
+    """The loaders' random streams; each rank and epoch draws each from its own seed (:func:`stream_seed`)."""
+
+    DALI_FLIPS = 0
+    TORCH_FLIPS = 1
+    TORCH_WORKERS = 2  # the DataLoader's worker base seed
+
+
+def stream_seed(seed: int, epoch: int, rank: int, stream: Stream) -> int:
+    """A 31-bit seed for one random stream of one rank in one epoch.
 
     Ranks and epochs must not share augmentation streams, and DALI takes only non-negative
     32-bit seeds.
     """
-    return derive_seed(seed, epoch, rank, stream, bits=31)
+    return derive_seed(seed, epoch, rank, int(stream), bits=31)
 
 
 def check_state(state: dict[str, Any], backend: str, loader: PlannedLoader) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from partialfc.data.dataset import RecordDataset
-from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, check_state, stream_seed
+from partialfc.data.loaders.plan import LoaderParams, PlannedLoader, Stream, check_state, stream_seed
 from partialfc.models.input_config import InputConfig
 
 
@@ -92,12 +92,13 @@ class TorchLoader(PlannedLoader):
         shape = (len(self), p.batch_size)
         if not p.flip:
             return np.zeros(shape, bool)
-        return np.random.default_rng(stream_seed(p.seed, epoch, p.rank, 1)).random(shape) < 0.5
+        return np.random.default_rng(stream_seed(p.seed, epoch, p.rank, Stream.TORCH_FLIPS)).random(shape) < 0.5
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._begin_pass()
         batches = _EpochBatches(self.dataset, self.plan(self.epoch), self.flips(self.epoch), self.params.input_config)
         workers = self.num_workers > 0
+        p = self.params
         loader = DataLoader(
             batches,
             batch_size=None,
@@ -109,7 +110,7 @@ class TorchLoader(PlannedLoader):
             worker_init_fn=_ignore_sigterm if workers else None,
             # Its own generator: the workers' base seed must not be drawn from the global RNG, whose
             # stream (dropout, user code) a resume restores and this would shift.
-            generator=torch.Generator().manual_seed(stream_seed(self.params.seed, self.epoch, self.params.rank, 2)),
+            generator=torch.Generator().manual_seed(stream_seed(p.seed, self.epoch, p.rank, Stream.TORCH_WORKERS)),
         )
         for images, labels in loader:
             self.position += 1
