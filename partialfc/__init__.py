@@ -2,12 +2,12 @@
 
 from partialfc.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
 from partialfc.distributed import shard_range
-from partialfc.margins import AdaFace, CombinedMargin, CurricularFace, MagFace, Margin, Softmax
+from partialfc.margins import AdaFace, CombinedMargin, CurricularFace, ElasticFace, MagFace, Margin, Softmax
 from partialfc.partial_fc import LabelRangeError, PartialFC
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PartialFC", "Margin", "CombinedMargin", "Softmax", "AdaFace", "CurricularFace", "MagFace", "CentreOptimizer", "LazySGD", "LazyAdamW",
+    "PartialFC", "Margin", "CombinedMargin", "Softmax", "AdaFace", "CurricularFace", "MagFace", "ElasticFace", "CentreOptimizer", "LazySGD", "LazyAdamW",
     "LabelRangeError", "shard_range",
 ]

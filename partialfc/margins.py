@@ -344,6 +344,40 @@ class MagFace(BaseMargin):
                 f"lambda_g={self.lambda_g})")
 
 
+class ElasticFace(BaseMargin):
+    """ArcFace or CosFace with a random margin per sample; see the module docstring."""
+
+    def __init__(self, s: float = 64.0, m: float = 0.5, std: float = 0.05, kind: Literal["arc", "cos"] = "arc") -> None:
+        _check_scale("ElasticFace", s)
+        if kind not in ("arc", "cos"):
+            raise ValueError(f"ElasticFace: kind must be 'arc' or 'cos', got kind={kind!r}")
+        if not 0.0 <= m < math.pi:
+            raise ValueError(f"ElasticFace: margin m must be in [0, pi), got m={m}")
+        if not std >= 0.0:
+            raise ValueError(f"ElasticFace: std must be >= 0, got std={std}")
+        self.s, self.m, self.std, self.kind = float(s), float(m), float(std), kind
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor:
+        """Every sample's margin ``m_i ~ N(m, std²)``, drawn from the forward pass's seed (same on every rank)."""
+        generator = self._generators.get(embeddings.device)
+        if generator is None:
+            generator = self._generators[embeddings.device] = torch.Generator(device=embeddings.device)
+        generator.manual_seed(step.seed)
+        margins = torch.empty(embeddings.shape[0], dtype=torch.float64, device=embeddings.device)
+        return margins.normal_(self.m, self.std, generator=generator)
+
+    def target_logit(self, cos_theta: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs is None:
+            raise ValueError("ElasticFace.target_logit needs the per-sample margins from sample_inputs")
+        if self.kind == "cos":
+            return (cos_theta - inputs) * self.s
+        return angular_margin(cos_theta, 1.0, inputs) * self.s
+
+    def __repr__(self) -> str:
+        return f"ElasticFace(s={self.s}, m={self.m}, std={self.std}, kind={self.kind!r})"
+
+
 def _clamp_eps(dtype: torch.dtype) -> float:
     # 1 − ε must stay representable below 1, and ε large enough that 1/sqrt(1 − (1−ε)²) is modest.
     return 1e-7 if dtype == torch.float64 else 1e-6

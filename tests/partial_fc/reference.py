@@ -109,3 +109,11 @@ def magface_loss(embeddings, weight, labels, state: dict, s=64.0, l_a=10.0, u_a=
     logits = s * (onehot * cos_m + (1.0 - onehot) * cos)
     loss_g = (x_norm / u_a**2 + 1.0 / x_norm).mean()
     return F.cross_entropy(logits, labels) + lambda_g * loss_g
+
+
+def elasticface_loss(embeddings, weight, labels, margins: torch.Tensor, s=64.0, kind="arc") -> torch.Tensor:
+    """fdbtrs/ElasticFace ElasticArcFace / ElasticCosFace, dense, with the given per-sample margins."""
+    cos = cosines(embeddings, weight).clamp(-1, 1)
+    m_hot = F.one_hot(labels, weight.shape[0]).double() * margins[:, None]
+    logits = (cos.acos() + m_hot).cos() if kind == "arc" else cos - m_hot
+    return F.cross_entropy(logits * s, labels)
