@@ -199,7 +199,8 @@ def _decode_files(root: Path, names: Sequence[str]) -> Callable[[list[int]], np.
             except (ImageDecodeError, OSError) as err:
                 raise ModelFileError(f"{path}: {err}") from None
             if images[-1].shape != images[0].shape:
-                raise ModelFileError(f"{path}: {images[-1].shape[:2]} differs from {images[0].shape[:2]} of {root / names[indices[0]]}")
+                first = root / names[indices[0]]
+                raise ModelFileError(f"{path}: {images[-1].shape[:2]} differs from {images[0].shape[:2]} of {first}")
         return np.stack(images)
     return decode
 

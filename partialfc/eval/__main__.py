@@ -13,7 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.data.synth import GALLERY_LIST, HOLDOUT_DIR, HOLDOUT_IMAGES, IMAGE_LIST, PROBE_LIST, TEMPLATE_PAIRS, VERIFICATION_NAME
+from partialfc.data.synth import (
+    GALLERY_LIST,
+    HOLDOUT_DIR,
+    HOLDOUT_IMAGES,
+    IMAGE_LIST,
+    PROBE_LIST,
+    TEMPLATE_PAIRS,
+    VERIFICATION_NAME,
+)
 from partialfc.data.verification import VerificationSet
 from partialfc.embed import add_model_options, embed_source, image_folder_source, load_embedder
 from partialfc.eval.identification import identification_metrics
@@ -193,7 +201,8 @@ def _template_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA / HOLDOUT_DIR),
                         help="folder holding the images/ and lists below under their default names "
                         f"(default: {DEFAULT_DATA / HOLDOUT_DIR}, written by the synthetic generator)")
-    parser.add_argument("--images", default=None, help="image folder the image list's names are relative to (default: DATA/images)")
+    parser.add_argument("--images", default=None,
+                        help="image folder the image list's names are relative to (default: DATA/images)")
     parser.add_argument("--image-list", default=None,
                         help=f"lines 'IMAGE TEMPLATE_ID MEDIA_ID', as IJB's ijbc_face_tid_mid.txt (default: DATA/{IMAGE_LIST})")
     parser.add_argument("--embeddings", metavar="PREFIX", default=None,
@@ -238,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "TPIR), the others non-mated (they set the threshold for FPIR). Prints rank-1, rank-5 and TPIR "
                        f"at FPIR {', '.join(f'{f:g}' for f in IDENTIFY_FPIRS)}; writes OUT/cmc.png.")
     _template_options(p)
-    p.add_argument("--gallery", default=None, help=f"lines 'TEMPLATE_ID SUBJECT_ID' of enrolled templates (default: DATA/{GALLERY_LIST})")
-    p.add_argument("--probes", default=None, help=f"lines 'TEMPLATE_ID SUBJECT_ID' of probe templates (default: DATA/{PROBE_LIST})")
+    p.add_argument("--gallery", default=None,
+                   help=f"lines 'TEMPLATE_ID SUBJECT_ID' of enrolled templates (default: DATA/{GALLERY_LIST})")
+    p.add_argument("--probes", default=None,
+                   help=f"lines 'TEMPLATE_ID SUBJECT_ID' of probe templates (default: DATA/{PROBE_LIST})")
     _common(p)
     p.set_defaults(func=cmd_identify)
     return parser
