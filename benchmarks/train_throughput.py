@@ -58,6 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-workers", type=int, default=None,
                         help="DALI threads / DataLoader workers per rank (default: this machine's cores / local ranks)")
     parser.add_argument("--data-dir", default="/tmp/partialfc-bench-data", help="synthetic dataset location")
+    parser.add_argument("--synthetic-identities", type=int, default=500,
+                        help="identities (8 images each) of the synthetic dataset, when --data-dir has none")
     parser.add_argument("--steps", type=int, default=10, help="timed iterations (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--json", type=Path, help="also write the figures to this file (rank 0)")
@@ -88,7 +90,7 @@ def main() -> None:
     amp = AMP[args.amp]
     data_dir = Path(args.data_dir)
     if info.is_main and not (data_dir / "property").exists():
-        generate_synthetic_dataset(data_dir, 500, 8, seed=0, shards=1)
+        generate_synthetic_dataset(data_dir, args.synthetic_identities, 8, seed=0, shards=1)
     if dist.is_initialized():
         dist.barrier()
     dataset = RecordDataset(data_dir)

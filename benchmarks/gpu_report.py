@@ -1,0 +1,221 @@
+"""Collect what ``benchmarks/gpu_suite.sh`` produced into ``gpu_report.json`` and ``gpu_report.md``.
+
+    python benchmarks/gpu_report.py --work SCRATCH --out OUT --dry 0
+
+Reads from the suite's scratch folder: ``steps.jsonl`` (one record per finished step: name, exit
+code, seconds, box), ``environment.json``, ``pytest.xml`` (JUnit), the layer benchmark's printed
+tables (``layer_fp32.log``, ``layer_bf16.log``), ``capacity.json`` and ``throughput.json``. Missing pieces (a step that
+did not run yet, or was stopped by its box) are reported as such, so the suite can call this after
+every step. Targets are judged only on a real (not dry) run. Imports nothing heavy: it runs in well
+under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Any
+
+LAYER_STEPS = ["layer_fp32", "layer_bf16"]  # the suite's steps that run benchmarks/partial_fc_layer.py
+TIMEOUT_EXIT_CODES = {124, 137}  # `timeout`: the box ran out (TERM), or the command ignored TERM (KILL)
+LAYER_COLUMNS = ["num_classes", "dim", "batch_per_rank", "world_size", "sample_rate", "sampled_per_rank",
+                 "gemm", "param", "step_ms", "floor_ms", "ratio", "peak_gib", "centre_mem"]
+LAYER_HEADER = "C D B/rank W r S/rank gemm param step ms floor ms ratio peak GiB/rank centre mem".split()
+TARGETS = {
+    "layer_ratio": 1.5,  # step / 3-GEMM floor at r = 0.1
+    "images_per_s": 3000.0,  # r50 bf16, one H100-class GPU, batch on the device
+    "partial_fc_share": 0.05,  # of the step
+    "capacity_classes": 12_500_000,  # bf16 centres + momentum, one GPU
+}
+DALI_NOTE = ("DALI `mixed` (GPU JPEG decode) was not measured: DALI's wheel is far above the 64 MiB a device "
+             "call may carry, so the lent GPU machine cannot install it.")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="the suite's scratch folder")
+    parser.add_argument("--out", type=Path, required=True, help="where gpu_report.json and gpu_report.md go")
+    parser.add_argument("--dry", type=int, choices=[0, 1], default=0, help="1: a dry run on the CPU (no targets judged)")
+    return parser.parse_args()
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or was cut short (a step stopped mid-write)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_steps(work: Path) -> list[dict[str, Any]]:
+    steps = []
+    for line in (work / "steps.jsonl").read_text().splitlines() if (work / "steps.jsonl").is_file() else []:
+        step = json.loads(line)
+        step["status"] = "ok" if step["rc"] == 0 else "timed out" if step["rc"] in TIMEOUT_EXIT_CODES else "failed"
+        steps.append(step)
+    return steps
+
+
+def read_pytest(path: Path) -> dict[str, Any] | None:
+    """Counts and the names of failed tests from a JUnit XML file."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    failed = []
+    for suite in root.iter("testsuite"):
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(f"{case.get('classname')}::{case.get('name')}")
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return {**counts, "failed": failed}
+
+
+def read_layer_rows(log: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows of ``benchmarks/partial_fc_layer.py``'s table, and a problem if its format is not the expected one."""
+    if not log.is_file():
+        return [], None
+    lines = log.read_text().splitlines()
+    header = next((line for line in lines if line.split()[:1] == ["C"]), None)
+    if header is None:
+        return [], None
+    if header.split() != LAYER_HEADER:
+        return [], f"unexpected table header in {log.name}: {header.strip()!r}"
+    rows = []
+    for line in lines[lines.index(header) + 1:]:
+        tokens = line.split()
+        if len(tokens) != len(LAYER_COLUMNS) or not tokens[0].isdigit():
+            continue
+        row: dict[str, Any] = dict(zip(LAYER_COLUMNS, tokens))
+        for key in ("num_classes", "dim", "batch_per_rank", "world_size", "sampled_per_rank"):
+            row[key] = int(row[key])
+        for key in ("sample_rate", "step_ms", "floor_ms", "ratio", "peak_gib"):
+            row[key] = float(row[key])
+        row["centre_mem"] = float(row["centre_mem"].rstrip("x"))
+        rows.append(row)
+    return rows, None
+
+
+def judge(value: float | None, target: float, at_most: bool, dry: bool) -> str:
+    if dry:
+        return "not judged (dry run on the CPU)"
+    if value is None:
+        return "not measured"
+    met = value <= target if at_most else value >= target
+    return "met" if met else "missed"
+
+
+def build_report(work: Path, dry: bool) -> dict[str, Any]:
+    layer_rows, problems = [], []
+    for step in LAYER_STEPS:
+        rows, problem = read_layer_rows(work / f"{step}.log")
+        layer_rows += rows
+        problems += [problem] if problem else []
+    for row in layer_rows:
+        row["target"] = (judge(row["ratio"], TARGETS["layer_ratio"], True, dry)
+                         if row["sample_rate"] == 0.1 else "no target at this r")
+    capacity = read_json(work / "capacity.json")
+    if capacity is not None:
+        capacity["target"] = judge(capacity.get("largest_classes"), TARGETS["capacity_classes"], False, dry)
+    throughput = read_json(work / "throughput.json")
+    if throughput is not None:
+        throughput["targets"] = {
+            "images_per_s": judge(throughput["images_per_s"]["resident"], TARGETS["images_per_s"], False, dry),
+            "partial_fc_share": judge(throughput["partial_fc_share"], TARGETS["partial_fc_share"], True, dry),
+        }
+    return {
+        "dry_run": dry,
+        "environment": read_json(work / "environment.json"),
+        "steps": read_steps(work),
+        "pytest": read_pytest(work / "pytest.xml"),
+        "layer": layer_rows,
+        "capacity": capacity,
+        "throughput": throughput,
+        "targets": TARGETS,
+        "problems": problems,
+        "not_measured": [DALI_NOTE],
+    }
+
+
+def _count(value: int | None) -> str:
+    return "none" if value is None else f"{value:,}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    env = report["environment"] or {}
+    lines = ["# GPU suite report", ""]
+    if report["dry_run"]:
+        lines += ["**Dry run on the CPU at tiny sizes: the figures test the plumbing, they measure nothing.**", ""]
+    lines += [f"Machine: {env.get('gpu') or 'no GPU'}"
+              + (f" ({env['gpu_memory_bytes'] / 2**30:.0f} GiB)" if env.get("gpu_memory_bytes") else "")
+              + f", driver {env.get('driver')}, {env.get('cpu_cores')} CPU cores; Python {env.get('python')}, "
+              f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}.", ""]
+    lines += ["## Steps", ""]
+    lines += _table(["step", "status", "seconds", "box (s)"],
+                    [[s["name"], s["status"], s["seconds"], s["box"]] for s in report["steps"]])
+    pytest = report["pytest"]
+    lines += ["", "## pytest -m gpu", ""]
+    if pytest is None:
+        lines += ["No result (the step did not finish)."]
+    else:
+        lines += [f"{pytest['passed']} passed, {pytest['failures']} failed, {pytest['errors']} errors, "
+                  f"{pytest['skipped']} skipped."]
+        lines += [f"- failed: `{name}`" for name in pytest["failed"]]
+    lines += ["", f"## Partial FC layer (target: step ≤ {TARGETS['layer_ratio']}× the 3-GEMM floor at r = 0.1)", ""]
+    lines += _table(["C", "r", "S", "gemm", "centres", "step ms", "floor ms", "ratio", "peak GiB", "target"],
+                    [[f"{r['num_classes']:,}", r["sample_rate"], f"{r['sampled_per_rank']:,}", r["gemm"], r["param"],
+                      r["step_ms"], r["floor_ms"], r["ratio"], r["peak_gib"], r["target"]] for r in report["layer"]])
+    lines += [f"- {problem}" for problem in report["problems"]]
+    capacity = report["capacity"]
+    lines += ["", f"## Capacity (target: ≥ {TARGETS['capacity_classes']:,} classes per GPU, bf16 centres + momentum)", ""]
+    if capacity is None:
+        lines += ["No result (the step did not finish)."]
+    else:
+        largest, failed = (capacity.get(key) for key in ("largest_classes", "smallest_failed"))
+        lines += [f"Largest C that completes a step: **{_count(largest)}** (r = {capacity['sample_rate']}, "
+                  f"B = {capacity['batch']}, D = {capacity['dim']}, {capacity['param_dtype']} centres; first failure "
+                  f"{_count(failed)}; search stopped by {capacity.get('stopped_by', 'the step box')}): {capacity['target']}.", ""]
+        lines += _table(["C", "completed", "seconds", "peak GiB"],
+                        [[_count(t["num_classes"]), t["ok"], t["seconds"],
+                          "-" if t["peak_bytes"] is None else f"{t['peak_bytes'] / 2**30:.2f}"] for t in capacity["trials"]])
+    throughput = report["throughput"]
+    lines += ["", f"## Training throughput (targets: ≥ {TARGETS['images_per_s']:,.0f} images/s, Partial FC ≤ "
+              f"{TARGETS['partial_fc_share']:.0%} of the step)", ""]
+    if throughput is None:
+        lines += ["No result (the step did not finish)."]
+    else:
+        rates, targets = throughput["images_per_s"], throughput["targets"]
+        lines += [f"{throughput['backbone']}, {throughput['amp']}, B = {throughput['batch_per_rank']}, "
+                  f"C = {throughput['num_classes']:,}, r = {throughput['sample_rate']}, W = {throughput['world_size']}, "
+                  f"loader {throughput['loader']} with {throughput['workers_per_rank']} workers.", "",
+                  f"- batch on the device: **{rates['resident']:,.0f} images/s** ({targets['images_per_s']})",
+                  f"- through the loader: **{rates['loader']:,.0f} images/s**",
+                  f"- Partial FC share of the step: **{throughput['partial_fc_share']:.1%}** "
+                  f"({targets['partial_fc_share']})", ""]
+        lines += _table(["part", "ms"], [[name, value] for name, value in throughput["ms"].items()])
+    lines += ["", "## Not measured", ""] + [f"- {note}" for note in report["not_measured"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    report = build_report(args.work, bool(args.dry))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("gpu_report.json", json.dumps(report, indent=2) + "\n"), ("gpu_report.md", render_markdown(report))):
+        tmp = args.out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(args.out / name)
+
+
+if __name__ == "__main__":
+    main()

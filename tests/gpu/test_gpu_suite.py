@@ -1,0 +1,87 @@
+"""``benchmarks/gpu_suite.sh`` in its dry mode (tiny sizes on the CPU): its time boxes, the report
+files and their fields; and the capacity search it runs. The GPU session then only runs the script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+from training_run import REPO
+
+SUITE = REPO / "benchmarks" / "gpu_suite.sh"
+STEPS = ["pytest", "layer_fp32", "layer_bf16", "capacity", "throughput"]
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]:
+    """The dry suite, with the bf16 layer step's box cut to 1 s so that it is stopped."""
+    out, work = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work")
+    env = {**os.environ, "OUT": str(out), "GPU_SUITE_WORK": str(work), "GPU_SUITE_DRY": "1",
+           "GPU_SUITE_BOX_LAYER_BF16": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(SUITE)], cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_report.json", "gpu_report.md", "gpu_suite.log"]
+    return json.loads((out / "gpu_report.json").read_text()), (out / "gpu_report.md").read_text(), result
+
+
+def test_every_step_runs_in_order_and_a_box_stops_a_step(dry_run):
+    report, _, result = dry_run
+    assert report["dry_run"] is True
+    assert [step["name"] for step in report["steps"]] == STEPS
+    statuses = {step["name"]: step["status"] for step in report["steps"]}
+    assert statuses == {**dict.fromkeys(STEPS, "ok"), "layer_bf16": "timed out"}, result.stdout[-3000:]
+    stopped = next(step for step in report["steps"] if step["name"] == "layer_bf16")
+    assert stopped["box"] == 1 and stopped["seconds"] <= 12  # TERM at 1 s, KILL 10 s later at the latest
+
+
+def test_report_holds_every_figure(dry_run):
+    report, markdown, _ = dry_run
+    pytest_counts = report["pytest"]
+    assert pytest_counts["skipped"] == pytest_counts["tests"] > 0 and pytest_counts["failed"] == []
+
+    assert [(row["num_classes"], row["sample_rate"]) for row in report["layer"]] == [
+        (2000, 0.1), (2000, 1.0), (8000, 0.1), (8000, 1.0)]  # fp32 only: the bf16 step was stopped
+    for row in report["layer"]:
+        assert row["gemm"] == row["param"] == "fp32" and row["step_ms"] > 0 and row["floor_ms"] >= 0
+        assert row["target"] in ("not judged (dry run on the CPU)", "no target at this r")
+
+    capacity = report["capacity"]
+    assert capacity["largest_classes"] == 8000 and capacity["stopped_by"] == "ceiling"
+    assert [trial["num_classes"] for trial in capacity["trials"]] == [1000, 2000, 4000, 8000]
+
+    throughput = report["throughput"]
+    assert throughput["backbone"] == "tiny" and throughput["loader"] == "torch"
+    assert set(throughput["ms"]) == {"step", "resident step", "data", "backbone", "partial fc", "comm"}
+    assert throughput["images_per_s"]["resident"] > 0 and throughput["images_per_s"]["loader"] > 0
+    assert 0 < throughput["partial_fc_share"]
+
+    assert report["environment"]["torch"] and report["problems"] == []
+    for text in ("Dry run on the CPU", "## Partial FC layer", "## Capacity", "## Training throughput",
+                 "DALI `mixed`", "| layer_bf16 | timed out | "):
+        assert text in markdown, text
+
+
+def test_capacity_search_doubles_then_bisects():
+    search = load_benchmark("capacity").search
+    tried = []
+
+    def fits(classes: int) -> bool:
+        tried.append(classes)
+        return classes <= 37_000
+
+    assert search(fits, 1000, 500, 1 << 40, lambda: False) == (37_000, 37_500, "resolution")
+    assert tried == [1000, 2000, 4000, 8000, 16000, 32000, 64000, 48000, 40000, 36000, 38000, 37000, 37500]
+    assert search(fits, 1000, 500, 20_000, lambda: False) == (20_000, None, "ceiling")
+    assert search(fits, 64_000, 500, 1 << 40, lambda: False) == (None, 64_000, "first trial failed")
+    tried.clear()
+    assert search(fits, 1000, 500, 1 << 40, lambda: len(tried) == 3) == (4000, None, "time box")
