@@ -19,6 +19,9 @@ import yaml
 
 from partialfc.metrics import MetricsConfig
 
+if typing.TYPE_CHECKING:
+    from partialfc.margins import Margin
+
 __all__ = ["Config", "ConfigError", "load_config", "add_config_arguments", "config_from_args", "to_dict"]
 
 
@@ -65,15 +68,50 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    head: Literal["margin", "softmax"] = option("margin", "margin: normalised combined-margin head; softmax: plain unnormalised softmax")
-    s: float = option(64.0, "logit scale s")
-    m1: float = option(1.0, "multiplicative angular margin (SphereFace)")
-    m2: float = option(0.5, "additive angular margin (ArcFace)")
-    m3: float = option(0.0, "additive cosine margin (CosFace)")
+    head: Literal["margin", "softmax", "adaface", "curricularface", "magface", "elasticface"] = option(
+        "margin", "margin family (formulas in partialfc/margins.py): margin: combined m1/m2/m3 (ArcFace, CosFace, "
+        "SphereFace); softmax: plain unnormalised softmax; adaface, curricularface, magface, elasticface: their "
+        "official definitions, parameters in the fields of the same prefix")
+    s: float = option(64.0, "logit scale s (every family but softmax)")
+    m1: float = option(1.0, "head=margin: multiplicative angular margin (SphereFace)")
+    m2: float = option(0.5, "head=margin: additive angular margin (ArcFace)")
+    m3: float = option(0.0, "head=margin: additive cosine margin (CosFace)")
+    adaface_m: float = option(0.4, "head=adaface: margin m")
+    adaface_h: float = option(0.333, "head=adaface: h, how strongly the feature norm moves the margin")
+    adaface_t_alpha: float = option(0.01, "head=adaface: momentum of the running mean/std of feature norms")
+    curricular_m: float = option(0.5, "head=curricularface: additive angular margin m")
+    magface_l_a: float = option(10.0, "head=magface: lower bound of the feature magnitude")
+    magface_u_a: float = option(110.0, "head=magface: upper bound of the feature magnitude")
+    magface_l_m: float = option(0.45, "head=magface: margin at the lower magnitude bound")
+    magface_u_m: float = option(0.8, "head=magface: margin at the upper magnitude bound")
+    magface_lambda_g: float = option(35.0, "head=magface: weight of the magnitude regulariser")
+    elastic_m: float = option(0.5, "head=elasticface: mean of the per-sample margins")
+    elastic_std: float = option(0.05, "head=elasticface: standard deviation of the per-sample margins")
+    elastic_kind: Literal["arc", "cos"] = option("arc", "head=elasticface: arc (angular margin) or cos (cosine margin)")
     sample_rate: float = option(1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling")
     bf16_gemm: bool = option(False, "run the logits GEMM in bf16 under autocast (CE stays fp32)")
     param_dtype: Literal["fp32", "bf16"] = option("fp32", "storage of class centres and their optimizer state")
     init_std: float = option(0.01, "standard deviation of the centre initialisation")
+
+    def build_margin(self) -> Margin:
+        """The margin ``head`` selects, from this section's fields; ConfigError names the fields."""
+        from partialfc import margins
+
+        families: dict[str, tuple[Any, dict[str, str]]] = {
+            "margin": (margins.CombinedMargin, {"s": "s", "m1": "m1", "m2": "m2", "m3": "m3"}),
+            "softmax": (margins.Softmax, {}),
+            "adaface": (margins.AdaFace, {"s": "s", "m": "adaface_m", "h": "adaface_h", "t_alpha": "adaface_t_alpha"}),
+            "curricularface": (margins.CurricularFace, {"s": "s", "m": "curricular_m"}),
+            "magface": (margins.MagFace, {"s": "s", "l_a": "magface_l_a", "u_a": "magface_u_a", "l_m": "magface_l_m",
+                                          "u_m": "magface_u_m", "lambda_g": "magface_lambda_g"}),
+            "elasticface": (margins.ElasticFace, {"s": "s", "m": "elastic_m", "std": "elastic_std", "kind": "elastic_kind"}),
+        }
+        family, fields = families[self.head]
+        try:
+            return family(**{param: getattr(self, name) for param, name in fields.items()})
+        except ValueError as error:
+            names = ", ".join(f"loss.{name}" for name in fields.values())
+            raise ConfigError(f"loss.head={self.head} ({names}): {error}") from None
 
 
 @dataclass

@@ -189,3 +189,21 @@ def test_elastic_margins_repeat_for_the_same_seed_and_differ_for_another():
 
     assert torch.equal(first_margins(1), first_margins(1))
     assert not torch.equal(first_margins(1), first_margins(2))
+
+
+@pytest.mark.parametrize("head, family", [("margin", "CombinedMargin"), ("softmax", "Softmax"), ("adaface", "AdaFace"),
+                                          ("curricularface", "CurricularFace"), ("magface", "MagFace"),
+                                          ("elasticface", "ElasticFace")])
+def test_every_head_builds_from_the_config(head, family):
+    from partialfc.config import LossConfig
+
+    assert type(LossConfig(head=head).build_margin()).__name__ == family
+
+
+def test_config_error_names_the_fields_of_the_family():
+    from partialfc.config import ConfigError, LossConfig
+
+    margin = LossConfig(head="elasticface", elastic_m=0.3, elastic_std=0.02, elastic_kind="cos").build_margin()
+    assert (margin.m, margin.std, margin.kind) == (0.3, 0.02, "cos")
+    with pytest.raises(ConfigError, match=r"loss.head=magface \(.*loss.magface_l_a, loss.magface_u_a.*l_a=120"):
+        LossConfig(head="magface", magface_l_a=120.0).build_margin()
