@@ -22,12 +22,14 @@ import itertools
 import os
 import statistics
 import time
+import typing
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
-from partialfc import CombinedMargin, LazySGD, PartialFC
+from partialfc import LazySGD, PartialFC
+from partialfc.config import LossConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -43,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: gloo, cuda: NCCL")
+    parser.add_argument("--head", nargs="+", default=["margin"], choices=typing.get_args(typing.get_type_hints(LossConfig)["head"]),
+                        help="margin families to run (loss.head values, default parameters; margin = ArcFace)")
     return parser.parse_args()
 
 
@@ -92,14 +96,16 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def run_config(args, num_classes: int, sample_rate: float, device: torch.device, world_size: int) -> list[float]:
+def run_config(args, head: str, num_classes: int, sample_rate: float, device: torch.device, world_size: int) -> list[float]:
     gemm_dtype, param_dtype = DTYPES[args.gemm_dtype], DTYPES[args.param_dtype]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gemm_dtype == torch.bfloat16)
     before = reset_peak_memory(device)
-    pfc = PartialFC(args.dim, num_classes, sample_rate, CombinedMargin(), optimizer=LazySGD(),
+    pfc = PartialFC(args.dim, num_classes, sample_rate, LossConfig(head=head).build_margin(), optimizer=LazySGD(),
                     param_dtype=param_dtype, device=device)
     generator = torch.Generator(device="cpu").manual_seed(pfc.rank)
-    embeddings = torch.randn(args.batch, args.dim, generator=generator).to(device).requires_grad_()
+    # Norms spread over [5, 120]: the norm-reading families (AdaFace, MagFace) see varied magnitudes.
+    embeddings = torch.nn.functional.normalize(torch.randn(args.batch, args.dim, generator=generator), dim=1)
+    embeddings = (embeddings * (5.0 + 115.0 * torch.rand(args.batch, 1, generator=generator))).to(device).requires_grad_()
     labels = torch.randint(0, num_classes, (args.batch,), generator=generator).to(device)
 
     def train_step() -> None:
@@ -143,18 +149,18 @@ def main() -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
 
-    header = (f"{'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} {'gemm':>5} {'param':>5} "
+    header = (f"{'head':>14} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} {'gemm':>5} {'param':>5} "
               f"{'step ms':>9} {'floor ms':>9} {'ratio':>6} {'peak GiB/rank':>13} {'centre mem':>10}")
     if rank == 0:
         print(f"device={device.type} threads/rank={torch.get_num_threads()} torch={torch.__version__}")
         print(header)
-    for num_classes, sample_rate in itertools.product(args.num_classes, args.sample_rate):
-        result = torch.tensor(run_config(args, num_classes, sample_rate, device, world_size), dtype=torch.float64)
+    for head, num_classes, sample_rate in itertools.product(args.head, args.num_classes, args.sample_rate):
+        result = torch.tensor(run_config(args, head, num_classes, sample_rate, device, world_size), dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(result, op=dist.ReduceOp.MAX)  # slowest rank, largest memory
         step_time, floor, peak, centre_ratio, num_sample = result.tolist()
         if rank == 0:
-            print(f"{num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} {sample_rate:>5} {int(num_sample):>8} "
+            print(f"{head:>14} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} {sample_rate:>5} {int(num_sample):>8} "
                   f"{args.gemm_dtype:>5} {args.param_dtype:>5} {step_time * 1e3:>9.1f} {floor * 1e3:>9.1f} "
                   f"{step_time / floor:>6.2f} {peak / 2**30:>13.2f} {centre_ratio:>9.2f}x", flush=True)
     if dist.is_initialized():
