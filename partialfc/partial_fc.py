@@ -15,18 +15,20 @@ batch; C classes; rank r owns the class centres ``w_c`` of one contiguous block 
    Keep ``S = max(|P|, ⌈r·num_local⌉)`` centres: all of P plus ``S − |P|`` others drawn uniformly
    without replacement. The draw is a deterministic function of (seed, step, micro-batch, rank).
    ``sampled_index`` is the sorted list of kept local rows; labels are remapped to columns in it.
-3. *Logits* (normalised heads): ``cos θ_ij = x̂_i · ŵ_j`` for the S sampled centres, an N×S GEMM;
-   non-target logits ``z_ij = s·cos θ_ij``; target logits ``z_{i,y_i} = ψ(θ_{i,y_i}) =
-   s·(cos(m1·θ + m2) − m3)`` (see :mod:`partialfc.margins`). A sample's target column lives on
-   exactly one rank.
+3. *Logits* (normalised margins): ``cos θ_ij = x̂_i · ŵ_j`` for the S sampled centres, an N×S
+   GEMM; non-target logits ``z_ij = s·cos θ_ij``; target logits ``z_{i,y_i} = ψ(cos θ_{i,y_i}, a_i)``,
+   e.g. ArcFace ``s·cos(θ + m)``, where ``a_i`` are per-sample inputs a margin computes from X
+   (feature norms, random margins; every formula is in :mod:`partialfc.margins`). A sample's target
+   column lives on exactly one rank. A margin that rewrites non-target logits (CurricularFace)
+   first gets every sample's target cosine: one more all-reduce of N floats.
 4. *Distributed cross-entropy*, three all-reduces of N scalars:
    ``m_i = max_r max_j z_ij`` (MAX), ``Z_i = Σ_r Σ_j exp(z_ij − m_i)`` (SUM),
    ``t_i = Σ_r z_{i,y_i}·[y_i on r]`` (SUM); ``L = (1/N) Σ_i (log Z_i + m_i − t_i)``, the exact
-   global mean, identical on every rank.
+   global mean, identical on every rank. A margin's per-sample regulariser (MagFace) adds its mean.
 5. *Backward*, no further collective but one: ``∂L/∂z_ij = (p_ij − [j = y_i]) / N`` with
    ``p_ij = exp(z_ij − m_i) / Z_i`` computed locally; two local GEMMs give ∂L/∂X (N×D) and
    ∂L/∂w for the S sampled rows only; a single reduce-scatter sums ∂L/∂X over ranks and hands each
-   rank the rows of its own samples.
+   rank the rows of its own samples. ψ's derivatives (by the cosine and by ``a_i``) are exact.
 6. *Update*: :mod:`partialfc.centre_optim` updates the S sampled rows (and their optimizer state)
    and nothing else.
 
