@@ -131,7 +131,8 @@ def from_trainer_v2(env: Mapping[str, str]) -> Placement | None:
 
 def from_indexed_job(env: Mapping[str, str]) -> Placement | None:
     """A plain Indexed Job or a JobSet: JOB_COMPLETION_INDEX from Kubernetes, plus the node count
-    (PARTIALFC_NNODES) and the stable DNS name of pod 0 (PARTIALFC_RDZV_HOST) from the manifest."""
+    (PARTIALFC_NNODES) and the stable DNS name of pod 0 (PARTIALFC_RDZV_HOST) from the manifest
+    (k8s/jobset/ also passes JOBSET_NAME from the pod's jobset-name label)."""
     if "JOB_COMPLETION_INDEX" not in env:
         return None
     _require(env, NNODES_VAR, "JOB_COMPLETION_INDEX")
