@@ -39,7 +39,7 @@ def _decode_simplejpeg(lo: int, hi: int) -> int:
 def _decode_normalise(lo: int, hi: int) -> int:
     out = torch.empty((1, 3) + _INPUT.size, dtype=torch.float32)
     for data in _JPEGS[lo:hi]:
-        _INPUT.normalize(torch.from_numpy(decode_jpeg(data))[None], out=out)
+        _INPUT.normalize(decode_jpeg(data)[None], out=out)
     return hi - lo
 
 

@@ -6,8 +6,10 @@ so a backbone trained on one normalisation is never fed another.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -34,16 +36,34 @@ class InputConfig:
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std!r}")
 
-    def normalize(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    @functools.cached_property
+    def _shift_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 ``mean`` and ``1 / std``, shaped ``[1, 3, 1, 1]`` to broadcast over NCHW."""
+        mean = np.array(self.mean, np.float32).reshape(1, 3, 1, 1)
+        return mean, np.float32(1) / np.array(self.std, np.float32).reshape(1, 3, 1, 1)
+
+    def normalize(self, pixels: torch.Tensor | np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 ``[B, H, W, 3]`` pixels in ``channel_order`` -> float32 ``[B, 3, H, W]`` model input.
 
-        ``out`` (float32, ``[B, 3, H, W]``) receives the result in place, e.g. a shared-memory batch.
+        Computed as ``(pixel - mean) * (1 / std)``, bit-identical for tensors (on their device) and
+        numpy arrays. A numpy array may have any strides (a mirrored view): the PyTorch loader
+        normalises each decoded image in one fused transpose-convert pass this way, which a
+        flipped copy into a batch tensor would make several times slower. ``out`` (float32,
+        ``[B, 3, H, W]``, on CPU for numpy input) receives the result in place.
         """
-        if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[-1] != 3:
+        if pixels.dtype not in (torch.uint8, np.uint8) or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected uint8 pixels [B, H, W, 3], got {pixels.dtype} {tuple(pixels.shape)}")
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        shift, scale = self._shift_scale
+        if isinstance(pixels, np.ndarray):
+            if out is None:
+                out = torch.empty((pixels.shape[0], 3) + pixels.shape[1:3], dtype=torch.float32)
+            chw = out.numpy()
+            chw[...] = pixels.transpose(0, 3, 1, 2)
+            chw -= shift
+            chw *= scale
+            return out
         chw = pixels.permute(0, 3, 1, 2)
+        shift_t, scale_t = (torch.from_numpy(a).to(pixels.device) for a in (shift, scale))
         if out is None:
-            return (chw.float() - mean).div_(std)
-        return torch.sub(chw, mean, out=out).div_(std)
+            return (chw.float() - shift_t).mul_(scale_t)
+        return torch.sub(chw, shift_t, out=out).mul_(scale_t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import numpy as np
 from torch import nn
 
 from partialfc.models import InputConfig, create_model, list_models, register_model
@@ -26,6 +27,20 @@ def test_mean_and_std_apply_per_channel_into_out():
     assert out[0, :, 0, 0].tolist() == [200.0, 50.0, 0.0]
 
 
+def test_numpy_views_and_tensors_give_the_same_bits():
+    config = InputConfig(mean=(1.0, 2.5, 200.0), std=(3.0, 0.7, 55.0))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
+    mirrored = pixels[:, :, ::-1]  # negative strides: what the PyTorch loader passes for a flipped image
+    expected = config.normalize(torch.from_numpy(np.ascontiguousarray(mirrored)))
+    assert torch.equal(config.normalize(mirrored), expected)
+    out = torch.empty(3, 3, 5, 6)
+    config.normalize(mirrored[:1], out=out[1:2])
+    assert torch.equal(out[1], expected[0])
+    reference = (torch.from_numpy(pixels).permute(0, 3, 1, 2).double() - torch.tensor(config.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(config.std).view(1, 3, 1, 1)
+    assert torch.allclose(config.normalize(pixels).double(), reference, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"channel_order": "BGR"}, "channel_order"), ({"std": (1.0, 0.0, 1.0)}, "std"), ({"mean": (1.0,)}, "mean"),
@@ -37,7 +52,7 @@ def test_invalid_configs_are_refused(kwargs, message):
 
 
 @pytest.mark.parametrize("pixels", [torch.zeros(1, 4, 4, 3), torch.zeros(4, 4, 3, dtype=torch.uint8),
-                                    torch.zeros(1, 3, 4, 4, dtype=torch.uint8)])
+                                    torch.zeros(1, 3, 4, 4, dtype=torch.uint8), np.zeros((1, 4, 4, 3), np.float32)])
 def test_normalize_refuses_anything_but_uint8_nhwc(pixels):
     with pytest.raises(ValueError, match=r"uint8 pixels \[B, H, W, 3\]"):
         InputConfig().normalize(pixels)

@@ -39,7 +39,9 @@ class _EpochBatches(Dataset):
     def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, flips = self.plan[b], self.flips[b]
         first = self.dataset.decode_image(int(ids[0]))
-        pixels = np.empty((len(ids),) + first.shape, dtype=np.uint8)
+        images = torch.empty((len(ids), 3) + first.shape[:2], dtype=torch.float32)
+        if torch.utils.data.get_worker_info() is not None:
+            images.share_memory_()  # filled in place, so the hand-over to the trainer copies nothing
         for k, i in enumerate(ids.tolist()):
             image = first if k == 0 else self.dataset.decode_image(i)
             if image.shape != first.shape:
@@ -47,11 +49,8 @@ class _EpochBatches(Dataset):
                     f"{self.dataset.describe(i)} is {image.shape}, {self.dataset.describe(int(ids[0]))} of the same "
                     f"batch is {first.shape}; images must share one size"
                 )
-            pixels[k] = image[:, ::-1] if flips[k] else image
-        images = torch.empty((len(ids), 3) + first.shape[:2], dtype=torch.float32)
-        if torch.utils.data.get_worker_info() is not None:
-            images.share_memory_()  # filled in place, so the hand-over to the trainer copies nothing
-        self.input_config.normalize(torch.from_numpy(pixels), out=images)
+            # One image at a time stays in cache; the mirrored view is read in the same pass.
+            self.input_config.normalize((image[:, ::-1] if flips[k] else image)[None], out=images[k : k + 1])
         return images, torch.from_numpy(self.dataset.labels[ids])
 
 
