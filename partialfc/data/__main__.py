@@ -145,7 +145,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = generate_synthetic_dataset(
         args.out, args.identities, args.images_per_identity, seed=args.seed, shards=args.shards,
         holdout_identities=args.holdout_identities, pairs=args.pairs, workers=args.workers,
-        progress=not args.quiet,
+        progress=not args.quiet, variation=args.variation,
     )
     print(out)
     return 0
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(images and IJB-style lists for partialfc.eval pairs/identify) (default 0)")
     p.add_argument("--pairs", type=int, default=0, help="verification pairs, half positive (default 0)")
     p.add_argument("--workers", type=int, default=None, help="encoder processes (default: CPU count, max 8)")
+    p.add_argument("--variation", choices=("standard", "hard"), default="standard",
+                   help="per-image variation: standard (the quickstart's) or hard (wider pose, lighting, white "
+                   "balance, occlusion, blur, JPEG quality 25-90; see partialfc/data/synth.py) (default standard)")
     p.set_defaults(func=cmd_synth)
     return parser
 
