@@ -74,8 +74,11 @@ def try_step(num_classes: int, args: argparse.Namespace, device: torch.device) -
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         ok, error = True, None
-    except torch.OutOfMemoryError as oom:
-        ok, error = False, str(oom).splitlines()[0]
+    except RuntimeError as failure:  # torch.OutOfMemoryError, or a library's own allocation failure
+        message = str(failure)
+        if not isinstance(failure, torch.OutOfMemoryError) and "ALLOC_FAILED" not in message:
+            raise
+        ok, error = False, message.splitlines()[0]
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {"num_classes": num_classes, "ok": ok, "seconds": round(time.perf_counter() - start, 2),
             "peak_bytes": peak, "error": error}

@@ -20,9 +20,14 @@ from typing import Any
 
 LAYER_STEPS = ["layer_fp32", "layer_bf16"]  # the suite's steps that run benchmarks/partial_fc_layer.py
 TIMEOUT_EXIT_CODES = {124, 137}  # `timeout`: the box ran out (TERM), or the command ignored TERM (KILL)
-LAYER_COLUMNS = ["num_classes", "dim", "batch_per_rank", "world_size", "sample_rate", "sampled_per_rank",
-                 "gemm", "param", "step_ms", "floor_ms", "ratio", "peak_gib", "centre_mem"]
-LAYER_HEADER = "C D B/rank W r S/rank gemm param step ms floor ms ratio peak GiB/rank centre mem".split()
+# Columns of benchmarks/partial_fc_layer.py's table (header name -> key, type); others are kept as text.
+LAYER_COLUMNS = {
+    "head": ("head", str), "C": ("num_classes", int), "D": ("dim", int), "B/rank": ("batch_per_rank", int),
+    "W": ("world_size", int), "r": ("sample_rate", float), "S/rank": ("sampled_per_rank", int), "gemm": ("gemm", str),
+    "param": ("param", str), "step ms": ("step_ms", float), "floor ms": ("floor_ms", float), "ratio": ("ratio", float),
+    "peak GiB/rank": ("peak_gib", float), "centre mem": ("centre_mem", str),
+}
+LAYER_REQUIRED = ["C", "r", "S/rank", "gemm", "param", "step ms", "floor ms", "ratio", "peak GiB/rank"]
 TARGETS = {
     "layer_ratio": 1.5,  # step / 3-GEMM floor at r = 0.1
     "images_per_s": 3000.0,  # r50 bf16, one H100-class GPU, batch on the device
@@ -76,27 +81,43 @@ def read_pytest(path: Path) -> dict[str, Any] | None:
     return {**counts, "failed": failed}
 
 
+def split_header(header: str) -> list[str]:
+    """Column names of a table header whose names may contain spaces (the known ones, longest first)."""
+    names, words = [], header.split()
+    while words:
+        for size in (2, 1):
+            name = " ".join(words[:size])
+            if name in LAYER_COLUMNS or size == 1:
+                names.append(name)
+                words = words[size:]
+                break
+    return names
+
+
 def read_layer_rows(log: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """Rows of ``benchmarks/partial_fc_layer.py``'s table, and a problem if its format is not the expected one."""
+    """Rows of ``benchmarks/partial_fc_layer.py``'s table, and a problem if no usable table is there."""
     if not log.is_file():
         return [], None
     lines = log.read_text().splitlines()
-    header = next((line for line in lines if line.split()[:1] == ["C"]), None)
-    if header is None:
-        return [], None
-    if header.split() != LAYER_HEADER:
-        return [], f"unexpected table header in {log.name}: {header.strip()!r}"
+    header_at = next((i for i, line in enumerate(lines) if "floor ms" in line and "step ms" in line), None)
+    if header_at is None:
+        return [], f"{log.name}: no table header (a line naming 'step ms' and 'floor ms')"
+    columns = split_header(lines[header_at])
+    missing = [name for name in LAYER_REQUIRED if name not in columns]
+    if missing:
+        return [], f"{log.name}: table header lacks {missing}: {lines[header_at].strip()!r}"
     rows = []
-    for line in lines[lines.index(header) + 1:]:
+    for line in lines[header_at + 1:]:
         tokens = line.split()
-        if len(tokens) != len(LAYER_COLUMNS) or not tokens[0].isdigit():
+        if len(tokens) != len(columns):
             continue
-        row: dict[str, Any] = dict(zip(LAYER_COLUMNS, tokens))
-        for key in ("num_classes", "dim", "batch_per_rank", "world_size", "sampled_per_rank"):
-            row[key] = int(row[key])
-        for key in ("sample_rate", "step_ms", "floor_ms", "ratio", "peak_gib"):
-            row[key] = float(row[key])
-        row["centre_mem"] = float(row["centre_mem"].rstrip("x"))
+        row: dict[str, Any] = {}
+        try:
+            for name, token in zip(columns, tokens):
+                key, kind = LAYER_COLUMNS.get(name, (name, str))
+                row[key] = kind(token)
+        except ValueError:
+            continue  # not a table row
         rows.append(row)
     return rows, None
 
@@ -111,11 +132,14 @@ def judge(value: float | None, target: float, at_most: bool, dry: bool) -> str:
 
 
 def build_report(work: Path, dry: bool) -> dict[str, Any]:
+    steps = read_steps(work)
+    finished = {step["name"] for step in steps if step["status"] == "ok"}
     layer_rows, problems = [], []
     for step in LAYER_STEPS:
         rows, problem = read_layer_rows(work / f"{step}.log")
         layer_rows += rows
-        problems += [problem] if problem else []
+        if problem and step in finished:  # a stopped step may not have printed its table yet
+            problems.append(problem)
     for row in layer_rows:
         row["target"] = (judge(row["ratio"], TARGETS["layer_ratio"], True, dry)
                          if row["sample_rate"] == 0.1 else "no target at this r")
@@ -131,7 +155,7 @@ def build_report(work: Path, dry: bool) -> dict[str, Any]:
     return {
         "dry_run": dry,
         "environment": read_json(work / "environment.json"),
-        "steps": read_steps(work),
+        "steps": steps,
         "pytest": read_pytest(work / "pytest.xml"),
         "layer": layer_rows,
         "capacity": capacity,

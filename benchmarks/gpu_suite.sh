@@ -2,8 +2,8 @@
 # The GPU suite: everything a session with a lent GPU runs, in one call, in at most ~8 minutes on one
 # H100/H200. Each step is time-boxed (`timeout`), so a slow or hung step cannot starve the rest:
 #
-#   1. pytest -m gpu tests/gpu                                   (box 120 s)
-#   2. Partial FC layer on CUDA, fp32 centres + GEMM, then bf16   (box 70 s each)
+#   1. pytest -m gpu tests/gpu                                   (box 140 s)
+#   2. Partial FC layer on CUDA, fp32 centres + GEMM, then bf16   (box 75 s each)
 #      C = 1M and 8M, r = 0.1 and 1.0: step time, 3-GEMM floor of the same run, ratio, max_memory_allocated
 #   3. capacity: largest C with bf16 centres + momentum, r = 0.1, B = 128, D = 512 that completes a
 #      step: doubling, then bisection                          (box 60 s; the search stops itself at 45 s)
@@ -27,7 +27,7 @@
 # temporary folder), PYTHON (default .venv/bin/python if present, else python3),
 # GPU_SUITE_BOX_<STEP> (seconds, overrides a step's box; STEP as in the report, upper case).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
 SIMPLEJPEG_VERSION=1.9.0
 PYTEST_TIMEOUT_VERSION=2.4.0
@@ -113,9 +113,9 @@ else
   THROUGHPUT=(--backbone r50 --num-classes 1000000 --batch 128)
 fi
 
-run_step pytest 120 "$PYTHON" -m pytest -m gpu tests/gpu -q -rA -p no:cacheprovider --junitxml="$WORK/pytest.xml"
-run_step layer_fp32 70 "$PYTHON" benchmarks/partial_fc_layer.py --device "$DEVICE" "${LAYER[@]}" --gemm-dtype fp32 --param-dtype fp32
-run_step layer_bf16 70 "$PYTHON" benchmarks/partial_fc_layer.py --device "$DEVICE" "${LAYER[@]}" --gemm-dtype bf16 --param-dtype bf16
+run_step pytest 140 "$PYTHON" -m pytest -m gpu tests/gpu -v -rA -p no:cacheprovider --junitxml="$WORK/pytest.xml"
+run_step layer_fp32 75 "$PYTHON" benchmarks/partial_fc_layer.py --device "$DEVICE" "${LAYER[@]}" --gemm-dtype fp32 --param-dtype fp32
+run_step layer_bf16 75 "$PYTHON" benchmarks/partial_fc_layer.py --device "$DEVICE" "${LAYER[@]}" --gemm-dtype bf16 --param-dtype bf16
 run_step capacity 60 "$PYTHON" benchmarks/capacity.py --device "$DEVICE" "${CAPACITY[@]}" --sample-rate 0.1 \
   --param-dtype bf16 --json "$WORK/capacity.json"
 run_step throughput 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/train_throughput.py \

@@ -23,7 +23,7 @@ def load_benchmark(name: str):
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]:
+def dry_run(tmp_path_factory) -> tuple[dict, str, str]:
     """The dry suite, with the bf16 layer step's box cut to 1 s so that it is stopped."""
     out, work = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work")
     env = {**os.environ, "OUT": str(out), "GPU_SUITE_WORK": str(work), "GPU_SUITE_DRY": "1",
@@ -31,15 +31,16 @@ def dry_run(tmp_path_factory) -> tuple[dict, str, subprocess.CompletedProcess]:
     result = subprocess.run(["bash", str(SUITE)], cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_report.json", "gpu_report.md", "gpu_suite.log"]
-    return json.loads((out / "gpu_report.json").read_text()), (out / "gpu_report.md").read_text(), result
+    return (json.loads((out / "gpu_report.json").read_text()), (out / "gpu_report.md").read_text(),
+            (out / "gpu_suite.log").read_text())
 
 
 def test_every_step_runs_in_order_and_a_box_stops_a_step(dry_run):
-    report, _, result = dry_run
+    report, _, log = dry_run
     assert report["dry_run"] is True
     assert [step["name"] for step in report["steps"]] == STEPS
     statuses = {step["name"]: step["status"] for step in report["steps"]}
-    assert statuses == {**dict.fromkeys(STEPS, "ok"), "layer_bf16": "timed out"}, result.stdout[-3000:]
+    assert statuses == {**dict.fromkeys(STEPS, "ok"), "layer_bf16": "timed out"}, log[-5000:]
     stopped = next(step for step in report["steps"] if step["name"] == "layer_bf16")
     assert stopped["box"] == 1 and stopped["seconds"] <= 12  # TERM at 1 s, KILL 10 s later at the latest
 
@@ -85,3 +86,24 @@ def test_capacity_search_doubles_then_bisects():
     assert search(fits, 64_000, 500, 1 << 40, lambda: False) == (None, 64_000, "first trial failed")
     tried.clear()
     assert search(fits, 1000, 500, 1 << 40, lambda: len(tried) == 3) == (4000, None, "time box")
+
+
+def test_report_judges_targets_and_names_an_unreadable_table(tmp_path):
+    """A real (not dry) run: targets judged per row; a finished layer step whose table lacks columns is
+    named as a problem instead of silently giving no rows; steps that never ran say so."""
+    gpu_report = load_benchmark("gpu_report")
+    steps = [{"name": "layer_fp32", "rc": 0, "seconds": 30, "box": 75}, {"name": "layer_bf16", "rc": 0, "seconds": 30, "box": 75}]
+    (tmp_path / "steps.jsonl").write_text("".join(json.dumps(step) + "\n" for step in steps))
+    header = "      head          C    D B/rank  W     r   S/rank  gemm param   step ms  floor ms  ratio peak GiB/rank centre mem"
+    rows = ["    margin    1000000  512    128  1   0.1   100000  fp32  fp32      14.0      10.0   1.40          9.00      2.30x",
+            "    margin    8000000  512    128  1   0.1   800000  fp32  fp32      32.0      20.0   1.60         50.00      2.40x",
+            "    margin    8000000  512    128  1   1.0  8000000  fp32  fp32     160.0     150.0   1.07         60.00      3.50x"]
+    (tmp_path / "layer_fp32.log").write_text("\n".join(["device=cuda", header, *rows]) + "\n")
+    (tmp_path / "layer_bf16.log").write_text("C r step ms floor ms\n1000 0.1 2.0 1.0\n")
+
+    report = gpu_report.build_report(tmp_path, dry=False)
+    assert [(row["num_classes"], row["ratio"], row["target"]) for row in report["layer"]] == [
+        (1_000_000, 1.4, "met"), (8_000_000, 1.6, "missed"), (8_000_000, 1.07, "no target at this r")]
+    assert len(report["problems"]) == 1 and report["problems"][0].startswith("layer_bf16.log: table header lacks")
+    markdown = gpu_report.render_markdown(report)
+    assert markdown.count("No result (the step did not finish).") == 3  # pytest, capacity, throughput
