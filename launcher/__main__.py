@@ -28,8 +28,8 @@ environments recognised (first match wins; variables a user sets explicitly, PET
   SLURM                     SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST (first host hosts the rendezvous)
   none of these             a single node
 
-torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and TORCH_NCCL_ASYNC_ERROR_HANDLING=3 unless they are
-set. The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is
+torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, TORCH_NCCL_ASYNC_ERROR_HANDLING=3 and
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SIGTERM) unless they are set. The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is
 raised to cover it. Metrics: local rank 0 empties the node's metrics directory when this launcher's
 torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py).
 

@@ -22,6 +22,10 @@ FIXED_DEFAULTS = {
     # A failed or timed-out NCCL collective ends the worker process (without a possibly hanging
     # communicator abort), so the agent sees a failure and restarts the group instead of hanging.
     "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+    # On SIGTERM (pod eviction) torchrun forwards it to the workers, which save a checkpoint at the
+    # next log step, and SIGKILLs them after this many seconds (torch's default: 30, too short for a
+    # large model's save). Just under the manifests' terminationGracePeriodSeconds (600).
+    "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "540",
 }
 
 # torchrun reads each of its flags from PET_<FLAG> too; a user who set one meant it.

@@ -41,7 +41,7 @@ def test_explicit_environment_and_options_win_over_what_the_scheduler_implies():
 
 def test_environment_defaults_never_replace_what_is_set():
     env, added = torchrun_environment({"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "PATH": "/bin"})
-    assert added == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    assert added == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "540"}
     assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1" and env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
 
 
@@ -79,7 +79,8 @@ def test_print_shows_the_environment_and_the_exact_command(capsys):
     out = capsys.readouterr().out
     assert "environment: Kubernetes Indexed Job" in out and "JOB_COMPLETION_INDEX=1" in out
     assert "collective timeout (dist.timeout_s): 120 s" in out
-    assert "set for torchrun (were unset): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=3" in out
+    assert ("set for torchrun (were unset): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=3 "
+            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540") in out
     command = out.split("command: ", 1)[1].strip()
     assert command.endswith("--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint r50-0.r50:29400 --rdzv-id "
                             "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,is_host=false --max-restarts 3 "
