@@ -82,6 +82,11 @@ def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[s
     if "nnodes" in changes:
         check_nnodes(str(changes["nnodes"]), sources[list(changes).index("nnodes")])
     resolved = replace(placement, **changes)
+    if resolved.rdzv_host == "localhost" and resolved.nnodes != "1":
+        raise LaunchEnvironmentError(
+            f"{', '.join(sources)}: {resolved.nnodes} nodes but no scheduler variables name a rendezvous host "
+            "(set PET_RDZV_ENDPOINT=HOST:PORT, or run under one of the schedulers in --help)"
+        )
     if resolved.node_rank is not None and resolved.node_rank >= int(resolved.nnodes.split(":")[-1]):
         raise LaunchEnvironmentError(
             f"{', '.join(sources)}: node rank {resolved.node_rank} is not below the node count {resolved.nnodes}"

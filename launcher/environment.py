@@ -76,6 +76,8 @@ def from_pytorchjob(env: Mapping[str, str]) -> Placement | None:
     variables = _present(env, "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "PET_RDZV_ENDPOINT")
     if not variables:
         return None
+    if env.get("PET_RDZV_BACKEND", "c10d") != "c10d":
+        raise LaunchEnvironmentError(f"PET_RDZV_BACKEND={env['PET_RDZV_BACKEND']!r}: the launcher runs the c10d rendezvous")
     if "PET_RDZV_ENDPOINT" in env and "RANK" not in env:
         host, port = _endpoint(env, "PET_RDZV_ENDPOINT")
         nnodes = _require(env, "PET_NNODES", "PET_RDZV_ENDPOINT")

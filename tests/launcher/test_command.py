@@ -35,6 +35,8 @@ def test_explicit_environment_and_options_win_over_what_the_scheduler_implies():
     assert (placement.nproc_per_node, placement.max_restarts) == (4, 0)
     with pytest.raises(LaunchEnvironmentError, match="PET_NNODES: node rank 1 is not below the node count 1"):
         apply_overrides(detect(INDEXED), {**INDEXED, "PET_NNODES": "1"}, {})
+    with pytest.raises(LaunchEnvironmentError, match="PET_NNODES: 2 nodes but no scheduler variables name a rendezvous"):
+        apply_overrides(detect({"PET_NNODES": "2"}), {"PET_NNODES": "2"}, {})
     with pytest.raises(LaunchEnvironmentError, match="--nnodes='two' must be N or MIN:MAX"):
         apply_overrides(detect(INDEXED), INDEXED, {"nnodes": "two"})
 

@@ -87,6 +87,7 @@ def test_operators_that_run_on_indexed_jobs_win_over_the_plain_indexed_job():
     ({"PET_RDZV_ENDPOINT": "w-0:29400"}, "PET_RDZV_ENDPOINT is set but PET_NNODES is not"),
     ({"PET_RDZV_ENDPOINT": "w-0", "PET_NNODES": "2"}, "PET_RDZV_ENDPOINT='w-0' must be HOST:PORT"),
     ({**PYTORCHJOB_ELASTIC, "PET_NNODES": "3:2"}, "PET_NNODES='3:2' must be N or MIN:MAX"),
+    ({**PYTORCHJOB_ELASTIC, "PET_RDZV_BACKEND": "etcd-v2"}, "PET_RDZV_BACKEND='etcd-v2': the launcher runs the c10d"),
     ({"PET_NODE_RANK": "0"}, "PET_NODE_RANK is set but PET_MASTER_ADDR is not"),
     ({**TRAINER_V2_NODE_1, "PET_NODE_RANK": "2"}, "PET_NODE_RANK=2 but the job has 2 node"),
     ({"JOB_COMPLETION_INDEX": "0", "PARTIALFC_RDZV_HOST": "h"}, "JOB_COMPLETION_INDEX is set but PARTIALFC_NNODES is not"),
