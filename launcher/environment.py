@@ -113,21 +113,19 @@ def from_pytorchjob(env: Mapping[str, str]) -> Placement | None:
 def from_trainer_v2(env: Mapping[str, str]) -> Placement | None:
     """Kubeflow Trainer v2 ``TrainJob`` on the torch runtime: PET_NNODES, PET_NPROC_PER_NODE,
     PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT (and no MASTER_ADDR / RANK)."""
-    names = ("PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK")
-    variables = _present(env, *names, "PET_NPROC_PER_NODE")
-    if "PET_MASTER_ADDR" not in env and "PET_NODE_RANK" not in env:
+    # PET_NNODES alone is a user's torchrun setting, not this runtime.
+    variables = _complete(env, ("PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK"),
+                          triggers=("PET_MASTER_ADDR", "PET_NODE_RANK"))
+    if variables is None:
         return None
-    for name in names:
-        _require(env, name, next(iter(variables)))
-    nnodes = _int(env, "PET_NNODES", minimum=1)
-    node_rank = _int(env, "PET_NODE_RANK", minimum=0)
-    _check_rank(node_rank, nnodes, "PET_NODE_RANK")
+    nnodes, node_rank = _nodes(env, "PET_NNODES", "PET_NODE_RANK")
     host = env["PET_MASTER_ADDR"]
     return Placement(
         "Kubeflow Trainer v2 TrainJob (torch runtime)", str(nnodes), host,
         _int(env, "PET_MASTER_PORT", minimum=1, maximum=65535), env.get("PET_RDZV_ID") or _default_id(host),
         node_rank=node_rank, nproc_per_node=nproc_from(env),
-        max_restarts=_optional_int(env, "PET_MAX_RESTARTS", minimum=0), variables=variables,
+        max_restarts=_optional_int(env, "PET_MAX_RESTARTS", minimum=0),
+        variables={**variables, **_present(env, "PET_NPROC_PER_NODE")},
     )
 
 
@@ -137,11 +135,9 @@ def from_indexed_job(env: Mapping[str, str]) -> Placement | None:
     (k8s/jobset/ also passes JOBSET_NAME from the pod's jobset-name label)."""
     if "JOB_COMPLETION_INDEX" not in env:
         return None
-    _require(env, NNODES_VAR, "JOB_COMPLETION_INDEX")
-    host = _require(env, RDZV_HOST_VAR, "JOB_COMPLETION_INDEX")
-    nnodes = _int(env, NNODES_VAR, minimum=1)
-    node_rank = _int(env, "JOB_COMPLETION_INDEX", minimum=0)
-    _check_rank(node_rank, nnodes, "JOB_COMPLETION_INDEX")
+    _complete(env, ("JOB_COMPLETION_INDEX", NNODES_VAR, RDZV_HOST_VAR), triggers=("JOB_COMPLETION_INDEX",))
+    host = env[RDZV_HOST_VAR]
+    nnodes, node_rank = _nodes(env, NNODES_VAR, "JOB_COMPLETION_INDEX")
     port = _optional_int(env, RDZV_PORT_VAR, minimum=1, maximum=65535) or DEFAULT_RDZV_PORT
     source = "JobSet" if "JOBSET_NAME" in env else "Indexed Job"
     return Placement(
@@ -153,15 +149,10 @@ def from_indexed_job(env: Mapping[str, str]) -> Placement | None:
 def from_slurm(env: Mapping[str, str]) -> Placement | None:
     """SLURM, one launcher per node (``srun --ntasks-per-node=1``): SLURM_NNODES, SLURM_NODEID, and the
     first host of SLURM_JOB_NODELIST as the rendezvous host; SLURM_JOB_ID names the rendezvous."""
-    names = ("SLURM_JOB_ID", "SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_NODELIST")
-    variables = _present(env, *names)
-    if not variables:
+    variables = _complete(env, ("SLURM_JOB_ID", "SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_NODELIST"))
+    if variables is None:
         return None
-    for name in names:
-        _require(env, name, next(iter(variables)))
-    nnodes = _int(env, "SLURM_NNODES", minimum=1)
-    node_rank = _int(env, "SLURM_NODEID", minimum=0)
-    _check_rank(node_rank, nnodes, "SLURM_NODEID")
+    nnodes, node_rank = _nodes(env, "SLURM_NNODES", "SLURM_NODEID")
     try:
         hosts = expand_hostlist(env["SLURM_JOB_NODELIST"])
     except ValueError as error:
@@ -173,7 +164,7 @@ def from_slurm(env: Mapping[str, str]) -> Placement | None:
     port = _optional_int(env, RDZV_PORT_VAR, minimum=1, maximum=65535) or DEFAULT_RDZV_PORT
     return Placement(
         "SLURM", str(nnodes), hosts[0], port, f"slurm-{env['SLURM_JOB_ID']}", node_rank=node_rank,
-        variables=_present(env, *names, RDZV_PORT_VAR),
+        variables={**variables, **_present(env, RDZV_PORT_VAR)},
     )
 
 
@@ -229,6 +220,24 @@ def nproc_from(env: Mapping[str, str]) -> int | None:
 
 def _present(env: Mapping[str, str], *names: str) -> dict[str, str]:
     return {name: env[name] for name in names if name in env}
+
+
+def _complete(env: Mapping[str, str], names: tuple[str, ...], triggers: tuple[str, ...] | None = None) -> dict[str, str] | None:
+    """``names``' values; None when no trigger (default: any name) is set; an error naming the first
+    missing one when only some are."""
+    if not any(name in env for name in triggers or names):
+        return None
+    present = _present(env, *names)
+    for name in names:
+        _require(env, name, next(iter(present)))
+    return present
+
+
+def _nodes(env: Mapping[str, str], count_var: str, rank_var: str) -> tuple[int, int]:
+    """(node count, node rank), the rank checked against the count."""
+    nnodes, node_rank = _int(env, count_var, minimum=1), _int(env, rank_var, minimum=0)
+    _check_rank(node_rank, nnodes, rank_var)
+    return nnodes, node_rank
 
 
 def _require(env: Mapping[str, str], name: str, because: str) -> str:
