@@ -163,6 +163,8 @@ def test_killed_worker_restarts_and_ends_bit_identical(plain_job, two_hosts, tin
         job = finish_job(processes, logs, output, started)
     print(f"\ntwo-node run with a SIGKILLed worker: {job.seconds:.1f} s (killed pid {victim})")
     assert job.returncodes == [0, 0], job.log_text()
+    summary = json.loads((output / "summary.json").read_text())
+    assert (summary["status"], summary["world_size"], summary["step"]) == ("finished", 2, STEPS)
     first, *restarts = starts(output)
     assert first == 0 and restarts, f"no restart recorded in train.log: {starts(output)}\n{job.log_text()}"
     resumed = re.findall(r"resumed from (\S+) at step (\d+)", (output / "train.log").read_text())
