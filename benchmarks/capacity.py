@@ -45,7 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample-rate", type=float, default=0.1, help="Partial FC r")
     parser.add_argument("--param-dtype", choices=DTYPES, default="bf16", help="storage of centres and momentum")
     parser.add_argument("--start", type=int, default=1_000_000, help="first C tried; doubled while steps complete")
-    parser.add_argument("--resolution", type=int, default=500_000, help="bisection stops when the bracket is this narrow")
+    parser.add_argument("--resolution", type=int, default=500_000,
+                        help="bisection stops when the bracket is this narrow")
     parser.add_argument("--ceiling", type=int, default=1 << 40, help="never try more classes than this")
     parser.add_argument("--time-box", type=float, default=120.0, help="seconds; no trial starts after this")
     parser.add_argument("--json", type=Path, help="write the result here (rewritten after every trial)")
@@ -86,7 +87,10 @@ def try_step(num_classes: int, args: argparse.Namespace, device: torch.device) -
 
 def search(try_classes: Callable[[int], bool], start: int, resolution: int, ceiling: int,
            out_of_time: Callable[[], bool]) -> tuple[int | None, int | None, str]:
-    """Doubling then bisection on a monotone predicate: (largest C that passed, smallest that failed, why it stopped)."""
+    """Doubling, then bisection, on a monotone predicate.
+
+    Returns the largest C that passed, the smallest that failed, and why the search stopped.
+    """
     low, high = None, None
     size = min(start, ceiling)
     while high is None:

@@ -42,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="the suite's scratch folder")
     parser.add_argument("--out", type=Path, required=True, help="where gpu_report.json and gpu_report.md go")
-    parser.add_argument("--dry", type=int, choices=[0, 1], default=0, help="1: a dry run on the CPU (no targets judged)")
+    parser.add_argument("--dry", type=int, choices=[0, 1], default=0,
+                        help="1: a dry run on the CPU (no targets judged)")
     return parser.parse_args()
 
 
@@ -201,17 +202,20 @@ def render_markdown(report: dict[str, Any]) -> str:
                       r["step_ms"], r["floor_ms"], r["ratio"], r["peak_gib"], r["target"]] for r in report["layer"]])
     lines += [f"- {problem}" for problem in report["problems"]]
     capacity = report["capacity"]
-    lines += ["", f"## Capacity (target: ≥ {TARGETS['capacity_classes']:,} classes per GPU, bf16 centres + momentum)", ""]
+    lines += ["", f"## Capacity (target: ≥ {TARGETS['capacity_classes']:,} classes per GPU, "
+              "bf16 centres + momentum)", ""]
     if capacity is None:
         lines += ["No result (the step did not finish)."]
     else:
         largest, failed = (capacity.get(key) for key in ("largest_classes", "smallest_failed"))
         lines += [f"Largest C that completes a step: **{_count(largest)}** (r = {capacity['sample_rate']}, "
                   f"B = {capacity['batch']}, D = {capacity['dim']}, {capacity['param_dtype']} centres; first failure "
-                  f"{_count(failed)}; search stopped by {capacity.get('stopped_by', 'the step box')}): {capacity['target']}.", ""]
+                  f"{_count(failed)}; search stopped by {capacity.get('stopped_by', 'the step box')}): "
+                  f"{capacity['target']}.", ""]
         lines += _table(["C", "completed", "seconds", "peak GiB"],
                         [[_count(t["num_classes"]), t["ok"], t["seconds"],
-                          "-" if t["peak_bytes"] is None else f"{t['peak_bytes'] / 2**30:.2f}"] for t in capacity["trials"]])
+                          "-" if t["peak_bytes"] is None else f"{t['peak_bytes'] / 2**30:.2f}"]
+                         for t in capacity["trials"]])
     throughput = report["throughput"]
     lines += ["", f"## Training throughput (targets: ≥ {TARGETS['images_per_s']:,.0f} images/s, Partial FC ≤ "
               f"{TARGETS['partial_fc_share']:.0%} of the step)", ""]
@@ -220,7 +224,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     else:
         rates, targets = throughput["images_per_s"], throughput["targets"]
         lines += [f"{throughput['backbone']}, {throughput['amp']}, B = {throughput['batch_per_rank']}, "
-                  f"C = {throughput['num_classes']:,}, r = {throughput['sample_rate']}, W = {throughput['world_size']}, "
+                  f"C = {throughput['num_classes']:,}, r = {throughput['sample_rate']}, "
+                  f"W = {throughput['world_size']}, "
                   f"loader {throughput['loader']} with {throughput['workers_per_rank']} workers.", "",
                   f"- batch on the device: **{rates['resident']:,.0f} images/s** ({targets['images_per_s']})",
                   f"- through the loader: **{rates['loader']:,.0f} images/s**",
@@ -235,7 +240,8 @@ def main() -> None:
     args = parse_args()
     report = build_report(args.work, bool(args.dry))
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu_report.json", json.dumps(report, indent=2) + "\n"), ("gpu_report.md", render_markdown(report))):
+    files = {"gpu_report.json": json.dumps(report, indent=2) + "\n", "gpu_report.md": render_markdown(report)}
+    for name, text in files.items():
         tmp = args.out / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(args.out / name)

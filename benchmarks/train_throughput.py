@@ -1,7 +1,7 @@
 """End-to-end training throughput and where a step's time goes.
 
     torchrun --nproc_per_node 2 benchmarks/train_throughput.py --backbone tiny --num-classes 1000000
-    torchrun --nproc_per_node 1 benchmarks/train_throughput.py --backbone r50 --amp bf16 --data-backend torch   # one GPU
+    torchrun --nproc_per_node 1 benchmarks/train_throughput.py --backbone r50 --amp bf16 --data-backend torch  # 1 GPU
 
 Every rank times, median over ``--steps`` after ``--warmup``:
 
@@ -114,9 +114,12 @@ def main() -> None:
     backbone = create_model(args.backbone, embedding_size=args.embedding_size).to(device)
     if device.type == "cuda":
         backbone = backbone.to(memory_format=torch.channels_last)
-    model = nn.parallel.DistributedDataParallel(backbone, device_ids=[info.local_rank] if device.type == "cuda" else None) \
-        if dist.is_initialized() else backbone
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda")
+    model = backbone
+    if dist.is_initialized():
+        device_ids = [info.local_rank] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(backbone, device_ids=device_ids)
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                fused=device.type == "cuda")
     pfc = PartialFC(args.embedding_size, args.num_classes, args.sample_rate, CombinedMargin(), optimizer=LazySGD(),
                     device=device)
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
@@ -135,7 +138,9 @@ def main() -> None:
         train_step(next(stream)[0].to(device, non_blocking=True))
 
     fixed_images = next(stream)[0].to(device)
-    resident_images = fixed_images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else fixed_images
+    resident_images = fixed_images
+    if device.type == "cuda":
+        resident_images = fixed_images.contiguous(memory_format=torch.channels_last)
 
     def backbone_step() -> None:
         with autocast:

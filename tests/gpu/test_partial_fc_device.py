@@ -25,8 +25,7 @@ import pytest
 import torch
 from partial_fc.reference import HEADS, batch, make_head, reference_loss, relative_error
 
-from partialfc import LazySGD, PartialFC
-from partialfc.partial_fc import LabelRangeError
+from partialfc import LabelRangeError, LazySGD, PartialFC
 
 NUM_CLASSES, DIM, BATCH, STEPS = 517, 64, 48, 2
 # Centres of norm ~4 (init_std 0.5) and lr 1: each step moves a centre by ~5-10% of its norm, far
@@ -67,7 +66,9 @@ def train_on_device(device: str, spec: tuple, mode: str, sample_rate: float) -> 
     for step in range(STEPS):
         embeddings, labels = batch(step, BATCH, DIM, NUM_CLASSES)
         x = embeddings.float().to(device).requires_grad_()
-        with torch.autocast(torch.device(device).type, dtype=gemm_dtype or torch.float32, enabled=gemm_dtype is not None):
+        autocast = torch.autocast(torch.device(device).type, dtype=gemm_dtype or torch.float32,
+                                  enabled=gemm_dtype is not None)
+        with autocast:
             loss = pfc(x, labels.to(device))
         loss.backward()
         rows = pfc.last_sampled_rows.cpu()

@@ -48,7 +48,8 @@ def train(device: str, dataset: Path, output: Path, *extra: str) -> str:
     ]
     env = training_env() | ({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})
     result = subprocess.run(training_command(1, args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    output = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"training failed ({result.returncode}):\n{output}"
     assert f"({device})" in result.stdout, f"not trained on {device}:\n{result.stdout[-2000:]}"
     return result.stdout
 
@@ -70,7 +71,7 @@ def final_tensors(output: Path) -> dict[str, torch.Tensor]:
     files = [output / "model.pt", *sorted(max((output / "checkpoints").iterdir()).glob("*.pt"))]
     found: dict[str, torch.Tensor] = {}
     for path in files:
-        found.update(tensors(torch.load(path, weights_only=True), path.name))
+        found.update(tensors(torch.load(path, map_location="cpu", weights_only=True), path.name))
     return found
 
 
@@ -106,7 +107,8 @@ def test_fp16_overflow_skips_the_step(device, tiny_dataset, tmp_path):
     assert not math.isfinite(log_field(line, "grad_norm")) and log_field(line, "skipped") == 1, line
     initial = PartialFC(EMBEDDING_SIZE, 120, seed=SEED).weight.detach()
     (centres_file,) = (one_step / "checkpoints" / f"step-{1:08d}").glob("centres-*.pt")
-    shard_tensors = [t for t in tensors(torch.load(centres_file, weights_only=True)).values() if t.shape == initial.shape]
+    saved = tensors(torch.load(centres_file, map_location="cpu", weights_only=True))
+    shard_tensors = [t for t in saved.values() if t.shape == initial.shape]
     assert sum(torch.equal(t, initial) for t in shard_tensors) == 1, "centres moved on a skipped step"
     assert all(torch.equal(t, initial) or not t.any() for t in shard_tensors), "centre optimizer state moved"
 
