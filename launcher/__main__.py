@@ -6,12 +6,15 @@ import argparse
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from launcher.command import (
     DEFAULT_MAX_RESTARTS,
     TrainingSettings,
     apply_overrides,
+    node_local_metrics_dir,
     rendezvous_conf,
     torchrun_command,
     torchrun_environment,
@@ -31,7 +34,8 @@ environments recognised (first match wins; variables a user sets explicitly, PET
 torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, TORCH_NCCL_ASYNC_ERROR_HANDLING=3 and
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SIGTERM) unless they are set. The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is
 raised to cover it. Metrics: local rank 0 empties the node's metrics directory when this launcher's
-torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py).
+torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py);
+a multi-node job without metrics.multiproc_dir gets a node-local one, $TMPDIR/partialfc-metrics-<rdzv id>.
 
 example:
   python -m launcher --print -- --config configs/ms1mv3_r50.yaml --output /checkpoints/ms1mv3-r50
@@ -87,7 +91,8 @@ def describe(placement: Placement, settings: TrainingSettings, added: Mapping[st
         f"collective timeout (dist.timeout_s): {settings.timeout_s} s",
     ]
     if settings.metrics_port:
-        lines.append(f"metrics: port {settings.metrics_port}, directory {settings.metrics_dir} "
+        directory = settings.metrics_dir or "<output>/prometheus-<node>"
+        lines.append(f"metrics: port {settings.metrics_port}, directory {directory} "
                      "(emptied at this agent's first start, kept across in-place restarts)")
     else:
         lines.append("metrics: off (metrics.port 0)")
@@ -113,6 +118,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except LaunchEnvironmentError as error:
         print(f"launcher: {error}", file=sys.stderr)
         return 2
+    metrics_dir = node_local_metrics_dir(placement, settings, tempfile.gettempdir())
+    if metrics_dir:
+        train_args += ["--metrics.multiproc_dir", metrics_dir]
+        settings = replace(settings, metrics_dir=metrics_dir)
     nproc = placement.nproc_per_node or visible_gpus() or 1
     max_restarts = DEFAULT_MAX_RESTARTS if placement.max_restarts is None else placement.max_restarts
     command = torchrun_command(placement, nproc, max_restarts, rendezvous_conf(placement, settings.timeout_s, env),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +45,7 @@ class TrainingSettings:
 
     timeout_s: int
     metrics_port: int
-    metrics_dir: str  # empty: <output>/prometheus-<node> chosen by the trainer
+    metrics_dir: str  # metrics.multiproc_dir; empty: the trainer's <output>/prometheus-<node>
 
 
 def training_settings(train_args: Sequence[str]) -> TrainingSettings:
@@ -56,8 +57,20 @@ def training_settings(train_args: Sequence[str]) -> TrainingSettings:
     add_config_arguments(parser)
     known, _ = parser.parse_known_args(list(train_args))
     config = config_from_args(known)
-    directory = config.metrics.multiproc_dir or str(Path(config.output) / "prometheus-<node>")
-    return TrainingSettings(config.dist.timeout_s, config.metrics.port, directory)
+    return TrainingSettings(config.dist.timeout_s, config.metrics.port, config.metrics.multiproc_dir)
+
+
+def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, temp_dir: str) -> str | None:
+    """A node-local metrics directory for a multi-node job that names none, else None.
+
+    The trainer's default, ``<output>/prometheus-<node>``, lies on the storage every node shares, and
+    the c10d rendezvous may give a node another number after a restart, so that node would adopt (and
+    keep adding to) another node's counters. The directory is keyed by the rendezvous id: emptied by
+    local rank 0 at this agent's first start, kept across in-place restarts (partialfc/metrics.py).
+    """
+    if not settings.metrics_port or settings.metrics_dir or placement.nnodes == "1":
+        return None
+    return str(Path(temp_dir) / f"partialfc-metrics-{re.sub(r'[^A-Za-z0-9_.-]', '_', placement.rdzv_id)}")
 
 
 def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | None]) -> Placement:

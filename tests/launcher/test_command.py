@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from training_run import REPO
 
 from launcher.__main__ import main, split_arguments
-from launcher.command import apply_overrides, rendezvous_conf, torchrun_command, torchrun_environment, training_settings
+from launcher.command import (
+    TrainingSettings,
+    apply_overrides,
+    node_local_metrics_dir,
+    rendezvous_conf,
+    torchrun_command,
+    torchrun_environment,
+    training_settings,
+)
 from launcher.environment import LaunchEnvironmentError, detect
 
 INDEXED = {"JOB_COMPLETION_INDEX": "1", "PARTIALFC_NNODES": "2", "PARTIALFC_RDZV_HOST": "r50-0.r50"}
@@ -63,10 +72,20 @@ def test_training_settings_come_from_the_config_file_and_overrides(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("output: /ckpt/run\ndist:\n  timeout_s: 900\nmetrics:\n  port: 9400\n")
     settings = training_settings(["--config", str(config), "--data.path", "x"])
-    assert (settings.timeout_s, settings.metrics_port, settings.metrics_dir) == (900, 9400, "/ckpt/run/prometheus-<node>")
+    assert (settings.timeout_s, settings.metrics_port, settings.metrics_dir) == (900, 9400, "")
     settings = training_settings(["--config", str(config), "--dist.timeout_s", "30",
                                   "--metrics.multiproc_dir", "/tmp/m"])
     assert (settings.timeout_s, settings.metrics_dir) == (30, "/tmp/m")
+
+
+def test_multi_node_metrics_go_to_a_node_local_directory_unless_one_is_named():
+    # The trainer's default lies on shared storage under a node number the rendezvous may change.
+    multi, single = detect(INDEXED), detect({})
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, ""), "/tmp") == \
+        "/tmp/partialfc-metrics-partialfc-r50-0.r50"
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, "/run/m"), "/tmp") is None
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 0, ""), "/tmp") is None
+    assert node_local_metrics_dir(single, TrainingSettings(1800, 9400, ""), "/tmp") is None
 
 
 def test_split_arguments():
@@ -77,7 +96,7 @@ def test_split_arguments():
 def test_print_shows_the_environment_and_the_exact_command(capsys):
     env = {**INDEXED, "PATH": "/bin"}
     assert main(["--print", "--nproc-per-node", "2", "--config", "configs/quickstart.yaml",
-                 "--dist.timeout_s", "120"], env) == 0
+                 "--dist.timeout_s", "120", "--metrics.port", "9400"], env) == 0
     out = capsys.readouterr().out
     assert "environment: Kubernetes Indexed Job" in out and "JOB_COMPLETION_INDEX=1" in out
     assert "collective timeout (dist.timeout_s): 120 s" in out
@@ -86,7 +105,9 @@ def test_print_shows_the_environment_and_the_exact_command(capsys):
     command = out.split("command: ", 1)[1].strip()
     assert command.endswith("--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint r50-0.r50:29400 --rdzv-id "
                             "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,is_host=false --max-restarts 3 "
-                            "-m partialfc.train --config configs/quickstart.yaml --dist.timeout_s 120")
+                            "-m partialfc.train --config configs/quickstart.yaml --dist.timeout_s 120 --metrics.port 9400 "
+                            f"--metrics.multiproc_dir {tempfile.gettempdir()}/partialfc-metrics-partialfc-r50-0.r50")
+    assert f"metrics: port 9400, directory {tempfile.gettempdir()}/partialfc-metrics-partialfc-r50-0.r50 " in out
 
 
 def test_errors_exit_2_with_one_line(capsys):
