@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,8 @@ torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, TORCH_NCCL_ASYNC_ERROR_HANDL
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SIGTERM) unless they are set. The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is
 raised to cover it. Metrics: local rank 0 empties the node's metrics directory when this launcher's
 torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py);
-a multi-node job without metrics.multiproc_dir gets a node-local one, $TMPDIR/partialfc-metrics-<rdzv id>.
+a multi-node job without metrics.multiproc_dir gets a node-local one,
+$TMPDIR/partialfc-metrics-<rdzv id>-<host name>.
 
 example:
   python -m launcher --print -- --config configs/ms1mv3_r50.yaml --output /checkpoints/ms1mv3-r50
@@ -118,7 +120,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except LaunchEnvironmentError as error:
         print(f"launcher: {error}", file=sys.stderr)
         return 2
-    metrics_dir = node_local_metrics_dir(placement, settings, tempfile.gettempdir())
+    metrics_dir = node_local_metrics_dir(placement, settings, tempfile.gettempdir(), socket.gethostname())
     if metrics_dir:
         train_args += ["--metrics.multiproc_dir", metrics_dir]
         settings = replace(settings, metrics_dir=metrics_dir)

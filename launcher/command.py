@@ -60,17 +60,19 @@ def training_settings(train_args: Sequence[str]) -> TrainingSettings:
     return TrainingSettings(config.dist.timeout_s, config.metrics.port, config.metrics.multiproc_dir)
 
 
-def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, temp_dir: str) -> str | None:
+def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, temp_dir: str, host: str) -> str | None:
     """A node-local metrics directory for a multi-node job that names none, else None.
 
     The trainer's default, ``<output>/prometheus-<node>``, lies on the storage every node shares, and
     the c10d rendezvous may give a node another number after a restart, so that node would adopt (and
     keep adding to) another node's counters. The directory is keyed by the rendezvous id: emptied by
     local rank 0 at this agent's first start, kept across in-place restarts (partialfc/metrics.py).
+    Keyed by job (rendezvous id) and machine, so that launchers sharing a /tmp never share it.
     """
     if not settings.metrics_port or settings.metrics_dir or placement.nnodes == "1":
         return None
-    return str(Path(temp_dir) / f"partialfc-metrics-{re.sub(r'[^A-Za-z0-9_.-]', '_', placement.rdzv_id)}")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"partialfc-metrics-{placement.rdzv_id}-{host}")
+    return str(Path(temp_dir) / name)
 
 
 def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | None]) -> Placement:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,11 +82,11 @@ def test_training_settings_come_from_the_config_file_and_overrides(tmp_path):
 def test_multi_node_metrics_go_to_a_node_local_directory_unless_one_is_named():
     # The trainer's default lies on shared storage under a node number the rendezvous may change.
     multi, single = detect(INDEXED), detect({})
-    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, ""), "/tmp") == \
-        "/tmp/partialfc-metrics-partialfc-r50-0.r50"
-    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, "/run/m"), "/tmp") is None
-    assert node_local_metrics_dir(multi, TrainingSettings(1800, 0, ""), "/tmp") is None
-    assert node_local_metrics_dir(single, TrainingSettings(1800, 9400, ""), "/tmp") is None
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, ""), "/tmp", "gpu/7") == \
+        "/tmp/partialfc-metrics-partialfc-r50-0.r50-gpu_7"
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, "/run/m"), "/tmp", "gpu7") is None
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 0, ""), "/tmp", "gpu7") is None
+    assert node_local_metrics_dir(single, TrainingSettings(1800, 9400, ""), "/tmp", "gpu7") is None
 
 
 def test_split_arguments():
@@ -98,6 +99,7 @@ def test_print_shows_the_environment_and_the_exact_command(capsys):
     assert main(["--print", "--nproc-per-node", "2", "--config", "configs/quickstart.yaml",
                  "--dist.timeout_s", "120", "--metrics.port", "9400"], env) == 0
     out = capsys.readouterr().out
+    local_dir = f"{tempfile.gettempdir()}/partialfc-metrics-partialfc-r50-0.r50-{socket.gethostname()}"
     assert "environment: Kubernetes Indexed Job" in out and "JOB_COMPLETION_INDEX=1" in out
     assert "collective timeout (dist.timeout_s): 120 s" in out
     assert ("set for torchrun (were unset): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=3 "
@@ -106,8 +108,8 @@ def test_print_shows_the_environment_and_the_exact_command(capsys):
     assert command.endswith("--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint r50-0.r50:29400 --rdzv-id "
                             "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,is_host=false --max-restarts 3 "
                             "-m partialfc.train --config configs/quickstart.yaml --dist.timeout_s 120 --metrics.port 9400 "
-                            f"--metrics.multiproc_dir {tempfile.gettempdir()}/partialfc-metrics-partialfc-r50-0.r50")
-    assert f"metrics: port 9400, directory {tempfile.gettempdir()}/partialfc-metrics-partialfc-r50-0.r50 " in out
+                            f"--metrics.multiproc_dir {local_dir}")
+    assert f"metrics: port 9400, directory {local_dir} " in out
 
 
 def test_errors_exit_2_with_one_line(capsys):
