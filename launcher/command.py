@@ -65,9 +65,9 @@ def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, tem
 
     The trainer's default, ``<output>/prometheus-<node>``, lies on the storage every node shares, and
     the c10d rendezvous may give a node another number after a restart, so that node would adopt (and
-    keep adding to) another node's counters. The directory is keyed by the rendezvous id: emptied by
-    local rank 0 at this agent's first start, kept across in-place restarts (partialfc/metrics.py).
-    Keyed by job (rendezvous id) and machine, so that launchers sharing a /tmp never share it.
+    keep adding to) another node's counters. Local rank 0 empties it at this agent's first start and
+    keeps it across in-place restarts (partialfc/metrics.py). Keyed by job (rendezvous id) and
+    machine, so that launchers sharing a /tmp never share it.
     """
     if not settings.metrics_port or settings.metrics_dir or placement.nnodes == "1":
         return None
@@ -75,7 +75,7 @@ def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, tem
     return str(Path(temp_dir) / name)
 
 
-def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | None]) -> Placement:
+def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | str | None]) -> Placement:
     """Command-line options beat PET_* variables the user set, which beat what the scheduler implies."""
     changes: dict[str, object] = {}
     for name, variable in PET_OVERRIDES.items():
@@ -95,7 +95,7 @@ def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[s
     changes.update(given)
     sources += [f"--{name.replace('_', '-')}" for name in given]
     if "nnodes" in changes:
-        check_nnodes(str(changes["nnodes"]), sources[list(changes).index("nnodes")])
+        check_nnodes(str(changes["nnodes"]), "--nnodes" if "nnodes" in given else PET_OVERRIDES["nnodes"])
     resolved = replace(placement, **changes)
     if resolved.rdzv_host == "localhost" and resolved.nnodes != "1":
         raise LaunchEnvironmentError(
