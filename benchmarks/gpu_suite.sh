@@ -64,6 +64,9 @@ if [[ "$DRY" != 1 ]] && ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cu
   echo "gpu_suite: CUDA is not available; dry run at tiny sizes on the CPU"
   DRY=1
 fi
+if [[ "$DRY" == 1 ]]; then
+  export CUDA_VISIBLE_DEVICES=""  # a dry run stays on the CPU even on a GPU machine (its pytest skips the GPU tests)
+fi
 
 report() {
   "$PYTHON" benchmarks/gpu_report.py --work "$WORK" --out "$OUT" --dry "$DRY" \
