@@ -18,6 +18,7 @@ the workspace; at world size > 1 also NCCL all-reduce when its algorithm or chan
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -48,9 +49,10 @@ def train(device: str, dataset: Path, output: Path, *extra: str) -> str:
     ]
     env = training_env() | ({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})
     result = subprocess.run(training_command(1, args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    output = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    assert result.returncode == 0, f"training failed ({result.returncode}):\n{output}"
-    assert f"({device})" in result.stdout, f"not trained on {device}:\n{result.stdout[-2000:]}"
+    printed = f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"training failed ({result.returncode}):\n{printed}"
+    assert f"({device})" in result.stdout, f"not trained on {device}:\n{printed}"
+    assert json.loads((output / "summary.json").read_text())["status"] == "finished", printed
     return result.stdout
 
 
@@ -76,6 +78,7 @@ def final_tensors(output: Path) -> dict[str, torch.Tensor]:
 
 
 def test_train_then_resume_bit_identically(device, tiny_dataset, tmp_path):
+    """Resuming from the halfway checkpoint ends with every saved tensor equal to the straight run's."""
     steps = STEPS[device]
     common = ("--train.max_steps", str(steps), "--checkpoint.every_steps", str(steps // 2), "--train.amp", "bf16",
               "--train.deterministic", "true", "--loss.sample_rate", "0.5", "--train.log_every", "5")
