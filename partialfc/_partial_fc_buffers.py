@@ -189,10 +189,11 @@ def update_rows_in_chunks(
     state: dict[str, torch.Tensor],
     micro: MicroBatch,
     generator: torch.Generator | None,
+    found_inf: torch.Tensor | None = None,
 ) -> None:
     """``optimizer.update`` on the micro-batch's rows, a bounded number of rows per call."""
     chunk_rows = max(1, _UPDATE_CHUNK_BYTES // (4 * weight.shape[1]))
     for start in range(0, micro.values.shape[0], chunk_rows):
         chunk = slice(start, start + chunk_rows)
         rows = chunk if micro.rows is None else micro.rows[chunk]
-        optimizer.update(weight, state, rows, micro.values[chunk], micro.grad[chunk], generator)
+        optimizer.update(weight, state, rows, micro.values[chunk], micro.grad[chunk], generator, found_inf)

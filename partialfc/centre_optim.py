@@ -47,11 +47,14 @@ class CentreOptimizer(Protocol):
         row_values: torch.Tensor,
         grad: torch.Tensor,
         generator: torch.Generator | None = None,
+        found_inf: torch.Tensor | None = None,
     ) -> None:
         """Update ``weight[rows]`` and its state in place; ``rows`` is an index tensor or a slice.
 
         ``row_values`` holds the current fp32 values of those rows and ``grad`` their gradient;
         both may be consumed (overwritten). ``generator`` drives stochastic rounding into bf16.
+        ``found_inf`` (a device scalar, 1.0 = drop this step) skips the update on the device, so
+        a non-finite step is dropped without the host waiting for the decision.
         """
         ...
 
@@ -82,12 +85,14 @@ class LazySGD:
         row_values: torch.Tensor,
         grad: torch.Tensor,
         generator: torch.Generator | None = None,
+        found_inf: torch.Tensor | None = None,
     ) -> None:
         """See :meth:`CentreOptimizer.update`; consumes ``row_values`` and ``grad`` to avoid extra buffers."""
         buf = _load_rows(state["momentum"], rows) if self.momentum else None
-        # torch's fused SGD kernel: one pass over weight, gradient and momentum instead of five.
+        # torch's fused SGD kernel: one pass over weight, gradient and momentum instead of five;
+        # with found_inf = 1 it leaves both untouched.
         sgd([row_values], [grad], [buf], fused=True, weight_decay=self.weight_decay, momentum=self.momentum,
-            lr=self.lr, dampening=0.0, nesterov=self.nesterov, maximize=False)
+            lr=self.lr, dampening=0.0, nesterov=self.nesterov, maximize=False, found_inf=found_inf)
         if buf is not None:
             store_rows(state["momentum"], rows, buf, generator)
         store_rows(weight, rows, row_values, generator)
@@ -122,13 +127,37 @@ class LazyAdamW:
         row_values: torch.Tensor,
         grad: torch.Tensor,
         generator: torch.Generator | None = None,
+        found_inf: torch.Tensor | None = None,
     ) -> None:
         """See :meth:`CentreOptimizer.update`."""
+        if found_inf is not None:
+            # A dropped step becomes a zero-weight one: no step count, no moment update, no movement.
+            keep = 1.0 - found_inf
+            grad = torch.where(found_inf.bool(), 0.0, grad)
+            self._update(weight, state, rows, row_values, grad, generator, keep)
+        else:
+            self._update(weight, state, rows, row_values, grad, generator, None)
+
+    def _update(
+        self,
+        weight: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        rows: torch.Tensor | slice,
+        row_values: torch.Tensor,
+        grad: torch.Tensor,
+        generator: torch.Generator | None,
+        keep: torch.Tensor | None,
+    ) -> None:
         beta1, beta2 = self.betas
-        step = _load_rows(state["row_step"], rows).add_(1.0)
+        step = _load_rows(state["row_step"], rows).add_(1.0 if keep is None else keep)
         store_rows(state["row_step"], rows, step)
-        exp_avg = _load_rows(state["exp_avg"], rows).lerp_(grad, 1.0 - beta1)
-        exp_avg_sq = _load_rows(state["exp_avg_sq"], rows).mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        if keep is None:
+            exp_avg = _load_rows(state["exp_avg"], rows).lerp_(grad, 1.0 - beta1)
+            exp_avg_sq = _load_rows(state["exp_avg_sq"], rows).mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        else:
+            exp_avg = _load_rows(state["exp_avg"], rows).lerp_(grad, (1.0 - beta1) * keep)
+            exp_avg_sq = _load_rows(state["exp_avg_sq"], rows).mul_(1.0 - (1.0 - beta2) * keep)
+            exp_avg_sq.addcmul_(grad, grad, value=1.0 - beta2)  # grad is zero when the step is dropped
         store_rows(state["exp_avg"], rows, exp_avg, generator)
         store_rows(state["exp_avg_sq"], rows, exp_avg_sq, generator)
 
@@ -138,7 +167,11 @@ class LazyAdamW:
         # The moments may alias the state (dense fp32 case), so they are only read from here on.
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt[:, None]).add_(self.eps)
         step_size = (self.lr / bias_correction1)[:, None]
-        row_values.mul_(1.0 - self.lr * self.weight_decay)
+        decay = 1.0 - self.lr * self.weight_decay
+        if keep is not None:  # a never-updated row has bias correction 0: select, do not multiply
+            step_size = torch.where(keep.bool(), step_size, 0.0)
+            decay = torch.where(keep.bool(), decay, 1.0)
+        row_values.mul_(decay)
         row_values.addcdiv_(exp_avg * step_size, denom, value=-1.0)
         store_rows(weight, rows, row_values, generator)
 

@@ -141,6 +141,13 @@ class TrainConfig:
     deterministic: bool = option(False, "deterministic kernels (slower; bit-identical resume on GPU)")
     log_every: int = option(50, "print a log line every N steps")
     tensorboard: bool = option(False, "also write TensorBoard scalars (needs the tensorboard package)")
+    nonfinite: Literal["stop", "skip"] = option(
+        "stop", "a step with a non-finite loss or gradient norm is always dropped on every rank; stop: end the run "
+        "(status diverged, exit 3) at the next log line once nonfinite_patience such steps came in a row; skip: go on")
+    nonfinite_patience: int = option(3, "consecutive non-finite steps that make a run diverged (train.nonfinite=stop)")
+    stall_timeout_s: float = option(
+        300.0, "fail the job, naming the stalled rank(s), when a rank makes no step progress for this long "
+        "(0 disables); keep it well under dist.timeout_s")
 
 
 @dataclass
@@ -193,6 +200,8 @@ class Config:
             ("train.epochs", self.train.epochs > 0 or self.train.max_steps > 0, "or train.max_steps must be > 0"),
             ("train.grad_accum", self.train.grad_accum >= 1, "must be >= 1"),
             ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
+            ("train.nonfinite_patience", self.train.nonfinite_patience >= 1, "must be >= 1"),
+            ("train.stall_timeout_s", self.train.stall_timeout_s >= 0, "must be >= 0"),
             ("checkpoint.keep", self.checkpoint.keep >= 1, "must be >= 1"),
         ]
         from partialfc.models import list_models

@@ -43,27 +43,70 @@ def centre_optimizer(config: OptimConfig) -> CentreOptimizer:
 
 @dataclass
 class StepOutcome:
-    grad_norm: torch.Tensor | None
-    """Global gradient norm before clipping (a device scalar; None when nobody needed it)."""
-    skipped: bool
-    """True when the step was dropped (fp16 overflow, or a non-finite norm under ``skip_nonfinite``)."""
+    grad_norm: torch.Tensor
+    """Global gradient norm before clipping (a device scalar)."""
+    skipped: bool | None
+    """Whether the step was dropped, when the host knows (fp16, where the scaler needs it); else None."""
+
+
+@dataclass
+class NonFiniteReport:
+    steps: int
+    """Non-finite steps since the previous report (each one dropped)."""
+    longest_run: int
+    """Longest run of consecutive non-finite steps seen in that interval (runs may span reports)."""
+    first_step: int | None
+    """1-based number of the first non-finite step of the interval."""
+    latest_finite: bool
+    """Whether the most recent step was finite."""
+
+
+class NonFiniteCounter:
+    """Counts dropped non-finite steps on the device; read on the host only when asked (log lines, saves)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.run = torch.zeros((), dtype=torch.int64, device=device)
+        self.longest = torch.zeros_like(self.run)
+        self.count = torch.zeros_like(self.run)
+        self.first = torch.full_like(self.run, -1)
+
+    def record(self, bad: torch.Tensor, step: int) -> None:
+        bad = bad.to(torch.int64)
+        self.run.add_(1).mul_(bad)  # consecutive bad steps ending at this one
+        torch.maximum(self.longest, self.run, out=self.longest)
+        self.count.add_(bad)
+        self.first.copy_(torch.where((self.first < 0) & (bad > 0), step, self.first))
+
+    def report(self, reset: bool = True) -> NonFiniteReport:
+        """The interval's figures (one host sync); ``reset`` starts a new interval."""
+        count, longest, first, run = (int(v) for v in torch.stack([self.count, self.longest, self.first, self.run]).tolist())
+        if reset:
+            self.count.zero_()
+            self.first.fill_(-1)
+            self.longest.copy_(self.run)
+        return NonFiniteReport(count, longest, first if first >= 0 else None, run == 0)
 
 
 class TrainingOptimizer:
     """Backbone optimizer + ``pfc``'s centre optimizer, driven as one (see the module docstring).
 
     The centre optimizer must be the one ``pfc`` was built with (:func:`centre_optimizer`).
+    A step whose loss or global gradient norm is not finite is dropped on every rank, both halves
+    untouched: in fp16 by the host (the loss scaler needs the decision anyway), otherwise on the
+    device (``found_inf`` of torch's fused optimizers and of the centre optimizers), so that no
+    host sync is added. :attr:`nonfinite` counts those steps for the trainer's divergence policy.
     """
 
     def __init__(self, config: OptimConfig, backbone: nn.Module, pfc: PartialFC, *, fp16: bool = False) -> None:
         self.config = config
         self.pfc = pfc
         self.params = list(backbone.parameters())
-        fused = self.params[0].is_cuda if self.params else False
-        self.backbone_optimizer = _FAMILIES[config.name][0](self.params, **_hyperparameters(config), fused=fused)
+        # Fused kernels on CPU and GPU alike: they implement the on-device skip (found_inf).
+        self.backbone_optimizer = _FAMILIES[config.name][0](self.params, **_hyperparameters(config), fused=True)
         self.scaler = LossScaler(enabled=fp16)
+        self.nonfinite = NonFiniteCounter(pfc.weight.device)
         self.skipped_steps = 0
-        """Steps dropped since this process started (a metric, not restored on resume)."""
+        """fp16 overflow steps dropped since this process started (a metric, not restored on resume)."""
 
     @property
     def loss_multiplier(self) -> float:
@@ -75,32 +118,43 @@ class TrainingOptimizer:
             group["lr"] = lr
         self.pfc.optimizer.lr = lr
 
-    def step(self, *, need_norm: bool = False, skip_nonfinite: bool = False) -> StepOutcome:
+    def step(self, loss: torch.Tensor | None = None, step_number: int = 0) -> StepOutcome:
         """Unscale, take the global norm, clip, then update both halves or drop the step everywhere.
 
-        The norm is computed when clipping, fp16, ``need_norm`` or ``skip_nonfinite`` asks for it.
-        A host sync happens only when the skip decision needs it (fp16 or ``skip_nonfinite``).
+        ``loss`` (the step's loss, a device scalar identical on every rank) joins the finiteness
+        test; ``step_number`` names the step in :attr:`nonfinite`'s reports. The norm is global,
+        so every rank reaches the same decision.
         """
         clip, fp16 = self.config.clip_grad_norm, self.scaler.enabled
-        norm = None
-        skip = False
-        if clip or fp16 or need_norm or skip_nonfinite:
-            if fp16:
-                self._scale_grads(1.0 / self.scaler.factor)
-            norm = self.global_grad_norm()
-            if fp16 or skip_nonfinite:
-                skip = not bool(torch.isfinite(norm))
-            if clip and not skip:
-                self._scale_grads((clip / (norm + 1e-6)).clamp(max=1.0))  # torch's clip_grad_norm_ coefficient
-        if skip:
-            self.pfc.skip_step()
-            self.skipped_steps += 1
-        else:
-            self.backbone_optimizer.step()
-            self.pfc.step()
+        if fp16:
+            self._scale_grads(1.0 / self.scaler.factor)
+        norm = self.global_grad_norm()
+        finite = torch.isfinite(norm) if loss is None else torch.isfinite(norm) & torch.isfinite(loss)
+        if clip:
+            self._scale_grads((clip / (norm + 1e-6)).clamp(max=1.0))  # torch's clip_grad_norm_ coefficient
+        skipped: bool | None = None
+        if fp16:  # the host decides: the scaler needs the decision anyway
+            skipped = not bool(finite)
+            loss_finite = loss is None or bool(torch.isfinite(loss))
+            # An overflow of the scaled gradients is the scaler's business until the scale cannot drop further.
+            bad = torch.tensor(not loss_finite or (skipped and self.scaler.scale <= 1.0), device=norm.device)
+            if skipped:
+                self.pfc.skip_step()
+                self.skipped_steps += 1
+            else:
+                self._apply(None)
+            self.scaler.update(skipped)
+        else:  # the device decides: no host sync
+            bad = torch.logical_not(finite)
+            self._apply(bad.to(torch.float32))
+        self.nonfinite.record(bad, step_number)
         self.backbone_optimizer.zero_grad(set_to_none=True)
-        self.scaler.update(skip)
-        return StepOutcome(norm, skip)
+        return StepOutcome(norm, skipped)
+
+    def _apply(self, found_inf: torch.Tensor | None) -> None:
+        self.backbone_optimizer.found_inf = found_inf  # read by torch's fused optimizers
+        self.backbone_optimizer.step()
+        self.pfc.step(found_inf=found_inf)
 
     def global_grad_norm(self) -> torch.Tensor:
         """L2 norm over the backbone gradients and every rank's centre gradient (device scalar)."""

@@ -246,13 +246,16 @@ class PartialFC(nn.Module):
         self._pending_gradient().grad.mul_(factor)
 
     @torch.no_grad()
-    def step(self) -> None:
-        """Step 6: the lazy optimizer updates the rows sampled since the last step; advance the step."""
+    def step(self, found_inf: torch.Tensor | None = None) -> None:
+        """Step 6: the lazy optimizer updates the rows sampled since the last step; advance the step.
+
+        ``found_inf`` (device scalar, 1.0 = drop) skips the update on the device, without a host sync.
+        """
         micro = self._pending_gradient()
         self._pending = []
         state = {name: getattr(self, f"optim_{name}") for name in self._state_names}
         generator = self._generator(self.weight.device, _ROUNDING) if self.weight.dtype == torch.bfloat16 else None
-        update_rows_in_chunks(self.optimizer, self.weight, state, micro, generator)
+        update_rows_in_chunks(self.optimizer, self.weight, state, micro, generator, found_inf)
         self.step_count += 1
 
     def skip_step(self) -> None:

@@ -1,7 +1,11 @@
 """What a run reports: console lines (a live bar on a terminal), a log file, and summary.json.
 
 Only rank 0 writes. ``summary.json`` is replaced atomically at every log and at the end, so
-scripts and dashboards can read a run's state without parsing logs.
+scripts and dashboards can read a run's state without parsing logs. A restart updates the
+previous summary instead of starting a new one (``starts`` counts the starts), so the best
+scores, the newest checkpoint and the model survive a start that fails. ``status`` is one of
+``starting``, ``running``, ``finished``, ``preempted``, ``diverged`` and ``failed`` (with
+``error``, the error line).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ class RunLog:
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
-        self.summary: dict[str, Any] = {"status": "starting", "started_at": time.time()}
+        self.summary: dict[str, Any] = self._previous_summary() if enabled else {}
+        self.summary.update(status="starting", started_at=time.time(), error=None)
+        self.summary.setdefault("starts", 1)
         self._file: TextIO | None = None
         self._tty = enabled and sys.stdout.isatty()
         self._bar_shown = False
@@ -57,6 +63,17 @@ class RunLog:
         if self._writer is not None:
             for name, value in values.items():
                 self._writer.add_scalar(name, value, step)
+
+    def _previous_summary(self) -> dict[str, Any]:
+        """An earlier start's summary, kept so a failed resume does not erase the run's history."""
+        try:
+            previous = json.loads((self.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(previous, dict):
+            return {}
+        previous["starts"] = int(previous.get("starts", 1)) + 1
+        return previous
 
     def update_summary(self, **fields: Any) -> None:
         """Merge ``fields`` into summary.json and rewrite it atomically."""

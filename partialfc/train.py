@@ -16,9 +16,14 @@ import torch
 import yaml
 
 from partialfc.config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
-from partialfc.distributed import init_distributed, shutdown
+from partialfc.distributed import init_distributed, shard_range, shutdown
 from partialfc.models import create_model
-from partialfc.partial_fc import shard_range
+
+EXIT_CONFIG = 2  # a config or dataset problem found before training: fix and resubmit, do not retry
+EXIT_DIVERGED = 3  # non-finite steps in a row (train.nonfinite): retrying repeats it
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: saved and stopped; a restart resumes from the saved checkpoint
+EXIT_CODES = f"""exit codes: 0 finished; 1 failed (error in train.log and summary.json); {EXIT_CONFIG} config error;
+{EXIT_DIVERGED} diverged (train.nonfinite); {EXIT_PREEMPTED} stopped after SIGTERM with a checkpoint saved"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m partialfc.train",
         description="Train a face-recognition backbone with a Partial-FC classifier. Options below override "
         "the YAML file given with --config, which overrides the defaults shown.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with the sections below (configs/*.yaml)")
     parser.add_argument("--dry-run", action="store_true",
@@ -57,8 +64,10 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
 
 
 def dry_run(config: Config, world_size: int) -> None:
+    from partialfc.data.prepare import is_synthetic_target
+
     num_classes = config.data.num_classes
-    if not num_classes and config.data.synthetic.identities and not Path(config.data.path).exists():
+    if not num_classes and is_synthetic_target(config.data) and not Path(config.data.path).exists():
         num_classes = config.data.synthetic.identities  # generated on the first real run
     elif not num_classes:
         from partialfc.data import RecordDataset
@@ -88,17 +97,30 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from partialfc.trainer import Trainer
 
+        warn_if_restarts_unsafe()
         info = init_distributed(config.dist.backend, config.dist.timeout_s)
         try:
             status = Trainer(config, info).fit()
         finally:
             shutdown()
         if status == "preempted":
-            return 143  # 128 + SIGTERM: the job did not finish; a restart resumes from the saved checkpoint
+            return EXIT_PREEMPTED
+        if status == "diverged":
+            return EXIT_DIVERGED
     except ConfigError as error:
         print(f"partialfc.train: config error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     return 0
+
+
+def warn_if_restarts_unsafe() -> None:
+    """In-place restarts of torch 2.13 workers hang or are refused unless torchrun was started with
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/operations.md); torchrun reads it, so only its caller can set it."""
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+    if restarts > 0 and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1" and os.environ.get("RANK", "0") == "0":
+        print(f"partialfc.train: warning: torchrun runs with --max-restarts {restarts} but without "
+              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; restarted workers may hang in init_process_group. "
+              "Start torchrun with that variable set (python -m launcher sets it).", file=sys.stderr)
 
 
 if __name__ == "__main__":

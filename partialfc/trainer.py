@@ -38,7 +38,7 @@ from partialfc.lr_schedule import LRSchedule
 from partialfc.margins import CombinedMargin, Softmax
 from partialfc.metrics import TrainingMetrics, resident_bytes
 from partialfc.models import create_model
-from partialfc.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.optimizer import NonFiniteReport, TrainingOptimizer, centre_optimizer
 from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.run_log import RunLog, format_duration
@@ -125,7 +125,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ the algorithm
     def fit(self) -> str:
-        """Train to the end ("finished"), or until a SIGTERM is agreed on: save, stop, "preempted"."""
+        """Train; returns "finished", "preempted" (SIGTERM: saved and stopped) or "diverged".
+
+        Any error leaves status "failed" and the error line in summary.json, then propagates.
+        """
+        try:
+            return self._run()
+        except BaseException as error:
+            self.log.update_summary(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
+            raise
+        finally:
+            self.metrics.close()
+            self.log.close()
+
+    def _run(self) -> str:
         self._resume()
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
@@ -136,35 +149,34 @@ class Trainer:
             f"loader {self.loader.backend}, start at step {self.progress.step}"
         )
         self.log.update_summary(status="running", total_steps=self.total_steps, world_size=self.info.world_size)
-        batches = self._batches()
+        with contextlib.closing(self._batches()) as batches:  # closing stops the loader's workers
+            return self._train(batches)
+
+    def _train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> str:
         window = LogWindow()
-        try:
-            while self.progress.step < self.total_steps:
-                self.train_step(batches, window)
-                step = self.progress.step
-                log_step = self._is_log_step(step)
-                if log_step:
-                    self._log(window)
-                    window = LogWindow()
-                if _due(step, self.config.eval.every_steps, self.total_steps) and self.val_sets:
-                    self._verify()
-                if _due(step, self.config.checkpoint.every_steps, self.total_steps):
-                    self._save()
-                elif log_step and self.sigterm.agreed(self.device):
-                    self._save()
-                    self.log.info(f"SIGTERM: stopped at step {step} after saving; --checkpoint.resume auto continues")
-                    self.log.update_summary(status="preempted")
-                    barrier()
-                    return "preempted"
-            self._export()
-            self.log.update_summary(status="finished")
-            barrier()  # every rank's final metric values are written before the last scrape
-        except BaseException:
-            self.log.update_summary(status="failed")
-            raise
-        finally:
-            self.metrics.close()
-            self.log.close()
+        while self.progress.step < self.total_steps:
+            self.train_step(batches, window)
+            step = self.progress.step
+            log_step = self._is_log_step(step)
+            if log_step:
+                nonfinite = self.optimizer.nonfinite.report()
+                self._log(window, nonfinite)
+                window = LogWindow()
+                if self.config.train.nonfinite == "stop" and nonfinite.longest_run >= self.config.train.nonfinite_patience:
+                    return self._stop_diverged(nonfinite)
+            if _due(step, self.config.eval.every_steps, self.total_steps) and self.val_sets:
+                self._verify()
+            if _due(step, self.config.checkpoint.every_steps, self.total_steps):
+                self._save()
+            elif log_step and self.sigterm.agreed(self.device):
+                self._save()
+                self.log.info(f"SIGTERM: stopped at step {step} after saving; --checkpoint.resume auto continues")
+                self.log.update_summary(status="preempted")
+                barrier()
+                return "preempted"
+        self._export()
+        self.log.update_summary(status="finished")
+        barrier()  # every rank's final metric values are written before the last scrape
         return "finished"
 
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], window: LogWindow) -> None:
@@ -173,6 +185,7 @@ class Trainer:
         lr = self.schedule(self.progress.step)
         self.optimizer.set_lr(lr)
         accum = self.config.train.grad_accum
+        step_loss = torch.zeros((), device=self.device)
         for micro in range(accum):
             images, labels = self._next_batch(batches, window)
             with self._gradient_sync(last_micro=micro == accum - 1):
@@ -185,8 +198,9 @@ class Trainer:
                 with self.phases.phase("backward"):
                     (loss * (self.optimizer.loss_multiplier / accum)).backward()
             window.add_loss(loss)
+            step_loss += loss.detach()
         with self.phases.phase("optimizer"):
-            outcome = self.optimizer.step(need_norm=self._is_log_step(self.progress.step + 1))
+            outcome = self.optimizer.step(step_loss, step_number=self.progress.step + 1)
         self.progress.step += 1
         window.steps += 1
         window.grad_norm, window.lr = outcome.grad_norm, lr
@@ -226,7 +240,7 @@ class Trainer:
         return self.model.no_sync()
 
     # ------------------------------------------------------------------ reporting
-    def _log(self, window: LogWindow) -> None:
+    def _log(self, window: LogWindow, nonfinite: NonFiniteReport) -> None:
         elapsed = window.elapsed()
         loss = window.mean_loss()  # the host syncs here, once per log line
         samples_per_s = window.steps * self.global_batch / elapsed
@@ -240,6 +254,7 @@ class Trainer:
             f"{samples_per_s:,.0f} samples/s data_wait {100 * window.data_wait / elapsed:.0f}% "
             f"mem {memory / 2**30:.2f}GiB eta {format_duration(remaining)}"
             + (f" loss_scale {scaler.scale:g} skipped {self.optimizer.skipped_steps}" if scaler.enabled else "")
+            + (f" nonfinite {nonfinite.steps} (dropped; first at step {nonfinite.first_step})" if nonfinite.steps else "")
         )
         self.metrics.observe_log(loss=loss, lr=window.lr, grad_norm=grad_norm,
                                  loss_scale=scaler.scale if scaler.enabled else None,
@@ -271,8 +286,24 @@ class Trainer:
                                for r in results},
         )
 
+    def _stop_diverged(self, nonfinite: NonFiniteReport) -> str:
+        """End the run: every step since the first non-finite one was dropped, checkpoints stay as they are."""
+        newest = self.log.summary.get("checkpoint", "none")
+        message = (f"diverged: {nonfinite.longest_run} consecutive non-finite steps (loss or gradient norm), the "
+                   f"first at step {nonfinite.first_step}; each was dropped, so the weights are those before it. "
+                   f"Newest checkpoint: {newest}. Lower optim.lr, enable optim.clip_grad_norm, or resume from an "
+                   f"earlier checkpoint with --checkpoint.resume PATH")
+        self.log.info(message)
+        self.log.update_summary(status="diverged", error=message, diverged_at_step=nonfinite.first_step)
+        barrier()
+        return "diverged"
+
     # ------------------------------------------------------------------ checkpoints and export
     def _save(self) -> None:
+        if not self.optimizer.nonfinite.report(reset=False).latest_finite:
+            self.log.info(f"checkpoint at step {self.progress.step} not written: the latest step was non-finite "
+                          "(a run of dropped steps; the previous checkpoints are kept)")
+            return
         start = time.perf_counter()
         try:
             path = self.checkpointer.save(self.progress.step, self.loader.epoch)
@@ -310,7 +341,11 @@ class Trainer:
                                 best_verification=self.progress.best)
 
     def _write_model(self, path: Path) -> None:
-        """Backbone weights for inference; loads with ``torch.load(weights_only=True)``."""
+        """Backbone weights for inference; loads with ``torch.load(weights_only=True)``. Never non-finite ones."""
+        bad = [name for name, tensor in self.backbone.state_dict().items()
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if bad:
+            raise FloatingPointError(f"{path} not written: {len(bad)} backbone tensors are not finite ({bad[0]}, ...)")
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"backbone": self.config.model.backbone, "embedding_size": self.config.model.embedding_size,
                     "state_dict": self.backbone.state_dict()}, tmp)

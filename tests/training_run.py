@@ -10,6 +10,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def make_trainer(dataset: Path, output: Path, **overrides: object):
+    """A Trainer in this process at world size 1 (no process group) on the quickstart config, small batches."""
+    import torch
+
+    from partialfc.config import load_config
+    from partialfc.distributed import DistInfo
+    from partialfc.trainer import Trainer
+
+    config = load_config(REPO / "configs" / "quickstart.yaml", {
+        "data.path": str(dataset), "output": str(output), "data.batch_size": 16, "data.backend": "torch",
+        "data.num_workers": 1, "train.log_every": 2, "eval.every_steps": 0, "metrics.port": 0, **overrides,
+    })
+    single = DistInfo(rank=0, world_size=1, local_rank=0, local_world_size=1, node=0, device=torch.device("cpu"))
+    return Trainer(config, single)
+
+
 def train_args(dataset: Path, output: Path, *extra: str) -> list[str]:
     """The quickstart config on ``dataset``, small batches, metrics off unless ``extra`` says otherwise."""
     return [

@@ -48,12 +48,12 @@ def test_fp16_unscales_before_the_norm_and_the_update():
     plain = make(config)
     backward(*plain)
     expected_norm = reference_norm(*plain[:2])
-    expected = plain[2].step(need_norm=True)
+    expected = plain[2].step()
 
     scaled = make(config, fp16=True)
     assert scaled[2].loss_multiplier == 2.0**16
     backward(*scaled)
-    outcome = scaled[2].step(need_norm=True)
+    outcome = scaled[2].step()
     assert not outcome.skipped
     assert float(outcome.grad_norm) == pytest.approx(expected_norm, rel=1e-5)
     assert float(outcome.grad_norm) == pytest.approx(float(expected.grad_norm), rel=1e-5)
@@ -102,3 +102,34 @@ def test_state_dict_round_trip_continues_identically():
         optimizer.step()
     assert torch.equal(first[0].weight, second[0].weight)
     assert torch.equal(first[1].weight, second[1].weight)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_non_finite_step_is_dropped_on_the_device_and_counted(name):
+    """bf16/fp32: no host decision; torch's fused optimizers and the centre optimizers skip on found_inf."""
+    backbone, pfc, optimizer = make(OptimConfig(name=name, lr=0.1))
+    backward(backbone, pfc, optimizer)
+    optimizer.step(step_number=1)  # one good step first: momentum / moments exist
+    before = ({k: v.clone() for k, v in backbone.state_dict().items()},
+              {k: v.clone() for k, v in pfc.state_dict().items() if isinstance(v, torch.Tensor)},
+              copy.deepcopy(optimizer.backbone_optimizer.state_dict()["state"]))
+    for step in (2, 3):
+        backward(backbone, pfc, optimizer)
+        outcome = optimizer.step(torch.tensor(float("nan")), step_number=step)  # a non-finite loss
+        assert outcome.skipped is None and torch.isfinite(outcome.grad_norm)
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, before[0][key]), key
+    for key, value in before[1].items():
+        assert torch.equal(pfc.state_dict()[key], value), key
+    after = optimizer.backbone_optimizer.state_dict()["state"]
+    for index, state in before[2].items():
+        for key, value in state.items():
+            assert torch.equal(after[index][key], value), (index, key)
+    report = optimizer.nonfinite.report(reset=False)
+    assert (report.steps, report.longest_run, report.first_step, report.latest_finite) == (2, 2, 2, False)
+    backward(backbone, pfc, optimizer)
+    optimizer.step(step_number=4)  # finite again: applied, the run of bad steps ends
+    assert not torch.equal(backbone.weight, before[0]["weight"])
+    report = optimizer.nonfinite.report()
+    assert (report.steps, report.longest_run, report.latest_finite) == (2, 2, True)
+    assert optimizer.nonfinite.report() == type(report)(0, 0, None, True)  # a new interval

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import torch
-from training_run import REPO
+from training_run import make_trainer
 
-from partialfc.config import load_config
-from partialfc.distributed import DistInfo
 from partialfc.log_window import LogWindow
-from partialfc.trainer import Trainer
-
-SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, local_world_size=1, node=0, device=torch.device("cpu"))
-
-
-def make_trainer(dataset: Path, output: Path, **overrides: object) -> Trainer:
-    config = load_config(REPO / "configs" / "quickstart.yaml", {
-        "data.path": str(dataset), "output": str(output), "data.batch_size": 16, "data.backend": "torch",
-        "data.num_workers": 1, "train.log_every": 2, "eval.every_steps": 0, "metrics.port": 0, **overrides,
-    })
-    return Trainer(config, SINGLE)
 
 
 def test_the_scheduled_lr_reaches_both_optimizers_every_step(tiny_dataset, tmp_path):

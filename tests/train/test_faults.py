@@ -1,0 +1,112 @@
+"""Faults a long run meets: divergence, corrupt or mismatched checkpoints, a full disk (docs/operations.md)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from training_run import make_trainer
+
+from partialfc.checkpoint import CheckpointError
+
+GOOD = {"train.max_steps": 6, "checkpoint.every_steps": 3, "checkpoint.keep": 2}
+
+
+def summary(output) -> dict:
+    return json.loads((output / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def good_run(tiny_dataset, tmp_path_factory):
+    """6 good steps with checkpoints at 3 and 6 (kept as a template; tests work on copies)."""
+    output = tmp_path_factory.mktemp("good") / "run"
+    assert make_trainer(tiny_dataset, output, **GOOD).fit() == "finished"
+    return output
+
+
+def copy_run(good_run, tmp_path):
+    output = tmp_path / "run"
+    shutil.copytree(good_run, output)
+    return output
+
+
+def test_divergence_stops_and_keeps_the_good_checkpoints_and_model(tiny_dataset, good_run, tmp_path):
+    output = copy_run(good_run, tmp_path)
+    model_before = (output / "model.pt").read_bytes()
+    trainer = make_trainer(tiny_dataset, output, **{**GOOD, "train.max_steps": 30, "optim.lr": 1e12,
+                                                    "schedule.warmup_epochs": 0.0})
+    assert trainer.fit() == "diverged"
+    state = summary(output)
+    assert state["status"] == "diverged" and "consecutive non-finite steps" in state["error"]
+    first_bad = state["diverged_at_step"]
+    assert 7 <= first_bad <= 30
+    # Every checkpoint on disk holds finite weights, the good ones were not rotated away, model.pt is untouched.
+    names = sorted(p.name for p in (output / "checkpoints").iterdir())
+    assert "step-00000006" in names, names
+    for checkpoint in (output / "checkpoints").iterdir():
+        for part in checkpoint.glob("*.pt"):
+            for value in torch.load(part, weights_only=True).get("state", {}).values():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    assert torch.isfinite(value).all(), part
+    assert (output / "model.pt").read_bytes() == model_before
+    # Dropped steps leave the weights finite.
+    assert all(torch.isfinite(p).all() for p in trainer.backbone.parameters())
+    assert torch.isfinite(trainer.pfc.weight).all()
+    assert "diverged: " in (output / "train.log").read_text()
+
+
+def test_a_truncated_file_in_the_newest_checkpoint_falls_back_to_the_previous(tiny_dataset, good_run, tmp_path):
+    output = copy_run(good_run, tmp_path)
+    broken = output / "checkpoints" / "step-00000006" / "centres-00000-of-00001.pt"
+    os.truncate(broken, broken.stat().st_size // 2)
+    trainer = make_trainer(tiny_dataset, output, **{**GOOD, "train.max_steps": 8})
+    assert trainer.fit() == "finished"
+    log = (output / "train.log").read_text()
+    assert f"resume: skipping {broken.parent}: {broken}: " in log and "(truncated or replaced)" in log
+    assert f"resumed from {output / 'checkpoints' / 'step-00000003'} at step 3" in log
+
+
+def test_when_no_checkpoint_verifies_the_error_names_them_and_the_summary_keeps_its_history(
+        tiny_dataset, good_run, tmp_path):
+    output = copy_run(good_run, tmp_path)
+    before = summary(output)
+    for checkpoint in (output / "checkpoints").iterdir():
+        data = bytearray((checkpoint / "trainer.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF  # same size, different content
+        (checkpoint / "trainer.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="no loadable checkpoint") as raised:
+        make_trainer(tiny_dataset, output, **{**GOOD, "train.max_steps": 8}).fit()
+    assert "step-00000003/trainer.pt: SHA-256 differs" in str(raised.value)
+    after = summary(output)
+    assert after["status"] == "failed" and after["error"].startswith("CheckpointError: no loadable checkpoint")
+    for kept in ("best_verification", "checkpoint", "model", "step"):
+        assert after[kept] == before[kept], kept
+    assert after["starts"] == 2
+
+
+def test_another_embedding_size_names_the_checkpoint_tensor_and_field(tiny_dataset, good_run, tmp_path):
+    output = copy_run(good_run, tmp_path)
+    with pytest.raises(CheckpointError) as raised:
+        make_trainer(tiny_dataset, output, **{**GOOD, "model.embedding_size": 64}).fit()
+    message = str(raised.value)
+    assert str(output / "checkpoints" / "step-00000006") in message
+    assert "tensor 'model." in message and "model.embedding_size (checkpoint 128, this job 64)" in message
+
+
+def test_a_full_disk_at_save_names_the_path(tiny_dataset, tmp_path, monkeypatch):
+    output = tmp_path / "run"
+    trainer = make_trainer(tiny_dataset, output, **GOOD)
+
+    def no_space(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("partialfc.checkpoint.torch.save", no_space)
+    with pytest.raises(CheckpointError, match="No space left on device") as raised:
+        trainer.fit()
+    assert str(output / "checkpoints" / "step-00000003.partial") in str(raised.value)
+    state = summary(output)
+    assert state["status"] == "failed" and "step-00000003.partial" in state["error"]
