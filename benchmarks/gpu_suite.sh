@@ -25,7 +25,8 @@
 # which tests the plumbing (time boxes, report, JSON); tests/gpu/test_gpu_suite.py does that.
 # Environment: OUT (report folder; default runs/gpu_suite), GPU_SUITE_WORK (scratch; default a new
 # temporary folder), PYTHON (default .venv/bin/python if present, else python3),
-# GPU_SUITE_BOX_<STEP> (seconds, overrides a step's box; STEP as in the report, upper case).
+# GPU_SUITE_BOX_<STEP> (seconds, overrides a step's box; STEP as in the report, upper case),
+# GPU_SUITE_STEPS (the steps to run, e.g. "pytest capacity" to rerun two after a fix; default all).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
@@ -42,6 +43,14 @@ elif [[ $# -gt 0 ]]; then
   echo "usage: $0 [--fetch-wheels]   (see the header of this file)" >&2
   exit 2
 fi
+
+ALL_STEPS="pytest layer_fp32 layer_bf16 capacity throughput"
+for chosen in ${GPU_SUITE_STEPS:-}; do
+  if [[ " $ALL_STEPS " != *" $chosen "* ]]; then
+    echo "gpu_suite: GPU_SUITE_STEPS names an unknown step '$chosen' (steps: $ALL_STEPS)" >&2
+    exit 2
+  fi
+done
 
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
@@ -77,6 +86,9 @@ report() {
 run_step() {
   local name=$1 box=$2
   shift 2
+  if [[ -n "${GPU_SUITE_STEPS:-}" && " $GPU_SUITE_STEPS " != *" $name "* ]]; then
+    return 0
+  fi
   local override="GPU_SUITE_BOX_${name^^}"
   box=${!override:-$box}
   echo "== $name (box ${box}s): $*"
@@ -124,6 +136,7 @@ run_step capacity 60 "$PYTHON" benchmarks/capacity.py --device "$DEVICE" "${CAPA
 run_step throughput 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/train_throughput.py \
   "${THROUGHPUT[@]}" --sample-rate 0.1 --amp bf16 --data-backend torch --data-dir "$WORK/data" --json "$WORK/throughput.json"
 
+shopt -s nullglob
 for log in "$WORK"/*.log; do
   echo "===== $(basename "$log")"
   cat "$log"

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from training_run import REPO
@@ -22,17 +23,21 @@ def load_benchmark(name: str):
     return module
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory) -> tuple[dict, str, str]:
-    """The dry suite, with the bf16 layer step's box cut to 1 s so that it is stopped."""
-    out, work = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work")
-    env = {**os.environ, "OUT": str(out), "GPU_SUITE_WORK": str(work), "GPU_SUITE_DRY": "1",
-           "GPU_SUITE_BOX_LAYER_BF16": "1", "OMP_NUM_THREADS": "1"}
+def run_dry_suite(out: Path, work: Path, **settings: str) -> tuple[dict, str, str]:
+    """The suite in dry mode with extra ``GPU_SUITE_*`` settings; its report (JSON, markdown) and log."""
+    env = {**os.environ, "OUT": str(out), "GPU_SUITE_WORK": str(work), "GPU_SUITE_DRY": "1", "OMP_NUM_THREADS": "1",
+           **{f"GPU_SUITE_{key}": value for key, value in settings.items()}}
     result = subprocess.run(["bash", str(SUITE)], cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_report.json", "gpu_report.md", "gpu_suite.log"]
     return (json.loads((out / "gpu_report.json").read_text()), (out / "gpu_report.md").read_text(),
             (out / "gpu_suite.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[dict, str, str]:
+    """The whole dry suite, with the bf16 layer step's box cut to 1 s so that it is stopped."""
+    return run_dry_suite(tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work"), BOX_LAYER_BF16="1")
 
 
 def test_every_step_runs_in_order_and_a_box_stops_a_step(dry_run):
@@ -70,6 +75,13 @@ def test_report_holds_every_figure(dry_run):
     for text in ("Dry run on the CPU", "## Partial FC layer", "## Capacity", "## Training throughput",
                  "DALI `mixed`", "| layer_bf16 | timed out | "):
         assert text in markdown, text
+
+
+def test_a_chosen_step_runs_alone(tmp_path):
+    report, markdown, _ = run_dry_suite(tmp_path / "out", tmp_path / "work", STEPS="capacity")
+    assert [step["name"] for step in report["steps"]] == ["capacity"]
+    assert report["capacity"]["largest_classes"] == 8000 and report["throughput"] is None
+    assert "No result (the step did not finish)." in markdown
 
 
 def test_capacity_search_doubles_then_bisects():
