@@ -75,12 +75,13 @@ def test_embed_folder_matches_the_model(tiny_dataset, model_file, tmp_path, caps
 
 
 def test_embed_rec_and_bin(tiny_dataset, model_file, tmp_path):
-    assert embed.main([str(tiny_dataset), "--model", str(model_file), "--out", str(tmp_path / "train"), "--quiet"]) == 0
+    assert embed.main([str(tiny_dataset), "--model", str(model_file), "--out", str(tmp_path / "train"), "--no-flip",
+                       "--quiet"]) == 0
     dataset = RecordDataset(tiny_dataset)
     assert np.load(tmp_path / "train.npy").shape == (len(dataset), 32)
     np.testing.assert_array_equal(np.load(tmp_path / "train.labels.npy"), dataset.labels)
     assert embed.main([str(tiny_dataset / "synth_val.bin"), "--model", str(model_file), "--out", str(tmp_path / "val"),
-                       "--no-flip", "--quiet"]) == 0
+                       "--quiet"]) == 0
     assert Path(tmp_path / "val.txt").read_text().splitlines()[:2] == ["pair000000.a", "pair000000.b"]
 
 
