@@ -24,10 +24,12 @@ import numpy as np
 __all__ = [
     "ImageList",
     "TemplateFeatures",
+    "TemplateListError",
     "aggregate_templates",
     "read_image_list",
     "read_template_pairs",
     "read_template_subjects",
+    "template_pair_scores",
 ]
 
 
