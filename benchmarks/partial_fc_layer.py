@@ -45,7 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: gloo, cuda: NCCL")
-    parser.add_argument("--head", nargs="+", default=["margin"], choices=typing.get_args(typing.get_type_hints(LossConfig)["head"]),
+    heads = typing.get_args(typing.get_type_hints(LossConfig)["head"])
+    parser.add_argument("--head", nargs="+", default=["margin"], choices=heads,
                         help="margin families to run (loss.head values, default parameters; margin = ArcFace)")
     return parser.parse_args()
 

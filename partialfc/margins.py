@@ -238,8 +238,8 @@ class AdaFace(BaseMargin):
         """The margin scaler ``g_i`` of every sample of the global batch (no gradient)."""
         norms = torch.linalg.vector_norm(embeddings.detach().double(), dim=1).clamp(0.001, 100.0)
         if step.training:
-            self.batch_mean = self.batch_mean.to(norms.device).mul(1.0 - self.t_alpha).add_(norms.mean(), alpha=self.t_alpha)
-            self.batch_std = self.batch_std.to(norms.device).mul(1.0 - self.t_alpha).add_(norms.std(), alpha=self.t_alpha)
+            self.batch_mean = self.batch_mean.to(norms.device).lerp(norms.mean(), self.t_alpha)
+            self.batch_std = self.batch_std.to(norms.device).lerp(norms.std(), self.t_alpha)
         scaler = (norms - self.batch_mean.to(norms.device)) / (self.batch_std.to(norms.device) + self._EPS)
         return (scaler * self.h).clamp(-1.0, 1.0)
 
@@ -251,7 +251,7 @@ class AdaFace(BaseMargin):
         return (angle.cos() - self.m * (1.0 + inputs)) * self.s
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"batch_mean": self.batch_mean.detach().cpu().clone(), "batch_std": self.batch_std.detach().cpu().clone()}
+        return {"batch_mean": self.batch_mean.cpu().clone(), "batch_std": self.batch_std.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:
@@ -285,10 +285,10 @@ class CurricularFace(BaseMargin):
     def modulate_negatives_(
         self, logits: torch.Tensor, target_cos: torch.Tensor, step: MarginStep, factor: torch.Tensor
     ) -> None:
-        """Hard negatives ``c > cos(θ_y + m)`` become ``s·c·(t + c)``; ``factor`` gets ``t + 2c`` there, 1 elsewhere."""
+        """Hard negatives ``c > cos(θ_y + m)`` become ``s·c·(t + c)``; ``factor``: ``t + 2c`` there, else 1."""
         target_cos = target_cos.double().clamp(-1.0, 1.0)
         if step.training:
-            self.t = self.t.to(target_cos.device).mul(0.99).add_(target_cos.mean(), alpha=0.01)
+            self.t = self.t.to(target_cos.device).lerp(target_cos.mean(), 0.01)
         t = self.t.to(device=logits.device, dtype=logits.dtype)
         sin_target = (1.0 - target_cos * target_cos).clamp_min(0.0).sqrt()
         hard_threshold = (target_cos * math.cos(self.m) - sin_target * math.sin(self.m)) * self.s
@@ -299,7 +299,7 @@ class CurricularFace(BaseMargin):
         torch.where(hard, factor, factor.new_ones(()), out=factor)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"t": self.t.detach().cpu().clone()}
+        return {"t": self.t.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:

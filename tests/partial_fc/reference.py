@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,3 +120,53 @@ def elasticface_loss(embeddings, weight, labels, margins: torch.Tensor, s=64.0, 
     m_hot = F.one_hot(labels, weight.shape[0]).double() * margins[:, None]
     logits = (cos.acos() + m_hot).cos() if kind == "arc" else cos - m_hot
     return F.cross_entropy(logits * s, labels)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One margin under test: how to build it, and its independent dense reference."""
+
+    make_margin: Callable[[], Any]
+    loss: Callable[..., torch.Tensor]  # (embeddings, weight, labels, state, drawn sample inputs) -> loss
+    initial_state: dict
+    spread_norms: bool  # feed embeddings with norms spread over [5, 120] (the norm-reading families)
+
+
+def _combined_case(spec) -> Case:
+    return Case(lambda: make_head(spec), lambda e, w, y, state, drawn: reference_loss(spec, e, w, y), {}, False)
+
+
+def _families() -> dict[str, Case]:
+    from partialfc import AdaFace, CurricularFace, ElasticFace, MagFace
+
+    return {
+        "adaface": Case(lambda: AdaFace(s=64.0, m=0.4, h=0.333, t_alpha=0.01),
+                        lambda e, w, y, state, drawn: adaface_loss(e, w, y, state),
+                        {"batch_mean": torch.tensor(20.0, dtype=torch.float64),
+                         "batch_std": torch.tensor(100.0, dtype=torch.float64)}, True),
+        "curricularface": Case(lambda: CurricularFace(s=64.0, m=0.5),
+                               lambda e, w, y, state, drawn: curricularface_loss(e, w, y, state),
+                               {"t": torch.tensor(0.0, dtype=torch.float64)}, True),
+        "magface": Case(lambda: MagFace(s=64.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0),
+                        lambda e, w, y, state, drawn: magface_loss(e, w, y, state), {}, True),
+        "elasticface_arc": Case(lambda: ElasticFace(s=64.0, m=0.5, std=0.05, kind="arc"),
+                                lambda e, w, y, state, drawn: elasticface_loss(e, w, y, drawn, kind="arc"), {}, True),
+        "elasticface_cos": Case(lambda: ElasticFace(s=64.0, m=0.35, std=0.05, kind="cos"),
+                                lambda e, w, y, state, drawn: elasticface_loss(e, w, y, drawn, kind="cos"), {}, True),
+    }
+
+
+CASES: dict[str, Case] = {spec[0]: _combined_case(spec) for spec in HEADS} | _families()
+
+
+def record_sample_inputs(pfc) -> list:
+    """Make ``pfc``'s margin append its per-sample inputs of every forward pass to the returned list."""
+    drawn, original = [], pfc.margin.sample_inputs
+
+    def recording(embeddings, step):
+        inputs = original(embeddings, step)
+        drawn.append(None if inputs is None else inputs.detach().clone())
+        return inputs
+
+    pfc.margin.sample_inputs = recording
+    return drawn

@@ -150,7 +150,8 @@ def test_skip_step_moves_on_to_the_next_sampling_stream():
 
 def test_accumulated_micro_batches_sharing_rows_add_their_gradients():
     """Micro-batches with the same labels share their positive rows: their gradients must add."""
-    pfc = PartialFC(DIM, 1000, 0.01, CombinedMargin(), optimizer=LazySGD(lr=1.0, momentum=0.0, weight_decay=0.0), seed=4)
+    plain_sgd = LazySGD(lr=1.0, momentum=0.0, weight_decay=0.0)
+    pfc = PartialFC(DIM, 1000, 0.01, CombinedMargin(), optimizer=plain_sgd, seed=4)
     before = pfc.weight.clone()
     generator = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 1000, (4,), generator=generator)

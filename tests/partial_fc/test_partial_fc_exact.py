@@ -1,11 +1,15 @@
-"""r = 1.0 Partial FC on W gloo ranks equals dense single-process float64 training."""
+"""r = 1.0 Partial FC on W gloo ranks equals dense single-process float64 training, for every
+margin family against an independent reference of its official definition: loss, embedding
+gradient, centre gradient, updated centres and running margin state, over two steps."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from dist_harness import run_distributed
-from reference import HEADS, batch, make_head, reference_loss, relative_error
+from reference import CASES, batch, record_sample_inputs, relative_error, spread_norms
 
 from partialfc import LazySGD, PartialFC
 
@@ -17,14 +21,20 @@ SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 INIT_STD = 0.5
 
 
+def global_batch(name: str, step: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+    return (spread_norms(embeddings, step) if CASES[name].spread_norms else embeddings), labels
+
+
 def train_shards(rank: int, world_size: int) -> dict:
-    """Per head: initial shard, and per step the loss, embedding grad, centre grad, updated shard."""
+    """Per margin: initial shard, and per step loss, gradients, updated shard, margin state and inputs."""
     results = {}
-    for spec in HEADS:
-        pfc = PartialFC(DIM, NUM_CLASSES, 1.0, make_head(spec), optimizer=LazySGD(**SGD), seed=7, init_std=INIT_STD)
+    for name, case in CASES.items():
+        pfc = PartialFC(DIM, NUM_CLASSES, 1.0, case.make_margin(), optimizer=LazySGD(**SGD), seed=7, init_std=INIT_STD)
         record = {"class_start": pfc.class_start, "init": pfc.weight.detach().clone(), "steps": []}
+        drawn = record_sample_inputs(pfc)
         for step in range(STEPS):
-            embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+            embeddings, labels = global_batch(name, step, world_size)
             local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
             local_embeddings = embeddings[local].float().requires_grad_()
             loss = pfc(local_embeddings, labels[local])
@@ -38,23 +48,28 @@ def train_shards(rank: int, world_size: int) -> dict:
                     "embedding_grad": local_embeddings.grad / world_size,
                     "centre_grad": centre_grad,
                     "weight": pfc.weight.detach().clone(),
+                    "margin_state": pfc.state_dict()["_extra_state"]["margin"],
+                    "sample_inputs": drawn[-1],
                 }
             )
-        results[spec[0]] = record
+        results[name] = record
     return results
 
 
-def reference_run(spec, init_weight: torch.Tensor, world_size: int) -> list[dict]:
+def reference_run(name: str, init_weight: torch.Tensor, world_size: int, drawn: list) -> list[dict]:
+    case = CASES[name]
     weight = init_weight.double().clone().requires_grad_()
     optimizer = torch.optim.SGD([weight], **SGD)
+    state = copy.deepcopy(case.initial_state)
     steps = []
     for step in range(STEPS):
-        embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+        embeddings, labels = global_batch(name, step, world_size)
         embeddings.requires_grad_()
         optimizer.zero_grad()
-        loss = reference_loss(spec, embeddings, weight, labels)
+        loss = case.loss(embeddings, weight, labels, state, drawn[step])
         loss.backward()
-        steps.append({"loss": loss.detach(), "embedding_grad": embeddings.grad, "centre_grad": weight.grad.clone()})
+        steps.append({"loss": loss.detach(), "embedding_grad": embeddings.grad, "centre_grad": weight.grad.clone(),
+                      "margin_state": dict(state)})
         optimizer.step()
         steps[-1]["weight"] = weight.detach().clone()
     return steps
@@ -66,13 +81,12 @@ def shards_by_world_size() -> dict[int, list[dict]]:
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-@pytest.mark.parametrize("head", [spec[0] for spec in HEADS])
+@pytest.mark.parametrize("head", list(CASES))
 def test_matches_dense_float64_reference(shards_by_world_size, world_size, head):
-    spec = next(s for s in HEADS if s[0] == head)
     ranks = shards_by_world_size[world_size]
     init = torch.cat([r[head]["init"] for r in ranks])
     assert init.shape == (NUM_CLASSES, DIM)
-    expected = reference_run(spec, init, world_size)
+    expected = reference_run(head, init, world_size, [step["sample_inputs"] for step in ranks[0][head]["steps"]])
     for rank, result in enumerate(ranks):
         record = result[head]
         rows = slice(record["class_start"], record["class_start"] + record["init"].shape[0])
@@ -83,6 +97,9 @@ def test_matches_dense_float64_reference(shards_by_world_size, world_size, head)
             assert relative_error(ours["embedding_grad"], ref["embedding_grad"][samples]) < 1e-5, where
             assert relative_error(ours["centre_grad"], ref["centre_grad"][rows]) < 1e-5, where
             assert relative_error(ours["weight"], ref["weight"][rows]) < 1e-5, where
+            assert set(ours["margin_state"]) == set(ref["margin_state"]), where
+            for key, value in ref["margin_state"].items():
+                assert relative_error(ours["margin_state"][key], value) < 1e-5, f"{where} {key}"
 
 
 def test_initialisation_does_not_depend_on_world_size(shards_by_world_size):
@@ -96,3 +113,13 @@ def test_loss_identical_on_every_rank(shards_by_world_size):
     for world_size, ranks in shards_by_world_size.items():
         losses = [r["combined"]["steps"][0]["loss"] for r in ranks]
         assert all(torch.equal(loss, losses[0]) for loss in losses), world_size
+
+
+@pytest.mark.parametrize("head", ["elasticface_arc", "elasticface_cos"])
+def test_elastic_margins_agree_across_ranks_and_change_per_step(shards_by_world_size, head):
+    for world_size, ranks in shards_by_world_size.items():
+        steps = [[r[head]["steps"][step]["sample_inputs"] for r in ranks] for step in range(STEPS)]
+        assert all(torch.equal(drawn, steps[0][0]) for drawn in steps[0]), world_size
+        assert all(torch.equal(drawn, steps[1][0]) for drawn in steps[1]), world_size
+        assert not torch.equal(steps[0][0], steps[1][0])
+        assert 0.01 < steps[0][0].std() < 0.2  # std = 0.05: the margins do vary per sample
