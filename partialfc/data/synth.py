@@ -171,7 +171,9 @@ class SyntheticImage:
     def __call__(self, source: tuple[int, int]) -> bytes:
         identity, index = source
         low, high = self.variation.jpeg_quality
-        quality = low if low == high else int(np.random.default_rng((self.seed, _COMPRESSION, identity, index)).integers(low, high + 1))
+        quality = low
+        if high > low:
+            quality = int(np.random.default_rng((self.seed, _COMPRESSION, identity, index)).integers(low, high + 1))
         return encode_jpeg(render(self.seed, identity, index, self.variation), quality=quality)
 
 
