@@ -11,8 +11,8 @@
 #      (compute bound) and through the PyTorch loader with every CPU core; images/s and the share of
 #      the step in Partial FC                                   (box 90 s)
 #
-# After every step it rewrites $OUT/gpu_report.md and $OUT/gpu_report.json (benchmarks/gpu_report.py),
-# so a run stopped from outside keeps what finished; $OUT/gpu_suite.log holds every step's output.
+# After every step it rewrites $OUT/gpu_report.md, $OUT/gpu_report.json (benchmarks/gpu_report.py) and
+# $OUT/gpu_suite.log (every step's output), so a run stopped from outside keeps what finished.
 # DALI's `mixed` (GPU decode) path cannot be measured on the lent machine: its wheel is far above the
 # 64 MiB a call may carry. The report says so.
 #
@@ -28,6 +28,7 @@
 # GPU_SUITE_BOX_<STEP> (seconds, overrides a step's box; STEP as in the report, upper case),
 # GPU_SUITE_STEPS (the steps to run, e.g. "pytest capacity" to rerun two after a fix; default all).
 set -uo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
 SIMPLEJPEG_VERSION=1.9.0
@@ -77,9 +78,15 @@ if [[ "$DRY" == 1 ]]; then
   export CUDA_VISIBLE_DEVICES=""  # a dry run stays on the CPU even on a GPU machine (its pytest skips the GPU tests)
 fi
 
+# report: $OUT/gpu_report.{md,json} from what the steps left in $WORK, and every step's output in $OUT/gpu_suite.log.
 report() {
   "$PYTHON" benchmarks/gpu_report.py --work "$WORK" --out "$OUT" --dry "$DRY" \
     || echo "gpu_suite: writing the report failed" >&2
+  local log
+  for log in "$WORK"/*.log; do
+    echo "===== $(basename "$log")"
+    cat "$log"
+  done >"$OUT/gpu_suite.log"
 }
 
 # run_step NAME BOX_SECONDS COMMAND...: run under `timeout`, record rc and duration, refresh the report.
@@ -136,9 +143,4 @@ run_step capacity 60 "$PYTHON" benchmarks/capacity.py --device "$DEVICE" "${CAPA
 run_step throughput 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/train_throughput.py \
   "${THROUGHPUT[@]}" --sample-rate 0.1 --amp bf16 --data-backend torch --data-dir "$WORK/data" --json "$WORK/throughput.json"
 
-shopt -s nullglob
-for log in "$WORK"/*.log; do
-  echo "===== $(basename "$log")"
-  cat "$log"
-done >"$OUT/gpu_suite.log"
 echo "gpu_suite: report in $OUT/gpu_report.md"
