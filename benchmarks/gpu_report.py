@@ -3,7 +3,7 @@
     python benchmarks/gpu_report.py --work SCRATCH --out OUT --dry 0
 
 Reads from the suite's scratch folder: ``steps.jsonl`` (one record per finished step: name, exit
-code, seconds, box), ``environment.json``, ``pytest.xml`` (JUnit), the layer benchmark's printed
+code, seconds, box), ``environment.json``, ``pytest.xml`` (JUnit; else ``pytest.log``), the layer benchmark's printed
 tables (``layer_fp32.log``, ``layer_bf16.log``), ``capacity.json`` and ``throughput.json``. Missing pieces (a step that
 did not run yet, or was stopped by its box) are reported as such, so the suite can call this after
 every step. Targets are judged only on a real (not dry) run. Imports nothing heavy: it runs in well
@@ -64,12 +64,13 @@ def read_steps(work: Path) -> list[dict[str, Any]]:
     return steps
 
 
-def read_pytest(path: Path) -> dict[str, Any] | None:
-    """Counts and the names of failed tests from a JUnit XML file."""
+def read_pytest(xml: Path, log: Path) -> dict[str, Any] | None:
+    """Counts and the names of failed tests: from the JUnit XML file, or, when pytest was stopped
+    before writing it, from the verbose log's per-test lines (``source`` says which)."""
     try:
-        root = ElementTree.parse(path).getroot()
+        root = ElementTree.parse(xml).getroot()
     except (OSError, ElementTree.ParseError):
-        return None
+        return read_pytest_log(log)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     failed = []
     for suite in root.iter("testsuite"):
@@ -79,7 +80,25 @@ def read_pytest(path: Path) -> dict[str, Any] | None:
         if case.find("failure") is not None or case.find("error") is not None:
             failed.append(f"{case.get('classname')}::{case.get('name')}")
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    return {**counts, "failed": failed}
+    return {**counts, "failed": failed, "source": "junit"}
+
+
+def read_pytest_log(log: Path) -> dict[str, Any] | None:
+    """What ``pytest -v`` printed per test (``path::name PASSED``) before it was stopped."""
+    if not log.is_file():
+        return None
+    outcomes: dict[str, str] = {}
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
+            outcomes[parts[0]] = parts[1]
+    if not outcomes:
+        return None
+    values = list(outcomes.values())
+    return {"tests": len(values), "passed": values.count("PASSED"), "failures": values.count("FAILED"),
+            "errors": values.count("ERROR"), "skipped": values.count("SKIPPED"),
+            "failed": [name for name, outcome in outcomes.items() if outcome in ("FAILED", "ERROR")],
+            "source": "log (pytest was stopped before its summary)"}
 
 
 def split_header(header: str) -> list[str]:
@@ -157,7 +176,7 @@ def build_report(work: Path, dry: bool) -> dict[str, Any]:
         "dry_run": dry,
         "environment": read_json(work / "environment.json"),
         "steps": steps,
-        "pytest": read_pytest(work / "pytest.xml"),
+        "pytest": read_pytest(work / "pytest.xml", work / "pytest.log"),
         "layer": layer_rows,
         "capacity": capacity,
         "throughput": throughput,
@@ -194,7 +213,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["No result (the step did not finish)."]
     else:
         lines += [f"{pytest['passed']} passed, {pytest['failures']} failed, {pytest['errors']} errors, "
-                  f"{pytest['skipped']} skipped."]
+                  f"{pytest['skipped']} skipped (from the {pytest['source']})."]
         lines += [f"- failed: `{name}`" for name in pytest["failed"]]
     lines += ["", f"## Partial FC layer (target: step ≤ {TARGETS['layer_ratio']}× the 3-GEMM floor at r = 0.1)", ""]
     lines += _table(["C", "r", "S", "gemm", "centres", "step ms", "floor ms", "ratio", "peak GiB", "target"],

@@ -112,10 +112,14 @@ def test_report_judges_targets_and_names_an_unreadable_table(tmp_path):
             "margin  8000000 512   128 1 1.0 8000000 fp32  fp32   160.0    150.0  1.07         60.00     3.50x"]
     (tmp_path / "layer_fp32.log").write_text("\n".join(["device=cuda", header, *rows]) + "\n")
     (tmp_path / "layer_bf16.log").write_text("C r step ms floor ms\n1000 0.1 2.0 1.0\n")
+    (tmp_path / "pytest.log").write_text(  # stopped by its box: no JUnit file, only the verbose lines
+        "tests/gpu/test_a.py::test_x[cuda] PASSED   [ 10%]\ntests/gpu/test_a.py::test_y[cuda] FAILED   [ 20%]\n")
 
     report = gpu_report.build_report(tmp_path, dry=False)
     assert [(row["num_classes"], row["ratio"], row["target"]) for row in report["layer"]] == [
         (1_000_000, 1.4, "met"), (8_000_000, 1.6, "missed"), (8_000_000, 1.07, "no target at this r")]
     assert len(report["problems"]) == 1 and report["problems"][0].startswith("layer_bf16.log: table header lacks")
+    assert report["pytest"]["passed"] == 1 and report["pytest"]["failed"] == ["tests/gpu/test_a.py::test_y[cuda]"]
+    assert report["pytest"]["source"].startswith("log")
     markdown = gpu_report.render_markdown(report)
-    assert markdown.count("No result (the step did not finish).") == 3  # pytest, capacity, throughput
+    assert markdown.count("No result (the step did not finish).") == 2  # capacity, throughput
