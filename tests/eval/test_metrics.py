@@ -41,7 +41,7 @@ def test_image_list_errors_name_file_and_line(tmp_path):
     with pytest.raises(TemplateListError, match=r"tid_mid.txt:2: expected 3 fields"):
         read_image_list(path)
     path.write_text("a.jpg 1 x\n")
-    with pytest.raises(TemplateListError, match=r"record 1: media id 'x' is not an integer"):
+    with pytest.raises(TemplateListError, match=r"tid_mid.txt:1: MEDIA_ID .x. is not an integer"):
         read_image_list(path)
 
 
