@@ -24,6 +24,7 @@ def line_plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     try:
@@ -31,6 +32,8 @@ def line_plot(
             axes.plot(x, y, marker="." if len(x) < 40 else None, label=label)
         if logx:
             axes.set_xscale("log")
+        elif all(np.issubdtype(np.asarray(x).dtype, np.integer) for _, x, _ in series):
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # ranks and steps: no 2.5
         axes.set_title(title)
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
