@@ -168,7 +168,9 @@ class EvalConfig:
 @dataclass
 class DistConfig:
     backend: Literal["auto", "nccl", "gloo"] = option("auto", "collective backend; auto: NCCL on GPU, gloo on CPU")
-    timeout_s: int = option(1800, "collective timeout in seconds")
+    timeout_s: int = option(
+        600, "collective timeout in seconds: the backstop behind train.stall_timeout_s, long enough for the slowest "
+        "legitimate wait (a checkpoint save or verification while other ranks wait)")
 
 
 @dataclass
@@ -202,6 +204,9 @@ class Config:
             ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
             ("train.nonfinite_patience", self.train.nonfinite_patience >= 1, "must be >= 1"),
             ("train.stall_timeout_s", self.train.stall_timeout_s >= 0, "must be >= 0"),
+            ("train.stall_timeout_s", self.train.stall_timeout_s < self.dist.timeout_s,
+             f"must be below dist.timeout_s={self.dist.timeout_s}, or the collective timeout fires first and "
+             "blames a healthy rank"),
             ("checkpoint.keep", self.checkpoint.keep >= 1, "must be >= 1"),
         ]
         from partialfc.models import list_models

@@ -149,6 +149,8 @@ class TrainingMetrics:
             "Unix time of the last successful checkpoint save (start time before one).",
         )
         self._resident = gauge("partialfc_resident_memory_bytes", "Resident set size of the rank's process.")
+        self._stalled = gauge("partialfc_stalled_ranks",
+                              "Ranks this rank found stalled (no progress for train.stall_timeout_s); set before the job fails.")
         # Created on the first CUDA observe_memory: on CPU they would export a misleading 0.
         self._device_memory_families = {
             kind: Gauge(f"partialfc_device_memory_{kind}_bytes", doc, list(ids), registry=None,
@@ -238,6 +240,12 @@ class TrainingMetrics:
         self._device_memory["allocated"].set(torch.cuda.memory_allocated(device))
         self._device_memory["reserved"].set(torch.cuda.memory_reserved(device))
         self._device_memory["peak"].set(torch.cuda.max_memory_allocated(device))
+
+    def observe_stall(self, stalled_ranks: int) -> None:
+        """Record that the stall watchdog found ``stalled_ranks`` ranks silent or behind."""
+        if not self._active:
+            return
+        self._stalled.set(stalled_ranks)
 
     def observe_checkpoint(self, *, seconds: float, success: bool) -> None:
         """Record one checkpoint save attempt of this rank."""

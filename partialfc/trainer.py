@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 import partialfc
 from partialfc.checkpoint import Checkpointer
@@ -43,6 +45,7 @@ from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.run_log import RunLog, format_duration
 from partialfc.train_state import RNGState, TrainProgress
+from partialfc.watchdog import StallWatchdog
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -98,7 +101,7 @@ class Trainer:
                 self.backbone, device_ids=[info.local_rank] if self.device.type == "cuda" else None
             )
         self.pfc = PartialFC(
-            config.model.embedding_size, self.num_classes, config.loss.sample_rate, build_margin(config.loss),
+            config.model.embedding_size, self.num_classes, config.loss.sample_rate, config.loss.build_margin(),
             optimizer=centre_optimizer(config.optim), seed=config.train.seed, init_std=config.loss.init_std,
             param_dtype=PARAM_DTYPES[config.loss.param_dtype], device=self.device,
         )
@@ -116,6 +119,8 @@ class Trainer:
         )
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm)
         self.phases = PhaseTimer(self.device)
+        self.watchdog = StallWatchdog(self.run_dir / "heartbeats", info.rank, info.world_size,
+                                      config.train.stall_timeout_s if info.world_size > 1 else 0.0, self._on_stall)
         self.metrics = TrainingMetrics(
             config.metrics, output_dir=str(self.run_dir), rank=info.rank, local_rank=info.local_rank,
             node=info.node, world_size=info.world_size,
@@ -135,6 +140,7 @@ class Trainer:
             self.log.update_summary(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
             raise
         finally:
+            self.watchdog.stop()
             self.metrics.close()
             self.log.close()
 
@@ -154,6 +160,7 @@ class Trainer:
 
     def _train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> str:
         window = LogWindow()
+        self.watchdog.start()
         while self.progress.step < self.total_steps:
             self.train_step(batches, window)
             step = self.progress.step
@@ -189,17 +196,17 @@ class Trainer:
         for micro in range(accum):
             images, labels = self._next_batch(batches, window)
             with self._gradient_sync(last_micro=micro == accum - 1):
-                with self.phases.phase("forward"):
+                with self._phase("forward"):
                     with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                         enabled=self.amp_dtype is not None):
                         embeddings = self.model(images)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.loss.bf16_gemm):
                         loss = self.pfc(embeddings, labels)
-                with self.phases.phase("backward"):
+                with self._phase("backward"):
                     (loss * (self.optimizer.loss_multiplier / accum)).backward()
             window.add_loss(loss)
             step_loss += loss.detach()
-        with self.phases.phase("optimizer"):
+        with self._phase("optimizer"):
             outcome = self.optimizer.step(step_loss, step_number=self.progress.step + 1)
         self.progress.step += 1
         window.steps += 1
@@ -223,8 +230,25 @@ class Trainer:
         while True:
             yield from self.loader
 
+    def _phase(self, name: str) -> contextlib.AbstractContextManager:
+        """Time a step phase and tell the stall watchdog where this rank is."""
+        self.watchdog.beat(self.progress.step, name)
+        return self.phases.phase(name)
+
+    def _on_stall(self, message: str, stalled_ranks: int) -> None:
+        """Watchdog thread: the main thread is stuck in a collective; report (the watchdog then exits)."""
+        print(f"partialfc: {message}", file=sys.stderr, flush=True)
+        self.metrics.observe_stall(stalled_ranks)
+        self.log.info(message)
+        self.log.update_summary(status="failed", error=message)
+        try:  # raised so that the recorded traceback, which torchrun prints as the root cause, holds the message
+            raise StallError(message)
+        except StallError as error:
+            ErrorHandler().record_exception(error)
+
     def _next_batch(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
                     window: LogWindow) -> tuple[torch.Tensor, torch.Tensor]:
+        self.watchdog.beat(self.progress.step, "data")
         wait_start = time.perf_counter()
         images, labels = next(batches)
         window.data_wait += time.perf_counter() - wait_start
@@ -266,6 +290,7 @@ class Trainer:
                                 samples_per_second=samples_per_s, grad_norm=grad_norm)
 
     def _verify(self) -> None:
+        self.watchdog.beat(self.progress.step, "verification")
         results: list[VerificationResult] = [
             evaluate(self.backbone, vset, self.config.model.embedding_size, self.device,
                      self.config.eval.batch_size, self.amp_dtype, self.config.eval.far)
@@ -304,6 +329,7 @@ class Trainer:
             self.log.info(f"checkpoint at step {self.progress.step} not written: the latest step was non-finite "
                           "(a run of dropped steps; the previous checkpoints are kept)")
             return
+        self.watchdog.beat(self.progress.step, "checkpoint")
         start = time.perf_counter()
         try:
             path = self.checkpointer.save(self.progress.step, self.loader.epoch)
@@ -350,6 +376,10 @@ class Trainer:
         torch.save({"backbone": self.config.model.backbone, "embedding_size": self.config.model.embedding_size,
                     "state_dict": self.backbone.state_dict()}, tmp)
         os.replace(tmp, path)
+
+
+class StallError(RuntimeError):
+    """A rank made no progress for train.stall_timeout_s; the message names the rank(s) behind."""
 
 
 def _due(step: int, every: int, total: int) -> bool:

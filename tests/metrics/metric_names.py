@@ -8,6 +8,7 @@ EXPORTED = {
     "partialfc_learning_rate", "partialfc_grad_norm", "partialfc_amp_loss_scale", "partialfc_epoch",
     "partialfc_sampled_centres", "partialfc_last_step_timestamp_seconds",
     "partialfc_checkpoint_last_success_timestamp_seconds", "partialfc_resident_memory_bytes",
+    "partialfc_stalled_ranks",
     "partialfc_verification_accuracy_ratio", "partialfc_build_info",
 }
 DEVICE_MEMORY = {

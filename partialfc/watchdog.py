@@ -1,0 +1,142 @@
+"""Stall watchdog: name the rank that stopped making progress before the collective timeout fires.
+
+A stopped, hung or very slow rank blocks every other rank inside the next collective; after
+``dist.timeout_s`` the *healthy* ranks time out and torchrun blames one of them. Here each rank
+runs a thread that publishes a heartbeat (its step and phase) to ``<run>/heartbeats/`` every few
+seconds and reads everyone else's. When its own step has not moved for ``stall_timeout_s`` it
+names the culprits: ranks whose heartbeat stopped (a frozen or dead process), else the ranks
+behind (lower step, or another phase). It reports to stderr, to ``summary.json`` (rank 0) and to
+the ``partialfc_stalled_ranks`` metric, records the message as torchrun's error for this rank, and
+ends the process (exit code 4), so the job fails in minutes with the stalled rank named.
+
+The run directory is shared by every node (checkpoints are written there too), so files need no
+extra service; ages are measured on each reader's own clock, so node clocks need not agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_STALLED = 4
+
+
+@dataclass
+class _Peer:
+    beat: int = -1
+    changed_at: float = 0.0
+    step: int = 0
+    phase: str = ""
+    host: str = ""
+    pid: int = 0
+
+
+class StallWatchdog:
+    """Per-rank watchdog thread; the training loop only calls :meth:`beat` (no I/O, no sync)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        rank: int,
+        world_size: int,
+        timeout_s: float,
+        on_stall: Callable[[str, int], None],
+        interval_s: float | None = None,
+    ) -> None:
+        self.directory, self.rank, self.world_size = directory, rank, world_size
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s or min(10.0, max(0.5, timeout_s / 10))
+        self.on_stall = on_stall  # reports (message, number of stalled ranks); the process ends after it
+        self.step, self.phase = 0, "start"
+        self._progress_at = time.monotonic()
+        self._beats = 0
+        self._peers: dict[int, _Peer] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.timeout_s <= 0:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._progress_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="partialfc-stall-watchdog", daemon=True)
+        self._thread.start()
+
+    def beat(self, step: int, phase: str) -> None:
+        """Record progress: a new ``step`` resets the stall clock; ``phase`` says where the rank is."""
+        if step != self.step:
+            self.step, self._progress_at = step, time.monotonic()
+        self.phase = phase
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._publish()
+            now = time.monotonic()
+            self._read_peers(now)
+            stalled_for = now - self._progress_at
+            if stalled_for >= self.timeout_s:
+                message, count = self.diagnose(now, stalled_for)
+                try:
+                    self.on_stall(message, count)
+                finally:  # the main thread is blocked in a collective: only ending the process frees the job
+                    os._exit(EXIT_STALLED)
+
+    def _publish(self) -> None:
+        self._beats += 1
+        record = {"rank": self.rank, "beat": self._beats, "step": self.step, "phase": self.phase,
+                  "host": socket.gethostname(), "pid": os.getpid()}
+        path = self.directory / f"rank-{self.rank:05d}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, path)
+        except OSError as error:  # a full or read-only disk must not kill training from this thread
+            print(f"partialfc: stall watchdog cannot write {path}: {error}", file=sys.stderr)
+
+    def _read_peers(self, now: float) -> None:
+        for rank in range(self.world_size):
+            if rank == self.rank:
+                continue
+            peer = self._peers.setdefault(rank, _Peer(changed_at=now))
+            try:
+                record = json.loads((self.directory / f"rank-{rank:05d}.json").read_text())
+            except (OSError, ValueError):
+                continue  # not written yet, or replaced while reading: try again next time
+            if record["beat"] != peer.beat:
+                peer.beat, peer.changed_at = record["beat"], now
+            peer.step, peer.phase, peer.host, peer.pid = record["step"], record["phase"], record["host"], record["pid"]
+
+    def diagnose(self, now: float, stalled_for: float) -> tuple[str, int]:
+        """The report: who is silent or behind, and where every rank is."""
+        silent = {r: p for r, p in self._peers.items() if now - p.changed_at >= self.timeout_s}
+        if silent:
+            culprits = [f"rank {r} not responding for {now - p.changed_at:.0f} s (last heartbeat at step {p.step}, "
+                        f"phase {p.phase}, host {p.host or '?'}, pid {p.pid or '?'}: stopped, hung or dead)"
+                        for r, p in sorted(silent.items())]
+        else:
+            positions = {r: (p.step, p.phase) for r, p in self._peers.items()}
+            positions[self.rank] = (self.step, self.phase)
+            lowest = min(step for step, _ in positions.values())
+            behind = sorted(r for r, (step, _) in positions.items() if step == lowest)
+            if len(behind) == len(positions):  # all at one step: the odd phase out is the culprit
+                phases = [phase for _, phase in positions.values()]
+                common = max(set(phases), key=phases.count)
+                behind = sorted(r for r, (_, phase) in positions.items() if phase != common) or behind
+            culprits = [f"rank {r} behind at step {positions[r][0]} (phase {positions[r][1]})" for r in behind]
+        message = (f"stall: rank {self.rank} made no step progress for {stalled_for:.0f} s "
+                   f"(train.stall_timeout_s={self.timeout_s:g}) at step {self.step}, phase {self.phase}; "
+                   + "; ".join(culprits))
+        return message, len(culprits)

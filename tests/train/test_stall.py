@@ -1,0 +1,62 @@
+"""A stalled rank is named by the watchdog well before the collective timeout (docs/operations.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from training_run import REPO, train_args, training_command, training_env
+
+STALL_TIMEOUT_S = 6
+
+
+def wait_for(predicate, deadline: float, what: str, job: subprocess.Popen) -> None:
+    """Poll a file-backed condition; fail early if the job ended or the deadline passed."""
+    while not predicate():
+        assert job.poll() is None, f"training ended ({job.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path):
+    output = tmp_path / "run"
+    args = train_args(tiny_dataset, output, "--train.max_steps", "100000", "--checkpoint.every_steps", "0",
+                      "--eval.every_steps", "0", "--data.backend", "torch",
+                      "--train.stall_timeout_s", str(STALL_TIMEOUT_S), "--dist.timeout_s", "600")
+    console = (tmp_path / "console.txt").open("w")
+    job = subprocess.Popen(training_command(2, args), cwd=REPO, env=training_env(), stdout=console,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    log, heartbeat = output / "train.log", output / "heartbeats" / "rank-00001.json"
+    stopped_pid = None
+    try:
+        wait_for(lambda: heartbeat.is_file() and log.is_file() and " step 4/" in log.read_text(),
+                 time.monotonic() + 180, "step 4", job)
+        stopped_pid = json.loads(heartbeat.read_text())["pid"]
+        os.kill(stopped_pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_for(lambda: "stall: " in log.read_text(), stopped_at + STALL_TIMEOUT_S + 30, "the stall report", job)
+        named_after = time.monotonic() - stopped_at
+        os.kill(stopped_pid, signal.SIGKILL)  # a frozen process ignores torchrun's SIGTERM until then
+        job.wait(timeout=120)
+    finally:
+        console.close()
+        if stopped_pid is not None:
+            try:
+                os.kill(stopped_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    report = next(line for line in log.read_text().splitlines() if "stall: " in line)
+    assert "rank 1 not responding" in report and f"pid {stopped_pid}" in report, report
+    assert "rank 0 made no step progress" in report, report
+    assert STALL_TIMEOUT_S <= named_after <= STALL_TIMEOUT_S + 20, named_after
+    assert job.returncode != 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "failed" and "rank 1 not responding" in summary["error"]
+    console_text = (tmp_path / "console.txt").read_text()
+    assert "StallError: stall: rank 0 made no step progress" in console_text, console_text[-3000:]
