@@ -80,11 +80,15 @@ def load_backbone(path: str | Path) -> TrainedModel:
         model = create_model(str(saved["backbone"]), int(saved["embedding_size"]))
     except ValueError as err:
         raise ModelFileError(f"{path}: {err}") from None
-    result = model.load_state_dict(saved["state_dict"], strict=False)
+    fit = f"weights do not fit backbone {saved['backbone']!r} with embedding size {saved['embedding_size']}"
+    try:
+        result = model.load_state_dict(saved["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches are raised even when strict=False
+        raise ModelFileError(f"{path}: {fit}: {' '.join(str(err).split())}") from None  # one line
     if result.missing_keys or result.unexpected_keys:
         raise ModelFileError(
-            f"{path}: weights do not fit backbone {saved['backbone']!r} (embedding {saved['embedding_size']}): "
-            f"missing keys {result.missing_keys[:8]}, unexpected keys {result.unexpected_keys[:8]}"
+            f"{path}: {fit}: {len(result.missing_keys)} missing keys {result.missing_keys[:8]}, "
+            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:8]}"
         )
     return TrainedModel(model.eval(), str(saved["backbone"]), int(saved["embedding_size"]))
 

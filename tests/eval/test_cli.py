@@ -164,3 +164,26 @@ def test_every_command_documents_every_option():
     for module, run in zip(modules, runs):
         stdout, _ = run.communicate(timeout=120)
         assert run.returncode == 0 and "usage: python -m " + module in stdout
+
+
+def test_model_file_errors_name_the_problem(model_file, tmp_path):
+    saved = torch.load(model_file, weights_only=True)
+    state = dict(saved["state_dict"])
+    dropped = next(iter(state))
+    del state[dropped]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save({**saved, "state_dict": state}, tmp_path / "keys.pt")
+    with pytest.raises(embed.ModelFileError,
+                       match=rf"keys.pt: .*1 missing keys \['{dropped}'\], 1 unexpected keys \['extra.weight'\]"):
+        embed.load_backbone(tmp_path / "keys.pt")
+    torch.save({**saved, "embedding_size": 64}, tmp_path / "size.pt")
+    with pytest.raises(embed.ModelFileError, match=r"size.pt: weights do not fit backbone 'tiny' with embedding size 64: .*"
+                       r"size mismatch for head.fc.weight"):
+        embed.load_backbone(tmp_path / "size.pt")
+    torch.save({"weights": state}, tmp_path / "other.pt")
+    with pytest.raises(embed.ModelFileError, match=r"other.pt: expected a dict with keys \['backbone', 'embedding_size', "
+                       r"'state_dict'\], found \['weights'\]"):
+        embed.load_backbone(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(embed.ModelFileError, match=r"text.pt: not a model.pt"):
+        embed.load_backbone(tmp_path / "text.pt")
