@@ -10,6 +10,7 @@ from reference import relative_error
 from torch import nn
 
 from partialfc import CombinedMargin, LabelRangeError, PartialFC
+from partialfc.config import LossConfig
 
 DIM, LOCAL_BATCH, NUM_CLASSES = 8, 4, 50
 ALL_GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
@@ -18,8 +19,8 @@ TRACED = ["all_gather_into_tensor", "all_gather_single", "all_gather", "all_redu
           "reduce_scatter_single", "reduce_scatter", "broadcast", "all_to_all_single", "barrier", "send", "recv"]
 
 
-def trace_one_step(rank: int, world_size: int, sample_rate: float) -> list[tuple]:
-    pfc = PartialFC(DIM, NUM_CLASSES, sample_rate, CombinedMargin())
+def trace_one_step(rank: int, world_size: int, sample_rate: float, margin: str = "margin") -> list[tuple]:
+    pfc = PartialFC(DIM, NUM_CLASSES, sample_rate, LossConfig(head=margin).build_margin())
     calls: list[tuple] = []
     originals = {name: getattr(dist, name) for name in TRACED}
 
@@ -44,19 +45,45 @@ def trace_one_step(rank: int, world_size: int, sample_rate: float) -> list[tuple
     return calls
 
 
+def expected_calls(n: int) -> list[tuple]:
+    return [
+        (ALL_GATHER, (n,), "", torch.int64),              # labels
+        (ALL_GATHER, (n, DIM), "", torch.float32),        # embeddings
+        ("all_reduce", (n,), str(dist.ReduceOp.MAX), torch.float32),    # row max
+        ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),    # sum of exp
+        ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),    # target logit
+        (REDUCE_SCATTER, (LOCAL_BATCH, DIM), str(dist.ReduceOp.SUM), torch.float32),
+    ]
+
+
+TRACED_CASES = [(1.0, "margin"), (0.2, "margin"), (0.2, "adaface"), (0.2, "magface"), (0.2, "elasticface"),
+                (0.2, "curricularface")]
+
+
+def trace_cases(rank: int, world_size: int) -> dict:
+    return {case: trace_one_step(rank, world_size, *case) for case in TRACED_CASES}
+
+
+@pytest.fixture(scope="module")
+def traced_two_ranks() -> list[dict]:
+    return run_distributed(trace_cases, 2)
+
+
 @pytest.mark.parametrize("sample_rate", [1.0, 0.2])
-def test_exact_collectives_of_one_step(sample_rate):
-    world_size = 2
-    n = LOCAL_BATCH * world_size
-    for calls in run_distributed(trace_one_step, world_size, sample_rate):
-        assert sorted(calls, key=str) == sorted([
-            (ALL_GATHER, (n,), "", torch.int64),              # labels
-            (ALL_GATHER, (n, DIM), "", torch.float32),        # embeddings
-            ("all_reduce", (n,), str(dist.ReduceOp.MAX), torch.float32),    # row max
-            ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),    # sum of exp
-            ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),    # target logit
-            (REDUCE_SCATTER, (LOCAL_BATCH, DIM), str(dist.ReduceOp.SUM), torch.float32),
-        ], key=str)
+def test_exact_collectives_of_one_step(traced_two_ranks, sample_rate):
+    for rank_calls in traced_two_ranks:
+        calls = rank_calls[(sample_rate, "margin")]
+        assert sorted(calls, key=str) == sorted(expected_calls(LOCAL_BATCH * 2), key=str)
+
+
+@pytest.mark.parametrize("margin", ["adaface", "magface", "elasticface", "curricularface"])
+def test_margin_families_add_only_curricularfaces_target_cosines(traced_two_ranks, margin):
+    """Norms, random margins and running statistics come from the gathered batch: no collective.
+    CurricularFace needs every sample's target cosine on every rank: one N-float SUM."""
+    n = LOCAL_BATCH * 2
+    extra = [("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32)] if margin == "curricularface" else []
+    for rank_calls in traced_two_ranks:
+        assert sorted(rank_calls[(0.2, margin)], key=str) == sorted(expected_calls(n) + extra, key=str)
 
 
 def bad_label_on_rank1(rank: int, world_size: int) -> str:
