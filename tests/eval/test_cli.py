@@ -143,6 +143,11 @@ def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, tmp_p
     a, b = torch_result["sets"]["synth_val"], onnx_result["sets"]["synth_val"]
     assert a["accuracy"] == b["accuracy"] and a["mean_norm"] == pytest.approx(b["mean_norm"], rel=1e-5)
 
+    del proto.metadata_props[:]  # an ONNX from elsewhere: how to normalise is unknown
+    onnx.save(proto, tmp_path / "bare.onnx")
+    assert eval_cli.main(["verify", bin_path, "--model", str(tmp_path / "bare.onnx")]) == 2
+    assert "bare.onnx: ONNX metadata lacks ['input_size', 'channel_order', 'mean', 'std']" in capsys.readouterr().err
+
 
 def _documented(parser: argparse.ArgumentParser) -> list[str]:
     """Option strings of ``parser`` and its sub-commands that have no help text."""
