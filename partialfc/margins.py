@@ -148,7 +148,10 @@ class BaseMargin:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:
-            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
+            raise ValueError(
+                f"{type(self).__name__} has no running state, but the state to load holds {sorted(state)}: "
+                "it was saved with another margin family (loss.head)"
+            )
 
 
 class CombinedMargin(BaseMargin):

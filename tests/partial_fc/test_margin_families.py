@@ -74,3 +74,10 @@ def test_config_error_names_the_fields_of_the_family():
     assert (margin.m, margin.std, margin.kind) == (0.3, 0.02, "cos")
     with pytest.raises(ConfigError, match=r"loss.head=magface \(.*loss.magface_l_a, loss.magface_u_a.*l_a=120"):
         LossConfig(head="magface", magface_l_a=120.0).build_margin()
+
+
+def test_loading_another_familys_state_is_refused():
+    pfc = PartialFC(DIM, NUM_CLASSES, 1.0, CASES["adaface"].make_margin())
+    state = pfc.state_dict()
+    with pytest.raises(ValueError, match=r"\['batch_mean', 'batch_std'\].*another margin family \(loss.head\)"):
+        PartialFC(DIM, NUM_CLASSES, 1.0, CASES["arcface"].make_margin()).load_state_dict(state)
