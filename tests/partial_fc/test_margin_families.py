@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import CASES, record_sample_inputs, spread_norms
+from reference import CASES, record_sample_inputs, relative_error, spread_norms
 
 from partialfc import PartialFC
 
@@ -81,3 +81,30 @@ def test_loading_another_familys_state_is_refused():
     state = pfc.state_dict()
     with pytest.raises(ValueError, match=r"\['batch_mean', 'batch_std'\].*another margin family \(loss.head\)"):
         PartialFC(DIM, NUM_CLASSES, 1.0, CASES["arcface"].make_margin()).load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sampled_step_equals_the_reference_on_the_sampled_centres(name):
+    """With r < 1 a step is the dense reference restricted to the sampled centres (labels remapped),
+    so hard-negative rewriting, per-sample inputs and regularisers see only sampled columns."""
+    case = CASES[name]
+    pfc = PartialFC(DIM, 200, 0.1, case.make_margin(), seed=5, init_std=0.5)
+    drawn = record_sample_inputs(pfc)
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(8, DIM, generator=generator, dtype=torch.float64)
+    embeddings = spread_norms(embeddings, 0) if case.spread_norms else embeddings
+    labels = torch.randint(0, 200, (8,), generator=generator)
+    ours = embeddings.float().requires_grad_()
+    loss = pfc(ours, labels)
+    loss.backward()
+    rows = pfc.last_sampled_rows
+    assert 8 < rows.numel() < 200
+
+    weight = pfc.weight.detach()[rows].double().requires_grad_()
+    reference_embeddings = embeddings.clone().requires_grad_()
+    state = {k: v.clone() for k, v in case.initial_state.items()}
+    expected = case.loss(reference_embeddings, weight, torch.searchsorted(rows, labels), state, drawn[0])
+    expected.backward()
+    assert relative_error(loss, expected) < 1e-5
+    assert relative_error(ours.grad, reference_embeddings.grad) < 1e-5
+    assert relative_error(pfc._pending[0].grad, weight.grad) < 1e-5
