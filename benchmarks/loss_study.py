@@ -14,8 +14,8 @@ and accuracy-over-steps curves, with the settings, seeds, repeats and the time i
     python benchmarks/loss_study.py --quick --out /tmp/study   # a two-minute smoke run of the pipeline
 
 Budget (estimated from a 400-step run of the hard set at about 550 samples/s on 2 busy cores; the
-report states the measured time): 2000 identities x 20 images, 3 epochs of batch 64 is about
-2,800 steps, 4 minutes per head, plus about 2 minutes of evaluation: about 50 minutes for eight heads.
+report states the measured time): 2000 identities x 20 images, 3 epochs of batch 64 is 1,875
+steps, under 4 minutes per head, plus about 2 minutes of evaluation: about 45 minutes for eight heads.
 
 Margins are the papers' (ArcFace paper, Table 1 for SphereFace's m1 = 1.35 in the combined-margin
 form and the combined margin (1, 0.3, 0.2)); every normalised head uses s = 32 (128-d embeddings,
