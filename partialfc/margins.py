@@ -296,10 +296,14 @@ class CurricularFace(BaseMargin):
         sin_target = (1.0 - target_cos * target_cos).clamp_min(0.0).sqrt()
         hard_threshold = (target_cos * math.cos(self.m) - sin_target * math.sin(self.m)) * self.s
         hard = logits > hard_threshold.to(logits.dtype).unsqueeze(1)
-        torch.add(t, logits, alpha=2.0 / self.s, out=factor)  # t + 2c
-        # z = s·c·(t + c) = (s·c)·((t + 2c) + t)/2 on hard negatives, s·c elsewhere.
-        logits.mul_(torch.where(hard, (factor + t).mul_(0.5), 1.0))
-        torch.where(hard, factor, factor.new_ones(()), out=factor)
+        one = factor.new_ones(())
+        # In place through ``factor`` (no N×S temporaries): multiplier t + c on hard negatives, 1
+        # elsewhere; z = s·c·(t + c); then the derivative 2·(t + c) − t = t + 2c on hard negatives.
+        torch.add(t, logits, alpha=1.0 / self.s, out=factor)
+        torch.where(hard, factor, one, out=factor)
+        logits.mul_(factor)
+        factor.mul_(2.0).sub_(t)
+        torch.where(hard, factor, one, out=factor)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"t": self.t.cpu().clone()}
