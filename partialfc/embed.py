@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from partialfc.data import RecordDataset
+from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.progress import Progress
-from partialfc.data.verification import VerificationSet
 from partialfc.models import create_model
 from partialfc.models.input_config import InputConfig
 

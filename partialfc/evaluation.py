@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from partialfc.data.verification import VerificationSet
+from partialfc.data import VerificationSet
 from partialfc.distributed import all_gather_into, shard_range
 from partialfc.embed import Embedder, TorchEmbedder, embed_batch
 from partialfc.eval.protocol import tar_at_far, verification_accuracy

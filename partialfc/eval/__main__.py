@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from partialfc.data import VerificationSet
 from partialfc.data.synth import (
     GALLERY_LIST,
     HOLDOUT_DIR,
@@ -22,7 +23,6 @@ from partialfc.data.synth import (
     TEMPLATE_PAIRS,
     VERIFICATION_NAME,
 )
-from partialfc.data.verification import VerificationSet
 from partialfc.embed import add_model_options, embed_source, image_folder_source, load_embedder
 from partialfc.eval.identification import identification_metrics
 from partialfc.eval.plots import line_plot

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from dist_harness import run_distributed
 
-from partialfc.data.verification import VerificationSet
+from partialfc.data import VerificationSet
 from partialfc.evaluation import evaluate
 from partialfc.models import create_model
 
