@@ -6,11 +6,13 @@ picture under a random similarity transform, lighting change and noise, so a sma
 learn identities and embeddings generalise to held-out identities, which makes open-set
 verification on them meaningful. Everything derives from the seed: same seed, same bytes.
 
-Two variation profiles: ``standard`` (the quickstart's; an untrained network already verifies
-its held-out pairs at about 0.85) and ``hard``, which adds what separates face losses in real
-data: pose (wider rotation and scale, a horizontal squash like a turned head), lighting (stronger
-gain and a directional gradient), occlusion (a block over part of the face), blur and JPEG
-compression down to quality 25.
+Two variation profiles: ``standard`` (the quickstart's) and ``hard``, which adds what separates
+face losses in real data: pose (wider rotation and scale, a horizontal squash like a turned head),
+lighting (stronger gain, white balance and a directional gradient), occlusion (a block over part
+of the face), blur and JPEG compression down to quality 25. An untrained ``tiny`` (torch seed 0,
+128-d) verifies 1,200 pairs of 300 held-out identities (``verification_pairs(0, 1000, 300, 20,
+1200)``) at 0.848 with ``standard`` and 0.656 with ``hard``; 400 training steps on 500 hard
+identities (quickstart config) bring the hard pairs to 0.91.
 """
 
 from __future__ import annotations
