@@ -1,28 +1,64 @@
-"""SIGTERM (pre-emption, Kubernetes eviction) turned into a stop that every rank agrees on.
+"""SIGTERM (pre-emption, Kubernetes eviction, an elastic restart) turned into a stop every rank agrees on.
 
 Signals reach ranks at different moments (and inside collectives), so each rank only notes it; a
 MAX all-reduce at the next log step, where the host syncs anyway, makes every rank stop after the
-same step. A second SIGTERM gets the default action (terminate) if saving takes too long.
+same step, with a checkpoint.
+
+The same signal also comes from torchrun's agent when a *peer* died and the group restarts. Then
+this rank is blocked inside a collective that will never complete, and a Python signal handler
+would not run until the collective timeout (the agent kills it after its own stop timeout). So
+:func:`block_sigterm` blocks SIGTERM in every thread before any is started, and a dedicated
+thread takes it with ``sigwait``: it sets the flag, and ends the process (exit 143) when the
+training loop makes no progress for a while outside a checkpoint save, or on a second SIGTERM.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+def block_sigterm() -> None:
+    """Block SIGTERM in this thread and every thread or process it starts later; call first thing in main."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
 
 class SigtermFlag:
-    def __init__(self, enabled: bool) -> None:
+    """``received`` turns True on SIGTERM; :meth:`agreed` makes it a collective decision.
+
+    ``stuck()`` tells whether the training loop stopped progressing (the watchdog knows); it is
+    asked once per ``poll_s`` after a SIGTERM, when the signal was blocked by :func:`block_sigterm`.
+    Without that (e.g. a Trainer built inside a test process) a plain handler records the signal.
+    """
+
+    def __init__(self, enabled: bool, stuck: Callable[[], bool] = lambda: False, poll_s: float = 1.0) -> None:
         self.received = False
-        if enabled and threading.current_thread() is threading.main_thread():
+        self.stuck, self.poll_s = stuck, poll_s
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            threading.Thread(target=self._wait, name="partialfc-sigterm", daemon=True).start()
+        else:
             signal.signal(signal.SIGTERM, self._note)
 
     def _note(self, signum: int, frame: object) -> None:
         self.received = True
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM terminates
+
+    def _wait(self) -> None:
+        signal.sigwait({signal.SIGTERM})
+        self.received = True
+        while signal.sigtimedwait({signal.SIGTERM}, self.poll_s) is None:
+            if self.stuck():  # blocked in a collective whose peer is gone: nothing to save, leave now
+                os._exit(EXIT_SIGTERM)
+        os._exit(EXIT_SIGTERM)  # a second SIGTERM: saving takes too long
 
     def agreed(self, device: torch.device) -> bool:
         """Collective: True on every rank when any rank received SIGTERM."""

@@ -18,10 +18,11 @@ import yaml
 from partialfc.config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
 from partialfc.distributed import init_distributed, shard_range, shutdown
 from partialfc.models import create_model
+from partialfc.preemption import EXIT_SIGTERM, block_sigterm
 
 EXIT_CONFIG = 2  # a config or dataset problem found before training: fix and resubmit, do not retry
 EXIT_DIVERGED = 3  # non-finite steps in a row (train.nonfinite): retrying repeats it
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: saved and stopped; a restart resumes from the saved checkpoint
+EXIT_PREEMPTED = EXIT_SIGTERM  # saved and stopped; a restart resumes from the saved checkpoint
 EXIT_CODES = f"""exit codes: 0 finished; 1 failed (error in train.log and summary.json); {EXIT_CONFIG} config error;
 {EXIT_DIVERGED} diverged (train.nonfinite); {EXIT_PREEMPTED} stopped after SIGTERM with a checkpoint saved"""
 
@@ -89,6 +90,7 @@ def _human_bytes(size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    block_sigterm()  # before any thread exists: SIGTERM is taken by the trainer's own thread (preemption.py)
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

@@ -117,10 +117,10 @@ class Trainer:
             shared={"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress},
             per_rank={"rng": RNGState(), "loader": self.loader}, pfc=self.pfc, config=to_dict(config),
         )
-        self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm)
         self.phases = PhaseTimer(self.device)
         self.watchdog = StallWatchdog(self.run_dir / "heartbeats", info.rank, info.world_size,
                                       config.train.stall_timeout_s if info.world_size > 1 else 0.0, self._on_stall)
+        self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
         self.metrics = TrainingMetrics(
             config.metrics, output_dir=str(self.run_dir), rank=info.rank, local_rank=info.local_rank,
             node=info.node, world_size=info.world_size,
@@ -153,6 +153,7 @@ class Trainer:
             f"{self.info.world_size} rank(s) ({self.device.type}), {self.dataset.num_images} images, "
             f"global batch {self.global_batch}, {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
             f"loader {self.loader.backend}, start at step {self.progress.step}"
+            f" (restart {os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')})"
         )
         self.log.update_summary(status="running", total_steps=self.total_steps, world_size=self.info.world_size)
         with contextlib.closing(self._batches()) as batches:  # closing stops the loader's workers

@@ -56,6 +56,7 @@ class StallWatchdog:
         self.on_stall = on_stall  # reports (message, number of stalled ranks); the process ends after it
         self.step, self.phase = 0, "start"
         self._progress_at = time.monotonic()
+        self._step_seconds = 0.0
         self._beats = 0
         self._peers: dict[int, _Peer] = {}
         self._stop = threading.Event()
@@ -72,8 +73,15 @@ class StallWatchdog:
     def beat(self, step: int, phase: str) -> None:
         """Record progress: a new ``step`` resets the stall clock; ``phase`` says where the rank is."""
         if step != self.step:
-            self.step, self._progress_at = step, time.monotonic()
+            now = time.monotonic()
+            self._step_seconds = max(self._step_seconds * 0.9, now - self._progress_at)  # slow steps dominate
+            self.step, self._progress_at = step, now
         self.phase = phase
+
+    def stuck(self, min_seconds: float = 10.0) -> bool:
+        """No step progress for ``min_seconds`` and ten recent step times, outside a checkpoint save."""
+        waited = time.monotonic() - self._progress_at
+        return self.phase != "checkpoint" and waited > max(min_seconds, 10 * self._step_seconds)
 
     def stop(self) -> None:
         self._stop.set()
