@@ -45,7 +45,7 @@ from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.run_log import RunLog, format_duration
 from partialfc.train_state import RNGState, TrainProgress
-from partialfc.watchdog import StallWatchdog
+from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -136,8 +136,17 @@ class Trainer:
         """
         try:
             return self._run()
-        except BaseException as error:
-            self.log.update_summary(status="failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
+        except Exception as error:
+            line = f"{type(error).__name__}: {error}".splitlines()[0]
+            first_rank, first_line = first_failure(self.run_dir / "heartbeats", self.info.rank, line)
+            if first_rank != self.info.rank:  # a peer failed first; this rank only lost its connection
+                line = f"rank {first_rank} failed: {first_line}"
+                self.log.update_summary(status="failed", error=line)
+                raise PeerFailure(f"{line} (this rank {self.info.rank}: {type(error).__name__})") from error
+            self.log.update_summary(status="failed", error=line if self.info.world_size == 1 else f"rank {self.info.rank} failed: {line}")
+            raise
+        except BaseException:
+            self.log.update_summary(status="failed", error="interrupted")
             raise
         finally:
             self.watchdog.stop()
@@ -146,6 +155,9 @@ class Trainer:
 
     def _run(self) -> str:
         self._resume()
+        if self.info.is_main:  # an earlier start's failure record must not be blamed for this one's
+            clear_failure(self.run_dir / "heartbeats")
+        barrier()
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         self.log.info(
@@ -377,6 +389,10 @@ class Trainer:
         torch.save({"backbone": self.config.model.backbone, "embedding_size": self.config.model.embedding_size,
                     "state_dict": self.backbone.state_dict()}, tmp)
         os.replace(tmp, path)
+
+
+class PeerFailure(RuntimeError):
+    """Another rank failed first (its error is in the message); this rank's collective broke as a result."""
 
 
 class StallError(RuntimeError):

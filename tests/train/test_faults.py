@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 import torch
-from training_run import make_trainer
+from training_run import make_trainer, run_training, train_args
 
 from partialfc.checkpoint import CheckpointError
+from partialfc.data import RecordDataset
 
 GOOD = {"train.max_steps": 6, "checkpoint.every_steps": 3, "checkpoint.keep": 2}
 
@@ -110,3 +111,28 @@ def test_a_full_disk_at_save_names_the_path(tiny_dataset, tmp_path, monkeypatch)
     assert str(output / "checkpoints" / "step-00000003.partial") in str(raised.value)
     state = summary(output)
     assert state["status"] == "failed" and "step-00000003.partial" in state["error"]
+
+
+def test_a_bad_record_under_dali_is_named_by_every_rank(tiny_dataset, tmp_path):
+    """A non-JPEG record: the rank that reads it names shard and key; its peer, whose collective
+    breaks, reports the same cause instead of a bare connection error."""
+    dataset = tmp_path / "data"
+    shutil.copytree(tiny_dataset, dataset)
+    with RecordDataset(dataset) as ds:
+        image = 5
+        shard = ds.shards[int(ds.image_shard[image])].rec_path
+        offset, key = int(ds.image_offset[image]), int(ds.image_key[image])
+    data = bytearray(shard.read_bytes())
+    soi = data.index(b"\xff\xd8\xff", offset + 8)  # the JPEG inside the record: same length, no longer a JPEG
+    data[soi:soi + 3] = b"BAD"
+    shard.write_bytes(bytes(data))
+    output = tmp_path / "run"
+    result = run_training(2, train_args(dataset, output, "--train.max_steps", "30", "--eval.every_steps", "0",
+                                        "--checkpoint.every_steps", "0", "--data.backend", "dali"), check=False)
+    assert result.returncode != 0
+    cause = f"{shard.name}: record key {key} at offset {offset}"
+    state = summary(output)
+    assert state["status"] == "failed" and cause in state["error"] and "not a JPEG" in state["error"], state["error"]
+    console = result.stdout + result.stderr
+    assert console.count(cause) >= 2, console[-4000:]  # the failing rank and its peer
+    assert "PeerFailure: rank " in console, console[-4000:]
