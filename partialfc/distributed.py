@@ -33,7 +33,8 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Join the job described by torchrun's environment, or run as a single process without it.
 
     The device is the local GPU when CUDA is available, else the CPU; ``backend="auto"`` picks NCCL
-    for GPUs and gloo for CPUs. A single process (no ``WORLD_SIZE``) creates no process group.
+    for GPUs and gloo for CPUs. A single process (no ``WORLD_SIZE``) creates no process group; under
+    torchrun one is created even at world size 1, so one GPU runs the same NCCL + DDP path as eight.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -44,7 +45,8 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         chosen = ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend
         dist.init_process_group(
             chosen,

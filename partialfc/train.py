@@ -71,9 +71,12 @@ def dry_run(config: Config, world_size: int) -> None:
     if not num_classes and is_synthetic_target(config.data) and not Path(config.data.path).exists():
         num_classes = config.data.synthetic.identities  # generated on the first real run
     elif not num_classes:
-        from partialfc.data import RecordDataset
+        from partialfc.data import DatasetError, RecordDataset
 
-        num_classes = RecordDataset(config.data.path).num_classes
+        try:
+            num_classes = RecordDataset(config.data.path).num_classes
+        except (DatasetError, OSError) as error:
+            raise ConfigError(f"data.path={config.data.path!r}: {error}") from None
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
     print(f"# memory plan per rank: W={world_size}, C={num_classes}, global batch {config.data.batch_size * world_size}")
     plan = memory_plan(config, num_classes, world_size)

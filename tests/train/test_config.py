@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 from training_run import REPO
@@ -66,3 +68,10 @@ def test_dry_run_prints_config_and_plan(capsys):
     out = capsys.readouterr().out
     assert "backbone: r50" in out and "memory plan per rank: W=8, C=93431, global batch 1024" in out
     assert "class centres" in out and "total (activations not included)" in out
+
+
+def test_dry_run_on_a_mistyped_path_is_a_config_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "partialfc.train", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                             "--data.path", str(tmp_path / "typo"), "--dry-run"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert f"config error: data.path='{tmp_path / 'typo'}'" in result.stderr
