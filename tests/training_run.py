@@ -55,3 +55,16 @@ def run_training(nproc: int | None, args: list[str], check: bool = True) -> subp
     if check and result.returncode != 0:
         raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def final_state(output: Path) -> dict:
+    """model.pt's backbone weights plus every rank's centres and centre optimizer state in the newest checkpoint."""
+    import torch
+
+    state = {f"backbone.{k}": v for k, v in torch.load(output / "model.pt", weights_only=True)["state_dict"].items()}
+    last = sorted(p.parent for p in (output / "checkpoints").glob("step-*/meta.json"))[-1]
+    for part in sorted(last.glob("centres-*.pt")):
+        for key, value in torch.load(part, weights_only=True)["state"].items():
+            if isinstance(value, torch.Tensor):
+                state[f"{part.stem}.{key}"] = value
+    return state

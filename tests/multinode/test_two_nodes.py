@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_run import REPO, train_args
+from training_run import REPO, final_state, train_args
 
 STEPS, EVERY = 24, 8  # 2 ranks x 16 images per step; the dataset has 960 images (30 steps per epoch)
 NODE_TIMEOUT_S = 150
@@ -111,17 +111,6 @@ def await_path(path: Path, processes: list[subprocess.Popen], timeout_s: float) 
         time.sleep(0.05)
 
 
-def final_weights(output: Path) -> dict[str, torch.Tensor]:
-    """model.pt's backbone state_dict plus every rank's centres and centre optimizer state at the end."""
-    state = {f"backbone.{k}": v for k, v in torch.load(output / "model.pt", weights_only=True)["state_dict"].items()}
-    last = output / "checkpoints" / f"step-{STEPS:08d}"
-    for part in sorted(last.glob("centres-*.pt")):
-        for key, value in torch.load(part, weights_only=True)["state"].items():
-            if isinstance(value, torch.Tensor):
-                state[f"{part.stem}.{key}"] = value
-    return state
-
-
 def starts(output: Path) -> list[int]:
     """The step each (re)start of the job began at, from rank 0's train.log."""
     return [int(s) for s in re.findall(r"start at step (\d+)", (output / "train.log").read_text())]
@@ -169,7 +158,7 @@ def test_killed_worker_restarts_and_ends_bit_identical(plain_job, two_hosts, tin
     assert first == 0 and restarts, f"no restart recorded in train.log: {starts(output)}\n{job.log_text()}"
     resumed = re.findall(r"resumed from (\S+) at step (\d+)", (output / "train.log").read_text())
     assert resumed and int(resumed[-1][1]) >= EVERY and Path(resumed[-1][0]).name == f"step-{int(resumed[-1][1]):08d}"
-    expected, actual = final_weights(plain_job.output), final_weights(output)
+    expected, actual = final_state(plain_job.output), final_state(output)
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from training_run import REPO, run_training, train_args, training_command, training_env
+from training_run import REPO, final_state, run_training, train_args, training_command, training_env
 from dist_harness import run_distributed
 
 from partialfc import CombinedMargin, PartialFC
@@ -19,17 +19,6 @@ from partialfc.checkpoint import Checkpointer
 from partialfc.distributed import DistInfo
 
 STEPS = 12  # the dataset has 960 images: 30 steps of 2 x 16 per epoch; 12 steps cover part of one
-
-
-def final_state(output) -> dict[str, torch.Tensor]:
-    """Backbone weights and every rank's centres + centre optimizer state after the last step."""
-    state = {f"backbone.{k}": v for k, v in torch.load(output / "model.pt", weights_only=True)["state_dict"].items()}
-    last = sorted((output / "checkpoints").iterdir())[-1]
-    for part in sorted(last.glob("centres-*.pt")):
-        for key, value in torch.load(part, weights_only=True)["state"].items():
-            if isinstance(value, torch.Tensor):
-                state[f"{part.stem}.{key}"] = value
-    return state
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
