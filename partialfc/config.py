@@ -64,6 +64,10 @@ class ModelConfig:
     embedding_size: int = option(512, "embedding dimension D")
     dropout: float = option(0.0, "dropout before the embedding layer")
     channels_last: bool = option(True, "channels_last memory format on GPU (ignored on CPU)")
+    compile: bool = option(False, "torch.compile the backbone (first steps pay the compilation; see docs/benchmarks.md)")
+    init_from: str = option(
+        "", "fine-tune: start the backbone from this model.pt of partialfc or insightface backbone.pth (same key "
+        "names, strict); the classifier starts fresh; ignored when a checkpoint is resumed")
 
 
 @dataclass
@@ -89,9 +93,16 @@ class LossConfig:
     elastic_std: float = option(0.05, "head=elasticface: standard deviation of the per-sample margins")
     elastic_kind: Literal["arc", "cos"] = option("arc", "head=elasticface: arc (angular margin) or cos (cosine margin)")
     sample_rate: float = option(1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling")
+    sub_centers: int = option(
+        1, "centres per class (Sub-center ArcFace, K): a class's cosine is the max over its K centres, which "
+        "absorbs label noise; 1 = one centre per class; centre memory and optimizer state grow K-fold; pairs "
+        "with every head (softmax: max of the raw logits); clean a run with `python -m partialfc.data clean`")
     bf16_gemm: bool = option(False, "run the logits GEMM in bf16 under autocast (CE stays fp32)")
     param_dtype: Literal["fp32", "bf16"] = option("fp32", "storage of class centres and their optimizer state")
     init_std: float = option(0.01, "standard deviation of the centre initialisation")
+    sample_rate_schedule: list[str] = option(
+        [], "sample-rate changes FRACTION:RATE: from FRACTION of the training steps on, sample RATE (before the "
+        "first one: loss.sample_rate); e.g. 0.8:1.0 samples every centre in the last fifth of training")
 
     def build_margin(self) -> Margin:
         """The margin ``head`` selects, from this section's fields; ConfigError names the fields."""
@@ -122,6 +133,7 @@ class OptimConfig:
     weight_decay: float = option(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
     betas: list[float] = option([0.9, 0.999], "AdamW betas")
     clip_grad_norm: float = option(0.0, "clip the global gradient norm (backbone + all centre shards) to this; 0 disables")
+    centre_lr_scale: float = option(1.0, "learning rate of the class centres = scheduled learning rate x this")
 
 
 @dataclass
@@ -141,13 +153,16 @@ class TrainConfig:
     deterministic: bool = option(False, "deterministic kernels (slower; bit-identical resume on GPU)")
     log_every: int = option(50, "print a log line every N steps")
     tensorboard: bool = option(False, "also write TensorBoard scalars (needs the tensorboard package)")
+    ema_decay: float = option(
+        0.0, "keep an exponential moving average of the backbone weights with this decay (e.g. 0.999; 0: off), "
+        "used for verification and model.pt/model_best.pt")
     nonfinite: Literal["stop", "skip"] = option(
         "stop", "a step with a non-finite loss or gradient norm is always dropped on every rank; stop: end the run "
         "(status diverged, exit 3) at the next log line once nonfinite_patience such steps came in a row; skip: go on")
     nonfinite_patience: int = option(3, "consecutive non-finite steps that make a run diverged (train.nonfinite=stop)")
     stall_timeout_s: float = option(
-        300.0, "fail the job, naming the stalled rank(s), when a rank makes no step progress for this long "
-        "(0 disables); keep it well under dist.timeout_s")
+        -1.0, "fail the job, naming the stalled rank(s), when a rank makes no step progress for this long; "
+        "-1: half of dist.timeout_s (300 s by default); 0 disables; must be below dist.timeout_s")
 
 
 @dataclass
@@ -187,6 +202,10 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig, metadata={"help": "distributed"})
     metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"help": "Prometheus metrics"})
 
+    def stall_timeout(self) -> float:
+        """``train.stall_timeout_s`` resolved: -1 means half the collective timeout."""
+        return self.train.stall_timeout_s if self.train.stall_timeout_s >= 0 else self.dist.timeout_s / 2
+
     def validate(self) -> None:
         """Range checks that types alone cannot express."""
         checks = [
@@ -196,14 +215,18 @@ class Config:
              "must name where to generate the dataset when data.synthetic.identities > 0"),
             ("model.embedding_size", self.model.embedding_size > 0, "must be > 0"),
             ("loss.sample_rate", 0.0 < self.loss.sample_rate <= 1.0, "must be in (0, 1]"),
+            ("loss.sub_centers", self.loss.sub_centers >= 1, "must be >= 1"),
             ("loss.s", self.loss.s > 0, "must be > 0"),
             ("optim.lr", self.optim.lr > 0, "must be > 0"),
             ("optim.betas", len(self.optim.betas) == 2, "must have two values"),
+            ("optim.centre_lr_scale", self.optim.centre_lr_scale > 0, "must be > 0"),
+            ("train.ema_decay", 0.0 <= self.train.ema_decay < 1.0, "must be in [0, 1)"),
             ("train.epochs", self.train.epochs > 0 or self.train.max_steps > 0, "or train.max_steps must be > 0"),
             ("train.grad_accum", self.train.grad_accum >= 1, "must be >= 1"),
             ("train.log_every", self.train.log_every >= 1, "must be >= 1"),
             ("train.nonfinite_patience", self.train.nonfinite_patience >= 1, "must be >= 1"),
-            ("train.stall_timeout_s", self.train.stall_timeout_s >= 0, "must be >= 0"),
+            ("train.stall_timeout_s", self.train.stall_timeout_s >= 0 or self.train.stall_timeout_s == -1,
+             "must be >= 0, or -1 for half of dist.timeout_s"),
             ("train.stall_timeout_s", self.train.stall_timeout_s < self.dist.timeout_s,
              f"must be below dist.timeout_s={self.dist.timeout_s}, or the collective timeout fires first and "
              "blames a healthy rank"),
@@ -215,6 +238,9 @@ class Config:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name}={_get(self, name)!r} {rule}")
+        from partialfc.train_state import SampleRateSchedule
+
+        SampleRateSchedule.parse(self.loss.sample_rate_schedule, self.loss.sample_rate)
 
 
 # ---------------------------------------------------------------------- loading

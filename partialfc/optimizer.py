@@ -47,6 +47,8 @@ class StepOutcome:
     """Global gradient norm before clipping (a device scalar)."""
     skipped: bool | None
     """Whether the step was dropped, when the host knows (fp16, where the scaler needs it); else None."""
+    applied: torch.Tensor
+    """Whether the update was applied (a device bool scalar, read without a host sync: the EMA's gate)."""
 
 
 @dataclass
@@ -114,9 +116,10 @@ class TrainingOptimizer:
         return self.scaler.factor
 
     def set_lr(self, lr: float) -> None:
+        """The scheduled ``lr`` for the backbone; ``lr`` x ``optim.centre_lr_scale`` for the centres."""
         for group in self.backbone_optimizer.param_groups:
             group["lr"] = lr
-        self.pfc.optimizer.lr = lr
+        self.pfc.optimizer.lr = lr * self.config.centre_lr_scale
 
     def step(self, loss: torch.Tensor | None = None, step_number: int = 0) -> StepOutcome:
         """Unscale, take the global norm, clip, then update both halves or drop the step everywhere.
@@ -144,12 +147,13 @@ class TrainingOptimizer:
             else:
                 self._apply(None)
             self.scaler.update(skipped)
+            applied = torch.tensor(not skipped, device=norm.device)
         else:  # the device decides: no host sync
-            bad = torch.logical_not(finite)
+            bad, applied = torch.logical_not(finite), finite
             self._apply(bad.to(torch.float32))
         self.nonfinite.record(bad, step_number)
         self.backbone_optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(norm, skipped)
+        return StepOutcome(norm, skipped, applied)
 
     def _apply(self, found_inf: torch.Tensor | None) -> None:
         self.backbone_optimizer.found_inf = found_inf  # read by torch's fused optimizers

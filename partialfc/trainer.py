@@ -6,6 +6,11 @@ or skip), observe (log line, metrics), verify and checkpoint at their intervals,
 end. Everything that must survive a restart is a component with ``state_dict``/``load_state_dict``
 that the :class:`~partialfc.checkpoint.Checkpointer` saves by name.
 
+Options the field uses: an EMA of the backbone weights (``train.ema_decay``), updated after every
+applied step and used for verification and export in place of the raw weights; a sample-rate
+schedule (``loss.sample_rate_schedule``), applied at step boundaries; ``model.compile``;
+fine-tuning from a pretrained backbone (``model.init_from``) when no checkpoint is resumed.
+
 Batch norm uses each rank's own batch statistics (128 images per GPU is plenty; SyncBN would add
 a collective per BN layer); running statistics follow rank 0 (DDP broadcasts buffers), which is
 what the exported model carries.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Iterator
@@ -29,36 +35,27 @@ from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 import partialfc
 from partialfc.checkpoint import Checkpointer
-from partialfc.config import Config, ConfigError, LossConfig, to_dict
+from partialfc.config import Config, ConfigError, to_dict
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.prepare import prepare_dataset, resolve_val_targets
 from partialfc.data.verification import VerificationSet
 from partialfc.distributed import DistInfo, barrier
+from partialfc.ema import WeightAverage
+from partialfc.embed import MODEL_KEYS, ModelFileError, load_backbone
 from partialfc.evaluation import VerificationResult, evaluate
 from partialfc.log_window import LogWindow, PhaseTimer
 from partialfc.lr_schedule import LRSchedule
-from partialfc.margins import CombinedMargin, Softmax
 from partialfc.metrics import TrainingMetrics, resident_bytes
 from partialfc.models import create_model
 from partialfc.optimizer import NonFiniteReport, TrainingOptimizer, centre_optimizer
 from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.run_log import RunLog, format_duration
-from partialfc.train_state import RNGState, TrainProgress
+from partialfc.train_state import RNGState, SampleRateSchedule, TrainProgress
 from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def build_margin(loss: LossConfig) -> CombinedMargin | Softmax:
-    """The margin family ``loss.head`` selects, with its parameters from ``loss``."""
-    if loss.head == "softmax":
-        return Softmax()
-    try:
-        return CombinedMargin(s=loss.s, m1=loss.m1, m2=loss.m2, m3=loss.m3)
-    except ValueError as error:
-        raise ConfigError(f"loss: {error}") from None
 
 
 class Trainer:
@@ -76,6 +73,9 @@ class Trainer:
         self.channels_last = self.device.type == "cuda" and config.model.channels_last
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.ema = WeightAverage(self.backbone, config.train.ema_decay) if config.train.ema_decay else None
+        if config.model.compile:
+            self.backbone.compile()  # in place: parameter names, DDP and the checkpoint keys stay as they are
         self.dataset = prepare_dataset(config.data, config.train.seed, info.is_main)
         self.num_classes = self.dataset.num_classes
         self.val_sets = [VerificationSet(path) for path in resolve_val_targets(config.data)]
@@ -103,9 +103,10 @@ class Trainer:
         self.pfc = PartialFC(
             config.model.embedding_size, self.num_classes, config.loss.sample_rate, config.loss.build_margin(),
             optimizer=centre_optimizer(config.optim), seed=config.train.seed, init_std=config.loss.init_std,
-            param_dtype=PARAM_DTYPES[config.loss.param_dtype], device=self.device,
+            param_dtype=PARAM_DTYPES[config.loss.param_dtype], device=self.device, sub_centers=config.loss.sub_centers,
         )
         self.optimizer = TrainingOptimizer(config.optim, self.backbone, self.pfc, fp16=config.train.amp == "fp16")
+        self.sample_rates = SampleRateSchedule.parse(config.loss.sample_rate_schedule, config.loss.sample_rate)
         self.schedule = LRSchedule(
             config.optim.lr, round(config.schedule.warmup_epochs * self.steps_per_epoch), self.total_steps,
             config.schedule.decay, config.schedule.power,
@@ -114,12 +115,13 @@ class Trainer:
         self.progress = TrainProgress()
         self.checkpointer = Checkpointer(
             self.run_dir / "checkpoints", info, config.checkpoint.keep,
-            shared={"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress},
+            shared={"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress,
+                    **({"ema": self.ema} if self.ema else {})},
             per_rank={"rng": RNGState(), "loader": self.loader}, pfc=self.pfc, config=to_dict(config),
         )
         self.phases = PhaseTimer(self.device)
         self.watchdog = StallWatchdog(self.run_dir / "heartbeats", info.rank, info.world_size,
-                                      config.train.stall_timeout_s if info.world_size > 1 else 0.0, self._on_stall)
+                                      config.stall_timeout() if info.world_size > 1 else 0.0, self._on_stall)
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
         self.metrics = TrainingMetrics(
             config.metrics, output_dir=str(self.run_dir), rank=info.rank, local_rank=info.local_rank,
@@ -154,7 +156,8 @@ class Trainer:
             self.log.close()
 
     def _run(self) -> str:
-        self._resume()
+        if not self._resume() and self.config.model.init_from:
+            self._init_backbone(Path(self.config.model.init_from))
         if self.info.is_main:  # an earlier start's failure record must not be blamed for this one's
             clear_failure(self.run_dir / "heartbeats")
         barrier()
@@ -204,6 +207,7 @@ class Trainer:
         step_start, wait_before = time.perf_counter(), window.data_wait
         lr = self.schedule(self.progress.step)
         self.optimizer.set_lr(lr)
+        self.pfc.set_sample_rate(self.sample_rates.rate(self.progress.step, self.total_steps))
         accum = self.config.train.grad_accum
         step_loss = torch.zeros((), device=self.device)
         for micro in range(accum):
@@ -221,6 +225,8 @@ class Trainer:
             step_loss += loss.detach()
         with self._phase("optimizer"):
             outcome = self.optimizer.step(step_loss, step_number=self.progress.step + 1)
+            if self.ema:
+                self.ema.update(self.backbone, outcome.applied)
         self.progress.step += 1
         window.steps += 1
         window.grad_norm, window.lr = outcome.grad_norm, lr
@@ -232,6 +238,11 @@ class Trainer:
         self.log.progress(self.progress.step, self.total_steps, f"lr {lr:.4g}")
 
     # ------------------------------------------------------------------ step helpers
+    @property
+    def inference_backbone(self) -> nn.Module:
+        """What verification and model.pt use: the EMA weights when train.ema_decay is set."""
+        return self.ema.module if self.ema else self.backbone
+
     @property
     def global_batch(self) -> int:
         return self.config.data.batch_size * self.info.world_size * self.config.train.grad_accum
@@ -305,7 +316,7 @@ class Trainer:
     def _verify(self) -> None:
         self.watchdog.beat(self.progress.step, "verification")
         results: list[VerificationResult] = [
-            evaluate(self.backbone, vset, self.config.model.embedding_size, self.device,
+            evaluate(self.inference_backbone, vset, self.config.model.embedding_size, self.device,
                      self.config.eval.batch_size, self.amp_dtype, self.config.eval.far)
             for vset in self.val_sets
         ]
@@ -354,13 +365,14 @@ class Trainer:
         self.log.info(f"checkpoint {path} ({seconds:.1f}s)")
         self.log.update_summary(checkpoint=str(path))
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Load the checkpoint ``checkpoint.resume`` names, if any; True when one was loaded."""
         choice = self.config.checkpoint.resume
         if choice == "none":
-            return
+            return False
         path = self.checkpointer.newest_loadable(self.log.info) if choice == "auto" else Path(choice)
         if path is None:
-            return
+            return False
         loaded = self.checkpointer.load(path)
         if loaded.resharded:
             epoch = int(loaded.manifest["epoch"])
@@ -370,6 +382,44 @@ class Trainer:
                 f"the data loader restarts epoch {epoch}"
             )
         self.log.info(f"resumed from {path} at step {self.progress.step}")
+        if self.config.model.init_from:
+            self.log.info(f"model.init_from {self.config.model.init_from} ignored: the checkpoint's weights win")
+        return True
+
+    def _init_backbone(self, path: Path) -> None:
+        """Fine-tuning: backbone weights from a partialfc model.pt or a bare state_dict (insightface
+        backbone.pth, same key names), strictly matched; the centres stay freshly initialised."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise ConfigError(f"model.init_from {path}: cannot read it: {error}") from None
+        if isinstance(saved, dict) and all(key in saved for key in MODEL_KEYS):
+            try:
+                pretrained = load_backbone(path)
+            except ModelFileError as error:
+                raise ConfigError(f"model.init_from {error}") from None
+            ours = (self.config.model.backbone, self.config.model.embedding_size)
+            if (pretrained.backbone, pretrained.embedding_size) != ours:
+                raise ConfigError(
+                    f"model.init_from {path}: holds backbone {pretrained.backbone!r} with embedding size "
+                    f"{pretrained.embedding_size}; this job has model.backbone={ours[0]!r}, model.embedding_size={ours[1]}")
+            saved = pretrained.model.state_dict()
+        if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+            raise ConfigError(f"model.init_from {path}: neither a partialfc model.pt (keys {list(MODEL_KEYS)}) nor a "
+                              f"state_dict of tensors (found {type(saved).__name__})")
+        try:
+            result = self.backbone.load_state_dict(saved, strict=False)
+        except RuntimeError as error:  # shape mismatches raise even when strict=False
+            raise ConfigError(f"model.init_from {path}: does not fit model.backbone={self.config.model.backbone!r}: "
+                              f"{' '.join(str(error).split())}") from None
+        if result.missing_keys or result.unexpected_keys:
+            raise ConfigError(
+                f"model.init_from {path}: does not fit model.backbone={self.config.model.backbone!r}: "
+                f"{len(result.missing_keys)} missing keys {result.missing_keys[:8]}, "
+                f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:8]}")
+        if self.ema:
+            self.ema.reset(self.backbone)
+        self.log.info(f"backbone initialised from {path} (model.init_from); class centres start fresh")
 
     def _export(self) -> None:
         """model.pt after the last step (verification and checkpoint ran at that step already)."""
@@ -381,13 +431,14 @@ class Trainer:
 
     def _write_model(self, path: Path) -> None:
         """Backbone weights for inference; loads with ``torch.load(weights_only=True)``. Never non-finite ones."""
-        bad = [name for name, tensor in self.backbone.state_dict().items()
+        weights = self.inference_backbone.state_dict()
+        bad = [name for name, tensor in weights.items()
                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
         if bad:
             raise FloatingPointError(f"{path} not written: {len(bad)} backbone tensors are not finite ({bad[0]}, ...)")
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"backbone": self.config.model.backbone, "embedding_size": self.config.model.embedding_size,
-                    "state_dict": self.backbone.state_dict()}, tmp)
+                    "state_dict": weights}, tmp)
         os.replace(tmp, path)
 
 
