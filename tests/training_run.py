@@ -68,3 +68,13 @@ def final_state(output: Path) -> dict:
             if isinstance(value, torch.Tensor):
                 state[f"{part.stem}.{key}"] = value
     return state
+
+
+def wait_for(predicate, deadline: float, what: str, job: subprocess.Popen) -> None:
+    """Poll a condition on the job's files (log, heartbeats); fail early if the job ended or the deadline passed."""
+    import time
+
+    while not predicate():
+        assert job.poll() is None, f"training ended ({job.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

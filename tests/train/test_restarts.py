@@ -15,16 +15,9 @@ import subprocess
 import sys
 import time
 
-from training_run import REPO, train_args, training_env
+from training_run import REPO, train_args, training_env, wait_for
 
 KILLS = 3
-
-
-def wait_for(predicate, deadline: float, what: str, job: subprocess.Popen) -> None:
-    while not predicate():
-        assert job.poll() is None, f"training ended ({job.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):

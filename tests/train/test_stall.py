@@ -8,17 +8,9 @@ import signal
 import subprocess
 import time
 
-from training_run import REPO, train_args, training_command, training_env
+from training_run import REPO, train_args, training_command, training_env, wait_for
 
 STALL_TIMEOUT_S = 6
-
-
-def wait_for(predicate, deadline: float, what: str, job: subprocess.Popen) -> None:
-    """Poll a file-backed condition; fail early if the job ended or the deadline passed."""
-    while not predicate():
-        assert job.poll() is None, f"training ended ({job.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path):
