@@ -53,8 +53,9 @@ install-check:
 	PYTHON=$(INSTALL_CHECK_VENV)/bin/python bash docker/install.sh .
 	rm -rf $(INSTALL_CHECK_VENV)
 
+# TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: torchrun's in-place restarts need it on torch 2.13 (docs/operations.md).
 quickstart: setup
-	$(VENV)/bin/torchrun --nproc_per_node 2 -m partialfc.train --config configs/quickstart.yaml
+	TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 $(VENV)/bin/torchrun --nproc_per_node 2 -m partialfc.train --config configs/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) $(MXNET_VENV) $(LINT_VENV) $(INSTALL_CHECK_VENV) .pytest_cache
