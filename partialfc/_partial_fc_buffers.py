@@ -39,6 +39,8 @@ class MicroBatch:
     grad: torch.Tensor  # [S, D] buffer the backward pass writes ∂L/∂w into
     logits: torch.Tensor  # [N, S] buffer for logits → exp → ∂L/∂z
     negative_factor: torch.Tensor | None = None  # [N, S] ∂z/∂(s·cos θ) where a margin rewrites non-targets
+    class_logits: torch.Tensor | None = None  # sub-centres: [N, S/K] per-class logits (max over K)
+    winners: torch.Tensor | None = None  # sub-centres: [N, S/K] column of each class's winning sub-centre
     has_grad: bool = False
 
 
@@ -62,12 +64,20 @@ class Workspace:
         return flat[:numel].view(shape)
 
     def micro_batch(
-        self, weight: torch.Tensor, rows: torch.Tensor | None, num_samples: int, index: int, negative_factor: bool
+        self,
+        weight: torch.Tensor,
+        rows: torch.Tensor | None,
+        num_samples: int,
+        index: int,
+        negative_factor: bool,
+        sub_centers: int = 1,
     ) -> MicroBatch:
         """fp32 values of the sampled centres and the buffers their gradient and logits go to.
 
         ``index`` numbers the micro-batches of one step: buffers of pending ones are never reused.
         ``negative_factor`` adds an ``[N, S]`` buffer for margins that rewrite non-target logits.
+        With ``sub_centers = K > 1`` the logits buffer holds the N×(S·K) sub-centre logits, and the
+        per-class logits and winners get N×S buffers of their own.
         """
         num_rows = weight.shape[0] if rows is None else rows.numel()
         shape, device = (num_rows, weight.shape[1]), weight.device
@@ -81,20 +91,26 @@ class Workspace:
                 torch.index_select(weight, 0, rows, out=values)
             else:
                 values.copy_(weight.index_select(0, rows))
+        class_shape = (num_samples, num_rows // sub_centers)
         return MicroBatch(
             rows=rows,
             values=values,
             grad=self.get(f"grad{index}", shape, torch.float32, device),
             logits=self.get(f"logits{index}", (num_samples, num_rows), torch.float32, device),
-            negative_factor=self.get(f"factor{index}", (num_samples, num_rows), torch.float32, device)
-            if negative_factor else None,
+            negative_factor=self.get(f"factor{index}", class_shape, torch.float32, device) if negative_factor else None,
+            class_logits=self.get(f"class_logits{index}", class_shape, torch.float32, device) if sub_centers > 1 else None,
+            winners=self.get(f"winners{index}", class_shape, torch.int64, device) if sub_centers > 1 else None,
         )
 
 
 def merge_micro_batches(weight: torch.Tensor, pending: Sequence[MicroBatch]) -> MicroBatch:
-    """One record for several micro-batches of a step: union of rows, summed gradients."""
+    """One record for several micro-batches of a step: union of rows, summed gradients.
+
+    With sub-centres only the rows that won for some sample are kept: the others have no gradient
+    and must not move (no weight decay, no momentum push).
+    """
     device = weight.device
-    if any(micro.rows is None for micro in pending):
+    if any(micro.rows is None and micro.winners is None for micro in pending):
         rows, values = None, weight.detach().to(torch.float32)
         grad = torch.zeros(weight.shape, dtype=torch.float32, device=device)
         for micro in pending:
@@ -103,11 +119,23 @@ def merge_micro_batches(weight: torch.Tensor, pending: Sequence[MicroBatch]) -> 
             else:
                 grad.index_add_(0, micro.rows, micro.grad)
     else:
-        rows, inverse = torch.unique(torch.cat([micro.rows for micro in pending]), sorted=True, return_inverse=True)
+        parts = [_rows_with_gradient(micro) for micro in pending]
+        rows, inverse = torch.unique(torch.cat([part_rows for part_rows, _ in parts]), sorted=True, return_inverse=True)
         values = weight.index_select(0, rows).to(torch.float32)
         grad = torch.zeros(rows.numel(), weight.shape[1], dtype=torch.float32, device=device)
-        grad.index_add_(0, inverse, torch.cat([micro.grad for micro in pending]))
+        grad.index_add_(0, inverse, torch.cat([part_grad for _, part_grad in parts]))
     return MicroBatch(rows=rows, values=values, grad=grad, logits=pending[0].logits, has_grad=True)
+
+
+def _rows_with_gradient(micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The micro-batch's weight rows and their gradient; with sub-centres, winners only (a host sync)."""
+    num_rows = micro.grad.shape[0]
+    rows = torch.arange(num_rows, device=micro.grad.device) if micro.rows is None else micro.rows
+    if micro.winners is None:
+        return rows, micro.grad
+    won = torch.zeros(num_rows, dtype=torch.bool, device=micro.grad.device).index_fill_(0, micro.winners.view(-1), True)
+    won_rows = won.nonzero().squeeze(1)
+    return rows[won_rows], micro.grad[won_rows]
 
 
 class DeferredLabelCheck:

@@ -307,9 +307,10 @@ class Checkpointer:
         """This rank's state assembled from the saved shards overlapping its class range."""
         pfc, saved_world = self.pfc, int(manifest["world_size"])
         start, end = pfc.class_start, pfc.class_start + pfc.num_local
+        per_class = pfc.sub_centers  # rows per class: a class's sub-centres move together
         template = pfc.state_dict()
         row_keys = [k for k, v in template.items()
-                    if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == pfc.num_local]
+                    if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == pfc.num_local * per_class]
         rows: dict[str, list[torch.Tensor]] = {key: [] for key in row_keys}
         extra_state = None
         for saved_rank in self._overlapping_ranks(saved_world):
@@ -318,9 +319,14 @@ class Checkpointer:
             piece = _load(piece_path, manifest, mmap=True)
             if piece["class_start"] != saved_start or piece["num_local"] != saved_num:
                 raise CheckpointError(f"{piece_path}: covers an unexpected class range")
+            saved_per_class = int(piece["state"]["_extra_state"].get("sub_centers", 1))
+            if saved_per_class != per_class:
+                raise CheckpointError(
+                    f"{piece_path}: saved with loss.sub_centers={saved_per_class}, this job has {per_class}"
+                )
             lo, hi = max(start, saved_start), min(end, saved_start + saved_num)
             for key in row_keys:
-                rows[key].append(piece["state"][key][lo - saved_start : hi - saved_start].clone())
+                rows[key].append(piece["state"][key][(lo - saved_start) * per_class : (hi - saved_start) * per_class].clone())
             extra_state = piece["state"]["_extra_state"]
         state = {key: torch.cat(parts) for key, parts in rows.items()}
         # Replicated (non-row) state such as the step count and margin statistics: equal on every saved rank.

@@ -32,6 +32,16 @@ batch; C classes; rank r owns the class centres ``w_c`` of one contiguous block 
 6. *Update*: :mod:`partialfc.centre_optim` updates the S sampled rows (and their optimizer state)
    and nothing else.
 
+**Sub-centres** (``sub_centers = K > 1``; Deng et al., ECCV 2020, "Sub-center ArcFace"): each
+class has K centres, stored class-major (class c's are rows ``K·c … K·c + K − 1`` of a C·K×D
+matrix), so a class and its sub-centres always share a rank. Step 2 samples *classes* and takes
+all K rows of each; step 3 computes the N×(S·K) sub-centre cosines and reduces them to the class cosine ``cos θ_ij = max_k x̂_i · ŵ_jk``, after which every
+margin family runs unchanged on the N×S class logits. In step 5 the gradient of ``cos θ_ij`` goes
+to the winning sub-centre ``argmax_k`` only, and step 6 updates only sub-centres that won for at
+least one sample of the step: a sub-centre that never wins gets no gradient, no weight decay and
+no momentum push, exactly as if it had not been sampled (finding those rows costs one host sync
+per step). Centre memory and optimizer state scale by K.
+
 Communication per step: all-gather N·D embeddings + N labels, 3 all-reduces of N floats,
 reduce-scatter N·D embedding gradients. Centre memory: weight + optimizer state + O(S·D).
 
@@ -99,6 +109,7 @@ class PartialFC(nn.Module):
         init_std: float = 0.01,
         param_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        sub_centers: int = 1,
     ) -> None:
         super().__init__()
         if embedding_size <= 0 or num_classes <= 0:
@@ -107,12 +118,15 @@ class PartialFC(nn.Module):
             raise ValueError(f"PartialFC: sample_rate must be in (0, 1], got {sample_rate}")
         if param_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"PartialFC: param_dtype must be float32 or bfloat16, got {param_dtype}")
+        if sub_centers < 1:
+            raise ValueError(f"PartialFC: sub_centers must be >= 1, got {sub_centers}")
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.sample_rate = sample_rate
         self.margin = margin if margin is not None else CombinedMargin()
         self.optimizer = optimizer if optimizer is not None else LazySGD()
         self.seed = seed
+        self.sub_centers = sub_centers
 
         # Sharding: this rank's contiguous block of classes, initialised independently of W.
         self.process_group = process_group
@@ -126,8 +140,9 @@ class PartialFC(nn.Module):
             raise ValueError(f"PartialFC: num_classes={num_classes} leaves rank {self.rank} of {self.world_size} without classes")
         self.num_sample = min(self.num_local, math.ceil(sample_rate * self.num_local))
 
-        weight = torch.empty(self.num_local, embedding_size, dtype=param_dtype, device=device)
-        _init_centres(weight, seed, self.class_start, init_std)
+        # K rows per class, class-major: rows [K·c, K·c + K) of the C·K×D matrix belong to class c.
+        weight = torch.empty(self.num_local * sub_centers, embedding_size, dtype=param_dtype, device=device)
+        _init_centres(weight, seed, self.class_start * sub_centers, init_std)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self._state_names = []
         for name, tensor in self.optimizer.init_state(self.weight).items():
@@ -139,6 +154,13 @@ class PartialFC(nn.Module):
         self._workspace = Workspace()
         self._label_check = DeferredLabelCheck(num_classes)
         self._generators: dict[torch.device, torch.Generator] = {}
+
+    def set_sample_rate(self, sample_rate: float) -> None:
+        """Sample ``sample_rate`` of the local centres from the next forward pass on (a schedule's change)."""
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"PartialFC: sample_rate must be in (0, 1], got {sample_rate}")
+        self.sample_rate = sample_rate
+        self.num_sample = min(self.num_local, math.ceil(sample_rate * self.num_local))
 
     # ------------------------------------------------------------------ forward: steps 1–5
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
@@ -167,10 +189,10 @@ class PartialFC(nn.Module):
         margin_inputs = self.margin.sample_inputs(x, margin_step)
 
         # Step 2: sample the centres (positives + random negatives) and read them as fp32.
-        rows, target_col, in_shard = self._sample(labels)
+        class_rows, target_col, in_shard = self._sample(labels)
         micro = self._workspace.micro_batch(
-            self.weight, rows, labels.numel(), index=len(self._pending),
-            negative_factor=self.margin.needs_target_cosines,
+            self.weight, self._centre_rows(class_rows), labels.numel(), index=len(self._pending),
+            negative_factor=self.margin.needs_target_cosines, sub_centers=self.sub_centers,
         )
         if margin_step.training:
             self._pending.append(micro)
@@ -192,11 +214,21 @@ class PartialFC(nn.Module):
 
     @property
     def last_sampled_rows(self) -> torch.Tensor:
-        """Local rows (sorted) of the centres sampled by the latest training forward pass."""
+        """Local rows (sorted) of the centres sampled by the latest training forward pass.
+
+        With sub-centres these are weight rows: the K rows of every sampled class.
+        """
         if not self._pending:
             raise RuntimeError("PartialFC.last_sampled_rows: no forward pass with gradients since the last step")
         rows = self._pending[-1].rows
-        return torch.arange(self.num_local, device=self.weight.device) if rows is None else rows
+        return torch.arange(self.weight.shape[0], device=self.weight.device) if rows is None else rows
+
+    def _centre_rows(self, class_rows: torch.Tensor | None) -> torch.Tensor | None:
+        """Weight rows of the sampled classes: each class's K sub-centres, in order (None = all)."""
+        if class_rows is None or self.sub_centers == 1:
+            return class_rows
+        offsets = torch.arange(self.sub_centers, device=class_rows.device)
+        return (class_rows.unsqueeze(1) * self.sub_centers + offsets).view(-1)
 
     def _sample(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Step 2: sampled local rows (None = all), each sample's column among them, whether it is local.
@@ -270,7 +302,7 @@ class PartialFC(nn.Module):
         self._label_check.raise_if_bad()
         if not all(micro.has_grad for micro in self._pending):
             raise RuntimeError("PartialFC.step(): a forward pass since the last step has no gradient (missing backward?)")
-        if len(self._pending) > 1:
+        if len(self._pending) > 1 or self._pending[0].winners is not None:
             self._pending = [merge_micro_batches(self.weight, self._pending)]
         return self._pending[0]
 
@@ -281,6 +313,7 @@ class PartialFC(nn.Module):
             "num_classes": self.num_classes,
             "class_start": self.class_start,
             "num_local": self.num_local,
+            "sub_centers": self.sub_centers,
             "margin": self.margin.state_dict(),
         }
 
@@ -293,6 +326,12 @@ class PartialFC(nn.Module):
                 f"{theirs[0]}, but rank {self.rank} owns [{ours[1]}, {ours[1] + ours[2]}) of {ours[0]}; "
                 "re-shard the checkpoint by global class range for this world size"
             )
+        saved_sub_centers = int(state.get("sub_centers", 1))
+        if saved_sub_centers != self.sub_centers:
+            raise ValueError(
+                f"PartialFC.load_state_dict: state has {saved_sub_centers} sub-centre(s) per class, this module "
+                f"{self.sub_centers} (loss.sub_centers)"
+            )
         self.step_count = int(state["step_count"])
         self.margin.load_state_dict(state.get("margin", {}))
         self._pending = []
@@ -301,7 +340,8 @@ class PartialFC(nn.Module):
         return (
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, rank={self.rank}/"
             f"{self.world_size}, class_start={self.class_start}, num_local={self.num_local}, "
-            f"sample_rate={self.sample_rate}, num_sample={self.num_sample}, margin={self.margin}, "
+            f"sample_rate={self.sample_rate}, num_sample={self.num_sample}, sub_centers={self.sub_centers}, "
+            f"margin={self.margin}, "
             f"optimizer={self.optimizer}, param_dtype={self.weight.dtype}"
         )
 
@@ -357,6 +397,8 @@ class _MarginCrossEntropy(torch.autograd.Function):
             if margin.normalize:
                 inv_norm = torch.linalg.vector_norm(w, dim=1).clamp_min_(1e-12).reciprocal_()
                 logits.mul_(inv_norm)
+            if micro.winners is not None:  # sub-centres: a class's logit is its best sub-centre's
+                logits = _max_over_sub_centres(logits, micro.class_logits, micro.winners)
 
             column = target_col.unsqueeze(1)
             raw_target = logits.gather(1, column).squeeze(1)
@@ -385,7 +427,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
             loss = (sum_exp.log() + row_max - true_logit).mean()
 
         ctx.save_for_backward(x_gemm, w_gemm, w, inv_norm, target_col, in_shard, sum_exp, dpsi_draw, dpsi_dinputs)
-        ctx.micro, ctx.input_dtype = micro, x.dtype  # micro.logits now holds exp(z − m)
+        ctx.micro, ctx.logits, ctx.input_dtype = micro, logits, x.dtype  # logits now hold exp(z − m)
         return loss
 
     @staticmethod
@@ -393,7 +435,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         x_gemm, w_gemm, w, inv_norm, target_col, in_shard, sum_exp, dpsi_draw, dpsi_dinputs = ctx.saved_tensors
         micro = ctx.micro
-        grad = micro.logits
+        grad = ctx.logits
         num_rows = grad.shape[0]
         column = target_col.unsqueeze(1)
         # Step 5: ∂L/∂z = (p − onehot)·g/N with p = exp/Z; folded into one pass over the N×S buffer.
@@ -404,6 +446,8 @@ class _MarginCrossEntropy(torch.autograd.Function):
         grad_z_target = torch.where(in_shard, grad_at_column - grad_loss / num_rows, 0.0)
         grad.scatter_(1, column, torch.where(in_shard, grad_z_target * dpsi_draw, grad_at_column).unsqueeze(1))
         grad_inputs = None if dpsi_dinputs is None else (grad_z_target * dpsi_dinputs).to(dpsi_dinputs.dtype)
+        if micro.winners is not None:  # each class logit's gradient goes to its winning sub-centre only
+            grad = micro.logits.zero_().scatter_(1, micro.winners, grad)
         if inv_norm is not None:
             grad.mul_(inv_norm)  # through the column scaling: ∂L/∂(x·w_j) = ∂L/∂z_ij / ‖w_j‖
         grad = grad.to(x_gemm.dtype)
@@ -413,6 +457,15 @@ class _MarginCrossEntropy(torch.autograd.Function):
             project_out_radial(micro.grad, w, inv_norm)
         micro.has_grad = True
         return grad_x, None, grad_inputs, None, None, None, None, None, None, None
+
+
+def _max_over_sub_centres(logits: torch.Tensor, class_logits: torch.Tensor, winners: torch.Tensor) -> torch.Tensor:
+    """``class_logits[i, j] = max_k logits[i, K·j + k]``; ``winners`` gets the column ``K·j + argmax_k``."""
+    num_classes = class_logits.shape[1]
+    sub_centers = logits.shape[1] // num_classes
+    torch.max(logits.view(logits.shape[0], num_classes, sub_centers), dim=2, out=(class_logits, winners))
+    winners.add_(torch.arange(0, logits.shape[1], sub_centers, device=winners.device))
+    return class_logits
 
 
 def _margin_with_derivative(

@@ -1,0 +1,179 @@
+"""Sub-centre ArcFace: exactness on W gloo ranks against a dense float64 reference of the formula
+(class cosine = max over its K sub-centres, gradient to the winner, lazy update of winners only),
+whole-class sampling, untouched losers, and re-sharding that keeps a class's sub-centres together."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dist_harness import run_distributed
+from reference import batch, cosines, reference_psi, relative_error
+
+from partialfc import CombinedMargin, LazySGD, PartialFC
+from partialfc.checkpoint import Checkpointer
+from partialfc.distributed import DistInfo
+
+NUM_CLASSES, SUB_CENTERS, DIM, LOCAL_BATCH, STEPS = 23, 3, 16, 5, 2  # 23 splits unevenly over 2, 3, 4
+SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+INIT_STD = 0.5  # centres of norm ~2: the first step stays small against them (see test_partial_fc_exact)
+
+
+def train_shards(rank: int, world_size: int) -> dict:
+    """Initial shard, and per step the loss, gradients, updated shard and momentum of this rank."""
+    pfc = PartialFC(DIM, NUM_CLASSES, 1.0, CombinedMargin(), optimizer=LazySGD(**SGD), seed=7, init_std=INIT_STD,
+                    sub_centers=SUB_CENTERS)
+    record = {"class_start": pfc.class_start, "num_local": pfc.num_local, "init": pfc.weight.detach().clone(),
+              "steps": []}
+    for step in range(STEPS):
+        embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+        local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        local_embeddings = embeddings[local].float().requires_grad_()
+        loss = pfc(local_embeddings, labels[local])
+        loss.backward()
+        pending = pfc._pending_gradient()
+        centre_grad = torch.zeros_like(pfc.weight).index_copy_(0, pending.rows, pending.grad)
+        pfc.step()
+        record["steps"].append({
+            "loss": loss.detach(),
+            "embedding_grad": local_embeddings.grad / world_size,  # the module returns W·∂L/∂x (DDP convention)
+            "centre_grad": centre_grad,
+            "updated_rows": pending.rows.clone(),
+            "weight": pfc.weight.detach().clone(),
+            "momentum": pfc.optim_momentum.clone(),
+        })
+    return record
+
+
+def reference_run(init_weight: torch.Tensor, world_size: int) -> list[dict]:
+    """Dense float64 Sub-center ArcFace (s=64, m=0.5) with SGD applied to the winning sub-centres only."""
+    weight = init_weight.double().clone().requires_grad_()
+    momentum = torch.zeros_like(weight)
+    steps = []
+    for step in range(STEPS):
+        embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+        embeddings.requires_grad_()
+        weight.grad = None
+        class_cos, winner = cosines(embeddings, weight).view(-1, NUM_CLASSES, SUB_CENTERS).max(dim=2)
+        target = reference_psi(class_cos.gather(1, labels[:, None]).squeeze(1), 64.0, 1.0, 0.5, 0.0)
+        logits = (64.0 * class_cos).scatter(1, labels[:, None], target[:, None])
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        won = torch.zeros(NUM_CLASSES * SUB_CENTERS, dtype=torch.bool)
+        won[(winner + torch.arange(NUM_CLASSES)[None, :] * SUB_CENTERS).flatten()] = True
+        with torch.no_grad():
+            momentum[won] = SGD["momentum"] * momentum[won] + weight.grad[won] + SGD["weight_decay"] * weight[won]
+            weight[won] -= SGD["lr"] * momentum[won]
+        steps.append({"loss": loss.detach(), "embedding_grad": embeddings.grad, "centre_grad": weight.grad.clone(),
+                      "updated_rows": won.nonzero().squeeze(1), "weight": weight.detach().clone(),
+                      "momentum": momentum.clone()})
+    return steps
+
+
+@pytest.fixture(scope="module")
+def shards_by_world_size() -> dict[int, list[dict]]:
+    return {1: [train_shards(0, 1)], **{w: run_distributed(train_shards, w) for w in (2, 3, 4)}}
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_matches_dense_float64_reference(shards_by_world_size, world_size):
+    ranks = shards_by_world_size[world_size]
+    init = torch.cat([r["init"] for r in ranks])
+    assert init.shape == (NUM_CLASSES * SUB_CENTERS, DIM)
+    assert torch.equal(init, torch.cat([r["init"] for r in shards_by_world_size[1]]))  # independent of W
+    expected = reference_run(init, world_size)
+    for rank, record in enumerate(ranks):
+        first = record["class_start"] * SUB_CENTERS
+        rows = slice(first, first + record["num_local"] * SUB_CENTERS)
+        samples = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        for step, (ours, ref) in enumerate(zip(record["steps"], expected)):
+            where = f"W={world_size} rank={rank} step={step}"
+            assert relative_error(ours["loss"], ref["loss"]) < 1e-5, where
+            assert relative_error(ours["embedding_grad"], ref["embedding_grad"][samples]) < 1e-5, where
+            assert relative_error(ours["centre_grad"], ref["centre_grad"][rows]) < 1e-5, where
+            assert relative_error(ours["weight"], ref["weight"][rows]) < 1e-5, where
+            assert relative_error(ours["momentum"], ref["momentum"][rows]) < 1e-5, where
+            ref_rows = ref["updated_rows"]
+            in_shard = ref_rows[(ref_rows >= rows.start) & (ref_rows < rows.stop)] - first
+            assert torch.equal(ours["updated_rows"], in_shard), where
+
+
+def test_some_sub_centres_lose_in_the_reference_batch(shards_by_world_size):
+    """The exactness test covers rows that are not updated: some sub-centres never win a step."""
+    updated = shards_by_world_size[1][0]["steps"][0]["updated_rows"]
+    assert 0 < updated.numel() < NUM_CLASSES * SUB_CENTERS
+
+
+def test_losing_sub_centres_get_no_gradient_and_do_not_move():
+    num_classes, dim = 5, 8
+    pfc = PartialFC(dim, num_classes, 1.0, CombinedMargin(), optimizer=LazySGD(**SGD), init_std=INIT_STD,
+                    sub_centers=SUB_CENTERS)
+    generator = torch.Generator().manual_seed(3)
+    axis = F.one_hot(torch.tensor(0), dim).float()
+    loser_rows = torch.arange(num_classes) * SUB_CENTERS + SUB_CENTERS - 1  # last sub-centre of every class
+    pfc.weight.data[loser_rows] = -axis  # opposite to every embedding below: it never wins
+    before = pfc.weight.detach().clone()
+    for _ in range(2):
+        embeddings = 10.0 * axis + torch.randn(12, dim, generator=generator)
+        labels = torch.randint(0, num_classes, (12,), generator=generator)
+        pfc(embeddings.requires_grad_(), labels).backward()
+        pending = pfc._pending_gradient()
+        assert not torch.isin(loser_rows, pending.rows).any()
+        assert pending.grad.abs().sum() > 0
+        pfc.step()
+    assert torch.equal(pfc.weight[loser_rows], before[loser_rows])
+    assert torch.equal(pfc.optim_momentum[loser_rows], torch.zeros(num_classes, dim))
+    winners = torch.ones(num_classes * SUB_CENTERS, dtype=torch.bool).index_fill_(0, loser_rows, False)
+    assert not torch.equal(pfc.weight[winners], before[winners])
+
+
+def test_sampling_keeps_or_drops_whole_classes():
+    num_classes, sample_rate = 40, 0.25
+    pfc = PartialFC(8, num_classes, sample_rate, CombinedMargin(), sub_centers=SUB_CENTERS)
+    generator = torch.Generator().manual_seed(5)
+    for step in range(3):
+        labels = torch.randint(0, num_classes, (6,), generator=generator)
+        pfc(torch.randn(6, 8, generator=generator, requires_grad=True), labels).backward()
+        blocks = pfc.last_sampled_rows.view(-1, SUB_CENTERS)
+        classes = blocks[:, 0] // SUB_CENTERS
+        assert torch.equal(blocks, classes[:, None] * SUB_CENTERS + torch.arange(SUB_CENTERS)), step
+        assert classes.numel() == math.ceil(sample_rate * num_classes), step
+        assert torch.isin(labels, classes).all(), step  # positives are always sampled
+        pfc.step()
+
+
+def train_and_save(rank: int, world_size: int, root) -> None:
+    info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
+    pfc = PartialFC(DIM, NUM_CLASSES, 0.5, CombinedMargin(), optimizer=LazySGD(**SGD), seed=3, init_std=INIT_STD,
+                    sub_centers=SUB_CENTERS)
+    for step in range(2):
+        embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+        local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        pfc(embeddings[local].float().requires_grad_(), labels[local]).backward()
+        pfc.step()
+    Checkpointer(root, info, keep=1, shared={}, per_rank={}, pfc=pfc).save(step=2, epoch=0)
+
+
+def load_shard(rank: int, world_size: int, checkpoint) -> dict:
+    info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
+    pfc = PartialFC(DIM, NUM_CLASSES, 0.5, CombinedMargin(), optimizer=LazySGD(**SGD), sub_centers=SUB_CENTERS)
+    Checkpointer(checkpoint.parent, info, keep=1, shared={}, per_rank={}, pfc=pfc).load(checkpoint)
+    return {"class_start": pfc.class_start, "num_local": pfc.num_local, "weight": pfc.weight.clone(),
+            "momentum": pfc.optim_momentum.clone(), "step_count": pfc.step_count}
+
+
+def test_reshard_keeps_sub_centres_of_a_class_together(tmp_path):
+    run_distributed(train_and_save, 2, tmp_path)
+    checkpoint = tmp_path / "step-00000002"
+    saved = [torch.load(checkpoint / f"centres-{r:05d}-of-00002.pt", weights_only=True)["state"] for r in range(2)]
+    saved_weight = torch.cat([s["weight"] for s in saved])
+    saved_momentum = torch.cat([s["optim_momentum"] for s in saved])
+    assert saved_momentum.abs().sum() > 0
+    for world_size in (1, 3):
+        for shard in run_distributed(load_shard, world_size, checkpoint):
+            rows = slice(shard["class_start"] * SUB_CENTERS, (shard["class_start"] + shard["num_local"]) * SUB_CENTERS)
+            assert torch.equal(shard["weight"], saved_weight[rows]), world_size
+            assert torch.equal(shard["momentum"], saved_momentum[rows]), world_size
+            assert shard["step_count"] == 2
