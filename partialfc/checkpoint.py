@@ -334,6 +334,30 @@ class Checkpointer:
         return state
 
 
+def read_centres(path: Path) -> tuple[torch.Tensor, int]:
+    """All class centres of checkpoint ``path`` as ``[C, K, D]`` fp32 (K sub-centres per class), and K.
+
+    Every shard file is verified against the manifest; shards are joined in class order.
+    """
+    manifest = read_manifest(path)
+    saved_world, num_classes = int(manifest["world_size"]), int(manifest["num_classes"])
+    pieces, sub_centers = [], None
+    for rank in range(saved_world):
+        piece_path = path / _part_name("centres", rank, saved_world)
+        piece = _load(piece_path, manifest, mmap=True)
+        if piece["class_start"] != shard_range(num_classes, rank, saved_world)[0]:
+            raise CheckpointError(f"{piece_path}: covers an unexpected class range")
+        per_class = int(piece["state"]["_extra_state"].get("sub_centers", 1))
+        if sub_centers not in (None, per_class):
+            raise CheckpointError(f"{piece_path}: {per_class} sub-centres per class, rank 0's shard has {sub_centers}")
+        sub_centers = per_class
+        pieces.append(piece["state"]["weight"].float().view(piece["num_local"], per_class, -1))
+    centres = torch.cat(pieces)
+    if centres.shape[0] != num_classes:
+        raise CheckpointError(f"{path}: centre shards hold {centres.shape[0]} classes, the manifest says {num_classes}")
+    return centres, int(sub_centers)
+
+
 def _load_component(component: Stateful, state: Any, path: Path, name: str, differing: str) -> None:
     if isinstance(component, torch.nn.Module):
         _check_shapes(component.state_dict(), state, path, name, differing)

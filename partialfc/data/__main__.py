@@ -151,6 +151,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    import torch
+
+    from partialfc.data.clean import clean_dataset
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out, report = clean_dataset(args.run_dir, args.dataset, args.angle, args.out, model=args.model,
+                                batch_size=args.batch_size, device=device, progress=not args.quiet)
+    for line in report.lines():
+        print(line)
+    print(f"cleaned index: {out} (train on it with --data.path {out}; the .rec files are unchanged)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m partialfc.data",
@@ -210,6 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-image variation: standard (the quickstart's) or hard (wider pose, lighting, white "
                    "balance, occlusion, blur, JPEG quality 25-90; see partialfc/data/synth.py) (default standard)")
     p.set_defaults(func=cmd_synth)
+
+    p = add("clean", "Sub-center ArcFace data cleaning: embed DATASET with RUN_DIR's model, find each class's "
+            "dominant sub-centre (the one most of its images are nearest to) among the centres of RUN_DIR's newest "
+            "checkpoint, and drop images farther than --angle from it (and classes left empty). Writes a cleaned "
+            "index (an image subset; the .rec files stay untouched) that data.path can point to, and prints how many "
+            "images and classes were kept and dropped. Meant for a run trained with loss.sub_centers > 1; with 1 it "
+            "is a plain angle filter.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="training output directory (holds checkpoints/ and model.pt)")
+    p.add_argument("dataset", metavar="DATASET", help="the dataset RUN_DIR trained on: a .rec file, its prefix, a "
+                   "directory holding one dataset, a quoted glob of shards, or a cleaned index")
+    p.add_argument("--angle", type=float, default=75.0,
+                   help="largest angle in degrees between an image and its class's dominant sub-centre that is "
+                   "kept (default 75, the paper's)")
+    p.add_argument("--out", default=None, help="directory of the cleaned index (default RUN_DIR/cleaned)")
+    p.add_argument("--model", default=None, help="model.pt or .onnx to embed with (default RUN_DIR/model.pt, else "
+                   "the backbone in the newest checkpoint)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    p.add_argument("--device", default=None,
+                   help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    p.set_defaults(func=cmd_clean)
     return parser
 
 

@@ -1,6 +1,7 @@
 """A RecordIO face dataset opened for training: labels, shard, offset and key of every image.
 
-The record layouts and their checks are in :mod:`partialfc.data.layout`.
+The record layouts and their checks are in :mod:`partialfc.data.layout`; an image subset
+(``partialfc.data clean``'s output) opens as the subset of its source, see :mod:`partialfc.data.subset`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from partialfc.data.layout import (
     resolve_shards,
 )
 from partialfc.data.recordio import RecordReader, unpack_record
+from partialfc.data.subset import is_subset_directory, read_subset
 
 
 class RecordDecodeError(DatasetError, ValueError):
@@ -40,11 +42,13 @@ class RecordDecodeError(DatasetError, ValueError):
 class RecordDataset:
     """Metadata (labels, shard, offset, key of every image) and raw access to a RecordIO face dataset.
 
-    Image ``i`` is the i-th image record of the dataset in file order, shard after shard.
+    Image ``i`` is the i-th image record of the dataset in file order, shard after shard; for an
+    image subset directory, the i-th kept image of its source.
     """
 
     def __init__(self, path: str | Path | Sequence[str | Path]) -> None:
-        self.shards: list[Shard] = resolve_shards(path)
+        subset = read_subset(path) if is_subset_directory(path) else None
+        self.shards: list[Shard] = resolve_shards(subset.source if subset else path)
         self._readers = [RecordReader(s.rec_path, s.idx_path) for s in self.shards]
         parts = [analyse_shard(r, read_headers(r)) for r in self._readers]
         layouts = {p.layout for p in parts}
@@ -62,6 +66,15 @@ class RecordDataset:
         self.labels = self._integer_labels(raw)
         self.property = read_property(self.shards[0].rec_path.parent)
         self.num_classes = self._count_classes(parts)
+        self.source_num_images = self.num_images  # images in the .rec files
+        self.subset_indices: np.ndarray | None = None  # source image of each image, for a subset
+        if subset is not None:
+            subset.check_source(self.shards, self.num_images)
+            for name in ("image_shard", "image_offset", "image_key", "labels"):
+                setattr(self, name, getattr(self, name)[subset.kept])
+            self.num_images, self.subset_indices = len(subset.kept), subset.kept
+        # Where indexes derived from this image list (DALI's) go: a subset's own directory.
+        self.index_dir: Path = subset.directory if subset else self.shards[0].rec_path.parent
         self.image_size = (self.property.height, self.property.width) if self.property else None
 
     def describe(self, i: int) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from partialfc.config import ConfigError, DataConfig
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.layout import DatasetError, resolve_shards
+from partialfc.data.subset import is_subset_directory, read_subset
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.distributed import barrier
 
@@ -47,7 +48,7 @@ def prepare_dataset(data: DataConfig, seed: int, is_main: bool) -> RecordDataset
             staging.rename(target)
         barrier()
     try:
-        resolve_shards(path)
+        resolve_shards(read_subset(path).source if is_subset_directory(path) else path)
     except DatasetError as err:
         hint = ""
         if synthetic.identities > 0:
@@ -60,9 +61,14 @@ def prepare_dataset(data: DataConfig, seed: int, is_main: bool) -> RecordDataset
 
 
 def resolve_val_targets(data: DataConfig) -> list[Path]:
-    """``data.val_targets`` as paths: as given, or relative to the dataset's directory (``.bin`` may be omitted)."""
+    """``data.val_targets`` as paths: as given, or relative to the dataset's directory (``.bin`` may be omitted).
+
+    For an image subset (a cleaned index) the dataset's directory is that of its source records.
+    """
     data_path = Path(data.path)
     base = data_path if data_path.is_dir() else data_path.parent
+    if is_subset_directory(data_path):
+        base = read_subset(data_path).source[0].parent
     resolved = []
     for target in data.val_targets:
         candidates = [Path(target), base / target, base / f"{target}.bin"]
