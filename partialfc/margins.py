@@ -59,6 +59,11 @@ back up there.
 
 **Softmax** is the unnormalised baseline: ``logit = x · w``, no scale, no margin.
 
+**Sub-centres** (``PartialFC(..., sub_centers=K)``, ``loss.sub_centers``; Deng et al., ECCV 2020)
+combine with every family: a class's cosine is ``c_ij = max_k cos θ_ijk`` over its K centres
+(Softmax: the max of the raw logits), the family's formula applies to it unchanged, and
+``∂c_ij/∂w`` reaches only the winning sub-centre. No state of its own.
+
 How :class:`~partialfc.PartialFC` drives a margin is the :class:`Margin` protocol below.
 """
 

@@ -34,13 +34,15 @@ batch; C classes; rank r owns the class centres ``w_c`` of one contiguous block 
 
 **Sub-centres** (``sub_centers = K > 1``; Deng et al., ECCV 2020, "Sub-center ArcFace"): each
 class has K centres, stored class-major (class c's are rows ``K·c … K·c + K − 1`` of a C·K×D
-matrix), so a class and its sub-centres always share a rank. Step 2 samples *classes* and takes
-all K rows of each; step 3 computes the N×(S·K) sub-centre cosines and reduces them to the class cosine ``cos θ_ij = max_k x̂_i · ŵ_jk``, after which every
-margin family runs unchanged on the N×S class logits. In step 5 the gradient of ``cos θ_ij`` goes
-to the winning sub-centre ``argmax_k`` only, and step 6 updates only sub-centres that won for at
-least one sample of the step: a sub-centre that never wins gets no gradient, no weight decay and
-no momentum push, exactly as if it had not been sampled (finding those rows costs one host sync
-per step). Centre memory and optimizer state scale by K.
+matrix), so a class and its sub-centres always share a rank and re-shard together. Step 2 samples
+*classes* and takes all K rows of each; step 3 computes the N×(S·K) sub-centre logits and reduces
+them to the class logit ``s·cos θ_ij = s·max_k x̂_i · ŵ_jk`` (Softmax: the max of ``x_i · w_jk``),
+after which every margin family runs unchanged on the N×S class logits. In step 5 the gradient of
+a class logit goes to its winning sub-centre ``argmax_k`` only, and step 6 updates only
+sub-centres that won for at least one sample of the step: a sub-centre that never wins gets no
+gradient, no weight decay and no momentum push, as if it had not been sampled (finding those rows
+costs one host sync per step). Centre memory and optimizer state scale by K; the N×S buffers
+gain an N×(S·K) one.
 
 Communication per step: all-gather N·D embeddings + N labels, 3 all-reduces of N floats,
 reduce-scatter N·D embedding gradients. Centre memory: weight + optimizer state + O(S·D).

@@ -1,16 +1,18 @@
-"""Sub-centre ArcFace: exactness on W gloo ranks against a dense float64 reference of the formula
-(class cosine = max over its K sub-centres, gradient to the winner, lazy update of winners only),
+"""Sub-centre ArcFace, with every margin family: exactness on W gloo ranks against a dense float64
+reference (class cosine = max over its K sub-centres, then the family's formula; gradient to the
+winner; lazy update of winners only), for loss, gradients, centres, momentum and margin state,
 whole-class sampling, untouched losers, and re-sharding that keeps a class's sub-centres together."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from dist_harness import run_distributed
-from reference import batch, cosines, reference_psi, relative_error
+from reference import CASES, batch, cosines, record_sample_inputs, relative_error, spread_norms
 
 from partialfc import CombinedMargin, LazySGD, PartialFC
 from partialfc.checkpoint import Checkpointer
@@ -21,54 +23,67 @@ SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 INIT_STD = 0.5  # centres of norm ~2: the first step stays small against them (see test_partial_fc_exact)
 
 
+def global_batch(name: str, step: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+    return (spread_norms(embeddings, step) if CASES[name].spread_norms else embeddings), labels
+
+
 def train_shards(rank: int, world_size: int) -> dict:
-    """Initial shard, and per step the loss, gradients, updated shard and momentum of this rank."""
-    pfc = PartialFC(DIM, NUM_CLASSES, 1.0, CombinedMargin(), optimizer=LazySGD(**SGD), seed=7, init_std=INIT_STD,
-                    sub_centers=SUB_CENTERS)
-    record = {"class_start": pfc.class_start, "num_local": pfc.num_local, "init": pfc.weight.detach().clone(),
-              "steps": []}
-    for step in range(STEPS):
-        embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
-        local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-        local_embeddings = embeddings[local].float().requires_grad_()
-        loss = pfc(local_embeddings, labels[local])
-        loss.backward()
-        pending = pfc._pending_gradient()
-        centre_grad = torch.zeros_like(pfc.weight).index_copy_(0, pending.rows, pending.grad)
-        pfc.step()
-        record["steps"].append({
-            "loss": loss.detach(),
-            "embedding_grad": local_embeddings.grad / world_size,  # the module returns W·∂L/∂x (DDP convention)
-            "centre_grad": centre_grad,
-            "updated_rows": pending.rows.clone(),
-            "weight": pfc.weight.detach().clone(),
-            "momentum": pfc.optim_momentum.clone(),
-        })
-    return record
+    """Per margin family: initial shard, and per step loss, gradients, updated rows, shard and momentum."""
+    results = {}
+    for name, case in CASES.items():
+        pfc = PartialFC(DIM, NUM_CLASSES, 1.0, case.make_margin(), optimizer=LazySGD(**SGD), seed=7,
+                        init_std=INIT_STD, sub_centers=SUB_CENTERS)
+        record = {"class_start": pfc.class_start, "num_local": pfc.num_local, "init": pfc.weight.detach().clone(),
+                  "normalize": pfc.margin.normalize, "steps": []}
+        drawn = record_sample_inputs(pfc)
+        for step in range(STEPS):
+            embeddings, labels = global_batch(name, step, world_size)
+            local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+            local_embeddings = embeddings[local].float().requires_grad_()
+            loss = pfc(local_embeddings, labels[local])
+            loss.backward()
+            pending = pfc._pending_gradient()
+            centre_grad = torch.zeros_like(pfc.weight).index_copy_(0, pending.rows, pending.grad)
+            pfc.step()
+            record["steps"].append({
+                "loss": loss.detach(),
+                "embedding_grad": local_embeddings.grad / world_size,  # the module returns W·∂L/∂x (DDP convention)
+                "centre_grad": centre_grad,
+                "updated_rows": pending.rows.clone(),
+                "weight": pfc.weight.detach().clone(),
+                "momentum": pfc.optim_momentum.clone(),
+                "margin_state": pfc.state_dict()["_extra_state"]["margin"],
+                "sample_inputs": drawn[-1],
+            })
+        results[name] = record
+    return results
 
 
-def reference_run(init_weight: torch.Tensor, world_size: int) -> list[dict]:
-    """Dense float64 Sub-center ArcFace (s=64, m=0.5) with SGD applied to the winning sub-centres only."""
+def reference_run(name: str, init_weight: torch.Tensor, world_size: int, normalize: bool, drawn: list) -> list[dict]:
+    """Dense float64 Sub-center family ``name`` (class score = max over its K rows), with SGD applied to
+    the sub-centres that won for at least one sample of the step only."""
+    case = CASES[name]
     weight = init_weight.double().clone().requires_grad_()
     momentum = torch.zeros_like(weight)
+    state = copy.deepcopy(case.initial_state)
     steps = []
     for step in range(STEPS):
-        embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
+        embeddings, labels = global_batch(name, step, world_size)
         embeddings.requires_grad_()
         weight.grad = None
-        class_cos, winner = cosines(embeddings, weight).view(-1, NUM_CLASSES, SUB_CENTERS).max(dim=2)
-        target = reference_psi(class_cos.gather(1, labels[:, None]).squeeze(1), 64.0, 1.0, 0.5, 0.0)
-        logits = (64.0 * class_cos).scatter(1, labels[:, None], target[:, None])
-        loss = F.cross_entropy(logits, labels)
+        loss = case.loss(embeddings, weight, labels, state, drawn[step], SUB_CENTERS)
         loss.backward()
-        won = torch.zeros(NUM_CLASSES * SUB_CENTERS, dtype=torch.bool)
-        won[(winner + torch.arange(NUM_CLASSES)[None, :] * SUB_CENTERS).flatten()] = True
         with torch.no_grad():
+            scores = cosines(embeddings, weight) if normalize else embeddings @ weight.t()
+            winner = scores.view(-1, NUM_CLASSES, SUB_CENTERS).argmax(dim=2)
+            won = torch.zeros(NUM_CLASSES * SUB_CENTERS, dtype=torch.bool)
+            won[(winner + torch.arange(NUM_CLASSES)[None, :] * SUB_CENTERS).flatten()] = True
             momentum[won] = SGD["momentum"] * momentum[won] + weight.grad[won] + SGD["weight_decay"] * weight[won]
             weight[won] -= SGD["lr"] * momentum[won]
         steps.append({"loss": loss.detach(), "embedding_grad": embeddings.grad, "centre_grad": weight.grad.clone(),
                       "updated_rows": won.nonzero().squeeze(1), "weight": weight.detach().clone(),
-                      "momentum": momentum.clone()})
+                      "momentum": momentum.clone(), "margin_state": dict(state)})
     return steps
 
 
@@ -78,31 +93,37 @@ def shards_by_world_size() -> dict[int, list[dict]]:
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-def test_matches_dense_float64_reference(shards_by_world_size, world_size):
+@pytest.mark.parametrize("head", list(CASES))
+def test_matches_dense_float64_reference(shards_by_world_size, world_size, head):
     ranks = shards_by_world_size[world_size]
-    init = torch.cat([r["init"] for r in ranks])
+    init = torch.cat([r[head]["init"] for r in ranks])
     assert init.shape == (NUM_CLASSES * SUB_CENTERS, DIM)
-    assert torch.equal(init, torch.cat([r["init"] for r in shards_by_world_size[1]]))  # independent of W
-    expected = reference_run(init, world_size)
-    for rank, record in enumerate(ranks):
+    assert torch.equal(init, torch.cat([r[head]["init"] for r in shards_by_world_size[1]]))  # independent of W
+    first_rank = ranks[0][head]
+    expected = reference_run(head, init, world_size, first_rank["normalize"],
+                             [step["sample_inputs"] for step in first_rank["steps"]])
+    for rank, result in enumerate(ranks):
+        record = result[head]
         first = record["class_start"] * SUB_CENTERS
         rows = slice(first, first + record["num_local"] * SUB_CENTERS)
         samples = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         for step, (ours, ref) in enumerate(zip(record["steps"], expected)):
-            where = f"W={world_size} rank={rank} step={step}"
+            where = f"{head} W={world_size} rank={rank} step={step}"
             assert relative_error(ours["loss"], ref["loss"]) < 1e-5, where
             assert relative_error(ours["embedding_grad"], ref["embedding_grad"][samples]) < 1e-5, where
             assert relative_error(ours["centre_grad"], ref["centre_grad"][rows]) < 1e-5, where
             assert relative_error(ours["weight"], ref["weight"][rows]) < 1e-5, where
             assert relative_error(ours["momentum"], ref["momentum"][rows]) < 1e-5, where
             ref_rows = ref["updated_rows"]
-            in_shard = ref_rows[(ref_rows >= rows.start) & (ref_rows < rows.stop)] - first
-            assert torch.equal(ours["updated_rows"], in_shard), where
+            assert torch.equal(ours["updated_rows"], ref_rows[(ref_rows >= rows.start) & (ref_rows < rows.stop)] - first), where
+            assert set(ours["margin_state"]) == set(ref["margin_state"]), where
+            for key, value in ref["margin_state"].items():
+                assert relative_error(ours["margin_state"][key], value) < 1e-5, f"{where} {key}"
 
 
 def test_some_sub_centres_lose_in_the_reference_batch(shards_by_world_size):
     """The exactness test covers rows that are not updated: some sub-centres never win a step."""
-    updated = shards_by_world_size[1][0]["steps"][0]["updated_rows"]
+    updated = shards_by_world_size[1][0]["arcface"]["steps"][0]["updated_rows"]
     assert 0 < updated.numel() < NUM_CLASSES * SUB_CENTERS
 
 
