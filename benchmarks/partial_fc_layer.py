@@ -10,7 +10,7 @@ Per configuration, every rank times ``forward + backward + centre update`` (medi
 (logits N×D·D×S, embedding gradient N×S·S×D, centre gradient S×N·N×D) in the same dtype,
 timed the same way into preallocated outputs. Peak memory is the process's peak RSS on CPU (``VmHWM``, reset before each
 configuration) or ``max_memory_allocated`` on GPU. "centre mem" is the peak growth over the
-memory before the layer was built, in units of the fp32 shard (num_local × D × 4 bytes).
+memory before the layer was built, in units of the fp32 shard (num_local × K × D × 4 bytes).
 Rank 0 prints one row per configuration (the slowest rank's times, the largest rank's memory).
 """
 
@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     heads = typing.get_args(typing.get_type_hints(LossConfig)["head"])
     parser.add_argument("--head", nargs="+", default=["margin"], choices=heads,
                         help="margin families to run (loss.head values, default parameters; margin = ArcFace)")
+    parser.add_argument("--sub-centers", type=int, nargs="+", default=[1],
+                        help="K values to run (loss.sub_centers; the GEMM floor then has S·K centre rows)")
     return parser.parse_args()
 
 
@@ -97,12 +99,14 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def run_config(args, head: str, num_classes: int, sample_rate: float, device: torch.device, world_size: int) -> list[float]:
+def run_config(
+    args, head: str, sub_centers: int, num_classes: int, sample_rate: float, device: torch.device, world_size: int
+) -> list[float]:
     gemm_dtype, param_dtype = DTYPES[args.gemm_dtype], DTYPES[args.param_dtype]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gemm_dtype == torch.bfloat16)
     before = reset_peak_memory(device)
     pfc = PartialFC(args.dim, num_classes, sample_rate, LossConfig(head=head).build_margin(), optimizer=LazySGD(),
-                    param_dtype=param_dtype, device=device)
+                    param_dtype=param_dtype, device=device, sub_centers=sub_centers)
     generator = torch.Generator(device="cpu").manual_seed(pfc.rank)
     # Norms spread over [5, 120]: the norm-reading families (AdaFace, MagFace) see varied magnitudes.
     embeddings = torch.nn.functional.normalize(torch.randn(args.batch, args.dim, generator=generator), dim=1)
@@ -124,8 +128,8 @@ def run_config(args, head: str, num_classes: int, sample_rate: float, device: to
 
     n = args.batch * world_size
     x = torch.randn(n, args.dim, device=device, dtype=gemm_dtype)
-    w = torch.randn(num_sample, args.dim, device=device, dtype=gemm_dtype)
-    g = torch.randn(n, num_sample, device=device, dtype=gemm_dtype)
+    w = torch.randn(num_sample * sub_centers, args.dim, device=device, dtype=gemm_dtype)
+    g = torch.randn(n, num_sample * sub_centers, device=device, dtype=gemm_dtype)
     outputs = (torch.empty_like(g), torch.empty_like(x), torch.empty_like(w))  # pure GEMM time, no allocation
 
     def gemms() -> None:
@@ -135,7 +139,7 @@ def run_config(args, head: str, num_classes: int, sample_rate: float, device: to
 
     floor = median_time(gemms, args.steps, args.warmup, device)
     del x, w, g, outputs
-    shard_fp32_bytes = num_local * args.dim * 4
+    shard_fp32_bytes = num_local * sub_centers * args.dim * 4
     return [step_time, floor, peak, peak / shard_fp32_bytes, num_sample]
 
 
@@ -150,18 +154,20 @@ def main() -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
 
-    header = (f"{'head':>14} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} {'gemm':>5} {'param':>5} "
+    header = (f"{'head':>14} {'K':>2} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} {'gemm':>5} {'param':>5} "
               f"{'step ms':>9} {'floor ms':>9} {'ratio':>6} {'peak GiB/rank':>13} {'centre mem':>10}")
     if rank == 0:
         print(f"device={device.type} threads/rank={torch.get_num_threads()} torch={torch.__version__}")
         print(header)
-    for head, num_classes, sample_rate in itertools.product(args.head, args.num_classes, args.sample_rate):
-        result = torch.tensor(run_config(args, head, num_classes, sample_rate, device, world_size), dtype=torch.float64)
+    configs = itertools.product(args.head, args.sub_centers, args.num_classes, args.sample_rate)
+    for head, sub_centers, num_classes, sample_rate in configs:
+        result = run_config(args, head, sub_centers, num_classes, sample_rate, device, world_size)
+        result = torch.tensor(result, dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(result, op=dist.ReduceOp.MAX)  # slowest rank, largest memory
         step_time, floor, peak, centre_ratio, num_sample = result.tolist()
         if rank == 0:
-            print(f"{head:>14} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} {sample_rate:>5} {int(num_sample):>8} "
+            print(f"{head:>14} {sub_centers:>2} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} {sample_rate:>5} {int(num_sample):>8} "
                   f"{args.gemm_dtype:>5} {args.param_dtype:>5} {step_time * 1e3:>9.1f} {floor * 1e3:>9.1f} "
                   f"{step_time / floor:>6.2f} {peak / 2**30:>13.2f} {centre_ratio:>9.2f}x", flush=True)
     if dist.is_initialized():
