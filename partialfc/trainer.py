@@ -399,11 +399,11 @@ class Trainer:
             except ModelFileError as error:
                 raise ConfigError(f"model.init_from {error}") from None
             ours = (self.config.model.backbone, self.config.model.embedding_size)
-            if (pretrained.backbone, pretrained.embedding_size) != ours:
+            if (pretrained.name, pretrained.embedding_size) != ours:
                 raise ConfigError(
-                    f"model.init_from {path}: holds backbone {pretrained.backbone!r} with embedding size "
+                    f"model.init_from {path}: holds backbone {pretrained.name!r} with embedding size "
                     f"{pretrained.embedding_size}; this job has model.backbone={ours[0]!r}, model.embedding_size={ours[1]}")
-            saved = pretrained.model.state_dict()
+            saved = pretrained.backbone.state_dict()
         if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
             raise ConfigError(f"model.init_from {path}: neither a partialfc model.pt (keys {list(MODEL_KEYS)}) nor a "
                               f"state_dict of tensors (found {type(saved).__name__})")
