@@ -143,16 +143,21 @@ def test_sampled_centres_follow_the_schedule_also_after_a_resume(tiny_dataset, t
 
 
 # ---------------------------------------------------------------------- torch.compile
-def test_compiled_backbone_trains_like_eager(tiny_dataset, tmp_path):
-    settings = {"train.max_steps": 2, "loss.sample_rate": 1.0}
+def test_compiled_backbone_trains_like_eager(tiny_dataset, tmp_path, monkeypatch):
+    """Dynamo capture + AOT autograd, as model.compile does, but without inductor's C++ code generation:
+    inductor compiles the tiny backbone's forward and backward in about 90 s on 2 CPU cores, too slow for CI."""
+    compile_module = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile", lambda module: compile_module(module, backend="aot_eager"))
     runs = {}
     for compiled in (False, True):
-        trainer = make_trainer(tiny_dataset, tmp_path / str(compiled), **settings, **{"model.compile": compiled})
+        trainer = make_trainer(tiny_dataset, tmp_path / str(compiled), **{"train.max_steps": 2, "model.compile": compiled})
+        assert (trainer.backbone._compiled_call_impl is not None) == compiled
         window = run_steps(trainer, 2)
-        runs[compiled] = (window.mean_loss(), {k: v.clone() for k, v in trainer.backbone.state_dict().items()})
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+        runs[compiled] = (window.mean_loss(), trainer.backbone.state_dict())
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    assert runs[True][1].keys() == runs[False][1].keys()  # checkpoints and model.pt keep their key names
     for key, eager in runs[False][1].items():
-        assert torch.allclose(runs[True][1][key].float(), eager.float(), rtol=1e-3, atol=1e-5), key
+        assert torch.allclose(runs[True][1][key], eager, rtol=1e-4, atol=1e-6), key
 
 
 # ---------------------------------------------------------------------- fine-tuning
