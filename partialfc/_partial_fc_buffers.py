@@ -104,13 +104,9 @@ class Workspace:
 
 
 def merge_micro_batches(weight: torch.Tensor, pending: Sequence[MicroBatch]) -> MicroBatch:
-    """One record for several micro-batches of a step: union of rows, summed gradients.
-
-    With sub-centres only the rows that won for some sample are kept: the others have no gradient
-    and must not move (no weight decay, no momentum push).
-    """
+    """One record for several micro-batches of a step: union of rows, summed gradients."""
     device = weight.device
-    if any(micro.rows is None and micro.winners is None for micro in pending):
+    if any(micro.rows is None for micro in pending):
         rows, values = None, weight.detach().to(torch.float32)
         grad = torch.zeros(weight.shape, dtype=torch.float32, device=device)
         for micro in pending:
@@ -119,23 +115,24 @@ def merge_micro_batches(weight: torch.Tensor, pending: Sequence[MicroBatch]) -> 
             else:
                 grad.index_add_(0, micro.rows, micro.grad)
     else:
-        parts = [_rows_with_gradient(micro) for micro in pending]
-        rows, inverse = torch.unique(torch.cat([part_rows for part_rows, _ in parts]), sorted=True, return_inverse=True)
+        rows, inverse = torch.unique(torch.cat([micro.rows for micro in pending]), sorted=True, return_inverse=True)
         values = weight.index_select(0, rows).to(torch.float32)
         grad = torch.zeros(rows.numel(), weight.shape[1], dtype=torch.float32, device=device)
-        grad.index_add_(0, inverse, torch.cat([part_grad for _, part_grad in parts]))
+        grad.index_add_(0, inverse, torch.cat([micro.grad for micro in pending]))
     return MicroBatch(rows=rows, values=values, grad=grad, logits=pending[0].logits, has_grad=True)
 
 
-def _rows_with_gradient(micro: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The micro-batch's weight rows and their gradient; with sub-centres, winners only (a host sync)."""
+def winning_rows(micro: MicroBatch) -> MicroBatch:
+    """The micro-batch restricted to the sub-centres that won for at least one sample (a host sync).
+
+    The others have no gradient and must not move: no weight decay, no momentum push.
+    """
     num_rows = micro.grad.shape[0]
-    rows = torch.arange(num_rows, device=micro.grad.device) if micro.rows is None else micro.rows
-    if micro.winners is None:
-        return rows, micro.grad
     won = torch.zeros(num_rows, dtype=torch.bool, device=micro.grad.device).index_fill_(0, micro.winners.view(-1), True)
-    won_rows = won.nonzero().squeeze(1)
-    return rows[won_rows], micro.grad[won_rows]
+    keep = won.nonzero().squeeze(1)
+    rows = keep if micro.rows is None else micro.rows.index_select(0, keep)
+    values, grad = micro.values.index_select(0, keep), micro.grad.index_select(0, keep)
+    return MicroBatch(rows=rows, values=values, grad=grad, logits=micro.logits, has_grad=True)
 
 
 class DeferredLabelCheck:

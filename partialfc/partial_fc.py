@@ -73,6 +73,7 @@ from partialfc._partial_fc_buffers import (
     merge_micro_batches,
     project_out_radial,
     update_rows_in_chunks,
+    winning_rows,
 )
 from partialfc.centre_optim import CentreOptimizer, LazySGD
 from partialfc.distributed import (
@@ -233,7 +234,7 @@ class PartialFC(nn.Module):
         return (class_rows.unsqueeze(1) * self.sub_centers + offsets).view(-1)
 
     def _sample(self, labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Step 2: sampled local rows (None = all), each sample's column among them, whether it is local.
+        """Step 2: sampled local classes (None = all), each sample's column among them, whether it is local.
 
         Host syncs only when the global batch could exceed the sample size (then the number of
         positives decides the size).
@@ -304,8 +305,8 @@ class PartialFC(nn.Module):
         self._label_check.raise_if_bad()
         if not all(micro.has_grad for micro in self._pending):
             raise RuntimeError("PartialFC.step(): a forward pass since the last step has no gradient (missing backward?)")
-        if len(self._pending) > 1 or self._pending[0].winners is not None:
-            self._pending = [merge_micro_batches(self.weight, self._pending)]
+        pending = [winning_rows(micro) if micro.winners is not None else micro for micro in self._pending]
+        self._pending = [merge_micro_batches(self.weight, pending)] if len(pending) > 1 else pending
         return self._pending[0]
 
     # ------------------------------------------------------------------ checkpointing
