@@ -177,9 +177,9 @@ def train_and_save(rank: int, world_size: int, root) -> None:
     Checkpointer(root, info, keep=1, shared={}, per_rank={}, pfc=pfc).save(step=2, epoch=0)
 
 
-def load_shard(rank: int, world_size: int, checkpoint) -> dict:
+def load_shard(rank: int, world_size: int, checkpoint, sub_centers: int = SUB_CENTERS) -> dict:
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
-    pfc = PartialFC(DIM, NUM_CLASSES, 0.5, CombinedMargin(), optimizer=LazySGD(**SGD), sub_centers=SUB_CENTERS)
+    pfc = PartialFC(DIM, NUM_CLASSES, 0.5, CombinedMargin(), optimizer=LazySGD(**SGD), sub_centers=sub_centers)
     Checkpointer(checkpoint.parent, info, keep=1, shared={}, per_rank={}, pfc=pfc).load(checkpoint)
     return {"class_start": pfc.class_start, "num_local": pfc.num_local, "weight": pfc.weight.clone(),
             "momentum": pfc.optim_momentum.clone(), "step_count": pfc.step_count}
@@ -198,3 +198,13 @@ def test_reshard_keeps_sub_centres_of_a_class_together(tmp_path):
             assert torch.equal(shard["weight"], saved_weight[rows]), world_size
             assert torch.equal(shard["momentum"], saved_momentum[rows]), world_size
             assert shard["step_count"] == 2
+    with pytest.raises(Exception, match=r"saved with loss.sub_centers=3, this job has 1"):
+        run_distributed(load_shard, 1, checkpoint, 1)
+
+
+def test_config_refuses_fewer_than_one_sub_centre():
+    from partialfc.config import ConfigError, load_config
+
+    assert load_config(None, {"loss.sub_centers": 3}).loss.sub_centers == 3
+    with pytest.raises(ConfigError, match=r"loss.sub_centers=0 must be >= 1"):
+        load_config(None, {"loss.sub_centers": 0})
