@@ -127,25 +127,30 @@ def test_some_sub_centres_lose_in_the_reference_batch(shards_by_world_size):
     assert 0 < updated.numel() < NUM_CLASSES * SUB_CENTERS
 
 
-def test_losing_sub_centres_get_no_gradient_and_do_not_move():
+@pytest.mark.parametrize("micro_batches", [1, 2])
+@pytest.mark.parametrize("sample_rate", [1.0, 0.6])
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_losing_sub_centres_get_no_gradient_and_do_not_move(micro_batches, sample_rate, param_dtype):
+    """Also with gradient accumulation (the merge path), sampling and bf16 storage."""
     num_classes, dim = 5, 8
-    pfc = PartialFC(dim, num_classes, 1.0, CombinedMargin(), optimizer=LazySGD(**SGD), init_std=INIT_STD,
-                    sub_centers=SUB_CENTERS)
+    pfc = PartialFC(dim, num_classes, sample_rate, CombinedMargin(), optimizer=LazySGD(**SGD), init_std=INIT_STD,
+                    sub_centers=SUB_CENTERS, param_dtype=param_dtype)
     generator = torch.Generator().manual_seed(3)
     axis = F.one_hot(torch.tensor(0), dim).float()
     loser_rows = torch.arange(num_classes) * SUB_CENTERS + SUB_CENTERS - 1  # last sub-centre of every class
-    pfc.weight.data[loser_rows] = -axis  # opposite to every embedding below: it never wins
+    pfc.weight.data[loser_rows] = -axis.to(param_dtype)  # opposite to every embedding below: it never wins
     before = pfc.weight.detach().clone()
     for _ in range(2):
-        embeddings = 10.0 * axis + torch.randn(12, dim, generator=generator)
-        labels = torch.randint(0, num_classes, (12,), generator=generator)
-        pfc(embeddings.requires_grad_(), labels).backward()
+        for _ in range(micro_batches):
+            embeddings = 10.0 * axis + torch.randn(12, dim, generator=generator)
+            labels = torch.randint(0, num_classes, (12,), generator=generator)
+            pfc(embeddings.requires_grad_(), labels).backward()
         pending = pfc._pending_gradient()
         assert not torch.isin(loser_rows, pending.rows).any()
         assert pending.grad.abs().sum() > 0
         pfc.step()
     assert torch.equal(pfc.weight[loser_rows], before[loser_rows])
-    assert torch.equal(pfc.optim_momentum[loser_rows], torch.zeros(num_classes, dim))
+    assert torch.equal(pfc.optim_momentum[loser_rows], torch.zeros(num_classes, dim, dtype=param_dtype))
     winners = torch.ones(num_classes * SUB_CENTERS, dtype=torch.bool).index_fill_(0, loser_rows, False)
     assert not torch.equal(pfc.weight[winners], before[winners])
 
