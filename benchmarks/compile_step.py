@@ -67,7 +67,7 @@ def main() -> None:
         difference = float((compiled.eval()(images) - reference).abs().max())
     eager.train(), compiled.train()
 
-    steps = {"eager": BackboneStep(eager, images, AMP[args.amp]), "compiled": BackboneStep(compiled, images, AMP[args.amp])}
+    steps = {name: BackboneStep(model, images, AMP[args.amp]) for name, model in (("eager", eager), ("compiled", compiled))}
     first = steps["compiled"]()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for index in range(args.warmup + args.steps):
@@ -81,7 +81,8 @@ def main() -> None:
     print(f"  first compiled training step (compilation): {first:.1f} s")
     for name, seconds in results.items():
         print(f"  {name:9s} step {seconds * 1e3:8.1f} ms  {args.batch / seconds:8.0f} images/s")
-    print(f"  speed-up {results['eager'] / results['compiled']:.2f}x; max |eager - compiled| embedding {difference:.2e}")
+    print(f"  speed-up {results['eager'] / results['compiled']:.2f}x; "
+          f"max |eager - compiled| embedding {difference:.2e}")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ class SampleRateSchedule:
             if not sep or change is None:
                 raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} is not FRACTION:RATE (e.g. 0.8:1.0)")
             if not 0.0 <= change[0] < 1.0 or not 0.0 < change[1] <= 1.0:
-                raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) and RATE in (0, 1]")
+                raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) "
+                                  "and RATE in (0, 1]")
             if changes and change[0] <= changes[-1][0]:
                 raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} must come after {changes[-1][0]:g} "
                                   "(fractions strictly increasing)")

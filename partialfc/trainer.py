@@ -402,7 +402,8 @@ class Trainer:
             if (pretrained.name, pretrained.embedding_size) != ours:
                 raise ConfigError(
                     f"model.init_from {path}: holds backbone {pretrained.name!r} with embedding size "
-                    f"{pretrained.embedding_size}; this job has model.backbone={ours[0]!r}, model.embedding_size={ours[1]}")
+                    f"{pretrained.embedding_size}; this job has model.backbone={ours[0]!r}, "
+                    f"model.embedding_size={ours[1]}")
             saved = pretrained.backbone.state_dict()
         if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
             raise ConfigError(f"model.init_from {path}: neither a partialfc model.pt (keys {list(MODEL_KEYS)}) nor a "

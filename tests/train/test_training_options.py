@@ -150,7 +150,8 @@ def test_compiled_backbone_trains_like_eager(tiny_dataset, tmp_path, monkeypatch
     monkeypatch.setattr(nn.Module, "compile", lambda module: compile_module(module, backend="aot_eager"))
     runs = {}
     for compiled in (False, True):
-        trainer = make_trainer(tiny_dataset, tmp_path / str(compiled), **{"train.max_steps": 2, "model.compile": compiled})
+        trainer = make_trainer(tiny_dataset, tmp_path / str(compiled),
+                               **{"train.max_steps": 2, "model.compile": compiled})
         assert (trainer.backbone._compiled_call_impl is not None) == compiled
         window = run_steps(trainer, 2)
         runs[compiled] = (window.mean_loss(), trainer.backbone.state_dict())
@@ -187,7 +188,8 @@ def test_init_from_a_model_pt_and_from_a_bare_state_dict(tiny_dataset, tmp_path,
 
     bare = {k: v + 1 if v.is_floating_point() else v for k, v in pretrained.items()}  # insightface backbone.pth
     torch.save(bare, tmp_path / "backbone.pth")
-    started, _ = initial_state(tiny_dataset, tmp_path / "from_pth", **{"model.init_from": str(tmp_path / "backbone.pth")})
+    started, _ = initial_state(tiny_dataset, tmp_path / "from_pth",
+                               **{"model.init_from": str(tmp_path / "backbone.pth")})
     assert_same_weights(bare, started)
 
 
