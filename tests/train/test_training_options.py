@@ -104,6 +104,7 @@ def test_resume_with_ema_is_bit_identical_and_model_pt_holds_the_average(tiny_da
     assert_same_weights(expected["model"], actual["model"])
     exported = load_weights(straight / "model.pt")["state_dict"]
     assert_same_weights(expected["ema"], exported)  # the average is what model.pt carries
+    assert_same_weights(expected["ema"], load_weights(straight / "model_best.pt")["state_dict"])
     raw = expected["model"]
     assert not all(torch.equal(exported[key], raw[key]) for key in raw)  # and it is not the raw weights
 
