@@ -154,11 +154,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     import torch
 
+    from partialfc.checkpoint import CheckpointError
     from partialfc.data.clean import clean_dataset
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out, report = clean_dataset(args.run_dir, args.dataset, args.angle, args.out, model=args.model,
-                                batch_size=args.batch_size, device=device, progress=not args.quiet)
+    try:
+        out, report = clean_dataset(args.run_dir, args.dataset, args.angle, args.out, model=args.model,
+                                    batch_size=args.batch_size, device=device, progress=not args.quiet)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for line in report.lines():
         print(line)
     print(f"cleaned index: {out} (train on it with --data.path {out}; the .rec files are unchanged)")

@@ -119,6 +119,8 @@ def clean_dataset(
     run_dir = Path(run_dir)
     if not 0.0 < max_angle_deg < 180.0:
         raise ValueError(f"--angle must be in (0, 180) degrees, got {max_angle_deg}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     checkpoint = find_latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no complete checkpoint to read the class centres from")

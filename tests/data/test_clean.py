@@ -81,3 +81,10 @@ def test_subset_of_changed_records_is_refused(tiny_dataset, tmp_path):
     directory = write_subset(tmp_path / "subset", shards, num_images - 1, np.arange(10), {})
     with pytest.raises(DatasetError, match="the records changed"):
         RecordDataset(directory)
+
+
+def test_clean_without_a_checkpoint_names_the_directory(tiny_dataset, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "partialfc.data", "clean", str(tmp_path), str(tiny_dataset)],
+                            cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'checkpoints'}: no complete checkpoint" in result.stderr
