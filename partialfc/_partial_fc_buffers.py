@@ -4,7 +4,8 @@ None of this changes the algorithm of :mod:`partialfc.partial_fc`; it is how the
 allocations, host syncs and cache misses:
 
 - :class:`MicroBatch` — what one training forward pass leaves for the update (sampled rows, their
-  fp32 values, the gradient buffer), and :func:`merge_micro_batches` for gradient accumulation;
+  fp32 values, the gradient buffer), :func:`merge_micro_batches` for gradient accumulation and
+  :func:`winning_rows` for sub-centres (only winners are updated);
 - :class:`Workspace` — large per-step buffers kept across steps (page faults cost more than the
   kernels on CPU);
 - :class:`DeferredLabelCheck` — label validation without a host sync in the forward pass;
