@@ -287,7 +287,7 @@ class Checkpointer:
         differing = _differing_fields(manifest.get("config", {}), self.config)
         shared = _load(path / _SHARED, manifest)
         for name, component in self.shared.items():
-            _load_component(component, shared[name], path / _SHARED, name, differing)
+            _load_component(component, shared.get(name), path / _SHARED, name, differing)
         resharded = saved_world != self.info.world_size
         if resharded:
             centres_state = self._reshard(path, manifest)
@@ -297,7 +297,7 @@ class Checkpointer:
             per_rank_path = path / _part_name("rank", self.info.rank, saved_world)
             per_rank = _load(per_rank_path, manifest)
             for name, component in self.per_rank.items():
-                _load_component(component, per_rank[name], per_rank_path, name, differing)
+                _load_component(component, per_rank.get(name), per_rank_path, name, differing)
         _check_shapes(self.pfc.state_dict(), centres_state, path / _part_name("centres", 0, saved_world), "centres",
                       differing)
         self.pfc.load_state_dict(centres_state)
@@ -359,6 +359,9 @@ def read_centres(path: Path) -> tuple[torch.Tensor, int]:
 
 
 def _load_component(component: Stateful, state: Any, path: Path, name: str, differing: str) -> None:
+    if state is None:
+        raise CheckpointError(f"{path}: has no '{name}' component (written by a job without it, e.g. without "
+                              f"train.ema_decay); {differing}")
     if isinstance(component, torch.nn.Module):
         _check_shapes(component.state_dict(), state, path, name, differing)
     try:

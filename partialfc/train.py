@@ -19,6 +19,7 @@ from partialfc.config import Config, ConfigError, add_config_arguments, config_f
 from partialfc.distributed import init_distributed, shard_range, shutdown
 from partialfc.models import create_model
 from partialfc.preemption import EXIT_SIGTERM, block_sigterm
+from partialfc.train_state import SampleRateSchedule
 
 EXIT_CONFIG = 2  # a config or dataset problem found before training: fix and resubmit, do not retry
 EXIT_DIVERGED = 3  # non-finite steps in a row (train.nonfinite): retrying repeats it
@@ -47,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple[str, int]]:
     """Bytes per rank of what dominates memory (rank 0, the largest shard); activations excluded."""
     dim = config.model.embedding_size
+    sub_centers = config.loss.sub_centers
     num_local = shard_range(num_classes, 0, world_size)[1]
-    num_sample = min(num_local, math.ceil(config.loss.sample_rate * num_local))
+    schedule = SampleRateSchedule.parse(config.loss.sample_rate_schedule, config.loss.sample_rate)
+    peak_rate = max([schedule.base, *(rate for _, rate in schedule.changes)])  # the plan must hold at the peak
+    num_sample = min(num_local, math.ceil(peak_rate * num_local)) * sub_centers
+    num_local *= sub_centers  # K centre rows per class
     centre_bytes = 2 if config.loss.param_dtype == "bf16" else 4
     state_copies = 2 if config.optim.name == "adamw" else (1 if config.optim.momentum else 0)
     global_batch = config.data.batch_size * world_size

@@ -75,3 +75,13 @@ def test_dry_run_on_a_mistyped_path_is_a_config_error(tmp_path):
                              "--data.path", str(tmp_path / "typo"), "--dry-run"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert f"config error: data.path='{tmp_path / 'typo'}'" in result.stderr
+
+
+def test_memory_plan_holds_at_the_peak_sample_rate_and_counts_sub_centres():
+    plain = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1}), 1_000_000, 8))
+    scheduled = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1,
+                                                    "loss.sample_rate_schedule": ["0.8:1.0"]}), 1_000_000, 8))
+    assert scheduled["logits / softmax buffer (fp32)"] == 10 * plain["logits / softmax buffer (fp32)"]
+    tripled = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1, "loss.sub_centers": 3}), 1_000_000, 8))
+    assert tripled["class centres"] == 3 * plain["class centres"]
+    assert tripled["sampled centres + their gradient (fp32)"] == 3 * plain["sampled centres + their gradient (fp32)"]

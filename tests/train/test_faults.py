@@ -136,3 +136,9 @@ def test_a_bad_record_under_dali_is_named_by_every_rank(tiny_dataset, tmp_path):
     console = result.stdout + result.stderr
     assert console.count(cause) >= 2, console[-4000:]  # the failing rank and its peer
     assert "PeerFailure: rank " in console, console[-4000:]
+
+
+def test_a_component_the_checkpoint_lacks_is_named(tiny_dataset, good_run, tmp_path):
+    output = copy_run(good_run, tmp_path)
+    with pytest.raises(CheckpointError, match=r"trainer.pt: has no 'ema' component"):
+        make_trainer(tiny_dataset, output, **{**GOOD, "train.ema_decay": 0.9}).fit()
