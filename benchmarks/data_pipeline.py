@@ -120,7 +120,7 @@ def main() -> None:
         rows.append(("PyTorch fallback (TorchLoader)", best_of(
             lambda: loader_rate(TorchLoader(ds, LoaderParams(args.batch_size, _INPUT), num_workers=args.cores), args.epochs))))
 
-        print(f"\n| pipeline | images/s | % of floor |\n|---|---:|---:|")
+        print("\n| pipeline | images/s | % of floor |\n|---|---:|---:|")
         for name, rate in rows:
             print(f"| {name} | {rate:,.0f} | {100 * rate / best:.0f}% |")
 

@@ -78,3 +78,24 @@ def wait_for(predicate, deadline: float, what: str, job: subprocess.Popen) -> No
         assert job.poll() is None, f"training ended ({job.returncode}) before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def kill_job(job: subprocess.Popen, output: Path) -> None:
+    """SIGKILL a torchrun job and its workers (they run in sessions of their own; their pids are in the heartbeats)."""
+    import json
+    import signal
+
+    pids = []
+    for heartbeat in (output / "heartbeats").glob("rank-*.json"):
+        try:
+            pids.append(json.loads(heartbeat.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            pass
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

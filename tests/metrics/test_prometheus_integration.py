@@ -4,7 +4,6 @@ partialfc.train`` under torchrun) and its query API shows the job."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from prom_server import PrometheusServer, kill_group

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from training_run import REPO, train_args, training_env, wait_for
+from training_run import REPO, kill_job, train_args, training_env, wait_for
 
 KILLS = 3
 
@@ -45,9 +45,7 @@ def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):
         job.wait(timeout=300)
     finally:
         console.close()
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        kill_job(job, output)
     text = log.read_text()
     assert job.returncode == 0, (tmp_path / "console.txt").read_text()[-3000:]
     starts = re.findall(r"start at step (\d+) \(restart (\d+)\)", text)

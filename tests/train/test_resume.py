@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import pytest
 import torch
-from training_run import REPO, final_state, run_training, train_args, training_command, training_env
+from training_run import REPO, final_state, kill_job, run_training, train_args, training_command, training_env, wait_for
 from dist_harness import run_distributed
 
 from partialfc import CombinedMargin, PartialFC
@@ -93,15 +92,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path)
     job = subprocess.Popen(training_command(2, args), cwd=REPO, env=training_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (log.is_file() and " step 6/" in log.read_text()):
-            assert job.poll() is None and time.monotonic() < deadline, "training did not reach step 6"
-            time.sleep(0.2)
+        wait_for(lambda: log.is_file() and " step 6/" in log.read_text(), time.monotonic() + 300, "step 6", job)
         job.send_signal(signal.SIGTERM)
         job.wait(timeout=120)
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+        kill_job(job, output)
     assert job.returncode != 0  # the job did not finish
     text = log.read_text()
     assert "SIGTERM: stopped at step" in text, text[-2000:]

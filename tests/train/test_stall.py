@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from training_run import REPO, train_args, training_command, training_env, wait_for
+from training_run import REPO, kill_job, train_args, training_command, training_env, wait_for
 
 STALL_TIMEOUT_S = 6
 
@@ -40,9 +40,7 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
                 os.kill(stopped_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        kill_job(job, output)
     report = next(line for line in log.read_text().splitlines() if "stall: " in line)
     assert "rank 1 not responding" in report and f"pid {stopped_pid}" in report, report
     assert "rank 0 made no step progress" in report, report
