@@ -98,7 +98,6 @@ def _human_bytes(size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    block_sigterm()  # before any thread exists: SIGTERM is taken by the trainer's own thread (preemption.py)
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
@@ -134,4 +133,7 @@ def warn_if_restarts_unsafe() -> None:
 
 
 if __name__ == "__main__":
+    # Before any thread exists: SIGTERM is then taken by the trainer's own thread (preemption.py). Only
+    # here, not in main(): a blocked mask is inherited by every process started later, e.g. by a test.
+    block_sigterm()
     sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import subprocess
 import sys
 
@@ -85,3 +86,10 @@ def test_memory_plan_holds_at_the_peak_sample_rate_and_counts_sub_centres():
     tripled = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1, "loss.sub_centers": 3}), 1_000_000, 8))
     assert tripled["class centres"] == 3 * plain["class centres"]
     assert tripled["sampled centres + their gradient (fp32)"] == 3 * plain["sampled centres + their gradient (fp32)"]
+
+
+def test_main_in_process_leaves_sigterm_unblocked(capsys):
+    """Only `python -m partialfc.train` blocks SIGTERM (for its sigwait thread): a caller of main()
+    keeps its mask, which every process it starts later would inherit."""
+    assert main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--dry-run"]) == 0
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
