@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
-from training_run import make_trainer
+from training_run import final_state, make_trainer
 
 from partialfc.log_window import LogWindow
 
@@ -39,3 +40,22 @@ def test_resume_continues_the_global_rng_streams(tiny_dataset, tmp_path):
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
     assert "resumed from" in (resumed / "train.log").read_text()
+
+
+@pytest.mark.parametrize("head", ["adaface", "curricularface"])
+def test_resume_with_margin_state_is_bit_identical(tiny_dataset, tmp_path, head):
+    """The running statistics of AdaFace / CurricularFace are checkpointed with the centres."""
+    settings = {"loss.head": head, "train.max_steps": 6, "checkpoint.every_steps": 3}
+    straight = tmp_path / "straight"
+    first = make_trainer(tiny_dataset, straight, **settings)
+    assert first.fit() == "finished"
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
+    second = make_trainer(tiny_dataset, resumed, **settings)
+    assert second.fit() == "finished"
+    expected, actual = final_state(straight), final_state(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    margin_state = first.pfc.state_dict()["_extra_state"]["margin"]
+    assert margin_state and margin_state == second.pfc.state_dict()["_extra_state"]["margin"]
