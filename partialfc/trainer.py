@@ -315,6 +315,11 @@ class Trainer:
 
     def _verify(self) -> None:
         self.watchdog.beat(self.progress.step, "verification")
+        if dist.is_initialized():
+            # Each rank's batch-norm statistics moved with its own last batch; evaluate what model.pt
+            # holds, rank 0's (DDP broadcasts them again before the next training forward anyway).
+            for buffer in self.inference_backbone.buffers():
+                dist.broadcast(buffer, 0)
         results: list[VerificationResult] = [
             evaluate(self.inference_backbone, vset, self.config.model.embedding_size, self.device,
                      self.config.eval.batch_size, self.amp_dtype, self.config.eval.far)

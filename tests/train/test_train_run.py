@@ -33,6 +33,9 @@ def test_two_rank_run_learns(tiny_dataset, tmp_path):
     exported = torch.load(output / "model.pt", weights_only=True)
     model = create_model(exported["backbone"], embedding_size=exported["embedding_size"])
     model.load_state_dict(exported["state_dict"])
+    # The trainer's last verification (2 ranks) scored exactly the exported model, BN statistics included.
+    alone = evaluate(model, vset, 128, torch.device("cpu"), 100).accuracy
+    assert alone == summary["last_verification"]["synth_val"]["accuracy"], (alone, summary["last_verification"])
     assert (output / "model_best.pt").is_file() and (output / "config.yaml").is_file()
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00000020", "step-00000040"]
 
