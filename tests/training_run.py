@@ -99,3 +99,21 @@ def kill_job(job: subprocess.Popen, output: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def straight_and_resumed(dataset: Path, tmp_path: Path, **settings: object) -> tuple:
+    """In-process runs of 6 steps: one straight, one resumed from the straight run's step-3 checkpoint.
+
+    Returns (straight output, resumed output, straight trainer, resumed trainer), both runs finished.
+    """
+    import shutil
+
+    settings = {"train.max_steps": 6, "checkpoint.every_steps": 3, **settings}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    first = make_trainer(dataset, straight, **settings)
+    assert first.fit() == "finished"
+    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
+    second = make_trainer(dataset, resumed, **settings)
+    assert second.fit() == "finished"
+    assert "resumed from" in (resumed / "train.log").read_text()
+    return straight, resumed, first, second

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
-from training_run import final_state, make_trainer
+from training_run import final_state, make_trainer, straight_and_resumed
 
 from partialfc.log_window import LogWindow
 
@@ -28,31 +26,17 @@ def test_the_scheduled_lr_reaches_both_optimizers_every_step(tiny_dataset, tmp_p
 
 def test_resume_continues_the_global_rng_streams(tiny_dataset, tmp_path):
     """Dropout draws from the global torch RNG: a resume that did not restore it would diverge."""
-    settings = {"model.dropout": 0.3, "train.max_steps": 6, "checkpoint.every_steps": 3}
-    straight = tmp_path / "straight"
-    assert make_trainer(tiny_dataset, straight, **settings).fit() == "finished"
-    resumed = tmp_path / "resumed"
-    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
-    trainer = make_trainer(tiny_dataset, resumed, **settings)
-    assert trainer.fit() == "finished"
+    straight, resumed, _, _ = straight_and_resumed(tiny_dataset, tmp_path, **{"model.dropout": 0.3})
     expected = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
     actual = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
-    assert "resumed from" in (resumed / "train.log").read_text()
 
 
 @pytest.mark.parametrize("head", ["adaface", "curricularface"])
 def test_resume_with_margin_state_is_bit_identical(tiny_dataset, tmp_path, head):
     """The running statistics of AdaFace / CurricularFace are checkpointed with the centres."""
-    settings = {"loss.head": head, "train.max_steps": 6, "checkpoint.every_steps": 3}
-    straight = tmp_path / "straight"
-    first = make_trainer(tiny_dataset, straight, **settings)
-    assert first.fit() == "finished"
-    resumed = tmp_path / "resumed"
-    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
-    second = make_trainer(tiny_dataset, resumed, **settings)
-    assert second.fit() == "finished"
+    straight, resumed, first, second = straight_and_resumed(tiny_dataset, tmp_path, **{"loss.head": head})
     expected, actual = final_state(straight), final_state(resumed)
     assert expected.keys() == actual.keys()
     for key in expected:

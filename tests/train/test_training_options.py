@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import nn
-from training_run import make_trainer
+from training_run import make_trainer, straight_and_resumed
 
 from partialfc import CombinedMargin, PartialFC
 from partialfc.config import ConfigError, OptimConfig, load_config
@@ -91,12 +91,7 @@ def test_weight_average_follows_applied_steps_only():
 
 
 def test_resume_with_ema_is_bit_identical_and_model_pt_holds_the_average(tiny_dataset, tmp_path):
-    settings = {"train.ema_decay": 0.9, "train.max_steps": 6, "checkpoint.every_steps": 3}
-    straight = tmp_path / "straight"
-    assert make_trainer(tiny_dataset, straight, **settings).fit() == "finished"
-    resumed = tmp_path / "resumed"
-    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
-    assert make_trainer(tiny_dataset, resumed, **settings).fit() == "finished"
+    straight, resumed, _, _ = straight_and_resumed(tiny_dataset, tmp_path, **{"train.ema_decay": 0.9})
 
     expected = load_weights(straight / "checkpoints" / "step-00000006" / "trainer.pt")
     actual = load_weights(resumed / "checkpoints" / "step-00000006" / "trainer.pt")
