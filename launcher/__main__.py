@@ -15,7 +15,9 @@ from launcher.command import (
     DEFAULT_MAX_RESTARTS,
     TrainingSettings,
     apply_overrides,
+    cli_nproc,
     node_local_metrics_dir,
+    resolve_nproc,
     rendezvous_conf,
     torchrun_command,
     torchrun_environment,
@@ -25,16 +27,22 @@ from launcher.environment import NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, Launc
 
 EPILOG = f"""\
 environments recognised (first match wins; variables a user sets explicitly, PET_* included, win):
-  Kubeflow PyTorchJob v1    MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, PET_* (or PET_RDZV_ENDPOINT + PET_NNODES with elasticPolicy)
+  SLURM                     SLURM_JOB_ID, SLURM_NODEID, and SLURM_STEP_NODELIST + SLURM_STEP_NUM_NODES under srun
+                            (else SLURM_JOB_NODELIST + SLURM_NNODES); rendezvous on MASTER_ADDR:MASTER_PORT when
+                            exported, else on the first host
+  Kubeflow PyTorchJob v1    Master: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, PET_MASTER_ADDR, PET_MASTER_PORT,
+                            PET_NODE_RANK, PET_NNODES (N or MIN:MAX with elasticPolicy), PET_NPROC_PER_NODE;
+                            workers only (elasticPolicy): PET_RDZV_ENDPOINT, PET_NNODES
   Kubeflow Trainer v2       PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT, PET_NPROC_PER_NODE
   Indexed Job / JobSet      JOB_COMPLETION_INDEX, plus {NNODES_VAR} and {RDZV_HOST_VAR} (pod 0's DNS name)
                             from the manifest; {RDZV_PORT_VAR} (default 29400)
-  SLURM                     SLURM_JOB_ID, SLURM_NNODES, SLURM_NODEID, SLURM_JOB_NODELIST (first host hosts the rendezvous)
   none of these             a single node
 
 torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, TORCH_NCCL_ASYNC_ERROR_HANDLING=3 and
-TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SIGTERM) unless they are set. The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is
-raised to cover it. Metrics: local rank 0 empties the node's metrics directory when this launcher's
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SIGTERM) unless they are set.
+The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is raised
+to cover it, and the store client waits as long (read_timeout), so a node that starts minutes before
+the rendezvous host still joins. PET_RDZV_CONF keys win. Metrics: local rank 0 empties the node's metrics directory when this launcher's
 torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py);
 a multi-node job without metrics.multiproc_dir gets a node-local one,
 $TMPDIR/partialfc-metrics-<rdzv id>-<host name>.
@@ -54,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--nproc-per-node", type=int, metavar="N",
-                        help="worker processes on this node (default: the scheduler's value, else visible GPUs, or 1 on CPU)")
+    parser.add_argument("--nproc-per-node", type=cli_nproc, metavar="N|auto|cpu|gpu",
+                        help="worker processes on this node: a number, one per GPU (gpu), one per CPU core (cpu), or "
+                        "auto: one per visible GPU, 1 on a node without GPUs (default: the scheduler's value, else auto)")
     parser.add_argument("--nnodes", metavar="N|MIN:MAX", help="node count (default: the scheduler's)")
     parser.add_argument("--node-rank", type=int, metavar="R", help="this node's rank (default: the scheduler's)")
     parser.add_argument("--max-restarts", type=int, metavar="N",
@@ -124,7 +133,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if metrics_dir:
         train_args += ["--metrics.multiproc_dir", metrics_dir]
         settings = replace(settings, metrics_dir=metrics_dir)
-    nproc = placement.nproc_per_node or visible_gpus() or 1
+    try:
+        nproc = resolve_nproc(placement.nproc_per_node, visible_gpus(), os.cpu_count() or 1)
+    except LaunchEnvironmentError as error:
+        print(f"launcher: {error}", file=sys.stderr)
+        return 2
     max_restarts = DEFAULT_MAX_RESTARTS if placement.max_restarts is None else placement.max_restarts
     command = torchrun_command(placement, nproc, max_restarts, rendezvous_conf(placement, settings.timeout_s, env),
                                train_args)

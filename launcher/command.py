@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from launcher.environment import LaunchEnvironmentError, Placement, check_nnodes, nproc_from
+from launcher.environment import LaunchEnvironmentError, Placement, check_nnodes, nproc_from, parse_nproc
 
 DEFAULT_MAX_RESTARTS = 3
 # torchrun's own default join timeout; a longer collective timeout raises it (see rendezvous_conf).
@@ -84,7 +84,7 @@ def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[s
         if name in ("nnodes", "rdzv_id"):
             changes[name] = env[variable]
         elif name == "nproc_per_node":
-            changes[name] = nproc_from(env) or placement.nproc_per_node
+            changes[name] = nproc_from(env)
         else:
             try:
                 changes[name] = int(env[variable])
@@ -102,7 +102,7 @@ def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[s
             f"{', '.join(sources)}: {resolved.nnodes} nodes but no scheduler variables name a rendezvous host "
             "(set PET_RDZV_ENDPOINT=HOST:PORT, or run under one of the schedulers in --help)"
         )
-    if resolved.node_rank is not None and resolved.node_rank >= int(resolved.nnodes.split(":")[-1]):
+    if resolved.node_rank is not None and resolved.node_rank >= resolved.max_nodes:
         raise LaunchEnvironmentError(
             f"{', '.join(sources)}: node rank {resolved.node_rank} is not below the node count {resolved.nnodes}"
         )
@@ -110,15 +110,19 @@ def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[s
 
 
 def rendezvous_conf(placement: Placement, timeout_s: int, env: Mapping[str, str]) -> str:
-    """``--rdzv-conf``: who hosts the store, and how long a restarted group waits for its nodes.
+    """``--rdzv-conf``: who hosts the store, and how long a node waits for the store and its peers.
 
     Node rank 0 hosts the c10d store when the scheduler fixes node ranks (torch otherwise guesses by
     matching host names and addresses, which a DNS alias can defeat); without node ranks, the node
     whose torchrun local address (PET_LOCAL_ADDR) is the rendezvous host hosts it. A restarted node may wait for a
     peer that is still blocked in a collective until ``dist.timeout_s``, so the join timeout is at
-    least that. Keys in PET_RDZV_CONF (the operator's ``rdzvConf``) win.
+    least that. A node may also start minutes before the store's host (an image pull, an autoscaled
+    GPU node): torch's store client gives up after ``read_timeout`` (default 60 s: one 60 s connect,
+    a random 30-90 s back-off, one more try; a 146 s gap measured fatal here), so it waits as long as
+    the join. Keys in PET_RDZV_CONF (the operator's ``rdzvConf``) win.
     """
-    conf = {"join_timeout": str(max(MIN_JOIN_TIMEOUT_S, timeout_s + 60))}
+    join_timeout = str(max(MIN_JOIN_TIMEOUT_S, timeout_s + 60))
+    conf = {"join_timeout": join_timeout, "read_timeout": join_timeout}
     if placement.node_rank is not None and placement.rdzv_host != "localhost":
         conf["is_host"] = str(placement.node_rank == 0).lower()
     elif env.get("PET_LOCAL_ADDR") == placement.rdzv_host:  # torch's guess misses addresses of secondary NICs
@@ -127,6 +131,30 @@ def rendezvous_conf(placement: Placement, timeout_s: int, env: Mapping[str, str]
         key, _, value = item.partition("=")
         conf[key.strip()] = value.strip()
     return ",".join(f"{key}={value}" for key, value in conf.items())
+
+
+def resolve_nproc(spec: int | str | None, gpus: int, cpus: int) -> int:
+    """Worker processes for ``N|cpu|gpu`` or None ("auto": one per visible GPU, else one on CPU).
+
+    "cpu" and "gpu" mean what they mean to torchrun (one process per CPU core / per GPU); "auto"
+    differs from torchrun's on a CPU-only node (torchrun: one per core), where one process per node
+    is what training wants.
+    """
+    if spec == "gpu" and not gpus:
+        raise LaunchEnvironmentError("nproc-per-node 'gpu' but this node has no visible GPU")
+    if spec == "cpu":
+        return cpus
+    if spec in (None, "gpu"):
+        return gpus or 1
+    return int(spec)
+
+
+def cli_nproc(value: str) -> int | str | None:
+    """argparse type of ``--nproc-per-node``."""
+    try:
+        return parse_nproc(value, "--nproc-per-node")
+    except LaunchEnvironmentError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def torchrun_command(

@@ -21,6 +21,13 @@ RDZV_HOST_VAR = "PARTIALFC_RDZV_HOST"
 RDZV_PORT_VAR = "PARTIALFC_RDZV_PORT"
 
 
+# A PyTorchJob with a Master replica: the operator always sets all of these together (v1.7-v1.9).
+PYTORCHJOB_MASTER_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+PYTORCHJOB_PET_VARS = ("PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NODE_RANK", "PET_NNODES", "PET_NPROC_PER_NODE")
+# torchrun's --nproc-per-node words (torch/distributed/run.py, determine_local_world_size).
+NPROC_WORDS = ("auto", "cpu", "gpu")
+
+
 class LaunchEnvironmentError(ValueError):
     """The environment describes a multi-node job incompletely or inconsistently."""
 
@@ -35,7 +42,7 @@ class Placement:
     rdzv_port: int
     rdzv_id: str
     node_rank: int | None = None  # None: the scheduler does not fix it (the rendezvous assigns one)
-    nproc_per_node: int | None = None  # None: the launcher's default (visible GPUs, or 1)
+    nproc_per_node: int | str | None = None  # N, "cpu" or "gpu"; None ("auto"): visible GPUs, or 1
     max_restarts: int | None = None  # None: the launcher's default
     variables: dict[str, str] = field(default_factory=dict)  # the variables this was read from
 
@@ -45,16 +52,17 @@ class Placement:
         return f"{host}:{self.rdzv_port}"
 
     @property
-    def min_nodes(self) -> int:
-        return int(self.nnodes.split(":")[0])
+    def max_nodes(self) -> int:
+        return max_nodes(self.nnodes)
 
 
 def detect(env: Mapping[str, str]) -> Placement:
     """The placement described by ``env``; the first scheduler whose variables are present wins.
 
-    Order: Kubeflow PyTorchJob (v1), Kubeflow Trainer v2 torch runtime, Indexed Job / JobSet, SLURM,
-    and a single node when none is present. PyTorchJob and Trainer v2 come before the Indexed Job
-    because their pods run in Indexed Jobs too (and so also carry ``JOB_COMPLETION_INDEX``).
+    Order: SLURM, Kubeflow PyTorchJob (v1), Kubeflow Trainer v2 torch runtime, Indexed Job / JobSet,
+    and a single node when none is present. SLURM comes first because batch scripts commonly export
+    MASTER_ADDR/MASTER_PORT themselves; PyTorchJob and Trainer v2 come before the Indexed Job because
+    their pods run in Indexed Jobs too (and so also carry ``JOB_COMPLETION_INDEX``).
     """
     for detector in DETECTORS:
         placement = detector(env)
@@ -65,48 +73,52 @@ def detect(env: Mapping[str, str]) -> Placement:
 
 # ---------------------------------------------------------------------- schedulers
 def from_pytorchjob(env: Mapping[str, str]) -> Placement | None:
-    """Kubeflow training-operator ``PyTorchJob`` (``kubeflow.org/v1``).
+    """Kubeflow training-operator ``PyTorchJob`` (``kubeflow.org/v1``, operator v1.7-v1.9).
 
-    With a Master replica the operator sets MASTER_ADDR, MASTER_PORT, RANK (= node rank: master 0,
-    worker i is i + 1), WORLD_SIZE (= replicas x nprocPerNode, i.e. processes, or replicas when
-    nprocPerNode is unset or "auto") and PET_NNODES / PET_NODE_RANK / PET_NPROC_PER_NODE. With an
-    ``elasticPolicy`` (workers only) it sets PET_RDZV_ENDPOINT (``<job>-worker-0:<port>``),
-    PET_NNODES (``N`` or ``MIN:MAX``), PET_MAX_RESTARTS and PET_RDZV_ID / PET_RDZV_CONF if configured.
+    What the operator injects (pkg/controller.v1/pytorch/envvar.go, master.go, elastic.go at v1.9.0):
+    with a Master replica, MASTER_ADDR / PET_MASTER_ADDR (``<job>-master-0``), MASTER_PORT /
+    PET_MASTER_PORT, RANK = PET_NODE_RANK (master 0, worker i is i + 1), WORLD_SIZE (replicas x
+    nprocPerNode), PET_NPROC_PER_NODE (``auto`` by default, else ``cpu``, ``gpu`` or N) and PET_NNODES
+    (the replica count, or ``MIN:MAX`` when an ``elasticPolicy`` is present too). With an
+    ``elasticPolicy`` it adds PET_RDZV_ENDPOINT (``<job>-worker-0:<port>``), PET_RDZV_BACKEND,
+    PET_NNODES and, where configured, PET_MAX_RESTARTS / PET_RDZV_ID / PET_RDZV_CONF. A Master with an
+    elasticPolicy keeps the node ranks: the rendezvous is hosted by the master (node rank 0) at
+    MASTER_ADDR:MASTER_PORT, and the node count may be a range.
     """
-    variables = _present(env, "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "PET_RDZV_ENDPOINT")
+    variables = _present(env, *PYTORCHJOB_MASTER_VARS, "PET_RDZV_ENDPOINT")
     if not variables:
         return None
     if env.get("PET_RDZV_BACKEND", "c10d") != "c10d":
         raise LaunchEnvironmentError(f"PET_RDZV_BACKEND={env['PET_RDZV_BACKEND']!r}: the launcher runs the c10d rendezvous")
-    if "PET_RDZV_ENDPOINT" in env and "RANK" not in env:
+    max_restarts = _optional_int(env, "PET_MAX_RESTARTS", minimum=0)
+    if not any(name in env for name in PYTORCHJOB_MASTER_VARS):  # workers only, elasticPolicy
         host, port = _endpoint(env, "PET_RDZV_ENDPOINT")
         nnodes = _require(env, "PET_NNODES", "PET_RDZV_ENDPOINT")
         check_nnodes(nnodes, "PET_NNODES")
         return Placement(
             "Kubeflow PyTorchJob (kubeflow.org/v1, elasticPolicy)", nnodes, host, port,
-            env.get("PET_RDZV_ID") or _default_id(host),
-            nproc_per_node=nproc_from(env),
-            max_restarts=_optional_int(env, "PET_MAX_RESTARTS", minimum=0),
+            env.get("PET_RDZV_ID") or _default_id(host), nproc_per_node=nproc_from(env), max_restarts=max_restarts,
             variables=_present(env, "PET_RDZV_ENDPOINT", "PET_NNODES", "PET_NPROC_PER_NODE", "PET_MAX_RESTARTS", "PET_RDZV_ID"),
         )
-    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
-        _require(env, name, next(iter(variables)))
+    trigger = next(name for name in PYTORCHJOB_MASTER_VARS if name in env)
+    for name in (*PYTORCHJOB_MASTER_VARS, *PYTORCHJOB_PET_VARS):
+        _require(env, name, trigger)
     host, port = env["MASTER_ADDR"], _int(env, "MASTER_PORT", minimum=1, maximum=65535)
+    _int(env, "WORLD_SIZE", minimum=1)
     node_rank = _int(env, "RANK", minimum=0)
-    world_size = _int(env, "WORLD_SIZE", minimum=1)
-    nproc = nproc_from(env)
-    if "PET_NNODES" in env:
-        nnodes = _int(env, "PET_NNODES", minimum=1)
-    elif world_size % (nproc or 1):
-        raise LaunchEnvironmentError(f"WORLD_SIZE={world_size} is not a multiple of PET_NPROC_PER_NODE={nproc}")
-    else:
-        nnodes = world_size // (nproc or 1)
-    _check_rank(node_rank, nnodes, "RANK")
+    if env["PET_NODE_RANK"] != env["RANK"]:
+        raise LaunchEnvironmentError(
+            f"RANK={env['RANK']} but PET_NODE_RANK={env['PET_NODE_RANK']}: the operator sets both to the node rank")
+    nnodes = env["PET_NNODES"]
+    check_nnodes(nnodes, "PET_NNODES")
+    _check_rank(node_rank, max_nodes(nnodes), "RANK")
+    elastic = " + elasticPolicy" if "PET_RDZV_ENDPOINT" in env else ""
     return Placement(
-        "Kubeflow PyTorchJob (kubeflow.org/v1)", str(nnodes), host, port, env.get("PET_RDZV_ID") or _default_id(host),
-        node_rank=node_rank, nproc_per_node=nproc, max_restarts=_optional_int(env, "PET_MAX_RESTARTS", minimum=0),
-        variables=_present(env, "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "PET_NNODES", "PET_NPROC_PER_NODE",
-                           "PET_MAX_RESTARTS", "PET_RDZV_ID"),
+        f"Kubeflow PyTorchJob (kubeflow.org/v1, Master{elastic})", nnodes, host, port,
+        env.get("PET_RDZV_ID") or _default_id(host), node_rank=node_rank, nproc_per_node=nproc_from(env),
+        max_restarts=max_restarts,
+        variables=_present(env, *PYTORCHJOB_MASTER_VARS, *PYTORCHJOB_PET_VARS, "PET_RDZV_ENDPOINT", "PET_MAX_RESTARTS",
+                           "PET_RDZV_ID"),
     )
 
 
@@ -147,29 +159,38 @@ def from_indexed_job(env: Mapping[str, str]) -> Placement | None:
 
 
 def from_slurm(env: Mapping[str, str]) -> Placement | None:
-    """SLURM, one launcher per node (``srun --ntasks-per-node=1``): SLURM_NNODES, SLURM_NODEID, and the
-    first host of SLURM_JOB_NODELIST as the rendezvous host; SLURM_JOB_ID names the rendezvous."""
-    variables = _complete(env, ("SLURM_JOB_ID", "SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_NODELIST"))
-    if variables is None:
+    """SLURM, one launcher per node (``srun --ntasks-per-node=1``), recognised by SLURM_JOB_ID.
+
+    Under ``srun`` the step's own SLURM_STEP_NODELIST / SLURM_STEP_NUM_NODES describe the nodes that
+    run the launcher (a step may use part of the allocation) and SLURM_NODEID is this node's index in
+    the step (srun(1), "OUTPUT ENVIRONMENT VARIABLES"); without a step, the job's SLURM_JOB_NODELIST /
+    SLURM_NNODES. The rendezvous host is MASTER_ADDR (and its port MASTER_PORT) when the batch script
+    exports them, the usual torch-on-SLURM recipe, else the first host of the node list. SLURM_JOB_ID
+    names the rendezvous.
+    """
+    if "SLURM_JOB_ID" not in env:
         return None
-    nnodes, node_rank = _nodes(env, "SLURM_NNODES", "SLURM_NODEID")
+    list_var, count_var = (("SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES") if "SLURM_STEP_NODELIST" in env
+                           else ("SLURM_JOB_NODELIST", "SLURM_NNODES"))
+    variables = _complete(env, ("SLURM_JOB_ID", count_var, "SLURM_NODEID", list_var)) or {}
+    nnodes, node_rank = _nodes(env, count_var, "SLURM_NODEID")
     try:
-        hosts = expand_hostlist(env["SLURM_JOB_NODELIST"])
+        hosts = expand_hostlist(env[list_var])
     except ValueError as error:
-        raise LaunchEnvironmentError(f"SLURM_JOB_NODELIST={env['SLURM_JOB_NODELIST']!r}: {error}") from error
+        raise LaunchEnvironmentError(f"{list_var}={env[list_var]!r}: {error}") from error
     if len(hosts) != nnodes:
-        raise LaunchEnvironmentError(
-            f"SLURM_JOB_NODELIST={env['SLURM_JOB_NODELIST']!r} lists {len(hosts)} hosts but SLURM_NNODES={nnodes}"
-        )
-    port = _optional_int(env, RDZV_PORT_VAR, minimum=1, maximum=65535) or DEFAULT_RDZV_PORT
+        raise LaunchEnvironmentError(f"{list_var}={env[list_var]!r} lists {len(hosts)} hosts but {count_var}={nnodes}")
+    port = (_optional_int(env, "MASTER_PORT", minimum=1, maximum=65535)
+            or _optional_int(env, RDZV_PORT_VAR, minimum=1, maximum=65535) or DEFAULT_RDZV_PORT)
     return Placement(
-        "SLURM", str(nnodes), hosts[0], port, f"slurm-{env['SLURM_JOB_ID']}", node_rank=node_rank,
-        variables={**variables, **_present(env, RDZV_PORT_VAR)},
+        "SLURM" + (" step (srun)" if list_var == "SLURM_STEP_NODELIST" else ""), str(nnodes),
+        env.get("MASTER_ADDR") or hosts[0], port, f"slurm-{env['SLURM_JOB_ID']}", node_rank=node_rank,
+        variables={**variables, **_present(env, "MASTER_ADDR", "MASTER_PORT", RDZV_PORT_VAR)},
     )
 
 
 DETECTORS: tuple[Callable[[Mapping[str, str]], Placement | None], ...] = (
-    from_pytorchjob, from_trainer_v2, from_indexed_job, from_slurm,
+    from_slurm, from_pytorchjob, from_trainer_v2, from_indexed_job,
 )
 
 
@@ -211,11 +232,24 @@ def _expand_ranges(ranges: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- helpers
-def nproc_from(env: Mapping[str, str]) -> int | None:
-    """PET_NPROC_PER_NODE as a number; None when unset or torchrun's "auto"/"gpu" (the launcher counts GPUs)."""
-    if env.get("PET_NPROC_PER_NODE", "auto") in ("auto", "gpu"):
+def nproc_from(env: Mapping[str, str]) -> int | str | None:
+    """PET_NPROC_PER_NODE as torchrun reads it: N, "cpu" or "gpu"; None when unset or "auto"."""
+    return parse_nproc(env.get("PET_NPROC_PER_NODE", ""), "PET_NPROC_PER_NODE")
+
+
+def parse_nproc(value: str, name: str) -> int | str | None:
+    """``N|auto|cpu|gpu``: a PyTorchJob's nprocPerNode, a TrainJob's numProcPerNode, torchrun's flag."""
+    if value in ("", "auto"):
         return None
-    return _int(env, "PET_NPROC_PER_NODE", minimum=1)
+    if value in NPROC_WORDS:
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise LaunchEnvironmentError(f"{name}={value!r} must be a number or one of {', '.join(NPROC_WORDS)}") from None
+    if number < 1:
+        raise LaunchEnvironmentError(f"{name}={number} must be >= 1")
+    return number
 
 
 def _present(env: Mapping[str, str], *names: str) -> dict[str, str]:
@@ -264,6 +298,11 @@ def _optional_int(env: Mapping[str, str], name: str, minimum: int, maximum: int 
 def _check_rank(node_rank: int, nnodes: int, name: str) -> None:
     if node_rank >= nnodes:
         raise LaunchEnvironmentError(f"{name}={node_rank} but the job has {nnodes} node(s): a node rank must be < {nnodes}")
+
+
+def max_nodes(nnodes: str) -> int:
+    """The largest node count ``N`` or ``MIN:MAX`` admits: node ranks run up to it."""
+    return int(nnodes.split(":")[-1])
 
 
 def check_nnodes(nnodes: str, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from launcher.command import (
     apply_overrides,
     node_local_metrics_dir,
     rendezvous_conf,
+    resolve_nproc,
     torchrun_command,
     torchrun_environment,
     training_settings,
@@ -58,15 +60,36 @@ def test_environment_defaults_never_replace_what_is_set():
 
 
 def test_rendezvous_conf_hosts_the_store_on_node_0_and_waits_out_a_collective_timeout():
+    """The store client waits as long as the join (read_timeout): a node may start minutes before node 0."""
     node1 = detect(INDEXED)
-    assert rendezvous_conf(node1, 1800, {}) == "join_timeout=1860,is_host=false"
+    assert rendezvous_conf(node1, 1800, {}) == "join_timeout=1860,read_timeout=1860,is_host=false"
     node0 = detect({**INDEXED, "JOB_COMPLETION_INDEX": "0"})
-    assert rendezvous_conf(node0, 60, {}) == "join_timeout=600,is_host=true"
+    assert rendezvous_conf(node0, 60, {}) == "join_timeout=600,read_timeout=600,is_host=true"
     assert rendezvous_conf(node0, 60, {"PET_RDZV_CONF": "join_timeout=900,read_timeout=120"}) == \
-        "join_timeout=900,is_host=true,read_timeout=120"
+        "join_timeout=900,read_timeout=120,is_host=true"
     elastic = detect({"PET_RDZV_ENDPOINT": "10.0.0.1:29400", "PET_NNODES": "2"})
-    assert rendezvous_conf(elastic, 60, {}) == "join_timeout=600"
-    assert rendezvous_conf(elastic, 60, {"PET_LOCAL_ADDR": "10.0.0.1"}) == "join_timeout=600,is_host=true"
+    assert rendezvous_conf(elastic, 60, {}) == "join_timeout=600,read_timeout=600"
+    assert rendezvous_conf(elastic, 60, {"PET_LOCAL_ADDR": "10.0.0.1"}) == \
+        "join_timeout=600,read_timeout=600,is_host=true"
+
+
+@pytest.mark.parametrize("spec, gpus, cpus, expected", [
+    (None, 8, 64, 8), (None, 0, 64, 1), ("gpu", 4, 64, 4), ("cpu", 8, 64, 64), (3, 8, 64, 3), (3, 0, 2, 3),
+])
+def test_nproc_per_node_words_mean_what_they_mean_to_torchrun(spec, gpus, cpus, expected):
+    assert resolve_nproc(spec, gpus, cpus) == expected
+
+
+def test_nproc_gpu_without_a_gpu_is_an_error():
+    with pytest.raises(LaunchEnvironmentError, match="nproc-per-node 'gpu' but this node has no visible GPU"):
+        resolve_nproc("gpu", 0, 64)
+
+
+def test_node_rank_is_bounded_by_the_largest_node_count():
+    """--nnodes 2:3 admits node rank 2 (the third node); node rank 3 is refused."""
+    assert apply_overrides(detect(INDEXED), INDEXED, {"nnodes": "2:3", "node_rank": 2}).node_rank == 2
+    with pytest.raises(LaunchEnvironmentError, match="node rank 3 is not below the node count 2:3"):
+        apply_overrides(detect(INDEXED), INDEXED, {"nnodes": "2:3", "node_rank": 3})
 
 
 def test_training_settings_come_from_the_config_file_and_overrides(tmp_path):
@@ -106,10 +129,22 @@ def test_print_shows_the_environment_and_the_exact_command(capsys):
             "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540") in out
     command = out.split("command: ", 1)[1].strip()
     assert command.endswith("--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint r50-0.r50:29400 --rdzv-id "
-                            "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,is_host=false --max-restarts 3 "
+                            "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,read_timeout=600,is_host=false "
+                            "--max-restarts 3 "
                             "-m partialfc.train --config configs/quickstart.yaml --dist.timeout_s 120 --metrics.port 9400 "
                             f"--metrics.multiproc_dir {local_dir}")
     assert f"metrics: port 9400, directory {local_dir} " in out
+
+
+def test_slurm_batch_script_with_master_addr_prints_its_command(capsys):
+    """`MASTER_ADDR=gpu01 MASTER_PORT=29500` exported by an sbatch script, launcher on node 1 by srun."""
+    env = {"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[01-02]",
+           "MASTER_ADDR": "gpu01", "MASTER_PORT": "29500", "PATH": "/bin"}
+    assert main(["--print", "--nproc-per-node", "cpu", "--config", "configs/quickstart.yaml"], env) == 0
+    out = capsys.readouterr().out
+    assert "environment: SLURM" in out and "MASTER_ADDR=gpu01" in out
+    assert f"--nnodes 2 --node-rank 1 --nproc-per-node {os.cpu_count()} " in out
+    assert "--rdzv-endpoint gpu01:29500 --rdzv-id slurm-1 " in out
 
 
 def test_errors_exit_2_with_one_line(capsys):
@@ -117,6 +152,9 @@ def test_errors_exit_2_with_one_line(capsys):
     assert capsys.readouterr().err == "launcher: RANK is set but MASTER_ADDR is not: the environment is half-configured\n"
     assert main(["--print", "--train.epochs", "-1"], {}) == 2
     assert "launcher: training config: train.epochs=-1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--print", "--nproc-per-node", "many"], {})
+    assert "--nproc-per-node='many' must be a number or one of auto, cpu, gpu" in capsys.readouterr().err
 
 
 def test_module_entry_point_help_lists_every_option():
