@@ -49,13 +49,15 @@ class StallWatchdog:
         timeout_s: float,
         on_stall: Callable[[str, int], None],
         interval_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory, self.rank, self.world_size = directory, rank, world_size
         self.timeout_s = timeout_s
         self.interval_s = interval_s or min(10.0, max(0.5, timeout_s / 10))
         self.on_stall = on_stall  # reports (message, number of stalled ranks); the process ends after it
+        self.clock = clock  # seconds, monotonic; injected by tests
         self.step, self.phase = 0, "start"
-        self._progress_at = time.monotonic()
+        self._progress_at = clock()
         self._step_seconds = 0.0
         self._beats = 0
         self._peers: dict[int, _Peer] = {}
@@ -66,21 +68,21 @@ class StallWatchdog:
         if self.timeout_s <= 0:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._progress_at = time.monotonic()
+        self._progress_at = self.clock()
         self._thread = threading.Thread(target=self._run, name="partialfc-stall-watchdog", daemon=True)
         self._thread.start()
 
     def beat(self, step: int, phase: str) -> None:
         """Record progress: a new ``step`` resets the stall clock; ``phase`` says where the rank is."""
         if step != self.step:
-            now = time.monotonic()
+            now = self.clock()
             self._step_seconds = max(self._step_seconds * 0.9, now - self._progress_at)  # slow steps dominate
             self.step, self._progress_at = step, now
         self.phase = phase
 
     def stuck(self, min_seconds: float = 10.0) -> bool:
         """No step progress for ``min_seconds`` and ten recent step times, outside a checkpoint save."""
-        waited = time.monotonic() - self._progress_at
+        waited = self.clock() - self._progress_at
         return self.phase != "checkpoint" and waited > max(min_seconds, 10 * self._step_seconds)
 
     def stop(self) -> None:
@@ -91,16 +93,21 @@ class StallWatchdog:
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._publish()
-            now = time.monotonic()
-            self._read_peers(now)
-            stalled_for = now - self._progress_at
-            if stalled_for >= self.timeout_s:
-                message, count = self.diagnose(now, stalled_for)
+            report = self.check()
+            if report is not None:
                 try:
-                    self.on_stall(message, count)
+                    self.on_stall(*report)
                 finally:  # the main thread is blocked in a collective: only ending the process frees the job
                     os._exit(EXIT_STALLED)
+
+    def check(self) -> tuple[str, int] | None:
+        """One round of the thread: publish this rank's heartbeat, read the peers', and return the
+        stall report (message, number of culprits) once this rank's step has not moved for the timeout."""
+        self._publish()
+        now = self.clock()
+        self._read_peers(now)
+        stalled_for = now - self._progress_at
+        return self.diagnose(now, stalled_for) if stalled_for >= self.timeout_s else None
 
     def _publish(self) -> None:
         self._beats += 1

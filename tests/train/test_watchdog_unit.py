@@ -1,0 +1,120 @@
+"""The stall watchdog's decisions with fake heartbeat files and an injected clock: when it fires,
+whom it names, and that a checkpoint save is never taken for a stall."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from partialfc.watchdog import StallWatchdog
+
+TIMEOUT_S = 60.0
+ROUND_S = 10.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakePeers:
+    """Heartbeat files of other ranks, written the way the watchdog thread of each would write them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.beats = directory, {}
+
+    def beat(self, rank: int, step: int, phase: str = "forward") -> None:
+        self.beats[rank] = self.beats.get(rank, 0) + 1
+        record = {"rank": rank, "beat": self.beats[rank], "step": step, "phase": phase, "host": f"node{rank}",
+                  "pid": 1000 + rank}
+        (self.directory / f"rank-{rank:05d}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    clock, reports = FakeClock(), []
+    watchdog = StallWatchdog(tmp_path, rank=0, world_size=3, timeout_s=TIMEOUT_S,
+                             on_stall=lambda message, count: reports.append((message, count)), clock=clock)
+    return watchdog, clock, FakePeers(tmp_path)
+
+
+def run_rounds(watchdog, clock, peers, peer_steps, until_s=10 * TIMEOUT_S):
+    """Watchdog rounds every ROUND_S until it reports; peers in ``peer_steps`` beat before each round."""
+    while clock.now < until_s:
+        clock.now += ROUND_S
+        for rank, step in peer_steps.items():
+            peers.beat(rank, step)
+        report = watchdog.check()
+        if report is not None:
+            return report, clock.now
+    raise AssertionError(f"no stall report within {until_s} s")
+
+
+def test_fires_at_the_timeout_not_later(setup):
+    watchdog, clock, peers = setup
+    watchdog.beat(10, "forward")  # step 10 reached at t=0, then no progress
+    clock.now = TIMEOUT_S - 0.1
+    peers.beat(1, 10)
+    peers.beat(2, 9)
+    assert watchdog.check() is None
+    clock.now = TIMEOUT_S
+    peers.beat(1, 10)
+    peers.beat(2, 9)
+    report = watchdog.check()
+    assert report is not None and "no step progress for 60 s" in report[0], report
+
+
+def test_a_peer_that_beats_but_lags_is_behind_not_silent_and_the_ranks_ahead_are_not_blamed(setup):
+    watchdog, clock, peers = setup
+    watchdog.beat(10, "forward")
+    peers.beat(1, 10)
+    peers.beat(2, 9)
+    assert watchdog.check() is None  # both peers seen at t=0: their steps never change after
+    (message, count), fired_at = run_rounds(watchdog, clock, peers, {1: 10, 2: 9})
+    assert fired_at == TIMEOUT_S
+    assert count == 1 and "rank 2 behind at step 9 (phase forward)" in message, message
+    assert "not responding" not in message and "rank 1 " not in message, message
+
+
+def test_a_silent_peer_is_named_with_its_host_and_pid(setup):
+    watchdog, clock, peers = setup
+    watchdog.beat(10, "forward")
+    peers.beat(2, 10, "backward")  # one heartbeat, then nothing
+    watchdog.check()
+    (message, count), fired_at = run_rounds(watchdog, clock, peers, {1: 10})
+    assert fired_at == TIMEOUT_S and count == 1
+    assert "rank 2 not responding for 60 s (last heartbeat at step 10, phase backward, host node2, pid 1002" in message
+    assert "rank 1 " not in message, message
+
+
+def test_the_odd_phase_out_is_blamed_when_every_rank_is_at_one_step(setup):
+    watchdog, clock, peers = setup
+    watchdog.beat(10, "allreduce")
+    for _ in range(int(TIMEOUT_S / ROUND_S)):
+        clock.now += ROUND_S
+        peers.beat(1, 10, "allreduce")
+        peers.beat(2, 10, "data")
+        report = watchdog.check()
+    assert report is not None and report[1] == 1 and "rank 2 behind at step 10 (phase data)" in report[0], report
+
+
+def test_stuck_never_counts_a_checkpoint_save(setup):
+    """stuck() lets the SIGTERM thread end a rank blocked in a dead collective; a long save is not that."""
+    watchdog, clock, _ = setup
+    for step in range(1, 6):  # steps of 5 s: "stuck" needs 10 step times (50 s) without progress
+        clock.now += 5.0
+        watchdog.beat(step, "forward")
+    clock.now += 49.0
+    assert not watchdog.stuck()
+    clock.now += 2.0
+    assert watchdog.stuck()
+    watchdog.beat(5, "checkpoint")
+    clock.now += 3600.0
+    assert not watchdog.stuck()
+    watchdog.beat(5, "forward")
+    assert watchdog.stuck()
