@@ -5,9 +5,11 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-# The CPU build of torch that lies on local disk; installed before the package so that
-# resolving `torch>=2.4` never pulls a multi-GB CUDA build.
-TORCH  ?= torch==2.13.0
+# Every runtime dependency pinned: the stack CI tests is the one the image runs (docker/install.sh).
+CONSTRAINTS = docker/constraints.txt
+# torch's pin; on CPU machines its CPU build lies on local disk. Installed before the package so that
+# resolving the package's torch requirement never pulls a multi-GB CUDA build.
+TORCH  ?= $(shell grep '^torch==' $(CONSTRAINTS))
 # MXNet is only a test oracle for .rec byte compatibility; it pins numpy<1.24, so it lives in
 # its own venv and is never imported by the package.
 MXNET_VENV ?= .venv-mxnet
@@ -25,7 +27,7 @@ $(PY):
 
 setup: $(PY)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,dali]"
+	$(PY) -m pip install -q --constraint $(CONSTRAINTS) -e ".[dev,dali]"
 
 $(MXNET_VENV)/bin/python:
 	$(PYTHON) -m venv $(MXNET_VENV)
