@@ -16,6 +16,7 @@ from launcher.command import (
     TrainingSettings,
     apply_overrides,
     cli_nproc,
+    node_local_dir,
     node_local_metrics_dir,
     resolve_nproc,
     rendezvous_conf,
@@ -24,6 +25,8 @@ from launcher.command import (
     training_settings,
 )
 from launcher.environment import NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, LaunchEnvironmentError, Placement, detect
+from launcher.supervise import run_torchrun
+from partialfc.exit_codes import help_text
 
 EPILOG = f"""\
 environments recognised (first match wins; variables a user sets explicitly, PET_* included, win):
@@ -46,6 +49,13 @@ the rendezvous host still joins. PET_RDZV_CONF keys win. Metrics: local rank 0 e
 torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py);
 a multi-node job without metrics.multiproc_dir gets a node-local one,
 $TMPDIR/partialfc-metrics-<rdzv id>-<host name>.
+
+The launcher stays torchrun's parent: it passes SIGTERM/SIGINT/SIGHUP on, and its exit code is the
+job's (the workers record theirs in $TMPDIR/partialfc-exit-<rdzv id>-<host name>); 2 for a launch
+environment or config it cannot use. A config error or a divergence stops torchrun at once instead
+of letting it restart the workers into the same end.
+
+{help_text()}
 
 example:
   python -m launcher --print -- --config configs/ms1mv3_r50.yaml --output /checkpoints/ms1mv3-r50
@@ -146,7 +156,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(describe(placement, settings, added, command))
         return 0
     print(describe(placement, settings, added, command), file=sys.stderr, flush=True)
-    os.execve(command[0], command, child_env)  # replaces this process: signals go straight to torchrun
+    return run_torchrun(command, child_env, node_local_dir("exit", placement, tempfile.gettempdir(), socket.gethostname()))
 
 
 if __name__ == "__main__":

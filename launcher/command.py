@@ -71,8 +71,12 @@ def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, tem
     """
     if not settings.metrics_port or settings.metrics_dir or placement.nnodes == "1":
         return None
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"partialfc-metrics-{placement.rdzv_id}-{host}")
-    return str(Path(temp_dir) / name)
+    return str(node_local_dir("metrics", placement, temp_dir, host))
+
+
+def node_local_dir(kind: str, placement: Placement, temp_dir: str, host: str) -> Path:
+    """``<temp>/partialfc-<kind>-<rendezvous id>-<host>``: per job and machine, never shared."""
+    return Path(temp_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", f"partialfc-{kind}-{placement.rdzv_id}-{host}")
 
 
 def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | str | None]) -> Placement:

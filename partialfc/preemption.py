@@ -22,7 +22,8 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-EXIT_SIGTERM = 143  # 128 + SIGTERM
+from partialfc.exit_codes import ExitCode, record_exit
+
 
 
 def block_sigterm() -> None:
@@ -57,8 +58,13 @@ class SigtermFlag:
         self.received = True
         while signal.sigtimedwait({signal.SIGTERM}, self.poll_s) is None:
             if self.stuck():  # blocked in a collective whose peer is gone: nothing to save, leave now
-                os._exit(EXIT_SIGTERM)
-        os._exit(EXIT_SIGTERM)  # a second SIGTERM: saving takes too long
+                self._leave()
+        self._leave()  # a second SIGTERM: saving takes too long
+
+    @staticmethod
+    def _leave() -> None:
+        record_exit(ExitCode.PREEMPTED)
+        os._exit(ExitCode.PREEMPTED)
 
     def agreed(self, device: torch.device) -> bool:
         """Collective: True on every rank when any rank received SIGTERM."""

@@ -17,15 +17,10 @@ import yaml
 
 from partialfc.config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
 from partialfc.distributed import init_distributed, shard_range, shutdown
+from partialfc.exit_codes import ExitCode, help_text, record_exit
 from partialfc.models import create_model
-from partialfc.preemption import EXIT_SIGTERM, block_sigterm
+from partialfc.preemption import block_sigterm
 from partialfc.train_state import SampleRateSchedule
-
-EXIT_CONFIG = 2  # a config or dataset problem found before training: fix and resubmit, do not retry
-EXIT_DIVERGED = 3  # non-finite steps in a row (train.nonfinite): retrying repeats it
-EXIT_PREEMPTED = EXIT_SIGTERM  # saved and stopped; a restart resumes from the saved checkpoint
-EXIT_CODES = f"""exit codes: 0 finished; 1 failed (error in train.log and summary.json); {EXIT_CONFIG} config error;
-{EXIT_DIVERGED} diverged (train.nonfinite); {EXIT_PREEMPTED} stopped after SIGTERM with a checkpoint saved"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m partialfc.train",
         description="Train a face-recognition backbone with a Partial-FC classifier. Options below override "
         "the YAML file given with --config, which overrides the defaults shown.",
-        epilog=EXIT_CODES,
+        epilog=help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with the sections below (configs/*.yaml)")
@@ -97,13 +92,13 @@ def _human_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> ExitCode:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
         if args.dry_run:
             dry_run(config, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
-            return 0
+            return ExitCode.FINISHED
         from partialfc.trainer import Trainer
 
         warn_if_restarts_unsafe()
@@ -113,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutdown()
         if status == "preempted":
-            return EXIT_PREEMPTED
+            return ExitCode.PREEMPTED
         if status == "diverged":
-            return EXIT_DIVERGED
+            return ExitCode.DIVERGED
     except ConfigError as error:
         print(f"partialfc.train: config error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    return 0
+        return ExitCode.CONFIG
+    return ExitCode.FINISHED
 
 
 def warn_if_restarts_unsafe() -> None:
@@ -136,4 +131,10 @@ if __name__ == "__main__":
     # Before any thread exists: SIGTERM is then taken by the trainer's own thread (preemption.py). Only
     # here, not in main(): a blocked mask is inherited by every process started later, e.g. by a test.
     block_sigterm()
-    sys.exit(main())
+    try:
+        code = main()
+    except BaseException:
+        record_exit(ExitCode.FAILED)
+        raise
+    record_exit(code)
+    sys.exit(code)

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-EXIT_STALLED = 4
+from partialfc.exit_codes import ExitCode, record_exit
+
 
 
 @dataclass
@@ -98,7 +99,8 @@ class StallWatchdog:
                 try:
                     self.on_stall(*report)
                 finally:  # the main thread is blocked in a collective: only ending the process frees the job
-                    os._exit(EXIT_STALLED)
+                    record_exit(ExitCode.STALLED)
+                    os._exit(ExitCode.STALLED)
 
     def check(self) -> tuple[str, int] | None:
         """One round of the thread: publish this rank's heartbeat, read the peers', and return the

@@ -1,0 +1,109 @@
+"""How a training job ends, as an exit code: one table for the trainer, the launcher, ``--help`` and
+docs/operations.md.
+
+Under torchrun a worker's exit code never reaches the container: torchrun exits 1 for any failed
+worker and on SIGTERM. So each worker records its code in a node-local directory that the launcher
+names (``PARTIALFC_EXIT_DIR``), and the launcher, which stays torchrun's parent, makes the records
+the container's exit code; Kubernetes failure policies can then tell a pre-emption (143) from a
+config error (2) or a crash (1). A deterministic end (2, 3) also stops this node's torchrun agent:
+restarting the workers would only end the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from enum import IntEnum
+from pathlib import Path
+
+EXIT_DIR_VAR = "PARTIALFC_EXIT_DIR"
+
+
+class ExitCode(IntEnum):
+    FINISHED = 0
+    FAILED = 1
+    CONFIG = 2
+    DIVERGED = 3
+    STALLED = 4
+    PREEMPTED = 143  # 128 + SIGTERM
+
+    @property
+    def status(self) -> str:
+        """summary.json's ``status`` for this end."""
+        return {0: "finished", 2: "(none)", 3: "diverged", 143: "preempted"}.get(int(self), "failed")
+
+    @property
+    def meaning(self) -> str:
+        return {
+            0: "trained to the end, model.pt written",
+            1: "an error; summary.json's error holds its first line, naming the file, record or rank",
+            2: "config or dataset problem found before training; stderr names the field or path",
+            3: "train.nonfinite_patience non-finite steps in a row (train.nonfinite stop)",
+            4: "the stall watchdog ended the job; summary.json's error names the stalled rank",
+            143: "SIGTERM (pre-emption, eviction): checkpoint saved, then stopped",
+        }[int(self)]
+
+    @property
+    def retry(self) -> str:
+        return {0: "-", 1: "after fixing the cause", 2: "no: fix the config", 3: "no: it would diverge again",
+                4: "yes, after finding the cause", 143: "yes: resumes there"}[int(self)]
+
+    @property
+    def deterministic(self) -> bool:
+        """A restart would end the same way: neither torchrun nor the scheduler should retry."""
+        return self in (ExitCode.CONFIG, ExitCode.DIVERGED)
+
+
+def help_text() -> str:
+    """The exit-code lines of ``--help`` epilogs."""
+    return "exit codes:\n" + "\n".join(f"  {int(code):>3}  {code.meaning}" for code in ExitCode)
+
+
+def markdown_table() -> str:
+    """docs/operations.md's table (a test keeps the two equal)."""
+    rows = [f"| {int(code)} | `{code.status}` | {code.meaning} | {code.retry} |" if code.status != "(none)"
+            else f"| {int(code)} | (none) | {code.meaning} | {code.retry} |" for code in ExitCode]
+    return "\n".join(["| exit | `status` | meaning | retry? |", "|---|---|---|---|", *rows])
+
+
+def record_exit(code: ExitCode) -> None:
+    """Worker side: leave this rank's exit code where the launcher reads it (nothing when not started
+    by the launcher); after a deterministic end, also stop the torchrun agent so that it does not
+    restart the workers."""
+    directory = os.environ.get(EXIT_DIR_VAR)
+    if not directory:
+        return
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    path = Path(directory) / f"attempt-{attempt:05d}-rank-{rank:06d}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(str(int(code)))
+        os.replace(path.with_suffix(".tmp"), path)
+    except OSError:
+        return  # a full /tmp must not turn a clean end into a crash; the launcher falls back to torchrun's code
+    if code.deterministic and os.environ.get("TORCHELASTIC_RUN_ID"):
+        os.kill(os.getppid(), signal.SIGTERM)  # torchrun shuts down instead of restarting the group
+
+
+def container_exit_code(directory: Path, torchrun_code: int, sigterm_received: bool) -> int:
+    """Launcher side: the container's exit code from the workers' records of their last attempt.
+
+    Precedence: a deterministic end (2, 3), a stall (4), a SIGTERM the launcher received and passed
+    on (143: evicted), a worker's failure (1; its peers' 143 is collateral: the agent stopped them),
+    a recorded pre-emption (143); else torchrun's own code (128 + N when killed by signal N).
+    """
+    records = sorted(directory.glob("attempt-*-rank-*")) if directory.is_dir() else []
+    last_attempt = records[-1].name.split("-rank-")[0] if records else ""
+    codes = {int(path.read_text()) for path in records if path.name.startswith(last_attempt + "-")}
+    if torchrun_code == 0:
+        return ExitCode.FINISHED
+    for code in (ExitCode.CONFIG, ExitCode.DIVERGED, ExitCode.STALLED):
+        if code in codes:
+            return code
+    if sigterm_received:
+        return ExitCode.PREEMPTED
+    for code in (ExitCode.FAILED, ExitCode.PREEMPTED):
+        if code in codes:
+            return code
+    return 128 - torchrun_code if torchrun_code < 0 else (torchrun_code or ExitCode.FAILED)
