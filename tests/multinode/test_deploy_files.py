@@ -550,7 +550,8 @@ def test_docs_kueue_objects_are_v1beta2_and_match_kueues_schemas(lint, tmp_path)
     objects.write_text(blocks[0])
     result = run(lint / "python", CHECKER, objects)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert set(re.findall(r"^PASS \S+: (\w+)/", result.stdout, re.M)) == {"ResourceFlavor", "ClusterQueue", "LocalQueue"}
+    checked = set(re.findall(r"^PASS \S+: (\w+)/", result.stdout, re.M))
+    assert checked == {"ResourceFlavor", "ClusterQueue", "LocalQueue"}, result.stdout
     (local_queue,) = [d for d in yaml.safe_load_all(blocks[0]) if d["kind"] == "LocalQueue"]
     for variant in VARIANTS:
         labels = workload(variant)["metadata"]["labels"]
@@ -571,8 +572,9 @@ def launcher_print_block(variant: str, node: int, config: Path) -> str:
     text = out.getvalue().replace(str(config), "/etc/partialfc/train.yaml").replace(sys.executable, "python")
     text = re.sub(re.escape(tempfile.gettempdir().rstrip("/")) + r"/(partialfc-metrics-[\w.-]*?)-"
                   + re.escape(socket.gethostname()) + r"\b", r"$TMPDIR/\1-<host name>", text)
-    variables = " ".join(f"{k}={shlex.quote(v)}" for k, v in scheduler_env(variant, node).items())
-    variables += " " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k not in scheduler_env(variant, node))
+    added = scheduler_env(variant, node)
+    ordered = {**added, **{k: v for k, v in env.items() if k not in added}}  # what Kubernetes adds, then the manifest's
+    variables = " ".join(f"{k}={shlex.quote(v)}" for k, v in ordered.items())
     command = f"$ {variables} \\\n    python -m launcher {shlex.join(args)}\n"
     return f"```\n{command}{text.rstrip()}\n```"
 
