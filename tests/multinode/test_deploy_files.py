@@ -206,14 +206,23 @@ def test_restart_policies_bring_a_failed_node_back():
 
 
 def scheduler_env(variant: str, node: int) -> dict[str, str]:
-    """What Kubernetes (and the operator) add to the manifest's env in the pod of node ``node``."""
+    """What Kubernetes (and the operator) add to the manifest's env in the pod of node ``node``.
+
+    PyTorchJob, training-operator v1.9.4 (pkg/controller.v1/pytorch/envvar.go setPodEnv and
+    elastic.go ElasticEnvVarGenerator.Generate), for Worker replicas with an elasticPolicy and no
+    Master: PYTHONUNBUFFERED, PET_NPROC_PER_NODE from spec.nprocPerNode, then PET_RDZV_ENDPOINT
+    (``<job>-worker-0:<port named pytorchjob-port>``), PET_RDZV_BACKEND, PET_NNODES (``MIN:MAX``) and
+    PET_MAX_RESTARTS; no MASTER_*, RANK or WORLD_SIZE without a Master. Indexed Job and JobSet:
+    JOB_COMPLETION_INDEX (and the manifest's JOBSET_NAME from the pod label)."""
     document = workload(variant)
     name = document["metadata"]["name"]
     if variant == "pytorchjob":
         elastic = document["spec"]["elasticPolicy"]
         (port,) = [p["containerPort"] for p in pod_template(document)["spec"]["containers"][0]["ports"]
                    if p["name"] == "pytorchjob-port"]
-        return {"PET_RDZV_ENDPOINT": f"{name}-worker-0:{port}", "PET_RDZV_BACKEND": elastic["rdzvBackend"],
+        assert "Master" not in document["spec"]["pytorchReplicaSpecs"]
+        return {"PYTHONUNBUFFERED": "1", "PET_NPROC_PER_NODE": document["spec"]["nprocPerNode"],
+                "PET_RDZV_ENDPOINT": f"{name}-worker-0:{port}", "PET_RDZV_BACKEND": elastic["rdzvBackend"],
                 "PET_NNODES": f"{elastic['minReplicas']}:{elastic['maxReplicas']}",
                 "PET_MAX_RESTARTS": str(elastic["maxRestarts"])}
     env = {"JOB_COMPLETION_INDEX": str(node)}
