@@ -1,4 +1,4 @@
-"""Validate custom resources (PyTorchJob, JobSet, PodMonitor) against their CRDs' published schemas.
+"""Validate custom resources (PyTorchJob, JobSet, PodMonitor, Kueue queues) against their CRDs' published schemas.
 
     .venv-lint/bin/python tests/multinode/check_custom_kinds.py [--pod-templates OUT.yaml] FILE...
 
@@ -25,6 +25,10 @@ SCHEMAS = {
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob_kubeflow.org_v1.json",
     ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset_jobset.x-k8s.io_v1alpha2.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor_monitoring.coreos.com_v1.json",
+    # The Kueue objects docs/deploy.md tells users to create (checked from the document's YAML block).
+    ("kueue.x-k8s.io/v1beta2", "ResourceFlavor"): "resourceflavor_kueue.x-k8s.io_v1beta2.json",
+    ("kueue.x-k8s.io/v1beta2", "ClusterQueue"): "clusterqueue_kueue.x-k8s.io_v1beta2.json",
+    ("kueue.x-k8s.io/v1beta2", "LocalQueue"): "localqueue_kueue.x-k8s.io_v1beta2.json",
 }
 
 

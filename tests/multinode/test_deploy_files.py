@@ -1,11 +1,21 @@
 """Deployment files: the Kubernetes manifests and the Dockerfile pass their validators and linters,
-and each manifest starts the job it claims to (the launcher's view of a node it would create)."""
+each manifest starts the job it claims to (the launcher's view of a node it would create), the
+controllers that run them (Job, JobSet, training-operator) would do what the comments say, and
+docs/deploy.md shows the launcher's real output and Kueue objects the current API accepts."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
+import json
 import os
 import re
+import shlex
+import socket
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,14 +23,16 @@ import yaml
 from training_run import REPO
 
 from launcher.__main__ import main as launcher_main
-from partialfc.config import load_config
+from partialfc.config import add_config_arguments, config_from_args, load_config
 
 LINT = REPO / ".venv-lint" / "bin"
 CHECKER = Path(__file__).with_name("check_custom_kinds.py")
 VARIANTS = {"indexed-job": "k8s/indexed-job/job.yaml", "pytorchjob": "k8s/pytorchjob/pytorchjob.yaml",
             "jobset": "k8s/jobset/jobset.yaml"}
 MANIFESTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "k8s").glob("*/*.yaml")
-                   if p.parent.name in ("common", *VARIANTS)) + ["k8s/monitoring/podmonitor.yaml"]
+                   if p.parent.name in ("common", "data", *VARIANTS)) + ["k8s/monitoring/podmonitor.yaml"]
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
+PRINT_BEGIN, PRINT_END = "<!-- launcher-print:begin -->", "<!-- launcher-print:end -->"
 
 
 def documents(path: str) -> list[dict]:
@@ -37,6 +49,35 @@ def pod_template(document: dict) -> dict:
     if document["kind"] == "PyTorchJob":
         return document["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
     return document["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+
+
+def every_document() -> list[tuple[str, dict]]:
+    return [(path, document) for path in MANIFESTS for document in documents(path) if document]
+
+
+def every_pod_template() -> list[tuple[str, dict]]:
+    """(where, pod template) of every workload in k8s/: the three variants and the data Jobs."""
+    return [(f"{path}: {d['kind']}/{d['metadata']['name']}", pod_template(d)) for path, d in every_document()
+            if d["kind"] in ("Job", "PyTorchJob", "JobSet")]
+
+
+def data_job(name: str) -> dict:
+    return next(d for path in MANIFESTS if path.startswith("k8s/data/") for d in documents(path)
+                if d["kind"] == "Job" and d["metadata"]["name"] == name)
+
+
+def claim_mounts(template: dict) -> dict[str, list[tuple[str, bool]]]:
+    """claim name -> [(mount path, read-only)] for every container of a pod template."""
+    spec = template["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+    mounts: dict[str, list[tuple[str, bool]]] = {}
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] in claims:
+                claim = claims[mount["name"]]
+                read_only = bool(mount.get("readOnly")) or bool(claim.get("readOnly"))
+                mounts.setdefault(claim["claimName"], []).append((mount["mountPath"], read_only))
+    return mounts
 
 
 # ---------------------------------------------------------------------- validators and linters
@@ -88,10 +129,10 @@ def test_checkov_with_every_skip_justified(lint):
     for target in (["-d", "k8s", "--framework", "kubernetes"], ["-f", "docker/Dockerfile", "--framework", "dockerfile"]):
         result = run(lint / "checkov", *target, "--quiet", "--compact", BC_SKIP_MAPPING="TRUE")
         assert result.returncode == 0, result.stdout + result.stderr
-    for variant in VARIANTS:
-        for key, value in workload(variant)["metadata"].get("annotations", {}).items():
+    for path, document in every_document():
+        for key, value in document["metadata"].get("annotations", {}).items():
             if key.startswith("checkov.io/skip"):
-                assert re.fullmatch(r"CKV\w+=.{20,}", value), f"{variant}: {key} needs a reason: {value!r}"
+                assert re.fullmatch(r"CKV\w+=.{20,}", value), f"{path}: {key} needs a reason: {value!r}"
     for line in (REPO / "docker/Dockerfile").read_text().splitlines():
         if "checkov:skip" in line:
             assert re.search(r"checkov:skip=CKV\w+: .{20,}", line), f"Dockerfile skip without a reason: {line}"
@@ -145,14 +186,17 @@ def test_pod_is_unprivileged_with_gpus_storage_and_metrics(variant):
     claims = {d["metadata"]["name"]: d for d in documents("k8s/common/storage.yaml")}
     checkpoints = volumes[mounts["/checkpoints"]["name"]]["persistentVolumeClaim"]["claimName"]
     assert claims[checkpoints]["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert container["args"][-2:] == ["--config", "/etc/partialfc/train.yaml"]
+    datasets = volumes[mounts["/data"]["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claims[datasets]["spec"]["accessModes"] == ["ReadWriteMany"]  # fillable (see the dataset test)
+    assert container["args"][container["args"].index("--config") + 1] == "/etc/partialfc/train.yaml"
 
 
 def test_restart_policies_bring_a_failed_node_back():
-    """A failed container restarts in its pod (Job, PyTorchJob); JobSet recreates the whole gang.
-    Every restart resumes from the newest checkpoint (checkpoint.resume auto, checked above)."""
+    """A failed pod is replaced (Indexed Job: restartPolicy Never, as podFailurePolicy requires); a
+    failed container restarts in its pod (PyTorchJob); JobSet recreates the whole gang. Every restart
+    resumes from the newest checkpoint (checkpoint.resume auto, checked above)."""
     job, pytorchjob, jobset = (workload(variant) for variant in VARIANTS)
-    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] > 0
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] > 0
     worker = pytorchjob["spec"]["pytorchReplicaSpecs"]["Worker"]
     assert worker["restartPolicy"] == "OnFailure" and pytorchjob["spec"]["runPolicy"]["backoffLimit"] > 0
     assert pytorchjob["spec"]["elasticPolicy"]["maxRestarts"] > 0
@@ -162,14 +206,23 @@ def test_restart_policies_bring_a_failed_node_back():
 
 
 def scheduler_env(variant: str, node: int) -> dict[str, str]:
-    """What Kubernetes (and the operator) add to the manifest's env in the pod of node ``node``."""
+    """What Kubernetes (and the operator) add to the manifest's env in the pod of node ``node``.
+
+    PyTorchJob, training-operator v1.9.4 (pkg/controller.v1/pytorch/envvar.go setPodEnv and
+    elastic.go ElasticEnvVarGenerator.Generate), for Worker replicas with an elasticPolicy and no
+    Master: PYTHONUNBUFFERED, PET_NPROC_PER_NODE from spec.nprocPerNode, then PET_RDZV_ENDPOINT
+    (``<job>-worker-0:<port named pytorchjob-port>``), PET_RDZV_BACKEND, PET_NNODES (``MIN:MAX``) and
+    PET_MAX_RESTARTS; no MASTER_*, RANK or WORLD_SIZE without a Master. Indexed Job and JobSet:
+    JOB_COMPLETION_INDEX (and the manifest's JOBSET_NAME from the pod label)."""
     document = workload(variant)
     name = document["metadata"]["name"]
     if variant == "pytorchjob":
         elastic = document["spec"]["elasticPolicy"]
         (port,) = [p["containerPort"] for p in pod_template(document)["spec"]["containers"][0]["ports"]
                    if p["name"] == "pytorchjob-port"]
-        return {"PET_RDZV_ENDPOINT": f"{name}-worker-0:{port}", "PET_RDZV_BACKEND": elastic["rdzvBackend"],
+        assert "Master" not in document["spec"]["pytorchReplicaSpecs"]
+        return {"PYTHONUNBUFFERED": "1", "PET_NPROC_PER_NODE": document["spec"]["nprocPerNode"],
+                "PET_RDZV_ENDPOINT": f"{name}-worker-0:{port}", "PET_RDZV_BACKEND": elastic["rdzvBackend"],
                 "PET_NNODES": f"{elastic['minReplicas']}:{elastic['maxReplicas']}",
                 "PET_MAX_RESTARTS": str(elastic["maxRestarts"])}
     env = {"JOB_COMPLETION_INDEX": str(node)}
@@ -179,9 +232,9 @@ def scheduler_env(variant: str, node: int) -> dict[str, str]:
 
 
 EXPECTED = {  # rendezvous host: the DNS name Kubernetes gives pod 0 (see each manifest's header)
-    "indexed-job": ("ms1mv3-r50-0.ms1mv3-r50:29400", "2"),
-    "pytorchjob": ("ms1mv3-r50-worker-0:29400", "2:2"),
-    "jobset": ("ms1mv3-r50-node-0-0.ms1mv3-r50:29400", "2"),
+    "indexed-job": ("ms1mv3-r50-job-0.ms1mv3-r50-job:29400", "2"),
+    "pytorchjob": ("ms1mv3-r50-pytorchjob-worker-0:29400", "2:2"),
+    "jobset": ("ms1mv3-r50-jobset-node-0-0.ms1mv3-r50-jobset:29400", "2"),
 }
 
 
@@ -204,7 +257,346 @@ def test_install_script_is_what_the_dockerfile_runs():
     assert re.search(r"^RUN bash docker/install.sh /opt/partialfc", dockerfile, re.M)
     assert re.search(r"^ENTRYPOINT \[\"python\", \"-m\", \"launcher\"\]", dockerfile, re.M)
     assert re.search(r"^USER [1-9]\d*:[1-9]\d*$", dockerfile, re.M) and "EXPOSE 9400" in dockerfile
-    assert re.search(r"^FROM \S+:\S*cuda12\S*$", dockerfile, re.M), "base must be pinned by a CUDA 12 tag"
+    base = re.search(r"^FROM (\S+)$", dockerfile, re.M)
+    assert base and re.fullmatch(r"[^:@\s]+:[\w.-]+(@sha256:[0-9a-f]{64})?", base[1]), "base must be pinned by a tag"
+    assert not base[1].split("@")[0].endswith(":latest"), base[1]
     included = {line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
     copied = {src for line in dockerfile.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]}
     assert {p.rstrip("/") for p in included} == {p.rstrip("/") for p in copied}
+
+
+# ---------------------------------------------------------------------- names, order, storage
+def service_names(variant: str) -> set[str]:
+    """The Services a variant's controller gives its pods, derived the way each controller does it.
+
+    Indexed Job: the Service documents in the manifest. JobSet: one headless Service named
+    ``spec.network.subdomain``, defaulting to the JobSet's name (GetSubdomain and
+    createHeadlessSvcIfNecessary, pkg/controllers/jobset_controller.go, JobSet v0.12.0).
+    PyTorchJob: one Service per replica, ``<job>-<replica type lower-case>-<index>`` (GenGeneralName,
+    pkg/core/utils.go, and pkg/controller.v1/common/service.go, training-operator v1.9.4)."""
+    document = workload(variant)
+    name = document["metadata"]["name"]
+    if variant == "indexed-job":
+        return {d["metadata"]["name"] for d in documents(VARIANTS[variant]) if d["kind"] == "Service"}
+    if variant == "jobset":
+        return {document["spec"].get("network", {}).get("subdomain", name)}
+    return {f"{name}-{rtype.lower()}-{i}" for rtype, spec in document["spec"]["pytorchReplicaSpecs"].items()
+            for i in range(spec["replicas"])}
+
+
+def run_output(variant: str) -> str:
+    """The run directory the variant's pods train into: the ConfigMap's, unless the args override it."""
+    config_map = next(d for d in documents("k8s/common/config.yaml") if d["kind"] == "ConfigMap")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.yaml"
+        path.write_text(config_map["data"]["train.yaml"])
+        args = pod_template(workload(variant))["spec"]["containers"][0]["args"]
+        train_args = [str(path) if a == "/etc/partialfc/train.yaml" else a for a in args[args.index("--") + 1:]]
+        parser = argparse.ArgumentParser(add_help=False)
+        parser.add_argument("--config")
+        add_config_arguments(parser)
+        return config_from_args(parser.parse_args(train_args)).output
+
+
+def test_each_variant_has_its_own_names():
+    """No two variants share a workload name, a Service, an instance label or a run directory: the
+    JobSet controller adopts an existing Service of its name without checking the selector, so a
+    Service shared with the Indexed Job would leave the JobSet's pods unresolvable."""
+    names = {variant: workload(variant)["metadata"]["name"] for variant in VARIANTS}
+    assert len(set(names.values())) == len(VARIANTS), names
+    services = {variant: service_names(variant) for variant in VARIANTS}
+    for a in VARIANTS:
+        for b in VARIANTS:
+            if a < b:
+                assert not services[a] & services[b], (a, b, services)
+    instances = {pod_template(workload(v))["metadata"]["labels"]["app.kubernetes.io/instance"] for v in VARIANTS}
+    assert instances == set(names.values())
+    outputs = {variant: run_output(variant) for variant in VARIANTS}
+    assert outputs == {variant: f"/checkpoints/{names[variant]}" for variant in VARIANTS}, outputs
+
+
+def test_rendezvous_host_is_pod_zero_behind_the_variants_own_service():
+    """PARTIALFC_RDZV_HOST is the DNS name Kubernetes gives pod 0: ``<hostname>.<subdomain>``, with
+    the Indexed Job's hostname ``<job>-<index>`` (its Service selecting the Job's pods by
+    batch.kubernetes.io/job-name) and the JobSet's ``<jobset>-<replicated job>-<job index>-<pod
+    index>`` (GenPodName, pkg/util/placement/placement.go, JobSet v0.12.0)."""
+    job = workload("indexed-job")
+    (service,) = [d for d in documents(VARIANTS["indexed-job"]) if d["kind"] == "Service"]
+    spec = job["spec"]["template"]["spec"]
+    assert spec["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["PARTIALFC_RDZV_HOST"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+
+    jobset = workload("jobset")
+    (subdomain,) = service_names("jobset")
+    node = jobset["spec"]["replicatedJobs"][0]
+    env = {e["name"]: e.get("value") for e in pod_template(jobset)["spec"]["containers"][0]["env"]}
+    assert env["PARTIALFC_RDZV_HOST"] == f"{jobset['metadata']['name']}-{node['name']}-0-0.{subdomain}"
+    assert jobset["spec"]["network"]["enableDNSHostnames"] and jobset["spec"]["network"]["publishNotReadyAddresses"]
+
+
+def test_namespace_is_created_first():
+    """kubectl applies a directory's files in file-name order (sorted), one document after another,
+    so `kubectl apply -f k8s/common/` works on an empty cluster only if the Namespace comes first."""
+    files = sorted((REPO / "k8s" / "common").glob("*.yaml"), key=lambda p: p.name)
+    first = [d for d in yaml.safe_load_all(files[0].read_text()) if d]
+    assert first[0]["kind"] == "Namespace", f"{files[0].name} sorts first but does not start with the Namespace"
+    namespace = first[0]["metadata"]["name"]
+    for path, document in every_document():
+        if document["kind"] != "Namespace" and not path.startswith("k8s/monitoring/"):  # applied with -n
+            assert document["metadata"].get("namespace") == namespace, f"{path}: {document['metadata']['name']}"
+
+
+def test_dataset_claim_can_be_filled_and_training_only_reads_it():
+    """A dynamically provisioned volume starts empty, so the dataset claim must be writable
+    (ReadWriteMany: the data-load Job writes it, every training pod on any node reads it). Only the
+    data Jobs mount it read-write; every training pod mounts it read-only."""
+    claims = {d["metadata"]["name"]: d for d in documents("k8s/common/storage.yaml")}
+    assert claims["partialfc-datasets"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    writers = set()
+    for where, template in every_pod_template():
+        for path, read_only in claim_mounts(template).get("partialfc-datasets", []):
+            if not read_only:
+                writers.add(where.split(": ")[1])
+    assert writers == {"Job/partialfc-load-dataset", "Job/partialfc-volume-owner"}, writers
+    for variant in VARIANTS:
+        assert claim_mounts(pod_template(workload(variant)))["partialfc-datasets"] == [("/data", True)], variant
+
+
+@pytest.fixture(scope="module")
+def source_dataset(tmp_path_factory) -> Path:
+    from partialfc.data.synth import generate_synthetic_dataset
+
+    path = tmp_path_factory.mktemp("source") / "ms1m"
+    generate_synthetic_dataset(path, 4, 2, seed=5, workers=1, progress=False)
+    return path
+
+
+def run_load_script(source: Path, data: Path) -> subprocess.CompletedProcess:
+    """The data-load Job's container command, run here with its mount points moved under tmp dirs and
+    `python` this interpreter (the image's `python` runs the same partialfc.data)."""
+    job = data_job("partialfc-load-dataset")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    script = container["args"][0].replace(mounts["source"], str(source)).replace(mounts["datasets"], str(data))
+    bin_dir = data.parent / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "python"  # a script, not a symlink: a venv's interpreter must be run by its own path
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    return subprocess.run([*container["command"], script], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_data_load_job_copies_verifies_and_indexes_where_training_reads(source_dataset, tmp_path):
+    """The data-load Job's own script, run on a small dataset: the data ends at the ConfigMap's
+    data.path with DALI's index beside it; a corrupt source stops it before anything reaches that path."""
+    job = data_job("partialfc-load-dataset")
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    training = pod_template(workload("indexed-job"))["spec"]
+    assert container["image"] == training["containers"][0]["image"]
+    assert spec["securityContext"]["runAsUser"] == training["securityContext"]["runAsUser"]
+    assert spec["securityContext"]["runAsNonRoot"] and spec["restartPolicy"] == "Never"
+    assert claim_mounts(job["spec"]["template"])["partialfc-datasets"] == [("/data", False)]  # as training sees it
+    config_map = next(d for d in documents("k8s/common/config.yaml") if d["kind"] == "ConfigMap")
+    data_path = yaml.safe_load(config_map["data"]["train.yaml"])["data"]["path"]
+    assert "python -m partialfc.data verify" in container["args"][0] and f"dst={data_path}" in container["args"][0]
+
+    data = tmp_path / "data"
+    data.mkdir()
+    result = run_load_script(source_dataset, data)
+    assert result.returncode == 0, result.stdout + result.stderr
+    target = Path(str(data) + data_path.removeprefix("/data"))
+    assert {p.name for p in target.iterdir()} >= {"train.rec", "train.idx", "property", "train.images.idx"}
+    assert not Path(f"{target}.incomplete").exists() and "0 problem(s)" in result.stdout
+
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "source").mkdir(parents=True)
+    (corrupt / "data").mkdir()
+    for f in source_dataset.iterdir():
+        (corrupt / "source" / f.name).write_bytes(f.read_bytes())
+    rec = bytearray((corrupt / "source" / "train.rec").read_bytes())
+    rec[len(rec) // 2: len(rec) // 2 + 400] = bytes(400)
+    (corrupt / "source" / "train.rec").write_bytes(bytes(rec))
+    result = run_load_script(corrupt / "source", corrupt / "data")
+    assert result.returncode != 0 and "CORRUPT" in result.stdout, result.stdout + result.stderr  # verify stopped it
+    assert not Path(str(corrupt / "data") + data_path.removeprefix("/data")).exists()
+
+
+def test_ownership_job_gives_the_checkpoint_volume_to_the_training_uid():
+    """Most RWX volumes ignore fsGroup: the one-off Job chowns the checkpoint claim's mount point
+    (and the dataset claim's) to the training pods' UID:GID, as root with CAP_CHOWN only."""
+    job = data_job("partialfc-volume-owner")
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    mounts = claim_mounts(job["spec"]["template"])
+    training = pod_template(workload("indexed-job"))["spec"]["securityContext"]
+    owner = f"{training['runAsUser']}:{training['runAsGroup']}"
+    assert container["command"][:2] == ["chown", owner]
+    (checkpoints,) = mounts["partialfc-checkpoints"]
+    (datasets,) = mounts["partialfc-datasets"]
+    assert checkpoints[0] in container["command"][2:] and datasets[0] in container["command"][2:]
+    assert "-R" not in container["command"]  # the volumes are new: their roots are enough
+    assert spec["securityContext"]["runAsUser"] == 0 and spec["restartPolicy"] == "Never"
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert security["allowPrivilegeEscalation"] is False and security.get("privileged") is not True
+
+
+def test_fsgroup_is_applied_once_not_at_every_start():
+    """Where kubelet applies fsGroup it chowns the whole volume at every pod start unless
+    fsGroupChangePolicy is OnRootMismatch (core/v1 PodSecurityContext)."""
+    checked = 0
+    for where, template in every_pod_template():
+        security = template["spec"].get("securityContext", {})
+        if "fsGroup" in security:
+            assert security.get("fsGroupChangePolicy") == "OnRootMismatch", where
+            checked += 1
+    assert checked >= len(VARIANTS) + 1
+
+
+# ---------------------------------------------------------------------- disruptions and failure budgets
+def job_pod_failure_action(job_spec: dict, pod_conditions: set[str]) -> str:
+    """What the Job controller does with a failed pod: the action of the first podFailurePolicy rule
+    that matches, else "Count" (against backoffLimit). A rule matches when one of its onPodConditions
+    is a condition the pod has with that status (onExitCodes rules are not used here). Kubernetes
+    batch/v1 Job pod failure policy (https://kubernetes.io/docs/concepts/workloads/controllers/job/
+    #pod-failure-policy, pkg/controller/job/pod_failure_policy.go)."""
+    for rule in job_spec.get("podFailurePolicy", {}).get("rules", []):
+        assert "onExitCodes" not in rule
+        if any(c["type"] in pod_conditions and c.get("status", "True") == "True" for c in rule["onPodConditions"]):
+            return rule["action"]
+    return "Count"
+
+
+def job_failure_reason(job_spec: dict, pod_conditions: set[str]) -> str | None:
+    """The reason of the Job's Failed condition after one failed pod, None if it keeps running."""
+    action = job_pod_failure_action(job_spec, pod_conditions)
+    if action == "FailJob":
+        return "PodFailurePolicy"
+    if action == "Count" and job_spec.get("backoffLimit", 6) == 0:
+        return "BackoffLimitExceeded"
+    return None
+
+
+def jobset_action(jobset: dict, replicated_job: str, reason: str) -> str:
+    """The JobSet controller's response to a failed child Job: the first failurePolicy rule whose
+    onJobFailureReasons (empty: any) holds the reason and whose targetReplicatedJobs (empty: all)
+    holds the replicated job, else RestartJobSet (findFirstFailedPolicyRuleAndJob, ruleIsApplicable
+    and defaultFailurePolicyRuleAction, pkg/controllers/failure_policy.go, JobSet v0.12.0)."""
+    for rule in jobset["spec"]["failurePolicy"].get("rules", []):
+        if rule.get("onJobFailureReasons") and reason not in rule["onJobFailureReasons"]:
+            continue
+        if rule.get("targetReplicatedJobs") and replicated_job not in rule["targetReplicatedJobs"]:
+            continue
+        return rule["action"]
+    return "RestartJobSet"
+
+
+def test_indexed_job_replaces_disrupted_pods_without_counting():
+    job = workload("indexed-job")["spec"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # API validation: podFailurePolicy needs Never
+    assert job_pod_failure_action(job, {"DisruptionTarget"}) == "Ignore"
+    assert job_pod_failure_action(job, set()) == "Count" and job["backoffLimit"] > 0  # a crash still counts
+    assert job_pod_failure_action(job, {"ContainersReady"}) == "Count"
+
+
+def test_jobset_restarts_after_a_disruption_without_counting():
+    """A disruption fails the child Job with reason PodFailurePolicy, and the JobSet restarts without
+    adding to restartsCountTowardsMax; any other pod failure exceeds backoffLimit 0 and restarts it
+    counted, up to maxRestarts."""
+    jobset = workload("jobset")
+    policy = jobset["spec"]["failurePolicy"]
+    (node,) = jobset["spec"]["replicatedJobs"]
+    child = node["template"]["spec"]
+    assert child["template"]["spec"]["restartPolicy"] == "Never"
+    disrupted = job_failure_reason(child, {"DisruptionTarget"})
+    assert disrupted == "PodFailurePolicy"
+    assert jobset_action(jobset, node["name"], disrupted) == "RestartJobSetAndIgnoreMaxRestarts"
+    crashed = job_failure_reason(child, set())
+    assert crashed == "BackoffLimitExceeded" and jobset_action(jobset, node["name"], crashed) == "RestartJobSet"
+    assert policy["maxRestarts"] > 0
+    for rule in policy["rules"]:  # the webhook's rule-name format (pkg/webhooks/jobset_webhook.go, v0.12.0)
+        assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", rule["name"]), rule["name"]
+    # A FailJob rule on anything but a disruption would let real failures restart for free.
+    for rule in child["podFailurePolicy"]["rules"]:
+        if rule["action"] == "FailJob":
+            assert [c["type"] for c in rule["onPodConditions"]] == ["DisruptionTarget"], rule
+
+
+def test_pytorchjob_v1_has_no_pod_failure_policy():
+    """training-operator v1's runPolicy has no podFailurePolicy (vendored v1.9.4 schema), so the
+    PyTorchJob cannot tell disruptions apart; docs/deploy.md says why drains still do not count."""
+    schema = json.loads((REPO / "k8s/schemas/pytorchjob_kubeflow.org_v1.json").read_text())
+    run_policy = schema["properties"]["spec"]["properties"]["runPolicy"]["properties"]
+    assert "podFailurePolicy" not in run_policy and "backoffLimit" in run_policy
+    assert workload("pytorchjob")["spec"]["pytorchReplicaSpecs"]["Worker"]["restartPolicy"] == "OnFailure"
+    assert "runPolicy has no podFailurePolicy" in " ".join(DEPLOY_DOC.read_text().split())
+
+
+# ---------------------------------------------------------------------- docs/deploy.md
+def test_docs_name_each_variant_by_its_own_name():
+    """No bare `ms1mv3-r50` left in the deployment guide: only the variants' names, the ConfigMap
+    `partialfc-ms1mv3-r50` and the preset's file name."""
+    text = DEPLOY_DOC.read_text()
+    stale = [m.group(0) for m in re.finditer(r"(?<![\w-])ms1mv3-r50(?!-(job|pytorchjob|jobset)\b)[\w.-]*", text)]
+    assert not stale, stale
+    for variant in VARIANTS:
+        assert workload(variant)["metadata"]["name"] in text, variant
+
+
+def test_docs_kueue_objects_are_v1beta2_and_match_kueues_schemas(lint, tmp_path):
+    """The queue objects the guide tells users to create, against Kueue v0.19.2's v1beta2 CRDs
+    (v1beta1 is deprecated since 0.15); the LocalQueue is the one the manifests' queue label names."""
+    text = DEPLOY_DOC.read_text()
+    assert "kueue.x-k8s.io/v1beta1" not in text
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "kueue.x-k8s.io/" in b]
+    assert len(blocks) == 1, blocks
+    objects = tmp_path / "kueue.yaml"
+    objects.write_text(blocks[0])
+    result = run(lint / "python", CHECKER, objects)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = set(re.findall(r"^PASS \S+: (\w+)/", result.stdout, re.M))
+    assert checked == {"ResourceFlavor", "ClusterQueue", "LocalQueue"}, result.stdout
+    (local_queue,) = [d for d in yaml.safe_load_all(blocks[0]) if d["kind"] == "LocalQueue"]
+    for variant in VARIANTS:
+        labels = workload(variant)["metadata"]["labels"]
+        assert labels["kueue.x-k8s.io/queue-name"] == local_queue["metadata"]["name"], variant
+        assert workload(variant)["metadata"]["namespace"] == local_queue["metadata"]["namespace"]
+
+
+def launcher_print_block(variant: str, node: int, config: Path) -> str:
+    """`python -m launcher --print` as node ``node`` of the variant's manifest would run it: the
+    manifest's args and env plus what Kubernetes adds (scheduler_env), with the parts that depend on
+    this machine (config path, interpreter, temp dir, host name) written as they are in the pod."""
+    container = pod_template(workload(variant))["spec"]["containers"][0]
+    env = {**{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}, **scheduler_env(variant, node)}
+    args = ["--print", *container["args"]]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert launcher_main([str(config) if a == "/etc/partialfc/train.yaml" else a for a in args], env) == 0
+    text = out.getvalue().replace(str(config), "/etc/partialfc/train.yaml").replace(sys.executable, "python")
+    text = re.sub(re.escape(tempfile.gettempdir().rstrip("/")) + r"/(partialfc-metrics-[\w.-]*?)-"
+                  + re.escape(socket.gethostname()) + r"\b", r"$TMPDIR/\1-<host name>", text)
+    added = scheduler_env(variant, node)
+    ordered = {**added, **{k: v for k, v in env.items() if k not in added}}  # what Kubernetes adds, then the manifest's
+    variables = " ".join(f"{k}={shlex.quote(v)}" for k, v in ordered.items())
+    command = f"$ {variables} \\\n    python -m launcher {shlex.join(args)}\n"
+    return f"```\n{command}{text.rstrip()}\n```"
+
+
+def test_docs_print_example_is_the_launchers_output(training_config):
+    """docs/deploy.md shows `--print` for node 1 of the Indexed Job exactly as the launcher prints it.
+    PARTIALFC_REGENERATE_DOCS=1 rewrites the block instead (after a change to the launcher's output)."""
+    text = DEPLOY_DOC.read_text()
+    assert text.count(PRINT_BEGIN) == 1 and text.count(PRINT_END) == 1
+    head, rest = text.split(PRINT_BEGIN)
+    current, tail = rest.split(PRINT_END)
+    expected = "\n" + launcher_print_block("indexed-job", 1, training_config) + "\n"
+    if os.environ.get("PARTIALFC_REGENERATE_DOCS") == "1":
+        DEPLOY_DOC.write_text(head + PRINT_BEGIN + expected + PRINT_END + tail)
+        return
+    assert current == expected, "docs/deploy.md's --print block is stale: rerun with PARTIALFC_REGENERATE_DOCS=1"
