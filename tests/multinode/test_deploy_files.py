@@ -252,19 +252,6 @@ def test_each_manifest_starts_a_two_node_eight_gpu_job(variant, training_config,
     assert "collective timeout (dist.timeout_s): 1800 s" in out and "join_timeout=1860" in command
 
 
-def test_install_script_is_what_the_dockerfile_runs():
-    dockerfile = (REPO / "docker/Dockerfile").read_text()
-    assert re.search(r"^RUN bash docker/install.sh /opt/partialfc", dockerfile, re.M)
-    assert re.search(r"^ENTRYPOINT \[\"python\", \"-m\", \"launcher\"\]", dockerfile, re.M)
-    assert re.search(r"^USER [1-9]\d*:[1-9]\d*$", dockerfile, re.M) and "EXPOSE 9400" in dockerfile
-    base = re.search(r"^FROM (\S+)$", dockerfile, re.M)
-    assert base and re.fullmatch(r"[^:@\s]+:[\w.-]+(@sha256:[0-9a-f]{64})?", base[1]), "base must be pinned by a tag"
-    assert not base[1].split("@")[0].endswith(":latest"), base[1]
-    included = {line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
-    copied = {src for line in dockerfile.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]}
-    assert {p.rstrip("/") for p in included} == {p.rstrip("/") for p in copied}
-
-
 # ---------------------------------------------------------------------- names, order, storage
 def service_names(variant: str) -> set[str]:
     """The Services a variant's controller gives its pods, derived the way each controller does it.
@@ -459,36 +446,50 @@ def test_fsgroup_is_applied_once_not_at_every_start():
 
 
 # ---------------------------------------------------------------------- disruptions and failure budgets
-def job_pod_failure_action(job_spec: dict, pod_conditions: set[str]) -> str:
-    """What the Job controller does with a failed pod: the action of the first podFailurePolicy rule
-    that matches, else "Count" (against backoffLimit). A rule matches when one of its onPodConditions
-    is a condition the pod has with that status (onExitCodes rules are not used here). Kubernetes
-    batch/v1 Job pod failure policy (https://kubernetes.io/docs/concepts/workloads/controllers/job/
-    #pod-failure-policy, pkg/controller/job/pod_failure_policy.go)."""
-    for rule in job_spec.get("podFailurePolicy", {}).get("rules", []):
-        assert "onExitCodes" not in rule
-        if any(c["type"] in pod_conditions and c.get("status", "True") == "True" for c in rule["onPodConditions"]):
-            return rule["action"]
-    return "Count"
+def job_pod_failure(job_spec: dict, pod_conditions: set[str], exit_code: int = 1) -> tuple[str, str]:
+    """What the Job controller does with a failed pod of container ``pytorch``: (action, message) of the
+    first podFailurePolicy rule that matches, else ("Count", "") against backoffLimit. A rule matches on
+    one of its onPodConditions the pod has with that status, or on the container's exit code In (NotIn)
+    its values, and FailJob's message is the controller's. Kubernetes batch/v1 Job pod failure policy
+    (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy,
+    pkg/controller/job/pod_failure_policy.go: matchPodFailurePolicy)."""
+    for index, rule in enumerate(job_spec.get("podFailurePolicy", {}).get("rules", [])):
+        if "onExitCodes" in rule:
+            codes = rule["onExitCodes"]
+            assert codes.get("containerName", "pytorch") == "pytorch"
+            inside = exit_code in codes["values"]
+            if exit_code != 0 and (inside if codes["operator"] == "In" else not inside):
+                return rule["action"], (f"Container pytorch for pod partialfc/node-1 failed with exit code {exit_code} "
+                                        f"matching {rule['action']} rule at index {index}")
+        else:
+            for condition in rule["onPodConditions"]:
+                if condition["type"] in pod_conditions and condition.get("status", "True") == "True":
+                    return rule["action"], (f"Pod partialfc/node-1 has condition {condition['type']} matching "
+                                            f"{rule['action']} rule at index {index}")
+    return "Count", ""
 
 
-def job_failure_reason(job_spec: dict, pod_conditions: set[str]) -> str | None:
-    """The reason of the Job's Failed condition after one failed pod, None if it keeps running."""
-    action = job_pod_failure_action(job_spec, pod_conditions)
+def job_failure(job_spec: dict, pod_conditions: set[str], exit_code: int = 1) -> tuple[str | None, str]:
+    """(reason, message) of the Job's Failed condition after one failed pod; reason None if it keeps running."""
+    action, message = job_pod_failure(job_spec, pod_conditions, exit_code)
     if action == "FailJob":
-        return "PodFailurePolicy"
+        return "PodFailurePolicy", message
     if action == "Count" and job_spec.get("backoffLimit", 6) == 0:
-        return "BackoffLimitExceeded"
-    return None
+        return "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+    return None, ""
 
 
-def jobset_action(jobset: dict, replicated_job: str, reason: str) -> str:
+def jobset_action(jobset: dict, replicated_job: str, reason: str, message: str = "") -> str:
     """The JobSet controller's response to a failed child Job: the first failurePolicy rule whose
-    onJobFailureReasons (empty: any) holds the reason and whose targetReplicatedJobs (empty: all)
-    holds the replicated job, else RestartJobSet (findFirstFailedPolicyRuleAndJob, ruleIsApplicable
-    and defaultFailurePolicyRuleAction, pkg/controllers/failure_policy.go, JobSet v0.12.0)."""
+    onJobFailureReasons (empty: any) holds the reason, whose onJobFailureMessagePatterns (empty: any)
+    match the message and whose targetReplicatedJobs (empty: all) hold the replicated job, else
+    RestartJobSet (findFirstFailedPolicyRuleAndJob, ruleIsApplicable and
+    defaultFailurePolicyRuleAction, pkg/controllers/failure_policy.go, JobSet v0.12.0)."""
     for rule in jobset["spec"]["failurePolicy"].get("rules", []):
         if rule.get("onJobFailureReasons") and reason not in rule["onJobFailureReasons"]:
+            continue
+        patterns = rule.get("onJobFailureMessagePatterns")
+        if patterns and not any(re.search(pattern, message) for pattern in patterns):
             continue
         if rule.get("targetReplicatedJobs") and replicated_job not in rule["targetReplicatedJobs"]:
             continue
@@ -497,34 +498,40 @@ def jobset_action(jobset: dict, replicated_job: str, reason: str) -> str:
 
 
 def test_indexed_job_replaces_disrupted_pods_without_counting():
+    """Exit codes from partialfc/exit_codes.py: 143 pre-empted, 2 config, 3 diverged, 1 crash, 4 stall."""
     job = workload("indexed-job")["spec"]
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # API validation: podFailurePolicy needs Never
-    assert job_pod_failure_action(job, {"DisruptionTarget"}) == "Ignore"
-    assert job_pod_failure_action(job, set()) == "Count" and job["backoffLimit"] > 0  # a crash still counts
-    assert job_pod_failure_action(job, {"ContainersReady"}) == "Count"
+    assert job_pod_failure(job, {"DisruptionTarget"}, 143)[0] == "Ignore"
+    assert job_pod_failure(job, {"DisruptionTarget"}, 1)[0] == "Ignore"
+    assert job_pod_failure(job, set(), 143)[0] == "Ignore"  # a pre-emption without the condition
+    assert job_pod_failure(job, set(), 2)[0] == job_pod_failure(job, set(), 3)[0] == "FailJob"
+    for crash in (1, 4, 137):  # a crash, a stall, the OOM killer: counted, retried up to backoffLimit
+        assert job_pod_failure(job, set(), crash)[0] == "Count" and job["backoffLimit"] > 0
+    assert job_pod_failure(job, {"ContainersReady"})[0] == "Count"
 
 
 def test_jobset_restarts_after_a_disruption_without_counting():
-    """A disruption fails the child Job with reason PodFailurePolicy, and the JobSet restarts without
-    adding to restartsCountTowardsMax; any other pod failure exceeds backoffLimit 0 and restarts it
-    counted, up to maxRestarts."""
+    """A disruption or a pre-emption (143) fails the child Job with reason PodFailurePolicy, and the
+    JobSet restarts without adding to restartsCountTowardsMax; a config error or divergence (2, 3)
+    fails the JobSet; any other pod failure exceeds backoffLimit 0 and restarts it counted."""
     jobset = workload("jobset")
     policy = jobset["spec"]["failurePolicy"]
     (node,) = jobset["spec"]["replicatedJobs"]
     child = node["template"]["spec"]
     assert child["template"]["spec"]["restartPolicy"] == "Never"
-    disrupted = job_failure_reason(child, {"DisruptionTarget"})
-    assert disrupted == "PodFailurePolicy"
-    assert jobset_action(jobset, node["name"], disrupted) == "RestartJobSetAndIgnoreMaxRestarts"
-    crashed = job_failure_reason(child, set())
-    assert crashed == "BackoffLimitExceeded" and jobset_action(jobset, node["name"], crashed) == "RestartJobSet"
+    for conditions, code in (({"DisruptionTarget"}, 143), ({"DisruptionTarget"}, 1), (set(), 143)):
+        reason, message = job_failure(child, conditions, code)
+        assert reason == "PodFailurePolicy", (conditions, code)
+        assert jobset_action(jobset, node["name"], reason, message) == "RestartJobSetAndIgnoreMaxRestarts"
+    for code in (2, 3):
+        reason, message = job_failure(child, set(), code)
+        assert jobset_action(jobset, node["name"], reason, message) == "FailJobSet", code
+    for code in (1, 4, 137):
+        reason, message = job_failure(child, set(), code)
+        assert reason == "BackoffLimitExceeded" and jobset_action(jobset, node["name"], reason, message) == "RestartJobSet"
     assert policy["maxRestarts"] > 0
     for rule in policy["rules"]:  # the webhook's rule-name format (pkg/webhooks/jobset_webhook.go, v0.12.0)
         assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", rule["name"]), rule["name"]
-    # A FailJob rule on anything but a disruption would let real failures restart for free.
-    for rule in child["podFailurePolicy"]["rules"]:
-        if rule["action"] == "FailJob":
-            assert [c["type"] for c in rule["onPodConditions"]] == ["DisruptionTarget"], rule
 
 
 def test_pytorchjob_v1_has_no_pod_failure_policy():
