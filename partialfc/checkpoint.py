@@ -37,6 +37,7 @@ import torch.distributed as dist
 from partialfc import shard_range
 from partialfc.distributed import DistInfo, barrier
 from partialfc.partial_fc import PartialFC
+from partialfc.resume import flatten
 
 __all__ = ["Checkpointer", "CheckpointError", "LoadedCheckpoint", "Stateful", "find_latest_checkpoint"]
 
@@ -385,19 +386,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _differing_fields(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> str:
     """The model/loss config fields that differ between the checkpoint and this job, for error messages."""
-    saved_flat, ours_flat = _flatten(saved), _flatten(ours)
+    saved_flat, ours_flat = flatten(saved), flatten(ours)
     fields = [f"{key} (checkpoint {saved_flat.get(key)!r}, this job {ours_flat.get(key)!r})"
               for key in sorted(set(saved_flat) | set(ours_flat))
               if key.startswith(("model.", "loss.")) and saved_flat.get(key) != ours_flat.get(key)]

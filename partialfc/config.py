@@ -171,6 +171,10 @@ class CheckpointConfig:
     keep: int = option(3, "keep the newest K complete checkpoints")
     resume: str = option("auto", "auto: newest complete checkpoint in the run directory; a path; or none")
     on_sigterm: bool = option(True, "on SIGTERM (pre-emption), save a checkpoint at the next log step and stop (exit 143)")
+    allow_changes: list[str] = option(
+        [], "fields that change what the run means (loss, backbone, sampling, schedule, length: partialfc/resume.py) "
+        "which a resume may change from the checkpoint's values; each change is logged and recorded in summary.json; "
+        "any other such change is refused (exit 2)")
 
 
 @dataclass
@@ -232,6 +236,11 @@ class Config:
              "blames a healthy rank"),
             ("checkpoint.keep", self.checkpoint.keep >= 1, "must be >= 1"),
         ]
+        from partialfc.resume import is_meaning_field
+
+        unknown = [name for name in self.checkpoint.allow_changes if not is_meaning_field(name)]
+        checks.append(("checkpoint.allow_changes", not unknown,
+                       f"names {', '.join(unknown)}: not fields a resume refuses to change (see partialfc/resume.py)"))
         from partialfc.models import list_models
 
         checks.append(("model.backbone", self.model.backbone in list_models(), f"is not one of {', '.join(list_models())}"))

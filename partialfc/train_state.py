@@ -19,9 +19,10 @@ from partialfc.config import ConfigError
 
 @dataclass
 class TrainProgress:
-    """Where the run is: optimizer steps taken and the best verification accuracy per set."""
+    """Where the run is: optimizer steps taken of ``total_steps``, the best verification accuracy per set."""
 
     step: int = 0
+    total_steps: int = 0  # the run's length when saved; 0 in checkpoints written before it was recorded
     best: dict[str, float] = field(default_factory=dict)
 
     def record_accuracy(self, name: str, accuracy: float) -> bool:
@@ -32,10 +33,15 @@ class TrainProgress:
         return improved
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "best": dict(self.best)}
+        return {"step": self.step, "total_steps": self.total_steps, "best": dict(self.best)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.best = int(state["step"]), {k: float(v) for k, v in state["best"].items()}
+        self.total_steps = int(state.get("total_steps", 0))
+
+    @property
+    def finished(self) -> bool:
+        return 0 < self.total_steps <= self.step
 
 
 class RNGState:

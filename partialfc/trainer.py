@@ -34,7 +34,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 import partialfc
-from partialfc.checkpoint import Checkpointer
+from partialfc.checkpoint import Checkpointer, read_manifest
 from partialfc.config import Config, ConfigError, to_dict
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.prepare import prepare_dataset, resolve_val_targets
@@ -50,6 +50,7 @@ from partialfc.models import create_model
 from partialfc.optimizer import NonFiniteReport, TrainingOptimizer, centre_optimizer
 from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
+from partialfc.resume import check_changes, meaning_changes
 from partialfc.run_log import RunLog, format_duration
 from partialfc.train_state import RNGState, SampleRateSchedule, TrainProgress
 from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
@@ -112,7 +113,7 @@ class Trainer:
             config.schedule.decay, config.schedule.power,
         )
         self.amp_dtype = AMP_DTYPES[config.train.amp]
-        self.progress = TrainProgress()
+        self.progress = TrainProgress(total_steps=self.total_steps)
         self.checkpointer = Checkpointer(
             self.run_dir / "checkpoints", info, config.checkpoint.keep,
             shared={"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress,
@@ -156,7 +157,15 @@ class Trainer:
             self.log.close()
 
     def _run(self) -> str:
-        if not self._resume() and self.config.model.init_from:
+        resumed = self._resume()
+        if resumed and self.progress.finished:
+            self.log.info(
+                f"the run in {self.run_dir} finished at step {self.progress.step} of {self.progress.total_steps}: "
+                "nothing to train (for a new run, give another output directory)")
+            self.log.update_summary(status="finished")
+            return "finished"
+        self.progress.total_steps = self.total_steps
+        if not resumed and self.config.model.init_from:
             self._init_backbone(Path(self.config.model.init_from))
         if self.info.is_main:  # an earlier start's failure record must not be blamed for this one's
             clear_failure(self.run_dir / "heartbeats")
@@ -378,7 +387,17 @@ class Trainer:
         path = self.checkpointer.newest_loadable(self.log.info) if choice == "auto" else Path(choice)
         if path is None:
             return False
+        changes = check_changes(meaning_changes(read_manifest(path).get("config", {}), to_dict(self.config)),
+                                self.config.checkpoint.allow_changes, str(path))
         loaded = self.checkpointer.load(path)
+        if any(change.field.startswith("train.") for change in changes):  # an allowed new length is the plan now
+            self.progress.total_steps = self.total_steps
+        if changes:
+            for change in changes:
+                self.log.info(f"checkpoint.allow_changes: {change} from step {self.progress.step} on")
+            recorded = self.log.summary.get("config_changes", [])
+            self.log.update_summary(config_changes=recorded + [
+                {"field": c.field, "checkpoint": c.checkpoint, "job": c.job, "step": self.progress.step} for c in changes])
         if loaded.resharded:
             epoch = int(loaded.manifest["epoch"])
             self.loader.set_epoch(epoch)

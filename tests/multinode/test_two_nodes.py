@@ -33,20 +33,21 @@ from netns_cluster import (
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and /proc are Linux-only")
 
 
-def worker_of(agent_pid: int) -> int:
-    """The pid of the training worker whose parent is this node's torchrun agent."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def worker_of(host: Host) -> int:
+    """The pid of the training worker on ``host``: the child of its torchrun agent (the launcher's child)."""
+    processes = {}
+    for pid in host.pids():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            processes[pid] = (int(stat.rsplit(")", 1)[1].split()[1]), Path(f"/proc/{pid}/cmdline").read_bytes())
         except (OSError, IndexError):
             continue  # exited meanwhile
-        if int(fields[1]) == agent_pid and b"partialfc.train" in cmdline:
-            return int(stat.parent.name)
-    raise AssertionError(f"no partialfc.train worker under torchrun agent {agent_pid}")
+    agents = {pid for pid, (_, cmdline) in processes.items() if b"torch.distributed.run" in cmdline}
+    workers = [pid for pid, (parent, cmdline) in processes.items() if parent in agents and b"partialfc.train" in cmdline]
+    assert len(workers) == 1, f"expected one partialfc.train worker under torchrun on {host.namespace}: {processes}"
+    return workers[0]
 
 
-# ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def two_hosts() -> Iterator[tuple[Host, Host]]:
     with make_hosts([("pj-master-0", "pe-worker-0", "ix-0.ix", "ix-0"),
@@ -82,7 +83,7 @@ def test_killed_worker_restarts_in_place_and_ends_bit_identical(plain_job, two_h
     try:
         await_condition((job.output / "checkpoints" / f"step-{EVERY:08d}").exists, list(job.processes.values()), NODE_TIMEOUT_S,
                         f"checkpoint {EVERY}")
-        victim = worker_of(job.processes[1].pid)
+        victim = worker_of(two_hosts[1])
         os.kill(victim, signal.SIGKILL)
     finally:
         returncodes = job.wait()

@@ -77,9 +77,12 @@ def test_trainer_resumes_on_another_world_size(tiny_dataset, tmp_path, world_siz
     run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0",
                                "--data.backend", "torch"))
     result = run_training(world_size, train_args(tiny_dataset, output, "--train.max_steps", "6",
-                                                 "--eval.every_steps", "0", "--data.backend", "torch"))
+                                                 "--eval.every_steps", "0", "--data.backend", "torch",
+                                                 "--checkpoint.allow_changes", "train.max_steps"))
     assert f"world size changed (2 -> {world_size})" in result.stdout
     assert "resumed from" in result.stdout and "step 6/6" in result.stdout
+    assert json.loads((output / "summary.json").read_text())["config_changes"] == [
+        {"field": "train.max_steps", "checkpoint": 4, "job": 6, "step": 4}]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path):

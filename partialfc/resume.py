@@ -1,0 +1,71 @@
+"""Which config changes a resume may make: a checkpoint continues *its* run, not another one.
+
+A field that changes what the run means (the loss family and its parameters, the backbone and
+embedding size, the sampling, the length of training and its LR schedule) makes a resumed run a
+different experiment whose curve still looks like one run. Such a change is refused, naming each
+field, unless the user lists it in ``checkpoint.allow_changes``; then it is logged and recorded in
+summary.json. Everything else (logging, evaluation, checkpoint cadence, loader workers, metrics,
+timeouts) may change freely between starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from partialfc.config import ConfigError
+
+# Exact names, or a prefix ending in "." / "_" for a family of fields.
+MEANING_FIELDS = (
+    "model.backbone", "model.embedding_size",
+    "loss.head", "loss.s", "loss.m1", "loss.m2", "loss.m3", "loss.adaface_", "loss.curricular_", "loss.magface_",
+    "loss.elastic_", "loss.sample_rate", "loss.sample_rate_schedule", "loss.sub_centers",
+    "optim.name", "optim.lr", "schedule.", "train.epochs", "train.max_steps", "train.grad_accum",
+)
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    field: str
+    checkpoint: Any
+    job: Any
+
+    def __str__(self) -> str:
+        return f"{self.field} (checkpoint {self.checkpoint!r}, this job {self.job!r})"
+
+
+def meaning_changes(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> list[ConfigChange]:
+    """The fields in MEANING_FIELDS whose value differs between a checkpoint's config and this job's."""
+    saved_flat, ours_flat = flatten(saved), flatten(ours)
+    return [ConfigChange(name, saved_flat.get(name), ours_flat.get(name))
+            for name in sorted(set(saved_flat) | set(ours_flat))
+            if is_meaning_field(name) and saved_flat.get(name) != ours_flat.get(name)]
+
+
+def check_changes(changes: list[ConfigChange], allowed: list[str], checkpoint: str) -> list[ConfigChange]:
+    """The changes ``allowed`` lets through; ConfigError naming every other one."""
+    refused = [change for change in changes if change.field not in allowed]
+    if refused:
+        names = ",".join(change.field for change in refused)
+        raise ConfigError(
+            f"checkpoint {checkpoint} was trained with other settings that change what the run means: "
+            + "; ".join(map(str, refused))
+            + f". Resume with the checkpoint's values, start a new run (another output directory), or accept the "
+            f"change with --checkpoint.allow_changes {names}")
+    return changes
+
+
+def is_meaning_field(name: str) -> bool:
+    return any(name == field or (field.endswith((".", "_")) and name.startswith(field)) for field in MEANING_FIELDS)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"s": 64}}`` -> ``{"loss.s": 64}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,74 @@
+"""A resume continues the checkpoint's run: a change of what the run means is refused naming each
+field unless allowed (then logged and recorded), and a finished run started again trains nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from training_run import make_trainer, run_training, train_args
+
+from partialfc.config import ConfigError
+from partialfc.resume import ConfigChange, check_changes, meaning_changes
+
+FIRST = {"train.max_steps": 3, "checkpoint.every_steps": 3}
+
+
+def test_meaning_changes_are_the_run_defining_fields_only():
+    saved = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"head": "margin", "m2": 0.5, "s": 64.0,
+             "adaface_m": 0.4, "bf16_gemm": False}, "train": {"log_every": 2, "max_steps": 4},
+             "schedule": {"decay": "poly"}, "eval": {"every_steps": 10}}
+    ours = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"head": "adaface", "m2": 0.5, "s": 64.0,
+            "adaface_m": 0.3, "bf16_gemm": True}, "train": {"log_every": 50, "max_steps": 4},
+            "schedule": {"decay": "cosine"}, "eval": {"every_steps": 0}}
+    assert meaning_changes(saved, ours) == [
+        ConfigChange("loss.adaface_m", 0.4, 0.3), ConfigChange("loss.head", "margin", "adaface"),
+        ConfigChange("schedule.decay", "poly", "cosine")]
+    with pytest.raises(ConfigError, match=r"loss.adaface_m \(checkpoint 0.4, this job 0.3\); loss.head \(checkpoint "
+                                          r"'margin', this job 'adaface'\)\. .*--checkpoint.allow_changes "
+                                          r"loss.adaface_m,loss.head$"):
+        check_changes(meaning_changes(saved, ours), ["schedule.decay"], "ckpt")  # the allowed one is not named
+
+
+def test_another_loss_family_is_refused_naming_the_field(tiny_dataset, tmp_path):
+    output = tmp_path / "run"
+    assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
+    with pytest.raises(ConfigError, match=r"loss.head \(checkpoint 'margin', this job 'adaface'\)"):
+        make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 6, "loss.head": "adaface",
+                                              "checkpoint.allow_changes": ["train.max_steps"]}).fit()
+
+
+def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
+    output = tmp_path / "run"
+    assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
+    trainer = make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 5, "loss.m2": 0.25,
+                                                    "checkpoint.allow_changes": ["train.max_steps", "loss.m2"]})
+    assert trainer.fit() == "finished" and trainer.progress.step == 5
+    changes = json.loads((output / "summary.json").read_text())["config_changes"]
+    assert changes == [{"field": "loss.m2", "checkpoint": 0.3, "job": 0.25, "step": 3},
+                       {"field": "train.max_steps", "checkpoint": 3, "job": 5, "step": 3}]
+    assert "checkpoint.allow_changes: loss.m2 (checkpoint 0.3, this job 0.25) from step 3 on" in \
+        (output / "train.log").read_text()
+
+
+def test_allow_changes_names_only_fields_a_resume_refuses():
+    with pytest.raises(ConfigError, match="checkpoint.allow_changes.*eval.every_steps"):
+        from partialfc.config import load_config
+
+        load_config(None, {"checkpoint.allow_changes": "eval.every_steps"})
+
+
+def test_a_finished_run_started_again_on_another_world_size_trains_nothing(tiny_dataset, tmp_path):
+    """2 ranks, epochs-based length (6 steps of 32 images); started again on 1 rank, where the same
+    epochs would be 12 steps: the run is finished and stays so."""
+    output = tmp_path / "run"
+    length = ["--train.epochs", "0.2", "--eval.every_steps", "0", "--data.backend", "torch"]
+    run_training(2, train_args(tiny_dataset, output, *length))
+    before = json.loads((output / "summary.json").read_text())
+    assert (before["status"], before["step"]) == ("finished", 6)
+    model = (output / "model.pt").read_bytes()
+    result = run_training(None, train_args(tiny_dataset, output, *length))
+    assert "finished at step 6 of 6: nothing to train" in result.stdout + result.stderr
+    after = json.loads((output / "summary.json").read_text())
+    assert (after["status"], after["step"]) == ("finished", 6) and (output / "model.pt").read_bytes() == model
+    assert sorted(p.name for p in (output / "checkpoints").iterdir())[-1] == "step-00000006"
