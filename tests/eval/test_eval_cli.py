@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,16 +125,24 @@ def test_verify_table_and_json(tiny_dataset, model_file, tmp_path, capsys):
     assert "missing.pt: no such model file" in capsys.readouterr().err
 
 
-def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def onnx_export(model_file, tmp_path_factory) -> tuple[Path, export.ExportResult]:
+    """The model file exported once for the module (the export dominates these tests' time)."""
+    pytest.importorskip("onnx")
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return out, export.export_onnx(model_file, out)
+
+
+def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, onnx_export, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
-    out = tmp_path / "model.onnx"
-    result = export.export_onnx(model_file, out)
+    out, result = onnx_export
     assert result.opset == export.DEFAULT_OPSET and set(result.max_abs_difference) == {1, 7}
     assert max(result.max_abs_difference.values()) <= export.PARITY_TOLERANCE
     proto = onnx.load(out)
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert metadata["input_size"] == "112,112" and metadata["mean"] == "127.5,127.5,127.5"
     assert metadata["embedding_size"] == "32" and proto.opset_import[0].version == export.DEFAULT_OPSET
+    assert metadata["backbone"] == "tiny"  # the registry name create_model takes, not the class (FaceResNet)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
 
     bin_path = str(tiny_dataset / "synth_val.bin")
@@ -147,6 +156,26 @@ def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, tmp_p
     onnx.save(proto, tmp_path / "bare.onnx")
     assert eval_cli.main(["verify", bin_path, "--model", str(tmp_path / "bare.onnx")]) == 2
     assert "bare.onnx: ONNX metadata lacks ['input_size', 'channel_order', 'mean', 'std']" in capsys.readouterr().err
+
+
+def test_onnx_parity_gate_judges_the_worst_batch(model_file, onnx_export, tmp_path, monkeypatch):
+    """Planted bug: the export parity gate judging the best batch instead of the worst."""
+    onnx, ort = pytest.importorskip("onnx"), pytest.importorskip("onnxruntime")
+    graph = onnx.load(onnx_export[0])
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: SimpleNamespace(model_proto=graph))  # no re-export
+
+    class OffAtBatch7(ort.InferenceSession):  # onnxruntime drifting at one batch size only
+        def run(self, output_names, feeds, *args, **kwargs):
+            outputs = super().run(output_names, feeds, *args, **kwargs)
+            if next(iter(feeds.values())).shape[0] == 7:
+                outputs[0] = outputs[0] + 10 * export.PARITY_TOLERANCE
+            return outputs
+
+    monkeypatch.setattr(ort, "InferenceSession", OffAtBatch7)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(export.ParityError, match=r"differs from PyTorch by 0\.001 at batch 7 "):
+        export.export_onnx(model_file, out)
+    assert not out.exists() and out.with_name("model.onnx.tmp").is_file()
 
 
 def _documented(parser: argparse.ArgumentParser) -> list[str]:

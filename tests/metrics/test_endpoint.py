@@ -118,6 +118,16 @@ def test_get_and_head_served_other_methods_refused(make_metrics: Callable[..., T
     assert request(metrics.url.replace("/metrics", "/other"), "GET").status == 404
 
 
+def test_skipped_steps_counter_adds_only_the_growth_of_the_running_total(
+    make_metrics: Callable[..., TrainingMetrics],
+) -> None:
+    """Planted bug: the exported skipped-steps counter adding the running total at each log line (1 + 3 + 4 ...)."""
+    metrics = make_metrics(free_port())
+    for total in (1, 3, 3, 4):  # the optimizer's count since the process started, read at four log lines
+        metrics.observe_log(loss=2.0, lr=0.1, grad_norm=1.0, loss_scale=1024.0, skipped_steps_total=total)
+    assert list(samples_by_name(scrape(metrics.url)[1])["partialfc_skipped_steps_total"].values()) == [4]
+
+
 def test_port_in_use_names_address_and_port(make_metrics: Callable[..., TrainingMetrics]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

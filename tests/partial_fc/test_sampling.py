@@ -92,3 +92,15 @@ def test_full_rate_uses_every_row_without_index():
     assert torch.equal(pfc.last_sampled_rows, torch.arange(10))
     assert pfc._pending[0].rows is None  # the dense path skips the gather and index updates
     pfc.step()
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_a_scheduled_sample_rate_samples_as_many_rows_as_the_constructor(rate):
+    """Planted bug: set_sample_rate rounding the sample size down (int) where the constructor rounds up (ceil)."""
+    expected = math.ceil(rate * NUM_CLASSES)  # 100.1 -> 101, 500.5 -> 501: never a whole number here
+    scheduled = PartialFC(DIM, NUM_CLASSES, 1.0, CombinedMargin())
+    scheduled.set_sample_rate(rate)
+    built = PartialFC(DIM, NUM_CLASSES, rate, CombinedMargin())
+    for pfc in (scheduled, built):
+        pfc(torch.randn(2, DIM, requires_grad=True), torch.tensor([3, 700])).backward()
+        assert pfc.num_sample == expected and pfc.last_sampled_rows.numel() == expected

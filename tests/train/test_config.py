@@ -54,6 +54,21 @@ def test_overrides_coerce_and_validate():
         load_config(None, {"optim": "sgd"})
 
 
+def test_stall_timeout_equal_to_the_collective_timeout_is_refused(capsys):
+    """Planted bug: the bound loosened to stall_timeout_s <= dist.timeout_s (the collective timeout would race it)."""
+    assert load_config(None, {"dist.timeout_s": "60", "train.stall_timeout_s": "59.5"}).stall_timeout() == 59.5
+    quickstart = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--dry-run"]
+    assert main([*quickstart, "--dist.timeout_s", "60", "--train.stall_timeout_s", "60"]) == 2
+    assert "config error: train.stall_timeout_s=60.0 must be below dist.timeout_s=60," in capsys.readouterr().err
+
+
+def test_ema_decay_one_is_refused(capsys):
+    """Planted bug: the bound loosened to ema_decay <= 1 (a decay of 1 never moves the average)."""
+    assert load_config(None, {"train.ema_decay": "0.9999"}).train.ema_decay == 0.9999
+    assert main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--dry-run", "--train.ema_decay", "1.0"]) == 2
+    assert "config error: train.ema_decay=1.0 must be in [0, 1)" in capsys.readouterr().err
+
+
 def test_memory_plan_scales_with_world_size_and_dtype():
     config = load_config(REPO / "configs" / "webface42m_r100_pfc02.yaml")
     plan8 = dict(memory_plan(config, 2_059_906, 8))

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from dist_harness import run_distributed
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
@@ -75,6 +76,49 @@ def test_clipping_scales_backbone_and_centre_gradients_to_the_global_norm():
     assert (backbone_update + centre_update) ** 0.5 == pytest.approx(0.01, rel=1e-4)
 
 
+def test_a_clip_above_the_norm_leaves_the_step_unscaled():
+    """Planted bug: the clip coefficient not clamped at 1 (small gradients scaled up to the clip value)."""
+    updated = {}
+    for clip in (0.0, 1000.0):  # 0: no clipping; 1000: far above the norm, so the coefficient must be exactly 1
+        config = OptimConfig(lr=1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=clip)
+        backbone, pfc, optimizer = make(config)
+        backward(backbone, pfc, optimizer)
+        norm = float(optimizer.step().grad_norm)
+        updated[clip] = (backbone.weight.detach().clone(), backbone.bias.detach().clone(), pfc.weight.clone())
+    assert norm < 1000.0
+    for plain, clipped in zip(updated[0.0], updated[1000.0]):
+        assert torch.equal(plain, clipped)
+
+
+def clipped_ddp_steps(rank: int, world_size: int, clip: float) -> dict:
+    """Three clipped steps of a DDP backbone + a 2-shard PartialFC, each rank on its own batches."""
+    torch.manual_seed(0)
+    backbone = nn.parallel.DistributedDataParallel(nn.Linear(4, DIM))
+    config = OptimConfig(lr=0.5, momentum=0.9, weight_decay=0.0, clip_grad_norm=clip)
+    pfc = PartialFC(DIM, CLASSES, 1.0, CombinedMargin(s=8.0, m2=0.3), optimizer=centre_optimizer(config))
+    optimizer = TrainingOptimizer(config, backbone, pfc)
+    generator = torch.Generator().manual_seed(10 + rank)
+    centre_sq, norms = [], []
+    for step in range(1, 4):
+        x, y = torch.randn(6, 4, generator=generator), torch.randint(0, CLASSES, (6,), generator=generator)
+        pfc(backbone(x), y).backward()
+        centre_sq.append(float(pfc.grad_sq_norm()))
+        norms.append(float(optimizer.step(step_number=step).grad_norm))
+    return {"backbone": {k: v.clone() for k, v in backbone.module.state_dict().items()},
+            "centre_sq": centre_sq, "norms": norms}
+
+
+def test_clipped_steps_keep_the_ddp_backbones_bit_equal_across_ranks():
+    """Planted bug: the centre part of the global norm not all-reduced (each rank clips by its own norm)."""
+    clip = 1e-3
+    first, second = run_distributed(clipped_ddp_steps, 2, clip)
+    assert all(a != b for a, b in zip(first["centre_sq"], second["centre_sq"]))  # the shards' norms differ
+    assert min(first["norms"] + second["norms"]) > 10 * clip  # clipping is active on every step
+    for key, value in first["backbone"].items():
+        assert torch.equal(value, second["backbone"][key]), key
+    assert first["norms"] == second["norms"]  # one global norm
+
+
 def test_a_non_finite_norm_under_fp16_skips_both_halves_and_halves_the_scale():
     backbone, pfc, optimizer = make(OptimConfig(), fp16=True)
     before = (backbone.weight.clone(), pfc.weight.clone(), pfc.step_count)
@@ -86,6 +130,18 @@ def test_a_non_finite_norm_under_fp16_skips_both_halves_and_halves_the_scale():
     assert pfc.step_count == before[2] + 1  # the sampling stream still advances
     assert optimizer.scaler.scale == 2.0**15 and optimizer.skipped_steps == 1
     assert backbone.weight.grad is None  # gradients are dropped with the step
+
+
+def test_each_fp16_overflow_counts_once_in_skipped_steps():
+    """Planted bug: the skipped-steps counter adding its running total (1, 3, 7 instead of 1, 2, 3)."""
+    backbone, pfc, optimizer = make(OptimConfig(), fp16=True)
+    counts = []
+    for _ in range(3):
+        backward(backbone, pfc, optimizer)
+        backbone.weight.grad[0, 0] = float("inf")
+        assert optimizer.step().skipped
+        counts.append(optimizer.skipped_steps)
+    assert counts == [1, 2, 3]
 
 
 def test_state_dict_round_trip_continues_identically():
