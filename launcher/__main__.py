@@ -26,6 +26,7 @@ from launcher.command import (
 )
 from launcher.environment import NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, LaunchEnvironmentError, Placement, detect
 from launcher.supervise import run_torchrun
+from partialfc.cli import ArgumentParser
 from partialfc.exit_codes import help_text
 
 EPILOG = f"""\
@@ -63,7 +64,7 @@ example:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m launcher",
         description="Start this node's part of a partialfc training job: detect the scheduler, then exec torchrun "
         "(c10d rendezvous, elastic restarts) on `python -m partialfc.train TRAIN_ARGS`. Every argument the "

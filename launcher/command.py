@@ -49,14 +49,13 @@ class TrainingSettings:
 
 
 def training_settings(train_args: Sequence[str]) -> TrainingSettings:
-    """Read the collective timeout and metrics settings the way ``partialfc.train`` will."""
-    from partialfc.config import add_config_arguments, config_from_args
+    """Read the collective timeout and metrics settings the way ``partialfc.train`` will; a training
+    argument it would refuse (a typo'd option: SystemExit 2, a bad value: ConfigError) stops the
+    launch here, before torchrun starts a worker per GPU to fail the same way."""
+    from partialfc.config import config_from_args
+    from partialfc.train import build_parser
 
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--config")
-    add_config_arguments(parser)
-    known, _ = parser.parse_known_args(list(train_args))
-    config = config_from_args(known)
+    config = config_from_args(build_parser().parse_args(list(train_args)))
     return TrainingSettings(config.dist.timeout_s, config.metrics.port, config.metrics.multiproc_dir)
 
 

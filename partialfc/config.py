@@ -280,7 +280,11 @@ def _merge(node: Any, raw: dict[str, Any], prefix: str, source: str) -> None:
     for key, value in raw.items():
         name = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{name}' (known in this section: {', '.join(fields)})")
+            from partialfc.cli import closest
+
+            suggestion = closest(name, [f"{prefix}{known}" for known in fields])
+            hint = f"did you mean '{suggestion}'?" if suggestion else f"known in this section: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key '{name}' ({hint})")
         if dataclasses.is_dataclass(getattr(node, key)):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{name}' is a section and needs a mapping, got {value!r}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from partialfc.cli import ArgumentParser
 from partialfc.config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
 from partialfc.distributed import init_distributed, shard_range, shutdown
 from partialfc.exit_codes import ExitCode, help_text, record_exit
@@ -24,7 +25,7 @@ from partialfc.train_state import SampleRateSchedule
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m partialfc.train",
         description="Train a face-recognition backbone with a Partial-FC classifier. Options below override "
         "the YAML file given with --config, which overrides the defaults shown.",
@@ -133,6 +134,9 @@ if __name__ == "__main__":
     block_sigterm()
     try:
         code = main()
+    except SystemExit as stop:  # argparse: 0 after --help, 2 for a mistake on the command line
+        record_exit(ExitCode.FINISHED if not stop.code else ExitCode.CONFIG if stop.code == 2 else ExitCode.FAILED)
+        raise
     except BaseException:
         record_exit(ExitCode.FAILED)
         raise
