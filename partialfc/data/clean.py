@@ -45,16 +45,22 @@ class CleanReport:
     kept_classes: int
     off_dominant_images: int
     """Images whose nearest sub-centre of their class is not the dominant one (kept or not)."""
+    dropped_classes: list[int]
+    """Class ids left without an image; every dropped image is listed in the output's dropped.tsv."""
 
     def lines(self) -> list[str]:
+        shown = ", ".join(map(str, self.dropped_classes[:20]))
+        more = f" and {len(self.dropped_classes) - 20} more" if len(self.dropped_classes) > 20 else ""
         dropped_images, dropped_classes = self.images - self.kept_images, self.classes - self.kept_classes
         return [
             f"centres   {self.checkpoint} ({self.sub_centers} sub-centre(s) per class); backbone {self.model}",
             f"images    {self.kept_images:,} kept, {dropped_images:,} dropped "
             f"({100.0 * dropped_images / max(self.images, 1):.2f}%) of {self.images:,}: angle to the class's "
             f"dominant sub-centre > {self.max_angle_deg:g}°",
-            f"classes   {self.kept_classes:,} kept, {dropped_classes:,} dropped (no image left) of {self.classes:,}",
+            f"classes   {self.kept_classes:,} kept, {dropped_classes:,} dropped (no image left) of {self.classes:,}"
+            + (f": class {shown}{more}" if self.dropped_classes else ""),
             f"nearest sub-centre not the dominant one: {self.off_dominant_images:,} images",
+            "dropped images (source index, class, angle to the dominant sub-centre): dropped.tsv in the output",
         ]
 
 
@@ -144,6 +150,7 @@ def clean_dataset(
             checkpoint=str(checkpoint), model=model_origin, sub_centers=sub_centers, max_angle_deg=max_angle_deg,
             images=len(labels), kept_images=int(keep.sum()), classes=len(np.unique(labels)),
             kept_classes=len(np.unique(labels[keep])), off_dominant_images=int((nearest != dominant[labels]).sum()),
+            dropped_classes=sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[keep]).tolist())),
         )
         # Indices into the dataset as opened: for a subset of a subset, map back to the source images.
         source_indices = np.flatnonzero(keep)
@@ -151,4 +158,9 @@ def clean_dataset(
             source_indices = dataset.subset_indices[source_indices]
         directory = write_subset(out if out is not None else run_dir / "cleaned", dataset.shards,
                                  dataset.source_num_images, source_indices, asdict(report))
+        dropped = np.flatnonzero(~keep)
+        angles = np.degrees(np.arccos(np.clip(to_dominant[dropped], -1.0, 1.0)))
+        source = dataset.subset_indices[dropped] if dataset.subset_indices is not None else dropped
+        rows = [f"{index}\t{label}\t{angle:.1f}" for index, label, angle in zip(source, labels[dropped], angles)]
+        (directory / "dropped.tsv").write_text("\n".join(["source_index\tclass\tangle_deg", *rows]) + "\n")
     return directory, report

@@ -59,6 +59,15 @@ def test_clean_drops_planted_noise_and_training_accepts_the_index(noisy_dataset,
     report = json.loads((cleaned / "subset.json").read_text())["report"]
     assert (report["images"], report["kept_images"], report["sub_centers"]) == (960, len(kept), 3)
     assert f"{len(kept):,} kept, {len(dropped):,} dropped" in result.stdout
+    # What was dropped is listed: every image (with its class and angle), and the classes left empty.
+    rows = [line.split("\t") for line in (cleaned / "dropped.tsv").read_text().splitlines()[1:]]
+    assert [int(row[0]) for row in rows] == dropped.tolist() and all(float(row[2]) > 75 for row in rows)
+    with RecordDataset(dataset) as full:
+        assert [int(row[1]) for row in rows] == full.labels[dropped].tolist()
+        empty = sorted(set(full.labels.tolist()) - set(full.labels[kept].tolist()))
+    assert report["dropped_classes"] == empty
+    if empty:
+        assert f"dropped (no image left) of {report['classes']}: class {', '.join(map(str, empty))}" in result.stdout
 
     with RecordDataset(cleaned) as subset, RecordDataset(dataset) as full:
         assert subset.num_images == len(kept) and subset.num_classes == full.num_classes
