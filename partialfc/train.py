@@ -20,6 +20,7 @@ from partialfc.config import Config, ConfigError, add_config_arguments, config_f
 from partialfc.distributed import init_distributed, shard_range, shutdown
 from partialfc.exit_codes import ExitCode, help_text, record_exit
 from partialfc.models import create_model
+from partialfc.models.activation_memory import activation_bytes
 from partialfc.preemption import block_sigterm
 from partialfc.train_state import SampleRateSchedule
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple[str, int]]:
-    """Bytes per rank of what dominates memory (rank 0, the largest shard); activations excluded."""
+    """Bytes per rank of what dominates memory (rank 0, the largest shard), activations included."""
     dim = config.model.embedding_size
     sub_centers = config.loss.sub_centers
     num_local = shard_range(num_classes, 0, world_size)[1]
@@ -62,6 +63,8 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
         ("sampled centres + their gradient (fp32)", 2 * num_sample * dim * 4),
         ("logits / softmax buffer (fp32)", global_batch * num_sample * 4),
         ("backbone weights + gradients + optimizer state", backbone_params * 4 * (1 + backbone_states)),
+        (f"backbone activations kept for backward ({config.train.amp}, {config.data.batch_size} images)",
+         activation_bytes(config.model.backbone, dim, config.train.amp, config.data.batch_size)),
     ]
 
 
@@ -82,8 +85,8 @@ def dry_run(config: Config, world_size: int) -> None:
     print(f"# memory plan per rank: W={world_size}, C={num_classes}, global batch {config.data.batch_size * world_size}")
     plan = memory_plan(config, num_classes, world_size)
     for name, size in plan:
-        print(f"#   {name:<48} {_human_bytes(size):>12}")
-    print(f"#   {'total (activations not included)':<48} {_human_bytes(sum(size for _, size in plan)):>12}")
+        print(f"#   {name:<60} {_human_bytes(size):>12}")
+    print(f"#   {'total (without allocator slack and kernel workspaces)':<60} {_human_bytes(sum(size for _, size in plan)):>12}")
 
 
 def _human_bytes(size: int) -> str:

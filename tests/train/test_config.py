@@ -83,7 +83,7 @@ def test_dry_run_prints_config_and_plan(capsys):
     assert main(["--config", str(REPO / "configs" / "ms1mv3_r50.yaml"), "--dry-run", "--world-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "backbone: r50" in out and "memory plan per rank: W=8, C=93431, global batch 1024" in out
-    assert "class centres" in out and "total (activations not included)" in out
+    assert "class centres" in out and "backbone activations kept for backward (bf16, 128 images)" in out and "total (without allocator slack" in out
 
 
 def test_dry_run_on_a_mistyped_path_is_a_config_error(tmp_path):
