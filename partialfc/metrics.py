@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from partialfc.log_window import PHASES
+from partialfc.options import FREE, at_least, interval, option
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PATH = "/metrics"
@@ -43,16 +44,12 @@ GAUGE_MODE = "mostrecent"
 class MetricsConfig:
     """Where and whether a node serves its Prometheus metrics."""
 
-    port: int = field(default=9400, metadata={"help": "HTTP port of the per-node metrics endpoint; 0 disables metrics"})
-    address: str = field(default="0.0.0.0", metadata={"help": "address the endpoint binds to"})
-    multiproc_dir: str = field(
-        default="",
-        metadata={"help": "prometheus-client multiprocess directory; empty: <run output>/prometheus-<node>"},
-    )
-    final_scrape_timeout: float = field(
-        default=0.0,
-        metadata={"help": "seconds close() waits for one more scrape so the last values reach Prometheus; 0: none"},
-    )
+    port: int = option(9400, "HTTP port of the per-node metrics endpoint; 0 disables metrics",
+                       interval(0, 65535, high_open=False))
+    address: str = option("0.0.0.0", "address the endpoint binds to", FREE)
+    multiproc_dir: str = option("", "prometheus-client multiprocess directory; empty: <run output>/prometheus-<node>", FREE)
+    final_scrape_timeout: float = option(
+        0.0, "seconds close() waits for one more scrape so the last values reach Prometheus; 0: none", at_least(0))
 
 
 class MetricsEndpointError(RuntimeError):
