@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from partialfc.metrics import MetricsConfig
+from partialfc.models import list_models
 from partialfc.options import FREE, Domain, above, at_least, interval, option
 
 if typing.TYPE_CHECKING:
@@ -29,12 +30,6 @@ __all__ = ["Config", "ConfigError", "load_config", "add_config_arguments", "conf
 
 class ConfigError(ValueError):
     """A configuration problem, with the field (and file) it comes from."""
-
-
-def _is_backbone(name: str) -> bool:
-    from partialfc.models import list_models
-
-    return name in list_models()
 
 
 def _is_schedule(changes: list[str]) -> bool:
@@ -53,7 +48,7 @@ def _are_meaning_fields(names: list[str]) -> bool:
     return all(is_meaning_field(name) for name in names)
 
 
-BACKBONES = Domain(_is_backbone, "is not a registered backbone (python -m partialfc.models lists them)", "r51")
+BACKBONES = Domain(lambda name: name in list_models(), f"is not one of {', '.join(list_models())}", "r51")
 SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1) rising, rates in (0, 1]",
                   ["1.5:0.5"])
 BETAS = Domain(lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas),

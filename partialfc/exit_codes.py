@@ -76,10 +76,12 @@ def record_exit(code: ExitCode) -> None:
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     rank = int(os.environ.get("RANK", "0") or 0)
     path = Path(directory) / f"attempt-{attempt:05d}-rank-{rank:06d}"
-    try:
+    try:  # the first code a rank records wins: the agent's SIGTERMs after a deterministic end make it exit 143
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".tmp").write_text(str(int(code)))
-        os.replace(path.with_suffix(".tmp"), path)
+        with open(path, "x") as record:
+            record.write(str(int(code)))
+    except FileExistsError:
+        return
     except OSError:
         return  # a full /tmp must not turn a clean end into a crash; the launcher falls back to torchrun's code
     if code.deterministic and os.environ.get("TORCHELASTIC_RUN_ID"):

@@ -51,6 +51,7 @@ def test_record_exit_writes_this_ranks_code_for_the_launcher(tmp_path, monkeypat
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)  # not under torchrun: no agent to stop
     record_exit(ExitCode.DIVERGED)
+    record_exit(ExitCode.PREEMPTED)  # the agent's SIGTERM after the divergence: the first code stays
     assert (tmp_path / "attempt-00002-rank-000005").read_text() == "3"
     monkeypatch.delenv("PARTIALFC_EXIT_DIR")
     record_exit(ExitCode.FAILED)  # not started by the launcher: nothing written

@@ -12,9 +12,11 @@ import torch
 from training_run import make_trainer, run_training, train_args
 
 from partialfc.checkpoint import CheckpointError
+from partialfc.config import ConfigError
 from partialfc.data import RecordDataset
 
 GOOD = {"train.max_steps": 6, "checkpoint.every_steps": 3, "checkpoint.keep": 2}
+LONGER = {"train.max_steps": 8, "checkpoint.allow_changes": ["train.max_steps"]}  # the good run, extended
 
 
 def summary(output) -> dict:
@@ -39,6 +41,8 @@ def test_divergence_stops_and_keeps_the_good_checkpoints_and_model(tiny_dataset,
     output = copy_run(good_run, tmp_path)
     model_before = (output / "model.pt").read_bytes()
     trainer = make_trainer(tiny_dataset, output, **{**GOOD, "train.max_steps": 30, "optim.lr": 1e12,
+                                                    "checkpoint.allow_changes": ["train.max_steps", "optim.lr",
+                                                                                 "schedule.warmup_epochs"],
                                                     "schedule.warmup_epochs": 0.0})
     assert trainer.fit() == "diverged"
     state = summary(output)
@@ -64,7 +68,7 @@ def test_a_truncated_file_in_the_newest_checkpoint_falls_back_to_the_previous(ti
     output = copy_run(good_run, tmp_path)
     broken = output / "checkpoints" / "step-00000006" / "centres-00000-of-00001.pt"
     os.truncate(broken, broken.stat().st_size // 2)
-    trainer = make_trainer(tiny_dataset, output, **{**GOOD, "train.max_steps": 8})
+    trainer = make_trainer(tiny_dataset, output, **{**GOOD, **LONGER})
     assert trainer.fit() == "finished"
     log = (output / "train.log").read_text()
     assert f"resume: skipping {broken.parent}: {broken}: " in log and "(truncated or replaced)" in log
@@ -80,7 +84,7 @@ def test_when_no_checkpoint_verifies_the_error_names_them_and_the_summary_keeps_
         data[len(data) // 2] ^= 0xFF  # same size, different content
         (checkpoint / "trainer.pt").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="no loadable checkpoint") as raised:
-        make_trainer(tiny_dataset, output, **{**GOOD, "train.max_steps": 8}).fit()
+        make_trainer(tiny_dataset, output, **{**GOOD, **LONGER}).fit()
     assert "step-00000003/trainer.pt: SHA-256 differs" in str(raised.value)
     after = summary(output)
     assert after["status"] == "failed" and after["error"].startswith("CheckpointError: no loadable checkpoint")
@@ -91,8 +95,11 @@ def test_when_no_checkpoint_verifies_the_error_names_them_and_the_summary_keeps_
 
 def test_another_embedding_size_names_the_checkpoint_tensor_and_field(tiny_dataset, good_run, tmp_path):
     output = copy_run(good_run, tmp_path)
-    with pytest.raises(CheckpointError) as raised:
+    with pytest.raises(ConfigError, match=r"model.embedding_size \(checkpoint 128, this job 64\)"):
         make_trainer(tiny_dataset, output, **{**GOOD, "model.embedding_size": 64}).fit()
+    with pytest.raises(CheckpointError) as raised:  # allowed, the weights still cannot be loaded: named
+        make_trainer(tiny_dataset, output, **{**GOOD, "model.embedding_size": 64,
+                                              "checkpoint.allow_changes": ["model.embedding_size"]}).fit()
     message = str(raised.value)
     assert str(output / "checkpoints" / "step-00000006") in message
     assert "tensor 'model." in message and "model.embedding_size (checkpoint 128, this job 64)" in message

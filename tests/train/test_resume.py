@@ -109,6 +109,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path)
     assert (output / "checkpoints" / f"step-{stopped:08d}" / "meta.json").is_file()
 
     result = run_training(2, train_args(tiny_dataset, output, "--train.max_steps", str(stopped + 2),
-                                        "--eval.every_steps", "0", "--data.backend", "torch"))
+                                        "--eval.every_steps", "0", "--data.backend", "torch",
+                                        "--checkpoint.allow_changes", "train.max_steps"))
     assert f"resumed from {output / 'checkpoints' / f'step-{stopped:08d}'} at step {stopped}" in result.stdout
     assert json.loads((output / "summary.json").read_text())["status"] == "finished"
