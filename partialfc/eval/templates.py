@@ -2,8 +2,14 @@
 
 A *template* is the set of images known to show one subject (IJB: stills and video frames); a
 *media* is one still or one video inside it. Aggregating media first keeps a 300-frame video from
-outweighing one still: image embeddings (L2-normalised) are averaged per media, the media means
-are summed per template and the sum is L2-normalised, as insightface's IJB evaluation does.
+outweighing one still: image features are averaged per media, the media means summed per
+template and the sum L2-normalised, as insightface's ``image2template_feature`` does
+(``recognition/arcface_torch/eval_ijbc.py``).
+
+What an image contributes is set by insightface's three switches (:func:`image_features`); its
+default, the mode of published IJB numbers, is F1 N1 D1: the raw embeddings of the image and its
+mirror image summed (F1), their norm kept (N1: no per-image normalisation, so a blurry crop with a
+small embedding weighs less) and multiplied by the face detector's score (D1).
 
 Files (whitespace-separated text, one record per line, ``#`` starts a comment):
 
@@ -11,7 +17,8 @@ Files (whitespace-separated text, one record per line, ``#`` starts a comment):
   relative to the image folder.
 - template pairs (IJB ``ijbc_template_pair_label.txt``): ``TEMPLATE_ID TEMPLATE_ID LABEL``
   (1 = same subject, 0 = different).
-- gallery / probe lists for identification: ``TEMPLATE_ID SUBJECT_ID``.
+
+The release layout around these files (landmarks, 1:N lists) is read by :mod:`partialfc.eval.ijb`.
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ __all__ = [
     "TemplateFeatures",
     "TemplateListError",
     "aggregate_templates",
+    "image_features",
     "read_image_list",
     "read_template_pairs",
-    "read_template_subjects",
     "template_pair_scores",
 ]
 
@@ -98,12 +105,6 @@ def read_template_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nd
     return table[:, 0], table[:, 1], labels.astype(bool)
 
 
-def read_template_subjects(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(template ids, subject ids) of a gallery or probe list."""
-    _, table = _integer_columns(Path(path), ["TEMPLATE_ID", "SUBJECT_ID"], "template list")
-    return table[:, 0], table[:, 1]
-
-
 @dataclass(frozen=True)
 class TemplateFeatures:
     """One L2-normalised feature per template, template ids sorted ascending."""
@@ -124,34 +125,66 @@ class TemplateFeatures:
         return position
 
 
-def _group_sums(values: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Row sums per group id ``0..G-1`` (every id present), by sorting and ``reduceat``: np.add.at is
-    unbuffered and minutes slower on IJB-C's 469k x 512 image embeddings."""
-    order = np.argsort(group, kind="stable")
-    sorted_group = group[order]
-    starts = np.flatnonzero(np.concatenate([[True], sorted_group[1:] != sorted_group[:-1]]))
-    return np.add.reduceat(values[order], starts, axis=0)
+def image_features(features: np.ndarray, detector_scores: np.ndarray | None, norm_score: bool = True) -> np.ndarray:
+    """What each image brings to its media, in place on a float32 copy of ``features`` ``[N, D]``
+    (already the image + mirror sums under F1): L2-normalised unless ``norm_score`` (N0 / N1), then
+    multiplied by ``detector_scores`` when given (D1)."""
+    inputs = np.array(features, dtype=np.float32)
+    if not norm_score:
+        inputs /= np.maximum(np.linalg.norm(inputs, axis=1, keepdims=True), 1e-12)
+    if detector_scores is not None:
+        inputs *= np.asarray(detector_scores, np.float32)[:, None]
+    return inputs
 
 
-def aggregate_templates(embeddings: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray) -> TemplateFeatures:
-    """Media-then-template aggregation of L2-normalised image embeddings ``[N, D]``."""
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    media_keys, media_of_image = np.unique(np.stack([template_ids, media_ids], axis=1), axis=0, return_inverse=True)
-    media_of_image = media_of_image.reshape(-1)
-    media_mean = _group_sums(embeddings, media_of_image) / np.bincount(media_of_image)[:, None]
-    templates, template_of_media = np.unique(media_keys[:, 0], return_inverse=True)
-    template_sum = _group_sums(media_mean, template_of_media.reshape(-1))
-    norms = np.linalg.norm(template_sum, axis=1, keepdims=True)
-    return TemplateFeatures(templates, (template_sum / np.maximum(norms, 1e-12)).astype(np.float32))
+def _first_of_runs(*keys: np.ndarray) -> np.ndarray:
+    """Positions where any of the (sorted) key arrays changes value, starting with 0."""
+    change = np.zeros(len(keys[0]), dtype=bool)
+    change[0] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
+    return np.flatnonzero(change)
+
+
+def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray,
+                        block_rows: int = 1 << 14) -> TemplateFeatures:
+    """Media means summed per template, L2-normalised, from per-image ``features`` ``[N, D]``.
+
+    One sort of the ids, then blocks of whole templates of about ``block_rows`` images: the float64
+    working copy never exceeds a block (128 MiB at 512-d), whatever the number of images, and each
+    image is touched once (insightface's loop scans every image once per template).
+    """
+    template_ids, media_ids = np.asarray(template_ids), np.asarray(media_ids)
+    if not (len(features) == len(template_ids) == len(media_ids)):
+        raise ValueError(f"{len(features)} features for {len(template_ids)} template and {len(media_ids)} media ids")
+    order = np.lexsort((media_ids, template_ids))
+    sorted_templates, sorted_media = template_ids[order], media_ids[order]
+    template_starts = _first_of_runs(sorted_templates)
+    output = np.empty((len(template_starts), features.shape[1]), dtype=np.float32)
+    bounds = np.r_[template_starts, len(order)]
+    first = 0
+    while first < len(template_starts):
+        # Whole templates up to block_rows images (at least one template, however large).
+        last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + block_rows, side="right")) - 1)
+        start, stop = bounds[first], bounds[last]
+        rows = features[order[start:stop]].astype(np.float64)
+        media_starts = _first_of_runs(sorted_templates[start:stop], sorted_media[start:stop])
+        media_sizes = np.diff(np.r_[media_starts, stop - start])
+        media_means = np.add.reduceat(rows, media_starts, axis=0) / media_sizes[:, None]
+        sums = np.add.reduceat(media_means, _first_of_runs(sorted_templates[start:stop][media_starts]), axis=0)
+        output[first:last] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        first = last
+    return TemplateFeatures(sorted_templates[template_starts], output)
 
 
 def template_pair_scores(templates: TemplateFeatures, first: np.ndarray, second: np.ndarray, origin: str,
                          chunk: int = 1 << 16) -> np.ndarray:
-    """Cosine similarity of each template pair, ``chunk`` pairs at a time (bounded memory for IJB-C)."""
+    """Cosine similarity of each template pair, ``chunk`` pairs at a time: two float32 ``[chunk, D]``
+    gathers (256 MiB at 512-d) are all the memory it adds to the scores themselves."""
     first_rows, second_rows = templates.rows(first, origin), templates.rows(second, origin)
     scores = np.empty(len(first_rows))
     for start in range(0, len(scores), chunk):
-        a = templates.features[first_rows[start : start + chunk]].astype(np.float64)
-        b = templates.features[second_rows[start : start + chunk]].astype(np.float64)
+        a = templates.features[first_rows[start : start + chunk]]
+        b = templates.features[second_rows[start : start + chunk]]
         scores[start : start + chunk] = np.einsum("ij,ij->i", a, b)
     return scores
