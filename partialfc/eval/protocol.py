@@ -81,9 +81,9 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     k = int(candidates[len(best) - 1 - np.argmax(best[::-1])])  # last maximum: the largest threshold
     if k == 0:
         return float(np.nextafter(sorted_scores[0], -np.inf))
-    below, above = sorted_scores[k - 1], sorted_scores[k]
     if k == len(scores):
-        return float(below)
+        return float(sorted_scores[-1])
+    below, above = sorted_scores[k - 1], sorted_scores[k]
     middle = below + (above - below) / 2
     return float(middle if middle < above else below)  # adjacent floats: the midpoint rounds up onto `above`
 
