@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 __all__ = [
     "ImageList",
@@ -137,50 +138,41 @@ def image_features(features: np.ndarray, detector_scores: np.ndarray | None, nor
     return inputs
 
 
-def _first_of_runs(*keys: np.ndarray) -> np.ndarray:
-    """Positions where any of the (sorted) key arrays changes value, starting with 0."""
-    change = np.zeros(len(keys[0]), dtype=bool)
-    change[0] = True
-    for key in keys:
-        change[1:] |= key[1:] != key[:-1]
-    return np.flatnonzero(change)
-
-
 def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray,
                         block_rows: int = 1 << 14) -> TemplateFeatures:
     """Media means summed per template, L2-normalised, from per-image ``features`` ``[N, D]``.
 
-    One sort of the ids, then blocks of whole templates of about ``block_rows`` images: the float64
-    working copy never exceeds a block (128 MiB at 512-d), whatever the number of images, and each
-    image is touched once (insightface's loop scans every image once per template).
+    The sum of media means is a weighted sum of images (weight 1 / images in its media), so one
+    pass over the rows in file order multiplies each block of ``block_rows`` images (float64, 64 MiB
+    at 512-d) by a sparse weight matrix and adds the result into the ``[templates, D]`` float64 sums:
+    no sort or copy of the features, memory bounded by the block and the templates, each image
+    touched once (insightface's loop scans every image id once per template).
     """
     template_ids, media_ids = np.asarray(template_ids), np.asarray(media_ids)
     if not (len(features) == len(template_ids) == len(media_ids)):
         raise ValueError(f"{len(features)} features for {len(template_ids)} template and {len(media_ids)} media ids")
-    order = np.lexsort((media_ids, template_ids))
-    sorted_templates, sorted_media = template_ids[order], media_ids[order]
-    template_starts = _first_of_runs(sorted_templates)
-    output = np.empty((len(template_starts), features.shape[1]), dtype=np.float32)
-    bounds = np.r_[template_starts, len(order)]
-    first = 0
-    while first < len(template_starts):
-        # Whole templates up to block_rows images (at least one template, however large).
-        last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + block_rows, side="right")) - 1)
-        start, stop = bounds[first], bounds[last]
-        rows = features[order[start:stop]].astype(np.float64)
-        media_starts = _first_of_runs(sorted_templates[start:stop], sorted_media[start:stop])
-        media_sizes = np.diff(np.r_[media_starts, stop - start])
-        media_means = np.add.reduceat(rows, media_starts, axis=0) / media_sizes[:, None]
-        sums = np.add.reduceat(media_means, _first_of_runs(sorted_templates[start:stop][media_starts]), axis=0)
-        output[first:last] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        first = last
-    return TemplateFeatures(sorted_templates[template_starts], output)
+    templates, template_of_image = np.unique(template_ids, return_inverse=True)
+    _, media_of_image, media_sizes = np.unique(np.stack([template_ids, media_ids], axis=1), axis=0,
+                                               return_inverse=True, return_counts=True)
+    weights = torch.from_numpy(1.0 / media_sizes[media_of_image.reshape(-1)])
+    rows_template = torch.from_numpy(template_of_image.reshape(-1).astype(np.int64))
+    sums = torch.zeros(len(templates), features.shape[1], dtype=torch.float64)
+    for start in range(0, len(features), block_rows):
+        block = torch.from_numpy(np.asarray(features[start : start + block_rows])).to(torch.float64)
+        present, local = torch.unique(rows_template[start : start + block_rows], return_inverse=True)
+        # The block's weights as a sparse [templates in block, rows] matrix: one sparse-dense product.
+        weight = torch.sparse_coo_tensor(torch.stack([local, torch.arange(len(block))]),
+                                         weights[start : start + block_rows], size=(len(present), len(block)),
+                                         check_invariants=True)
+        sums.index_add_(0, present, torch.sparse.mm(weight, block))
+    normalised = sums / sums.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return TemplateFeatures(templates, normalised.to(torch.float32).numpy())
 
 
 def template_pair_scores(templates: TemplateFeatures, first: np.ndarray, second: np.ndarray, origin: str,
-                         chunk: int = 1 << 16) -> np.ndarray:
+                         chunk: int = 1 << 14) -> np.ndarray:
     """Cosine similarity of each template pair, ``chunk`` pairs at a time: two float32 ``[chunk, D]``
-    gathers (256 MiB at 512-d) are all the memory it adds to the scores themselves."""
+    gathers (64 MiB at 512-d) are all the memory it adds to the scores themselves."""
     first_rows, second_rows = templates.rows(first, origin), templates.rows(second, origin)
     scores = np.empty(len(first_rows))
     for start in range(0, len(scores), chunk):

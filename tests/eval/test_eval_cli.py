@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from partialfc import embed, export
-from partialfc.data import RecordDataset
+from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.image import decode_jpeg
 from insightface_reference import (
+    calculate_roc_accuracy,
     eval_ijbc_tar_at_far,
     image2template_feature,
     insightface_image_inputs,
@@ -173,6 +174,23 @@ def test_verify_table_and_json(tiny_dataset, model_file, tmp_path, capsys):
     assert set(result["tar_at_far"]) == {"0.0001", "0.001", "0.01"}
     assert eval_cli.main(["verify", bin_path, "--model", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such model file" in capsys.readouterr().err
+
+
+def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_file, capsys):
+    """verification.py's test() + evaluate(): image and mirror embeddings summed, sklearn-normalised,
+    squared L2 distances of consecutive rows, calculate_roc's 10 folds on the 0.01 grid."""
+    bin_path = tiny_dataset / "synth_val.bin"
+    vset = VerificationSet(bin_path)
+    trained = embed.load_backbone(model_file)
+    x = trained.backbone.input_config.normalize(torch.from_numpy(vset.images()))
+    with torch.no_grad():
+        summed = (trained.backbone(x) + trained.backbone(x.flip(3))).double().numpy()
+    embeddings = summed / np.linalg.norm(summed, axis=1, keepdims=True)
+    distances = np.sum(np.square(embeddings[0::2] - embeddings[1::2]), 1)
+    reference = float(np.mean(calculate_roc_accuracy(distances, vset.issame)))
+    ours = _run_json(capsys, eval_cli.main, ["verify", str(bin_path), "--model", str(model_file),
+                                             "--thresholds", "insightface-grid"])
+    assert ours["sets"]["synth_val"]["accuracy"] == reference
 
 
 def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, tmp_path, capsys):
