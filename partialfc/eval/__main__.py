@@ -179,8 +179,17 @@ def cmd_identify(args: argparse.Namespace) -> dict[str, Any]:
         results[label] = identification_metrics(probes, probe_subjects, gallery, gallery_subjects, IDENTIFY_FPIRS)
     metrics = {f"rank-{k}": [r.rank(k) for r in results.values()] for k in IDENTIFY_RANKS}
     metrics |= {f"TPIR@FPIR={f:g}": [r.tpir_at_fpir[f] for r in results.values()] for f in IDENTIFY_FPIRS}
-    pooled = pooled_closed_set_readout(probes, probe_subjects, np.concatenate([g for g, _ in enrolled]),
-                                       np.concatenate([s for _, s in enrolled]), IDENTIFY_FPIRS, IDENTIFY_RANKS)
+    try:
+        pooled = pooled_closed_set_readout(probes, probe_subjects, np.concatenate([g for g, _ in enrolled]),
+                                           np.concatenate([s for _, s in enrolled]), IDENTIFY_FPIRS, IDENTIFY_RANKS)
+        pooled_line = ", ".join([f"top-{k} {_number(v)}" for k, v in pooled.top_k.items()]
+                                + [f"TPIR@FAR={f:g} {_number(v)}" for f, v in pooled.tpir_at_far.items()])
+        pooled_json: dict[str, Any] | str = {
+            "probes": pooled.num_probes, **{f"top{k}": v for k, v in pooled.top_k.items()},
+            "tpir_at_far": {_far_key(f): v for f, v in pooled.tpir_at_far.items()},
+            "thresholds": {_far_key(f): v for f, v in pooled.thresholds.items()}}
+    except ValueError as err:  # galleries that do not enrol every probe subject once: no closed set
+        pooled_line = pooled_json = f"not defined here: {err}"
     out = _output_dir(args)
     series = []
     for label, result in results.items():
@@ -194,9 +203,8 @@ def cmd_identify(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{release.name} mode {_mode_name(args)}: open set, mixed probes; " + "; ".join(
             f"{label}: {r.num_gallery_subjects} subjects, {r.num_mated} mated + {r.num_non_mated} non-mated probes"
             for label, r in results.items()) + f"; {num_images} images; {origin}")
-        print("insightface ijb_1n.py read-out (galleries joined, closed set, pooled impostor scores): " + ", ".join(
-            [f"top-{k} {_number(v)}" for k, v in pooled.top_k.items()]
-            + [f"TPIR@FAR={f:g} {_number(v)}" for f, v in pooled.tpir_at_far.items()]) + f"\nCMC: {png_path}")
+        print(f"insightface ijb_1n.py read-out (galleries joined, closed set, pooled impostor scores): {pooled_line}\n"
+              f"CMC: {png_path}")
     return {
         "source": origin, "set": release.name, "mode": _mode(args), "mode_name": _mode_name(args), "images": num_images,
         "galleries": {label: {
@@ -206,9 +214,7 @@ def cmd_identify(args: argparse.Namespace) -> dict[str, Any]:
             "thresholds": {_far_key(f): t for f, t in r.thresholds.items()},
             "cmc": r.cmc[:CMC_RANKS].tolist()} for label, r in results.items()},
         "mean": {name: float(np.mean(values)) for name, values in metrics.items()},
-        "insightface_1n": {"probes": pooled.num_probes, **{f"top{k}": v for k, v in pooled.top_k.items()},
-                           "tpir_at_far": {_far_key(f): v for f, v in pooled.tpir_at_far.items()},
-                           "thresholds": {_far_key(f): v for f, v in pooled.thresholds.items()}},
+        "insightface_1n": pooled_json,
         "cmc_png": str(png_path),
     }
 
@@ -235,8 +241,9 @@ def _template_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", default=None, metavar="NAME",
                         help="set name, the prefix of the meta files: IJBB, IJBC, synth (default: the one landmark list in meta/)")
     parser.add_argument("--embeddings", metavar="PREFIX", default=None,
-                        help="use PREFIX.npy/PREFIX.txt written by `partialfc.embed DATA --raw` instead of running --model "
-                        "(then --flip is whatever embed used: --no-flip there for F0)")
+                        help="use PREFIX.npy/PREFIX.txt written by `partialfc.embed DATA --raw` instead of running --model; "
+                        "the flip was decided there (embed --no-flip for F0): pass the same --flip/--no-flip here so "
+                        "the mode is named right")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="F1: sum the raw embeddings of each aligned crop and its mirror image; F0: the crop alone (default F1)")
     parser.add_argument("--norm-score", action=argparse.BooleanOptionalAction, default=True,

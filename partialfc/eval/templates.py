@@ -114,12 +114,23 @@ class TemplateFeatures:
     features: np.ndarray
 
     def rows(self, template_ids: np.ndarray, origin: str) -> np.ndarray:
-        """Row of each requested template id; ``origin`` names the list that asked, for the error."""
-        position = np.searchsorted(self.template_ids, template_ids)
-        position = np.minimum(position, len(self.template_ids) - 1)
-        missing = self.template_ids[position] != template_ids
+        """Row of each requested template id; ``origin`` names the list that asked, for the error.
+
+        Ids in a compact range (IJB's are) go through a lookup table, as insightface's ``template2id``:
+        15.7 million binary searches cost seconds, table lookups a fraction of that.
+        """
+        template_ids = np.asarray(template_ids)
+        low, high = int(self.template_ids[0]), int(self.template_ids[-1])
+        if high - low < 16 * len(self.template_ids) + (1 << 20):
+            table = np.full(high - low + 2, -1, dtype=np.int64)  # the last entry answers every id out of range
+            table[self.template_ids - low] = np.arange(len(self.template_ids))
+            position = table[np.clip(template_ids - low, -1, high - low + 1)]
+            missing = position < 0
+        else:
+            position = np.minimum(np.searchsorted(self.template_ids, template_ids), len(self.template_ids) - 1)
+            missing = self.template_ids[position] != template_ids
         if missing.any():
-            absent = np.unique(np.asarray(template_ids)[missing])
+            absent = np.unique(template_ids[missing])
             raise TemplateListError(
                 f"{origin}: {len(absent)} template ids have no image in the image list (first: {absent[:5].tolist()})"
             )
@@ -143,8 +154,8 @@ def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_id
     """Media means summed per template, L2-normalised, from per-image ``features`` ``[N, D]``.
 
     The sum of media means is a weighted sum of images (weight 1 / images in its media), so one
-    pass over the rows in file order multiplies each block of ``block_rows`` images (float64, 64 MiB
-    at 512-d) by a sparse weight matrix and adds the result into the ``[templates, D]`` float64 sums:
+    pass over the rows in file order multiplies each block of ``block_rows`` images by a sparse weight
+    matrix and adds the result into the ``[templates, D]`` float64 sums (94 MiB for IJB-C):
     no sort or copy of the features, memory bounded by the block and the templates, each image
     touched once (insightface's loop scans every image id once per template).
     """
@@ -152,31 +163,44 @@ def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_id
     if not (len(features) == len(template_ids) == len(media_ids)):
         raise ValueError(f"{len(features)} features for {len(template_ids)} template and {len(media_ids)} media ids")
     templates, template_of_image = np.unique(template_ids, return_inverse=True)
-    _, media_of_image, media_sizes = np.unique(np.stack([template_ids, media_ids], axis=1), axis=0,
-                                               return_inverse=True, return_counts=True)
-    weights = torch.from_numpy(1.0 / media_sizes[media_of_image.reshape(-1)])
+    medias, media_rank = np.unique(media_ids, return_inverse=True)
+    # One integer per (template, media): media ids may repeat across templates, as in insightface's loop.
+    _, media_of_image, media_sizes = np.unique(template_of_image.reshape(-1).astype(np.int64) * len(medias)
+                                               + media_rank.reshape(-1), return_inverse=True, return_counts=True)
+    weights = torch.from_numpy((1.0 / media_sizes[media_of_image.reshape(-1)]).astype(np.float32))
     rows_template = torch.from_numpy(template_of_image.reshape(-1).astype(np.int64))
     sums = torch.zeros(len(templates), features.shape[1], dtype=torch.float64)
     for start in range(0, len(features), block_rows):
-        block = torch.from_numpy(np.asarray(features[start : start + block_rows])).to(torch.float64)
+        block = torch.from_numpy(np.asarray(features[start : start + block_rows], dtype=np.float32))
         present, local = torch.unique(rows_template[start : start + block_rows], return_inverse=True)
-        # The block's weights as a sparse [templates in block, rows] matrix: one sparse-dense product.
+        # The block's weights as a sparse [templates in block, rows] matrix (valid by construction):
+        # one sparse-dense product, float32 within the block as insightface's own sums, float64 across.
         weight = torch.sparse_coo_tensor(torch.stack([local, torch.arange(len(block))]),
                                          weights[start : start + block_rows], size=(len(present), len(block)),
-                                         check_invariants=True)
-        sums.index_add_(0, present, torch.sparse.mm(weight, block))
-    normalised = sums / sums.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return TemplateFeatures(templates, normalised.to(torch.float32).numpy())
+                                         check_invariants=False)
+        sums[present] += torch.sparse.mm(weight, block)
+    sums /= sums.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return TemplateFeatures(templates, sums.to(torch.float32).numpy())
 
 
 def template_pair_scores(templates: TemplateFeatures, first: np.ndarray, second: np.ndarray, origin: str,
-                         chunk: int = 1 << 14) -> np.ndarray:
-    """Cosine similarity of each template pair, ``chunk`` pairs at a time: two float32 ``[chunk, D]``
-    gathers (64 MiB at 512-d) are all the memory it adds to the scores themselves."""
+                         block: int = 1024) -> np.ndarray:
+    """Cosine similarity of each template pair. Pairs are grouped by their first template, ``block``
+    first templates at a time; one matrix product scores each group against the second templates it
+    needs, so features are read in sequence instead of gathered pair by pair (IJB-C: 15.7 million
+    pairs among 23,124 templates). Memory beyond the pair arrays: one float32 ``[block, templates]``
+    product (94 MiB for IJB-C)."""
     first_rows, second_rows = templates.rows(first, origin), templates.rows(second, origin)
+    order = np.argsort(first_rows, kind="stable")
+    sorted_first = first_rows[order]
+    starts = np.arange(0, len(templates.template_ids) + block, block)
+    bounds = np.searchsorted(sorted_first, starts)
     scores = np.empty(len(first_rows))
-    for start in range(0, len(scores), chunk):
-        a = templates.features[first_rows[start : start + chunk]]
-        b = templates.features[second_rows[start : start + chunk]]
-        scores[start : start + chunk] = np.einsum("ij,ij->i", a, b)
+    for start, low, high in zip(starts, bounds[:-1], bounds[1:]):
+        if low == high:
+            continue
+        pairs = order[low:high]
+        needed, column = np.unique(second_rows[pairs], return_inverse=True)
+        product = templates.features[start : start + block] @ templates.features[needed].T
+        scores[pairs] = product[sorted_first[low:high] - start, column.reshape(-1)]
     return scores

@@ -54,15 +54,15 @@ def test_alignment_recovers_the_generators_aligned_crops(tiny_dataset):
     assert min(other_errors) > 2 * max(errors)
 
 
-@pytest.mark.parametrize("flip,norm_score,detector_score",
-                         [(True, True, True), (True, False, True), (False, True, False), (False, False, False)])
-def test_template_features_and_scores_match_insightface(flip, norm_score, detector_score):
+@pytest.mark.parametrize("flip,norm_score,detector_score,spacing",  # spacing: compact ids (a lookup table) or not
+                         [(True, True, True, 7), (True, False, True, 7), (False, True, False, 7), (False, False, False, 10**12)])
+def test_template_features_and_scores_match_insightface(flip, norm_score, detector_score, spacing):
     rng = np.random.default_rng(1)
     count, dim = 300, 16
     views = rng.normal(size=(count, 2, dim)).astype(np.float32) * rng.uniform(0.2, 3, (count, 1, 1)).astype(np.float32)
     scores = rng.uniform(0.3, 1, count).astype(np.float32)
-    templates = rng.integers(1, 40, count) * 7  # sparse ids, unsorted rows
-    media = rng.integers(0, 4, count) + 100 * templates  # media ids unique per template, as IJB's
+    templates = rng.integers(1, 40, count) * spacing  # unsorted rows
+    media = rng.integers(0, 4, count)  # the same media ids in several templates: grouped per template
     ours = aggregate_templates(image_features(views.sum(axis=1) if flip else views[:, 0],
                                               scores if detector_score else None, norm_score),
                                templates, media, block_rows=17)  # many blocks, templates larger than a block
@@ -71,8 +71,13 @@ def test_template_features_and_scores_match_insightface(flip, norm_score, detect
     assert ours.template_ids.tolist() == unique.tolist()
     np.testing.assert_allclose(ours.features, reference, atol=2e-6)
     first, second = rng.choice(unique, 500), rng.choice(unique, 500)
-    np.testing.assert_allclose(template_pair_scores(ours, first, second, "pairs", chunk=64),
-                               verification_scores(reference, unique, first, second, batch=100), atol=5e-6)
+    np.testing.assert_allclose(template_pair_scores(ours, first, second, "pairs", block=5),
+                               # insightface's table is indexed by id (memory ~ largest id): give it the ranks
+                               verification_scores(reference, np.arange(len(unique)), np.searchsorted(unique, first),
+                                                   np.searchsorted(unique, second), batch=100), atol=5e-6)
+    for absent in (unique[0] - 1, unique[-1] + 1, unique[0] + 1):
+        with pytest.raises(TemplateListError, match=rf"pairs: 1 template ids have no image .*\[{absent}\]"):
+            template_pair_scores(ours, np.array([unique[0], absent]), np.array([unique[1], unique[0]]), "pairs")
 
 
 def test_release_errors_name_file_and_line(tiny_dataset, tmp_path):
