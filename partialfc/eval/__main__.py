@@ -80,7 +80,7 @@ def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
         print(f"model {args.model} ({embedder.description}); 10-fold accuracy with flip, thresholds {args.thresholds}; "
               "TAR@FAR strict")
     return {
-        "model": str(args.model), "runtime": embedder.description,
+        "model": str(args.model), "runtime": embedder.description, "threshold_rule": args.thresholds,
         "sets": {r.name: {"pairs": r.num_pairs, "accuracy": r.accuracy, "accuracy_std": r.accuracy_std,
                           "threshold": r.threshold, "mean_norm": r.mean_norm, "seconds": s,
                           "tar_at_far": {_far_key(f): t for f, t in r.tar_at_fars.items()}} for r, s in results},
