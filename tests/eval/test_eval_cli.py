@@ -176,23 +176,6 @@ def test_verify_table_and_json(tiny_dataset, model_file, tmp_path, capsys):
     assert "missing.pt: no such model file" in capsys.readouterr().err
 
 
-def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_file, capsys):
-    """verification.py's test() + evaluate(): image and mirror embeddings summed, sklearn-normalised,
-    squared L2 distances of consecutive rows, calculate_roc's 10 folds on the 0.01 grid."""
-    bin_path = tiny_dataset / "synth_val.bin"
-    vset = VerificationSet(bin_path)
-    trained = embed.load_backbone(model_file)
-    x = trained.backbone.input_config.normalize(torch.from_numpy(vset.images()))
-    with torch.no_grad():
-        summed = (trained.backbone(x) + trained.backbone(x.flip(3))).double().numpy()
-    embeddings = summed / np.linalg.norm(summed, axis=1, keepdims=True)
-    distances = np.sum(np.square(embeddings[0::2] - embeddings[1::2]), 1)
-    reference = float(np.mean(calculate_roc_accuracy(distances, vset.issame)))
-    ours = _run_json(capsys, eval_cli.main, ["verify", str(bin_path), "--model", str(model_file),
-                                             "--thresholds", "insightface-grid"])
-    assert ours["sets"]["synth_val"]["accuracy"] == reference
-
-
 def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     out = tmp_path / "model.onnx"
@@ -261,3 +244,20 @@ def test_model_file_errors_name_the_problem(model_file, tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(embed.ModelFileError, match=r"text.pt: not a model.pt"):
         embed.load_backbone(tmp_path / "text.pt")
+
+
+def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_file, capsys):
+    """verification.py's test() + evaluate(): image and mirror embeddings summed, sklearn-normalised,
+    squared L2 distances of consecutive rows, calculate_roc's 10 folds on the 0.01 grid."""
+    bin_path = tiny_dataset / "synth_val.bin"
+    vset = VerificationSet(bin_path)
+    trained = embed.load_backbone(model_file)
+    x = trained.backbone.input_config.normalize(torch.from_numpy(vset.images()))
+    with torch.no_grad():
+        summed = (trained.backbone(x) + trained.backbone(x.flip(3))).double().numpy()
+    embeddings = summed / np.linalg.norm(summed, axis=1, keepdims=True)
+    distances = np.sum(np.square(embeddings[0::2] - embeddings[1::2]), 1)
+    reference = float(np.mean(calculate_roc_accuracy(distances, vset.issame)))
+    ours = _run_json(capsys, eval_cli.main, ["verify", str(bin_path), "--model", str(model_file),
+                                             "--thresholds", "insightface-grid"])
+    assert ours["sets"]["synth_val"]["accuracy"] == reference
