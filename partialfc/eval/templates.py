@@ -155,7 +155,7 @@ def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_id
 
     The sum of media means is a weighted sum of images (weight 1 / images in its media), so one
     pass over the rows in file order multiplies each block of ``block_rows`` images by a sparse weight
-    matrix and adds the result into the ``[templates, D]`` float64 sums (94 MiB for IJB-C):
+    matrix and adds the result into the ``[templates, D]`` float64 sums (90 MiB for IJB-C):
     no sort or copy of the features, memory bounded by the block and the templates, each image
     touched once (insightface's loop scans every image id once per template).
     """
@@ -189,7 +189,7 @@ def template_pair_scores(templates: TemplateFeatures, first: np.ndarray, second:
     first templates at a time; one matrix product scores each group against the second templates it
     needs, so features are read in sequence instead of gathered pair by pair (IJB-C: 15.7 million
     pairs among 23,124 templates). Memory beyond the pair arrays: one float32 ``[block, templates]``
-    product (94 MiB for IJB-C)."""
+    product (90 MiB for IJB-C)."""
     first_rows, second_rows = templates.rows(first, origin), templates.rows(second, origin)
     order = np.argsort(first_rows, kind="stable")
     sorted_first = first_rows[order]
