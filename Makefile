@@ -56,8 +56,18 @@ install-check:
 	rm -rf $(INSTALL_CHECK_VENV)
 
 # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: torchrun's in-place restarts need it on torch 2.13 (docs/operations.md).
+# Then the run report, and what to do next, printed ready to paste (docs/evaluation.md explains each read-out).
 quickstart: setup
 	TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 $(VENV)/bin/torchrun --nproc_per_node 2 -m partialfc.train --config configs/quickstart.yaml
+	$(PY) -m partialfc.report runs/quickstart
+	@echo
+	@echo "Trained model: runs/quickstart/model.pt (best verification: model_best.pt; log, summary.json, checkpoints/ beside it)"
+	@echo "Report plots:  runs/quickstart/report/ (report.md, loss.png, lr.png, throughput.png, verification.png)"
+	@echo "Next, ready to paste (each command's --help documents every option; docs/evaluation.md the protocols):"
+	@echo "  $(PY) -m partialfc.eval verify      # 1:1 on data/synthetic/synth_val.bin, LFW protocol"
+	@echo "  $(PY) -m partialfc.eval pairs       # IJB-C-style 1:1 templates, TAR@FAR, on data/synthetic/holdout"
+	@echo "  $(PY) -m partialfc.eval identify    # IJB-C-style 1:N open set: rank-1/5/10, TPIR@FPIR"
+	@echo "  $(PY) -m partialfc.export onnx      # runs/quickstart/model.onnx, checked against PyTorch"
 
 clean:
 	rm -rf $(VENV) $(MXNET_VENV) $(LINT_VENV) $(INSTALL_CHECK_VENV) .pytest_cache

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from partialfc import embed
-from partialfc.data.synth import HOLDOUT_DIR, HOLDOUT_IMAGES, VERIFICATION_NAME, generate_synthetic_dataset
+from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME, generate_synthetic_dataset
 from partialfc.eval import __main__ as eval_cli
 from partialfc.eval.plots import line_plot
 from partialfc.report import parse_train_log
@@ -136,13 +136,14 @@ def train(args: argparse.Namespace, data: Path, head: Head, seed: int) -> tuple[
 
 def evaluate(data: Path, run: Path) -> dict:
     """The three eval commands on the held-out identities, through their --json output; the held-out
-    images are embedded once (``partialfc.embed``) for both ``pairs`` and ``identify``."""
+    images are aligned and embedded once (``partialfc.embed --raw`` on the IJB-layout release) for both
+    ``pairs`` and ``identify``."""
     model = ["--model", str(run / "model.pt"), "--quiet"]
     vectors = run / "eval" / "holdout"
     holdout = ["--data", str(data / HOLDOUT_DIR), "--embeddings", str(vectors), "--out", str(run / "eval")]
     results = {}
     with contextlib.redirect_stdout(io.StringIO()):  # the commands' tables; the JSON files hold the numbers
-        if embed.main([str(data / HOLDOUT_DIR / HOLDOUT_IMAGES), *model, "--out", str(vectors)]) != 0:
+        if embed.main([str(data / HOLDOUT_DIR), *model, "--out", str(vectors), "--raw"]) != 0:
             raise SystemExit(f"embedding the held-out images failed for {run}")
         for command, argv in (("verify", [str(data / f"{VERIFICATION_NAME}.bin"), *model]),
                               ("pairs", holdout), ("identify", holdout)):
@@ -203,9 +204,9 @@ def main() -> int:
             f"| {column(name, lambda m: m['verify']['sets'][VERIFICATION_NAME]['tar_at_far']['0.01'])} "
             f"| {column(name, lambda m: m['pairs']['tar_at_far']['0.001'])} "
             f"| {column(name, lambda m: m['pairs']['tar_at_far']['0.01'])} "
-            f"| {column(name, lambda m: m['identify']['rank1'])} "
-            f"| {column(name, lambda m: m['identify']['rank5'])} "
-            f"| {column(name, lambda m: m['identify']['tpir_at_fpir']['0.1'])} "
+            f"| {column(name, lambda m: m['identify']['mean']['rank-1'])} "
+            f"| {column(name, lambda m: m['identify']['mean']['rank-5'])} "
+            f"| {column(name, lambda m: m['identify']['mean']['TPIR@FPIR=0.1'])} "
             f"| {np.mean(train_seconds[name]) / 60:.1f} |"
         )
 
@@ -240,7 +241,7 @@ def main() -> int:
         "",
         f"- Data: synthetic, {hard}: {args.identities} training identities × {args.images_per_identity} images, "
         f"{args.holdout_identities} held-out identities (data seed {args.data_seed}); {args.pairs} verification "
-        "pairs and the IJB-style template lists of `holdout/` for `pairs` and `identify`.",
+        "pairs and the IJB-layout release `holdout/` for `pairs` and `identify`.",
         f"- Model: `tiny` backbone, 128-d embedding, SGD lr 0.1 (momentum 0.9, weight decay 5e-4), batch "
         f"{args.batch_size}, {args.epochs:g} epochs, polynomial decay, fp32, one process (configs/quickstart.yaml).",
         f"- Repeats: {len(args.seeds)} (training seeds {', '.join(map(str, args.seeds))}); mean ± std over repeats "

@@ -29,6 +29,8 @@ from torch import nn
 from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.progress import Progress
+from partialfc.eval.align import align_face, decode_bgr
+from partialfc.eval.ijb import META, IJBRelease, ReleaseImages, open_release, read_release_images
 from partialfc.models import create_model
 from partialfc.models.input_config import InputConfig
 
@@ -44,6 +46,7 @@ __all__ = [
     "load_backbone",
     "load_embedder",
     "open_image_source",
+    "release_image_source",
 ]
 
 MODEL_KEYS = ("backbone", "embedding_size", "state_dict")
@@ -155,16 +158,19 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embed
                          description=f"pytorch {trained.name} ({device})")
 
 
-def embed_batch(embedder: Embedder, pixels: np.ndarray, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised embeddings ``[B, D]``, norms of the raw embeddings ``[B, 1 or 2]``).
+def embed_batch(embedder: Embedder, pixels: np.ndarray, flip: bool,
+                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings ``[B, D]``, L2-normalised unless ``normalize=False``; norms of the raw embeddings ``[B, 1 or 2]``).
 
     With ``flip`` the embeddings of the image and its mirror image are summed before normalising
     (the verification protocol); the norms are those of each raw embedding, insightface's "XNorm".
+    IJB's norm-score mode (N1) needs the sums unnormalised.
     """
     views = [pixels, pixels[:, :, ::-1]] if flip else [pixels]
     raw = [embedder(torch.from_numpy(np.ascontiguousarray(view))) for view in views]
     norms = torch.stack([r.norm(dim=1) for r in raw], dim=1)
-    return F.normalize(torch.stack(raw).sum(dim=0), dim=1), norms
+    summed = torch.stack(raw).sum(dim=0)
+    return (F.normalize(summed, dim=1) if normalize else summed), norms
 
 
 # ---------------------------------------------------------------------------------- image sources
@@ -218,9 +224,28 @@ def image_folder_source(root: str | Path, names: Sequence[str] | None = None) ->
     return ImageSource(list(names), None, _decode_files(root, list(names)), str(root))
 
 
+def release_image_source(release: IJBRelease, images: ReleaseImages) -> ImageSource:
+    """The images of an IJB release, each aligned with its five landmarks (OpenCV decode and warp, as insightface)."""
+    def decode(indices: list[int]) -> np.ndarray:
+        aligned = []
+        for i in indices:
+            path = release.images / images.names[i]
+            try:
+                aligned.append(align_face(decode_bgr(path.read_bytes(), str(path)), images.landmarks[i]))
+            except OSError as err:
+                raise ModelFileError(f"{path}: {err}") from None
+        return np.stack(aligned)
+
+    return ImageSource(images.names, None, decode, f"{release.root} (aligned with {release.landmarks.name})")
+
+
 def open_image_source(path: str | Path) -> ImageSource:
-    """A folder of JPEGs, a RecordIO dataset (``.rec``, prefix or directory with one) or a verification ``.bin``."""
+    """A folder of JPEGs, an IJB release folder (aligned on the fly), a RecordIO dataset (``.rec``,
+    prefix or directory with one) or a verification ``.bin``."""
     path = Path(path)
+    if (path / META).is_dir():
+        release = open_release(path)
+        return release_image_source(release, read_release_images(release))
     if path.suffix == ".bin":
         vset = VerificationSet(path)
         names = [f"pair{k:06d}.{side}" for k in range(vset.num_pairs) for side in "ab"]
@@ -236,8 +261,9 @@ def open_image_source(path: str | Path) -> ImageSource:
 
 
 def embed_source(embedder: Embedder, source: ImageSource, batch_size: int, flip: bool,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(L2-normalised embeddings ``[N, D]`` float32, raw-embedding norms ``[N, 1 or 2]``) of every image."""
+                 progress: bool = True, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings ``[N, D]`` float32, L2-normalised unless ``normalize=False``; raw-embedding norms
+    ``[N, 1 or 2]``) of every image."""
     expected = tuple(embedder.input_config.size)
     embeddings, norms = [], []
     with Progress(len(source.names), "images") if progress else contextlib.nullcontext() as bar:
@@ -247,7 +273,7 @@ def embed_source(embedder: Embedder, source: ImageSource, batch_size: int, flip:
                     f"{source.origin}: images are {pixels.shape[1]}x{pixels.shape[2]}, the model expects "
                     f"{expected[0]}x{expected[1]} aligned crops"
                 )
-            batch, batch_norms = embed_batch(embedder, pixels, flip)
+            batch, batch_norms = embed_batch(embedder, pixels, flip, normalize)
             embeddings.append(batch.cpu().numpy())
             norms.append(batch_norms.cpu().numpy())
             if bar is not None:
@@ -282,11 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m partialfc.embed",
         description="Embed aligned face crops with a trained model and write OUT.npy (float32 [N, D], "
-        "L2-normalised rows), OUT.txt (one image name per line, same order) and, for a .rec, "
+        "L2-normalised rows unless --raw), OUT.txt (one image name per line, same order) and, for a .rec, "
         "OUT.labels.npy (int64 class ids). Prints progress and images/s on stderr.",
     )
     parser.add_argument("source", metavar="SOURCE",
                         help="a folder of .jpg/.jpeg crops (searched recursively; names are paths relative to it), "
+                        "an IJB-B/C release folder (loose_crop/ + meta/; each crop aligned with its five landmarks, "
+                        "names as in the image list), "
                         "a RecordIO dataset (.rec, its prefix, or a directory holding one; names are record keys), "
                         "or a verification .bin (names pairNNNNNN.a / .b)")
     add_model_options(parser)
@@ -294,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output prefix: writes OUT.npy, OUT.txt (and OUT.labels.npy for a .rec)")
     parser.add_argument("--no-flip", action="store_true",
                         help="embed each image alone instead of summing it with its mirror image")
+    parser.add_argument("--raw", action="store_true",
+                        help="write the unnormalised (image + mirror) sums: `eval pairs/identify --embeddings` "
+                        "then keep each image's norm as weight (insightface's N1 mode)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
@@ -304,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         embedder = load_embedder(args.model, args.device)
         source = open_image_source(args.source)
         start = time.perf_counter()
-        embeddings, _ = embed_source(embedder, source, args.batch_size, flip=not args.no_flip, progress=not args.quiet)
+        embeddings, _ = embed_source(embedder, source, args.batch_size, flip=not args.no_flip,
+                                     progress=not args.quiet, normalize=not args.raw)
         seconds = time.perf_counter() - start
     except (ValueError, OSError) as err:  # ModelFileError, DatasetError, VerificationError ...
         print(f"error: {err}", file=sys.stderr)

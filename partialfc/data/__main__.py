@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed; same seed gives identical files (default 0)")
     p.add_argument("--shards", type=int, default=1, help="number of .rec shards (default 1)")
     p.add_argument("--holdout-identities", type=int, default=0,
-                   help="extra identities used only for evaluation: verification pairs and OUT/holdout/ "
-                   "(images and IJB-style lists for partialfc.eval pairs/identify) (default 0)")
+                   help="extra identities used only for evaluation: verification pairs and OUT/holdout/, an "
+                   "IJB-B/C-layout release (loose crops, landmarks, detector scores, template, pair and 1:N lists) "
+                   "for partialfc.eval pairs/identify (default 0)")
     p.add_argument("--pairs", type=int, default=0, help="verification pairs, half positive (default 0)")
     p.add_argument("--workers", type=int, default=None, help="encoder processes (default: CPU count, max 8)")
     p.add_argument("--variation", choices=("standard", "hard"), default="standard",

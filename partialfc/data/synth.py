@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from partialfc.data.ijb_holdout import write_ijb_holdout
 from partialfc.data.image import encode_jpeg
 from partialfc.data.pack import pack_dataset
 from partialfc.data.verification import write_verification_bin
@@ -31,16 +32,9 @@ SIZE = 112
 NUM_BLOBS = 5
 TRAIN_PREFIX = "train"
 VERIFICATION_NAME = "synth_val"
-# Held-out identities in the IJB-B/C shape (see partialfc/eval/templates.py for the file formats).
+# Held-out identities as an IJB-B/C release (partialfc/data/ijb_holdout.py, partialfc/eval/ijb.py).
 HOLDOUT_DIR = "holdout"
-HOLDOUT_IMAGES = "images"
-IMAGE_LIST = "face_tid_mid.txt"
-TEMPLATE_PAIRS = "template_pair_label.txt"
-GALLERY_LIST = "gallery.txt"
-PROBE_LIST = "probes.txt"
-MAX_TEMPLATES_PER_SUBJECT = 4
-NEGATIVE_PAIRS_PER_POSITIVE = 10
-_IDENTITY, _AUGMENT, _PAIRS, _PROTOCOLS, _COMPRESSION = 0, 1, 2, 3, 4  # independent random streams per purpose
+_IDENTITY, _AUGMENT, _PAIRS, _COMPRESSION = 0, 1, 2, 4  # independent random streams per purpose
 _AXIS = (np.arange(SIZE, dtype=np.float32) + 0.5) / SIZE * 2 - 1  # pixel centres in [-1, 1]
 _PARAM_RANGES = {  # name: (shape, low, high)
     "bg": ((3,), 40, 215),
@@ -171,12 +165,21 @@ class SyntheticImage:
         self.variation = variation
 
     def __call__(self, source: tuple[int, int]) -> bytes:
+        return self.encode(self.pixels(source), source)
+
+    def pixels(self, source: tuple[int, int]) -> np.ndarray:
+        """The aligned uint8 RGB crop of ``source = (identity, index)``."""
+        identity, index = source
+        return render(self.seed, identity, index, self.variation)
+
+    def encode(self, pixels: np.ndarray, source: tuple[int, int]) -> bytes:
+        """``pixels`` as JPEG at the quality the variation draws for ``source``."""
         identity, index = source
         low, high = self.variation.jpeg_quality
         quality = low
         if high > low:
             quality = int(np.random.default_rng((self.seed, _COMPRESSION, identity, index)).integers(low, high + 1))
-        return encode_jpeg(render(self.seed, identity, index, self.variation), quality=quality)
+        return encode_jpeg(pixels, quality=quality)
 
 
 def verification_pairs(
@@ -204,61 +207,6 @@ def verification_pairs(
     return shuffled, [issame[k] for k in order.tolist()]
 
 
-def _split_templates(images_per_identity: int) -> list[list[list[int]]]:
-    """Image indices of one subject grouped as templates of media: contiguous templates, and media
-    of up to two consecutive images (two frames of one video), so aggregation has work to do."""
-    count = min(MAX_TEMPLATES_PER_SUBJECT, max(1, images_per_identity // 2))
-    templates = np.array_split(np.arange(images_per_identity), count)
-    return [[t[i : i + 2].tolist() for i in range(0, len(t), 2)] for t in templates]
-
-
-def write_holdout_protocols(
-    out_dir: str | Path, loader: SyntheticImage, first_identity: int, identities: int, images_per_identity: int
-) -> Path:
-    """Images of the held-out identities plus IJB-style lists for ``partialfc.eval pairs/identify``.
-
-    Writes ``images/SUBJECT/INDEX.jpg``, the image list (image, template id, media id), template
-    pairs (every same-subject pair of templates, and ten times as many different-subject pairs)
-    and, for open-set identification, a gallery (first template of a random half of the subjects)
-    and probes (every other template: mated for gallery subjects, non-mated for the rest).
-    """
-    out = Path(out_dir)
-    rng = np.random.default_rng((loader.seed, _PROTOCOLS))
-    layout = _split_templates(images_per_identity)
-    image_lines, subject_of_template = [], []
-    media_id = 0
-    for subject in range(first_identity, first_identity + identities):
-        folder = out / HOLDOUT_IMAGES / f"{subject:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for template in layout:
-            subject_of_template.append(subject)
-            for media in template:
-                media_id += 1
-                for index in media:
-                    name = f"{subject:05d}/{index:03d}.jpg"
-                    (out / HOLDOUT_IMAGES / name).write_bytes(loader((subject, index)))
-                    image_lines.append(f"{name} {len(subject_of_template)} {media_id}\n")
-    (out / IMAGE_LIST).write_text("".join(image_lines))
-
-    subjects = np.array(subject_of_template)
-    templates = np.arange(1, len(subjects) + 1)
-    first, second = np.triu_indices(len(subjects), k=1)
-    same = subjects[first] == subjects[second]
-    negatives = np.flatnonzero(~same)
-    wanted = min(len(negatives), NEGATIVE_PAIRS_PER_POSITIVE * int(same.sum()) or len(negatives))
-    chosen = np.sort(np.concatenate([np.flatnonzero(same), rng.choice(negatives, wanted, replace=False)]))
-    (out / TEMPLATE_PAIRS).write_text(
-        "".join(f"{templates[first[k]]} {templates[second[k]]} {int(same[k])}\n" for k in chosen)
-    )
-
-    enrolled = rng.permutation(np.unique(subjects))[: (identities + 1) // 2]
-    gallery = np.zeros(len(subjects), dtype=bool)
-    gallery[[int(np.flatnonzero(subjects == s)[0]) for s in enrolled]] = True
-    for path, rows in ((GALLERY_LIST, gallery), (PROBE_LIST, ~gallery)):
-        (out / path).write_text("".join(f"{templates[k]} {subjects[k]}\n" for k in np.flatnonzero(rows)))
-    return out
-
-
 def generate_synthetic_dataset(
     out_dir: str | Path,
     identities: int,
@@ -275,8 +223,9 @@ def generate_synthetic_dataset(
     """Write ``out_dir/train.rec`` (or shards), ``property``, ``synth_val.bin`` and ``holdout/``; returns ``out_dir``.
 
     Training identities get class ids 0..identities-1; the ``holdout_identities`` are extra
-    identities that appear only in the verification pairs and in ``holdout/`` (images and
-    template lists for ``partialfc.eval pairs`` and ``identify``: open-set evaluation). The images are
+    identities that appear only in the verification pairs and in ``holdout/``, an IJB-B/C-shaped
+    release (loose crops, landmarks, detector scores, template, pair and 1:N lists) for
+    ``partialfc.eval pairs`` and ``identify``: open-set evaluation. The images are
     physically shuffled (keys stay sorted by identity) so sequential readers see mixed classes.
     """
     if identities < 1 or images_per_identity < 1:
@@ -298,5 +247,5 @@ def generate_synthetic_dataset(
         pair_sources, issame = verification_pairs(seed, identities, holdout_identities, images_per_identity, pairs)
         write_verification_bin(out / f"{VERIFICATION_NAME}.bin", [loader(s) for s in pair_sources], issame)
     if holdout_identities:
-        write_holdout_protocols(out / HOLDOUT_DIR, loader, identities, holdout_identities, images_per_identity)
+        write_ijb_holdout(out / HOLDOUT_DIR, loader, identities, holdout_identities, images_per_identity)
     return out

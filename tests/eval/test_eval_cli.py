@@ -15,11 +15,22 @@ import torch
 import torch.nn.functional as F
 
 from partialfc import embed, export
-from partialfc.data import RecordDataset
+from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.image import decode_jpeg
-from partialfc.data.synth import GALLERY_LIST, HOLDOUT_DIR, IMAGE_LIST, PROBE_LIST, TEMPLATE_PAIRS
+from insightface_reference import (
+    calculate_roc_accuracy,
+    eval_ijbc_tar_at_far,
+    image2template_feature,
+    insightface_image_inputs,
+    umeyama_similarity,
+    verification_scores,
+)
+
+from partialfc.data.synth import HOLDOUT_DIR
 from partialfc.eval import __main__ as eval_cli
-from partialfc.eval.templates import read_image_list, read_template_pairs, read_template_subjects
+from partialfc.eval.align import ARCFACE_TEMPLATE, align_face, decode_bgr
+from partialfc.eval.ijb import open_release, read_release_images, read_subject_csv
+from partialfc.eval.templates import read_template_pairs
 from partialfc.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,40 +50,48 @@ def _run_json(capsys, main, argv: list[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_holdout_protocol_files_are_consistent(tiny_dataset):
-    holdout = tiny_dataset / HOLDOUT_DIR
-    images = read_image_list(holdout / IMAGE_LIST)
+def test_holdout_release_is_consistent(tiny_dataset):
+    release = open_release(tiny_dataset / HOLDOUT_DIR)
+    assert (release.name, release.images.name, sorted(release.galleries)) == ("synth", "loose_crop", ["G1", "G2"])
+    images = read_release_images(release)
     assert len(images.names) == 40 * 8  # every image of the 40 held-out identities
-    subject_of = {int(t): int(n.split("/")[0]) for n, t in zip(images.names, images.template_ids)}
+    assert images.landmarks.shape == (320, 5, 2) and ((images.detector_scores > 0.5) & (images.detector_scores <= 1)).all()
+    subject_of = dict(zip(*(a.tolist() for a in read_subject_csv(release.probes))))
+    gallery = {label: dict(zip(*(a.tolist() for a in read_subject_csv(path)))) for label, path in release.galleries.items()}
+    for members in gallery.values():
+        subject_of.update(members)
+    assert set(subject_of) == set(images.template_ids.tolist())
     assert set(subject_of.values()) == set(range(120, 160))  # identities after the 120 training ones
-    first, second, labels = read_template_pairs(holdout / TEMPLATE_PAIRS)
+    first, second, labels = read_template_pairs(release.pairs)
     same = np.array([subject_of[a] == subject_of[b] for a, b in zip(first, second)])
     assert (same == labels).all() and labels.sum() == 40 * 6  # 4 templates a subject: 6 genuine pairs each
     assert (~labels).sum() == 10 * labels.sum()
-    gallery_templates, gallery_subjects = read_template_subjects(holdout / GALLERY_LIST)
-    probe_templates, probe_subjects = read_template_subjects(holdout / PROBE_LIST)
-    assert len(set(gallery_subjects)) == len(gallery_subjects) == 20  # one template per enrolled subject
-    assert not set(gallery_templates) & set(probe_templates)
-    assert set(gallery_templates) | set(probe_templates) == set(subject_of)
-    assert all(subject_of[int(t)] == s for t, s in zip(probe_templates, probe_subjects))
-    train = RecordDataset(tiny_dataset)
-    assert decode_jpeg(train.read_image(0)).shape == decode_jpeg((holdout / "images" / images.names[0]).read_bytes()).shape
+    g1, g2 = (set(members.values()) for members in gallery.values())
+    assert len(g1) == len(gallery["G1"]) == 20 and len(g2) == 20 and not g1 & g2  # IJB-C: disjoint galleries
+    assert not set(gallery["G1"]) & set(read_subject_csv(release.probes)[0].tolist())
+    loose = decode_bgr((release.images / images.names[0]).read_bytes(), images.names[0])
+    assert loose.shape[0] > 112 and align_face(loose, images.landmarks[0]).shape == (112, 112, 3)
 
 
-def test_embed_folder_matches_the_model(tiny_dataset, model_file, tmp_path, capsys):
+def test_embed_release_aligns_like_insightface(tiny_dataset, model_file, tmp_path, capsys):
     out = tmp_path / "holdout"
-    assert embed.main([str(tiny_dataset / HOLDOUT_DIR / "images"), "--model", str(model_file), "--out", str(out),
-                       "--batch-size", "50", "--quiet"]) == 0
+    assert embed.main([str(tiny_dataset / HOLDOUT_DIR), "--model", str(model_file), "--out", str(out),
+                       "--batch-size", "50", "--quiet", "--raw"]) == 0
     assert "images/s" in capsys.readouterr().out
     vectors, names = np.load(f"{out}.npy"), Path(f"{out}.txt").read_text().splitlines()
-    assert vectors.shape == (320, 32) and names[0] == "00120/000.jpg" and len(set(names)) == 320
-    # Row k is normalize(model(x) + model(mirrored x)) with the model's own input normalisation.
+    assert vectors.shape == (320, 32) and names[:2] == ["1.jpg", "2.jpg"]
+    # Row k is model(x) + model(mirrored x), x aligned as eval_ijbc.py's Embedding.get does it.
+    cv2 = pytest.importorskip("cv2")
+    release = open_release(tiny_dataset / HOLDOUT_DIR)
+    landmarks = read_release_images(release).landmarks[7]
+    matrix = umeyama_similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64))
+    aligned = cv2.cvtColor(cv2.warpAffine(cv2.imread(str(release.images / names[7])), matrix, (112, 112), borderValue=0.0),
+                           cv2.COLOR_BGR2RGB)
     trained = embed.load_backbone(model_file)
-    pixels = torch.from_numpy(decode_jpeg((tiny_dataset / HOLDOUT_DIR / "images" / names[7]).read_bytes()))[None]
-    x = trained.backbone.input_config.normalize(pixels)
+    x = trained.backbone.input_config.normalize(torch.from_numpy(aligned)[None])
     with torch.no_grad():
-        expected = F.normalize(trained.backbone(x) + trained.backbone(x.flip(3)), dim=1)
-    np.testing.assert_allclose(vectors[7], expected[0].numpy(), atol=1e-5)
+        expected = trained.backbone(x) + trained.backbone(x.flip(3))
+    np.testing.assert_allclose(vectors[7], expected[0].numpy(), atol=1e-4)
 
 
 def test_embed_rec_and_bin(tiny_dataset, model_file, tmp_path):
@@ -89,28 +108,61 @@ def test_embed_rec_and_bin(tiny_dataset, model_file, tmp_path):
 def test_pairs_and_identify_from_model_or_embeddings(tiny_dataset, model_file, tmp_path, capsys):
     holdout = str(tiny_dataset / HOLDOUT_DIR)
     prefix = tmp_path / "holdout"
-    assert embed.main([f"{holdout}/images", "--model", str(model_file), "--out", str(prefix), "--quiet"]) == 0
+    assert embed.main([holdout, "--model", str(model_file), "--out", str(prefix), "--quiet", "--raw"]) == 0
     capsys.readouterr()
     by_model = _run_json(capsys, eval_cli.main, ["pairs", "--model", str(model_file), "--data", holdout,
                                                  "--out", str(tmp_path / "a"), "--quiet"])
     by_file = _run_json(capsys, eval_cli.main, ["pairs", "--embeddings", str(prefix), "--data", holdout,
                                                 "--out", str(tmp_path / "b")])
     assert (by_model["genuine_pairs"], by_model["impostor_pairs"], by_model["templates"]) == (240, 2400, 160)
+    assert by_model["mode_name"] == "F1 N1 D1" and by_model["set"] == "synth"
     assert by_model["tar_at_far"] == pytest.approx(by_file["tar_at_far"], abs=1e-6)
-    assert set(by_model["tar_at_far"]) == {"1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"}
+    assert set(by_model["tar_at_far"]) == set(by_model["tar_at_far_strict"]) == {"1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"}
     roc = np.loadtxt(tmp_path / "a" / "roc.csv", delimiter=",", skiprows=1)
     assert (np.diff(roc[:, 2]) >= 0).all() and roc[-1, 1] == 1.0  # TAR rises with FAR up to accept-all
     assert (tmp_path / "a" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     result = _run_json(capsys, eval_cli.main, ["identify", "--embeddings", str(prefix), "--data", holdout,
                                                "--out", str(tmp_path / "c")])
-    assert (result["gallery_subjects"], result["mated_probes"], result["non_mated_probes"]) == (20, 60, 80)
-    assert 0 <= result["rank1"] <= result["rank5"] <= 1 and result["cmc"][0] == result["rank1"]
-    assert set(result["tpir_at_fpir"]) == {"0.01", "0.1"}
+    assert set(result["galleries"]) == {"G1", "G2"}
+    for gallery in result["galleries"].values():
+        assert (gallery["subjects"], gallery["mated_probes"], gallery["non_mated_probes"]) == (20, 60, 60)
+        assert 0 <= gallery["rank1"] <= gallery["rank5"] <= gallery["rank10"] <= 1 and gallery["cmc"][0] == gallery["rank1"]
+        assert set(gallery["tpir_at_fpir"]) == {"0.01", "0.1"}
+    assert result["mean"]["rank-1"] == pytest.approx(np.mean([g["rank1"] for g in result["galleries"].values()]))
+    assert result["insightface_1n"]["probes"] == 120
     assert (tmp_path / "c" / "cmc.png").stat().st_size > 1000
 
-    assert eval_cli.main(["identify", "--embeddings", str(prefix), "--data", holdout, "--gallery", str(tmp_path / "no")]) == 2
-    assert "no such template list" in capsys.readouterr().err
+    assert eval_cli.main(["identify", "--embeddings", str(prefix), "--data", str(tmp_path), "--quiet"]) == 2
+    assert "no meta/ folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-flip", "--no-norm-score", "--no-detector-score"]])
+def test_pairs_match_insightface_eval_ijbc(tiny_dataset, model_file, tmp_path, capsys, mode):
+    """The whole of eval_ijbc.py restated (insightface_reference): cv2 decode, Umeyama + warpAffine,
+    image and mirror through the model, F/N/D inputs, its template loop, its pair scores, its read-out."""
+    cv2 = pytest.importorskip("cv2")
+    release = open_release(tiny_dataset / HOLDOUT_DIR)
+    images = read_release_images(release)
+    trained = embed.load_backbone(model_file)
+    crops = []
+    for name, landmarks in zip(images.names, images.landmarks):
+        matrix = umeyama_similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64))
+        warped = cv2.warpAffine(cv2.imread(str(release.images / name)), matrix, (112, 112), borderValue=0.0)
+        crops.append(cv2.cvtColor(warped, cv2.COLOR_BGR2RGB))
+    x = trained.backbone.input_config.normalize(torch.from_numpy(np.stack(crops)))
+    with torch.no_grad():
+        features = torch.cat([trained.backbone(x), trained.backbone(x.flip(3))], dim=1).numpy()
+    flags = [not mode] * 3
+    inputs = insightface_image_inputs(features, images.detector_scores, *flags)
+    template_features, unique = image2template_feature(inputs, images.template_ids, images.media_ids)
+    first, second, labels = read_template_pairs(release.pairs)
+    scores = verification_scores(template_features, unique, first, second)
+    fars = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    ours = _run_json(capsys, eval_cli.main, ["pairs", "--model", str(model_file), "--data", str(release.root),
+                                             "--out", str(tmp_path), "--quiet", *mode])
+    assert [ours["tar_at_far"][f"{far:g}"] for far in fars] == eval_ijbc_tar_at_far(labels, scores, fars)
+    assert ours["mode_name"] == ("F1 N1 D1" if not mode else "F0 N0 D0")
 
 
 def test_verify_table_and_json(tiny_dataset, model_file, tmp_path, capsys):
@@ -221,3 +273,20 @@ def test_model_file_errors_name_the_problem(model_file, tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(embed.ModelFileError, match=r"text.pt: not a model.pt"):
         embed.load_backbone(tmp_path / "text.pt")
+
+
+def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_file, capsys):
+    """verification.py's test() + evaluate(): image and mirror embeddings summed, sklearn-normalised,
+    squared L2 distances of consecutive rows, calculate_roc's 10 folds on the 0.01 grid."""
+    bin_path = tiny_dataset / "synth_val.bin"
+    vset = VerificationSet(bin_path)
+    trained = embed.load_backbone(model_file)
+    x = trained.backbone.input_config.normalize(torch.from_numpy(vset.images()))
+    with torch.no_grad():
+        summed = (trained.backbone(x) + trained.backbone(x.flip(3))).double().numpy()
+    embeddings = summed / np.linalg.norm(summed, axis=1, keepdims=True)
+    distances = np.sum(np.square(embeddings[0::2] - embeddings[1::2]), 1)
+    reference = float(np.mean(calculate_roc_accuracy(distances, vset.issame)))
+    ours = _run_json(capsys, eval_cli.main, ["verify", str(bin_path), "--model", str(model_file),
+                                             "--thresholds", "insightface-grid"])
+    assert ours["sets"]["synth_val"]["accuracy"] == reference

@@ -11,7 +11,9 @@ from torch import nn
 
 from partialfc.data.image import encode_jpeg
 from partialfc.data.verification import VerificationSet, write_verification_bin
-from partialfc.eval.identification import identification_metrics
+from insightface_reference import ijb_1n_evaluation
+
+from partialfc.eval.identification import identification_metrics, pooled_closed_set_readout
 from partialfc.eval.templates import TemplateListError, aggregate_templates, read_image_list, template_pair_scores
 from partialfc.evaluation import evaluate
 from partialfc.models.input_config import InputConfig
@@ -62,6 +64,35 @@ def test_open_set_identification_known_answer():
     # FPIR 0.1: none may pass -> threshold cos 20; only the probe at cos 10 passes.
     assert result.thresholds[0.5] == pytest.approx(math.cos(math.radians(30)))
     assert result.tpir_at_fpir == pytest.approx({0.5: 2 / 3, 0.1: 1 / 3})
+
+
+def test_tpir_needs_the_mate_ranked_first():
+    # Gallery: subject 1 at 0 deg, subject 2 at 20 deg. Mated probe of subject 1 at 15 deg: its mate
+    # scores cos 15 (0.966), above the FPIR threshold set by the non-mated probe at 90 deg (best
+    # cos 70, 0.342), but subject 2 scores higher (cos 5): rank 2, so it is not a true positive.
+    gallery, gallery_subjects = _unit(0, 20), np.array([1, 2])
+    probes, probe_subjects = _unit(15, 90), np.array([1, 9])
+    result = identification_metrics(probes, probe_subjects, gallery, gallery_subjects, fpirs=(0.5,))
+    assert result.thresholds[0.5] == pytest.approx(math.cos(math.radians(70)))
+    assert result.rank(1) == 0.0 and result.rank(2) == 1.0
+    assert result.tpir_at_fpir == {0.5: 0.0}
+
+
+def test_insightface_closed_set_read_out_matches_ijb_1n():
+    rng = np.random.default_rng(4)
+    gallery = rng.normal(size=(30, 8))
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    gallery_subjects = rng.permutation(30) + 100
+    probe_subjects = rng.choice(gallery_subjects, 200)
+    mask = [int(np.flatnonzero(gallery_subjects == s)[0]) for s in probe_subjects]
+    probes = gallery[mask] + rng.normal(0, 0.6, (200, 8))
+    probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+    ours = pooled_closed_set_readout(probes, probe_subjects, gallery, gallery_subjects, (0.01, 0.1), chunk=37)
+    top_k, tpir = ijb_1n_evaluation(probes, gallery, mask)
+    assert 0 < ours.top_k[1] < ours.top_k[5] < 1  # a case where ranks and thresholds matter
+    assert ours.top_k == pytest.approx(top_k) and ours.tpir_at_far == pytest.approx(tpir)
+    with pytest.raises(ValueError, match="gallery subject .* has 2 templates"):
+        pooled_closed_set_readout(probes, probe_subjects, gallery[:2], np.array([5, 5]))
 
 
 def test_identification_ties_count_against_the_probe():
