@@ -257,7 +257,7 @@ def open_image_source(path: str | Path) -> ImageSource:
     def decode(indices: list[int]) -> np.ndarray:
         return np.stack([decode_jpeg(dataset.read_image(i)) for i in indices])
 
-    return ImageSource([str(int(k)) for k in dataset.image_key], dataset.labels, decode, str(path))
+    return ImageSource(dataset.image_names(), dataset.labels, decode, str(path))
 
 
 def embed_source(embedder: Embedder, source: ImageSource, batch_size: int, flip: bool,
@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of .jpg/.jpeg crops (searched recursively; names are paths relative to it), "
                         "an IJB-B/C release folder (loose_crop/ + meta/; each crop aligned with its five landmarks, "
                         "names as in the image list), "
-                        "a RecordIO dataset (.rec, its prefix, or a directory holding one; names are record keys), "
+                        "a RecordIO dataset (.rec, its prefix, or a directory holding one; names are record keys, as "
+                        "SHARD.rec:KEY when there are several shards), "
                         "or a verification .bin (names pairNNNNNN.a / .b)")
     add_model_options(parser)
     parser.add_argument("--out", required=True, metavar="OUT",

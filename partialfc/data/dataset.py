@@ -77,6 +77,14 @@ class RecordDataset:
         self.index_dir: Path = subset.directory if subset else self.shards[0].rec_path.parent
         self.image_size = (self.property.height, self.property.width) if self.property else None
 
+    def image_names(self) -> list[str]:
+        """A name per image, unique in the dataset: its record key, prefixed by its shard's file name
+        (``train_1.rec:17``) when there are several shards, whose keys each start again at 1."""
+        if len(self.shards) == 1:
+            return [str(int(key)) for key in self.image_key]
+        files = [shard.rec_path.name for shard in self.shards]
+        return [f"{files[shard]}:{int(key)}" for shard, key in zip(self.image_shard, self.image_key)]
+
     def describe(self, i: int) -> str:
         """How messages name image ``i``: ``SHARD.rec: record key K at offset O``."""
         shard = self.shards[int(self.image_shard[i])]

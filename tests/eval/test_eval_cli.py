@@ -100,6 +100,11 @@ def test_embed_rec_and_bin(tiny_dataset, model_file, tmp_path):
     dataset = RecordDataset(tiny_dataset)
     assert np.load(tmp_path / "train.npy").shape == (len(dataset), 32)
     np.testing.assert_array_equal(np.load(tmp_path / "train.labels.npy"), dataset.labels)
+    # Two shards whose record keys each start at 1: every name is unique and leads back to its record.
+    names = (tmp_path / "train.txt").read_text().splitlines()
+    assert len(dataset.shards) == 2 and len(set(names)) == len(names) == len(dataset)
+    shard, key = names[-1].split(":")
+    assert (shard, int(key)) == (dataset.shards[-1].rec_path.name, int(dataset.image_key[-1]))
     assert embed.main([str(tiny_dataset / "synth_val.bin"), "--model", str(model_file), "--out", str(tmp_path / "val"),
                        "--quiet"]) == 0
     assert Path(tmp_path / "val.txt").read_text().splitlines()[:2] == ["pair000000.a", "pair000000.b"]
