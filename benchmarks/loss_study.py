@@ -1,4 +1,4 @@
-"""The loss study: one small backbone, one synthetic data set, eight heads; writes docs/loss_study.md.
+"""The loss study: one small backbone, one synthetic data set, eight heads; writes loss_study.md.
 
 Trains the ``tiny`` backbone on the *hard* synthetic identities (pose, lighting, white balance,
 occlusion, blur and JPEG compression: see partialfc/data/synth.py; the quickstart's standard set is
@@ -9,9 +9,9 @@ with the project's own commands: ``eval verify`` (10-fold accuracy on the .bin p
 (template TAR@FAR, ROC) and ``eval identify`` (rank-1/5, TPIR@FPIR). Writes the tables, a ROC plot
 and accuracy-over-steps curves, with the settings, seeds, repeats and the time it took.
 
-    python benchmarks/loss_study.py                      # about an hour on 2 CPU cores (estimate below)
-    python benchmarks/loss_study.py --seeds 0 1 2        # three repeats (three hours)
-    python benchmarks/loss_study.py --quick --out /tmp/study   # a two-minute smoke run of the pipeline
+    python benchmarks/loss_study.py --out docs           # about an hour on 2 CPU cores; updates docs/loss_study.md
+    python benchmarks/loss_study.py --seeds 0 1 2        # three repeats (three hours), report in runs/loss_study/report
+    python benchmarks/loss_study.py --quick              # a two-minute smoke run of the pipeline, never into docs/
     python benchmarks/loss_study.py --heads arcface adaface curricularface magface elasticface
 
 The newer margin families (AdaFace, CurricularFace, MagFace, ElasticFace-Arc; ``loss.head``) run
@@ -101,11 +101,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--heads", nargs="+", default=[h.name for h in HEADS],
                         choices=[h.name for h in HEADS + FAMILIES], help="heads to train")
     parser.add_argument("--work", default=str(REPO / "runs" / "loss_study"), help="data and training runs")
-    parser.add_argument("--out", default=str(REPO / "docs"),
-                        help="writes OUT/loss_study.md and OUT/loss_study/*.png")
+    parser.add_argument("--out", default=None,
+                        help="writes OUT/loss_study.md and OUT/loss_study/*.png (default: WORK/report; the committed "
+                        "study is updated only by --out docs, and never by --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny data and 12 steps per head: checks the pipeline, not the losses")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = str(Path(args.work) / "report")
+    elif args.quick and Path(args.out).resolve() == (REPO / "docs").resolve():
+        parser.error("--quick checks the pipeline, not the losses: its results must not replace docs/loss_study.md")
     if args.quick:
         args.identities, args.images_per_identity, args.holdout_identities, args.pairs = 60, 6, 20, 100
         args.epochs, args.eval_every, args.batch_size = 2.0, 6, 32
