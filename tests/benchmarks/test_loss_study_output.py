@@ -13,6 +13,7 @@ from training_run import REPO
 def loss_study():
     spec = importlib.util.spec_from_file_location("loss_study", REPO / "benchmarks" / "loss_study.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["loss_study"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
