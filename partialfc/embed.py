@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partialfc.cli import ArgumentParser
 from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.progress import Progress
@@ -69,15 +70,27 @@ class TrainedModel:
 def load_backbone(path: str | Path) -> TrainedModel:
     """The backbone of a ``model.pt``, with strict key matching."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "model.pt"
+        hint = f"its model is {inside}: --model {inside}" if inside.is_file() else "give a model.pt (written into a run directory at the end of training)"
+        raise ModelFileError(f"{path}: a directory, not a model file; {hint}")
     if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ModelFileError(f"{path}: no such model file{where}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ModelFileError(f"{path}: not a model.pt written by partialfc.train: {err}") from None
+        raise ModelFileError(f"{path}: not a model.pt written by partialfc.train: {' '.join(str(err).split())[:300]}") from None
+    if isinstance(saved, dict) and saved and all(isinstance(value, torch.Tensor) for value in saved.values()):
+        raise ModelFileError(
+            f"{path}: a bare state_dict ({len(saved)} tensors, e.g. {next(iter(saved))!r}), such as insightface's "
+            "backbone.pth: it does not say which backbone or embedding size it is. Start a run from it with "
+            f"`python -m partialfc.train --model.init_from {path} --model.backbone NAME`; that run's model.pt "
+            "then works here")
     if not isinstance(saved, dict) or not all(key in saved for key in MODEL_KEYS):
-        found = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
-        raise ModelFileError(f"{path}: expected a dict with keys {list(MODEL_KEYS)}, found {found}")
+        found = (f"keys {sorted(map(str, saved))[:8]}" + (" ..." if len(saved) > 8 else "")) if isinstance(saved, dict) \
+            else type(saved).__name__
+        raise ModelFileError(f"{path}: not a model.pt written by partialfc.train (keys {list(MODEL_KEYS)}); found {found}")
     try:
         model = create_model(str(saved["backbone"]), int(saved["embedding_size"]))
     except ValueError as err:
@@ -305,7 +318,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m partialfc.embed",
         description="Embed aligned face crops with a trained model and write OUT.npy (float32 [N, D], "
         "L2-normalised rows unless --raw), OUT.txt (one image name per line, same order) and, for a .rec, "

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from partialfc.cli import ArgumentParser
 from partialfc.embed import ModelFileError, load_backbone
 from partialfc.models.input_config import InputConfig
 
@@ -124,7 +125,7 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m partialfc.export",
+    parser = ArgumentParser(prog="python -m partialfc.export",
                                      description="Export a trained backbone for inference runtimes.")
     sub = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
     onnx_parser = sub.add_parser(

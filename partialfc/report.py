@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from partialfc.cli import ArgumentParser
 from partialfc.eval.plots import line_plot
 
 _STAMP = r"(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)"
@@ -132,7 +133,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m partialfc.report",
         description="Turn a run directory's train.log and summary.json into PNG plots (loss, learning rate, "
         "throughput, verification accuracy over steps) and a short markdown summary, report.md.",

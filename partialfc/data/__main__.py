@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from partialfc.cli import ArgumentParser
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.recordio import RecordIOError
@@ -171,7 +172,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m partialfc.data",
         description="Tools for MXNet RecordIO face datasets (InsightFace and headerless layouts). "
         "PATH is a .rec file, its prefix, a directory holding one dataset, or a quoted glob of shards.",

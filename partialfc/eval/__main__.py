@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from partialfc.cli import ArgumentParser
 from partialfc.data import VerificationSet
 from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME
 from partialfc.embed import add_model_options, embed_source, load_embedder, release_image_source
@@ -255,7 +256,7 @@ def _template_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m partialfc.eval",
         description="Evaluate a trained face model (model.pt or .onnx). Every command runs on the synthetic "
         "quickstart data by default (data/synthetic, runs/quickstart/model.pt); exit code 2 on bad input.",

@@ -180,6 +180,10 @@ def test_verify_table_and_json(tiny_dataset, model_file, tmp_path, capsys):
     assert set(result["tar_at_far"]) == {"0.0001", "0.001", "0.01"}
     assert eval_cli.main(["verify", bin_path, "--model", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such model file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse's type function names stay internal
+        eval_cli.main(["verify", bin_path, "--batch-size", "1e3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "invalid value '1e3'" in err and "_positive_int" not in err and "usage:" not in err
 
 
 @pytest.fixture(scope="module")
@@ -272,9 +276,24 @@ def test_model_file_errors_name_the_problem(model_file, tmp_path):
                        r"size mismatch for head.fc.weight"):
         embed.load_backbone(tmp_path / "size.pt")
     torch.save({"weights": state}, tmp_path / "other.pt")
-    with pytest.raises(embed.ModelFileError, match=r"other.pt: expected a dict with keys \['backbone', 'embedding_size', "
-                       r"'state_dict'\], found \['weights'\]"):
+    with pytest.raises(embed.ModelFileError, match=r"other.pt: not a model.pt written by partialfc.train \(keys "
+                       r"\['backbone', 'embedding_size', 'state_dict'\]\); found keys \['weights'\]"):
         embed.load_backbone(tmp_path / "other.pt")
+    # insightface's backbone.pth is a bare state_dict: say so, briefly, and how to use it.
+    torch.save(state, tmp_path / "backbone.pth")
+    with pytest.raises(embed.ModelFileError) as raised:
+        embed.load_backbone(tmp_path / "backbone.pth")
+    message = str(raised.value)
+    assert f"a bare state_dict ({len(state)} tensors" in message and "--model.init_from" in message
+    assert len(message) < 500, message
+    # A run directory where its model.pt was meant, and a relative default path, are named as such.
+    (tmp_path / "run").mkdir()
+    torch.save(saved, tmp_path / "run" / "model.pt")
+    with pytest.raises(embed.ModelFileError, match=rf"run: a directory, not a model file; its model is "
+                                                    rf"{tmp_path / 'run' / 'model.pt'}"):
+        embed.load_backbone(tmp_path / "run")
+    with pytest.raises(embed.ModelFileError, match=r"runs/none/model.pt: no such model file \(relative to /"):
+        embed.load_backbone("runs/none/model.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(embed.ModelFileError, match=r"text.pt: not a model.pt"):
         embed.load_backbone(tmp_path / "text.pt")
