@@ -142,7 +142,8 @@ def cmd_pairs(args: argparse.Namespace) -> dict[str, Any]:
         f"{g:.3g},{f:.6g},{t:.6f},{h:.6f}\n" for g, f, t, h in zip(grid, curve.far, curve.tar, curve.threshold)))
     png_path = line_plot(out / "roc.png", [("ROC", curve.far.clip(min=grid[0]), curve.tar)],
                          f"1:1 template verification, {release.name} {_mode_name(args)} "
-                         f"({len(positive)} + {len(negative)} pairs)", "false accept rate", "true accept rate", logx=True)
+                         f"({len(positive)} + {len(negative)} pairs)", "false accept rate", "true accept rate", logx=True,
+                         ylim=(None, 1.0))
     resolution = 1 / max(len(negative), 1)
     if args.json != "-":
         _print_table(["FAR", "TAR", "TAR strict", "ROC point FAR", "threshold", "note"],
@@ -197,7 +198,7 @@ def cmd_identify(args: argparse.Namespace) -> dict[str, Any]:
         ranks = np.arange(1, min(CMC_RANKS, len(result.cmc)) + 1)
         series.append((label, ranks, result.cmc[: len(ranks)]))
     png_path = line_plot(out / "cmc.png", series, f"1:N open-set identification, {release.name} {_mode_name(args)}",
-                         "rank", "identification rate")
+                         "rank", "identification rate", ylim=(None, 1.0))
     if args.json != "-":
         _print_table(["metric", *results, "mean"],
                      [[name, *(_number(v) for v in values), _number(float(np.mean(values)))] for name, values in metrics.items()])

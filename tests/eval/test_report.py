@@ -39,19 +39,42 @@ def test_history_parsed_from_the_log(run_dir):
     assert history.loss.tolist() == [9.5, 8.25, 6.5, 5.75]  # step 30 from the resumed run
     assert history.lr.tolist() == [0.05, 0.1, 0.075, 0.0]
     assert history.samples_per_s.tolist() == [1234.0, 1500.0, 1450.0, 1480.0]
-    steps, accuracy = history.verification["synth_val"]
-    assert steps.tolist() == [20, 40] and np.allclose(accuracy, [0.8123, 0.9010])
+    steps, accuracy, spread = history.verification["synth_val"]
+    assert steps.tolist() == [20, 40] and np.allclose(accuracy, [0.8123, 0.9010]) and np.allclose(spread, [0.0311, 0.02])
+    (segment,) = history.segments
+    assert segment.values["grad_norm"] == [1.234] * 5 and segment.values["mem_gib"] == [0.25] * 5
+
+
+def test_each_start_is_its_own_curve(tmp_path):
+    """A restart on another world size (the trainer's start line) begins a new line, not a jump in one."""
+    log = RunLog(tmp_path, enabled=True)
+    log.info("partialfc 0.1.0: tiny, 120 classes on 2 rank(s) (cpu), 960 images, global batch 32, 40 steps "
+             "(30/epoch), loader torch, start at step 0 (restart 0)")
+    log.info(_step_line(10, 9.5, 0.05, 1234.0))
+    log.info(_step_line(20, 8.25, 0.1, 1500.0))
+    log.info("partialfc 0.1.0: tiny, 120 classes on 1 rank(s) (cpu), 960 images, global batch 16, 40 steps "
+             "(60/epoch), loader torch, start at step 20 (restart 0)")
+    log.info(_step_line(30, 6.5, 0.075, 700.0))
+    log.close()
+    history = report.parse_train_log(tmp_path / "train.log")
+    assert [s.label for s in history.segments] == ["start 1: 2 rank(s) from step 0", "start 2: 1 rank(s) from step 20"]
+    assert [s.values["step"] for s in history.segments] == [[10, 20], [30]]
+    report.write_report(tmp_path)
+    assert "- starts: 2 (start 1: 2 rank(s) from step 0; start 2: 1 rank(s) from step 20)" in \
+        (tmp_path / "report" / "report.md").read_text()
 
 
 def test_report_writes_plots_and_markdown(run_dir, capsys):
     assert report.main([str(run_dir)]) == 0
     out = run_dir / "report"
-    for name in ("loss", "lr", "throughput", "verification"):
+    for name in ("loss", "lr", "samples", "grad", "data", "mem", "verification"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()
     assert "- status: finished" in text
     assert "loss: 9.5000 at step 10 -> 5.7500 at step 40" in text
-    assert "synth_val: best accuracy 0.9010 at step 40, last 0.9010 at step 40" in text
+    assert "synth_val: best accuracy 0.9010 ± 0.0200 at step 40, last 0.9010 ± 0.0200 at step 40" in text
+    for title in ("gradient norm", "data wait", "memory"):
+        assert f"![{title}]" in text
     assert "median 1,465 samples/s" in text
     assert "![verification accuracy](verification.png)" in text
     assert capsys.readouterr().out.strip() == str(out / "report.md")
