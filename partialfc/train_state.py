@@ -7,6 +7,7 @@ the checkpointer can save a dict of components without knowing what is inside.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,18 @@ from partialfc.config import ConfigError
 
 @dataclass
 class TrainProgress:
-    """Where the run is: optimizer steps taken of ``total_steps``, the best verification accuracy per set."""
+    """Where the run is: optimizer steps and samples trained, the run's plan, the best verification
+    accuracy per set.
+
+    The plan is ``plan_steps`` steps of ``plan_batch`` samples, fixed when the run starts: a restart
+    on another world size (another global batch) trains the plan's remaining samples, and the LR and
+    sample-rate schedules follow the samples, so the run means the same whatever it ran on.
+    """
 
     step: int = 0
-    total_steps: int = 0  # the run's length when saved; 0 in checkpoints written before it was recorded
+    samples: int = 0
+    plan_steps: int = 0  # 0: no plan recorded (a new run, or a checkpoint written before plans were)
+    plan_batch: int = 0
     best: dict[str, float] = field(default_factory=dict)
 
     def record_accuracy(self, name: str, accuracy: float) -> bool:
@@ -33,15 +42,29 @@ class TrainProgress:
         return improved
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "total_steps": self.total_steps, "best": dict(self.best)}
+        return {"step": self.step, "samples": self.samples, "plan_steps": self.plan_steps,
+                "plan_batch": self.plan_batch, "best": dict(self.best)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.best = int(state["step"]), {k: float(v) for k, v in state["best"].items()}
-        self.total_steps = int(state.get("total_steps", 0))
+        self.samples, self.plan_steps, self.plan_batch = (int(state.get(key, 0))
+                                                          for key in ("samples", "plan_steps", "plan_batch"))
+
+    def set_plan(self, steps: int, global_batch: int) -> None:
+        self.plan_steps, self.plan_batch = steps, global_batch
+
+    @property
+    def position(self) -> float:
+        """Where the run is in the plan's steps (equals ``step`` while the global batch is the plan's)."""
+        return self.samples / self.plan_batch
 
     @property
     def finished(self) -> bool:
-        return 0 < self.total_steps <= self.step
+        return self.plan_batch > 0 and self.samples >= self.plan_steps * self.plan_batch
+
+    def steps_to_finish(self, global_batch: int) -> int:
+        """This start's total steps: those done plus what the plan's remaining samples take at ``global_batch``."""
+        return self.step + math.ceil(max(0, self.plan_steps * self.plan_batch - self.samples) / global_batch)
 
 
 class RNGState:

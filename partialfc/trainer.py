@@ -108,12 +108,9 @@ class Trainer:
         )
         self.optimizer = TrainingOptimizer(config.optim, self.backbone, self.pfc, fp16=config.train.amp == "fp16")
         self.sample_rates = SampleRateSchedule.parse(config.loss.sample_rate_schedule, config.loss.sample_rate)
-        self.schedule = LRSchedule(
-            config.optim.lr, round(config.schedule.warmup_epochs * self.steps_per_epoch), self.total_steps,
-            config.schedule.decay, config.schedule.power,
-        )
         self.amp_dtype = AMP_DTYPES[config.train.amp]
-        self.progress = TrainProgress(total_steps=self.total_steps)
+        self.progress = TrainProgress()
+        self.progress.set_plan(self.total_steps, self.global_batch)  # a resumed run's own plan replaces it
         self.checkpointer = Checkpointer(
             self.run_dir / "checkpoints", info, config.checkpoint.keep,
             shared={"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress,
@@ -130,6 +127,7 @@ class Trainer:
             info={"version": partialfc.__version__, "backbone": config.model.backbone,
                   "num_classes": str(self.num_classes), "world_size": str(info.world_size)},
         )
+        self._plan()
 
     # ------------------------------------------------------------------ the algorithm
     def fit(self) -> str:
@@ -160,11 +158,12 @@ class Trainer:
         resumed = self._resume()
         if resumed and self.progress.finished:
             self.log.info(
-                f"the run in {self.run_dir} finished at step {self.progress.step} of {self.progress.total_steps}: "
-                "nothing to train (for a new run, give another output directory)")
+                f"the run in {self.run_dir} finished at step {self.progress.step} "
+                f"({self.progress.samples} samples, its plan): nothing to train (for a new run, give another output "
+                "directory)")
             self.log.update_summary(status="finished")
             return "finished"
-        self.progress.total_steps = self.total_steps
+        self._plan()
         if not resumed and self.config.model.init_from:
             self._init_backbone(Path(self.config.model.init_from))
         if self.info.is_main:  # an earlier start's failure record must not be blamed for this one's
@@ -214,9 +213,9 @@ class Trainer:
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], window: LogWindow) -> None:
         """One optimizer step: set LR -> micro-batches (embed, Partial-FC loss, backward) -> norm, clip, step."""
         step_start, wait_before = time.perf_counter(), window.data_wait
-        lr = self.schedule(self.progress.step)
+        lr = self.schedule(self.progress.position)
         self.optimizer.set_lr(lr)
-        self.pfc.set_sample_rate(self.sample_rates.rate(self.progress.step, self.total_steps))
+        self.pfc.set_sample_rate(self.sample_rates.rate(self.progress.position, self.progress.plan_steps))
         accum = self.config.train.grad_accum
         step_loss = torch.zeros((), device=self.device)
         for micro in range(accum):
@@ -237,6 +236,7 @@ class Trainer:
             if self.ema:
                 self.ema.update(self.backbone, outcome.applied)
         self.progress.step += 1
+        self.progress.samples += self.global_batch
         window.steps += 1
         window.grad_norm, window.lr = outcome.grad_norm, lr
         step_wait = window.data_wait - wait_before
@@ -379,6 +379,24 @@ class Trainer:
         self.log.info(f"checkpoint {path} ({seconds:.1f}s)")
         self.log.update_summary(checkpoint=str(path))
 
+    def _plan(self) -> None:
+        """This start's length and schedules from the run's plan: a new run's plan is its config at this
+        global batch; a resumed run keeps its own, and on another global batch trains the plan's
+        remaining samples (the schedules follow the samples, so they end where they would have)."""
+        progress = self.progress
+        if not progress.plan_batch:
+            progress.set_plan(self.total_steps, self.global_batch)
+        self.total_steps = progress.steps_to_finish(self.global_batch)
+        if progress.plan_batch != self.global_batch:
+            self.log.info(
+                f"global batch {progress.plan_batch} -> {self.global_batch} (world size {self.info.world_size}): the "
+                f"run's plan stays {progress.plan_steps} steps of {progress.plan_batch} samples; {progress.samples} "
+                f"trained, {self.total_steps - progress.step} steps of {self.global_batch} remain; the LR and "
+                "sample-rate schedules follow the samples")
+        warmup = round(self.config.schedule.warmup_epochs * self.steps_per_epoch * self.global_batch / progress.plan_batch)
+        self.schedule = LRSchedule(self.config.optim.lr, warmup, progress.plan_steps, self.config.schedule.decay,
+                                   self.config.schedule.power)
+
     def _resume(self) -> bool:
         """Load the checkpoint ``checkpoint.resume`` names, if any; True when one was loaded."""
         choice = self.config.checkpoint.resume
@@ -390,8 +408,11 @@ class Trainer:
         changes = check_changes(meaning_changes(read_manifest(path).get("config", {}), to_dict(self.config)),
                                 self.config.checkpoint.allow_changes, str(path))
         loaded = self.checkpointer.load(path)
-        if any(change.field.startswith("train.") for change in changes):  # an allowed new length is the plan now
-            self.progress.total_steps = self.total_steps
+        # A checkpoint written before plans were recorded, or an allowed new length (train.max_steps counts
+        # steps of this job's global batch): the plan is this job's config, counted from the step reached.
+        if not self.progress.plan_batch or any(change.field.startswith("train.") for change in changes):
+            self.progress.samples = self.progress.step * self.global_batch
+            self.progress.set_plan(self.total_steps, self.global_batch)
         if changes:
             for change in changes:
                 self.log.info(f"checkpoint.allow_changes: {change} from step {self.progress.step} on")

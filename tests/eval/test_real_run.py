@@ -22,7 +22,7 @@ def run_dir(tiny_dataset, tmp_path_factory):
 def test_report_of_a_real_run(run_dir):
     history = report.parse_train_log(run_dir / "train.log")
     assert history.steps.tolist() == [2, 4, 6, 8] and history.total_steps == 8
-    steps, accuracy = history.verification["synth_val"]
+    steps, accuracy, _ = history.verification["synth_val"]
     assert steps.tolist() == [4, 8]
     best = json.loads((run_dir / "summary.json").read_text())["best_verification"]["synth_val"]
     assert max(accuracy) == pytest.approx(best, abs=5e-5)  # the log rounds to 4 decimals
@@ -32,7 +32,7 @@ def test_report_of_a_real_run(run_dir):
 
 
 def test_eval_verify_reproduces_the_trainers_verification(run_dir, tiny_dataset, capsys):
-    _, accuracy = report.parse_train_log(run_dir / "train.log").verification["synth_val"]
+    _, accuracy, _ = report.parse_train_log(run_dir / "train.log").verification["synth_val"]
     argv = ["verify", str(tiny_dataset / "synth_val.bin"), "--model", str(run_dir / "model.pt"), "--json", "-"]
     assert eval_cli.main(argv) == 0
     offline = json.loads(capsys.readouterr().out)["sets"]["synth_val"]["accuracy"]

@@ -4,6 +4,7 @@ field unless allowed (then logged and recorded), and a finished run started agai
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from training_run import make_trainer, run_training, train_args
@@ -68,7 +69,24 @@ def test_a_finished_run_started_again_on_another_world_size_trains_nothing(tiny_
     assert (before["status"], before["step"]) == ("finished", 6)
     model = (output / "model.pt").read_bytes()
     result = run_training(None, train_args(tiny_dataset, output, *length))
-    assert "finished at step 6 of 6: nothing to train" in result.stdout + result.stderr
+    assert "finished at step 6 (192 samples, its plan): nothing to train" in result.stdout + result.stderr
     after = json.loads((output / "summary.json").read_text())
     assert (after["status"], after["step"]) == ("finished", 6) and (output / "model.pt").read_bytes() == model
     assert sorted(p.name for p in (output / "checkpoints").iterdir())[-1] == "step-00000006"
+
+
+def test_another_world_size_keeps_the_runs_plan(tiny_dataset, tmp_path):
+    """Stopped after 6 of 12 steps of 32 samples (2 ranks); continued on 1 rank: the remaining 192
+    samples take 12 steps of 16, and the LR schedule ends where it would have."""
+    output = tmp_path / "run"
+    length = ["--train.max_steps", "12", "--checkpoint.every_steps", "6", "--eval.every_steps", "0",
+              "--data.backend", "torch", "--train.log_every", "1"]
+    run_training(2, train_args(tiny_dataset, output, *length))
+    last_lr = float((output / "train.log").read_text().split(" step 12/12 ")[1].split(" lr ")[1].split()[0])
+    shutil.rmtree(output / "checkpoints" / "step-00000012")  # as if the job had stopped after step 6
+    result = run_training(None, train_args(tiny_dataset, output, *length))
+    assert ("global batch 32 -> 16 (world size 1): the run's plan stays 12 steps of 32 samples; 192 trained, "
+            "12 steps of 16 remain") in result.stdout
+    assert " step 18/18 " in result.stdout and json.loads((output / "summary.json").read_text())["step"] == 18
+    final_lr = float(result.stdout.split(" step 18/18 ")[1].split(" lr ")[1].split()[0])
+    assert final_lr == pytest.approx(last_lr * 0.25, rel=1e-3)  # poly(2) at 11.5 of 12 vs 11 of 12: (0.5/1)^2

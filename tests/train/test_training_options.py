@@ -133,7 +133,7 @@ def test_sampled_centres_follow_the_schedule_also_after_a_resume(tiny_dataset, t
 
     restarted = make_trainer(tiny_dataset, tmp_path / "restarted", **{
         "loss.sample_rate": 0.1, "loss.sample_rate_schedule": "0.5:1.0", "train.max_steps": 4})
-    restarted.progress.step = 2  # what a resume at step 2 restores
+    restarted.progress.step, restarted.progress.samples = 2, 2 * restarted.global_batch  # a resume at step 2
     run_steps(restarted, 1)
     assert restarted.pfc.num_sample == classes
 
