@@ -62,7 +62,7 @@ quickstart: setup
 	$(PY) -m partialfc.report runs/quickstart
 	@echo
 	@echo "Trained model: runs/quickstart/model.pt (best verification: model_best.pt; log, summary.json, checkpoints/ beside it)"
-	@echo "Report plots:  runs/quickstart/report/ (report.md, loss.png, lr.png, throughput.png, verification.png)"
+	@echo "Report plots:  runs/quickstart/report/ (report.md; loss, lr, throughput, grad_norm, data_wait, memory, verification .png)"
 	@echo "Next, ready to paste (each command's --help documents every option; docs/evaluation.md the protocols):"
 	@echo "  $(PY) -m partialfc.eval verify      # 1:1 on data/synthetic/synth_val.bin, LFW protocol"
 	@echo "  $(PY) -m partialfc.eval pairs       # IJB-C-style 1:1 templates, TAR@FAR, on data/synthetic/holdout"

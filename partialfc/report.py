@@ -123,17 +123,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run_dir / "report"
     history = parse_train_log(run_dir / "train.log")
     summary = read_summary(run_dir)
-    panels = [("loss", "loss", "Training loss", "loss"), ("learning rate", "lr", "Learning rate", "lr"),
-              ("throughput", "samples_per_s", "Throughput (global batch)", "samples/s"),
-              ("gradient norm", "grad_norm", "Global gradient norm (before clipping)", "norm"),
-              ("data wait", "data_wait", "Time waiting for data", "% of step time"),
-              ("memory", "mem_gib", "Peak device memory per rank (CPU: resident set)", "GiB")]
+    panels = [("loss", "loss", "loss", "Training loss", "loss"), ("learning rate", "lr", "lr", "Learning rate", "lr"),
+              ("throughput", "samples_per_s", "throughput", "Throughput (global batch)", "samples/s"),
+              ("gradient norm", "grad_norm", "grad_norm", "Global gradient norm (before clipping)", "norm"),
+              ("data wait", "data_wait", "data_wait", "Time waiting for data", "% of step time"),
+              ("memory", "mem_gib", "memory", "Peak device memory per rank (CPU: resident set)", "GiB")]
     plots = {}
-    for title, metric, heading, unit in panels:
+    for title, metric, file, heading, unit in panels:
         series = [(segment.label, np.array(segment.values["step"]), np.array(segment.values[metric]))
                   for segment in history.segments if not np.isnan(segment.values[metric]).all()]
         if series:
-            plots[title] = line_plot(out / f"{metric.split('_')[0]}.png", series, heading, "step", unit)
+            plots[title] = line_plot(out / f"{file}.png", series, heading, "step", unit)
     if history.verification:
         low = min(float((a - e).min()) for _, a, e in history.verification.values())
         plots["verification accuracy"] = line_plot(

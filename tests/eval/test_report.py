@@ -67,7 +67,7 @@ def test_each_start_is_its_own_curve(tmp_path):
 def test_report_writes_plots_and_markdown(run_dir, capsys):
     assert report.main([str(run_dir)]) == 0
     out = run_dir / "report"
-    for name in ("loss", "lr", "samples", "grad", "data", "mem", "verification"):
+    for name in ("loss", "lr", "throughput", "grad_norm", "data_wait", "memory", "verification"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()
     assert "- status: finished" in text
