@@ -127,7 +127,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
               ("throughput", "samples_per_s", "throughput", "Throughput (global batch)", "samples/s"),
               ("gradient norm", "grad_norm", "grad_norm", "Global gradient norm (before clipping)", "norm"),
               ("data wait", "data_wait", "data_wait", "Time waiting for data", "% of step time"),
-              ("memory", "mem_gib", "memory", "Peak device memory per rank (CPU: resident set)", "GiB")]
+              ("memory", "mem_gib", "memory", "Peak device memory of rank 0 (CPU: its resident set)", "GiB")]
     plots = {}
     for title, metric, file, heading, unit in panels:
         series = [(segment.label, np.array(segment.values["step"]), np.array(segment.values[metric]))
