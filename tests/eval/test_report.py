@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from partialfc import report
+from partialfc.eval.plots import line_plot
 from partialfc.run_log import RunLog
 
 
@@ -86,3 +87,28 @@ def test_missing_or_empty_log_is_named(tmp_path, capsys):
     (tmp_path / "train.log").write_text("2026-01-01 00:00:00 training started\n")
     assert report.main([str(tmp_path)]) == 2
     assert "no step lines" in capsys.readouterr().err
+
+
+def test_rate_plots_stop_at_one(tmp_path, monkeypatch):
+    """ROC, CMC and verification accuracy are rates: their y axis must not run above 1."""
+    import matplotlib.axes
+
+    tops = []
+    original = matplotlib.axes.Axes.set_ylim
+
+    def record(axes, *args, **kwargs):
+        tops.append(args[1] if len(args) > 1 else kwargs.get("top"))
+        return original(axes, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylim", record)
+    far = np.logspace(-4, 0, 20)
+    line_plot(tmp_path / "roc.png", [("ROC", far, np.sqrt(far))], "ROC", "FAR", "TAR", logx=True, ylim=(None, 1.0))
+    assert 1.0 in tops
+    import ast
+    import inspect
+
+    from partialfc.eval import __main__ as eval_cli
+
+    calls = [node for node in ast.walk(ast.parse(inspect.getsource(eval_cli)))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "line_plot"]
+    assert calls and all(any(k.arg == "ylim" for k in call.keywords) for call in calls), "a rate plot without ylim"
