@@ -51,6 +51,7 @@ SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1
                   ["1.5:0.5"])
 BETAS = Domain(lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
                "must be two values in [0, 1)", [0.9])
+FRACTION = interval(0, 1, low_open=True, high_open=False)  # (0, 1]
 ALLOWED_CHANGES = Domain(_are_meaning_fields, "may only name fields a resume refuses to change (partialfc/resume.py)",
                          ["eval.every_steps"])
 
@@ -101,7 +102,7 @@ class LossConfig:
     m3: float = option(0.0, "head=margin: additive cosine margin (CosFace)", at_least(0))
     adaface_m: float = option(0.4, "head=adaface: margin m", at_least(0))
     adaface_h: float = option(0.333, "head=adaface: h, how strongly the feature norm moves the margin", at_least(0))
-    adaface_t_alpha: float = option(0.01, "head=adaface: momentum of the running mean/std of feature norms", interval(0, 1, low_open=True, high_open=False))
+    adaface_t_alpha: float = option(0.01, "head=adaface: momentum of the running mean/std of feature norms", FRACTION)
     curricular_m: float = option(0.5, "head=curricularface: additive angular margin m", at_least(0))
     magface_l_a: float = option(10.0, "head=magface: lower bound of the feature magnitude", above(0))
     magface_u_a: float = option(110.0, "head=magface: upper bound of the feature magnitude", above(0))
@@ -111,7 +112,8 @@ class LossConfig:
     elastic_m: float = option(0.5, "head=elasticface: mean of the per-sample margins", at_least(0))
     elastic_std: float = option(0.05, "head=elasticface: standard deviation of the per-sample margins", at_least(0))
     elastic_kind: Literal["arc", "cos"] = option("arc", "head=elasticface: arc (angular margin) or cos (cosine margin)")
-    sample_rate: float = option(1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling", interval(0, 1, low_open=True, high_open=False))
+    sample_rate: float = option(
+        1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling", FRACTION)
     sub_centers: int = option(
         1, "centres per class (Sub-center ArcFace, K): a class's cosine is the max over its K centres, which "
         "absorbs label noise; 1 = one centre per class; centre memory and optimizer state grow K-fold; pairs "
