@@ -67,25 +67,26 @@ def markdown_table() -> str:
 
 
 def record_exit(code: ExitCode) -> None:
-    """Worker side: leave this rank's exit code where the launcher reads it (nothing when not started
-    by the launcher); after a deterministic end, also stop the torchrun agent so that it does not
-    restart the workers."""
+    """Worker side: leave this rank's exit code where the launcher reads it (when started by it);
+    after a deterministic end, stop the torchrun agent (launcher or not) so that it does not restart
+    the workers into the same end."""
     directory = os.environ.get(EXIT_DIR_VAR)
-    if not directory:
-        return
+    if directory:
+        _write_record(Path(directory), code)
+    if code.deterministic and os.environ.get("TORCHELASTIC_RUN_ID"):
+        os.kill(os.getppid(), signal.SIGTERM)  # torchrun shuts down instead of restarting the group
+
+
+def _write_record(directory: Path, code: ExitCode) -> None:
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     rank = int(os.environ.get("RANK", "0") or 0)
-    path = Path(directory) / f"attempt-{attempt:05d}-rank-{rank:06d}"
+    path = directory / f"attempt-{attempt:05d}-rank-{rank:06d}"
     try:  # the first code a rank records wins: the agent's SIGTERMs after a deterministic end make it exit 143
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "x") as record:
             record.write(str(int(code)))
-    except FileExistsError:
+    except OSError:  # already recorded (the first code wins), or a full /tmp: the launcher falls back to torchrun's code
         return
-    except OSError:
-        return  # a full /tmp must not turn a clean end into a crash; the launcher falls back to torchrun's code
-    if code.deterministic and os.environ.get("TORCHELASTIC_RUN_ID"):
-        os.kill(os.getppid(), signal.SIGTERM)  # torchrun shuts down instead of restarting the group
 
 
 def container_exit_code(directory: Path, torchrun_code: int, sigterm_received: bool) -> int:

@@ -107,3 +107,17 @@ def test_sigterm_to_the_launcher_saves_and_exits_143(tiny_dataset, tmp_path):
     assert process.wait(timeout=240) == ExitCode.PREEMPTED, log.read_text()[-4000:]
     final = json.loads((output / "summary.json").read_text())
     assert final["status"] == "preempted" and (output / "checkpoints" / f"step-{final['step']:08d}").is_dir(), final
+
+
+def test_plain_torchrun_does_not_retry_a_config_error_either(tiny_dataset, tmp_path):
+    """The README's own `torchrun --max-restarts 3 -m partialfc.train ...`: the workers stop their agent."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "--max-restarts", "3", "-m", "partialfc.train",
+               *train_args(tiny_dataset, tmp_path / "run", "--data.num_classes", "7")]
+    result = subprocess.run(command, cwd=REPO, env={**env, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+                            capture_output=True, text=True, timeout=240)
+    errors = re.findall(r"config error: data.num_classes=7 but dataset", result.stdout + result.stderr)
+    assert result.returncode != 0 and len(errors) == 2, f"{len(errors)} config errors: torchrun restarted the workers"
