@@ -410,107 +410,137 @@ def _points(s: Summary) -> str:
     return f"{100 * s.mean:.2f} ± {100 * s.std:.2f} [{100 * s.low:.2f}, {100 * s.high:.2f}]"
 
 
-def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wall: str) -> str:
-    """The markdown tables (verification, identification, loss vs r=1.0) and the plots; returns the text."""
+METRICS = {"verify_accuracy": "verification accuracy", "rank1": "rank-1 identification"}
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A sampled cell against r = 1.0 at the same C, for one metric (points)."""
+
+    rate: float
+    centres: float
+    delta: float
+    """Mean of r = 1.0 minus mean of r (positive: sampling lost accuracy)."""
+    error: float
+    """95% half-width of the difference of means (Welch, normal approximation; 0 with one seed)."""
+    overlap: bool
+
+
+def losses_vs_full(results: Sequence[dict], metric: str) -> dict[int, list[Loss]]:
+    """Per C, every sampled ArcFace rate against r = 1.0 on ``metric``."""
     groups = _cells([r for r in results if r["head"] == "arcface"])
-    classes = sorted({c for _, c, _ in groups})
-    rates = sorted({r for _, _, r in groups}, reverse=True)
-    lines = ["| C | r | centres/step | seeds | verify acc % (mean ± std [95% CI]) | Δ vs r=1.0 (points) "
-             "| rank-1 % | TAR@FAR=1e-3 % | train s/seed |", "|---|---|---|---|---|---|---|---|---|"]
-    series: dict[int, list[tuple[float, float, float, float]]] = {}
-    recommendation: list[str] = []
-    for c in classes:
-        full = summarise([r["verify_accuracy"] for r in groups.get(("arcface", c, 1.0), [])]) \
-            if ("arcface", c, 1.0) in groups else None
-        smallest_ok = None
-        for rate in rates:
-            records = groups.get(("arcface", c, rate))
-            if not records:
-                continue
-            acc = summarise([r["verify_accuracy"] for r in records])
-            verdict = ""
-            if full is not None and rate != 1.0:
-                delta = 100 * (full.mean - acc.mean)
-                verdict = f"{-delta:+.2f}" + (" (no difference measured)" if overlaps(acc, full) else "")
-                series.setdefault(c, []).append((rate, float(np.mean([r["centres_per_step"] for r in records])),
-                                                 delta, 100 * 1.96 * math.hypot(acc.std if acc.n > 1 else 0,
-                                                                                full.std if full.n > 1 else 0)
-                                                 / math.sqrt(max(min(acc.n, full.n), 1))))
-                if delta <= 0.3:
-                    smallest_ok = rate
-            rank1 = summarise([r["rank1"] for r in records])
-            tar = summarise([r["tar_at_far_1e-3"] for r in records])
-            lines.append(f"| {c:,} | {rate:g} | {np.mean([r['centres_per_step'] for r in records]):,.0f} | {acc.n} "
-                         f"| {_points(acc)} | {verdict or '—'} | {100 * rank1.mean:.2f} ± {100 * (rank1.std if rank1.n > 1 else 0):.2f} "
-                         f"| {100 * tar.mean:.2f} ± {100 * (tar.std if tar.n > 1 else 0):.2f} "
-                         f"| {np.mean([r['train_seconds'] for r in records]):.0f} |")
-        if full is not None:
-            recommendation.append((c, smallest_ok))
-    heads = _cells([r for r in results])
-    head_rows = ["| C | head | seeds | verify acc % (mean ± std [95% CI]) | rank-1 % | TAR@FAR=1e-3 % |",
-                 "|---|---|---|---|---|---|"]
-    head_classes = sorted({c for h, c, r in heads if h != "arcface" and r == 1.0})
-    for c in head_classes:
+    out: dict[int, list[Loss]] = {}
+    for (_, c, rate), records in sorted(groups.items()):
+        full = groups.get(("arcface", c, 1.0))
+        if rate == 1.0 or not full:
+            continue
+        a, f = summarise([r[metric] for r in records]), summarise([r[metric] for r in full])
+        error = 1.96 * math.sqrt((a.std**2 / a.n if a.n > 1 else 0.0) + (f.std**2 / f.n if f.n > 1 else 0.0))
+        out.setdefault(c, []).append(Loss(rate, float(np.mean([r["centres_per_step"] for r in records])),
+                                          100 * (f.mean - a.mean), 100 * error, overlaps(a, f)))
+    return out
+
+
+def smallest_rate_within(losses: Sequence[Loss], points: float = 0.3) -> float:
+    """The smallest r whose mean is within ``points`` of r = 1.0, every larger sampled r too (1.0 if none)."""
+    best = 1.0
+    for loss in sorted(losses, key=lambda l: -l.rate):
+        if loss.delta > points:
+            break
+        best = loss.rate
+    return best
+
+
+def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wall: str) -> str:
+    """The markdown tables (ArcFace over (C, r), heads at r = 1.0), the recommendation and the plot."""
+    groups = _cells(results)
+    deltas = {metric: losses_vs_full(results, metric) for metric in METRICS}
+
+    def delta_text(metric: str, c: int, rate: float) -> str:
+        found = [l for l in deltas[metric].get(c, []) if l.rate == rate]
+        if not found:
+            return "—"
+        loss = found[0]
+        return f"{-loss.delta:+.2f}" + (" (no difference measured)" if loss.overlap else "")
+
+    lines = ["| C | r | centres/step | seeds | verify acc % (mean ± std [95% CI]) | Δ verify | rank-1 % (mean ± std [95% CI]) "
+             "| Δ rank-1 | TAR@FAR=1e-3 % | train s/seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (head, c, rate), records in sorted(groups.items(), key=lambda item: (item[0][1], -item[0][2])):
+        if head != "arcface":
+            continue
+        acc, rank1 = summarise([r["verify_accuracy"] for r in records]), summarise([r["rank1"] for r in records])
+        tar = summarise([r["tar_at_far_1e-3"] for r in records])
+        lines.append(f"| {c:,} | {rate:g} | {np.mean([r['centres_per_step'] for r in records]):,.0f} | {acc.n} "
+                     f"| {_points(acc)} | {delta_text('verify_accuracy', c, rate)} | {_points(rank1)} "
+                     f"| {delta_text('rank1', c, rate)} | {_points(tar)} "
+                     f"| {np.mean([r['train_seconds'] for r in records]):.0f} |")
+    head_rows = ["| C | head | seeds | verify acc % (mean ± std [95% CI]) | rank-1 % (mean ± std [95% CI]) "
+                 "| TAR@FAR=1e-3 % |", "|---|---|---|---|---|---|"]
+    for c in sorted({c for h, c, _ in groups if h != "arcface"}):
         for head in HEADS:
-            records = heads.get((head, c, 1.0))
+            records = groups.get((head, c, 1.0))
             if records:
-                acc, rank1 = summarise([r["verify_accuracy"] for r in records]), summarise([r["rank1"] for r in records])
-                tar = summarise([r["tar_at_far_1e-3"] for r in records])
-                head_rows.append(f"| {c:,} | {HEADS[head]} | {acc.n} | {_points(acc)} | {100 * rank1.mean:.2f} "
-                                 f"| {100 * tar.mean:.2f} |")
+                summaries = [summarise([r[m] for r in records]) for m in ("verify_accuracy", "rank1", "tar_at_far_1e-3")]
+                head_rows.append(f"| {c:,} | {HEADS[head]} | {summaries[0].n} | "
+                                 + " | ".join(_points(s) for s in summaries) + " |")
+    recommendation = [
+        f"- C = {c:,} (global batch {groups[('arcface', c, 1.0)][0]['global_batch']}): "
+        + ", ".join(f"{METRICS[m]} r = {smallest_rate_within(deltas[m].get(c, [])):g}" for m in METRICS)
+        for c in sorted({c for h, c, r in groups if h == "arcface" and r == 1.0})
+    ]
     done = {(r["num_classes"], r["sample_rate"], r["head"], r["seed"]) for r in results}
     missing = [c.name() for c in expected if (c.num_classes, c.sample_rate, c.head, c.seed) not in done]
-    plot = _plot(series, figures) if series else None
-    text = "\n".join([
-        "<!-- generated by benchmarks/sample_rate_study.py --report: tables, plot and missing cells -->",
-        "### Verification and identification on held-out identities (ArcFace)",
+    plot = _plot(deltas, figures) if any(deltas.values()) else None
+    return "\n".join([
+        "<!-- generated by benchmarks/sample_rate_study.py (--report): everything up to the end marker -->",
+        "### ArcFace over (C, r), held-out identities",
         "",
         *lines,
         "",
-        "Δ is the mean verification accuracy minus r=1.0's at the same C (points); \"no difference measured\" "
-        "where the two 95% t-intervals overlap.",
+        "Δ: mean of r minus mean of r = 1.0 at the same C, in points; \"no difference measured\" where the two "
+        "95% t-intervals (over seeds) overlap. centres/step: centres in the softmax per step, all ranks "
+        "(the batch's positives included).",
         "",
         "### Heads at r = 1.0",
         "",
         *(head_rows if len(head_rows) > 2 else ["(no head-comparison cells finished)"]),
         "",
-        "### Smallest r within 0.3 points of r = 1.0 (mean)",
+        "### Smallest r within 0.3 points of r = 1.0 (means; every larger sampled r also within)",
         "",
-        *[f"- C = {c:,}: " + (f"r = {r:g}" if r is not None else "none of the sampled rates")
-          for c, r in recommendation],
+        *recommendation,
         "",
-        f"![accuracy loss vs r]({figures.name}/{plot.name})" if plot else "",
+        f"![accuracy lost vs r]({figures.name}/{plot.name})" if plot else "",
         "",
-        f"Cells finished: {len(results)}; wall time: {wall}.",
+        f"Cells finished: {len(results)} of {len(expected)} planned; {wall}.",
         "",
-        ("Missing cells (not run in this session): " + "; ".join(missing)) if missing else "All planned cells finished.",
-        "",
+        ("Missing cells (not run yet; rerun the command to add them): " + "; ".join(missing)) if missing
+        else "All planned cells finished.",
     ])
-    return text
 
 
-def _plot(series: dict[int, list[tuple[float, float, float, float]]], figures: Path) -> Path:
-    """Accuracy loss (points) vs r and vs centres sampled per step, one line per C, 95% error bars."""
+def _plot(deltas: dict[str, dict[int, list[Loss]]], figures: Path) -> Path:
+    """Points lost vs r and vs centres sampled per step, one line per C, 95% error bars; a row per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_rate, by_centres) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    figure, axes = plt.subplots(len(deltas), 2, figsize=(11, 4 * len(deltas)), dpi=100, squeeze=False)
     try:
-        for c, points in sorted(series.items()):
-            points = sorted(points)
-            rate, centres, loss, err = (np.array(v) for v in zip(*points))
-            by_rate.errorbar(rate, loss, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
-            by_centres.errorbar(centres, loss, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
-        for axes, xlabel in ((by_rate, "sample rate r"), (by_centres, "centres sampled per step (all ranks)")):
-            axes.set_xscale("log")
-            axes.axhline(0.0, color="grey", lw=0.8)
-            axes.axhline(0.3, color="grey", lw=0.8, ls="--")
-            axes.set_xlabel(xlabel)
-            axes.set_ylabel("verification accuracy lost vs r=1.0 (points)")
-            axes.grid(True, which="both", alpha=0.3)
-            axes.legend()
+        for row, (metric, per_c) in enumerate(deltas.items()):
+            for c, losses in sorted(per_c.items()):
+                losses = sorted(losses, key=lambda l: l.rate)
+                y, err = [l.delta for l in losses], [l.error for l in losses]
+                axes[row][0].errorbar([l.rate for l in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
+                axes[row][1].errorbar([l.centres for l in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
+            for ax, xlabel in zip(axes[row], ("sample rate r", "centres in the softmax per step (all ranks)")):
+                ax.set_xscale("log")
+                ax.axhline(0.0, color="grey", lw=0.8)
+                ax.axhline(0.3, color="grey", lw=0.8, ls="--")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(f"{METRICS[metric]} lost vs r=1.0 (points)")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend()
         figure.suptitle("Partial FC: accuracy lost to sampling (ArcFace, mean over seeds, 95% interval)")
         figure.tight_layout()
         figures.mkdir(parents=True, exist_ok=True)
