@@ -40,7 +40,7 @@ import platform
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -194,9 +194,12 @@ class Settings:
     lr: float = 0.1
     max_steps: int = 0
     """0: epochs decide; else stop after this many steps (smoke runs and tests only)."""
+    centre_momentum: float | None = None
+    """Diagnostics only: SGD momentum of the centres alone (None: the backbone's, as the trainer does)."""
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The settings as JSON; options left at None are omitted, so adding one keeps earlier results valid."""
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True)
 
 
 class MLP(nn.Module):
@@ -284,8 +287,9 @@ def run_cell(cell: Cell, settings: Settings, rank: int, world_size: int) -> dict
     backbone = MLP(settings.space.input_dim, settings.hidden, settings.embedding_size)
     model: nn.Module = nn.parallel.DistributedDataParallel(backbone) if world_size > 1 else backbone
     optim = OptimConfig(name=settings.optimizer, lr=settings.lr)
+    centre_optim = optim if settings.centre_momentum is None else replace(optim, momentum=settings.centre_momentum)
     pfc = PartialFC(settings.embedding_size, cell.num_classes, cell.sample_rate, build_margin(cell.head),
-                    optimizer=centre_optimizer(optim), seed=cell.seed)
+                    optimizer=centre_optimizer(centre_optim), seed=cell.seed)
     optimizer = TrainingOptimizer(optim, backbone, pfc)
     steps = total_steps(settings, cell.num_classes, world_size)
     schedule = LRSchedule(settings.lr, 0, steps, "poly", 2.0)
@@ -565,6 +569,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=Settings.epochs)
     parser.add_argument("--batch-per-rank", type=int, default=Settings.batch_per_rank)
     parser.add_argument("--max-steps", type=int, default=0, help="cap steps per cell (smoke runs)")
+    parser.add_argument("--centre-momentum", type=float, default=None,
+                        help="diagnostics: SGD momentum of the centres only (default: the backbone's 0.9)")
     parser.add_argument("--report", action="store_true", help="only (re)write the report from results.jsonl")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline, not the question")
     args = parser.parse_args(argv)
@@ -579,7 +585,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     holdout = HeldOut(identities=200, samples=4, pairs=1000) if args.quick else HeldOut()
     return Settings(holdout=holdout, samples_per_identity=args.samples_per_identity, epochs=args.epochs,
-                    batch_per_rank=args.batch_per_rank, max_steps=args.max_steps)
+                    batch_per_rank=args.batch_per_rank, max_steps=args.max_steps,
+                    centre_momentum=args.centre_momentum)
 
 
 START, END = "<!-- results start -->", "<!-- results end -->"
