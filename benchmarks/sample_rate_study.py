@@ -321,11 +321,22 @@ def run_cell(cell: Cell, settings: Settings, rank: int, world_size: int) -> dict
 
 # ---------------------------------------------------------------------- the grid, resumable
 def grid(classes: Sequence[int], rates: Sequence[float], seeds: Sequence[int], heads_at: Sequence[int]) -> list[Cell]:
-    """Cells in the order that informs first: every (C, r) at the first seed, C ascending, then the
-    other seeds, then the head comparison (softmax, CosFace; ArcFace r=1.0 is in the grid) at each C
-    of ``heads_at``, smallest first (a cheap comparison is in hand before the expensive one)."""
-    cells = [Cell(c, r, "arcface", s) for s in seeds for c in classes for r in sorted(rates, reverse=True)]
-    cells += [Cell(c, 1.0, head, s) for c in sorted(heads_at) for s in seeds for head in ("softmax", "cosface", "arcface")]
+    """Cells in the order that informs first (the largest C costs most, so its repeats come late):
+    every (C, r) at the first seed, C ascending; the other seeds at the smaller C and the head
+    comparison (softmax, CosFace; ArcFace r=1.0 is in the grid) at the smaller ``heads_at``; the
+    other seeds at the largest C; the head comparison at the largest C."""
+    largest, first, rest = max(classes), seeds[:1], seeds[1:]
+    rates = sorted(rates, reverse=True)
+
+    def arcface(cs: Sequence[int], ss: Sequence[int]) -> list[Cell]:
+        return [Cell(c, r, "arcface", s) for s in ss for c in sorted(cs) for r in rates]
+
+    def heads(cs: Sequence[int]) -> list[Cell]:
+        return [Cell(c, 1.0, h, s) for c in sorted(cs) for s in seeds for h in ("softmax", "cosface", "arcface")]
+
+    cells = (arcface(classes, first) + arcface([c for c in classes if c != largest], rest)
+             + heads([c for c in heads_at if c != largest]) + arcface([largest], rest)
+             + heads([c for c in heads_at if c == largest]))
     unique: list[Cell] = []
     for cell in cells:
         if cell not in unique:
@@ -351,6 +362,11 @@ def _worker(rank: int, world_size: int, port: int, cells: list[Cell], settings: 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         for cell in cells:
+            # Another invocation may have finished this cell meanwhile (a grid extended in parallel): rank 0 decides.
+            done = torch.tensor(rank == 0 and not pending_cells([cell], read_results(Path(results)), settings))
+            dist.broadcast(done, 0)
+            if done:
+                continue
             record = run_cell(cell, settings, rank, world_size)
             if rank == 0:
                 with open(results, "a") as out:
