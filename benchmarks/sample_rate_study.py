@@ -55,6 +55,7 @@ from partialfc.eval.identification import identification_metrics
 from partialfc.eval.protocol import tar_at_far, verification_accuracy
 from partialfc.lr_schedule import LRSchedule
 from partialfc.margins import CombinedMargin, Margin, Softmax
+from partialfc.centre_optim import LazySGD
 from partialfc.optimizer import TrainingOptimizer, centre_optimizer
 from partialfc.partial_fc import PartialFC
 
@@ -196,6 +197,8 @@ class Settings:
     """0: epochs decide; else stop after this many steps (smoke runs and tests only)."""
     centre_momentum: float | None = None
     """Diagnostics only: SGD momentum of the centres alone (None: the backbone's, as the trainer does)."""
+    dense_centre_momentum: bool | None = None
+    """Diagnostics only: :class:`DenseMomentumSGD` for the centres instead of the package's lazy SGD."""
 
     def key(self) -> str:
         """The settings as JSON; options left at None are omitted, so adding one keeps earlier results valid."""
@@ -215,6 +218,30 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+@dataclass
+class DenseMomentumSGD(LazySGD):
+    """Diagnostics: centre SGD whose momentum moves every row each step, sampled or not.
+
+    That is dense SGD on a gradient that is zero off the sampled rows (the incumbent's behaviour,
+    weight decay aside: here only sampled rows decay), against which the package's lazy rule (a row's
+    momentum waits, frozen, until the row is sampled again) is compared. Needs every sampled row in
+    one ``update`` call (fp32 rows per call: 16 MiB, 131,072 rows at D = 32) and fp32 storage.
+    """
+
+    def update(self, weight: torch.Tensor, state: dict[str, torch.Tensor], rows: torch.Tensor | slice,
+               row_values: torch.Tensor, grad: torch.Tensor, generator: torch.Generator | None = None,
+               found_inf: torch.Tensor | None = None) -> None:
+        if found_inf is not None and bool(found_inf):
+            return
+        if isinstance(rows, slice):
+            rows = torch.arange(weight.shape[0])[rows]
+        if rows.numel() != grad.shape[0] or weight.dtype != torch.float32:
+            raise ValueError("DenseMomentumSGD: needs fp32 centres and all sampled rows in one call")
+        buf = state["momentum"]
+        buf.mul_(self.momentum).index_add_(0, rows, grad.add_(row_values, alpha=self.weight_decay))
+        weight.sub_(buf, alpha=self.lr)
 
 
 def training_batches(settings: Settings, num_classes: int, seed: int, rank: int, world_size: int,
@@ -288,8 +315,11 @@ def run_cell(cell: Cell, settings: Settings, rank: int, world_size: int) -> dict
     model: nn.Module = nn.parallel.DistributedDataParallel(backbone) if world_size > 1 else backbone
     optim = OptimConfig(name=settings.optimizer, lr=settings.lr)
     centre_optim = optim if settings.centre_momentum is None else replace(optim, momentum=settings.centre_momentum)
+    centres = centre_optimizer(centre_optim)
+    if settings.dense_centre_momentum:
+        centres = DenseMomentumSGD(**asdict(centres))
     pfc = PartialFC(settings.embedding_size, cell.num_classes, cell.sample_rate, build_margin(cell.head),
-                    optimizer=centre_optimizer(centre_optim), seed=cell.seed)
+                    optimizer=centres, seed=cell.seed)
     optimizer = TrainingOptimizer(optim, backbone, pfc)
     steps = total_steps(settings, cell.num_classes, world_size)
     schedule = LRSchedule(settings.lr, 0, steps, "poly", 2.0)
@@ -587,6 +617,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=0, help="cap steps per cell (smoke runs)")
     parser.add_argument("--centre-momentum", type=float, default=None,
                         help="diagnostics: SGD momentum of the centres only (default: the backbone's 0.9)")
+    parser.add_argument("--dense-centre-momentum", action="store_true", default=None,
+                        help="diagnostics: the centres' momentum moves unsampled rows too (DenseMomentumSGD)")
     parser.add_argument("--report", action="store_true", help="only (re)write the report from results.jsonl")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline, not the question")
     args = parser.parse_args(argv)
@@ -602,7 +634,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     holdout = HeldOut(identities=200, samples=4, pairs=1000) if args.quick else HeldOut()
     return Settings(holdout=holdout, samples_per_identity=args.samples_per_identity, epochs=args.epochs,
                     batch_per_rank=args.batch_per_rank, max_steps=args.max_steps,
-                    centre_momentum=args.centre_momentum)
+                    centre_momentum=args.centre_momentum, dense_centre_momentum=args.dense_centre_momentum)
 
 
 START, END = "<!-- results start -->", "<!-- results end -->"

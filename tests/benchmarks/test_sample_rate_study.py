@@ -99,3 +99,26 @@ def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.startswith("# prose kept") and text.endswith("tail kept\n") and "old" not in text
     assert "| 64 | 0.25 |" in text and (output / "accuracy_loss.png").is_file()
+
+
+def test_dense_momentum_diagnostic_matches_lazy_sgd_when_every_row_is_sampled_and_moves_the_others() -> None:
+    import torch
+
+    from partialfc.centre_optim import LazySGD
+
+    def run(optimizer, rows_per_step: list[torch.Tensor | slice]) -> torch.Tensor:
+        weight = torch.linspace(-1, 1, 24).view(6, 4).clone()
+        state = optimizer.init_state(weight)
+        for step, rows in enumerate(rows_per_step):
+            values = weight[rows].clone()
+            grad = torch.full_like(values, 0.1 * (step + 1))
+            optimizer.update(weight, state, rows, values, grad, found_inf=torch.zeros(()))
+        return weight
+
+    settings = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+    full = [slice(0, 6)] * 3
+    assert torch.allclose(run(study.DenseMomentumSGD(**settings), full), run(LazySGD(**settings), full), atol=1e-6)
+    once_then_other = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([2])]
+    lazy, dense = run(LazySGD(**settings), once_then_other), run(study.DenseMomentumSGD(**settings), once_then_other)
+    assert torch.equal(lazy[:2], run(LazySGD(**settings), once_then_other[:1])[:2])  # lazy: rows 0, 1 wait
+    assert (dense[:2] < lazy[:2]).all()  # dense: their momentum keeps pushing them while row 2 is sampled
