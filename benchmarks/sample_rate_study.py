@@ -505,6 +505,10 @@ def smallest_rate_within(losses: Sequence[Loss], points: float = 0.3) -> float:
     return best
 
 
+def _rate_text(rate: float) -> str:
+    return "no sampled r (only r = 1.0)" if rate == 1.0 else f"r = {rate:g}"
+
+
 def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wall: str) -> str:
     """The markdown tables (ArcFace over (C, r), heads at r = 1.0), the recommendation and the plot."""
     groups = _cells(results)
@@ -540,7 +544,7 @@ def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wal
                                  + " | ".join(_points(s) for s in summaries) + " |")
     recommendation = [
         f"- C = {c:,} (global batch {groups[('arcface', c, 1.0)][0]['global_batch']}): "
-        + ", ".join(f"{METRICS[m]} r = {smallest_rate_within(deltas[m].get(c, [])):g}" for m in METRICS)
+        + ", ".join(f"{METRICS[m]} " + _rate_text(smallest_rate_within(deltas[m].get(c, []))) for m in METRICS)
         for c in sorted({c for h, c, r in groups if h == "arcface" and r == 1.0})
     ]
     done = {(r["num_classes"], r["sample_rate"], r["head"], r["seed"]) for r in results}
