@@ -52,7 +52,7 @@ from torch import nn
 from partialfc.config import OptimConfig
 from partialfc.distributed import derive_seed
 from partialfc.eval.identification import identification_metrics
-from partialfc.eval.protocol import tar_at_far, verification_accuracy
+from partialfc.eval.protocol import strict_tar_at_far, verification_accuracy
 from partialfc.lr_schedule import LRSchedule
 from partialfc.margins import CombinedMargin, Margin, Softmax
 from partialfc.centre_optim import LazySGD
@@ -285,7 +285,7 @@ def evaluate(backbone: nn.Module, settings: Settings) -> dict[str, float]:
     first, second, issame = holdout.pair_rows(settings.space.seed)
     scores = np.einsum("ij,ij->i", embeddings[first], embeddings[second])
     accuracy = verification_accuracy(scores, issame)
-    tar, _ = tar_at_far(scores[issame], scores[~issame], [1e-3])
+    tar, _ = strict_tar_at_far(scores[issame], scores[~issame], [1e-3])  # at most FAR x negatives accepted
     # 1:N: sample 0 of the first 90% of identities is the gallery; the other samples of every identity
     # probe it (the last 10% are non-mated).
     subject = (ids - HOLDOUT_BASE).astype(np.int64)
