@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns_cluster import Job, can_make_hosts, jobset_env, make_hosts, training
+from netns_cluster import COLD_GAP_S, Job, can_make_hosts, jobset_env, make_hosts, training
 
 from partialfc.data.synth import generate_synthetic_dataset
 
@@ -25,17 +26,28 @@ COLD_START_TEST = "tests/multinode/test_cold_start.py"
 @pytest.fixture(scope="session", autouse=True)
 def cold_start_node(request) -> Iterator[Job | None]:
     """Node 1 of a two-node JobSet job, started at the session's first test when the cold-start test
-    is collected (else None); its rendezvous host, node 0, starts only in that test. The gap between
-    them must exceed what torch's own store client tolerates (minutes), so it overlaps the suite."""
+    is collected (else None); its rendezvous host, node 0, starts COLD_GAP_S later (a timer), and the
+    test checks the outcome. The gap must exceed what torch's own store client tolerates (minutes),
+    so it overlaps the suite; dist.timeout_s 1800 (the manifests' value) makes node 1 wait for the
+    rendezvous (read_timeout = join_timeout) longer than any suite takes to get there."""
     if not any(item.nodeid.startswith(COLD_START_TEST) for item in request.session.items) or not can_make_hosts():
         yield None
         return
     output = request.getfixturevalue("tmp_path_factory").mktemp("cold") / "run"
     output.mkdir(parents=True)
     with make_hosts([("cs-node-0-0.cs", "cs-node-0-0"), ("cs-node-0-1.cs", "cs-node-0-1")]) as hosts:
-        job = Job(hosts, "cs", jobset_env, training(request.getfixturevalue("tiny_dataset"), output), output)
+        args = [*training(request.getfixturevalue("tiny_dataset"), output), "--dist.timeout_s", "1800"]
+        job = Job(hosts, "cs", jobset_env, args, output)
         job.start_node(1)
+
+        def start_rendezvous_host() -> None:
+            job.gap_s, job.node1_waiting = job.seconds, job.processes[1].poll() is None
+            job.start_node(0)
+
+        timer = threading.Timer(COLD_GAP_S, start_rendezvous_host)
+        timer.start()
         try:
             yield job
         finally:
+            timer.cancel()
             job.kill_all()
