@@ -35,6 +35,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -236,8 +237,7 @@ def main() -> int:
     lines = [
         "# Loss study: softmax, NormFace, SphereFace, CosFace, ArcFace, combined margin, Partial FC",
         "",
-        f"Produced by `python benchmarks/loss_study.py{' --quick' if args.quick else ''}"
-        f"{' --seeds ' + ' '.join(map(str, args.seeds)) if args.seeds != [0] else ''}` on {os.cpu_count()} CPU cores "
+        f"Produced by `{shlex.join(['python', 'benchmarks/loss_study.py', *sys.argv[1:]])}` on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}: training took "
         f"{sum(map(sum, train_seconds.values())) / 60:.1f} min in all, this invocation {total / 60:.1f} min "
         "(finished runs of an earlier invocation are reused).",
