@@ -56,16 +56,17 @@ class TrainedModel:
     embedding_size: int
 
 
-def save_model(path: Path, backbone: str, embedding_size: int, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Write atomically (a reader never sees half a file), and never non-finite weights.
+def save_model(path: Path, name: str, embedding_size: int, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Write backbone ``name`` (its registry name) atomically: a reader never sees half a file; and
+    never non-finite weights.
 
     ``state_dict`` is saved as given (a module's ``state_dict()`` keeps its version metadata)."""
-    bad = [name for name, tensor in state_dict.items()
+    bad = [key for key, tensor in state_dict.items()
            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if bad:
         raise FloatingPointError(f"{path} not written: {len(bad)} backbone tensors are not finite ({bad[0]}, ...)")
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"backbone": backbone, "embedding_size": embedding_size, "state_dict": state_dict}, tmp)
+    torch.save({"backbone": name, "embedding_size": embedding_size, "state_dict": state_dict}, tmp)
     os.replace(tmp, path)
 
 
