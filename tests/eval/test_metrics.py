@@ -15,7 +15,7 @@ from insightface_reference import ijb_1n_evaluation
 
 from partialfc.eval.identification import identification_metrics, pooled_closed_set_readout
 from partialfc.eval.templates import TemplateListError, aggregate_templates, read_image_list, template_pair_scores
-from partialfc.evaluation import evaluate
+from partialfc.eval.verification import evaluate
 from partialfc.models.input_config import InputConfig
 
 
