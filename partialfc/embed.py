@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from partialfc.cli import ArgumentParser
+from partialfc.cli import ArgumentParser, error_line
 from partialfc.eval.embedder import embed_source, load_embedder
 from partialfc.eval.sources import open_image_source
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      progress=not args.quiet, normalize=not args.raw)
         seconds = time.perf_counter() - start
     except (ValueError, OSError) as err:  # ModelFileError, DatasetError, VerificationError ...
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from partialfc.cli import ArgumentParser
+from partialfc.cli import ArgumentParser, error_line
 from partialfc.model_file import ModelFileError, load_model, onnx_metadata
 from partialfc.models.input_config import InputConfig
 
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = export_onnx(args.model, out, opset=args.opset)
     except ModelFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1 if isinstance(err, ParityError) else 2
     parity = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.max_abs_difference.items())
     print(f"{result.path}: opset {result.opset}, dynamic batch axis, onnx.checker passed; "

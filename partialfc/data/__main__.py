@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.cli import ArgumentParser
+from partialfc.cli import ArgumentParser, error_line
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.recordio import RecordIOError
@@ -163,7 +163,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         out, report = clean_dataset(args.run_dir, args.dataset, args.angle, args.out, model=args.model,
                                     batch_size=args.batch_size, device=device, progress=not args.quiet)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     for line in report.lines():
         print(line)
@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (RecordIOError, VerificationError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.cli import ArgumentParser
+from partialfc.cli import ArgumentParser, error_line
 from partialfc.data import VerificationSet
 from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME
 from partialfc.embed import add_model_options
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         payload = args.func(args)
     except (ValueError, OSError) as err:  # ModelFileError, TemplateListError, VerificationError, DatasetError ...
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     _emit_json(args.json, {"command": args.command, **payload})
     return 0

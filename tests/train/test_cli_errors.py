@@ -50,3 +50,12 @@ def test_the_launcher_refuses_a_typo_before_starting_torchrun(capsys):
         launcher_main(["--print", "--", "--config", "configs/quickstart.yaml", "--train.max_step", "4"], {})
     assert stop.value.code == 2
     assert "unknown option --train.max_step; did you mean --train.max_steps?" in capsys.readouterr().err
+
+
+def test_a_missing_input_file_is_named_without_python_internals(tmp_path, tiny_dataset, capsys):
+    """`eval pairs --embeddings PREFIX` with no PREFIX.npy: the file and the reason, not ``[Errno 2] …'…'``."""
+    from partialfc.eval.__main__ import main as eval_main
+
+    missing = tmp_path / "emb"
+    assert eval_main(["pairs", "--embeddings", str(missing), "--data", str(tiny_dataset / "holdout")]) == 2
+    assert capsys.readouterr().err == f"error: {missing}.npy: No such file or directory\n"
