@@ -64,7 +64,9 @@ combine with every family: a class's cosine is ``c_ij = max_k cos θ_ijk`` over 
 (Softmax: the max of the raw logits), the family's formula applies to it unchanged, and
 ``∂c_ij/∂w`` reaches only the winning sub-centre. No state of its own.
 
-How :class:`~partialfc.PartialFC` drives a margin is the :class:`Margin` protocol below.
+How :class:`~partialfc.PartialFC` drives a margin is the :class:`Margin` protocol below. Beside each
+family is its config section (``loss.<family>`` of the training config, a :class:`MarginConfig`);
+:data:`MARGIN_FAMILIES` names them all, and is what ``loss.family`` chooses from.
 """
 
 from __future__ import annotations
