@@ -3,7 +3,9 @@
 The domain says which values of the field's type are accepted; every field either has one, gets
 one from its type (a choice, a bool, a number), or says it takes any value (``FREE``), so that a
 test can walk every field and offer each a value it must refuse (``Domain.outside``). Checked when
-the config is loaded, before any process group or dataset exists.
+the config is loaded, before any process group or dataset exists. Components declare their own
+config sections with :func:`option` and report with :class:`ConfigError` without importing
+partialfc.config, which imports them.
 """
 
 from __future__ import annotations
