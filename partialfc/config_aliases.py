@@ -46,13 +46,26 @@ ALIASES: dict[str, Renamed] = {
     "loss.elastic_kind": Renamed("loss.elasticface.kind"),
 }
 """Every deprecated config key (YAML, ``--flag``, a checkpoint's saved config) -> its current name and values."""
-_RENAMED_VALUES = {renamed.key: renamed.values for renamed in ALIASES.values() if renamed.values}
+_RENAMED_VALUES = {
+    **{renamed.key: renamed.values for renamed in ALIASES.values() if renamed.values},
+    # a list of field names: the renamed fields under their current names
+    "checkpoint.allow_changes": {old: renamed.key for old, renamed in ALIASES.items()},
+}
 
 
 def current_name(key: str, value: Any) -> tuple[str, Any, str | None]:
-    """``key`` and ``value`` under their current names, and a deprecation note when either was renamed."""
+    """``key`` and ``value`` under their current names, and a deprecation note when either was renamed.
+
+    A list value (or a command line's comma-separated one) has each item renamed.
+    """
     new_key = ALIASES[key].key if key in ALIASES else key
-    new_value = _RENAMED_VALUES.get(new_key, {}).get(value, value) if isinstance(value, str) else value
+    renames = _RENAMED_VALUES.get(new_key, {})
+    if isinstance(value, list):
+        new_value: Any = [renames.get(item, item) if isinstance(item, str) else item for item in value]
+    elif isinstance(value, str):
+        new_value = ",".join(renames.get(item, item) for item in value.split(","))
+    else:
+        new_value = value
     if (new_key, new_value) == (key, value):
         return key, value, None
     old, new = (f"{key} {value}", f"{new_key} {new_value}") if new_value != value else (key, new_key)

@@ -90,6 +90,16 @@ def test_an_old_value_under_the_new_key_is_renamed_and_unknown_ones_are_refused(
         load_config(None, {"loss.head": "arcface"})
 
 
+def test_allow_changes_may_name_a_field_by_its_old_name(tmp_path, capsys):
+    config = load_config(None, {"checkpoint.allow_changes": "loss.m2,train.max_steps"})
+    assert config.checkpoint.allow_changes == ["loss.combined.m2", "train.max_steps"]
+    assert "'checkpoint.allow_changes loss.m2,train.max_steps' is deprecated, use 'checkpoint.allow_changes " \
+           "loss.combined.m2,train.max_steps'" in capsys.readouterr().err
+    path = tmp_path / "allow.yaml"
+    path.write_text("checkpoint:\n  allow_changes: [loss.head, loss.curricular_m]\n")
+    assert load_config(path).checkpoint.allow_changes == ["loss.family", "loss.curricularface.m"]
+
+
 def test_old_and_new_name_together_in_a_file_is_an_error(tmp_path):
     path = tmp_path / "both.yaml"
     path.write_text("loss:\n  m2: 0.3\n  combined:\n    m2: 0.4\n")
