@@ -4,7 +4,7 @@
     python benchmarks/compile_step.py --backbone r50 --batch 128 --device cuda --amp bf16
 
 A step is what the trainer runs for the backbone: forward under autocast, backward of a loss on
-the embeddings, SGD step (the Partial-FC head is not compiled, so it is left out). Reports the
+the embeddings, SGD step (the Partial-FC classifier is not compiled, so it is left out). Reports the
 first compiled step (compilation included), the median step time over ``--steps`` after
 ``--warmup`` for both modes, and the largest difference between eager and compiled embeddings.
 Eager and compiled steps alternate, so that a machine shared with other work slows both alike.
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from partialfc.models import create_model
+from partialfc.models.precision import autocast_dtype
 
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class BackboneStep:
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--embedding-size", type=int, default=128, help="D")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--amp", choices=AMP, default="none", help="autocast dtype")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (after compilation)")
     args = parser.parse_args()
@@ -67,7 +67,7 @@ def main() -> None:
         difference = float((compiled.eval()(images) - reference).abs().max())
     eager.train(), compiled.train()
 
-    steps = {name: BackboneStep(model, images, AMP[args.amp]) for name, model in (("eager", eager), ("compiled", compiled))}
+    steps = {name: BackboneStep(model, images, autocast_dtype(args.amp)) for name, model in (("eager", eager), ("compiled", compiled))}
     first = steps["compiled"]()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for index in range(args.warmup + args.steps):

@@ -46,16 +46,14 @@ from partialfc.lr_schedule import LRSchedule
 from partialfc.metrics import TrainingMetrics, resident_bytes
 from partialfc.model_file import ModelFileError, init_from, save_model
 from partialfc.models import create_model
-from partialfc.optimizer import NonFiniteReport, TrainingOptimizer, centre_optimizer
+from partialfc.models.precision import DTYPES, autocast_dtype
+from partialfc.optimizer import NonFiniteReport, centre_optimizer
 from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.resume import check_changes, meaning_changes
 from partialfc.run_log import RunLog, format_duration
-from partialfc.train_state import RNGState, SampleRateSchedule, TrainProgress
+from partialfc.train_state import RNGState, TrainProgress
 from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Trainer:
@@ -103,11 +101,10 @@ class Trainer:
         self.pfc = PartialFC(
             config.model.embedding_size, self.num_classes, config.loss.sample_rate, config.loss.build_margin(),
             optimizer=centre_optimizer(config.optim), seed=config.train.seed, init_std=config.loss.init_std,
-            param_dtype=PARAM_DTYPES[config.loss.param_dtype], device=self.device, sub_centers=config.loss.sub_centers,
+            param_dtype=DTYPES[config.loss.param_dtype], device=self.device, sub_centers=config.loss.sub_centers,
         )
-        self.optimizer = TrainingOptimizer(config.optim, self.backbone, self.pfc, fp16=config.train.amp == "fp16")
-        self.sample_rates = SampleRateSchedule.parse(config.loss.sample_rate_schedule, config.loss.sample_rate)
-        self.amp_dtype = AMP_DTYPES[config.train.amp]
+        self.optimizer = config.optim.build(self.backbone, self.pfc, fp16=config.train.amp == "fp16")
+        self.amp_dtype = autocast_dtype(config.train.amp)
         self.progress = TrainProgress()
         self.progress.set_plan(self.total_steps, self.global_batch)  # a resumed run's own plan replaces it
         self.checkpointer = Checkpointer(
@@ -214,7 +211,7 @@ class Trainer:
         step_start, wait_before = time.perf_counter(), window.data_wait
         lr = self.schedule(self.progress.position)
         self.optimizer.set_lr(lr)
-        self.pfc.set_sample_rate(self.sample_rates.rate(self.progress.position, self.progress.plan_steps))
+        self.pfc.set_sample_rate(self.config.loss.sample_rates.rate(self.progress.position, self.progress.plan_steps))
         accum = self.config.train.grad_accum
         step_loss = torch.zeros((), device=self.device)
         for micro in range(accum):

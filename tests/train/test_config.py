@@ -103,6 +103,28 @@ def test_memory_plan_holds_at_the_peak_sample_rate_and_counts_sub_centres():
     assert tripled["sampled centres + their gradient (fp32)"] == 3 * plain["sampled centres + their gradient (fp32)"]
 
 
+def test_the_sample_rate_schedule_is_one_typed_object_of_the_config():
+    config = load_config(None, {"loss.sample_rate": 0.2, "loss.sample_rate_schedule": "0.5:0.6,0.9:1.0"})
+    schedule = config.loss.sample_rates
+    assert schedule is config.loss.sample_rates  # built once, shared by the trainer and the --dry-run plan
+    assert (schedule.base, schedule.changes) == (0.2, ((0.5, 0.6), (0.9, 1.0)))
+    assert dict(memory_plan(config, 1000, 1))["logits / softmax buffer (fp32)"] == 128 * 1000 * 4  # at the peak, 1.0
+
+
+def test_every_precision_name_of_the_config_is_in_the_dtype_table():
+    import typing
+
+    import torch
+
+    from partialfc.config import LossConfig, TrainConfig
+    from partialfc.models.precision import DTYPES, autocast_dtype
+
+    amp = typing.get_args(typing.get_type_hints(TrainConfig)["amp"])
+    assert {name: autocast_dtype(name) for name in amp} == {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert {name: DTYPES[name] for name in typing.get_args(typing.get_type_hints(LossConfig)["param_dtype"])} == {
+        "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def test_main_in_process_leaves_sigterm_unblocked(capsys):
     """Only `python -m partialfc.train` blocks SIGTERM (for its sigwait thread): a caller of main()
     keeps its mask, which every process it starts later would inherit."""
