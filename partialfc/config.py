@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import sys
 import types
@@ -247,8 +248,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read config {path}: {error}") from error
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path}: {error.strerror or error}{_nearby_config(Path(path))}") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config {path}{where} is not valid YAML: {getattr(error, 'problem', None) or error}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
         _merge(config, current_names(raw, str(path)), prefix="", source=str(path))
@@ -259,6 +264,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         _set(config, key, value, source="command line")
     config.validate()
     return config
+
+
+def _nearby_config(path: Path) -> str:
+    """A did-you-mean for a mistyped config file name, from the YAML files beside it."""
+    if not path.parent.is_dir():
+        return ""
+    match = difflib.get_close_matches(path.name, sorted(p.name for p in path.parent.glob("*.y*ml")), n=1)
+    return f" (did you mean {path.parent / match[0]}?)" if match else ""
 
 
 def to_dict(config: Any) -> dict[str, Any]:

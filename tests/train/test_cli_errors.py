@@ -59,3 +59,17 @@ def test_a_missing_input_file_is_named_without_python_internals(tmp_path, tiny_d
     missing = tmp_path / "emb"
     assert eval_main(["pairs", "--embeddings", str(missing), "--data", str(tiny_dataset / "holdout")]) == 2
     assert capsys.readouterr().err == f"error: {missing}.npy: No such file or directory\n"
+
+
+def test_a_mistyped_config_file_is_named_with_the_one_meant(tmp_path):
+    (tmp_path / "quickstart.yaml").write_text("train:\n  max_steps: 4\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path / "quickstart.yml")
+    assert str(refused.value) == (f"cannot read config {tmp_path / 'quickstart.yml'}: No such file or directory "
+                                  f"(did you mean {tmp_path / 'quickstart.yaml'}?)")
+
+
+def test_a_config_that_is_not_yaml_names_the_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  max_steps: [4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml line 3, column 1 is not valid YAML: [^\n]+$"):
+        load_config(tmp_path / "bad.yaml")
