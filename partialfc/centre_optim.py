@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 from torch.optim.sgd import sgd
 
-__all__ = ["LazySGD", "LazyAdamW", "CentreOptimizer", "store_rows"]
+__all__ = ["CentreOptimizer", "LazyAdamW", "LazySGD", "store_rows"]
 
 
 class CentreOptimizer(Protocol):

@@ -75,7 +75,7 @@ def read_subset(directory: str | Path) -> ImageSubset:
 def write_subset(
     directory: str | Path, shards: Sequence[Shard], num_images: int, kept: np.ndarray, report: Mapping[str, Any]
 ) -> Path:
-    """Write the subset (``kept`` = source image indices) and ``report`` (kept in subset.json); returns the directory."""
+    """Write the subset (``kept`` = source image indices) and ``report`` (in subset.json); returns its directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / KEPT_FILE, np.unique(np.asarray(kept, dtype=np.int64)))
