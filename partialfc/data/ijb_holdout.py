@@ -100,7 +100,8 @@ def write_ijb_holdout(out_dir: str | Path, images: AlignedImages, first_identity
     (out / LOOSE_CROP).mkdir(parents=True, exist_ok=True)
     (out / META).mkdir(parents=True, exist_ok=True)
     layout = _templates_of_subject(images_per_identity)
-    image_lines, landmark_lines = [], []
+    image_lines: list[str] = []
+    landmark_lines: list[str] = []
     files_of_template: list[list[str]] = []
     subject_of_template: list[int] = []
     media_id = 0

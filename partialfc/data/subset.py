@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class ImageSubset:
             )
 
 
-def is_subset_directory(path: object) -> bool:
+def is_subset_directory(path: object) -> TypeGuard[str | Path]:
     return isinstance(path, (str, Path)) and (Path(path) / SUBSET_FILE).is_file()
 
 
