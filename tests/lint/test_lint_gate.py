@@ -51,7 +51,15 @@ def test_ruff_refuses_unsorted_and_unused_imports_and_unformatted_code(lint: Pat
 def test_mypy_checks_against_torchs_annotations(lint: Path, tmp_path: Path) -> None:
     source = tmp_path / "planted.py"
     source.write_text("import torch\n\n\ndef total(x: torch.Tensor) -> int:\n    return x.sum()\n")
-    result = run(lint / "mypy", "--config-file", SETTINGS, "--python-executable", sys.executable,
-                 "--cache-dir", tmp_path / "cache", source)
+    result = run(
+        lint / "mypy",
+        "--config-file",
+        SETTINGS,
+        "--python-executable",
+        sys.executable,
+        "--cache-dir",
+        tmp_path / "cache",
+        source,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert 'Incompatible return value type (got "Tensor", expected "int")' in result.stdout, result.stdout
