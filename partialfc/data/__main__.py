@@ -40,9 +40,13 @@ def _histogram(sizes: np.ndarray) -> list[dict[str, Any]]:
 def _summary(ds: RecordDataset, samples: int) -> dict[str, Any]:
     sizes = ds.class_sizes()
     per_shard = np.bincount(ds.image_shard, minlength=len(ds.shards))
-    picks = np.unique(np.linspace(0, ds.num_images - 1, min(samples, ds.num_images)).astype(np.int64)) if ds.num_images else []
+    picks: list[int] = (
+        np.unique(np.linspace(0, ds.num_images - 1, min(samples, ds.num_images)).astype(np.int64)).tolist()
+        if ds.num_images
+        else []
+    )
     sample_rows = []
-    for i in picks.tolist() if len(picks) else []:
+    for i in picks:
         data = ds.read_image(i)
         try:
             shape: list[int] | str = list(decode_jpeg(data).shape)

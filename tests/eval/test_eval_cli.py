@@ -12,11 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-
-from partialfc import embed, export
-from partialfc.data import RecordDataset, VerificationSet
-from partialfc.data.image import decode_jpeg
 from insightface_reference import (
     calculate_roc_accuracy,
     eval_ijbc_tar_at_far,
@@ -26,6 +21,8 @@ from insightface_reference import (
     verification_scores,
 )
 
+from partialfc import embed, export
+from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.synth import HOLDOUT_DIR
 from partialfc.eval import __main__ as eval_cli
 from partialfc.eval.align import ARCFACE_TEMPLATE, align_face, decode_bgr

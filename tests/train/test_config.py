@@ -46,9 +46,9 @@ def test_overrides_coerce_and_validate():
     config = load_config(None, {"optim.lr": "0.2", "data.flip": "false", "data.val_targets": "lfw,cfp_fp",
                                 "train.max_steps": "7", "data.path": "x"})
     assert (config.optim.lr, config.data.flip, config.data.val_targets, config.train.max_steps) == (0.2, False, ["lfw", "cfp_fp"], 7)
-    with pytest.raises(ConfigError, match="train.max_steps: expected int, got '1.5'"):
+    with pytest.raises(ConfigError, match=r"train\.max_steps: expected int, got '1\.5'"):
         load_config(None, {"train.max_steps": "1.5"})
-    with pytest.raises(ConfigError, match="train.amp: must be one of none, bf16, fp16"):
+    with pytest.raises(ConfigError, match=r"train\.amp: must be one of none, bf16, fp16"):
         load_config(None, {"train.amp": "fp8"})
     with pytest.raises(ConfigError, match="'optim' is a section"):
         load_config(None, {"optim": "sgd"})

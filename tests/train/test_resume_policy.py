@@ -65,7 +65,7 @@ def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
 
 
 def test_allow_changes_names_only_fields_a_resume_refuses():
-    with pytest.raises(ConfigError, match="checkpoint.allow_changes.*eval.every_steps"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.allow_changes.*eval\.every_steps"):
         from partialfc.config import load_config
 
         load_config(None, {"checkpoint.allow_changes": "eval.every_steps"})
