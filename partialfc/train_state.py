@@ -67,6 +67,20 @@ class TrainProgress:
         return self.step + math.ceil(max(0, self.plan_steps * self.plan_batch - self.samples) / global_batch)
 
 
+class LoaderEpoch:
+    """The data loader's epoch as a shared component: a job on another world size, whose per-rank
+    loader positions do not apply, restarts the saved epoch instead of epoch 0."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.loader.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.set_epoch(int(state["epoch"]))
+
+
 class RNGState:
     """The process-global generators (torch CPU + CUDA, numpy, random) of one rank.
 

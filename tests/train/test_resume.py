@@ -14,7 +14,7 @@ from training_run import REPO, final_state, kill_job, run_training, train_args, 
 from dist_harness import run_distributed
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.checkpoint import Checkpointer
+from partialfc.checkpoint import Checkpointer, Component
 from partialfc.distributed import DistInfo
 
 STEPS = 12  # the dataset has 960 images: 30 steps of 2 x 16 per epoch; 12 steps cover part of one
@@ -43,7 +43,7 @@ def reshard_and_score(rank: int, world_size: int, checkpoint, embeddings, labels
     """Load the checkpoint at this world size; centres, momentum and the loss of a fixed batch."""
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
     pfc = PartialFC(128, 120, 1.0, CombinedMargin(s=32.0, m2=0.3))
-    Checkpointer(checkpoint.parent, info, keep=1, shared={}, per_rank={}, pfc=pfc).load(checkpoint)
+    Checkpointer(checkpoint.parent, info, 1, {"centres": Component(pfc, "sharded")}).load(checkpoint)
     local = slice(rank * len(labels) // world_size, (rank + 1) * len(labels) // world_size)
     with torch.no_grad():
         loss = pfc(embeddings[local], labels[local])
