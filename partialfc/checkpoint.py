@@ -341,12 +341,13 @@ class Checkpointer:
     def load(self, path: Path) -> LoadedCheckpoint:
         """Load every component from ``path`` (re-sharding sharded ones if the world size changed)."""
         manifest = read_manifest(path)
-        if self.sharded and manifest["num_classes"] != self.num_classes:
+        saved_world = int(manifest["world_size"])
+        present = [name for name in self.sharded if not self._absent_optional(name, manifest, saved_world)]
+        if present and manifest["num_classes"] != self.num_classes:
             raise CheckpointError(
                 f"checkpoint {path} has num_classes={manifest['num_classes']}, this job has {self.num_classes} "
                 "(data.path / data.num_classes)"
             )
-        saved_world = int(manifest["world_size"])
         resharded = saved_world != self.info.world_size
         differing = _differing_fields(manifest.get("config", {}), self.config)
         shared = _load(path / _SHARED, manifest)
@@ -458,7 +459,7 @@ def _check_shapes(ours: Any, saved: Any, path: Path, key: str, differing: str) -
             f"{tuple(ours.shape)} in this job; {differing}"
         )
     if isinstance(ours, Mapping) and isinstance(saved, Mapping):
-        for child in ours.keys() & saved.keys():
+        for child in [child for child in ours if child in saved]:
             _check_shapes(ours[child], saved[child], path, f"{key}.{child}", differing)
 
 
