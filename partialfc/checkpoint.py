@@ -328,10 +328,9 @@ class Checkpointer:
         same_world = saved_world == self.info.world_size
         names = [_SHARED, *([_part_name(_PER_RANK, self.info.rank, saved_world)] if same_world else [])]
         for name, sharded in self.sharded.items():
-            ranks = [self.info.rank] if same_world else _overlapping_ranks(sharded, saved_world)
-            shard_files = [_part_name(name, r, saved_world) for r in ranks]
             if not self._absent_optional(name, manifest, saved_world):
-                names += shard_files
+                ranks = [self.info.rank] if same_world else _overlapping_ranks(sharded, saved_world)
+                names += [_part_name(name, r, saved_world) for r in ranks]
         return names
 
     def _absent_optional(self, name: str, manifest: Mapping[str, Any], saved_world: int) -> bool:
@@ -392,7 +391,8 @@ class Checkpointer:
             if piece["class_start"] != saved_start or piece["num_local"] != saved_num:
                 raise CheckpointError(f"{piece_path}: covers an unexpected class range")
             try:
-                parts.append(sharded.cut_state(piece["state"], max(start, saved_start), min(end, saved_start + saved_num)))
+                parts.append(sharded.cut_state(piece["state"], max(start, saved_start),
+                                               min(end, saved_start + saved_num)))
             except (KeyError, ValueError) as error:
                 raise CheckpointError(f"{piece_path}: cannot re-shard '{name}': {error}") from None
         try:

@@ -6,7 +6,11 @@ batch; C classes; rank r owns the class centres ``w_c`` of one contiguous block 
 **Sharding.** Rank r owns classes ``[class_start, class_start + num_local)`` with
 ``num_local = ⌊C/W⌋ + [r < C mod W]`` (uneven splits allowed). Centres are initialised from
 ``N(0, init_std²)`` in fixed blocks of global ids, each block drawn from a generator seeded by
-(seed, block), so the C×D matrix is the same whatever W is.
+(seed, block), so the C×D matrix is the same whatever W is. Its state is either per-class rows
+(centres, optimizer state: :meth:`PartialFC.register_state` with ``per_class=True``) or replicated
+(step count, margin statistics); :meth:`PartialFC.cut_state` and :meth:`PartialFC.join_states`
+move a checkpoint to another W, and :meth:`PartialFC.buffer_plan` is the memory that ``--dry-run``
+prints.
 
 **Step** (every rank runs the same program on its own shard):
 
@@ -341,11 +345,14 @@ class PartialFC(nn.Module):
         """This rank's state for a checkpoint; ValueError names an entry the shard contract does not declare,
         so a checkpoint that could not be re-sharded is never written."""
         state = self.state_dict()
+        self._check_declared(state)
+        return state
+
+    def _check_declared(self, state: Mapping[str, Any]) -> None:
         undeclared = sorted(set(state) - self._per_class_state - self._replicated_state)
         if undeclared:
             raise ValueError(f"PartialFC state {undeclared} is neither per-class nor replicated: register it with "
                              "register_state(name, tensor, per_class=...)")
-        return state
 
     def cut_state(self, state: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
         """The part of a saved shard's ``state`` for global classes ``[start, stop)`` (inside the shard's range)."""
@@ -357,10 +364,9 @@ class PartialFC(nn.Module):
             raise ValueError(f"saved for {extra['num_classes']} classes, this job has {self.num_classes}")
         saved_start, saved_num = extra["class_start"], extra["num_local"]
         if not saved_start <= start < stop <= saved_start + saved_num:
-            raise ValueError(f"classes [{start}, {stop}) are not in the saved shard [{saved_start}, {saved_start + saved_num})")
-        undeclared = sorted(set(state) - self._per_class_state - self._replicated_state)
-        if undeclared:
-            raise ValueError(f"saved state {undeclared} is neither per-class nor replicated in this PartialFC")
+            raise ValueError(f"classes [{start}, {stop}) are not in the saved shard "
+                             f"[{saved_start}, {saved_start + saved_num})")
+        self._check_declared(state)
         rows = slice((start - saved_start) * self.sub_centers, (stop - saved_start) * self.sub_centers)
         part = {key: value[rows].clone() if key in self._per_class_state else value for key, value in state.items()}
         part[_EXTRA] = {**extra, "class_start": start, "num_local": stop - start}
@@ -378,7 +384,7 @@ class PartialFC(nn.Module):
                 raise ValueError(f"parts are not consecutive: one ends at class {end}, the next starts at "
                                  f"{after[_EXTRA]['class_start']}")
             for key in self._replicated_state & set(first):
-                if not _same_replicated(first[key], after[key]):
+                if not _same_replicated(_replicated_part(key, first[key]), _replicated_part(key, after[key])):
                     raise ValueError(f"replicated state '{key}' differs between saved shards")
         state = {key: torch.cat([part[key] for part in parts]) if key in self._per_class_state else value
                  for key, value in first.items()}
@@ -474,13 +480,19 @@ class PartialFC(nn.Module):
 
 
 # ---------------------------------------------------------------------- sharding
+def _replicated_part(key: str, value: Any) -> Any:
+    """A replicated entry as it must be equal on every rank: the extra state less its class range."""
+    if key == _EXTRA:
+        return {name: item for name, item in value.items() if name not in _CLASS_RANGE}
+    return value
+
+
 def _same_replicated(a: Any, b: Any) -> bool:
-    """Equality of replicated state (nested dicts of tensors and numbers), ignoring the class range."""
+    """Equality of replicated state: nested dicts of tensors and numbers."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and torch.equal(a, b)
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        keys = set(a) - set(_CLASS_RANGE)
-        return keys == set(b) - set(_CLASS_RANGE) and all(_same_replicated(a[k], b[k]) for k in keys)
+        return a.keys() == b.keys() and all(_same_replicated(a[k], b[k]) for k in a)
     return a == b
 
 

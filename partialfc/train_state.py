@@ -1,7 +1,8 @@
-"""Small pieces of trainer state: progress and the global RNGs (which survive a restart), and the
-sample-rate schedule (a pure function of the step, so a resume needs nothing saved for it).
+"""Small pieces of trainer state: progress, the data epoch and the global RNGs (which survive a
+restart), and the sample-rate schedule (a pure function of the step, so a resume needs nothing
+saved for it).
 
-The first two offer ``state_dict``/``load_state_dict`` like every other checkpointed component, so
+The first three offer ``state_dict``/``load_state_dict`` like every other checkpointed component, so
 the checkpointer can save a dict of components without knowing what is inside.
 """
 
