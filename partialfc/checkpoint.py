@@ -210,6 +210,7 @@ class LoadedCheckpoint:
 class Checkpointer:
     """Saves and loads a registry of named :class:`Component` s.
 
+    ``log`` takes what loading skips (a broken checkpoint, an absent optional component).
     ``step_counters`` name counters that must equal the checkpoint's step once it is loaded (the
     trainer's progress, PartialFC's step count): a disagreement means the components come from
     different steps. Every method is collective: all ranks call it together.
@@ -296,7 +297,7 @@ class Checkpointer:
         return final
 
     # ------------------------------------------------------------------ load
-    def newest_loadable(self, log: Callable[[str], None]) -> Path | None:
+    def newest_loadable(self) -> Path | None:
         """Newest checkpoint whose files verify on every rank; newer broken ones are logged and skipped.
 
         Raises :class:`CheckpointError` when checkpoints exist but none verifies.
@@ -308,7 +309,7 @@ class Checkpointer:
             if not problems:
                 return path
             reasons.append(problems[0])
-            log(f"resume: skipping {path}: {problems[0]}")
+            self.log(f"resume: skipping {path}: {problems[0]}")
         if reasons:
             raise CheckpointError(f"no loadable checkpoint in {self.root}: " + "; ".join(reasons))
         return None

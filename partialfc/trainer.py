@@ -407,7 +407,7 @@ class Trainer:
         choice = self.config.checkpoint.resume
         if choice == "none":
             return False
-        path = self.checkpointer.newest_loadable(self.log.info) if choice == "auto" else Path(choice)
+        path = self.checkpointer.newest_loadable() if choice == "auto" else Path(choice)
         if path is None:
             return False
         changes = check_changes(meaning_changes(read_manifest(path).get("config", {}), to_dict(self.config)),
