@@ -10,6 +10,7 @@ from torch import nn
 from partialfc.models.input_config import InputConfig
 
 ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
 
 
 class BackboneOptions(TypedDict, total=False):
@@ -17,8 +18,6 @@ class BackboneOptions(TypedDict, total=False):
 
     dropout: float
     fp16: bool
-
-_REGISTRY: dict[str, ModelFactory] = {}
 
 
 def register_model(factory: ModelFactory) -> ModelFactory:
