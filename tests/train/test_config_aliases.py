@@ -86,7 +86,7 @@ def test_an_old_value_under_the_new_key_is_renamed_and_unknown_ones_are_refused(
     assert load_config(None, {"loss.family": "margin"}).loss.family == "combined"
     assert capsys.readouterr().err == ("partialfc: command line: 'loss.family margin' is deprecated, "
                                        "use 'loss.family combined'\n")
-    with pytest.raises(ConfigError, match="loss.family='arcface' is not one of combined, softmax, adaface"):
+    with pytest.raises(ConfigError, match=r"loss\.family='arcface' is not one of combined, softmax, adaface"):
         load_config(None, {"loss.head": "arcface"})
 
 
@@ -103,7 +103,7 @@ def test_allow_changes_may_name_a_field_by_its_old_name(tmp_path, capsys):
 def test_old_and_new_name_together_in_a_file_is_an_error(tmp_path):
     path = tmp_path / "both.yaml"
     path.write_text("loss:\n  m2: 0.3\n  combined:\n    m2: 0.4\n")
-    with pytest.raises(ConfigError, match="'loss.combined.m2' is given twice"):
+    with pytest.raises(ConfigError, match=r"'loss\.combined\.m2' is given twice"):
         load_config(path)
 
 
