@@ -93,7 +93,8 @@ class TrainStep:
             images, labels = self._to_device(images, labels)
             with self._gradient_sync(last_micro=micro == accum - 1):
                 with self._phase("forward"):
-                    with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
+                                        enabled=amp_dtype is not None):
                         embeddings = self.model(images)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16_gemm):
                         loss = self.pfc(embeddings, labels)

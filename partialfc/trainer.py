@@ -4,8 +4,8 @@
 sample rate into one :class:`~partialfc.train_step.TrainStep`: per micro-batch embed under autocast,
 Partial-FC loss, backward; one global gradient norm, clip, step or skip; its report folded into the
 log window), observe (a run record: log line, metrics), verify and checkpoint at their intervals,
-export at the end. Everything that must survive a restart is a component with ``state_dict``/``load_state_dict``
-that the :class:`~partialfc.checkpoint.Checkpointer` saves by name.
+export at the end. Everything that must survive a restart is a component with
+``state_dict``/``load_state_dict`` that the :class:`~partialfc.checkpoint.Checkpointer` saves by name.
 
 Options the field uses: an EMA of the backbone weights (``train.ema_decay``), updated after every
 applied step and used for verification and export in place of the raw weights; a sample-rate
