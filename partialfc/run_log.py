@@ -51,9 +51,10 @@ class RunLog:
         """Append an ``event`` record to the run record and print its line; returns the record."""
         record = {"event": event, "time": time.time(), **fields}
         if self.enabled:
+            line = format_record(record)  # first: a record its line cannot be made from is never written
             assert self._records is not None
             self._records.write(json.dumps(record) + "\n")
-            self._line(format_record(record), record["time"])
+            self._line(line, record["time"])
         return record
 
     def _line(self, message: str, stamp: float) -> None:
