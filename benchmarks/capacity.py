@@ -33,8 +33,8 @@ import torch
 
 import partialfc.partial_fc
 from partialfc import CombinedMargin, LazySGD, PartialFC
+from partialfc.models.precision import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=512, help="embedding size D")
     parser.add_argument("--batch", type=int, default=128, help="embeddings per step B (world size 1)")
     parser.add_argument("--sample-rate", type=float, default=0.1, help="Partial FC r")
-    parser.add_argument("--param-dtype", choices=DTYPES, default="bf16", help="storage of centres and momentum")
+    parser.add_argument("--param-dtype", choices=["fp32", "bf16"], default="bf16", help="storage of centres and momentum")
     parser.add_argument("--start", type=int, default=1_000_000, help="first C tried; doubled while steps complete")
     parser.add_argument("--resolution", type=int, default=500_000,
                         help="bisection stops when the bracket is this narrow")

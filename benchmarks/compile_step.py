@@ -24,12 +24,10 @@ import torch
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.config import OptimConfig
 from partialfc.models import create_model
-from partialfc.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.models.precision import autocast_dtype
+from partialfc.optimizer import OptimConfig, centre_optimizer
 from partialfc.train_step import StepConfig, TrainStep
-
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TimedStep:
@@ -41,7 +39,7 @@ class TimedStep:
         pfc = PartialFC(embedding_size, num_classes, 1.0, CombinedMargin(),
                         optimizer=centre_optimizer(config), device=images.device)
         labels = torch.arange(len(images), device=images.device) % num_classes
-        self.step = TrainStep(model, pfc, TrainingOptimizer(config, model, pfc), StepConfig(amp_dtype=amp))
+        self.step = TrainStep(model, pfc, config.build(model, pfc), StepConfig(amp_dtype=amp))
         self.batches = itertools.repeat((images, labels))
         self.numbers = itertools.count(1)
 
@@ -61,7 +59,7 @@ def main() -> None:
     parser.add_argument("--embedding-size", type=int, default=128, help="D")
     parser.add_argument("--num-classes", type=int, default=1000, help="classes of the Partial-FC head (all sampled)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--amp", choices=AMP, default="none", help="autocast dtype")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (after compilation)")
     args = parser.parse_args()
@@ -77,7 +75,7 @@ def main() -> None:
         difference = float((compiled.eval()(images) - reference).abs().max())
     eager.train(), compiled.train()
 
-    steps = {name: TimedStep(model, images, args.embedding_size, args.num_classes, AMP[args.amp])
+    steps = {name: TimedStep(model, images, args.embedding_size, args.num_classes, autocast_dtype(args.amp))
              for name, model in (("eager", eager), ("compiled", compiled))}
     first = steps["compiled"]()
     seconds: dict[str, list[float]] = {name: [] for name in steps}

@@ -14,7 +14,7 @@ and accuracy-over-steps curves, with the settings, seeds, repeats and the time i
     python benchmarks/loss_study.py --quick              # a two-minute smoke run of the pipeline, never into docs/
     python benchmarks/loss_study.py --heads arcface adaface curricularface magface elasticface
 
-The newer margin families (AdaFace, CurricularFace, MagFace, ElasticFace-Arc; ``loss.head``) run
+The newer margin families (AdaFace, CurricularFace, MagFace, ElasticFace-Arc; ``loss.family``) run
 when named in ``--heads``, with their papers' parameters and the same s; the default study is the
 eight heads above.
 
@@ -35,6 +35,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ from partialfc.run_log import RECORD_FILE
 REPO = Path(__file__).resolve().parents[1]
 
 SCALE = "32"
-ARCFACE = ["--loss.head", "margin", "--loss.s", SCALE, "--loss.m1", "1", "--loss.m2", "0.5", "--loss.m3", "0"]
+ARCFACE = ["--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0.5", "--loss.combined.m3", "0"]
 
 
 @dataclass(frozen=True)
@@ -65,25 +66,25 @@ class Head:
 
 
 HEADS = [
-    Head("softmax", "plain softmax (unnormalised)", ("--loss.head", "softmax")),
+    Head("softmax", "plain softmax (unnormalised)", ("--loss.family", "softmax")),
     Head("normface", f"normalised softmax, s={SCALE}",
-         ("--loss.head", "margin", "--loss.s", SCALE, "--loss.m1", "1", "--loss.m2", "0", "--loss.m3", "0")),
+         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0", "--loss.combined.m3", "0")),
     Head("sphereface", "SphereFace m1=1.35",
-         ("--loss.head", "margin", "--loss.s", SCALE, "--loss.m1", "1.35", "--loss.m2", "0", "--loss.m3", "0")),
+         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1.35", "--loss.combined.m2", "0", "--loss.combined.m3", "0")),
     Head("cosface", "CosFace m3=0.35",
-         ("--loss.head", "margin", "--loss.s", SCALE, "--loss.m1", "1", "--loss.m2", "0", "--loss.m3", "0.35")),
+         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0", "--loss.combined.m3", "0.35")),
     Head("arcface", "ArcFace m2=0.5, Partial FC r=1.0", (*ARCFACE, "--loss.sample_rate", "1.0")),
     Head("combined", "combined (m1, m2, m3) = (1, 0.3, 0.2)",
-         ("--loss.head", "margin", "--loss.s", SCALE, "--loss.m1", "1", "--loss.m2", "0.3", "--loss.m3", "0.2")),
+         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0.3", "--loss.combined.m3", "0.2")),
     Head("arcface_r0.3", "ArcFace m2=0.5, Partial FC r=0.3", (*ARCFACE, "--loss.sample_rate", "0.3")),
     Head("arcface_r0.1", "ArcFace m2=0.5, Partial FC r=0.1", (*ARCFACE, "--loss.sample_rate", "0.1")),
 ]
 FAMILIES = [  # the loss section's defaults for each are its paper's parameters
-    Head("adaface", "AdaFace m=0.4, h=0.333", ("--loss.head", "adaface", "--loss.s", SCALE)),
-    Head("curricularface", "CurricularFace m=0.5", ("--loss.head", "curricularface", "--loss.s", SCALE)),
+    Head("adaface", "AdaFace m=0.4, h=0.333", ("--loss.family", "adaface", "--loss.s", SCALE)),
+    Head("curricularface", "CurricularFace m=0.5", ("--loss.family", "curricularface", "--loss.s", SCALE)),
     Head("magface", "MagFace margin 0.45..0.8 over magnitude 10..110, lambda_g=35",
-         ("--loss.head", "magface", "--loss.s", SCALE)),
-    Head("elasticface", "ElasticFace-Arc m ~ N(0.5, 0.05)", ("--loss.head", "elasticface", "--loss.s", SCALE)),
+         ("--loss.family", "magface", "--loss.s", SCALE)),
+    Head("elasticface", "ElasticFace-Arc m ~ N(0.5, 0.05)", ("--loss.family", "elasticface", "--loss.s", SCALE)),
 ]
 
 
@@ -237,8 +238,7 @@ def main() -> int:
     lines = [
         "# Loss study: softmax, NormFace, SphereFace, CosFace, ArcFace, combined margin, Partial FC",
         "",
-        f"Produced by `python benchmarks/loss_study.py{' --quick' if args.quick else ''}"
-        f"{' --seeds ' + ' '.join(map(str, args.seeds)) if args.seeds != [0] else ''}` on {os.cpu_count()} CPU cores "
+        f"Produced by `{shlex.join(['python', 'benchmarks/loss_study.py', *sys.argv[1:]])}` on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}: training took "
         f"{sum(map(sum, train_seconds.values())) / 60:.1f} min in all, this invocation {total / 60:.1f} min "
         "(finished runs of an earlier invocation are reused).",

@@ -22,7 +22,6 @@ import itertools
 import os
 import statistics
 import time
-import typing
 from collections.abc import Callable
 
 import torch
@@ -30,8 +29,9 @@ import torch.distributed as dist
 
 from partialfc import LazySGD, PartialFC
 from partialfc.config import LossConfig
+from partialfc.margins import MARGIN_FAMILIES
+from partialfc.models.precision import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,14 +40,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample-rate", type=float, nargs="+", default=[0.1, 1.0], help="r values to run")
     parser.add_argument("--dim", type=int, default=512, help="embedding size D")
     parser.add_argument("--batch", type=int, default=128, help="local batch B per rank")
-    parser.add_argument("--gemm-dtype", choices=DTYPES, default="fp32", help="logits GEMM dtype (bf16 = autocast)")
-    parser.add_argument("--param-dtype", choices=DTYPES, default="fp32", help="storage of centres + momentum")
+    parser.add_argument("--gemm-dtype", choices=["fp32", "bf16"], default="fp32", help="logits GEMM dtype (bf16 = autocast)")
+    parser.add_argument("--param-dtype", choices=["fp32", "bf16"], default="fp32", help="storage of centres + momentum")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: gloo, cuda: NCCL")
-    heads = typing.get_args(typing.get_type_hints(LossConfig)["head"])
-    parser.add_argument("--head", nargs="+", default=["margin"], choices=heads,
-                        help="margin families to run (loss.head values, default parameters; margin = ArcFace)")
+    parser.add_argument("--family", nargs="+", default=["combined"], choices=MARGIN_FAMILIES,
+                        help="margin families to run (loss.family values, default parameters; combined = ArcFace)")
     parser.add_argument("--sub-centers", type=int, nargs="+", default=[1],
                         help="K values to run (loss.sub_centers; the GEMM floor then has S·K centre rows)")
     return parser.parse_args()
@@ -100,12 +99,12 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def run_config(
-    args, head: str, sub_centers: int, num_classes: int, sample_rate: float, device: torch.device, world_size: int
+    args, family: str, sub_centers: int, num_classes: int, sample_rate: float, device: torch.device, world_size: int
 ) -> list[float]:
     gemm_dtype, param_dtype = DTYPES[args.gemm_dtype], DTYPES[args.param_dtype]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gemm_dtype == torch.bfloat16)
     before = reset_peak_memory(device)
-    pfc = PartialFC(args.dim, num_classes, sample_rate, LossConfig(head=head).build_margin(), optimizer=LazySGD(),
+    pfc = PartialFC(args.dim, num_classes, sample_rate, LossConfig(family=family).build_margin(), optimizer=LazySGD(),
                     param_dtype=param_dtype, device=device, sub_centers=sub_centers)
     generator = torch.Generator(device="cpu").manual_seed(pfc.rank)
     # Norms spread over [5, 120]: the norm-reading families (AdaFace, MagFace) see varied magnitudes.
@@ -159,15 +158,15 @@ def main() -> None:
     if rank == 0:
         print(f"device={device.type} threads/rank={torch.get_num_threads()} torch={torch.__version__}")
         print(header)
-    configs = itertools.product(args.head, args.sub_centers, args.num_classes, args.sample_rate)
-    for head, sub_centers, num_classes, sample_rate in configs:
-        result = run_config(args, head, sub_centers, num_classes, sample_rate, device, world_size)
+    configs = itertools.product(args.family, args.sub_centers, args.num_classes, args.sample_rate)
+    for family, sub_centers, num_classes, sample_rate in configs:
+        result = run_config(args, family, sub_centers, num_classes, sample_rate, device, world_size)
         result = torch.tensor(result, dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(result, op=dist.ReduceOp.MAX)  # slowest rank, largest memory
         step_time, floor, peak, centre_ratio, num_sample = result.tolist()
         if rank == 0:
-            print(f"{head:>14} {sub_centers:>2} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} {sample_rate:>5} {int(num_sample):>8} "
+            print(f"{family:>14} {sub_centers:>2} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} {sample_rate:>5} {int(num_sample):>8} "
                   f"{args.gemm_dtype:>5} {args.param_dtype:>5} {step_time * 1e3:>9.1f} {floor * 1e3:>9.1f} "
                   f"{step_time / floor:>6.2f} {peak / 2**30:>13.2f} {centre_ratio:>9.2f}x", flush=True)
     if dist.is_initialized():

@@ -39,16 +39,14 @@ import torch.distributed as dist
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.config import OptimConfig
 from partialfc.data import RecordDataset
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.distributed import all_gather_into, init_distributed, reduce_scatter_into
 from partialfc.models import InputConfig, create_model
-from partialfc.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.models.precision import autocast_dtype
+from partialfc.optimizer import OptimConfig, centre_optimizer
 from partialfc.train_step import Batch, StepConfig, TrainStep
-
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample-rate", type=float, default=0.1, help="Partial FC r")
     parser.add_argument("--batch", type=int, default=128, help="images per rank")
     parser.add_argument("--embedding-size", type=int, default=512, help="D")
-    parser.add_argument("--amp", choices=AMP, default="bf16", help="backbone autocast dtype")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="bf16", help="backbone autocast dtype")
     parser.add_argument("--data-backend", choices=["auto", "dali", "torch"], default="auto", help="input pipeline")
     parser.add_argument("--data-workers", type=int, default=None,
                         help="DALI threads / DataLoader workers per rank (default: this machine's cores / local ranks)")
@@ -92,7 +90,7 @@ def main() -> None:
     args = parse_args()
     info = init_distributed()
     device = info.device
-    amp = AMP[args.amp]
+    amp = autocast_dtype(args.amp)
     data_dir = Path(args.data_dir)
     if info.is_main and not (data_dir / "property").exists():
         generate_synthetic_dataset(data_dir, args.synthetic_identities, 8, seed=0, shards=1)
@@ -127,7 +125,7 @@ def main() -> None:
     optim_config = OptimConfig()  # SGD, lr 0.1, momentum 0.9, weight decay 5e-4
     pfc = PartialFC(args.embedding_size, args.num_classes, args.sample_rate, CombinedMargin(),
                     optimizer=centre_optimizer(optim_config), device=device)
-    optimizer = TrainingOptimizer(optim_config, backbone, pfc)
+    optimizer = optim_config.build(backbone, pfc)
     train_step = TrainStep(model, pfc, optimizer, StepConfig(amp_dtype=amp, channels_last=channels_last))
     step_numbers = itertools.count(1)
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)

@@ -18,8 +18,8 @@ from launcher.command import (
     cli_nproc,
     node_local_dir,
     node_local_metrics_dir,
-    resolve_nproc,
     rendezvous_conf,
+    resolve_nproc,
     torchrun_command,
     torchrun_environment,
     training_settings,
@@ -46,8 +46,9 @@ torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, TORCH_NCCL_ASYNC_ERROR_HANDL
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SIGTERM) unless they are set.
 The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is raised
 to cover it, and the store client waits as long (read_timeout), so a node that starts minutes before
-the rendezvous host still joins. PET_RDZV_CONF keys win. Metrics: local rank 0 empties the node's metrics directory when this launcher's
-torchrun first starts its workers and keeps counters across in-place restarts (partialfc/metrics.py);
+the rendezvous host still joins. PET_RDZV_CONF keys win. Metrics: local rank 0 empties the node's
+metrics directory when this launcher's torchrun first starts its workers and keeps counters across
+in-place restarts (partialfc/metrics.py);
 a multi-node job without metrics.multiproc_dir gets a node-local one,
 $TMPDIR/partialfc-metrics-<rdzv id>-<host name>.
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from launcher.environment import LaunchEnvironmentError, Placement, check_nnodes, nproc_from, parse_nproc
 
@@ -80,7 +81,7 @@ def node_local_dir(kind: str, placement: Placement, temp_dir: str, host: str) ->
 
 def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | str | None]) -> Placement:
     """Command-line options beat PET_* variables the user set, which beat what the scheduler implies."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # Placement fields of several types; replace() checks the names
     for name, variable in PET_OVERRIDES.items():
         if not env.get(variable) or env[variable] == str(getattr(placement, name)):
             continue

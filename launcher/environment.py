@@ -219,7 +219,7 @@ def expand_hostlist(hostlist: str) -> list[str]:
 
 
 def _expand_ranges(ranges: str) -> list[str]:
-    values = []
+    values: list[str] = []
     for part in ranges.split(","):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
         if not match:

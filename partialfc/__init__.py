@@ -8,6 +8,17 @@ from partialfc.partial_fc import LabelRangeError, PartialFC
 __version__ = "0.1.0"
 
 __all__ = [
-    "PartialFC", "Margin", "CombinedMargin", "Softmax", "AdaFace", "CurricularFace", "MagFace", "ElasticFace", "CentreOptimizer", "LazySGD", "LazyAdamW",
-    "LabelRangeError", "shard_range",
+    "AdaFace",
+    "CentreOptimizer",
+    "CombinedMargin",
+    "CurricularFace",
+    "ElasticFace",
+    "LabelRangeError",
+    "LazyAdamW",
+    "LazySGD",
+    "MagFace",
+    "Margin",
+    "PartialFC",
+    "Softmax",
+    "shard_range",
 ]

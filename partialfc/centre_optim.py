@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 from torch.optim.sgd import sgd
 
-__all__ = ["LazySGD", "LazyAdamW", "CentreOptimizer", "store_rows"]
+__all__ = ["CentreOptimizer", "LazyAdamW", "LazySGD", "store_rows"]
 
 
 class CentreOptimizer(Protocol):
@@ -167,7 +167,7 @@ class LazyAdamW:
         # The moments may alias the state (dense fp32 case), so they are only read from here on.
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt[:, None]).add_(self.eps)
         step_size = (self.lr / bias_correction1)[:, None]
-        decay = 1.0 - self.lr * self.weight_decay
+        decay: float | torch.Tensor = 1.0 - self.lr * self.weight_decay
         if keep is not None:  # a never-updated row has bias correction 0: select, do not multiply
             step_size = torch.where(keep.bool(), step_size, 0.0)
             decay = torch.where(keep.bool(), decay, 1.0)

@@ -56,3 +56,12 @@ class ArgumentParser(argparse.ArgumentParser):
             suggestion = closest(option, options)
             parts.append(f"unknown option {option}" + (f"; did you mean {suggestion}?" if suggestion else ""))
         return "; ".join(parts)
+
+
+def error_line(error: BaseException) -> str:
+    """The one-line ``error: …`` a command prints for a runtime failure: an OSError as ``FILE: reason``
+    (not Python's ``[Errno 2] …`` with a repr'd path), anything else as its own message."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"error: {where}{error.strerror}"
+    return f"error: {error}"

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,40 +21,40 @@ from typing import Any, Literal
 
 import yaml
 
+from partialfc.config_aliases import ALIASES, current_name, current_names
+from partialfc.margins import (
+    MARGIN_FAMILIES,
+    AdaFaceConfig,
+    CombinedMarginConfig,
+    CurricularFaceConfig,
+    ElasticFaceConfig,
+    MagFaceConfig,
+    Margin,
+    SoftmaxConfig,
+)
 from partialfc.metrics import MetricsConfig
 from partialfc.models import list_models
-from partialfc.options import FREE, Domain, above, at_least, interval, option
+from partialfc.optimizer import OptimConfig
+from partialfc.options import FRACTION, FREE, ConfigError, Domain, above, at_least, interval, one_of, option
+from partialfc.resume import is_meaning_field
+from partialfc.train_state import SampleRateSchedule
 
-if typing.TYPE_CHECKING:
-    from partialfc.margins import Margin
-
-__all__ = ["Config", "ConfigError", "load_config", "add_config_arguments", "config_from_args", "to_dict"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with the field (and file) it comes from."""
+__all__ = ["Config", "ConfigError", "OptimConfig", "load_config", "add_config_arguments", "config_from_args", "to_dict"]
 
 
 def _is_schedule(changes: list[str]) -> bool:
     """True, or the parser's ConfigError naming the entry at fault."""
-    from partialfc.train_state import SampleRateSchedule
-
     SampleRateSchedule.parse(changes, 1.0)
     return True
 
 
 def _are_meaning_fields(names: list[str]) -> bool:
-    from partialfc.resume import is_meaning_field
-
     return all(is_meaning_field(name) for name in names)
 
 
 BACKBONES = Domain(lambda name: name in list_models(), f"is not one of {', '.join(list_models())}", "r51")
 SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1) rising, rates in (0, 1]",
                   ["1.5:0.5"])
-BETAS = Domain(lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
-               "must be two values in [0, 1)", [0.9])
-FRACTION = interval(0, 1, low_open=True, high_open=False)  # (0, 1]
 ALLOWED_CHANGES = Domain(_are_meaning_fields, "may only name fields a resume refuses to change (partialfc/resume.py)",
                          ["eval.every_steps"])
 
@@ -92,32 +95,25 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    head: Literal["margin", "softmax", "adaface", "curricularface", "magface", "elasticface"] = option(
-        "margin", "margin family (formulas in partialfc/margins.py): margin: combined m1/m2/m3 (ArcFace, CosFace, "
-        "SphereFace); softmax: plain unnormalised softmax; adaface, curricularface, magface, elasticface: their "
-        "official definitions, parameters in the fields of the same prefix")
+    family: str = option(
+        "combined", "margin family (formulas in partialfc/margins.py), its parameters in the section of the same "
+        "name: combined: m1/m2/m3 (ArcFace, CosFace, SphereFace); softmax: plain unnormalised softmax; adaface, "
+        "curricularface, magface, elasticface: their official definitions", one_of(MARGIN_FAMILIES))
     s: float = option(64.0, "logit scale s (every family but softmax)", above(0))
-    m1: float = option(1.0, "head=margin: multiplicative angular margin (SphereFace)", above(0))
-    m2: float = option(0.5, "head=margin: additive angular margin (ArcFace)", at_least(0))
-    m3: float = option(0.0, "head=margin: additive cosine margin (CosFace)", at_least(0))
-    adaface_m: float = option(0.4, "head=adaface: margin m", at_least(0))
-    adaface_h: float = option(0.333, "head=adaface: h, how strongly the feature norm moves the margin", at_least(0))
-    adaface_t_alpha: float = option(0.01, "head=adaface: momentum of the running mean/std of feature norms", FRACTION)
-    curricular_m: float = option(0.5, "head=curricularface: additive angular margin m", at_least(0))
-    magface_l_a: float = option(10.0, "head=magface: lower bound of the feature magnitude", above(0))
-    magface_u_a: float = option(110.0, "head=magface: upper bound of the feature magnitude", above(0))
-    magface_l_m: float = option(0.45, "head=magface: margin at the lower magnitude bound", at_least(0))
-    magface_u_m: float = option(0.8, "head=magface: margin at the upper magnitude bound", at_least(0))
-    magface_lambda_g: float = option(35.0, "head=magface: weight of the magnitude regulariser", at_least(0))
-    elastic_m: float = option(0.5, "head=elasticface: mean of the per-sample margins", at_least(0))
-    elastic_std: float = option(0.05, "head=elasticface: standard deviation of the per-sample margins", at_least(0))
-    elastic_kind: Literal["arc", "cos"] = option("arc", "head=elasticface: arc (angular margin) or cos (cosine margin)")
+    combined: CombinedMarginConfig = field(default_factory=CombinedMarginConfig, metadata={"help": "loss.family=combined"})
+    softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig, metadata={"help": "loss.family=softmax"})
+    adaface: AdaFaceConfig = field(default_factory=AdaFaceConfig, metadata={"help": "loss.family=adaface"})
+    curricularface: CurricularFaceConfig = field(default_factory=CurricularFaceConfig,
+                                                 metadata={"help": "loss.family=curricularface"})
+    magface: MagFaceConfig = field(default_factory=MagFaceConfig, metadata={"help": "loss.family=magface"})
+    elasticface: ElasticFaceConfig = field(default_factory=ElasticFaceConfig, metadata={"help": "loss.family=elasticface"})
     sample_rate: float = option(
         1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling", FRACTION)
     sub_centers: int = option(
         1, "centres per class (Sub-center ArcFace, K): a class's cosine is the max over its K centres, which "
         "absorbs label noise; 1 = one centre per class; centre memory and optimizer state grow K-fold; pairs "
-        "with every head (softmax: max of the raw logits); clean a run with `python -m partialfc.data clean`", at_least(1))
+        "with every margin family (softmax: max of the raw logits); clean a run with `python -m partialfc.data clean`",
+        at_least(1))
     bf16_gemm: bool = option(False, "run the logits GEMM in bf16 under autocast (CE stays fp32)")
     param_dtype: Literal["fp32", "bf16"] = option("fp32", "storage of class centres and their optimizer state")
     init_std: float = option(0.01, "standard deviation of the centre initialisation", above(0))
@@ -126,35 +122,18 @@ class LossConfig:
         "first one: loss.sample_rate); e.g. 0.8:1.0 samples every centre in the last fifth of training", SCHEDULE)
 
     def build_margin(self) -> Margin:
-        """The margin ``head`` selects, from this section's fields; ConfigError names the fields."""
-        from partialfc import margins
-
-        families: dict[str, tuple[Any, dict[str, str]]] = {
-            "margin": (margins.CombinedMargin, {"s": "s", "m1": "m1", "m2": "m2", "m3": "m3"}),
-            "softmax": (margins.Softmax, {}),
-            "adaface": (margins.AdaFace, {"s": "s", "m": "adaface_m", "h": "adaface_h", "t_alpha": "adaface_t_alpha"}),
-            "curricularface": (margins.CurricularFace, {"s": "s", "m": "curricular_m"}),
-            "magface": (margins.MagFace, {"s": "s", "l_a": "magface_l_a", "u_a": "magface_u_a", "l_m": "magface_l_m",
-                                          "u_m": "magface_u_m", "lambda_g": "magface_lambda_g"}),
-            "elasticface": (margins.ElasticFace, {"s": "s", "m": "elastic_m", "std": "elastic_std", "kind": "elastic_kind"}),
-        }
-        family, fields = families[self.head]
+        """The margin ``family`` selects, from its section; ConfigError names the section's fields."""
+        section = getattr(self, self.family)
         try:
-            return family(**{param: getattr(self, name) for param, name in fields.items()})
+            return section.build(self.s)
         except ValueError as error:
-            names = ", ".join(f"loss.{name}" for name in fields.values())
-            raise ConfigError(f"loss.head={self.head} ({names}): {error}") from None
+            names = ", ".join(["loss.s", *(f"loss.{self.family}.{f.name}" for f in dataclasses.fields(section))])
+            raise ConfigError(f"loss.family={self.family} ({names}): {error}") from None
 
-
-@dataclass
-class OptimConfig:
-    name: Literal["sgd", "adamw"] = option("sgd", "optimizer of backbone and centres")
-    lr: float = option(0.1, "peak learning rate; linear scaling rule: 0.1 x global batch / 1024 for SGD", above(0))
-    momentum: float = option(0.9, "SGD momentum", interval(0, 1))
-    weight_decay: float = option(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", at_least(0))
-    betas: list[float] = option([0.9, 0.999], "AdamW betas", BETAS)
-    clip_grad_norm: float = option(0.0, "clip the global gradient norm (backbone + all centre shards) to this; 0 disables", at_least(0))
-    centre_lr_scale: float = option(1.0, "learning rate of the class centres = scheduled learning rate x this", above(0))
+    @functools.cached_property
+    def sample_rates(self) -> SampleRateSchedule:
+        """``sample_rate`` and ``sample_rate_schedule`` as one schedule, built once (the config is loaded by then)."""
+        return SampleRateSchedule.parse(self.sample_rate_schedule, self.sample_rate)
 
 
 @dataclass
@@ -219,7 +198,7 @@ class Config:
     output: str = option("runs/default", "run directory: config, log, checkpoints, model.pt, summary.json", FREE)
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "input data"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "backbone"})
-    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "Partial-FC head"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "Partial-FC classifier and its margin"})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "learning-rate schedule"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
@@ -248,9 +227,6 @@ class Config:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name}={_get(self, name)!r} {rule}")
-        from partialfc.train_state import SampleRateSchedule
-
-        SampleRateSchedule.parse(self.loss.sample_rate_schedule, self.loss.sample_rate)
 
 
 def leaf_fields(node: Any, prefix: str = "") -> list[tuple[str, Any, Domain | None]]:
@@ -272,15 +248,30 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read config {path}: {error}") from error
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path}: {error.strerror or error}{_nearby_config(Path(path))}") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config {path}{where} is not valid YAML: {getattr(error, 'problem', None) or error}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-        _merge(config, raw, prefix="", source=str(path))
+        _merge(config, current_names(raw, str(path)), prefix="", source=str(path))
     for key, value in (overrides or {}).items():
+        key, value, note = current_name(key, value)
+        if note:
+            print(f"partialfc: command line: {note}", file=sys.stderr)
         _set(config, key, value, source="command line")
     config.validate()
     return config
+
+
+def _nearby_config(path: Path) -> str:
+    """A did-you-mean for a mistyped config file name, from the YAML files beside it."""
+    if not path.parent.is_dir():
+        return ""
+    match = difflib.get_close_matches(path.name, sorted(p.name for p in path.parent.glob("*.y*ml")), n=1)
+    return f" (did you mean {path.parent / match[0]}?)" if match else ""
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -376,8 +367,11 @@ def _get(config: Config, dotted: str) -> Any:
 
 # ---------------------------------------------------------------------- command line
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--section.field`` option per config field, documented, defaults shown."""
+    """One ``--section.field`` option per config field, documented, defaults shown; the deprecated names
+    (ALIASES) are accepted but not shown."""
     _add_fields(parser, Config(), prefix="")
+    for old in ALIASES:
+        parser.add_argument(f"--{old}", dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _add_fields(parser: argparse.ArgumentParser, node: Any, prefix: str) -> None:
@@ -389,11 +383,12 @@ def _add_fields(parser: argparse.ArgumentParser, node: Any, prefix: str) -> None
             _add_fields(parser, value, f"{prefix}{f.name}.")
             continue
         choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
+        names = getattr(f.metadata.get("domain"), "choices", None)  # checked on load: old names still pass
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         group.add_argument(
             f"--{prefix}{f.name}",
             dest=f"{prefix}{f.name}",
-            metavar=_metavar(hints[f.name]),
+            metavar="{" + ",".join(names) + "}" if names else _metavar(hints[f.name]),
             choices=choices,
             default=argparse.SUPPRESS,
             help=f"{f.metadata['help']} (default: {shown!r})",

@@ -2,7 +2,8 @@
 
 The ONNX graph takes the *normalised* float32 NCHW image (as insightface's released ONNX models do)
 with a dynamic batch axis and returns the raw (not L2-normalised) embedding. How to normalise is
-stored in the model's metadata (``metadata_props``), so a runtime needs nothing but the file:
+stored in the model's metadata (``metadata_props``, from :func:`partialfc.model_file.onnx_metadata`), so a
+runtime needs nothing but the file:
 
     input_size     "112,112"            (height, width)
     channel_order  "RGB"
@@ -25,14 +26,14 @@ import argparse
 import logging
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from partialfc.cli import ArgumentParser
-from partialfc.embed import ModelFileError, load_backbone
+from partialfc.cli import ArgumentParser, error_line
+from partialfc.model_file import ModelFileError, load_model, onnx_metadata
 from partialfc.models.input_config import InputConfig
 
 DEFAULT_OPSET = 18
@@ -40,7 +41,7 @@ PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7)
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 
-__all__ = ["DEFAULT_OPSET", "ExportResult", "ParityError", "export_onnx", "read_input_config"]
+__all__ = ["DEFAULT_OPSET", "ExportResult", "ParityError", "export_onnx"]
 
 
 class ParityError(ModelFileError):
@@ -54,30 +55,12 @@ class ExportResult:
     max_abs_difference: dict[int, float]  # batch size -> max |onnxruntime - pytorch|
 
 
-def _csv(values: Sequence[float]) -> str:
-    return ",".join(f"{v:g}" for v in values)
-
-
-def read_input_config(path: str | Path, metadata: Mapping[str, str]) -> InputConfig:
-    """The :class:`InputConfig` stored in an exported model's metadata; names the file if absent."""
-    missing = [key for key in ("input_size", "channel_order", "mean", "std") if key not in metadata]
-    if missing:
-        raise ModelFileError(f"{path}: ONNX metadata lacks {missing}; export it with `python -m partialfc.export onnx`")
-    try:
-        height, width = (int(v) for v in metadata["input_size"].split(","))
-        return InputConfig(size=(height, width), channel_order=metadata["channel_order"],
-                           mean=tuple(float(v) for v in metadata["mean"].split(",")),
-                           std=tuple(float(v) for v in metadata["std"].split(",")))
-    except ValueError as err:
-        raise ModelFileError(f"{path}: bad input metadata {dict(metadata)}: {err}") from None
-
-
 def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, seed: int = 0) -> ExportResult:
     """Export, check with the ONNX checker and compare with PyTorch under onnxruntime."""
     import onnx
     import onnxruntime as ort
 
-    trained = load_backbone(model_path)
+    trained = load_model(model_path)
     config: InputConfig = trained.backbone.input_config
     example = torch.randn(2, 3, *config.size, generator=torch.Generator().manual_seed(seed))
     out = Path(out)
@@ -92,13 +75,7 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
         )
     proto = program.model_proto
-    metadata = {
-        "input_size": _csv(config.size), "channel_order": config.channel_order,
-        "mean": _csv(config.mean), "std": _csv(config.std),
-        "backbone": trained.name, "embedding_size": str(trained.embedding_size),
-        "producer": f"partialfc.export from {Path(model_path).name}",
-    }
-    onnx.helper.set_model_props(proto, metadata)
+    onnx.helper.set_model_props(proto, onnx_metadata(trained, Path(model_path)))
     tmp = out.with_name(out.name + ".tmp")
     onnx.save(proto, tmp)
     onnx.checker.check_model(str(tmp), full_check=True)
@@ -151,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = export_onnx(args.model, out, opset=args.opset)
     except ModelFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 1 if isinstance(err, ParityError) else 2
     parity = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.max_abs_difference.items())
     print(f"{result.path}: opset {result.opset}, dynamic batch axis, onnx.checker passed; "

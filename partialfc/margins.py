@@ -64,7 +64,9 @@ combine with every family: a class's cosine is ``c_ij = max_k cos θ_ijk`` over 
 (Softmax: the max of the raw logits), the family's formula applies to it unchanged, and
 ``∂c_ij/∂w`` reaches only the winning sub-centre. No state of its own.
 
-How :class:`~partialfc.PartialFC` drives a margin is the :class:`Margin` protocol below.
+How :class:`~partialfc.PartialFC` drives a margin is the :class:`Margin` protocol below. Beside each
+family is its config section (``loss.<family>`` of the training config, a :class:`MarginConfig`);
+:data:`MARGIN_FAMILIES` names them all, and is what ``loss.family`` chooses from.
 """
 
 from __future__ import annotations
@@ -75,7 +77,13 @@ from typing import Literal, Protocol
 
 import torch
 
-__all__ = ["Margin", "MarginStep", "CombinedMargin", "Softmax", "AdaFace", "CurricularFace", "MagFace", "ElasticFace"]
+from partialfc.options import FRACTION, at_least, above, option
+
+__all__ = [
+    "Margin", "MarginStep", "MarginConfig", "MARGIN_FAMILIES", "CombinedMargin", "CombinedMarginConfig", "Softmax",
+    "SoftmaxConfig", "AdaFace", "AdaFaceConfig", "CurricularFace", "CurricularFaceConfig", "MagFace", "MagFaceConfig",
+    "ElasticFace", "ElasticFaceConfig",
+]
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,14 @@ class Margin(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+class MarginConfig(Protocol):
+    """A family's section of the training config (``loss.<family>``): its parameters, and the margin they make."""
+
+    def build(self, s: float) -> Margin:
+        """The margin with these parameters and the logit scale ``s`` (``loss.s``); ValueError names a bad one."""
+        ...
+
+
 class BaseMargin:
     """Defaults for the optional parts of :class:`Margin`: no per-sample inputs, no state."""
 
@@ -155,7 +171,7 @@ class BaseMargin:
         if state:
             raise ValueError(
                 f"{type(self).__name__} has no running state, but the state to load holds {sorted(state)}: "
-                "it was saved with another margin family (loss.head)"
+                "it was saved with another margin family (loss.family)"
             )
 
 
@@ -188,6 +204,18 @@ class CombinedMargin(BaseMargin):
 
     def __repr__(self) -> str:
         return f"CombinedMargin(s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3})"
+
+
+@dataclass
+class CombinedMarginConfig:
+    """``loss.combined``: SphereFace, ArcFace, CosFace and their combination in one formula."""
+
+    m1: float = option(1.0, "multiplicative angular margin (SphereFace)", above(0))
+    m2: float = option(0.5, "additive angular margin (ArcFace)", at_least(0))
+    m3: float = option(0.0, "additive cosine margin (CosFace)", at_least(0))
+
+    def build(self, s: float) -> CombinedMargin:
+        return CombinedMargin(s, self.m1, self.m2, self.m3)
 
 
 def angular_margin(cos_theta: torch.Tensor, m1: float, m2: float | torch.Tensor) -> torch.Tensor:
@@ -223,6 +251,14 @@ class Softmax(BaseMargin):
 
     def __repr__(self) -> str:
         return "Softmax()"
+
+
+@dataclass
+class SoftmaxConfig:
+    """``loss.softmax``: no parameters (the unnormalised baseline ignores ``loss.s``)."""
+
+    def build(self, s: float) -> Softmax:
+        return Softmax()
 
 
 class AdaFace(BaseMargin):
@@ -268,6 +304,18 @@ class AdaFace(BaseMargin):
 
     def __repr__(self) -> str:
         return f"AdaFace(s={self.s}, m={self.m}, h={self.h}, t_alpha={self.t_alpha})"
+
+
+@dataclass
+class AdaFaceConfig:
+    """``loss.adaface``: the margin follows image quality through the feature norm."""
+
+    m: float = option(0.4, "margin m", at_least(0))
+    h: float = option(0.333, "how strongly the feature norm moves the margin", at_least(0))
+    t_alpha: float = option(0.01, "momentum of the running mean/std of feature norms", FRACTION)
+
+    def build(self, s: float) -> AdaFace:
+        return AdaFace(s, self.m, self.h, self.t_alpha)
 
 
 class CurricularFace(BaseMargin):
@@ -321,6 +369,16 @@ class CurricularFace(BaseMargin):
         return f"CurricularFace(s={self.s}, m={self.m})"
 
 
+@dataclass
+class CurricularFaceConfig:
+    """``loss.curricularface``: ArcFace target, hard negatives weighted by the training progress."""
+
+    m: float = option(0.5, "additive angular margin m", at_least(0))
+
+    def build(self, s: float) -> CurricularFace:
+        return CurricularFace(s, self.m)
+
+
 class MagFace(BaseMargin):
     """Margin growing with the feature magnitude, plus its magnitude regulariser; see the module docstring."""
 
@@ -356,6 +414,20 @@ class MagFace(BaseMargin):
                 f"lambda_g={self.lambda_g})")
 
 
+@dataclass
+class MagFaceConfig:
+    """``loss.magface``: the margin grows with the feature magnitude, which a regulariser bounds."""
+
+    l_a: float = option(10.0, "lower bound of the feature magnitude", above(0))
+    u_a: float = option(110.0, "upper bound of the feature magnitude", above(0))
+    l_m: float = option(0.45, "margin at the lower magnitude bound", at_least(0))
+    u_m: float = option(0.8, "margin at the upper magnitude bound", at_least(0))
+    lambda_g: float = option(35.0, "weight of the magnitude regulariser", at_least(0))
+
+    def build(self, s: float) -> MagFace:
+        return MagFace(s, self.l_a, self.u_a, self.l_m, self.u_m, self.lambda_g)
+
+
 class ElasticFace(BaseMargin):
     """ArcFace or CosFace with a random margin per sample; see the module docstring."""
 
@@ -388,6 +460,29 @@ class ElasticFace(BaseMargin):
 
     def __repr__(self) -> str:
         return f"ElasticFace(s={self.s}, m={self.m}, std={self.std}, kind={self.kind!r})"
+
+
+@dataclass
+class ElasticFaceConfig:
+    """``loss.elasticface``: ArcFace or CosFace with a margin drawn per sample."""
+
+    m: float = option(0.5, "mean of the per-sample margins", at_least(0))
+    std: float = option(0.05, "standard deviation of the per-sample margins", at_least(0))
+    kind: Literal["arc", "cos"] = option("arc", "arc (angular margin) or cos (cosine margin)")
+
+    def build(self, s: float) -> ElasticFace:
+        return ElasticFace(s, self.m, self.std, self.kind)
+
+
+MARGIN_FAMILIES: dict[str, type[MarginConfig]] = {
+    "combined": CombinedMarginConfig,
+    "softmax": SoftmaxConfig,
+    "adaface": AdaFaceConfig,
+    "curricularface": CurricularFaceConfig,
+    "magface": MagFaceConfig,
+    "elasticface": ElasticFaceConfig,
+}
+"""The margin families by the name ``loss.family`` selects; ``loss.<name>`` is the family's config section."""
 
 
 def _clamp_eps(dtype: torch.dtype) -> float:

@@ -14,6 +14,7 @@ import re
 import socket
 import threading
 import time
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -23,12 +24,15 @@ from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from partialfc.log_window import PHASES
 from partialfc.options import FREE, at_least, interval, option
+
+if typing.TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+# prometheus_client is imported where metrics are made, not here: the config imports MetricsConfig,
+# and loading a config (every CLI, the data tools) must not pull in the metrics stack.
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PATH = "/metrics"
@@ -93,6 +97,8 @@ class TrainingMetrics:
             dist.barrier()
         # The value class is chosen when prometheus_client is imported; install the multiprocess one
         # explicitly so import order does not matter, and restore both on close().
+        from prometheus_client import values
+
         self._previous_env = os.environ.get(MULTIPROC_ENV)
         self._previous_value_class = values.ValueClass
         os.environ[MULTIPROC_ENV] = str(directory)
@@ -101,6 +107,8 @@ class TrainingMetrics:
         self._create(rank, local_rank, node, info)
 
     def _create(self, rank: int, local_rank: int, node: int, info: dict[str, str]) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
         ids = {"rank": str(rank), "local_rank": str(local_rank), "node": str(node)}
 
         def counter(name: str, doc: str, **extra: str) -> Counter:
@@ -271,6 +279,8 @@ class TrainingMetrics:
         if self._endpoint is not None:
             self._endpoint.close(self._final_scrape_timeout)
         self._value_class.close_all_files()
+        from prometheus_client import values
+
         values.ValueClass = self._previous_value_class
         if self._previous_env is None:
             os.environ.pop(MULTIPROC_ENV, None)
@@ -299,6 +309,9 @@ class _Endpoint:
     """Local rank 0's HTTP server: read-only ``/metrics`` merged from every local rank's files."""
 
     def __init__(self, address: str, port: int, directory: Path) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
         registry = CollectorRegistry(auto_describe=False)
         MultiProcessCollector(registry, path=str(directory))
         handler = type("MetricsHandler", (_MetricsHandler,), {"registry": registry, "endpoint": self})
@@ -365,6 +378,8 @@ class _MetricsHandler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.NOT_FOUND, f"metrics are served at {METRICS_PATH}\n")
             return
         ticket = self.endpoint.scrape_started()
+        from prometheus_client.exposition import choose_encoder
+
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
         output = encoder(self.registry)
         self.send_response(HTTPStatus.OK)

@@ -25,7 +25,6 @@ import torch.distributed as dist
 from partialfc.exit_codes import ExitCode, record_exit
 
 
-
 def block_sigterm() -> None:
     """Block SIGTERM in this thread and every thread or process it starts later; call first thing in main."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})

@@ -82,7 +82,8 @@ def read_history(path: str | Path) -> RunHistory:
     path = Path(path)
     by_step: dict[int, tuple[float, float, float]] = {}
     accuracy: dict[str, dict[int, tuple[float, float]]] = {}
-    total, times, segments = 0, [], []
+    total, times = 0, []
+    segments: list[Segment] = []
     for record in read_records(path):
         if record["event"] == "step":
             step = record["step"]
@@ -175,9 +176,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m partialfc.report",
-        description=f"Turn a run directory's run record ({RECORD_FILE}) and summary.json into PNG plots over steps (loss, learning "
-        "rate, throughput, gradient norm, data wait, memory: one line per start of the job; verification "
-        "accuracy per set with its spread over the folds) and a short markdown summary, report.md.",
+        description=f"Turn a run directory's run record ({RECORD_FILE}) and summary.json into PNG plots over "
+        "steps (loss, learning rate, throughput, gradient norm, data wait, memory: one line per start of the job; "
+        "verification accuracy per set with its spread over the folds) and a short markdown summary, report.md.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help=f"the training run's output directory (holds {RECORD_FILE})")
     parser.add_argument("--out", default=None, help="folder for the plots and report.md (default: RUN_DIR/report)")

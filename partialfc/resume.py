@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from partialfc.config import ConfigError
+from partialfc.config_aliases import current_names
+from partialfc.margins import MARGIN_FAMILIES
+from partialfc.options import ConfigError
 
-# Exact names, or a prefix ending in "." / "_" for a family of fields.
+# Exact names, or a prefix ending in "." for a section.
 MEANING_FIELDS = (
     "model.backbone", "model.embedding_size",
-    "loss.head", "loss.s", "loss.m1", "loss.m2", "loss.m3", "loss.adaface_", "loss.curricular_", "loss.magface_",
-    "loss.elastic_", "loss.sample_rate", "loss.sample_rate_schedule", "loss.sub_centers",
+    "loss.family", "loss.s", *(f"loss.{family}." for family in MARGIN_FAMILIES),
+    "loss.sample_rate", "loss.sample_rate_schedule", "loss.sub_centers",
     "optim.name", "optim.lr", "schedule.", "train.epochs", "train.max_steps", "train.grad_accum",
 )
 
@@ -36,8 +38,12 @@ class ConfigChange:
 
 
 def meaning_changes(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> list[ConfigChange]:
-    """The fields in MEANING_FIELDS whose value differs between a checkpoint's config and this job's."""
-    saved_flat, ours_flat = flatten(saved), flatten(ours)
+    """The fields in MEANING_FIELDS whose value differs between a checkpoint's config and this job's.
+
+    The checkpoint's config is read under today's names (config_aliases.ALIASES): a run saved as ``loss.head:
+    margin`` is the same run as ``loss.family: combined``.
+    """
+    saved_flat, ours_flat = flatten(current_names(saved, "checkpoint config", warn=False)), flatten(ours)
     return [ConfigChange(name, saved_flat.get(name), ours_flat.get(name))
             for name in sorted(set(saved_flat) | set(ours_flat))
             if is_meaning_field(name) and saved_flat.get(name) != ours_flat.get(name)]
@@ -57,7 +63,7 @@ def check_changes(changes: list[ConfigChange], allowed: list[str], checkpoint: s
 
 
 def is_meaning_field(name: str) -> bool:
-    return any(name == field or (field.endswith((".", "_")) and name.startswith(field)) for field in MEANING_FIELDS)
+    return any(name == field or (field.endswith(".") and name.startswith(field)) for field in MEANING_FIELDS)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

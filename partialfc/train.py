@@ -22,7 +22,6 @@ from partialfc.exit_codes import ExitCode, help_text, record_exit
 from partialfc.models import create_model
 from partialfc.models.activation_memory import activation_bytes
 from partialfc.preemption import block_sigterm
-from partialfc.train_state import SampleRateSchedule
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +46,7 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
     dim = config.model.embedding_size
     sub_centers = config.loss.sub_centers
     num_local = shard_range(num_classes, 0, world_size)[1]
-    schedule = SampleRateSchedule.parse(config.loss.sample_rate_schedule, config.loss.sample_rate)
+    schedule = config.loss.sample_rates
     peak_rate = max([schedule.base, *(rate for _, rate in schedule.changes)])  # the plan must hold at the peak
     num_sample = min(num_local, math.ceil(peak_rate * num_local)) * sub_centers
     num_local *= sub_centers  # K centre rows per class

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from partialfc.config import ConfigError
+from partialfc.options import ConfigError
 
 
 @dataclass

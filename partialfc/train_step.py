@@ -121,6 +121,6 @@ class TrainStep:
 
     def _gradient_sync(self, last_micro: bool) -> contextlib.AbstractContextManager:
         """DDP all-reduces backbone gradients only after the last micro-batch of a step."""
-        if last_micro or self.model is self.backbone:
+        if last_micro or not isinstance(self.model, nn.parallel.DistributedDataParallel):
             return contextlib.nullcontext()
         return self.model.no_sync()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pickle
 import sys
 import time
 from collections.abc import Iterator
@@ -42,23 +41,21 @@ from partialfc.data.prepare import prepare_dataset, resolve_val_targets
 from partialfc.data.verification import VerificationSet
 from partialfc.distributed import DistInfo, barrier
 from partialfc.ema import WeightAverage
-from partialfc.embed import MODEL_KEYS, ModelFileError, load_backbone
-from partialfc.evaluation import VerificationResult, evaluate
+from partialfc.eval.verification import VerificationResult, evaluate
 from partialfc.log_window import LogWindow
 from partialfc.lr_schedule import LRSchedule
 from partialfc.metrics import TrainingMetrics, resident_bytes
+from partialfc.model_file import ModelFileError, init_from, save_model
 from partialfc.models import create_model
-from partialfc.optimizer import NonFiniteReport, TrainingOptimizer, centre_optimizer
+from partialfc.models.precision import DTYPES, autocast_dtype
+from partialfc.optimizer import NonFiniteReport, centre_optimizer
 from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.resume import check_changes, meaning_changes
 from partialfc.run_log import RunLog
-from partialfc.train_state import RNGState, SampleRateSchedule, TrainProgress
+from partialfc.train_state import RNGState, TrainProgress
 from partialfc.train_step import StepConfig, StepReport, TrainStep
 from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Trainer:
@@ -106,11 +103,10 @@ class Trainer:
         self.pfc = PartialFC(
             config.model.embedding_size, self.num_classes, config.loss.sample_rate, config.loss.build_margin(),
             optimizer=centre_optimizer(config.optim), seed=config.train.seed, init_std=config.loss.init_std,
-            param_dtype=PARAM_DTYPES[config.loss.param_dtype], device=self.device, sub_centers=config.loss.sub_centers,
+            param_dtype=DTYPES[config.loss.param_dtype], device=self.device, sub_centers=config.loss.sub_centers,
         )
-        self.optimizer = TrainingOptimizer(config.optim, self.backbone, self.pfc, fp16=config.train.amp == "fp16")
-        self.sample_rates = SampleRateSchedule.parse(config.loss.sample_rate_schedule, config.loss.sample_rate)
-        self.amp_dtype = AMP_DTYPES[config.train.amp]
+        self.optimizer = config.optim.build(self.backbone, self.pfc, fp16=config.train.amp == "fp16")
+        self.amp_dtype = autocast_dtype(config.train.amp)
         self.progress = TrainProgress()
         self.progress.set_plan(self.total_steps, self.global_batch)  # a resumed run's own plan replaces it
         self.checkpointer = Checkpointer(
@@ -221,7 +217,7 @@ class Trainer:
         """One optimizer step at the scheduled learning rate and sample rate; per-step metrics and the bar."""
         position = self.progress.position
         report = self.training_step(batches, lr=self.schedule(position),
-                                    sample_rate=self.sample_rates.rate(position, self.progress.plan_steps),
+                                    sample_rate=self.config.loss.sample_rates.rate(position, self.progress.plan_steps),
                                     number=self.progress.step + 1)
         self.progress.step += 1
         self.progress.samples += self.global_batch
@@ -398,34 +394,9 @@ class Trainer:
         """Fine-tuning: backbone weights from a partialfc model.pt or a bare state_dict (insightface
         backbone.pth, same key names), strictly matched; the centres stay freshly initialised."""
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, pickle.UnpicklingError, RuntimeError, EOFError) as error:
-            raise ConfigError(f"model.init_from {path}: cannot read it: {error}") from None
-        if isinstance(saved, dict) and all(key in saved for key in MODEL_KEYS):
-            try:
-                pretrained = load_backbone(path)
-            except ModelFileError as error:
-                raise ConfigError(f"model.init_from {error}") from None
-            ours = (self.config.model.backbone, self.config.model.embedding_size)
-            if (pretrained.name, pretrained.embedding_size) != ours:
-                raise ConfigError(
-                    f"model.init_from {path}: holds backbone {pretrained.name!r} with embedding size "
-                    f"{pretrained.embedding_size}; this job has model.backbone={ours[0]!r}, "
-                    f"model.embedding_size={ours[1]}")
-            saved = pretrained.backbone.state_dict()
-        if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
-            raise ConfigError(f"model.init_from {path}: neither a partialfc model.pt (keys {list(MODEL_KEYS)}) nor a "
-                              f"state_dict of tensors (found {type(saved).__name__})")
-        try:
-            result = self.backbone.load_state_dict(saved, strict=False)
-        except RuntimeError as error:  # shape mismatches raise even when strict=False
-            raise ConfigError(f"model.init_from {path}: does not fit model.backbone={self.config.model.backbone!r}: "
-                              f"{' '.join(str(error).split())}") from None
-        if result.missing_keys or result.unexpected_keys:
-            raise ConfigError(
-                f"model.init_from {path}: does not fit model.backbone={self.config.model.backbone!r}: "
-                f"{len(result.missing_keys)} missing keys {result.missing_keys[:8]}, "
-                f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:8]}")
+            init_from(path, self.backbone, self.config.model.backbone, self.config.model.embedding_size)
+        except ModelFileError as error:
+            raise ConfigError(f"model.init_from {error}") from None
         if self.ema:
             self.ema.reset(self.backbone)
         self.log.info(f"backbone initialised from {path} (model.init_from); class centres start fresh")
@@ -439,16 +410,9 @@ class Trainer:
                                 best_verification=self.progress.best)
 
     def _write_model(self, path: Path) -> None:
-        """Backbone weights for inference; loads with ``torch.load(weights_only=True)``. Never non-finite ones."""
-        weights = self.inference_backbone.state_dict()
-        bad = [name for name, tensor in weights.items()
-               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-        if bad:
-            raise FloatingPointError(f"{path} not written: {len(bad)} backbone tensors are not finite ({bad[0]}, ...)")
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"backbone": self.config.model.backbone, "embedding_size": self.config.model.embedding_size,
-                    "state_dict": weights}, tmp)
-        os.replace(tmp, path)
+        """Backbone weights for inference (:func:`partialfc.model_file.save_model`)."""
+        save_model(path, self.config.model.backbone, self.config.model.embedding_size,
+                   self.inference_backbone.state_dict())
 
 
 class PeerFailure(RuntimeError):

@@ -28,7 +28,6 @@ from pathlib import Path
 from partialfc.exit_codes import ExitCode, record_exit
 
 
-
 @dataclass
 class _Peer:
     beat: int = -1

@@ -109,7 +109,8 @@ HOSTNAMES = {"pj": ("pj-master-0", "pj-worker-0"), "pe": ("pe-worker-0", "pe-wor
 
 
 def pytorchjob_env(node: int) -> dict[str, str]:
-    """training-operator v1.9 envvar.go + master.go: Master (1) + Worker (1), nprocPerNode "1", pytorchjob-port 29400."""
+    """training-operator v1.9 envvar.go + master.go: Master (1) + Worker (1), nprocPerNode "1",
+    pytorchjob-port 29400."""
     return {"PYTHONUNBUFFERED": "1", "MASTER_PORT": "29400", "PET_MASTER_PORT": "29400", "MASTER_ADDR": "pj-master-0",
             "PET_MASTER_ADDR": "pj-master-0", "WORLD_SIZE": "2", "RANK": str(node), "PET_NODE_RANK": str(node),
             "PET_NPROC_PER_NODE": "1", "PET_NNODES": "2"}
@@ -176,10 +177,8 @@ class Job:
     def kill_node(self, node: int) -> None:
         """SIGKILL every process on the node (launcher, torchrun, workers, data workers): the node is gone."""
         for pid in self.hosts[node].pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.processes[node].wait(timeout=60)
         await_condition(lambda: not self.hosts[node].pids(), [], 60, f"node {node}'s processes to exit")
 

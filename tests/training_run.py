@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -87,18 +88,14 @@ def kill_job(job: subprocess.Popen, output: Path) -> None:
 
     pids = []
     for heartbeat in (output / "heartbeats").glob("rank-*.json"):
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             pids.append(json.loads(heartbeat.read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            pass
     if job.poll() is None:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def straight_and_resumed(dataset: Path, tmp_path: Path, **settings: object) -> tuple:

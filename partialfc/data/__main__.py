@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.cli import ArgumentParser
+from partialfc.cli import ArgumentParser, error_line
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.recordio import RecordIOError
@@ -40,9 +40,13 @@ def _histogram(sizes: np.ndarray) -> list[dict[str, Any]]:
 def _summary(ds: RecordDataset, samples: int) -> dict[str, Any]:
     sizes = ds.class_sizes()
     per_shard = np.bincount(ds.image_shard, minlength=len(ds.shards))
-    picks = np.unique(np.linspace(0, ds.num_images - 1, min(samples, ds.num_images)).astype(np.int64)) if ds.num_images else []
+    picks: list[int] = (
+        np.unique(np.linspace(0, ds.num_images - 1, min(samples, ds.num_images)).astype(np.int64)).tolist()
+        if ds.num_images
+        else []
+    )
     sample_rows = []
-    for i in picks.tolist() if len(picks) else []:
+    for i in picks:
         data = ds.read_image(i)
         try:
             shape: list[int] | str = list(decode_jpeg(data).shape)
@@ -163,7 +167,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         out, report = clean_dataset(args.run_dir, args.dataset, args.angle, args.out, model=args.model,
                                     batch_size=args.batch_size, device=device, progress=not args.quiet)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     for line in report.lines():
         print(line)
@@ -259,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (RecordIOError, VerificationError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
 
 

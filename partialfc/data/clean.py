@@ -24,7 +24,8 @@ from partialfc.checkpoint import CheckpointError, find_latest_checkpoint, read_c
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.progress import Progress
 from partialfc.data.subset import write_subset
-from partialfc.embed import Embedder, ImageSource, TorchEmbedder, embed_source, load_embedder
+from partialfc.eval.embedder import Embedder, TorchEmbedder, embed_source, load_embedder
+from partialfc.eval.sources import ImageSource
 from partialfc.models import create_model
 
 __all__ = ["CleanReport", "clean_dataset", "load_run_embedder"]

@@ -106,6 +106,7 @@ class RecordDataset:
         origin = "labels"
         if self.layout == "insightface" and len(parts) == 1:
             num_classes = parts[0].num_identities
+            assert num_classes is not None  # analyse_shard counts the identity records of an insightface shard
             origin = f"header of {self.shards[0].rec_path}"
         elif prop is not None:
             num_classes = prop.num_classes

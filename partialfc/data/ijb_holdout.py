@@ -24,7 +24,15 @@ from typing import Protocol
 import numpy as np
 
 from partialfc.eval.align import ARCFACE_TEMPLATE
-from partialfc.eval.ijb import IMAGE_FOLDERS, META, gallery_name, image_list_name, landmark_list_name, pair_list_name, probe_name
+from partialfc.eval.ijb import (
+    IMAGE_FOLDERS,
+    META,
+    gallery_name,
+    image_list_name,
+    landmark_list_name,
+    pair_list_name,
+    probe_name,
+)
 
 __all__ = ["SET_NAME", "loose_crop_transform", "warp_similarity", "write_ijb_holdout"]
 
@@ -50,7 +58,7 @@ def loose_crop_transform(rng: np.random.Generator, size: int) -> tuple[np.ndarra
     """(2x3 similarity matrix from aligned-crop pixels to loose-crop pixels, loose-crop side)."""
     angle, scale = rng.uniform(-0.35, 0.35), rng.uniform(0.8, 1.4)
     extent = size * scale * (abs(math.cos(angle)) + abs(math.sin(angle)))  # the rotated square's bounding box
-    side = int(math.ceil(extent * 1.3))
+    side = math.ceil(extent * 1.3)
     linear = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     centre = (size - 1) / 2
     target = (side - 1) / 2 + rng.uniform(-0.1, 0.1, 2) * extent
@@ -92,7 +100,8 @@ def write_ijb_holdout(out_dir: str | Path, images: AlignedImages, first_identity
     (out / LOOSE_CROP).mkdir(parents=True, exist_ok=True)
     (out / META).mkdir(parents=True, exist_ok=True)
     layout = _templates_of_subject(images_per_identity)
-    image_lines, landmark_lines = [], []
+    image_lines: list[str] = []
+    landmark_lines: list[str] = []
     files_of_template: list[list[str]] = []
     subject_of_template: list[int] = []
     media_id = 0

@@ -7,7 +7,7 @@ indexed record so that one run lists all corrupt records with their file and byt
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +85,7 @@ def verify_dataset(
     total = sum(len(j[3]) for j in jobs)
     bar = Progress(total, "verify") if progress else None
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    results: Iterator[tuple[int, int, list[str]]]
     if workers <= 1 or len(jobs) <= 1:
         results = map(_check_chunk, jobs)
         pool = None

@@ -87,8 +87,8 @@ def _shard(rec: Path) -> Shard:
 
 def _check_shard_set(recs: list[Path], origin: str) -> None:
     """When files are named ``X-i-of-n.rec``, all n of them must be present, once."""
-    matches = [_SHARD_NAME.match(r.name) for r in recs]
-    if len(recs) < 2 or not all(matches):
+    matches = [m for r in recs if (m := _SHARD_NAME.match(r.name))]
+    if len(recs) < 2 or len(matches) != len(recs):
         return
     groups = {(r.parent, m["stem"], int(m["total"])) for r, m in zip(recs, matches)}
     if len(groups) != 1:

@@ -12,7 +12,7 @@ import glob
 import multiprocessing
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,9 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _loaded(load: Callable[[Any], bytes], sources: Sequence[Any], workers: int) -> Iterator[tuple[bytes, tuple[int, int]]]:
+def _loaded(
+    load: Callable[[Any], bytes], sources: Sequence[Any], workers: int
+) -> Generator[tuple[bytes, tuple[int, int]], None, None]:
     """Yield loaded images in order, in a process pool when it pays off."""
     checked = _Checked(load)
     if workers <= 1 or len(sources) < 256:

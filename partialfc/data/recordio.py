@@ -10,6 +10,7 @@ followed by ``flag`` float32 labels, then the encoded image.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -84,8 +85,9 @@ class RecordWriter:
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
-        self._rec = open(self.rec_path, "wb")
-        self._idx = open(self.idx_path, "w", encoding="ascii")
+        # Both stay open across write() calls; close() (or leaving the with block) closes them.
+        self._rec = open(self.rec_path, "wb")  # noqa: SIM115
+        self._idx = open(self.idx_path, "w", encoding="ascii")  # noqa: SIM115
         self._pos = 0
 
     def write(self, key: int, payload: bytes) -> int:
@@ -100,7 +102,7 @@ class RecordWriter:
         aligned = size & ~3
         words = np.frombuffer(data[:aligned], dtype="<u4")
         cuts = (np.flatnonzero(words == MAGIC) * 4).tolist()
-        parts = []
+        parts: list[bytes | memoryview] = []
         start = 0
         for cut in cuts:
             parts.append(_LREC.pack(MAGIC, ((1 if start == 0 else 2) << 29) | (cut - start)))
@@ -346,11 +348,9 @@ class RecordReader:
 
     def close(self) -> None:
         if self._map is not None and self._pid == os.getpid():
-            try:
+            # BufferError: a caller still holds a view of the map; it is released when that view dies.
+            with contextlib.suppress(BufferError):
                 self._map.close()
-            except BufferError:
-                # A caller still holds a view of the map; it is released when that view dies.
-                pass
         self._map = None
 
     def __enter__(self) -> RecordReader:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class ImageSubset:
             )
 
 
-def is_subset_directory(path: object) -> bool:
+def is_subset_directory(path: object) -> TypeGuard[str | Path]:
     return isinstance(path, (str, Path)) and (Path(path) / SUBSET_FILE).is_file()
 
 
@@ -75,7 +75,7 @@ def read_subset(directory: str | Path) -> ImageSubset:
 def write_subset(
     directory: str | Path, shards: Sequence[Shard], num_images: int, kept: np.ndarray, report: Mapping[str, Any]
 ) -> Path:
-    """Write the subset (``kept`` = source image indices) and ``report`` (kept in subset.json); returns the directory."""
+    """Write the subset (``kept`` = source image indices) and ``report`` (in subset.json); returns its directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / KEPT_FILE, np.unique(np.asarray(kept, dtype=np.int64)))

@@ -101,6 +101,7 @@ class VerificationSet:
 
     def images(self, indices: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
         """Decode the selected images into one uint8 array ``[n, H, W, 3]`` (RGB)."""
+        idx: Sequence[int]
         if indices is None:
             idx = range(len(self.bins))
         elif isinstance(indices, slice):

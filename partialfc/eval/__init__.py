@@ -5,7 +5,8 @@
 - :mod:`partialfc.eval.align`: five-point similarity alignment to the ArcFace template (OpenCV warp).
 - :mod:`partialfc.eval.templates`: F/N/D image features, media-then-template aggregation, pair scores.
 - :mod:`partialfc.eval.identification`: 1:N open-set CMC and TPIR@FPIR; insightface's closed-set read-out.
-- :mod:`partialfc.evaluation` (outside this package, used by the trainer too): ``.bin`` verification.
+- :mod:`partialfc.eval.verification`: ``.bin`` verification, across all ranks during training and offline.
+- :mod:`partialfc.eval.embedder`: a ``model.pt`` or ``.onnx`` as an embedder; :mod:`partialfc.eval.sources`: the images.
 
 Every protocol and read-out with its insightface counterpart: ``docs/evaluation.md``.
 """

@@ -13,14 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.cli import ArgumentParser
+from partialfc.cli import ArgumentParser, error_line
 from partialfc.data import VerificationSet
 from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME
-from partialfc.embed import add_model_options, embed_source, load_embedder, release_image_source
+from partialfc.embed import add_model_options
+from partialfc.eval.embedder import embed_source, load_embedder
 from partialfc.eval.identification import identification_metrics, pooled_closed_set_readout
 from partialfc.eval.ijb import IJBRelease, open_release, read_release_images, read_subject_csv
 from partialfc.eval.plots import line_plot
 from partialfc.eval.protocol import roc_far_grid, roc_tar_at_far, strict_tar_at_far
+from partialfc.eval.sources import release_image_source
 from partialfc.eval.templates import (
     TemplateFeatures,
     TemplateListError,
@@ -29,7 +31,7 @@ from partialfc.eval.templates import (
     read_template_pairs,
     template_pair_scores,
 )
-from partialfc.evaluation import THRESHOLD_RULES, VERIFY_FARS, verify_set
+from partialfc.eval.verification import THRESHOLD_RULES, VERIFY_FARS, verify_set
 
 DEFAULT_DATA = Path("data/synthetic")
 PAIR_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -308,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         payload = args.func(args)
     except (ValueError, OSError) as err:  # ModelFileError, TemplateListError, VerificationError, DatasetError ...
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     _emit_json(args.json, {"command": args.command, **payload})
     return 0

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from partialfc.models.precision import autocast_dtype
 from partialfc.models.registry import create_model
 
 
@@ -29,7 +30,7 @@ def saved_bytes(model: nn.Module, images: torch.Tensor, amp: str) -> int:
             saved[storage._cdata] = storage.nbytes()
         return tensor
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)  # train.amp; "none": float32
+    dtype = autocast_dtype(amp)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
             torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         model(images)

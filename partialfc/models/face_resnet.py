@@ -2,7 +2,7 @@
 
 The classic nets use plain conv + PReLU; this version puts a BatchNorm after every conv so
 that deep variants train from scratch at large learning rates without SphereFace's loss
-annealing, and ends in the BN-Dropout-FC-BN head (:class:`~partialfc.models.heads.EmbeddingHead`)
+annealing, and ends in the BN-Dropout-FC-BN embedding projection (:class:`~partialfc.models.heads.EmbeddingProjection`)
 instead of a bare FC. Stage depths (units per stage) follow SphereFace-20/36/64.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from partialfc.models.heads import EmbeddingHead
+from partialfc.models.heads import EmbeddingProjection
 from partialfc.models.precision import body_autocast
 from partialfc.models.registry import register_model
 
@@ -78,7 +78,7 @@ class FaceResNet(nn.Module):
             stages.append(conv_bn_prelu(in_channels, head_channels, kernel=1))
             in_channels = head_channels
         self.body = nn.Sequential(*stages)
-        self.head = EmbeddingHead(in_channels, FEATURE_MAP * FEATURE_MAP, embedding_size, dropout)
+        self.head = EmbeddingProjection(in_channels, FEATURE_MAP * FEATURE_MAP, embedding_size, dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

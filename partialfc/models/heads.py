@@ -1,11 +1,11 @@
-"""The BN-Dropout-FC-BN embedding head of ArcFace-style backbones."""
+"""The BN-Dropout-FC-BN embedding projection of ArcFace-style backbones (the backbones keep it as `.head`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from partialfc.models.precision import float32_head
+from partialfc.models.precision import float32_embedding
 
 
 def frozen_scale_bn1d(embedding_size: int) -> nn.BatchNorm1d:
@@ -20,11 +20,11 @@ def frozen_scale_bn1d(embedding_size: int) -> nn.BatchNorm1d:
     return bn
 
 
-class EmbeddingHead(nn.Module):
+class EmbeddingProjection(nn.Module):
     """BN2d -> flatten -> Dropout -> FC -> BN1d: keeps the spatial layout in the embedding.
 
     Unlike global pooling, the FC over the whole ``C x 7 x 7`` map keeps where features are on
-    the aligned face, which is what makes this head strong for face recognition. The flatten
+    the aligned face, which is what makes this projection strong for face recognition. The flatten
     is in logical ``(C, H, W)`` order, so ``channels_last`` inputs give the same result.
     """
 
@@ -37,5 +37,5 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(torch.flatten(self.bn(x), 1))
-        with float32_head(x):
+        with float32_embedding(x):
             return self.features(self.fc(x.float()))

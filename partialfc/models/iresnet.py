@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from partialfc.models.heads import frozen_scale_bn1d
-from partialfc.models.precision import body_autocast, float32_head
+from partialfc.models.precision import body_autocast, float32_embedding
 from partialfc.models.registry import register_model
 
 FEATURE_MAP = 7  # 112 / 2**4: stride 2 in each of the four stages
@@ -118,7 +118,7 @@ class IResNet(nn.Module):
             x = self.prelu(self.bn1(self.conv1(x)))
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
             x = self.dropout(torch.flatten(self.bn2(x), 1))
-        with float32_head(x):
+        with float32_embedding(x):
             return self.features(self.fc(x.float()))
 
 

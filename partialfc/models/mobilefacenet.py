@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from partialfc.models.precision import body_autocast, float32_head
+from partialfc.models.precision import body_autocast, float32_embedding
 from partialfc.models.registry import register_model
 
 
@@ -138,7 +138,7 @@ class MobileFaceNet(nn.Module):
         with body_autocast(x, self.fp16):
             for layer in self.layers:
                 x = layer(x)
-        with float32_head(x):
+        with float32_embedding(x):
             return self.features(self.conv_sep(x.float()))
 
 

@@ -1,10 +1,19 @@
-"""Precision contexts shared by the backbones: optional float16 body, float32 embedding head."""
+"""Precision: the dtype names of configs and command lines, and the backbones' contexts (optional
+float16 body, float32 embedding layers)."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Every precision name a config field (``train.amp``, ``loss.param_dtype``) or a benchmark flag takes."""
+
+
+def autocast_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype ``train.amp`` names; None for "none" (float32, autocast off)."""
+    return None if amp == "none" else DTYPES[amp]
 
 
 def body_autocast(x: torch.Tensor, fp16: bool) -> contextlib.AbstractContextManager:
@@ -18,8 +27,8 @@ def body_autocast(x: torch.Tensor, fp16: bool) -> contextlib.AbstractContextMana
     return contextlib.nullcontext()
 
 
-def float32_head(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Disable autocast so the embedding layers run in float32, as arcface_torch's head does.
+def float32_embedding(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast so the embedding layers run in float32, as in arcface_torch.
 
     The FC and final BatchNorm are a tiny share of the FLOPs; keeping them in float32 gives
     float32 embeddings whatever precision the body ran in.

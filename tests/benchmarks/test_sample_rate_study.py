@@ -3,17 +3,15 @@ structure), its statistics, and a two-step run of the real 2-rank step with a re
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from training_run import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # spawned ranks import the module by name, so it must be importable
-import sample_rate_study as study  # noqa: E402
+import sample_rate_study as study
 
 
 def test_samples_are_a_function_of_seed_identity_and_index_only() -> None:
@@ -58,9 +56,9 @@ def test_held_out_pairs_are_fixed_interleaved_and_correct() -> None:
     first, second, issame = holdout.pair_rows(0)
     again = holdout.pair_rows(0)
     assert all(np.array_equal(a, b) for a, b in zip((first, second, issame), again))
-    ids, index = holdout.ids()
+    ids, _ = holdout.ids()
     assert np.array_equal(ids[first] == ids[second], issame)
-    assert not np.any((first == second))
+    assert not np.any(first == second)
     assert issame[::2].all() and not issame[1::2].any()  # every fold of 40 pairs holds both kinds
     assert ids.min() >= study.HOLDOUT_BASE
 

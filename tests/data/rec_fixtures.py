@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from partialfc.data.layout import shard_name, write_property
 from partialfc.data.image import encode_jpeg
+from partialfc.data.layout import shard_name, write_property
 from partialfc.data.recordio import MAGIC, RecordWriter, pack_record
 from partialfc.models import InputConfig
 

@@ -108,16 +108,16 @@ def test_missing_shard_is_named(tmp_path, make_jpeg):
 def test_directory_with_two_datasets_is_ambiguous(tmp_path):
     write_records(tmp_path / "a.rec", [(0, pack_record(0, b"x"))])
     write_records(tmp_path / "b.rec", [(0, pack_record(0, b"x"))])
-    with pytest.raises(DatasetError, match="expected one dataset.*a.rec, b.rec"):
+    with pytest.raises(DatasetError, match=r"expected one dataset.*a\.rec, b\.rec"):
         RecordDataset(tmp_path)
-    with pytest.raises(DatasetError, match="not a .rec file"):
+    with pytest.raises(DatasetError, match=r"not a \.rec file"):
         RecordDataset(tmp_path / "nothing")
 
 
 def test_mixed_layouts_across_shards(tmp_path):
     write_records(tmp_path / "t-00000-of-00002.rec", insightface_records([1, 1]))
     write_records(tmp_path / "t-00001-of-00002.rec", [(0, pack_record(0, b"img"))])
-    with pytest.raises(DatasetError, match="shards mix layouts: t-00000-of-00002.rec=insightface"):
+    with pytest.raises(DatasetError, match=r"shards mix layouts: t-00000-of-00002\.rec=insightface"):
         RecordDataset(tmp_path)
 
 
@@ -144,7 +144,7 @@ def test_header_count_disagrees(tmp_path):
 def test_header_label_array_of_wrong_length(tmp_path):
     records = replace(insightface_records([2, 2]), 0, pack_record([5, 7, 0], b""))
     write_records(tmp_path / "train.rec", records)
-    with pytest.raises(DatasetError, match="header record key 0 .*label array has 3 entries"):
+    with pytest.raises(DatasetError, match=r"header record key 0 .*label array has 3 entries"):
         RecordDataset(tmp_path)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from data.rec_fixtures import run_epoch
+
 from partialfc.data.loaders import LoaderParams, TorchLoader, build_loader, dali_available
 from partialfc.data.loaders.plan import rank_batches
 from partialfc.models import InputConfig

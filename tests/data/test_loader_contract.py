@@ -11,8 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-
 from data.rec_fixtures import read_index, run_epoch, write_dataset
+
 from partialfc.data import LoaderParams, PlannedLoader, RecordDataset, RecordDecodeError, TorchLoader
 from partialfc.data.image import decode_jpeg
 from partialfc.models import InputConfig

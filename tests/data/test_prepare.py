@@ -41,13 +41,13 @@ def test_generated_at_its_path_once_then_reused(tmp_path, monkeypatch):
 
 
 def test_only_rank_zero_generates(tmp_path):
-    with pytest.raises(ConfigError, match="data.path"):
+    with pytest.raises(ConfigError, match=r"data\.path"):
         prepare_dataset(synthetic_config(tmp_path / "synthetic", tmp_path / "synthetic"), seed=0, is_main=False)
     assert not (tmp_path / "synthetic").exists()
 
 
 def test_num_classes_must_agree(tiny_synth):
-    with pytest.raises(ConfigError, match="data.num_classes=5 but dataset .* has 12 classes"):
+    with pytest.raises(ConfigError, match=r"data\.num_classes=5 but dataset .* has 12 classes"):
         prepare_dataset(DataConfig(path=str(tiny_synth), num_classes=5), seed=0, is_main=True)
     assert prepare_dataset(DataConfig(path=str(tiny_synth), num_classes=12), seed=0, is_main=True).num_classes == 12
 
@@ -55,12 +55,12 @@ def test_num_classes_must_agree(tiny_synth):
 def test_missing_dataset_is_a_config_error_naming_the_path(tmp_path):
     with pytest.raises(ConfigError, match=f"data.path='{tmp_path / 'nope'}'"):
         prepare_dataset(DataConfig(path=str(tmp_path / "nope")), seed=0, is_main=True)
-    with pytest.raises(ConfigError, match="data.path is empty"):
+    with pytest.raises(ConfigError, match=r"data\.path is empty"):
         prepare_dataset(DataConfig(), seed=0, is_main=True)
 
 
 def test_synthetic_needs_its_path(tmp_path):
-    with pytest.raises(ConfigError, match="data.synthetic.path=''"):
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.path=''"):
         load_config(overrides={"data.path": str(tmp_path), "data.synthetic.identities": "10"})
 
 

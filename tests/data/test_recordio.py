@@ -95,7 +95,7 @@ def test_unpack_rejects_short_payload_and_short_label_array():
     with pytest.raises(RecordIOError, match="IRHeader needs 24"):
         unpack_record(b"\0" * 10, "f.rec: record key 3 at offset 40")
     bad = struct.pack("<IfQQ", 4, 0.0, 0, 0) + b"\0" * 8  # claims 4 labels, has 2
-    with pytest.raises(RecordIOError, match="f.rec: record key 3.*flag=4 announces 4 float32 labels"):
+    with pytest.raises(RecordIOError, match=r"f\.rec: record key 3.*flag=4 announces 4 float32 labels"):
         unpack_record(bad, "f.rec: record key 3 at offset 40")
 
 
@@ -174,9 +174,11 @@ def test_truncated_file(tmp_path):
     data = rec.read_bytes()
     rec.write_bytes(data[:-100])
     # The index no longer tiles the file; the rescan that replaces it stops at the cut record.
-    with pytest.warns(UserWarning, match=rf"a\.idx.*{len(data) - 100}-byte file; the index is stale"):
-        with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[99]}: truncated record"):
-            RecordReader(rec)
+    with (
+        pytest.warns(UserWarning, match=rf"a\.idx.*{len(data) - 100}-byte file; the index is stale"),
+        pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[99]}: truncated record"),
+    ):
+        RecordReader(rec)
     r = RecordReader(rec, check_index=False)
     with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[99]}: truncated record"):
         r.read(99)
@@ -192,9 +194,11 @@ def test_flipped_magic(tmp_path):
     data[offsets[11]] ^= 0xFF
     rec.write_bytes(bytes(data))
     # The index no longer matches, and the rescan that replaces it stops at the corrupt record.
-    with pytest.warns(UserWarning, match=rf"key 11\): offset {offsets[11]} holds 0x"):
-        with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[11]}: bad magic 0xced723f5"):
-            RecordReader(rec)
+    with (
+        pytest.warns(UserWarning, match=rf"key 11\): offset {offsets[11]} holds 0x"),
+        pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[11]}: bad magic 0xced723f5"),
+    ):
+        RecordReader(rec)
     r = RecordReader(rec, check_index=False)
     with pytest.raises(RecordIOError, match=rf"a\.rec: offset {offsets[11]}: bad magic 0xced723f5"):
         r.read(11)
@@ -208,7 +212,7 @@ def test_broken_multipart_continuation(tmp_path):
     data[12:16] = b"\0\0\0\0"  # magic of the second part
     rec.write_bytes(bytes(data))
     r = RecordReader(rec, check_index=False)
-    with pytest.raises(RecordIOError, match="offset 12: bad magic .*continuation of the record at offset 0"):
+    with pytest.raises(RecordIOError, match=r"offset 12: bad magic .*continuation of the record at offset 0"):
         r.read(0)
 
 

@@ -79,13 +79,13 @@ def test_code_in_pickle_is_refused(tmp_path):
 def test_malformed_sets(tmp_path, make_jpeg):
     path = tmp_path / "x.bin"
     path.write_bytes(pickle.dumps(([make_jpeg(0)] * 3, [True])))
-    with pytest.raises(VerificationError, match="x.bin: 3 images for 1 pairs, need 2"):
+    with pytest.raises(VerificationError, match=r"x\.bin: 3 images for 1 pairs, need 2"):
         VerificationSet(path)
     path.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(VerificationError, match=r"expected a pickled \(bins, issame_list\)"):
         VerificationSet(path)
     path.write_bytes(pickle.dumps(([b"not a jpeg", make_jpeg(0)], [True])))
-    with pytest.raises(VerificationError, match="x.bin: image 0 \\(pair 0\\): not a JPEG"):
+    with pytest.raises(VerificationError, match=r"x\.bin: image 0 \(pair 0\): not a JPEG"):
         VerificationSet(path).images()
     with pytest.raises(VerificationError, match="3 images for 2 pairs"):
         write_verification_bin(path, [b"a"] * 3, [True, False])

@@ -9,7 +9,7 @@ import torch
 from dist_harness import run_distributed
 
 from partialfc.data import VerificationSet
-from partialfc.evaluation import evaluate
+from partialfc.eval.verification import evaluate
 from partialfc.models import create_model
 
 

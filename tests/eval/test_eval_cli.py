@@ -12,11 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-
-from partialfc import embed, export
-from partialfc.data import RecordDataset, VerificationSet
-from partialfc.data.image import decode_jpeg
 from insightface_reference import (
     calculate_roc_accuracy,
     eval_ijbc_tar_at_far,
@@ -26,11 +21,14 @@ from insightface_reference import (
     verification_scores,
 )
 
+from partialfc import embed, export
+from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.synth import HOLDOUT_DIR
 from partialfc.eval import __main__ as eval_cli
 from partialfc.eval.align import ARCFACE_TEMPLATE, align_face, decode_bgr
 from partialfc.eval.ijb import open_release, read_release_images, read_subject_csv
 from partialfc.eval.templates import read_template_pairs
+from partialfc.model_file import ModelFileError, load_model
 from partialfc.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +85,7 @@ def test_embed_release_aligns_like_insightface(tiny_dataset, model_file, tmp_pat
     matrix = umeyama_similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64))
     aligned = cv2.cvtColor(cv2.warpAffine(cv2.imread(str(release.images / names[7])), matrix, (112, 112), borderValue=0.0),
                            cv2.COLOR_BGR2RGB)
-    trained = embed.load_backbone(model_file)
+    trained = load_model(model_file)
     x = trained.backbone.input_config.normalize(torch.from_numpy(aligned)[None])
     with torch.no_grad():
         expected = trained.backbone(x) + trained.backbone(x.flip(3))
@@ -149,7 +147,7 @@ def test_pairs_match_insightface_eval_ijbc(tiny_dataset, model_file, tmp_path, c
     cv2 = pytest.importorskip("cv2")
     release = open_release(tiny_dataset / HOLDOUT_DIR)
     images = read_release_images(release)
-    trained = embed.load_backbone(model_file)
+    trained = load_model(model_file)
     crops = []
     for name, landmarks in zip(images.names, images.landmarks):
         matrix = umeyama_similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64))
@@ -268,35 +266,35 @@ def test_model_file_errors_name_the_problem(model_file, tmp_path):
     del state[dropped]
     state["extra.weight"] = torch.zeros(1)
     torch.save({**saved, "state_dict": state}, tmp_path / "keys.pt")
-    with pytest.raises(embed.ModelFileError,
+    with pytest.raises(ModelFileError,
                        match=rf"keys.pt: .*1 missing keys \['{dropped}'\], 1 unexpected keys \['extra.weight'\]"):
-        embed.load_backbone(tmp_path / "keys.pt")
+        load_model(tmp_path / "keys.pt")
     torch.save({**saved, "embedding_size": 64}, tmp_path / "size.pt")
-    with pytest.raises(embed.ModelFileError, match=r"size.pt: weights do not fit backbone 'tiny' with embedding size 64: .*"
+    with pytest.raises(ModelFileError, match=r"size.pt: weights do not fit backbone 'tiny' with embedding size 64: .*"
                        r"size mismatch for head.fc.weight"):
-        embed.load_backbone(tmp_path / "size.pt")
+        load_model(tmp_path / "size.pt")
     torch.save({"weights": state}, tmp_path / "other.pt")
-    with pytest.raises(embed.ModelFileError, match=r"other.pt: not a model.pt written by partialfc.train \(keys "
+    with pytest.raises(ModelFileError, match=r"other.pt: not a model.pt written by partialfc.train \(keys "
                        r"\['backbone', 'embedding_size', 'state_dict'\]\); found keys \['weights'\]"):
-        embed.load_backbone(tmp_path / "other.pt")
+        load_model(tmp_path / "other.pt")
     # insightface's backbone.pth is a bare state_dict: say so, briefly, and how to use it.
     torch.save(state, tmp_path / "backbone.pth")
-    with pytest.raises(embed.ModelFileError) as raised:
-        embed.load_backbone(tmp_path / "backbone.pth")
+    with pytest.raises(ModelFileError) as raised:
+        load_model(tmp_path / "backbone.pth")
     message = str(raised.value)
     assert f"a bare state_dict ({len(state)} tensors" in message and "--model.init_from" in message
     assert len(message) < 500, message
     # A run directory where its model.pt was meant, and a relative default path, are named as such.
     (tmp_path / "run").mkdir()
     torch.save(saved, tmp_path / "run" / "model.pt")
-    with pytest.raises(embed.ModelFileError, match=rf"run: a directory, not a model file; its model is "
+    with pytest.raises(ModelFileError, match=rf"run: a directory, not a model file; its model is "
                                                     rf"{tmp_path / 'run' / 'model.pt'}"):
-        embed.load_backbone(tmp_path / "run")
-    with pytest.raises(embed.ModelFileError, match=r"runs/none/model.pt: no such model file \(relative to /"):
-        embed.load_backbone("runs/none/model.pt")
+        load_model(tmp_path / "run")
+    with pytest.raises(ModelFileError, match=r"runs/none/model.pt: no such model file \(relative to /"):
+        load_model("runs/none/model.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(embed.ModelFileError, match=r"text.pt: not a model.pt"):
-        embed.load_backbone(tmp_path / "text.pt")
+    with pytest.raises(ModelFileError, match=r"text.pt: not a model.pt"):
+        load_model(tmp_path / "text.pt")
 
 
 def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_file, capsys):
@@ -304,7 +302,7 @@ def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_fil
     squared L2 distances of consecutive rows, calculate_roc's 10 folds on the 0.01 grid."""
     bin_path = tiny_dataset / "synth_val.bin"
     vset = VerificationSet(bin_path)
-    trained = embed.load_backbone(model_file)
+    trained = load_model(model_file)
     x = trained.backbone.input_config.normalize(torch.from_numpy(vset.images()))
     with torch.no_grad():
         summed = (trained.backbone(x) + trained.backbone(x.flip(3))).double().numpy()

@@ -7,15 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from insightface_reference import ijb_1n_evaluation
 from torch import nn
 
 from partialfc.data.image import encode_jpeg
 from partialfc.data.verification import VerificationSet, write_verification_bin
-from insightface_reference import ijb_1n_evaluation
-
 from partialfc.eval.identification import identification_metrics, pooled_closed_set_readout
 from partialfc.eval.templates import TemplateListError, aggregate_templates, read_image_list, template_pair_scores
-from partialfc.evaluation import evaluate
+from partialfc.eval.verification import evaluate
 from partialfc.models.input_config import InputConfig
 
 
@@ -91,7 +90,7 @@ def test_insightface_closed_set_read_out_matches_ijb_1n():
     top_k, tpir = ijb_1n_evaluation(probes, gallery, mask)
     assert 0 < ours.top_k[1] < ours.top_k[5] < 1  # a case where ranks and thresholds matter
     assert ours.top_k == pytest.approx(top_k) and ours.tpir_at_far == pytest.approx(tpir)
-    with pytest.raises(ValueError, match="gallery subject .* has 2 templates"):
+    with pytest.raises(ValueError, match=r"gallery subject .* has 2 templates"):
         pooled_closed_set_readout(probes, probe_subjects, gallery[:2], np.array([5, 5]))
 
 
@@ -130,5 +129,5 @@ def test_bin_verification_compares_directions_not_lengths(tmp_path):
     assert result.accuracy == 1.0 and result.accuracy_std == 0.0
     assert result.tar_at_fars[1e-4] == 1.0
     raw_norms = [np.linalg.norm(np.round(127.5 + np.array(o)) - 127.5) / 127.5 for o in
-                 [o for k in range(10) for o in ([(8 + k, 0, 0), (100 + k, 0, 0)] + [(120, 0, 0), (120, 100, 0)])]]
+                 [o for k in range(10) for o in [(8 + k, 0, 0), (100 + k, 0, 0), (120, 0, 0), (120, 100, 0)]]]
     assert result.mean_norm == pytest.approx(np.mean(raw_norms), rel=0.02)  # JPEG moves a pixel by at most ~1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from insightface_reference import calculate_roc_accuracy, eval_ijbc_tar_at_far, kfold_test_indices
 
 from partialfc.eval.protocol import (

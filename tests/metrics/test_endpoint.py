@@ -91,7 +91,7 @@ def test_cuda_memory_gauges(make_metrics: Callable[..., TrainingMetrics], monkey
         "partialfc_device_memory_reserved_bytes": [2 << 30],
         "partialfc_device_memory_peak_bytes": [3 << 30],
     }
-    assert list(samples["partialfc_resident_memory_bytes"].values())[0] > 0
+    assert next(iter(samples["partialfc_resident_memory_bytes"].values())) > 0
 
 
 def test_promtool_check_metrics_accepts_scrape(make_metrics: Callable[..., TrainingMetrics], promtool: str) -> None:

@@ -8,10 +8,10 @@ import re
 import subprocess
 
 import yaml
+from metric_names import DEVICE_MEMORY, EXPORTED
 from training_run import REPO
 
 MONITORING = REPO / "k8s" / "monitoring"
-from metric_names import DEVICE_MEMORY, EXPORTED
 
 RULES = MONITORING / "partialfc-rules.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-import numpy as np
 from torch import nn
 
 from partialfc.models import InputConfig, create_model, list_models, register_model

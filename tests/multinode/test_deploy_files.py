@@ -29,8 +29,8 @@ LINT = REPO / ".venv-lint" / "bin"
 CHECKER = Path(__file__).with_name("check_custom_kinds.py")
 VARIANTS = {"indexed-job": "k8s/indexed-job/job.yaml", "pytorchjob": "k8s/pytorchjob/pytorchjob.yaml",
             "jobset": "k8s/jobset/jobset.yaml"}
-MANIFESTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "k8s").glob("*/*.yaml")
-                   if p.parent.name in ("common", "data", *VARIANTS)) + ["k8s/monitoring/podmonitor.yaml"]
+MANIFESTS = [*sorted(str(p.relative_to(REPO)) for p in (REPO / "k8s").glob("*/*.yaml")
+                     if p.parent.name in ("common", "data", *VARIANTS)), "k8s/monitoring/podmonitor.yaml"]
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
 PRINT_BEGIN, PRINT_END = "<!-- launcher-print:begin -->", "<!-- launcher-print:end -->"
 
@@ -344,7 +344,7 @@ def test_dataset_claim_can_be_filled_and_training_only_reads_it():
     assert claims["partialfc-datasets"]["spec"]["accessModes"] == ["ReadWriteMany"]
     writers = set()
     for where, template in every_pod_template():
-        for path, read_only in claim_mounts(template).get("partialfc-datasets", []):
+        for _path, read_only in claim_mounts(template).get("partialfc-datasets", []):
             if not read_only:
                 writers.add(where.split(": ")[1])
     assert writers == {"Job/partialfc-load-dataset", "Job/partialfc-volume-owner"}, writers

@@ -25,7 +25,8 @@ def test_every_runtime_dependency_is_pinned_and_the_running_torch_is_the_pinned_
     runtime = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["dali"]]]
     assert {r.name for r in runtime} == set(pins()), "docker/constraints.txt must pin exactly the runtime dependencies"
     assert version("torch").split("+")[0] == pins()["torch"], (
-        f"the tests run torch {version('torch')} but the image installs torch {pins()['torch']} (docker/constraints.txt)")
+        f"the tests run torch {version('torch')} but the image installs torch {pins()['torch']}"
+        " (docker/constraints.txt)")
 
 
 def test_pyproject_lower_bounds_are_the_versions_ci_runs():

@@ -19,8 +19,8 @@ TRACED = ["all_gather_into_tensor", "all_gather_single", "all_gather", "all_redu
           "reduce_scatter_single", "reduce_scatter", "broadcast", "all_to_all_single", "barrier", "send", "recv"]
 
 
-def trace_one_step(rank: int, world_size: int, sample_rate: float, margin: str = "margin") -> list[tuple]:
-    pfc = PartialFC(DIM, NUM_CLASSES, sample_rate, LossConfig(head=margin).build_margin())
+def trace_one_step(rank: int, world_size: int, sample_rate: float, family: str = "combined") -> list[tuple]:
+    pfc = PartialFC(DIM, NUM_CLASSES, sample_rate, LossConfig(family=family).build_margin())
     calls: list[tuple] = []
     originals = {name: getattr(dist, name) for name in TRACED}
 
@@ -56,7 +56,7 @@ def expected_calls(n: int) -> list[tuple]:
     ]
 
 
-TRACED_CASES = [(1.0, "margin"), (0.2, "margin"), (0.2, "adaface"), (0.2, "magface"), (0.2, "elasticface"),
+TRACED_CASES = [(1.0, "combined"), (0.2, "combined"), (0.2, "adaface"), (0.2, "magface"), (0.2, "elasticface"),
                 (0.2, "curricularface")]
 
 
@@ -72,7 +72,7 @@ def traced_two_ranks() -> list[dict]:
 @pytest.mark.parametrize("sample_rate", [1.0, 0.2])
 def test_exact_collectives_of_one_step(traced_two_ranks, sample_rate):
     for rank_calls in traced_two_ranks:
-        calls = rank_calls[(sample_rate, "margin")]
+        calls = rank_calls[(sample_rate, "combined")]
         assert sorted(calls, key=str) == sorted(expected_calls(LOCAL_BATCH * 2), key=str)
 
 

@@ -58,28 +58,41 @@ def test_elastic_margins_repeat_for_the_same_seed_and_differ_for_another():
     assert not torch.equal(first_margins(1), first_margins(2))
 
 
-@pytest.mark.parametrize("head, family", [("margin", "CombinedMargin"), ("softmax", "Softmax"), ("adaface", "AdaFace"),
-                                          ("curricularface", "CurricularFace"), ("magface", "MagFace"),
-                                          ("elasticface", "ElasticFace")])
-def test_every_head_builds_from_the_config(head, family):
+@pytest.mark.parametrize("family, margin", [("combined", "CombinedMargin"), ("softmax", "Softmax"), ("adaface", "AdaFace"),
+                                            ("curricularface", "CurricularFace"), ("magface", "MagFace"),
+                                            ("elasticface", "ElasticFace")])
+def test_every_family_builds_from_the_config(family, margin):
     from partialfc.config import LossConfig
 
-    assert type(LossConfig(head=head).build_margin()).__name__ == family
+    assert type(LossConfig(family=family).build_margin()).__name__ == margin
+
+
+def test_every_registered_family_has_its_config_section():
+    """The registry is the family list: ``loss.family``'s choices, and one ``loss.<family>`` section each."""
+    import dataclasses
+
+    from partialfc.config import LossConfig
+    from partialfc.margins import MARGIN_FAMILIES
+
+    sections = {f.name: f.default_factory for f in dataclasses.fields(LossConfig) if f.name in MARGIN_FAMILIES}
+    assert sections == MARGIN_FAMILIES
+    assert dataclasses.fields(LossConfig)[0].metadata["domain"].choices == tuple(MARGIN_FAMILIES)
 
 
 def test_config_error_names_the_fields_of_the_family():
     from partialfc.config import ConfigError, LossConfig
+    from partialfc.margins import ElasticFaceConfig, MagFaceConfig
 
-    margin = LossConfig(head="elasticface", elastic_m=0.3, elastic_std=0.02, elastic_kind="cos").build_margin()
+    margin = LossConfig(family="elasticface", elasticface=ElasticFaceConfig(m=0.3, std=0.02, kind="cos")).build_margin()
     assert (margin.m, margin.std, margin.kind) == (0.3, 0.02, "cos")
-    with pytest.raises(ConfigError, match=r"loss.head=magface \(.*loss.magface_l_a, loss.magface_u_a.*l_a=120"):
-        LossConfig(head="magface", magface_l_a=120.0).build_margin()
+    with pytest.raises(ConfigError, match=r"loss.family=magface \(loss.s, loss.magface.l_a, loss.magface.u_a.*l_a=120"):
+        LossConfig(family="magface", magface=MagFaceConfig(l_a=120.0)).build_margin()
 
 
 def test_loading_another_familys_state_is_refused():
     pfc = PartialFC(DIM, NUM_CLASSES, 1.0, CASES["adaface"].make_margin())
     state = pfc.state_dict()
-    with pytest.raises(ValueError, match=r"\['batch_mean', 'batch_std'\].*another margin family \(loss.head\)"):
+    with pytest.raises(ValueError, match=r"\['batch_mean', 'batch_std'\].*another margin family \(loss.family\)"):
         PartialFC(DIM, NUM_CLASSES, 1.0, CASES["arcface"].make_margin()).load_state_dict(state)
 
 

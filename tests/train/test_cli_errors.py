@@ -50,3 +50,26 @@ def test_the_launcher_refuses_a_typo_before_starting_torchrun(capsys):
         launcher_main(["--print", "--", "--config", "configs/quickstart.yaml", "--train.max_step", "4"], {})
     assert stop.value.code == 2
     assert "unknown option --train.max_step; did you mean --train.max_steps?" in capsys.readouterr().err
+
+
+def test_a_missing_input_file_is_named_without_python_internals(tmp_path, tiny_dataset, capsys):
+    """`eval pairs --embeddings PREFIX` with no PREFIX.npy: the file and the reason, not ``[Errno 2] …'…'``."""
+    from partialfc.eval.__main__ import main as eval_main
+
+    missing = tmp_path / "emb"
+    assert eval_main(["pairs", "--embeddings", str(missing), "--data", str(tiny_dataset / "holdout")]) == 2
+    assert capsys.readouterr().err == f"error: {missing}.npy: No such file or directory\n"
+
+
+def test_a_mistyped_config_file_is_named_with_the_one_meant(tmp_path):
+    (tmp_path / "quickstart.yaml").write_text("train:\n  max_steps: 4\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path / "quickstart.yml")
+    assert str(refused.value) == (f"cannot read config {tmp_path / 'quickstart.yml'}: No such file or directory "
+                                  f"(did you mean {tmp_path / 'quickstart.yaml'}?)")
+
+
+def test_a_config_that_is_not_yaml_names_the_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  max_steps: [4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml line 3, column 1 is not valid YAML: [^\n]+$"):
+        load_config(tmp_path / "bad.yaml")

@@ -46,9 +46,9 @@ def test_overrides_coerce_and_validate():
     config = load_config(None, {"optim.lr": "0.2", "data.flip": "false", "data.val_targets": "lfw,cfp_fp",
                                 "train.max_steps": "7", "data.path": "x"})
     assert (config.optim.lr, config.data.flip, config.data.val_targets, config.train.max_steps) == (0.2, False, ["lfw", "cfp_fp"], 7)
-    with pytest.raises(ConfigError, match="train.max_steps: expected int, got '1.5'"):
+    with pytest.raises(ConfigError, match=r"train\.max_steps: expected int, got '1\.5'"):
         load_config(None, {"train.max_steps": "1.5"})
-    with pytest.raises(ConfigError, match="train.amp: must be one of none, bf16, fp16"):
+    with pytest.raises(ConfigError, match=r"train\.amp: must be one of none, bf16, fp16"):
         load_config(None, {"train.amp": "fp8"})
     with pytest.raises(ConfigError, match="'optim' is a section"):
         load_config(None, {"optim": "sgd"})
@@ -101,6 +101,28 @@ def test_memory_plan_holds_at_the_peak_sample_rate_and_counts_sub_centres():
     tripled = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1, "loss.sub_centers": 3}), 1_000_000, 8))
     assert tripled["class centres"] == 3 * plain["class centres"]
     assert tripled["sampled centres + their gradient (fp32)"] == 3 * plain["sampled centres + their gradient (fp32)"]
+
+
+def test_the_sample_rate_schedule_is_one_typed_object_of_the_config():
+    config = load_config(None, {"loss.sample_rate": 0.2, "loss.sample_rate_schedule": "0.5:0.6,0.9:1.0"})
+    schedule = config.loss.sample_rates
+    assert schedule is config.loss.sample_rates  # built once, shared by the trainer and the --dry-run plan
+    assert (schedule.base, schedule.changes) == (0.2, ((0.5, 0.6), (0.9, 1.0)))
+    assert dict(memory_plan(config, 1000, 1))["logits / softmax buffer (fp32)"] == 128 * 1000 * 4  # at the peak, 1.0
+
+
+def test_every_precision_name_of_the_config_is_in_the_dtype_table():
+    import typing
+
+    import torch
+
+    from partialfc.config import LossConfig, TrainConfig
+    from partialfc.models.precision import DTYPES, autocast_dtype
+
+    amp = typing.get_args(typing.get_type_hints(TrainConfig)["amp"])
+    assert {name: autocast_dtype(name) for name in amp} == {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert {name: DTYPES[name] for name in typing.get_args(typing.get_type_hints(LossConfig)["param_dtype"])} == {
+        "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def test_main_in_process_leaves_sigterm_unblocked(capsys):

@@ -34,13 +34,13 @@ def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):
     try:
         for kill in range(KILLS):
             # Each generation must get past a new checkpoint before its worker is killed.
-            wait_for(lambda: log.is_file() and " checkpoint " in log.read_text().partition(f"(restart {kill})")[2]
+            wait_for(lambda kill=kill: log.is_file() and " checkpoint " in log.read_text().partition(f"(restart {kill})")[2]
                      and heartbeat.is_file() and json.loads(heartbeat.read_text())["pid"] != victims[-1],
                      time.monotonic() + 120, f"a checkpoint in generation {kill}", job)
             victims.append(json.loads(heartbeat.read_text())["pid"])
             os.kill(victims[-1], signal.SIGKILL)
             killed_at = time.monotonic()
-            wait_for(lambda: f"(restart {kill + 1})" in log.read_text(), killed_at + 90, f"restart {kill + 1}", job)
+            wait_for(lambda kill=kill: f"(restart {kill + 1})" in log.read_text(), killed_at + 90, f"restart {kill + 1}", job)
             restart_seconds.append(time.monotonic() - killed_at)
         job.wait(timeout=300)
     finally:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-from training_run import REPO, final_state, kill_job, run_training, train_args, training_command, training_env, wait_for
 from dist_harness import run_distributed
+from training_run import REPO, final_state, kill_job, run_training, train_args, training_command, training_env, wait_for
 
 from partialfc import CombinedMargin, PartialFC
 from partialfc.checkpoint import Checkpointer

@@ -16,44 +16,56 @@ FIRST = {"train.max_steps": 3, "checkpoint.every_steps": 3}
 
 
 def test_meaning_changes_are_the_run_defining_fields_only():
-    saved = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"head": "margin", "m2": 0.5, "s": 64.0,
-             "adaface_m": 0.4, "bf16_gemm": False}, "train": {"log_every": 2, "max_steps": 4},
+    saved = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"family": "combined", "s": 64.0,
+             "combined": {"m2": 0.5}, "adaface": {"m": 0.4}, "bf16_gemm": False}, "train": {"log_every": 2, "max_steps": 4},
              "schedule": {"decay": "poly"}, "eval": {"every_steps": 10}}
-    ours = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"head": "adaface", "m2": 0.5, "s": 64.0,
-            "adaface_m": 0.3, "bf16_gemm": True}, "train": {"log_every": 50, "max_steps": 4},
+    ours = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"family": "adaface", "s": 64.0,
+            "combined": {"m2": 0.5}, "adaface": {"m": 0.3}, "bf16_gemm": True}, "train": {"log_every": 50, "max_steps": 4},
             "schedule": {"decay": "cosine"}, "eval": {"every_steps": 0}}
     assert meaning_changes(saved, ours) == [
-        ConfigChange("loss.adaface_m", 0.4, 0.3), ConfigChange("loss.head", "margin", "adaface"),
+        ConfigChange("loss.adaface.m", 0.4, 0.3), ConfigChange("loss.family", "combined", "adaface"),
         ConfigChange("schedule.decay", "poly", "cosine")]
-    with pytest.raises(ConfigError, match=r"loss.adaface_m \(checkpoint 0.4, this job 0.3\); loss.head \(checkpoint "
-                                          r"'margin', this job 'adaface'\)\. .*--checkpoint.allow_changes "
-                                          r"loss.adaface_m,loss.head$"):
+    with pytest.raises(ConfigError, match=r"loss.adaface.m \(checkpoint 0.4, this job 0.3\); loss.family \(checkpoint "
+                                          r"'combined', this job 'adaface'\)\. .*--checkpoint.allow_changes "
+                                          r"loss.adaface.m,loss.family$"):
         check_changes(meaning_changes(saved, ours), ["schedule.decay"], "ckpt")  # the allowed one is not named
+
+
+def test_a_checkpoint_config_under_the_old_names_is_read_under_the_new_ones():
+    """A run saved before the rename (``loss.head: margin``, flat ``m2``, ``adaface_m``) is the same run."""
+    saved = {"loss": {"head": "margin", "s": 64.0, "m1": 1.0, "m2": 0.5, "m3": 0.0, "adaface_m": 0.4,
+                      "curricular_m": 0.5, "magface_l_a": 10.0, "elastic_kind": "arc", "sub_centers": 1}}
+    ours = {"loss": {"family": "combined", "s": 64.0, "combined": {"m1": 1.0, "m2": 0.5, "m3": 0.0},
+                     "adaface": {"m": 0.4}, "curricularface": {"m": 0.5}, "magface": {"l_a": 10.0},
+                     "elasticface": {"kind": "arc"}, "softmax": {}, "sub_centers": 1}}
+    assert meaning_changes(saved, ours) == []
+    assert meaning_changes(saved, {"loss": {**ours["loss"], "combined": {"m1": 1.0, "m2": 0.3, "m3": 0.0}}}) == [
+        ConfigChange("loss.combined.m2", 0.5, 0.3)]
 
 
 def test_another_loss_family_is_refused_naming_the_field(tiny_dataset, tmp_path):
     output = tmp_path / "run"
     assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
-    with pytest.raises(ConfigError, match=r"loss.head \(checkpoint 'margin', this job 'adaface'\)"):
-        make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 6, "loss.head": "adaface",
+    with pytest.raises(ConfigError, match=r"loss.family \(checkpoint 'combined', this job 'adaface'\)"):
+        make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 6, "loss.family": "adaface",
                                               "checkpoint.allow_changes": ["train.max_steps"]}).fit()
 
 
 def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
     output = tmp_path / "run"
     assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
-    trainer = make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 5, "loss.m2": 0.25,
-                                                    "checkpoint.allow_changes": ["train.max_steps", "loss.m2"]})
+    trainer = make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 5, "loss.combined.m2": 0.25,
+                                                    "checkpoint.allow_changes": ["train.max_steps", "loss.combined.m2"]})
     assert trainer.fit() == "finished" and trainer.progress.step == 5
     changes = json.loads((output / "summary.json").read_text())["config_changes"]
-    assert changes == [{"field": "loss.m2", "checkpoint": 0.3, "job": 0.25, "step": 3},
+    assert changes == [{"field": "loss.combined.m2", "checkpoint": 0.3, "job": 0.25, "step": 3},
                        {"field": "train.max_steps", "checkpoint": 3, "job": 5, "step": 3}]
-    assert "checkpoint.allow_changes: loss.m2 (checkpoint 0.3, this job 0.25) from step 3 on" in \
+    assert "checkpoint.allow_changes: loss.combined.m2 (checkpoint 0.3, this job 0.25) from step 3 on" in \
         (output / "train.log").read_text()
 
 
 def test_allow_changes_names_only_fields_a_resume_refuses():
-    with pytest.raises(ConfigError, match="checkpoint.allow_changes.*eval.every_steps"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.allow_changes.*eval\.every_steps"):
         from partialfc.config import load_config
 
         load_config(None, {"checkpoint.allow_changes": "eval.every_steps"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,10 +37,8 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
     finally:
         console.close()
         if stopped_pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(stopped_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         kill_job(job, output)
     report = next(line for line in log.read_text().splitlines() if "stall: " in line)
     assert "rank 1 not responding" in report and f"pid {stopped_pid}" in report, report

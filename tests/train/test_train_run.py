@@ -9,7 +9,7 @@ import torch
 from training_run import run_training, train_args
 
 from partialfc.data.verification import VerificationSet
-from partialfc.evaluation import evaluate
+from partialfc.eval.verification import evaluate
 from partialfc.models import create_model
 
 

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.config import OptimConfig
 from partialfc.ema import WeightAverage
 from partialfc.log_window import LogWindow
-from partialfc.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.optimizer import OptimConfig, TrainingOptimizer, centre_optimizer
 from partialfc.train_step import StepConfig, TrainStep
 
 

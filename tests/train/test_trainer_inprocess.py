@@ -36,7 +36,7 @@ def test_resume_continues_the_global_rng_streams(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("head", ["adaface", "curricularface"])
 def test_resume_with_margin_state_is_bit_identical(tiny_dataset, tmp_path, head):
     """The running statistics of AdaFace / CurricularFace are checkpointed with the centres."""
-    straight, resumed, first, second = straight_and_resumed(tiny_dataset, tmp_path, **{"loss.head": head})
+    straight, resumed, first, second = straight_and_resumed(tiny_dataset, tmp_path, **{"loss.family": head})
     expected, actual = final_state(straight), final_state(resumed)
     assert expected.keys() == actual.keys()
     for key in expected:

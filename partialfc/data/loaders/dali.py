@@ -53,14 +53,14 @@ def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, inp
     images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=getattr(types, input_config.channel_order))
     images = fn.crop_mirror_normalize(
         images,
-        dtype=types.FLOAT,
+        dtype=types.DALIDataType.FLOAT,
         output_layout="CHW",
         mean=list(input_config.mean),
         std=list(input_config.std),
         mirror=fn.random.coin_flip(probability=0.5) if flip else 0,
     )
     # Labels are float32 of shape [1] (flag 0) or [flag] (label arrays): the class id is element 0.
-    labels = fn.cast(labels[0], dtype=types.INT64)
+    labels = fn.cast(labels[0], dtype=types.DALIDataType.INT64)
     return images, labels.gpu() if gpu else labels
 
 

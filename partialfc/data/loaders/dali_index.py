@@ -97,10 +97,11 @@ def ensure_image_index(dataset: RecordDataset, cache_dir: str | Path | None = No
 
     The index lists image ``i`` of the dataset (key ``i``) at its offset in the concatenation of
     the shards, header and identity records left out. It is written as ``<stem>.images.idx`` next
-    to the first shard (an image subset: in the subset's directory), with a ``.json`` sidecar recording the shards' sizes and mtimes; a changed
-    shard makes it stale and it is rewritten. When the data directory is not writable it goes to
-    ``cache_dir`` (default ``$XDG_CACHE_HOME/partialfc``) under a name that includes a hash of
-    the shard paths. The ``.rec`` files are only read.
+    to the first shard (an image subset: in the subset's directory), with a ``.json`` sidecar
+    recording the shards' sizes and mtimes; a changed shard makes it stale and it is rewritten.
+    When the data directory is not writable it goes to ``cache_dir`` (default
+    ``$XDG_CACHE_HOME/partialfc``) under a name that includes a hash of the shard paths. The
+    ``.rec`` files are only read.
     """
     stamp = _stamp(dataset)
     stem = _dataset_stem(dataset)

@@ -103,7 +103,8 @@ def check_state(state: dict[str, Any], backend: str, loader: PlannedLoader) -> t
     for field, value in expected.items():
         if state[field] != value:
             hint = (
-                f" (mid-epoch position, batch {batch}: resuming on another world size is only possible at an epoch boundary)"
+                f" (mid-epoch position, batch {batch}: resuming on another world size is only possible"
+                " at an epoch boundary)"
                 if field in ("world_size", "rank", "batch_size")
                 else ""
             )

@@ -39,7 +39,7 @@ class _EpochBatches(Dataset):
     def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, flips = self.plan[b], self.flips[b]
         first = self.dataset.decode_image(int(ids[0]))
-        images = torch.empty((len(ids), 3) + first.shape[:2], dtype=torch.float32)
+        images = torch.empty((len(ids), 3, *first.shape[:2]), dtype=torch.float32)
         if torch.utils.data.get_worker_info() is not None:
             images.share_memory_()  # filled in place, so the hand-over to the trainer copies nothing
         for k, i in enumerate(ids.tolist()):

@@ -23,7 +23,7 @@ from torch import nn
 
 from partialfc.data import VerificationSet
 from partialfc.distributed import all_gather_into, shard_range
-from partialfc.embed import Embedder, TorchEmbedder, embed_batch
+from partialfc.eval.embedder import Embedder, TorchEmbedder, embed_batch
 from partialfc.eval.protocol import grid_verification_accuracy, strict_tar_at_far, verification_accuracy
 
 __all__ = ["THRESHOLD_RULES", "VerificationResult", "embed_pairs", "evaluate", "verify_set"]

@@ -1,0 +1,124 @@
+"""Models as embedders: a ``model.pt`` under PyTorch or an exported ``.onnx`` under onnxruntime,
+both mapping uint8 RGB ``[B, H, W, 3]`` batches to float32 embeddings with the model's own input
+normalisation (``model.input_config``, or the ONNX metadata written by the exporter). The trainer's
+verification, the embed and eval commands and data cleaning all embed through this one interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partialfc.data.progress import Progress
+from partialfc.eval.sources import ImageSource, ImageSourceError
+from partialfc.model_file import ModelFileError, load_model, read_onnx_input_config
+from partialfc.models.input_config import InputConfig
+
+__all__ = ["Embedder", "OnnxEmbedder", "TorchEmbedder", "embed_batch", "embed_source", "load_embedder"]
+
+
+class Embedder(ABC):
+    """uint8 RGB ``[B, H, W, 3]`` -> float32 ``[B, D]`` embeddings (not L2-normalised)."""
+
+    input_config: InputConfig
+    embedding_size: int
+    description: str
+
+    @abstractmethod
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchEmbedder(Embedder):
+    """A PyTorch backbone on ``device``, optionally under autocast (``amp_dtype``)."""
+
+    def __init__(self, model: nn.Module, device: torch.device, embedding_size: int,
+                 amp_dtype: torch.dtype | None = None, description: str = "pytorch") -> None:
+        self.model, self.device, self.amp_dtype = model, device, amp_dtype
+        self.input_config: InputConfig = model.input_config
+        self.embedding_size = embedding_size
+        self.description = description
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = self.input_config.normalize(pixels.to(self.device))
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            return self.model(images).float()
+
+
+class OnnxEmbedder(Embedder):
+    """An exported ``.onnx`` under onnxruntime; input size and normalisation come from its metadata."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        import onnxruntime as ort  # optional dependency: only ONNX users need it
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # onnxruntime raises its own unrelated exception types
+            raise ModelFileError(f"{path}: onnxruntime cannot load it: {err}") from None
+        self.input_config = read_onnx_input_config(path, self.session.get_modelmeta().custom_metadata_map)
+        self.input_name = self.session.get_inputs()[0].name
+        self.embedding_size = int(self.session.get_outputs()[0].shape[-1])
+        self.description = f"onnxruntime {ort.__version__} ({self.session.get_providers()[0]})"
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = self.input_config.normalize(pixels.cpu()).numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: images})[0])
+
+
+def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
+    """A ``model.pt`` (PyTorch) or ``.onnx`` (onnxruntime) as an :class:`Embedder` on ``device``."""
+    path, device = Path(path), torch.device(device)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such ONNX file")
+        return OnnxEmbedder(path, device)
+    trained = load_model(path)
+    return TorchEmbedder(trained.backbone.to(device), device, trained.embedding_size,
+                         description=f"pytorch {trained.name} ({device})")
+
+
+def embed_batch(embedder: Embedder, pixels: np.ndarray, flip: bool,
+                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings ``[B, D]``, L2-normalised unless ``normalize=False``; norms of the raw embeddings ``[B, 1 or 2]``).
+
+    With ``flip`` the embeddings of the image and its mirror image are summed before normalising
+    (the verification protocol); the norms are those of each raw embedding, insightface's "XNorm".
+    IJB's norm-score mode (N1) needs the sums unnormalised.
+    """
+    views = [pixels, pixels[:, :, ::-1]] if flip else [pixels]
+    raw = [embedder(torch.from_numpy(np.ascontiguousarray(view))) for view in views]
+    norms = torch.stack([r.norm(dim=1) for r in raw], dim=1)
+    summed = torch.stack(raw).sum(dim=0)
+    return (F.normalize(summed, dim=1) if normalize else summed), norms
+
+
+
+def embed_source(embedder: Embedder, source: ImageSource, batch_size: int, flip: bool,
+                 progress: bool = True, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings ``[N, D]`` float32, L2-normalised unless ``normalize=False``; raw-embedding norms
+    ``[N, 1 or 2]``) of every image."""
+    expected = tuple(embedder.input_config.size)
+    embeddings, norms = [], []
+    with Progress(len(source.names), "images") if progress else contextlib.nullcontext() as bar:
+        for pixels in source.batches(batch_size):
+            if pixels.shape[1:3] != expected:
+                raise ImageSourceError(
+                    f"{source.origin}: images are {pixels.shape[1]}x{pixels.shape[2]}, the model expects "
+                    f"{expected[0]}x{expected[1]} aligned crops"
+                )
+            batch, batch_norms = embed_batch(embedder, pixels, flip, normalize)
+            embeddings.append(batch.cpu().numpy())
+            norms.append(batch_norms.cpu().numpy())
+            if bar is not None:
+                bar.update(len(pixels))
+    width = 2 if flip else 1
+    if not embeddings:
+        return np.empty((0, embedder.embedding_size), np.float32), np.empty((0, width), np.float32)
+    return np.concatenate(embeddings), np.concatenate(norms)
