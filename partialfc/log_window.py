@@ -68,7 +68,8 @@ class LogWindow:
 
     def add(self, report: StepReport) -> None:
         """Fold one step's report in (no host sync: the loss stays on the device)."""
-        self.loss_sum = self.loss_sum + report.loss
+        for loss in report.micro_losses:
+            self.loss_sum = self.loss_sum + loss
         self.micro_batches += report.micro_batches
         self.steps += 1
         self.data_wait += report.data_wait

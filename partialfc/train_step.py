@@ -44,9 +44,10 @@ class StepConfig:
 class StepReport:
     """What one step leaves for the log window and the metrics; device values are not read here."""
 
+    micro_losses: list[torch.Tensor]
+    """Each micro-batch's loss (device scalars), in order: the log window sums them as they came."""
     loss: torch.Tensor
-    """Sum of the micro-batches' losses (device scalar)."""
-    micro_batches: int
+    """Their sum, the step's loss that joins the finiteness test (device scalar)."""
     grad_norm: torch.Tensor
     """Global gradient norm before clipping (device scalar)."""
     applied: torch.Tensor
@@ -60,6 +61,10 @@ class StepReport:
     """Host seconds of the whole step, data wait included (on GPU: until the last launch, not the last kernel)."""
     sampled_centres: int
     """Centres this rank sampled per micro-batch."""
+
+    @property
+    def micro_batches(self) -> int:
+        return len(self.micro_losses)
 
 
 class TrainStep:
@@ -85,6 +90,7 @@ class TrainStep:
         self.pfc.set_sample_rate(sample_rate)
         accum, amp_dtype = self.config.grad_accum, self.config.amp_dtype
         step_loss = torch.zeros((), device=self.device)
+        micro_losses: list[torch.Tensor] = []
         for micro in range(accum):
             self.on_phase("data")
             wait_start = time.perf_counter()
@@ -100,14 +106,15 @@ class TrainStep:
                         loss = self.pfc(embeddings, labels)
                 with self._phase("backward"):
                     (loss * (self.optimizer.loss_multiplier / accum)).backward()
-            step_loss += loss.detach()
+            micro_losses.append(loss.detach())
+            step_loss += micro_losses[-1]
         with self._phase("optimizer"):
             outcome = self.optimizer.step(step_loss, step_number=number)
             if self.ema:
                 self.ema.update(self.backbone, outcome.applied)
-        return StepReport(loss=step_loss, micro_batches=accum, grad_norm=outcome.grad_norm, applied=outcome.applied,
-                          skipped=outcome.skipped, lr=lr, data_wait=data_wait, seconds=time.perf_counter() - start,
-                          sampled_centres=self.pfc.num_sample)
+        return StepReport(micro_losses=micro_losses, loss=step_loss, grad_norm=outcome.grad_norm,
+                          applied=outcome.applied, skipped=outcome.skipped, lr=lr, data_wait=data_wait,
+                          seconds=time.perf_counter() - start, sampled_centres=self.pfc.num_sample)
 
     def _phase(self, name: str) -> contextlib.AbstractContextManager:
         self.on_phase(name)

@@ -49,6 +49,7 @@ def test_a_step_accumulates_micro_batches_and_reports_them():
         (losses[-1] / 2).backward()
     outcome = reference_optimizer.step(losses[0].detach() + losses[1].detach(), step_number=1)
     assert torch.equal(report.loss, losses[0].detach() + losses[1].detach()) and report.micro_batches == 2
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(report.micro_losses, losses, strict=True))
     assert torch.equal(report.grad_norm, outcome.grad_norm) and bool(report.applied)
     for name, value in backbone.state_dict().items():
         assert torch.equal(value, reference_backbone.state_dict()[name]), name
@@ -79,6 +80,9 @@ def test_the_log_window_folds_the_step_reports():
     for report in reports:
         window.add(report)
     assert window.steps == 2 and window.micro_batches == 4
-    assert window.mean_loss() == float(reports[0].loss + reports[1].loss) / 4
+    in_order = torch.zeros(())  # the micro-batches' losses summed as they came, as before steps reported them
+    for loss in (loss for report in reports for loss in report.micro_losses):
+        in_order = in_order + loss
+    assert window.mean_loss() == float(in_order) / 4
     assert window.grad_norm is reports[1].grad_norm and window.lr == 0.05
     assert window.data_wait == reports[0].data_wait + reports[1].data_wait
