@@ -11,6 +11,7 @@ reading the .rec, decoding, flipping, normalising). Run with nothing else busy.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import tempfile
@@ -37,7 +38,7 @@ def _decode_simplejpeg(lo: int, hi: int) -> int:
 
 
 def _decode_normalise(lo: int, hi: int) -> int:
-    out = torch.empty((1, 3) + _INPUT.size, dtype=torch.float32)
+    out = torch.empty((1, 3, *_INPUT.size), dtype=torch.float32)
     for data in _JPEGS[lo:hi]:
         _INPUT.normalize(decode_jpeg(data)[None], out=out)
     return hi - lo
@@ -62,7 +63,7 @@ def floor(jpegs: list[bytes], processes: int, decode) -> float:
     with mp.get_context("fork").Pool(processes) as pool:
         pool.starmap(decode, [(0, 64)] * processes)  # warm up: imports, decoder set-up
         start = time.perf_counter()
-        done = sum(pool.starmap(decode, list(zip(bounds[:-1], bounds[1:]))))
+        done = sum(pool.starmap(decode, list(itertools.pairwise(bounds))))
         return done / (time.perf_counter() - start)
 
 

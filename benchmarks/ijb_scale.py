@@ -35,11 +35,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "eval"))
-from insightface_reference import image2template_feature, insightface_image_inputs, verification_scores  # noqa: E402
+from insightface_reference import image2template_feature, insightface_image_inputs, verification_scores
+from partial_fc_layer import peak_memory, reset_peak_memory
 
-from partial_fc_layer import peak_memory, reset_peak_memory  # noqa: E402
-
-from partialfc.eval.templates import aggregate_templates, template_pair_scores  # noqa: E402
+from partialfc.eval.templates import aggregate_templates, template_pair_scores
 
 IJBC_IMAGES, IJBC_TEMPLATES, IJBC_PAIRS = 469_375, 23_124, 15_658_489
 
@@ -80,7 +79,8 @@ def measured(step: Callable[[], Any]) -> tuple[Any, float, float]:
 def main() -> int:
     args = parse_args()
     data = synthetic_ijbc(args.scale, args.dim, args.seed)
-    print(f"{len(data['views']):,} images, {len(np.unique(data['template_ids'])):,} templates, {len(data['first']):,} pairs, "
+    print(f"{len(data['views']):,} images, {len(np.unique(data['template_ids'])):,} templates, "
+          f"{len(data['first']):,} pairs, "
           f"{args.dim}-d float32 ({data['views'].nbytes / 2**30:.2f} GiB of image + mirror features)", flush=True)
 
     # The F1 N1 D1 inputs (sum of the halves, times the detector score) are the same elementwise step on

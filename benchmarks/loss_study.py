@@ -238,7 +238,8 @@ def main() -> int:
     lines = [
         "# Loss study: softmax, NormFace, SphereFace, CosFace, ArcFace, combined margin, Partial FC",
         "",
-        f"Produced by `{shlex.join(['python', 'benchmarks/loss_study.py', *sys.argv[1:]])}` on {os.cpu_count()} CPU cores "
+        f"Produced by `{shlex.join(['python', 'benchmarks/loss_study.py', *sys.argv[1:]])}` "
+        f"on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}: training took "
         f"{sum(map(sum, train_seconds.values())) / 60:.1f} min in all, this invocation {total / 60:.1f} min "
         "(finished runs of an earlier invocation are reused).",

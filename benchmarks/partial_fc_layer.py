@@ -101,6 +101,17 @@ def _proc_status_bytes(field: str) -> int:
 def run_config(
     args, family: str, sub_centers: int, num_classes: int, sample_rate: float, device: torch.device, world_size: int
 ) -> list[float]:
+    step_time, peak, num_local, num_sample = time_layer(args, family, sub_centers, num_classes, sample_rate, device)
+    gc.collect()  # the layer's buffers are gone before the GEMM floor allocates its operands
+    floor = time_gemm_floor(args, args.batch * world_size, num_sample * sub_centers, device)
+    shard_fp32_bytes = num_local * sub_centers * args.dim * 4
+    return [step_time, floor, peak, peak / shard_fp32_bytes, num_sample]
+
+
+def time_layer(
+    args, family: str, sub_centers: int, num_classes: int, sample_rate: float, device: torch.device
+) -> tuple[float, int, int, int]:
+    """Median step time and peak memory of the layer, with its shard size and per-rank sample count."""
     gemm_dtype, param_dtype = DTYPES[args.gemm_dtype], DTYPES[args.param_dtype]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gemm_dtype == torch.bfloat16)
     before = reset_peak_memory(device)
@@ -120,15 +131,15 @@ def run_config(
         embeddings.grad = None
 
     step_time = median_time(train_step, args.steps, args.warmup, device)
-    peak = peak_memory(device) - before
-    num_local, num_sample = pfc.num_local, pfc.num_sample
-    del pfc, embeddings
-    gc.collect()
+    return step_time, peak_memory(device) - before, pfc.num_local, pfc.num_sample
 
-    n = args.batch * world_size
+
+def time_gemm_floor(args, n: int, rows: int, device: torch.device) -> float:
+    """Median time of the layer's three GEMMs alone (``n`` embeddings against ``rows`` centres)."""
+    gemm_dtype = DTYPES[args.gemm_dtype]
     x = torch.randn(n, args.dim, device=device, dtype=gemm_dtype)
-    w = torch.randn(num_sample * sub_centers, args.dim, device=device, dtype=gemm_dtype)
-    g = torch.randn(n, num_sample * sub_centers, device=device, dtype=gemm_dtype)
+    w = torch.randn(rows, args.dim, device=device, dtype=gemm_dtype)
+    g = torch.randn(n, rows, device=device, dtype=gemm_dtype)
     outputs = (torch.empty_like(g), torch.empty_like(x), torch.empty_like(w))  # pure GEMM time, no allocation
 
     def gemms() -> None:
@@ -136,10 +147,7 @@ def run_config(
         torch.mm(g, w, out=outputs[1])
         torch.mm(g.t(), x, out=outputs[2])
 
-    floor = median_time(gemms, args.steps, args.warmup, device)
-    del x, w, g, outputs
-    shard_fp32_bytes = num_local * sub_centers * args.dim * 4
-    return [step_time, floor, peak, peak / shard_fp32_bytes, num_sample]
+    return median_time(gemms, args.steps, args.warmup, device)
 
 
 def main() -> None:
@@ -153,7 +161,8 @@ def main() -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
 
-    header = (f"{'head':>14} {'K':>2} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} {'gemm':>5} {'param':>5} "
+    header = (f"{'head':>14} {'K':>2} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} "
+              f"{'gemm':>5} {'param':>5} "
               f"{'step ms':>9} {'floor ms':>9} {'ratio':>6} {'peak GiB/rank':>13} {'centre mem':>10}")
     if rank == 0:
         print(f"device={device.type} threads/rank={torch.get_num_threads()} torch={torch.__version__}")
@@ -166,7 +175,8 @@ def main() -> None:
             dist.all_reduce(result, op=dist.ReduceOp.MAX)  # slowest rank, largest memory
         step_time, floor, peak, centre_ratio, num_sample = result.tolist()
         if rank == 0:
-            print(f"{family:>14} {sub_centers:>2} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} {sample_rate:>5} {int(num_sample):>8} "
+            print(f"{family:>14} {sub_centers:>2} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} "
+                  f"{sample_rate:>5} {int(num_sample):>8} "
                   f"{args.gemm_dtype:>5} {args.param_dtype:>5} {step_time * 1e3:>9.1f} {floor * 1e3:>9.1f} "
                   f"{step_time / floor:>6.2f} {peak / 2**30:>13.2f} {centre_ratio:>9.2f}x", flush=True)
     if dist.is_initialized():

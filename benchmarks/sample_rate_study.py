@@ -49,13 +49,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from partialfc.centre_optim import LazySGD
 from partialfc.config import OptimConfig
 from partialfc.distributed import derive_seed
 from partialfc.eval.identification import identification_metrics
 from partialfc.eval.protocol import strict_tar_at_far, verification_accuracy
 from partialfc.lr_schedule import LRSchedule
 from partialfc.margins import CombinedMargin, Margin, Softmax
-from partialfc.centre_optim import LazySGD
 from partialfc.optimizer import TrainingOptimizer, centre_optimizer
 from partialfc.partial_fc import PartialFC
 
@@ -191,7 +191,8 @@ class Settings:
     embedding_size: int = 32
     hidden: int = 256
     optimizer: str = "sgd"
-    """``optim.name`` of backbone and centres (momentum 0.9 / AdamW betas, weight decay 5e-4: the package's defaults)."""
+    """``optim.name`` of backbone and centres (momentum 0.9 / AdamW betas, weight decay 5e-4: the package's
+    defaults)."""
     lr: float = 0.1
     max_steps: int = 0
     """0: epochs decide; else stop after this many steps (smoke runs and tests only)."""
@@ -498,7 +499,7 @@ def losses_vs_full(results: Sequence[dict], metric: str) -> dict[int, list[Loss]
 def smallest_rate_within(losses: Sequence[Loss], points: float = 0.3) -> float:
     """The smallest r whose mean is within ``points`` of r = 1.0, every larger sampled r too (1.0 if none)."""
     best = 1.0
-    for loss in sorted(losses, key=lambda l: -l.rate):
+    for loss in sorted(losses, key=lambda entry: -entry.rate):
         if loss.delta > points:
             break
         best = loss.rate
@@ -515,15 +516,15 @@ def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wal
     deltas = {metric: losses_vs_full(results, metric) for metric in METRICS}
 
     def delta_text(metric: str, c: int, rate: float) -> str:
-        found = [l for l in deltas[metric].get(c, []) if l.rate == rate]
+        found = [entry for entry in deltas[metric].get(c, []) if entry.rate == rate]
         if not found:
             return "—"
         loss = found[0]
         paired = f" paired [{-loss.paired.high:+.2f}, {-loss.paired.low:+.2f}]" if loss.paired.n > 1 else ""
         return f"{-loss.delta:+.2f}{paired}" + (" (no difference measured)" if loss.overlap else "")
 
-    lines = ["| C | r | centres/step | seeds | verify acc % (mean ± std [95% CI]) | Δ verify | rank-1 % (mean ± std [95% CI]) "
-             "| Δ rank-1 | TAR@FAR=1e-3 % | train s/seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| C | r | centres/step | seeds | verify acc % (mean ± std [95% CI]) | Δ verify "
+             "| rank-1 % (mean ± std [95% CI]) | Δ rank-1 | TAR@FAR=1e-3 % | train s/seed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (head, c, rate), records in sorted(groups.items(), key=lambda item: (item[0][1], -item[0][2])):
         if head != "arcface":
             continue
@@ -591,10 +592,10 @@ def _plot(deltas: dict[str, dict[int, list[Loss]]], figures: Path) -> Path:
     try:
         for row, (metric, per_c) in enumerate(deltas.items()):
             for c, losses in sorted(per_c.items()):
-                losses = sorted(losses, key=lambda l: l.rate)
-                y, err = [l.delta for l in losses], [l.error for l in losses]
-                axes[row][0].errorbar([l.rate for l in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
-                axes[row][1].errorbar([l.centres for l in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
+                losses = sorted(losses, key=lambda entry: entry.rate)
+                y, err = [entry.delta for entry in losses], [entry.error for entry in losses]
+                axes[row][0].errorbar([entry.rate for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
+                axes[row][1].errorbar([entry.centres for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
             for ax, xlabel in zip(axes[row], ("sample rate r", "centres in the softmax per step (all ranks)")):
                 ax.set_xscale("log")
                 ax.axhline(0.0, color="grey", lw=0.8)
@@ -603,7 +604,7 @@ def _plot(deltas: dict[str, dict[int, list[Loss]]], figures: Path) -> Path:
                 ax.set_ylabel(f"{METRICS[metric]} lost vs r=1.0 (points)")
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend()
-            rates = sorted({l.rate for losses in per_c.values() for l in losses})
+            rates = sorted({entry.rate for losses in per_c.values() for entry in losses})
             axes[row][0].xaxis.set_major_locator(matplotlib.ticker.FixedLocator(rates))
             axes[row][0].xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{r:g}" for r in rates]))
             axes[row][0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

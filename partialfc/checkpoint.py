@@ -1,22 +1,30 @@
-"""Checkpoints of a dict of components: complete or absent, verifiable, re-shardable.
+"""Checkpoints of named components: complete or absent, verifiable, re-shardable.
 
 Layout of one checkpoint, ``<run>/checkpoints/step-00001234/``::
 
-    trainer.pt                  components identical on every rank (model, optimizer, progress), rank 0
-    centres-00001-of-00004.pt   rank 1's Partial-FC state: centres + optimizer state, with its class range
-    rank-00001-of-00004.pt      rank 1's own components (RNG states, data-loader position)
-    meta.json                   the manifest, written last: step, epoch, world size, num_classes,
+    trainer.pt                  shared components (identical on every rank: model, optimizer, progress,
+                                the data epoch), written by rank 0
+    centres-00001-of-00004.pt   rank 1's shard of the sharded component ``centres`` (Partial-FC: centres and
+                                their optimizer state) with its class range; one such file set per sharded component
+    rank-00001-of-00004.pt      rank 1's per-rank components (RNG states, data-loader position)
+    meta.json                   the manifest, written last: format, step, world size, num_classes,
                                 config hash, and the size and SHA-256 of every file
 
-A component is anything with ``state_dict``/``load_state_dict``. Every rank writes into
-``step-….partial/`` and fsyncs; after a barrier rank 0 writes the manifest and renames the
-directory, so a directory named ``step-…`` is always complete. Loading checks each file it reads
-against the manifest, so a truncated or corrupted file is named instead of failing deep inside
-``torch.load``; :meth:`Checkpointer.newest_loadable` skips such checkpoints (every rank agrees)
-and falls back to an older one. Centres are stored per class range: a job with another world size
-reads the files overlapping its own range (memory-mapped, only the rows it needs) and re-shards;
-per-rank components then do not apply, and the loader restarts its epoch.
-Everything loads with ``torch.load(weights_only=True)``.
+Every component is registered by name as a :class:`Component`: ``shared``, ``per_rank`` or
+``sharded`` (it implements :class:`Sharded`: it says how its state is cut to a class range and how
+pieces are joined), and ``optional`` when a checkpoint written before it existed may lack it (then
+it keeps its initial state and the absence is logged). Every rank writes into ``step-….partial/``
+and fsyncs; after a barrier rank 0 writes the manifest and renames the directory, so a directory
+named ``step-…`` is always complete. Loading checks each file it reads against the manifest, so a
+truncated or corrupted file is named instead of failing deep inside ``torch.load``;
+:meth:`Checkpointer.newest_loadable` skips such checkpoints (every rank agrees) and falls back to
+an older one. A job with another world size reads the shards overlapping its own class range
+(memory-mapped, only the rows it needs) and joins them; per-rank components then do not apply.
+A saved tensor whose shape differs from the job's is a :class:`CheckpointError` naming the
+component and the key. Everything loads with ``torch.load(weights_only=True)``.
+
+Manifest formats: 2 (this module) adds ``format``; 1 (no ``format`` field) kept the data epoch in
+the manifest's ``epoch`` rather than in the shared component ``epoch``, and still loads.
 """
 
 from __future__ import annotations
@@ -26,10 +34,10 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
@@ -39,18 +47,52 @@ from partialfc.distributed import DistInfo, barrier
 from partialfc.partial_fc import PartialFC
 from partialfc.resume import flatten
 
-__all__ = ["Checkpointer", "CheckpointError", "LoadedCheckpoint", "Stateful", "find_latest_checkpoint"]
+__all__ = ["Checkpointer", "CheckpointError", "Component", "LoadedCheckpoint", "Sharded", "Stateful",
+           "find_latest_checkpoint"]
 
+FORMAT = 2
 _PREFIX = "step-"
 _SHARED = "trainer.pt"
+_PER_RANK = "rank"
 _MANIFEST = "meta.json"
 _HASH_BLOCK = 8 << 20
+_EPOCH = "epoch"  # the shared component that format 1 kept as the manifest field of the same name
 
 
 class Stateful(Protocol):
     def state_dict(self) -> Mapping[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any], /) -> Any: ...
+
+
+class Sharded(Stateful, Protocol):
+    """A component split over ranks by contiguous class ranges (:class:`~partialfc.PartialFC`)."""
+
+    num_classes: int
+    class_start: int
+    num_local: int
+
+    def sharded_state_dict(self) -> Mapping[str, Any]:
+        """This rank's state; refuses state it could not cut or join."""
+        ...
+
+    def cut_state(self, state: Mapping[str, Any], start: int, stop: int) -> Mapping[str, Any]:
+        """The part of a saved shard's state for global classes ``[start, stop)``."""
+        ...
+
+    def join_states(self, parts: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+        """One state from parts of consecutive class ranges, in class order."""
+        ...
+
+
+@dataclass(frozen=True)
+class Component:
+    """A checkpointed object and where its state lives."""
+
+    state: Stateful
+    placement: Literal["shared", "per_rank", "sharded"]
+    optional: bool = False
+    """Absent from a checkpoint (written before it existed): keep the initial state and log it."""
 
 
 class CheckpointError(RuntimeError):
@@ -123,7 +165,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a complete checkpoint (no {_MANIFEST})") from None
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({error})") from None
-    missing = {"step", "epoch", "world_size", "num_classes"} - set(manifest)
+    version = manifest.setdefault("format", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT:
+        raise CheckpointError(f"{manifest_path}: manifest format {version!r}; this partialfc reads formats 1 to "
+                              f"{FORMAT} (written by a newer release?)")
+    missing = {"step", "world_size", "num_classes", *(["epoch"] if version == 1 else [])} - set(manifest)
     if missing:
         raise CheckpointError(f"{manifest_path}: manifest lacks {', '.join(sorted(missing))}")
     return manifest
@@ -158,13 +204,16 @@ class LoadedCheckpoint:
     path: Path
     manifest: dict[str, Any]
     resharded: bool
-    """True when the world size changed: centres were re-sharded and per-rank components not loaded."""
+    """True when the world size changed: sharded components were re-sharded and per-rank ones not loaded."""
 
 
 class Checkpointer:
-    """Saves and loads ``shared`` (identical on every rank), ``per_rank`` components and the centres.
+    """Saves and loads a registry of named :class:`Component` s.
 
-    Every method is collective: all ranks call it together.
+    ``log`` takes what loading skips (a broken checkpoint, an absent optional component).
+    ``step_counters`` name counters that must equal the checkpoint's step once it is loaded (the
+    trainer's progress, PartialFC's step count): a disagreement means the components come from
+    different steps. Every method is collective: all ranks call it together.
     """
 
     def __init__(
@@ -172,18 +221,30 @@ class Checkpointer:
         root: Path,
         info: DistInfo,
         keep: int,
+        components: Mapping[str, Component],
         *,
-        shared: Mapping[str, Stateful],
-        per_rank: Mapping[str, Stateful],
-        pfc: PartialFC,
         config: Mapping[str, Any] | None = None,
+        step_counters: Mapping[str, Callable[[], int]] | None = None,
+        log: Callable[[str], None] = print,
     ) -> None:
-        self.root, self.info, self.keep = root, info, keep
-        self.shared, self.per_rank, self.pfc = shared, per_rank, pfc
+        self.root, self.info, self.keep, self.log = root, info, keep, log
+        self.components = dict(components)
         self.config = dict(config or {})
+        self.step_counters = dict(step_counters or {})
+        self.sharded: dict[str, Sharded] = {name: c.state for name, c in self.components.items()  # type: ignore[misc]
+                                            if c.placement == "sharded"}
+        if _PER_RANK in self.sharded:
+            raise ValueError(f"Checkpointer: a sharded component may not be named '{_PER_RANK}' (its files' prefix)")
+        class_counts = {component.num_classes for component in self.sharded.values()}
+        if len(class_counts) > 1:
+            raise ValueError(f"Checkpointer: sharded components disagree on num_classes: {sorted(class_counts)}")
+        self.num_classes = class_counts.pop() if class_counts else 0
+
+    def _placed(self, placement: str) -> dict[str, Component]:
+        return {name: c for name, c in self.components.items() if c.placement == placement}
 
     # ------------------------------------------------------------------ save
-    def save(self, step: int, epoch: int) -> Path:
+    def save(self, step: int) -> Path:
         """Write the checkpoint of ``step``; returns its directory. Rotation keeps the newest ``keep``."""
         info = self.info
         final = _step_dir(self.root, step)
@@ -195,15 +256,20 @@ class Checkpointer:
             except OSError as error:
                 raise CheckpointError(f"cannot create checkpoint directory {partial}: {error.strerror}") from error
         barrier()
-        pfc = self.pfc
         files: dict[str, Any] = {}
-        centres = {"class_start": pfc.class_start, "num_local": pfc.num_local, "state": pfc.state_dict()}
-        files[_part_name("centres", info.rank, info.world_size)] = centres
-        files[_part_name("rank", info.rank, info.world_size)] = {k: c.state_dict() for k, c in self.per_rank.items()}
-        if info.is_main:
-            files[_SHARED] = {k: c.state_dict() for k, c in self.shared.items()}
         error, entries = None, {}
         try:
+            for name, sharded in self.sharded.items():
+                try:
+                    state = sharded.sharded_state_dict()
+                except ValueError as refused:
+                    raise CheckpointError(f"checkpoint {final}: cannot save '{name}': {refused}") from None
+                files[_part_name(name, info.rank, info.world_size)] = {
+                    "class_start": sharded.class_start, "num_local": sharded.num_local, "state": state}
+            files[_part_name(_PER_RANK, info.rank, info.world_size)] = {
+                name: c.state.state_dict() for name, c in self._placed("per_rank").items()}
+            if info.is_main:
+                files[_SHARED] = {name: c.state.state_dict() for name, c in self._placed("shared").items()}
             entries = {name: _save_synced(obj, partial / name) for name, obj in files.items()}
         except CheckpointError as raised:
             error = raised
@@ -213,7 +279,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {final} not saved: {failures[0]}")
         if info.is_main:
             manifest = {
-                "step": step, "epoch": epoch, "world_size": info.world_size, "num_classes": pfc.num_classes,
+                "format": FORMAT, "step": step, "world_size": info.world_size, "num_classes": self.num_classes,
                 "config": self.config, "config_hash": config_hash(self.config),
                 "files": {name: entry for _, rank_entries in all_entries for name, entry in rank_entries.items()},
             }
@@ -231,7 +297,7 @@ class Checkpointer:
         return final
 
     # ------------------------------------------------------------------ load
-    def newest_loadable(self, log: Callable[[str], None]) -> Path | None:
+    def newest_loadable(self) -> Path | None:
         """Newest checkpoint whose files verify on every rank; newer broken ones are logged and skipped.
 
         Raises :class:`CheckpointError` when checkpoints exist but none verifies.
@@ -243,7 +309,7 @@ class Checkpointer:
             if not problems:
                 return path
             reasons.append(problems[0])
-            log(f"resume: skipping {path}: {problems[0]}")
+            self.log(f"resume: skipping {path}: {problems[0]}")
         if reasons:
             raise CheckpointError(f"no loadable checkpoint in {self.root}: " + "; ".join(reasons))
         return None
@@ -260,126 +326,142 @@ class Checkpointer:
 
     def _files_needed(self, manifest: Mapping[str, Any]) -> list[str]:
         saved_world = int(manifest["world_size"])
-        if saved_world == self.info.world_size:
-            ranks = [self.info.rank]
-            names = [_part_name("rank", self.info.rank, saved_world)]
-        else:
-            ranks, names = self._overlapping_ranks(saved_world), []
-        return [_SHARED, *names, *(_part_name("centres", r, saved_world) for r in ranks)]
+        same_world = saved_world == self.info.world_size
+        names = [_SHARED, *([_part_name(_PER_RANK, self.info.rank, saved_world)] if same_world else [])]
+        for name, sharded in self.sharded.items():
+            if not self._absent_optional(name, manifest, saved_world):
+                ranks = [self.info.rank] if same_world else _overlapping_ranks(sharded, saved_world)
+                names += [_part_name(name, r, saved_world) for r in ranks]
+        return names
 
-    def _overlapping_ranks(self, saved_world: int) -> list[int]:
-        start, end = self.pfc.class_start, self.pfc.class_start + self.pfc.num_local
-        overlapping = []
-        for saved_rank in range(saved_world):
-            saved_start, saved_num = shard_range(self.pfc.num_classes, saved_rank, saved_world)
-            if max(start, saved_start) < min(end, saved_start + saved_num):
-                overlapping.append(saved_rank)
-        return overlapping
+    def _absent_optional(self, name: str, manifest: Mapping[str, Any], saved_world: int) -> bool:
+        """Whether the sharded component ``name`` is optional and the checkpoint has no shard of it."""
+        return self.components[name].optional and _part_name(name, 0, saved_world) not in manifest.get("files", {})
 
     def load(self, path: Path) -> LoadedCheckpoint:
-        """Load every component from ``path`` (re-sharding the centres if the world size changed)."""
+        """Load every component from ``path`` (re-sharding sharded ones if the world size changed)."""
         manifest = read_manifest(path)
-        if manifest["num_classes"] != self.pfc.num_classes:
+        saved_world = int(manifest["world_size"])
+        present = [name for name in self.sharded if not self._absent_optional(name, manifest, saved_world)]
+        if present and manifest["num_classes"] != self.num_classes:
             raise CheckpointError(
-                f"checkpoint {path} has num_classes={manifest['num_classes']}, this job has {self.pfc.num_classes} "
+                f"checkpoint {path} has num_classes={manifest['num_classes']}, this job has {self.num_classes} "
                 "(data.path / data.num_classes)"
             )
-        saved_world = int(manifest["world_size"])
+        resharded = saved_world != self.info.world_size
         differing = _differing_fields(manifest.get("config", {}), self.config)
         shared = _load(path / _SHARED, manifest)
-        for name, component in self.shared.items():
-            _load_component(component, shared.get(name), path / _SHARED, name, differing)
-        resharded = saved_world != self.info.world_size
-        if resharded:
-            centres_state = self._reshard(path, manifest)
-        else:
-            centres_path = path / _part_name("centres", self.info.rank, saved_world)
-            centres_state = _load(centres_path, manifest)["state"]
-            per_rank_path = path / _part_name("rank", self.info.rank, saved_world)
-            per_rank = _load(per_rank_path, manifest)
-            for name, component in self.per_rank.items():
-                _load_component(component, per_rank.get(name), per_rank_path, name, differing)
-        _check_shapes(self.pfc.state_dict(), centres_state, path / _part_name("centres", 0, saved_world), "centres",
-                      differing)
-        self.pfc.load_state_dict(centres_state)
+        if manifest["format"] == 1:
+            shared.setdefault(_EPOCH, {"epoch": int(manifest["epoch"])})
+        self._load_all("shared", shared, path / _SHARED, differing)
+        if not resharded:
+            per_rank_path = path / _part_name(_PER_RANK, self.info.rank, saved_world)
+            self._load_all("per_rank", _load(per_rank_path, manifest), per_rank_path, differing)
+        for name, sharded in self.sharded.items():
+            if self._absent_optional(name, manifest, saved_world):
+                self.log(f"{path}: no '{name}' component (written before it existed); it keeps its initial state")
+                continue
+            own = path / _part_name(name, self.info.rank, saved_world)
+            if resharded:
+                state, own = self._reshard(path, manifest, name, sharded), path / f"{name}-*-of-{saved_world:05d}.pt"
+            else:
+                state = _load(own, manifest)["state"]
+            _load_component(sharded, state, own, name, differing)
+        self._check_step_counters(path, int(manifest["step"]))
         return LoadedCheckpoint(path, manifest, resharded)
 
-    def _reshard(self, path: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """This rank's state assembled from the saved shards overlapping its class range."""
-        pfc, saved_world = self.pfc, int(manifest["world_size"])
-        start, end = pfc.class_start, pfc.class_start + pfc.num_local
-        per_class = pfc.sub_centers  # rows per class: a class's sub-centres move together
-        template = pfc.state_dict()
-        row_keys = [k for k, v in template.items()
-                    if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == pfc.num_local * per_class]
-        rows: dict[str, list[torch.Tensor]] = {key: [] for key in row_keys}
-        extra_state = None
-        for saved_rank in self._overlapping_ranks(saved_world):
-            saved_start, saved_num = shard_range(pfc.num_classes, saved_rank, saved_world)
-            piece_path = path / _part_name("centres", saved_rank, saved_world)
+    def _load_all(self, placement: str, saved: Mapping[str, Any], path: Path, differing: str) -> None:
+        for name, component in self._placed(placement).items():
+            if name not in saved and component.optional:
+                self.log(f"{path}: no '{name}' component (written before it existed); it keeps its initial state")
+                continue
+            if name not in saved:
+                raise CheckpointError(f"{path}: has no '{name}' component (written by a job without it, e.g. "
+                                      f"without train.ema_decay); {differing}")
+            _load_component(component.state, saved[name], path, name, differing)
+
+    def _reshard(self, path: Path, manifest: Mapping[str, Any], name: str, sharded: Sharded) -> Mapping[str, Any]:
+        """This rank's state of ``name`` joined from the saved shards overlapping its class range."""
+        saved_world = int(manifest["world_size"])
+        start, end = sharded.class_start, sharded.class_start + sharded.num_local
+        parts = []
+        for saved_rank in _overlapping_ranks(sharded, saved_world):
+            saved_start, saved_num = shard_range(sharded.num_classes, saved_rank, saved_world)
+            piece_path = path / _part_name(name, saved_rank, saved_world)
             piece = _load(piece_path, manifest, mmap=True)
             if piece["class_start"] != saved_start or piece["num_local"] != saved_num:
                 raise CheckpointError(f"{piece_path}: covers an unexpected class range")
-            saved_per_class = int(piece["state"]["_extra_state"].get("sub_centers", 1))
-            if saved_per_class != per_class:
-                raise CheckpointError(
-                    f"{piece_path}: saved with loss.sub_centers={saved_per_class}, this job has {per_class}"
-                )
-            lo, hi = max(start, saved_start), min(end, saved_start + saved_num)
-            for key in row_keys:
-                rows[key].append(piece["state"][key][(lo - saved_start) * per_class : (hi - saved_start) * per_class].clone())
-            extra_state = piece["state"]["_extra_state"]
-        state = {key: torch.cat(parts) for key, parts in rows.items()}
-        # Replicated (non-row) state such as the step count and margin statistics: equal on every saved rank.
-        state["_extra_state"] = {**extra_state, **{k: template["_extra_state"][k] for k in ("class_start", "num_local")}}
-        return state
+            try:
+                parts.append(sharded.cut_state(piece["state"], max(start, saved_start),
+                                               min(end, saved_start + saved_num)))
+            except (KeyError, ValueError) as error:
+                raise CheckpointError(f"{piece_path}: cannot re-shard '{name}': {error}") from None
+        try:
+            return sharded.join_states(parts)
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"{path}: cannot join the shards of '{name}': {error}") from None
+
+    def _check_step_counters(self, path: Path, step: int) -> None:
+        counts = {name: counter() for name, counter in self.step_counters.items()}
+        if any(count != step for count in counts.values()):
+            found = ", ".join(f"{name} {count}" for name, count in counts.items())
+            raise CheckpointError(f"{path}: step counters disagree: the checkpoint's step is {step}, {found}")
 
 
-def read_centres(path: Path) -> tuple[torch.Tensor, int]:
+def _overlapping_ranks(sharded: Sharded, saved_world: int) -> list[int]:
+    """Saved ranks whose class range overlaps this rank's range of ``sharded``."""
+    start, end = sharded.class_start, sharded.class_start + sharded.num_local
+    overlapping = []
+    for saved_rank in range(saved_world):
+        saved_start, saved_num = shard_range(sharded.num_classes, saved_rank, saved_world)
+        if max(start, saved_start) < min(end, saved_start + saved_num):
+            overlapping.append(saved_rank)
+    return overlapping
+
+
+def read_centres(path: Path, name: str = "centres") -> tuple[torch.Tensor, int]:
     """All class centres of checkpoint ``path`` as ``[C, K, D]`` fp32 (K sub-centres per class), and K.
 
-    Every shard file is verified against the manifest; shards are joined in class order.
+    Every shard file of the component ``name`` is verified against the manifest; shards are joined
+    in class order.
     """
     manifest = read_manifest(path)
     saved_world, num_classes = int(manifest["world_size"]), int(manifest["num_classes"])
-    pieces, sub_centers = [], None
+    pieces: list[torch.Tensor] = []
     for rank in range(saved_world):
-        piece_path = path / _part_name("centres", rank, saved_world)
+        piece_path = path / _part_name(name, rank, saved_world)
         piece = _load(piece_path, manifest, mmap=True)
         if piece["class_start"] != shard_range(num_classes, rank, saved_world)[0]:
             raise CheckpointError(f"{piece_path}: covers an unexpected class range")
-        per_class = int(piece["state"]["_extra_state"].get("sub_centers", 1))
-        if sub_centers not in (None, per_class):
-            raise CheckpointError(f"{piece_path}: {per_class} sub-centres per class, rank 0's shard has {sub_centers}")
-        sub_centers = per_class
-        pieces.append(piece["state"]["weight"].float().view(piece["num_local"], per_class, -1))
+        centres = PartialFC.class_centres(piece["state"])
+        if pieces and centres.shape[1] != pieces[0].shape[1]:
+            raise CheckpointError(f"{piece_path}: {centres.shape[1]} sub-centres per class, rank 0's shard has "
+                                  f"{pieces[0].shape[1]}")
+        pieces.append(centres)
     centres = torch.cat(pieces)
     if centres.shape[0] != num_classes:
         raise CheckpointError(f"{path}: centre shards hold {centres.shape[0]} classes, the manifest says {num_classes}")
-    return centres, int(sub_centers)
+    return centres, centres.shape[1]
 
 
 def _load_component(component: Stateful, state: Any, path: Path, name: str, differing: str) -> None:
-    if state is None:
-        raise CheckpointError(f"{path}: has no '{name}' component (written by a job without it, e.g. without "
-                              f"train.ema_decay); {differing}")
-    if isinstance(component, torch.nn.Module):
-        _check_shapes(component.state_dict(), state, path, name, differing)
+    _check_shapes(component.state_dict(), state, path, name, differing)
     try:
         component.load_state_dict(state)
-    except (KeyError, RuntimeError, ValueError) as error:
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: cannot load '{name}' ({error}); {differing}") from None
 
 
-def _check_shapes(ours: Mapping[str, Any], saved: Mapping[str, Any], path: Path, name: str, differing: str) -> None:
-    """Name the checkpoint, the tensor and the config fields behind a shape mismatch."""
-    for key, tensor in ours.items():
-        other = saved.get(key)
-        if isinstance(tensor, torch.Tensor) and isinstance(other, torch.Tensor) and tensor.shape != other.shape:
-            raise CheckpointError(
-                f"{path}: tensor '{name}.{key}' has shape {tuple(other.shape)} in the checkpoint, "
-                f"{tuple(tensor.shape)} in this job; {differing}"
-            )
+def _check_shapes(ours: Any, saved: Any, path: Path, key: str, differing: str) -> None:
+    """Name the checkpoint, the component's tensor and the config fields behind a shape mismatch."""
+    if isinstance(ours, torch.Tensor) and isinstance(saved, torch.Tensor) and ours.shape != saved.shape:
+        raise CheckpointError(
+            f"{path}: tensor '{key}' has shape {tuple(saved.shape)} in the checkpoint, "
+            f"{tuple(ours.shape)} in this job; {differing}"
+        )
+    if isinstance(ours, Mapping) and isinstance(saved, Mapping):
+        for child in [child for child in ours if child in saved]:
+            _check_shapes(ours[child], saved[child], path, f"{key}.{child}", differing)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -39,7 +39,7 @@ from partialfc.options import FRACTION, FREE, ConfigError, Domain, above, at_lea
 from partialfc.resume import is_meaning_field
 from partialfc.train_state import SampleRateSchedule
 
-__all__ = ["Config", "ConfigError", "OptimConfig", "load_config", "add_config_arguments", "config_from_args", "to_dict"]
+__all__ = ["Config", "ConfigError", "OptimConfig", "add_config_arguments", "config_from_args", "load_config", "to_dict"]
 
 
 def _is_schedule(changes: list[str]) -> bool:

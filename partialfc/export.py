@@ -34,7 +34,7 @@ import torch
 
 from partialfc.cli import ArgumentParser, error_line
 from partialfc.model_file import ModelFileError, load_model, onnx_metadata
-from partialfc.models.input_config import InputConfig
+from partialfc.models.input_config import input_config_of
 
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -61,7 +61,7 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
     import onnxruntime as ort
 
     trained = load_model(model_path)
-    config: InputConfig = trained.backbone.input_config
+    config = input_config_of(trained.backbone)
     example = torch.randn(2, 3, *config.size, generator=torch.Generator().manual_seed(seed))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +74,7 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
         )
+    assert program is not None, "torch.onnx.export returns None only without dynamo=True"
     proto = program.model_proto
     onnx.helper.set_model_props(proto, onnx_metadata(trained, Path(model_path)))
     tmp = out.with_name(out.name + ".tmp")
@@ -91,7 +92,7 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
         if got.shape != expected.shape:
             raise ModelFileError(f"{tmp}: onnxruntime output {got.shape} at batch {batch}, PyTorch gives {expected.shape}")
         differences[batch] = float(abs(got - expected).max())
-    worst = max(differences, key=differences.get)
+    worst = max(differences, key=differences.__getitem__)
     if differences[worst] > PARITY_TOLERANCE:
         raise ParityError(
             f"{tmp}: onnxruntime differs from PyTorch by {differences[worst]:.3g} at batch {worst} "

@@ -77,12 +77,25 @@ from typing import Literal, Protocol
 
 import torch
 
-from partialfc.options import FRACTION, at_least, above, option
+from partialfc.options import FRACTION, above, at_least, option
 
 __all__ = [
-    "Margin", "MarginStep", "MarginConfig", "MARGIN_FAMILIES", "CombinedMargin", "CombinedMarginConfig", "Softmax",
-    "SoftmaxConfig", "AdaFace", "AdaFaceConfig", "CurricularFace", "CurricularFaceConfig", "MagFace", "MagFaceConfig",
-    "ElasticFace", "ElasticFaceConfig",
+    "MARGIN_FAMILIES",
+    "AdaFace",
+    "AdaFaceConfig",
+    "CombinedMargin",
+    "CombinedMarginConfig",
+    "CurricularFace",
+    "CurricularFaceConfig",
+    "ElasticFace",
+    "ElasticFaceConfig",
+    "MagFace",
+    "MagFaceConfig",
+    "Margin",
+    "MarginConfig",
+    "MarginStep",
+    "Softmax",
+    "SoftmaxConfig",
 ]
 
 
@@ -99,12 +112,20 @@ class MarginStep:
 class Margin(Protocol):
     """What :class:`~partialfc.PartialFC` asks of a margin family (:class:`BaseMargin` has defaults)."""
 
-    normalize: bool
-    """True: logits are ``scale · cos θ`` (embeddings and centres normalised); False: raw ``x · w``."""
-    scale: float
-    """Multiplier of the non-target cosines (``s``)."""
-    needs_target_cosines: bool
-    """Every rank needs every sample's target cosine (one more all-reduce of N floats)."""
+    @property
+    def normalize(self) -> bool:
+        """True: logits are ``scale · cos θ`` (embeddings and centres normalised); False: raw ``x · w``."""
+        ...
+
+    @property
+    def scale(self) -> float:
+        """Multiplier of the non-target cosines (``s``)."""
+        ...
+
+    @property
+    def needs_target_cosines(self) -> bool:
+        """Every rank needs every sample's target cosine (one more all-reduce of N floats)."""
+        ...
 
     def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor | None:
         """Per-sample inputs of ψ ([N], from the all-gathered embeddings; may carry gradient), or None."""
@@ -207,7 +228,7 @@ class CombinedMargin(BaseMargin):
 
 
 @dataclass
-class CombinedMarginConfig:
+class CombinedMarginConfig(MarginConfig):
     """``loss.combined``: SphereFace, ArcFace, CosFace and their combination in one formula."""
 
     m1: float = option(1.0, "multiplicative angular margin (SphereFace)", above(0))
@@ -254,7 +275,7 @@ class Softmax(BaseMargin):
 
 
 @dataclass
-class SoftmaxConfig:
+class SoftmaxConfig(MarginConfig):
     """``loss.softmax``: no parameters (the unnormalised baseline ignores ``loss.s``)."""
 
     def build(self, s: float) -> Softmax:
@@ -307,7 +328,7 @@ class AdaFace(BaseMargin):
 
 
 @dataclass
-class AdaFaceConfig:
+class AdaFaceConfig(MarginConfig):
     """``loss.adaface``: the margin follows image quality through the feature norm."""
 
     m: float = option(0.4, "margin m", at_least(0))
@@ -370,7 +391,7 @@ class CurricularFace(BaseMargin):
 
 
 @dataclass
-class CurricularFaceConfig:
+class CurricularFaceConfig(MarginConfig):
     """``loss.curricularface``: ArcFace target, hard negatives weighted by the training progress."""
 
     m: float = option(0.5, "additive angular margin m", at_least(0))
@@ -407,6 +428,8 @@ class MagFace(BaseMargin):
         return torch.where(cos_theta > 0.0, angular_margin(cos_theta, 1.0, margin), cos_theta) * self.s
 
     def regulariser(self, inputs: torch.Tensor | None) -> torch.Tensor:
+        if inputs is None:
+            raise ValueError("MagFace.regulariser needs the magnitudes from sample_inputs")
         return self.lambda_g * (inputs / self.u_a**2 + 1.0 / inputs)
 
     def __repr__(self) -> str:
@@ -415,7 +438,7 @@ class MagFace(BaseMargin):
 
 
 @dataclass
-class MagFaceConfig:
+class MagFaceConfig(MarginConfig):
     """``loss.magface``: the margin grows with the feature magnitude, which a regulariser bounds."""
 
     l_a: float = option(10.0, "lower bound of the feature magnitude", above(0))
@@ -463,7 +486,7 @@ class ElasticFace(BaseMargin):
 
 
 @dataclass
-class ElasticFaceConfig:
+class ElasticFaceConfig(MarginConfig):
     """``loss.elasticface``: ArcFace or CosFace with a margin drawn per sample."""
 
     m: float = option(0.5, "mean of the per-sample margins", at_least(0))

@@ -41,7 +41,7 @@ STEP_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1
 CHECKPOINT_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 # Gauges keep the value their (single) writer set last; the default mode "all" would add a pid label
 # that changes on every restart. Gauge files are dropped at an elastic restart instead (see below).
-GAUGE_MODE = "mostrecent"
+GAUGE_MODE: typing.Final = "mostrecent"
 
 
 @dataclass

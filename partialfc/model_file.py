@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from partialfc.models import create_model
-from partialfc.models.input_config import InputConfig
+from partialfc.models.input_config import InputConfig, input_config_of
 
 __all__ = [
     "MODEL_KEYS",
@@ -158,10 +158,15 @@ def _csv(values: tuple[float, ...] | tuple[int, ...]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
+def _per_channel(csv: str) -> tuple[float, float, float]:
+    red, green, blue = (float(v) for v in csv.split(","))
+    return red, green, blue
+
+
 def onnx_metadata(trained: TrainedModel, source: Path) -> dict[str, str]:
     """What an exported ``.onnx`` carries so a runtime needs nothing but the file: input size
     ("H,W"), channel order, per-channel mean and std (x = (pixel - mean) / std), backbone, producer."""
-    config: InputConfig = trained.backbone.input_config
+    config = input_config_of(trained.backbone)
     return {
         "input_size": _csv(config.size), "channel_order": config.channel_order,
         "mean": _csv(config.mean), "std": _csv(config.std),
@@ -178,7 +183,6 @@ def read_onnx_input_config(path: str | Path, metadata: Mapping[str, str]) -> Inp
     try:
         height, width = (int(v) for v in metadata["input_size"].split(","))
         return InputConfig(size=(height, width), channel_order=metadata["channel_order"],
-                           mean=tuple(float(v) for v in metadata["mean"].split(",")),
-                           std=tuple(float(v) for v in metadata["std"].split(",")))
+                           mean=_per_channel(metadata["mean"]), std=_per_channel(metadata["std"]))
     except ValueError as err:
         raise ModelFileError(f"{path}: bad input metadata {dict(metadata)}: {err}") from None

@@ -10,6 +10,7 @@ step; the trainer only says when it wants the norm reported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +23,7 @@ from partialfc.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
 from partialfc.options import Domain, above, at_least, interval, option
 from partialfc.partial_fc import PartialFC
 
-__all__ = ["OptimConfig", "TrainingOptimizer", "StepOutcome", "centre_optimizer"]
+__all__ = ["OptimConfig", "StepOutcome", "TrainingOptimizer", "centre_optimizer"]
 
 BETAS = Domain(lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
                "must be two values in [0, 1)", [0.9])
@@ -51,7 +52,8 @@ def _hyperparameters(config: OptimConfig) -> dict[str, object]:
     return {"lr": config.lr, "weight_decay": config.weight_decay, **family}
 
 
-_FAMILIES: dict[str, tuple[type[torch.optim.Optimizer], type]] = {
+# Constructors called with _hyperparameters' keywords (the backbone's also with fused=True).
+_FAMILIES: dict[str, tuple[Callable[..., torch.optim.Optimizer], Callable[..., CentreOptimizer]]] = {
     "sgd": (torch.optim.SGD, LazySGD),
     "adamw": (torch.optim.AdamW, LazyAdamW),
 }
@@ -177,7 +179,8 @@ class TrainingOptimizer:
         return StepOutcome(norm, skipped, applied)
 
     def _apply(self, found_inf: torch.Tensor | None) -> None:
-        self.backbone_optimizer.found_inf = found_inf  # read by torch's fused optimizers
+        # Read by torch's fused optimizers through getattr; torch's Optimizer does not declare it.
+        self.backbone_optimizer.found_inf = found_inf  # type: ignore[attr-defined]
         self.backbone_optimizer.step()
         self.pfc.step(found_inf=found_inf)
 

@@ -6,7 +6,11 @@ batch; C classes; rank r owns the class centres ``w_c`` of one contiguous block 
 **Sharding.** Rank r owns classes ``[class_start, class_start + num_local)`` with
 ``num_local = ⌊C/W⌋ + [r < C mod W]`` (uneven splits allowed). Centres are initialised from
 ``N(0, init_std²)`` in fixed blocks of global ids, each block drawn from a generator seeded by
-(seed, block), so the C×D matrix is the same whatever W is.
+(seed, block), so the C×D matrix is the same whatever W is. Its state is either per-class rows
+(centres, optimizer state: :meth:`PartialFC.register_state` with ``per_class=True``) or replicated
+(step count, margin statistics); :meth:`PartialFC.cut_state` and :meth:`PartialFC.join_states`
+move a checkpoint to another W, and :meth:`PartialFC.buffer_plan` is the memory that ``--dry-run``
+prints.
 
 **Step** (every rank runs the same program on its own shard):
 
@@ -58,6 +62,8 @@ of backbone gradients) divide the backbone's learning rate by W instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -86,10 +92,19 @@ from partialfc.distributed import (
 )
 from partialfc.margins import CombinedMargin, Margin, MarginStep
 
-__all__ = ["PartialFC", "LabelRangeError"]
+__all__ = ["PartialFC", "LabelRangeError", "sampled_classes"]
 
 _INIT_BLOCK_ROWS = 4096  # rows per independently seeded block of the centre initialisation
 _SAMPLING, _ROUNDING, _MARGIN = 0, 1, 2  # purposes of the per-step random streams
+_EXTRA = "_extra_state"  # nn.Module's key for get_extra_state(): step count, class range, margin statistics
+_CLASS_RANGE = ("class_start", "num_local")  # the per-rank part of the extra state
+
+
+def sampled_classes(num_local: int, sample_rate: float) -> int:
+    """Classes a rank samples per step (before positives beyond it): ``min(L, ⌈r·L⌉)``."""
+    if not 0.0 < sample_rate <= 1.0:
+        raise ValueError(f"PartialFC: sample_rate must be in (0, 1], got {sample_rate}")
+    return min(num_local, math.ceil(sample_rate * num_local))
 
 
 class PartialFC(nn.Module):
@@ -117,8 +132,6 @@ class PartialFC(nn.Module):
         super().__init__()
         if embedding_size <= 0 or num_classes <= 0:
             raise ValueError(f"PartialFC: embedding_size and num_classes must be > 0, got {embedding_size}, {num_classes}")
-        if not 0.0 < sample_rate <= 1.0:
-            raise ValueError(f"PartialFC: sample_rate must be in (0, 1], got {sample_rate}")
         if param_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"PartialFC: param_dtype must be float32 or bfloat16, got {param_dtype}")
         if sub_centers < 1:
@@ -141,15 +154,18 @@ class PartialFC(nn.Module):
         self.class_start, self.num_local = shard_range(num_classes, self.rank, self.world_size)
         if self.num_local == 0:
             raise ValueError(f"PartialFC: num_classes={num_classes} leaves rank {self.rank} of {self.world_size} without classes")
-        self.num_sample = min(self.num_local, math.ceil(sample_rate * self.num_local))
+        self.num_sample = sampled_classes(self.num_local, sample_rate)
 
         # K rows per class, class-major: rows [K·c, K·c + K) of the C·K×D matrix belong to class c.
         weight = torch.empty(self.num_local * sub_centers, embedding_size, dtype=param_dtype, device=device)
         _init_centres(weight, seed, self.class_start * sub_centers, init_std)
         self.weight = nn.Parameter(weight, requires_grad=False)
+        # The shard contract: every saved entry is rows of local classes or the same on every rank.
+        self._per_class_state: set[str] = {"weight"}
+        self._replicated_state: set[str] = {_EXTRA}
         self._state_names = []
         for name, tensor in self.optimizer.init_state(self.weight).items():
-            self.register_buffer(f"optim_{name}", tensor)
+            self.register_state(f"optim_{name}", tensor, per_class=True)
             self._state_names.append(name)
 
         self.step_count = 0  # optimizer steps taken; seeds the sampling stream
@@ -159,11 +175,13 @@ class PartialFC(nn.Module):
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def set_sample_rate(self, sample_rate: float) -> None:
-        """Sample ``sample_rate`` of the local centres from the next forward pass on (a schedule's change)."""
-        if not 0.0 < sample_rate <= 1.0:
-            raise ValueError(f"PartialFC: sample_rate must be in (0, 1], got {sample_rate}")
-        self.sample_rate = sample_rate
-        self.num_sample = min(self.num_local, math.ceil(sample_rate * self.num_local))
+        """Sample ``sample_rate`` of the local centres from the next forward pass on (a schedule's change).
+
+        Called every step by the trainer; only a change of rate is validated and recomputed.
+        """
+        if sample_rate != self.sample_rate:
+            self.num_sample = sampled_classes(self.num_local, sample_rate)
+            self.sample_rate = sample_rate
 
     # ------------------------------------------------------------------ forward: steps 1–5
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
@@ -309,7 +327,76 @@ class PartialFC(nn.Module):
         self._pending = [merge_micro_batches(self.weight, pending)] if len(pending) > 1 else pending
         return self._pending[0]
 
-    # ------------------------------------------------------------------ checkpointing
+    # ------------------------------------------------------------------ checkpointing: the shard contract
+    def register_state(self, name: str, tensor: torch.Tensor, *, per_class: bool) -> None:
+        """Register a buffer that checkpoints save, declaring how it moves to another world size.
+
+        ``per_class``: its first dimension holds the ``sub_centers`` rows of each local class (cut
+        and joined by class range); otherwise it is replicated (equal on every rank, kept as is).
+        A buffer registered with plain ``register_buffer`` is refused by :meth:`sharded_state_dict`.
+        """
+        if per_class and (tensor.dim() == 0 or tensor.shape[0] != self.num_local * self.sub_centers):
+            raise ValueError(f"PartialFC.register_state: per-class '{name}' needs {self.num_local * self.sub_centers} "
+                             f"rows (num_local x sub_centers), got shape {tuple(tensor.shape)}")
+        self.register_buffer(name, tensor)
+        (self._per_class_state if per_class else self._replicated_state).add(name)
+
+    def sharded_state_dict(self) -> dict[str, Any]:
+        """This rank's state for a checkpoint; ValueError names an entry the shard contract does not declare,
+        so a checkpoint that could not be re-sharded is never written."""
+        state = self.state_dict()
+        self._check_declared(state)
+        return state
+
+    def _check_declared(self, state: Mapping[str, Any]) -> None:
+        undeclared = sorted(set(state) - self._per_class_state - self._replicated_state)
+        if undeclared:
+            raise ValueError(f"PartialFC state {undeclared} is neither per-class nor replicated: register it with "
+                             "register_state(name, tensor, per_class=...)")
+
+    def cut_state(self, state: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+        """The part of a saved shard's ``state`` for global classes ``[start, stop)`` (inside the shard's range)."""
+        extra = state[_EXTRA]
+        saved_sub_centers = int(extra.get("sub_centers", 1))
+        if saved_sub_centers != self.sub_centers:
+            raise ValueError(f"saved with loss.sub_centers={saved_sub_centers}, this job has {self.sub_centers}")
+        if extra["num_classes"] != self.num_classes:
+            raise ValueError(f"saved for {extra['num_classes']} classes, this job has {self.num_classes}")
+        saved_start, saved_num = extra["class_start"], extra["num_local"]
+        if not saved_start <= start < stop <= saved_start + saved_num:
+            raise ValueError(f"classes [{start}, {stop}) are not in the saved shard "
+                             f"[{saved_start}, {saved_start + saved_num})")
+        self._check_declared(state)
+        rows = slice((start - saved_start) * self.sub_centers, (stop - saved_start) * self.sub_centers)
+        part = {key: value[rows].clone() if key in self._per_class_state else value for key, value in state.items()}
+        part[_EXTRA] = {**extra, "class_start": start, "num_local": stop - start}
+        return part
+
+    def join_states(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """One state from :meth:`cut_state` parts of consecutive class ranges, in class order.
+
+        Replicated entries must agree between the parts (they were equal on every saved rank).
+        """
+        first = parts[0]
+        for before, after in zip(parts, parts[1:]):
+            end = before[_EXTRA]["class_start"] + before[_EXTRA]["num_local"]
+            if after[_EXTRA]["class_start"] != end:
+                raise ValueError(f"parts are not consecutive: one ends at class {end}, the next starts at "
+                                 f"{after[_EXTRA]['class_start']}")
+            for key in self._replicated_state & set(first):
+                if not _same_replicated(_replicated_part(key, first[key]), _replicated_part(key, after[key])):
+                    raise ValueError(f"replicated state '{key}' differs between saved shards")
+        state = {key: torch.cat([part[key] for part in parts]) if key in self._per_class_state else value
+                 for key, value in first.items()}
+        state[_EXTRA] = {**first[_EXTRA], "num_local": sum(part[_EXTRA]["num_local"] for part in parts)}
+        return state
+
+    @staticmethod
+    def class_centres(state: Mapping[str, Any]) -> torch.Tensor:
+        """The centres of a saved shard's ``state`` as ``[classes, sub_centres, D]`` fp32."""
+        extra = state[_EXTRA]
+        return state["weight"].float().view(extra["num_local"], int(extra.get("sub_centers", 1)), -1)
+
     def get_extra_state(self) -> dict:
         return {
             "step_count": self.step_count,
@@ -339,6 +426,49 @@ class PartialFC(nn.Module):
         self.margin.load_state_dict(state.get("margin", {}))
         self._pending = []
 
+    # ------------------------------------------------------------------ memory: the buffer plan
+    @staticmethod
+    def buffer_plan(
+        embedding_size: int,
+        num_local: int,
+        global_batch: int,
+        sample_rate: float,
+        margin: Margin,
+        optimizer: CentreOptimizer,
+        *,
+        param_dtype: torch.dtype = torch.float32,
+        sub_centers: int = 1,
+        micro_batches: int = 1,
+    ) -> list[tuple[str, int]]:
+        """Bytes of what a rank holding ``num_local`` classes keeps after a step, by buffer.
+
+        The shapes are those :meth:`forward` asks its workspace for (one set per micro-batch of a
+        step), at ``sample_rate`` with no more positives on the rank than it samples; a batch
+        with more raises the sampled count to its positives.
+        """
+        rows, sampled = num_local * sub_centers, sampled_classes(num_local, sample_rate)
+        sampled_rows = sampled * sub_centers
+        with torch.device("meta"):
+            weight = torch.empty(rows, embedding_size, dtype=param_dtype)
+            optimizer_bytes = sum(_nbytes(t) for t in optimizer.init_state(weight).values())
+        fp32, index = 4, 8
+        per_micro = [("sampled centres (fp32)", 0 if sampled == num_local and param_dtype == torch.float32
+                      else sampled_rows * embedding_size * fp32),  # dense fp32 reads the weight itself
+                     ("sampled centres' gradient (fp32)", sampled_rows * embedding_size * fp32),
+                     ("logits / softmax buffer (fp32)", global_batch * sampled_rows * fp32)]
+        if margin.needs_target_cosines:
+            per_micro.append(("negative-logit factor (fp32)", global_batch * sampled * fp32))
+        if sub_centers > 1:
+            per_micro += [("class logits over sub-centres (fp32)", global_batch * sampled * fp32),
+                          ("winning sub-centres (int64)", global_batch * sampled * index)]
+        each = f", x{micro_batches} micro-batches" if micro_batches > 1 else ""
+        return [
+            ("class centres", _nbytes(weight)),
+            ("centre optimizer state", optimizer_bytes),
+            ("margin statistics", sum(_nbytes(t) for t in margin.state_dict().values())),
+            *((f"{name}{each}", size * micro_batches) for name, size in per_micro),
+        ]
+
     def extra_repr(self) -> str:
         return (
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, rank={self.rank}/"
@@ -350,6 +480,26 @@ class PartialFC(nn.Module):
 
 
 # ---------------------------------------------------------------------- sharding
+def _replicated_part(key: str, value: Any) -> Any:
+    """A replicated entry as it must be equal on every rank: the extra state less its class range."""
+    if key == _EXTRA:
+        return {name: item for name, item in value.items() if name not in _CLASS_RANGE}
+    return value
+
+
+def _same_replicated(a: Any, b: Any) -> bool:
+    """Equality of replicated state: nested dicts of tensors and numbers."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_replicated(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 @torch.no_grad()
 def _init_centres(weight: torch.Tensor, seed: int, class_start: int, std: float) -> None:
     """Fill ``weight`` with rows ``[class_start, class_start + num_local)`` of a C×D matrix that

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -21,6 +20,9 @@ from partialfc.distributed import init_distributed, shard_range, shutdown
 from partialfc.exit_codes import ExitCode, help_text, record_exit
 from partialfc.models import create_model
 from partialfc.models.activation_memory import activation_bytes
+from partialfc.models.precision import DTYPES
+from partialfc.optimizer import centre_optimizer
+from partialfc.partial_fc import PartialFC
 from partialfc.preemption import block_sigterm
 
 
@@ -42,25 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple[str, int]]:
-    """Bytes per rank of what dominates memory (rank 0, the largest shard), activations included."""
+    """Bytes per rank of what dominates memory (rank 0, the largest shard), activations included.
+
+    The Partial-FC lines are :meth:`PartialFC.buffer_plan` at the schedule's peak sample rate.
+    """
     dim = config.model.embedding_size
-    sub_centers = config.loss.sub_centers
-    num_local = shard_range(num_classes, 0, world_size)[1]
     schedule = config.loss.sample_rates
     peak_rate = max([schedule.base, *(rate for _, rate in schedule.changes)])  # the plan must hold at the peak
-    num_sample = min(num_local, math.ceil(peak_rate * num_local)) * sub_centers
-    num_local *= sub_centers  # K centre rows per class
-    centre_bytes = 2 if config.loss.param_dtype == "bf16" else 4
-    state_copies = 2 if config.optim.name == "adamw" else (1 if config.optim.momentum else 0)
-    global_batch = config.data.batch_size * world_size
+    centres = PartialFC.buffer_plan(
+        dim, shard_range(num_classes, 0, world_size)[1], config.data.batch_size * world_size, peak_rate,
+        config.loss.build_margin(), centre_optimizer(config.optim),
+        param_dtype=DTYPES[config.loss.param_dtype], sub_centers=config.loss.sub_centers, micro_batches=config.train.grad_accum,
+    )
     with torch.device("meta"):
         backbone_params = sum(p.numel() for p in create_model(config.model.backbone, embedding_size=dim).parameters())
     backbone_states = 3 if config.optim.name == "adamw" else (2 if config.optim.momentum else 1)
     return [
-        ("class centres", num_local * dim * centre_bytes),
-        ("centre optimizer state", num_local * dim * centre_bytes * state_copies),
-        ("sampled centres + their gradient (fp32)", 2 * num_sample * dim * 4),
-        ("logits / softmax buffer (fp32)", global_batch * num_sample * 4),
+        *((size_name, size) for size_name, size in centres if size),
         ("backbone weights + gradients + optimizer state", backbone_params * 4 * (1 + backbone_states)),
         (f"backbone activations kept for backward ({config.train.amp}, {config.data.batch_size} images)",
          activation_bytes(config.model.backbone, dim, config.train.amp, config.data.batch_size)),

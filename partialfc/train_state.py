@@ -1,7 +1,8 @@
-"""Small pieces of trainer state: progress and the global RNGs (which survive a restart), and the
-sample-rate schedule (a pure function of the step, so a resume needs nothing saved for it).
+"""Small pieces of trainer state: progress, the data epoch and the global RNGs (which survive a
+restart), and the sample-rate schedule (a pure function of the step, so a resume needs nothing
+saved for it).
 
-The first two offer ``state_dict``/``load_state_dict`` like every other checkpointed component, so
+The first three offer ``state_dict``/``load_state_dict`` like every other checkpointed component, so
 the checkpointer can save a dict of components without knowing what is inside.
 """
 
@@ -65,6 +66,20 @@ class TrainProgress:
     def steps_to_finish(self, global_batch: int) -> int:
         """This start's total steps: those done plus what the plan's remaining samples take at ``global_batch``."""
         return self.step + math.ceil(max(0, self.plan_steps * self.plan_batch - self.samples) / global_batch)
+
+
+class LoaderEpoch:
+    """The data loader's epoch as a shared component: a job on another world size, whose per-rank
+    loader positions do not apply, restarts the saved epoch instead of epoch 0."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.loader.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.set_epoch(int(state["epoch"]))
 
 
 class RNGState:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 import partialfc
-from partialfc.checkpoint import Checkpointer, read_manifest
+from partialfc.checkpoint import Checkpointer, Component, read_manifest
 from partialfc.config import Config, ConfigError, to_dict
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.prepare import prepare_dataset, resolve_val_targets
@@ -53,7 +53,7 @@ from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.resume import check_changes, meaning_changes
 from partialfc.run_log import RunLog
-from partialfc.train_state import RNGState, TrainProgress
+from partialfc.train_state import LoaderEpoch, RNGState, TrainProgress
 from partialfc.train_step import StepConfig, StepReport, TrainStep
 from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
 
@@ -109,11 +109,16 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.train.amp)
         self.progress = TrainProgress()
         self.progress.set_plan(self.total_steps, self.global_batch)  # a resumed run's own plan replaces it
+        shared = {"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress,
+                  "epoch": LoaderEpoch(self.loader), **({"ema": self.ema} if self.ema else {})}
         self.checkpointer = Checkpointer(
             self.run_dir / "checkpoints", info, config.checkpoint.keep,
-            shared={"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress,
-                    **({"ema": self.ema} if self.ema else {})},
-            per_rank={"rng": RNGState(), "loader": self.loader}, pfc=self.pfc, config=to_dict(config),
+            {**{name: Component(state, "shared") for name, state in shared.items()},
+             "rng": Component(RNGState(), "per_rank"), "loader": Component(self.loader, "per_rank"),
+             "centres": Component(self.pfc, "sharded")},
+            config=to_dict(config), log=self.log.info,
+            step_counters={"progress.step": lambda: self.progress.step,
+                           "PartialFC step_count": lambda: self.pfc.step_count},
         )
         self.watchdog = StallWatchdog(self.run_dir / "heartbeats", info.rank, info.world_size,
                                       config.stall_timeout() if info.world_size > 1 else 0.0, self._on_stall)
@@ -329,7 +334,7 @@ class Trainer:
         self.watchdog.beat(self.progress.step, "checkpoint")
         start = time.perf_counter()
         try:
-            path = self.checkpointer.save(self.progress.step, self.loader.epoch)
+            path = self.checkpointer.save(self.progress.step)
         except BaseException:
             self.metrics.observe_checkpoint(seconds=time.perf_counter() - start, success=False)
             raise
@@ -361,7 +366,7 @@ class Trainer:
         choice = self.config.checkpoint.resume
         if choice == "none":
             return False
-        path = self.checkpointer.newest_loadable(self.log.info) if choice == "auto" else Path(choice)
+        path = self.checkpointer.newest_loadable() if choice == "auto" else Path(choice)
         if path is None:
             return False
         changes = check_changes(meaning_changes(read_manifest(path).get("config", {}), to_dict(self.config)),
@@ -379,11 +384,9 @@ class Trainer:
             self.log.update_summary(config_changes=recorded + [
                 {"field": c.field, "checkpoint": c.checkpoint, "job": c.job, "step": self.progress.step} for c in changes])
         if loaded.resharded:
-            epoch = int(loaded.manifest["epoch"])
-            self.loader.set_epoch(epoch)
             self.log.info(
                 f"world size changed ({loaded.manifest['world_size']} -> {self.info.world_size}): centres re-sharded; "
-                f"the data loader restarts epoch {epoch}"
+                f"the data loader restarts epoch {self.loader.epoch}"
             )
         self.log.info(f"resumed from {path} at step {self.progress.step}")
         if self.config.model.init_from:

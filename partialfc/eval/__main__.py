@@ -152,14 +152,15 @@ def cmd_pairs(args: argparse.Namespace) -> dict[str, Any]:
                      [[f"{f:g}", _number(t), _number(st), f"{rf:.2g}", f"{h:.4f}",
                        "below 1/impostors: strict admits none" if f < resolution else ""]
                       for f, t, st, rf, h in zip(PAIR_FARS, literature.tar, strict, literature.far, literature.threshold)])
-        print(f"{release.name} mode {_mode_name(args)}: {len(templates.template_ids)} templates from {num_images} images; "
+        print(f"{release.name} mode {_mode_name(args)}: {len(templates.template_ids)} templates "
+              f"from {num_images} images; "
               f"{len(positive)} genuine, {len(negative)} impostor pairs; {origin}\n"
               "TAR: at the ROC point nearest the FAR (insightface eval_ijbc.py); strict: at most floor(FAR x impostors) "
               f"impostors accepted\nROC: {csv_path}, {png_path}")
     return {
         "source": origin, "set": release.name, "mode": _mode(args), "mode_name": _mode_name(args),
         "templates": len(templates.template_ids), "images": num_images,
-        "genuine_pairs": int(len(positive)), "impostor_pairs": int(len(negative)),
+        "genuine_pairs": len(positive), "impostor_pairs": len(negative),
         "tar_at_far": {_far_key(f): float(t) for f, t in zip(PAIR_FARS, literature.tar)},
         "roc_point_far": {_far_key(f): float(r) for f, r in zip(PAIR_FARS, literature.far)},
         "thresholds": {_far_key(f): float(h) for f, h in zip(PAIR_FARS, literature.threshold)},

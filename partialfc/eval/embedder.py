@@ -18,7 +18,7 @@ from torch import nn
 from partialfc.data.progress import Progress
 from partialfc.eval.sources import ImageSource, ImageSourceError
 from partialfc.model_file import ModelFileError, load_model, read_onnx_input_config
-from partialfc.models.input_config import InputConfig
+from partialfc.models.input_config import InputConfig, input_config_of
 
 __all__ = ["Embedder", "OnnxEmbedder", "TorchEmbedder", "embed_batch", "embed_source", "load_embedder"]
 
@@ -40,7 +40,7 @@ class TorchEmbedder(Embedder):
     def __init__(self, model: nn.Module, device: torch.device, embedding_size: int,
                  amp_dtype: torch.dtype | None = None, description: str = "pytorch") -> None:
         self.model, self.device, self.amp_dtype = model, device, amp_dtype
-        self.input_config: InputConfig = model.input_config
+        self.input_config = input_config_of(model)
         self.embedding_size = embedding_size
         self.description = description
 

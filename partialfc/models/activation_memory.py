@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from partialfc.models.input_config import input_config_of
 from partialfc.models.precision import autocast_dtype
 from partialfc.models.registry import create_model
 
@@ -41,7 +42,7 @@ def activation_bytes(backbone: str, embedding_size: int, amp: str, batch: int) -
     """Bytes a training forward of ``batch`` images keeps for backward (fake tensors: no memory, no compute)."""
     with FakeTensorMode():
         model = create_model(backbone, embedding_size=embedding_size)
-        size = model.input_config.size
+        size = input_config_of(model).size
         one, two = (saved_bytes(model, torch.empty(n, 3, *size), amp) for n in (2, 4))
     per_image = (two - one) // 2
     return one + per_image * (batch - 2)

@@ -9,13 +9,14 @@ instead of a bare FC. Stage depths (units per stage) follow SphereFace-20/36/64.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from partialfc.models.heads import EmbeddingProjection
 from partialfc.models.precision import body_autocast
-from partialfc.models.registry import register_model
+from partialfc.models.registry import BackboneOptions, register_model
 
 FEATURE_MAP = 7  # 112 / 2**4
 
@@ -90,18 +91,18 @@ class FaceResNet(nn.Module):
 
 
 @register_model
-def face_resnet20(embedding_size: int = 512, **kwargs: object) -> FaceResNet:
+def face_resnet20(embedding_size: int = 512, **options: Unpack[BackboneOptions]) -> FaceResNet:
     """Face-ResNet-20 (SphereFace-20 depths 1, 2, 4, 1)."""
-    return FaceResNet((1, 2, 4, 1), embedding_size, **kwargs)
+    return FaceResNet((1, 2, 4, 1), embedding_size, **options)
 
 
 @register_model
-def face_resnet36(embedding_size: int = 512, **kwargs: object) -> FaceResNet:
+def face_resnet36(embedding_size: int = 512, **options: Unpack[BackboneOptions]) -> FaceResNet:
     """Face-ResNet-36 (SphereFace-36 depths 2, 4, 8, 2)."""
-    return FaceResNet((2, 4, 8, 2), embedding_size, **kwargs)
+    return FaceResNet((2, 4, 8, 2), embedding_size, **options)
 
 
 @register_model
-def face_resnet64(embedding_size: int = 512, **kwargs: object) -> FaceResNet:
+def face_resnet64(embedding_size: int = 512, **options: Unpack[BackboneOptions]) -> FaceResNet:
     """Face-ResNet-64 (SphereFace-64 depths 3, 8, 16, 3)."""
-    return FaceResNet((3, 8, 16, 3), embedding_size, **kwargs)
+    return FaceResNet((3, 8, 16, 3), embedding_size, **options)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,22 @@ class InputConfig:
         shift, scale = self._shift_scale
         if isinstance(pixels, np.ndarray):
             if out is None:
-                out = torch.empty((pixels.shape[0], 3) + pixels.shape[1:3], dtype=torch.float32)
-            chw = out.numpy()
-            chw[...] = pixels.transpose(0, 3, 1, 2)
-            chw -= shift
-            chw *= scale
+                out = torch.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=torch.float32)
+            out_array = out.numpy()
+            out_array[...] = pixels.transpose(0, 3, 1, 2)
+            out_array -= shift
+            out_array *= scale
             return out
         chw = pixels.permute(0, 3, 1, 2)
         shift_t, scale_t = (torch.from_numpy(a).to(pixels.device) for a in (shift, scale))
         if out is None:
             return (chw.float() - shift_t).mul_(scale_t)
         return torch.sub(chw, shift_t, out=out).mul_(scale_t)
+
+
+def input_config_of(model: nn.Module) -> InputConfig:
+    """``model.input_config`` as an :class:`InputConfig`: torch types a module's attributes as ``Tensor | Module``."""
+    config = model.input_config
+    if not isinstance(config, InputConfig):
+        raise TypeError(f"{type(model).__name__}.input_config is a {type(config).__name__}, not an InputConfig")
+    return config

@@ -14,15 +14,22 @@ load with ``load_state_dict(strict=True)``. Differences, none of which touch the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from partialfc.models.heads import frozen_scale_bn1d
 from partialfc.models.precision import body_autocast, float32_embedding
-from partialfc.models.registry import register_model
+from partialfc.models.registry import BackboneOptions, register_model
 
 FEATURE_MAP = 7  # 112 / 2**4: stride 2 in each of the four stages
+
+
+class IResNetOptions(BackboneOptions, total=False):
+    """The IResNet factories' keyword options (see :class:`IResNet`)."""
+
+    zero_init_residual: bool
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -123,30 +130,30 @@ class IResNet(nn.Module):
 
 
 @register_model
-def r18(embedding_size: int = 512, **kwargs: object) -> IResNet:
+def r18(embedding_size: int = 512, **options: Unpack[IResNetOptions]) -> IResNet:
     """IResNet-18 (arcface_torch ``r18``)."""
-    return IResNet([2, 2, 2, 2], embedding_size, **kwargs)
+    return IResNet([2, 2, 2, 2], embedding_size, **options)
 
 
 @register_model
-def r34(embedding_size: int = 512, **kwargs: object) -> IResNet:
+def r34(embedding_size: int = 512, **options: Unpack[IResNetOptions]) -> IResNet:
     """IResNet-34 (arcface_torch ``r34``)."""
-    return IResNet([3, 4, 6, 3], embedding_size, **kwargs)
+    return IResNet([3, 4, 6, 3], embedding_size, **options)
 
 
 @register_model
-def r50(embedding_size: int = 512, **kwargs: object) -> IResNet:
+def r50(embedding_size: int = 512, **options: Unpack[IResNetOptions]) -> IResNet:
     """IResNet-50 (arcface_torch ``r50``), the usual large-scale baseline."""
-    return IResNet([3, 4, 14, 3], embedding_size, **kwargs)
+    return IResNet([3, 4, 14, 3], embedding_size, **options)
 
 
 @register_model
-def r100(embedding_size: int = 512, **kwargs: object) -> IResNet:
+def r100(embedding_size: int = 512, **options: Unpack[IResNetOptions]) -> IResNet:
     """IResNet-100 (arcface_torch ``r100``)."""
-    return IResNet([3, 13, 30, 3], embedding_size, **kwargs)
+    return IResNet([3, 13, 30, 3], embedding_size, **options)
 
 
 @register_model
-def r200(embedding_size: int = 512, **kwargs: object) -> IResNet:
+def r200(embedding_size: int = 512, **options: Unpack[IResNetOptions]) -> IResNet:
     """IResNet-200 (arcface_torch ``r200``)."""
-    return IResNet([6, 26, 60, 6], embedding_size, **kwargs)
+    return IResNet([6, 26, 60, 6], embedding_size, **options)

@@ -11,12 +11,13 @@ depthwise conv (GDC) + bias-free FC + BatchNorm1d rather than the BN-Dropout-FC-
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from partialfc.models.precision import body_autocast, float32_embedding
-from partialfc.models.registry import register_model
+from partialfc.models.registry import BackboneOptions, register_model
 
 
 class ConvBlock(nn.Module):
@@ -143,12 +144,12 @@ class MobileFaceNet(nn.Module):
 
 
 @register_model
-def mbf(embedding_size: int = 512, **kwargs: object) -> MobileFaceNet:
+def mbf(embedding_size: int = 512, **options: Unpack[BackboneOptions]) -> MobileFaceNet:
     """MobileFaceNet as arcface_torch ``mbf``: blocks (1, 4, 6, 2), width x2."""
-    return MobileFaceNet(embedding_size, blocks=(1, 4, 6, 2), scale=2, **kwargs)
+    return MobileFaceNet(embedding_size, blocks=(1, 4, 6, 2), scale=2, **options)
 
 
 @register_model
-def mbf_large(embedding_size: int = 512, **kwargs: object) -> MobileFaceNet:
+def mbf_large(embedding_size: int = 512, **options: Unpack[BackboneOptions]) -> MobileFaceNet:
     """MobileFaceNet as arcface_torch ``mbf_large``: blocks (2, 8, 12, 4), width x4."""
-    return MobileFaceNet(embedding_size, blocks=(2, 8, 12, 4), scale=4, **kwargs)
+    return MobileFaceNet(embedding_size, blocks=(2, 8, 12, 4), scale=4, **options)

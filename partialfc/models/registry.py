@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict
 
 from torch import nn
 
@@ -10,6 +11,13 @@ from partialfc.models.input_config import InputConfig
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+
+
+class BackboneOptions(TypedDict, total=False):
+    """Keyword options every registered backbone's factory accepts, so each factory's signature is checked."""
+
+    dropout: float
+    fp16: bool
 
 
 def register_model(factory: ModelFactory) -> ModelFactory:
@@ -41,5 +49,6 @@ def create_model(name: str, embedding_size: int = 512, **kwargs: object) -> nn.M
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
     model = factory(embedding_size=embedding_size, **kwargs)
     if not isinstance(getattr(model, "input_config", None), InputConfig):
-        model.input_config = InputConfig()
+        # torch annotates Module.__setattr__'s value as Tensor | Module; other values become plain attributes.
+        model.input_config = InputConfig()  # type: ignore[assignment]
     return model

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from partialfc.models.face_resnet import FaceResNet
-from partialfc.models.registry import register_model
+from partialfc.models.registry import BackboneOptions, register_model
 
 
 @register_model
-def tiny(embedding_size: int = 512, **kwargs: object) -> FaceResNet:
+def tiny(embedding_size: int = 512, **options: Unpack[BackboneOptions]) -> FaceResNet:
     """Tiny net: stride-2 stages 8/24/48/96 wide (one residual unit in the last two), 1x1 to 32, same head.
 
     1.07 M parameters at embedding 512 (0.47 M at 128), most of them in the FC over the 32x7x7 map,
@@ -18,4 +20,4 @@ def tiny(embedding_size: int = 512, **kwargs: object) -> FaceResNet:
     images, CosFace s=30 m=0.35, SGD, 300 steps of 64) it reached 100% accuracy on unseen images
     of the training identities and 98.7% verification accuracy (AUC 0.999) on 50 held-out identities.
     """
-    return FaceResNet((0, 0, 1, 1), embedding_size, widths=(8, 24, 48, 96), head_channels=32, **kwargs)
+    return FaceResNet((0, 0, 1, 1), embedding_size, widths=(8, 24, 48, 96), head_channels=32, **options)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from partialfc.models import InputConfig, create_model, list_models, register_model
+from partialfc.models import InputConfig, create_model, input_config_of, list_models, register_model
 from partialfc.models.registry import _REGISTRY
 
 
@@ -78,3 +78,13 @@ def test_a_factory_may_set_its_own_input_config():
         assert create_model("small_inputs").input_config is own
     finally:
         del _REGISTRY["small_inputs"]
+
+
+def test_input_config_of_reads_the_models_config_and_refuses_another_type():
+    own = InputConfig(size=(96, 96))
+    model = nn.Identity()
+    model.input_config = own
+    assert input_config_of(model) is own
+    model.input_config = (96, 96)
+    with pytest.raises(TypeError, match=r"Identity.input_config is a tuple, not an InputConfig"):
+        input_config_of(model)

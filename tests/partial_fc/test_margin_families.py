@@ -89,6 +89,13 @@ def test_config_error_names_the_fields_of_the_family():
         LossConfig(family="magface", magface=MagFaceConfig(l_a=120.0)).build_margin()
 
 
+def test_magface_regulariser_without_the_magnitudes_says_where_they_come_from():
+    from partialfc.margins import MagFace
+
+    with pytest.raises(ValueError, match=r"MagFace.regulariser needs the magnitudes from sample_inputs"):
+        MagFace().regulariser(None)
+
+
 def test_loading_another_familys_state_is_refused():
     pfc = PartialFC(DIM, NUM_CLASSES, 1.0, CASES["adaface"].make_margin())
     state = pfc.state_dict()

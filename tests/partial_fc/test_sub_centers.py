@@ -15,7 +15,7 @@ from dist_harness import run_distributed
 from reference import CASES, batch, cosines, record_sample_inputs, relative_error, spread_norms
 
 from partialfc import CombinedMargin, LazySGD, PartialFC
-from partialfc.checkpoint import Checkpointer
+from partialfc.checkpoint import Checkpointer, Component
 from partialfc.distributed import DistInfo
 
 NUM_CLASSES, SUB_CENTERS, DIM, LOCAL_BATCH, STEPS = 23, 3, 16, 5, 2  # 23 splits unevenly over 2, 3, 4
@@ -179,13 +179,13 @@ def train_and_save(rank: int, world_size: int, root) -> None:
         local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         pfc(embeddings[local].float().requires_grad_(), labels[local]).backward()
         pfc.step()
-    Checkpointer(root, info, keep=1, shared={}, per_rank={}, pfc=pfc).save(step=2, epoch=0)
+    Checkpointer(root, info, 1, {"centres": Component(pfc, "sharded")}).save(step=2)
 
 
 def load_shard(rank: int, world_size: int, checkpoint, sub_centers: int = SUB_CENTERS) -> dict:
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
     pfc = PartialFC(DIM, NUM_CLASSES, 0.5, CombinedMargin(), optimizer=LazySGD(**SGD), sub_centers=sub_centers)
-    Checkpointer(checkpoint.parent, info, keep=1, shared={}, per_rank={}, pfc=pfc).load(checkpoint)
+    Checkpointer(checkpoint.parent, info, 1, {"centres": Component(pfc, "sharded")}).load(checkpoint)
     return {"class_start": pfc.class_start, "num_local": pfc.num_local, "weight": pfc.weight.clone(),
             "momentum": pfc.optim_momentum.clone(), "step_count": pfc.step_count}
 

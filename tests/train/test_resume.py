@@ -11,10 +11,20 @@ import time
 import pytest
 import torch
 from dist_harness import run_distributed
-from training_run import REPO, final_state, kill_job, run_training, train_args, training_command, training_env, wait_for
+from training_run import (
+    REPO,
+    final_state,
+    kill_job,
+    make_trainer,
+    run_training,
+    train_args,
+    training_command,
+    training_env,
+    wait_for,
+)
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.checkpoint import Checkpointer
+from partialfc.checkpoint import Checkpointer, Component
 from partialfc.distributed import DistInfo
 
 STEPS = 12  # the dataset has 960 images: 30 steps of 2 x 16 per epoch; 12 steps cover part of one
@@ -43,7 +53,7 @@ def reshard_and_score(rank: int, world_size: int, checkpoint, embeddings, labels
     """Load the checkpoint at this world size; centres, momentum and the loss of a fixed batch."""
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
     pfc = PartialFC(128, 120, 1.0, CombinedMargin(s=32.0, m2=0.3))
-    Checkpointer(checkpoint.parent, info, keep=1, shared={}, per_rank={}, pfc=pfc).load(checkpoint)
+    Checkpointer(checkpoint.parent, info, 1, {"centres": Component(pfc, "sharded")}).load(checkpoint)
     local = slice(rank * len(labels) // world_size, (rank + 1) * len(labels) // world_size)
     with torch.no_grad():
         loss = pfc(embeddings[local], labels[local])
@@ -113,3 +123,20 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path)
                                         "--checkpoint.allow_changes", "train.max_steps"))
     assert f"resumed from {output / 'checkpoints' / f'step-{stopped:08d}'} at step {stopped}" in result.stdout
     assert json.loads((output / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_reshard_restarts_the_saved_epoch(tiny_dataset, tmp_path):
+    """The data epoch travels in the shared component ``epoch``: a job on another world size, which
+    cannot use the per-rank loader positions, restarts the epoch the checkpoint was in (not epoch 0)."""
+    settings = {"data.batch_size": 64, "train.max_steps": 20, "checkpoint.every_steps": 17}  # 15 steps per epoch
+    first = make_trainer(tiny_dataset, tmp_path / "w1", **settings)
+    assert first.fit() == "finished"
+    checkpoint = tmp_path / "w1" / "checkpoints" / "step-00000017"
+    assert torch.load(checkpoint / "trainer.pt", weights_only=True)["epoch"] == {"epoch": 1}
+    output = tmp_path / "w2"
+    shutil.copytree(checkpoint, output / "checkpoints" / checkpoint.name)
+    result = run_training(2, train_args(tiny_dataset, output, *(item for key, value in settings.items()
+                                                                 for item in (f"--{key}", str(value))),
+                                        "--data.backend", "torch", "--eval.every_steps", "0"))
+    assert "world size changed (1 -> 2): centres re-sharded; the data loader restarts epoch 1" in result.stdout
+    assert "step 19/19 epoch 1" in result.stdout

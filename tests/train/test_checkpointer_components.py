@@ -1,0 +1,107 @@
+"""The Checkpointer's component registry: optional components, shape mismatches named, step counters
+compared, manifest formats (format 1's epoch becomes the shared ``epoch`` component)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from partialfc import CombinedMargin, PartialFC
+from partialfc.checkpoint import Checkpointer, CheckpointError, Component
+from partialfc.distributed import DistInfo
+from partialfc.train_state import LoaderEpoch, TrainProgress
+
+SINGLE = DistInfo(0, 1, 0, 1, 0, torch.device("cpu"))
+
+
+def save(root, step: int = 3, **components: Component):
+    return Checkpointer(root, SINGLE, 2, components).save(step)
+
+
+def test_optional_components_absent_from_an_older_checkpoint_keep_their_initial_state(tmp_path):
+    progress = TrainProgress(step=3)
+    path = save(tmp_path, progress=Component(progress, "shared"))
+    new_shared, new_sharded = nn.Linear(2, 2), PartialFC(4, 6, 1.0, CombinedMargin())
+    before = (new_shared.weight.clone(), new_sharded.weight.clone())
+    logged: list[str] = []
+    loaded = TrainProgress()
+    Checkpointer(tmp_path, SINGLE, 2, {"progress": Component(loaded, "shared"),
+                                       "head": Component(new_shared, "shared", optional=True),
+                                       "centres": Component(new_sharded, "sharded", optional=True)},
+                 log=logged.append).load(path)
+    assert loaded.step == 3
+    assert torch.equal(new_shared.weight, before[0]) and torch.equal(new_sharded.weight, before[1])
+    assert any("no 'head' component" in line for line in logged)
+    assert any("no 'centres' component" in line for line in logged)
+    with pytest.raises(CheckpointError, match=r"trainer.pt: has no 'head' component"):
+        Checkpointer(tmp_path, SINGLE, 2, {"head": Component(nn.Linear(2, 2), "shared")}).load(path)
+
+
+@pytest.mark.parametrize("placement", ["shared", "sharded"])
+def test_a_shape_mismatch_names_the_component_and_the_key(tmp_path, placement):
+    def component(dim: int) -> Component:
+        return Component(nn.Linear(dim, 3) if placement == "shared" else PartialFC(dim, 6, 1.0, CombinedMargin()),
+                         placement)
+
+    path = save(tmp_path, part=component(4))
+    with pytest.raises(CheckpointError, match=r"tensor 'part.weight' has shape \((3, 4|6, 4)\) in the checkpoint"):
+        Checkpointer(tmp_path, SINGLE, 2, {"part": component(5)}).load(path)
+
+
+def test_an_optimizer_state_mismatch_is_a_checkpoint_error(tmp_path):
+    def optimizer(dim: int) -> torch.optim.SGD:
+        model = nn.Linear(dim, 3)
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model(torch.ones(1, dim)).sum().backward()
+        sgd.step()
+        return sgd
+
+    path = save(tmp_path, optimizer=Component(optimizer(4), "shared"))
+    with pytest.raises(CheckpointError, match=r"tensor 'optimizer.state.0.momentum_buffer' has shape \(3, 4\)"):
+        Checkpointer(tmp_path, SINGLE, 2, {"optimizer": Component(optimizer(5), "shared")}).load(path)
+
+
+def test_step_counters_that_disagree_with_the_checkpoint_are_refused(tmp_path):
+    progress, pfc = TrainProgress(step=3), PartialFC(4, 6, 1.0, CombinedMargin())  # pfc never stepped
+    components = {"progress": Component(progress, "shared"), "centres": Component(pfc, "sharded")}
+    path = Checkpointer(tmp_path, SINGLE, 2, components).save(3)
+    counters = {"progress.step": lambda: progress.step, "PartialFC step_count": lambda: pfc.step_count}
+    with pytest.raises(CheckpointError, match=r"step counters disagree: the checkpoint's step is 3, "
+                                              r"progress.step 3, PartialFC step_count 0"):
+        Checkpointer(tmp_path, SINGLE, 2, components, step_counters=counters).load(path)
+    pfc.step_count = 3
+    Checkpointer(tmp_path, SINGLE, 2, components, step_counters=counters).save(3)
+    Checkpointer(tmp_path, SINGLE, 2, components, step_counters=counters).load(path)
+
+
+class FakeLoader:
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def test_the_epoch_is_a_shared_component_and_format_1_manifests_still_give_it(tmp_path):
+    path = save(tmp_path, epoch=Component(LoaderEpoch(FakeLoader(4)), "shared"))
+    manifest = json.loads((path / "meta.json").read_text())
+    assert manifest["format"] == 2 and "epoch" not in manifest
+    loader = FakeLoader()
+    Checkpointer(tmp_path, SINGLE, 2, {"epoch": Component(LoaderEpoch(loader), "shared")}).load(path)
+    assert loader.epoch == 4
+
+    # A format-1 checkpoint: no format field, the epoch in the manifest, no epoch component.
+    old = save(tmp_path, step=5, progress=Component(TrainProgress(step=5), "shared"))
+    manifest = json.loads((old / "meta.json").read_text())
+    del manifest["format"]
+    (old / "meta.json").write_text(json.dumps({**manifest, "epoch": 7}))
+    loader = FakeLoader()
+    Checkpointer(tmp_path, SINGLE, 2, {"epoch": Component(LoaderEpoch(loader), "shared")}).load(old)
+    assert loader.epoch == 7
+
+    (old / "meta.json").write_text(json.dumps({**manifest, "format": 3}))
+    with pytest.raises(CheckpointError, match=r"manifest format 3; this partialfc reads formats 1 to 2"):
+        Checkpointer(tmp_path, SINGLE, 2, {}).load(old)
