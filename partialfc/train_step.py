@@ -75,8 +75,16 @@ class TrainStep:
     ("data", "forward", "backward", "optimizer") as it begins (the trainer's stall watchdog).
     """
 
-    def __init__(self, model: nn.Module, pfc: PartialFC, optimizer: TrainingOptimizer, config: StepConfig, *,
-                 ema: WeightAverage | None = None, on_phase: Callable[[str], None] = lambda phase: None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        pfc: PartialFC,
+        optimizer: TrainingOptimizer,
+        config: StepConfig,
+        *,
+        ema: WeightAverage | None = None,
+        on_phase: Callable[[str], None] = lambda phase: None,
+    ) -> None:
         self.model, self.pfc, self.optimizer, self.config = model, pfc, optimizer, config
         self.backbone = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.ema, self.on_phase = ema, on_phase
@@ -99,8 +107,9 @@ class TrainStep:
             images, labels = self._to_device(images, labels)
             with self._gradient_sync(last_micro=micro == accum - 1):
                 with self._phase("forward"):
-                    with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
-                                        enabled=amp_dtype is not None):
+                    with torch.autocast(
+                        self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                    ):
                         embeddings = self.model(images)
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16_gemm):
                         loss = self.pfc(embeddings, labels)
@@ -112,9 +121,17 @@ class TrainStep:
             outcome = self.optimizer.step(step_loss, step_number=number)
             if self.ema:
                 self.ema.update(self.backbone, outcome.applied)
-        return StepReport(micro_losses=micro_losses, loss=step_loss, grad_norm=outcome.grad_norm,
-                          applied=outcome.applied, skipped=outcome.skipped, lr=lr, data_wait=data_wait,
-                          seconds=time.perf_counter() - start, sampled_centres=self.pfc.num_sample)
+        return StepReport(
+            micro_losses=micro_losses,
+            loss=step_loss,
+            grad_norm=outcome.grad_norm,
+            applied=outcome.applied,
+            skipped=outcome.skipped,
+            lr=lr,
+            data_wait=data_wait,
+            seconds=time.perf_counter() - start,
+            sampled_centres=self.pfc.num_sample,
+        )
 
     def _phase(self, name: str) -> contextlib.AbstractContextManager:
         self.on_phase(name)

@@ -25,10 +25,37 @@ def test_the_timed_steps_are_the_trainers_step(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(train_throughput, "TrainStep", CountedStep)
     out = tmp_path / "throughput.json"
-    monkeypatch.setattr(sys, "argv", [
-        "train_throughput.py", "--backbone", "tiny", "--num-classes", "300", "--batch", "8", "--embedding-size", "32",
-        "--amp", "none", "--data-backend", "torch", "--data-workers", "1", "--data-dir", str(tmp_path / "data"),
-        "--synthetic-identities", "4", "--steps", "2", "--warmup", "1", "--json", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train_throughput.py",
+            "--backbone",
+            "tiny",
+            "--num-classes",
+            "300",
+            "--batch",
+            "8",
+            "--embedding-size",
+            "32",
+            "--amp",
+            "none",
+            "--data-backend",
+            "torch",
+            "--data-workers",
+            "1",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--synthetic-identities",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ],
+    )
     train_throughput.main()
     assert len(reports) == 2 * (2 + 1)  # "step" and "resident step", warm-up included
     assert all(report.applied and report.micro_batches == 1 for report in reports)

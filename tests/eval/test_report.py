@@ -14,21 +14,45 @@ from partialfc.run_log import RECORD_FILE, RunLog, format_record
 
 def _step(log: RunLog, step: int, loss: float, lr: float, samples: float, total: int = 40) -> dict:
     """A step record with the trainer's fields (fp16 runs add loss_scale and skipped_steps)."""
-    return log.record("step", step=step, total_steps=total, epoch=step // 20, loss=loss, lr=lr, grad_norm=1.234,
-                      samples_per_s=samples, data_wait=0.03, memory_bytes=2**28, eta_s=10.0,
-                      phase_seconds={"forward": 0.1, "backward": 0.2, "optimizer": 0.01},
-                      **({"loss_scale": 65536.0, "skipped_steps": 0} if step == 30 else {}))
+    return log.record(
+        "step",
+        step=step,
+        total_steps=total,
+        epoch=step // 20,
+        loss=loss,
+        lr=lr,
+        grad_norm=1.234,
+        samples_per_s=samples,
+        data_wait=0.03,
+        memory_bytes=2**28,
+        eta_s=10.0,
+        phase_seconds={"forward": 0.1, "backward": 0.2, "optimizer": 0.01},
+        **({"loss_scale": 65536.0, "skipped_steps": 0} if step == 30 else {}),
+    )
 
 
 def _start(log: RunLog, world_size: int, start_step: int) -> None:
-    log.record("start", version="0.1.0", backbone="tiny", num_classes=120, world_size=world_size, device="cpu",
-               images=960, global_batch=16 * world_size, total_steps=40, steps_per_epoch=60 // world_size,
-               loader="torch", start_step=start_step, restart=0)
+    log.record(
+        "start",
+        version="0.1.0",
+        backbone="tiny",
+        num_classes=120,
+        world_size=world_size,
+        device="cpu",
+        images=960,
+        global_batch=16 * world_size,
+        total_steps=40,
+        steps_per_epoch=60 // world_size,
+        loader="torch",
+        start_step=start_step,
+        restart=0,
+    )
 
 
 def _verification(log: RunLog, step: int, accuracy: float, std: float, tar: float) -> None:
-    log.record("verification", name="synth_val", step=step, accuracy=accuracy, accuracy_std=std, far=0.001,
-               tar_at_far=tar)
+    log.record(
+        "verification", name="synth_val", step=step, accuracy=accuracy, accuracy_std=std, far=0.001, tar_at_far=tar
+    )
 
 
 @pytest.fixture
@@ -68,15 +92,18 @@ def test_the_log_line_is_made_from_the_record(tmp_path):
     first = _step(log, 30, 6.5, 0.075, 1450.0)
     second = log.record(**{**first, "loss": 5.25, "step": 31, "event": "step", "time": first["time"]})
     log.close()
-    assert format_record(first) == ("step 30/40 epoch 1 loss 6.5000 lr 0.075 grad_norm 1.234 1,450 samples/s "
-                                    "data_wait 3% mem 0.25GiB eta 0:00:10 loss_scale 65536 skipped 0")
+    assert format_record(first) == (
+        "step 30/40 epoch 1 loss 6.5000 lr 0.075 grad_norm 1.234 1,450 samples/s "
+        "data_wait 3% mem 0.25GiB eta 0:00:10 loss_scale 65536 skipped 0"
+    )
     assert format_record(second) == format_record(first).replace("step 30/40", "step 31/40").replace("6.5000", "5.2500")
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert [line.split(" ", 2)[2] for line in lines] == [format_record(first), format_record(second)]
     records = [json.loads(line) for line in (tmp_path / RECORD_FILE).read_text().splitlines()]
     assert records == [first, second]
     assert format_record({**first, "grad_norm": None, "nonfinite_steps": 2, "first_nonfinite_step": 29}).endswith(
-        "skipped 0 nonfinite 2 (dropped; first at step 29)")
+        "skipped 0 nonfinite 2 (dropped; first at step 29)"
+    )
     assert "grad_norm - " in format_record({**first, "grad_norm": None})
 
 
@@ -89,15 +116,23 @@ def test_each_start_is_its_own_curve(tmp_path):
     _start(log, 1, 20)
     _step(log, 30, 6.5, 0.075, 700.0)
     log.close()
-    assert (tmp_path / "train.log").read_text().splitlines()[-2].endswith(
-        "partialfc 0.1.0: tiny, 120 classes on 1 rank(s) (cpu), 960 images, global batch 16, 40 steps (60/epoch), "
-        "loader torch, start at step 20 (restart 0)")
+    assert (
+        (tmp_path / "train.log")
+        .read_text()
+        .splitlines()[-2]
+        .endswith(
+            "partialfc 0.1.0: tiny, 120 classes on 1 rank(s) (cpu), 960 images, global batch 16, 40 steps (60/epoch), "
+            "loader torch, start at step 20 (restart 0)"
+        )
+    )
     history = report.read_history(tmp_path / RECORD_FILE)
     assert [s.label for s in history.segments] == ["start 1: 2 rank(s) from step 0", "start 2: 1 rank(s) from step 20"]
     assert [s.values["step"] for s in history.segments] == [[10, 20], [30]]
     report.write_report(tmp_path)
-    assert "- starts: 2 (start 1: 2 rank(s) from step 0; start 2: 1 rank(s) from step 20)" in \
-        (tmp_path / "report" / "report.md").read_text()
+    assert (
+        "- starts: 2 (start 1: 2 rank(s) from step 0; start 2: 1 rank(s) from step 20)"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
 
 
 def test_report_writes_plots_and_markdown(run_dir, capsys):
@@ -134,7 +169,7 @@ def test_a_record_cut_short_by_a_kill_is_left_out(run_dir):
     record_file = run_dir / RECORD_FILE
     record_file.write_text(record_file.read_text() + '{"event": "step", "time": 1.0, "st')
     assert report.read_history(record_file).steps.tolist() == [10, 20, 30, 40]
-    record_file.write_text(record_file.read_text() + '\n')  # a whole line that is not JSON is an error
+    record_file.write_text(record_file.read_text() + "\n")  # a whole line that is not JSON is an error
     with pytest.raises(report.ReportError, match=rf"{RECORD_FILE}:\d+: not a JSON record"):
         report.read_history(record_file)
 
@@ -159,6 +194,9 @@ def test_rate_plots_stop_at_one(tmp_path, monkeypatch):
 
     from partialfc.eval import __main__ as eval_cli
 
-    calls = [node for node in ast.walk(ast.parse(inspect.getsource(eval_cli)))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "line_plot"]
+    calls = [
+        node
+        for node in ast.walk(ast.parse(inspect.getsource(eval_cli)))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "line_plot"
+    ]
     assert calls and all(any(k.arg == "ylim" for k in call.keywords) for call in calls), "a rate plot without ylim"

@@ -24,8 +24,9 @@ def parts(seed: int = 0) -> tuple[nn.Module, PartialFC, TrainingOptimizer]:
 
 def batches(count: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(6, 4, generator=generator), torch.randint(0, 10, (6,), generator=generator))
-            for _ in range(count)]
+    return [
+        (torch.randn(6, 4, generator=generator), torch.randint(0, 10, (6,), generator=generator)) for _ in range(count)
+    ]
 
 
 def test_a_step_accumulates_micro_batches_and_reports_them():
