@@ -1,45 +1,52 @@
-"""What ``model.compile`` buys: backbone step time eager vs torch.compile (inductor), and its one-off cost.
+"""What ``model.compile`` buys: training step time eager vs torch.compile (inductor), and its one-off cost.
 
     python benchmarks/compile_step.py --backbone tiny --batch 64
     python benchmarks/compile_step.py --backbone r50 --batch 128 --device cuda --amp bf16
 
-A step is what the trainer runs for the backbone: forward under autocast, backward of a loss on
-the embeddings, SGD step (the Partial-FC classifier is not compiled, so it is left out). Reports the
-first compiled step (compilation included), the median step time over ``--steps`` after
-``--warmup`` for both modes, and the largest difference between eager and compiled embeddings.
-Eager and compiled steps alternate, so that a machine shared with other work slows both alike.
+A step is the trainer's own :class:`~partialfc.train_step.TrainStep` on a fixed batch: backbone
+forward under autocast, Partial-FC loss over ``--num-classes`` classes, backward, global gradient
+norm, SGD steps of backbone and centres. ``model.compile`` compiles the backbone only, as here; the
+Partial-FC head runs eagerly in both. Reports the first compiled step (compilation included), the
+median step time over ``--steps`` after ``--warmup`` for both modes, and the largest difference
+between eager and compiled embeddings. Eager and compiled steps alternate, so that a machine shared
+with other work slows both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import time
 
 import torch
 from torch import nn
 
+from partialfc import CombinedMargin, PartialFC
 from partialfc.models import create_model
 from partialfc.models.precision import autocast_dtype
+from partialfc.optimizer import OptimConfig, centre_optimizer
+from partialfc.train_step import StepConfig, TrainStep
 
 
+class TimedStep:
+    """The trainer's step of ``model`` with its own Partial FC, on one fixed batch; a call returns its seconds."""
 
-class BackboneStep:
-    """One training step of ``model`` on a fixed batch, timed."""
-
-    def __init__(self, model: nn.Module, images: torch.Tensor, amp: torch.dtype | None) -> None:
-        self.model, self.images, self.amp = model, images, amp
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    def __init__(self, model: nn.Module, images: torch.Tensor, embedding_size: int, num_classes: int,
+                 amp: torch.dtype | None) -> None:
+        config = OptimConfig(lr=0.01)
+        pfc = PartialFC(embedding_size, num_classes, 1.0, CombinedMargin(),
+                        optimizer=centre_optimizer(config), device=images.device)
+        labels = torch.arange(len(images), device=images.device) % num_classes
+        self.step = TrainStep(model, pfc, config.build(model, pfc), StepConfig(amp_dtype=amp))
+        self.batches = itertools.repeat((images, labels))
+        self.numbers = itertools.count(1)
 
     def __call__(self) -> float:
         start = time.perf_counter()
-        with torch.autocast(self.images.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            embeddings = self.model(self.images)
-        embeddings.float().square().mean().backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.images.device.type == "cuda":
+        self.step(self.batches, lr=0.01, sample_rate=1.0, number=next(self.numbers))
+        if self.step.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
@@ -50,6 +57,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="tiny", help="registry name of the backbone")
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--embedding-size", type=int, default=128, help="D")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classes of the Partial-FC head (all sampled)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median)")
@@ -67,7 +75,8 @@ def main() -> None:
         difference = float((compiled.eval()(images) - reference).abs().max())
     eager.train(), compiled.train()
 
-    steps = {name: BackboneStep(model, images, autocast_dtype(args.amp)) for name, model in (("eager", eager), ("compiled", compiled))}
+    steps = {name: TimedStep(model, images, args.embedding_size, args.num_classes, autocast_dtype(args.amp))
+             for name, model in (("eager", eager), ("compiled", compiled))}
     first = steps["compiled"]()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for index in range(args.warmup + args.steps):
@@ -76,8 +85,8 @@ def main() -> None:
             if index >= args.warmup:
                 seconds[name].append(elapsed)
     results = {name: statistics.median(values) for name, values in seconds.items()}
-    print(f"{args.backbone} batch {args.batch} on {device} (amp {args.amp}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)")
+    print(f"{args.backbone} batch {args.batch}, {args.num_classes} classes on {device} (amp {args.amp}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"  first compiled training step (compilation): {first:.1f} s")
     for name, seconds in results.items():
         print(f"  {name:9s} step {seconds * 1e3:8.1f} ms  {args.batch / seconds:8.0f} images/s")

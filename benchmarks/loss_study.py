@@ -49,7 +49,8 @@ from partialfc import embed
 from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME, generate_synthetic_dataset
 from partialfc.eval import __main__ as eval_cli
 from partialfc.eval.plots import line_plot
-from partialfc.report import parse_train_log
+from partialfc.report import read_history
+from partialfc.run_log import RECORD_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,7 +186,7 @@ def main() -> int:
             train_seconds[head.name].append(seconds)
             metrics[head.name].append(evaluate(data, run))
             if seed == args.seeds[0]:
-                curves[head.name] = parse_train_log(run / "train.log").verification[VERIFICATION_NAME]
+                curves[head.name] = read_history(run / RECORD_FILE).verification[VERIFICATION_NAME]
                 roc = np.loadtxt(run / "eval" / "roc.csv", delimiter=",", skiprows=1, ndmin=2)
                 rocs[head.name] = (roc[:, 1], roc[:, 2])
     total = time.perf_counter() - started

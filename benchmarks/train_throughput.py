@@ -5,12 +5,13 @@
 
 Every rank times, median over ``--steps`` after ``--warmup``:
 
-- **step**: a full training step as the trainer runs it (DDP backbone under autocast, channels_last
-  on GPU, Partial FC, backward, optimizer steps) on batches from the real input pipeline;
+- **step**: a full training step, the trainer's own :class:`~partialfc.train_step.TrainStep` (DDP
+  backbone under autocast, channels_last on GPU, Partial FC, backward, the global gradient norm with
+  its all-reduce, the on-device skip test, both optimizer steps) on batches from the real input pipeline;
 - **resident step**: the same step on one batch already on the device (compute bound: what the
   step costs when input keeps up);
 - **data**: fetching one batch from the loader alone (DALI, or the PyTorch fallback);
-- **backbone**: forward + backward + SGD step of the backbone alone on a fixed batch (no DDP);
+- **backbone**: forward + backward + the step's SGD step of the backbone alone on a fixed batch (no DDP);
 - **partial fc**: forward + backward + centre update of Partial FC alone on fixed embeddings;
 - **comm**: the step's collectives alone: the backbone's gradient all-reduce (one flat buffer, as
   DDP buckets it) plus Partial FC's all-gathers, three N-sized all-reduces and reduce-scatter.
@@ -25,25 +26,27 @@ uniformly over the ``--num-classes`` classes so that the classifier has its real
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from partialfc import CombinedMargin, LazySGD, PartialFC
+from partialfc import CombinedMargin, PartialFC
 from partialfc.data import RecordDataset
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.distributed import all_gather_into, init_distributed, reduce_scatter_into
 from partialfc.models import InputConfig, create_model
 from partialfc.models.precision import autocast_dtype
-
+from partialfc.optimizer import OptimConfig, centre_optimizer
+from partialfc.train_step import Batch, StepConfig, TrainStep
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,42 +115,37 @@ def main() -> None:
 
     torch.manual_seed(0)
     backbone = create_model(args.backbone, embedding_size=args.embedding_size).to(device)
-    if device.type == "cuda":
+    channels_last = device.type == "cuda"  # as the trainer does (model.channels_last)
+    if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     model = backbone
     if dist.is_initialized():
         device_ids = [info.local_rank] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(backbone, device_ids=device_ids)
-    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                                fused=device.type == "cuda")
-    pfc = PartialFC(args.embedding_size, args.num_classes, args.sample_rate, CombinedMargin(), optimizer=LazySGD(),
-                    device=device)
+    optim_config = OptimConfig()  # SGD, lr 0.1, momentum 0.9, weight decay 5e-4
+    pfc = PartialFC(args.embedding_size, args.num_classes, args.sample_rate, CombinedMargin(),
+                    optimizer=centre_optimizer(optim_config), device=device)
+    optimizer = optim_config.build(backbone, pfc)
+    train_step = TrainStep(model, pfc, optimizer, StepConfig(amp_dtype=amp, channels_last=channels_last))
+    step_numbers = itertools.count(1)
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
 
-    def train_step(images: torch.Tensor) -> None:
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)  # as the trainer does
-        with autocast:
-            embeddings = model(images)
-        pfc(embeddings, random_labels()).backward()
-        optimizer.step()
-        pfc.step()
-        optimizer.zero_grad(set_to_none=True)
+    def run_step(batches: Iterator[Batch]) -> None:
+        train_step(batches, lr=optim_config.lr, sample_rate=args.sample_rate, number=next(step_numbers))
 
-    def loader_step() -> None:
-        train_step(next(stream)[0].to(device, non_blocking=True))
-
+    loader_batches = ((images, random_labels()) for images, _ in stream)
     fixed_images = next(stream)[0].to(device)
     resident_images = fixed_images
-    if device.type == "cuda":
+    if channels_last:
         resident_images = fixed_images.contiguous(memory_format=torch.channels_last)
+    resident_batches = ((resident_images, random_labels()) for _ in itertools.count())
 
     def backbone_step() -> None:
         with autocast:
             embeddings = backbone(fixed_images)
         embeddings.float().square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.backbone_optimizer.step()
+        optimizer.backbone_optimizer.zero_grad(set_to_none=True)
 
     fixed_embeddings = torch.randn(args.batch, args.embedding_size, device=device, requires_grad=True)
 
@@ -173,8 +171,8 @@ def main() -> None:
         reduce_scatter_into(fixed_embeddings.detach().clone(), gathered)
 
     results = {
-        "step": timed(loader_step, args.steps, args.warmup, device),
-        "resident step": timed(lambda: train_step(resident_images), args.steps, args.warmup, device),
+        "step": timed(lambda: run_step(loader_batches), args.steps, args.warmup, device),
+        "resident step": timed(lambda: run_step(resident_batches), args.steps, args.warmup, device),
         "data": timed(lambda: next(stream), args.steps, args.warmup, device),
         "backbone": timed(backbone_step, args.steps, args.warmup, device),
         "partial fc": timed(pfc_step, args.steps, args.warmup, device),

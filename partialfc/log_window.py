@@ -1,5 +1,6 @@
 """What the trainer accumulates between two log lines, without a host sync per step.
 
+The trainer folds each step's :class:`~partialfc.train_step.StepReport` into a :class:`LogWindow`.
 Device values (loss, gradient norm, non-finite flags) stay on the device until the log line reads
 them; step phases are timed with CUDA events on GPU (read at the log line, after the GPU caught
 up) and with the wall clock on CPU, where work is synchronous.
@@ -11,8 +12,12 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from partialfc.train_step import StepReport
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -51,7 +56,7 @@ class PhaseTimer:
 
 
 class LogWindow:
-    """Accumulators of one log interval: loss, steps, data wait, last norm and LR, bad steps."""
+    """The step reports of one log interval, folded: loss sum, steps, data wait, last norm and LR."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -61,12 +66,17 @@ class LogWindow:
         self.grad_norm: torch.Tensor | None = None
         self.lr = 0.0
 
-    def add_loss(self, loss: torch.Tensor) -> None:
-        self.loss_sum = self.loss_sum + loss.detach()
-        self.micro_batches += 1
+    def add(self, report: StepReport) -> None:
+        """Fold one step's report in (no host sync: the loss stays on the device)."""
+        for loss in report.micro_losses:
+            self.loss_sum = self.loss_sum + loss
+        self.micro_batches += report.micro_batches
+        self.steps += 1
+        self.data_wait += report.data_wait
+        self.grad_norm, self.lr = report.grad_norm, report.lr
 
     def mean_loss(self) -> float:
-        """The interval's mean loss (one host sync)."""
+        """The interval's mean loss per micro-batch (one host sync)."""
         return float(self.loss_sum) / max(self.micro_batches, 1)
 
     def elapsed(self) -> float:

@@ -1,21 +1,19 @@
 """A training run at a glance: ``python -m partialfc.report RUN_DIR`` (``--help``).
 
-Reads ``train.log`` (the start, step and verification lines the trainer writes, see
-``Trainer._run``, ``Trainer._log`` and ``Trainer._verify``) and ``summary.json`` (see
-:mod:`partialfc.run_log`), and writes PNG plots over steps of loss, learning rate, throughput,
-gradient norm, data wait and memory, one line per start of the job (a restart on another world size
-is another curve, not a jump in one), and of verification accuracy per set with its spread over the
-10 folds; plus ``report.md``, a short markdown summary that embeds them. A resumed run may log a step
-twice; in the summary figures the later line wins, as it describes the run that went on.
+Reads the run record ``train_log.jsonl`` (the start, step and verification records the trainer
+writes, see :mod:`partialfc.run_log`) and ``summary.json``, and writes PNG plots over steps of loss,
+learning rate, throughput, gradient norm, data wait and memory, one line per start of the job (a
+restart on another world size is another curve, not a jump in one), and of verification accuracy per
+set with its spread over the 10 folds; plus ``report.md``, a short markdown summary that embeds them.
+A resumed run may record a step twice; in the summary figures the later record wins, as it describes
+the run that went on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +23,7 @@ import numpy as np
 
 from partialfc.cli import ArgumentParser
 from partialfc.eval.plots import line_plot
-
-_STAMP = r"(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)"
-STEP_LINE = re.compile(
-    _STAMP + r" step (?P<step>\d+)/(?P<total>\d+) epoch (?P<epoch>\d+) loss (?P<loss>\S+) lr (?P<lr>\S+) "
-    r"grad_norm (?P<grad_norm>\S+) (?P<samples>[\d,.]+) samples/s(?: data_wait (?P<data_wait>[\d.]+)%)?"
-    r"(?: mem (?P<mem>[\d.]+)GiB)?"
-)
-START_LINE = re.compile(_STAMP + r" partialfc .* on (?P<world>\d+) rank\(s\) .* start at step (?P<step>\d+)")
-VERIFICATION_LINE = re.compile(
-    _STAMP + r" verification (?P<name>\S+) step (?P<step>\d+): accuracy (?P<accuracy>[\d.]+) ± (?P<std>[\d.]+), "
-    r"TAR@FAR=(?P<far>\S+) (?P<tar>[\d.]+|nan)"
-)
+from partialfc.run_log import RECORD_FIELDS, RECORD_FILE
 
 
 class ReportError(ValueError):
@@ -48,7 +35,7 @@ METRICS = ("loss", "lr", "samples_per_s", "grad_norm", "data_wait", "mem_gib")
 
 @dataclass
 class Segment:
-    """The step lines of one start of the job, in the order logged."""
+    """The step records of one start of the job, in the order recorded."""
 
     label: str
     values: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in ("step", *METRICS)})
@@ -56,49 +43,68 @@ class Segment:
 
 @dataclass
 class RunHistory:
-    """Per-step values parsed from train.log, sorted by step (the later line wins), and per start."""
+    """Per-step values from the run record, sorted by step (the later record wins), and per start."""
 
     steps: np.ndarray
     loss: np.ndarray
     lr: np.ndarray
     samples_per_s: np.ndarray
     total_steps: int
-    seconds: float  # from the first to the last step line
+    seconds: float  # from the first to the last step record
     # name -> (steps, accuracy, standard deviation over the folds)
     verification: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     segments: list[Segment] = field(default_factory=list)
 
 
-def _timestamp(text: str) -> float:
-    return time.mktime(time.strptime(text, "%Y-%m-%d %H:%M:%S"))
-
-
-def parse_train_log(path: str | Path) -> RunHistory:
-    path = Path(path)
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a run record file, each checked for its event's fields; ReportError names the line."""
     if not path.is_file():
-        raise ReportError(f"{path}: no train.log (is this a run directory written by partialfc.train?)")
+        raise ReportError(f"{path}: no {RECORD_FILE} (is this a run directory written by partialfc.train?)")
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the last write of a killed run, cut short
+            raise ReportError(f"{path}:{number}: not a JSON record: {err}") from None
+        missing = [name for name in ("time", *RECORD_FIELDS.get(record.get("event"), ())) if name not in record]
+        if record.get("event") not in RECORD_FIELDS or missing:
+            raise ReportError(f"{path}:{number}: a record of event {record.get('event')!r} lacking {missing}")
+        records.append(record)
+    return records
+
+
+def read_history(path: str | Path) -> RunHistory:
+    """The run's history from its run record ``path`` (``RUN_DIR/train_log.jsonl``)."""
+    path = Path(path)
     by_step: dict[int, tuple[float, float, float]] = {}
     accuracy: dict[str, dict[int, tuple[float, float]]] = {}
-    total, times, segments = 0, [], []
-    for line in path.read_text(errors="replace").splitlines():
-        if match := STEP_LINE.match(line):
-            step = int(match["step"])
-            by_step[step] = (float(match["loss"]), float(match["lr"]), float(match["samples"].replace(",", "")))
-            total = int(match["total"])
-            times.append(_timestamp(match["time"]))
+    total, times = 0, []
+    segments: list[Segment] = []
+    for record in read_records(path):
+        if record["event"] == "step":
+            step = record["step"]
+            by_step[step] = (record["loss"], record["lr"], record["samples_per_s"])
+            total = record["total_steps"]
+            times.append(record["time"])
             if not segments:
                 segments.append(Segment("start 1"))
-            row = {"step": step, "loss": by_step[step][0], "lr": by_step[step][1], "samples_per_s": by_step[step][2],
-                   "grad_norm": float(match["grad_norm"]), "data_wait": float(match["data_wait"] or "nan"),
-                   "mem_gib": float(match["mem"] or "nan")}
+            grad_norm = record["grad_norm"]
+            row = {"step": step, "loss": record["loss"], "lr": record["lr"], "samples_per_s": record["samples_per_s"],
+                   "grad_norm": float("nan") if grad_norm is None else grad_norm,
+                   "data_wait": 100 * record["data_wait"], "mem_gib": record["memory_bytes"] / 2**30}
             for name, value in row.items():
                 segments[-1].values[name].append(value)
-        elif match := START_LINE.match(line):
-            segments.append(Segment(f"start {len(segments) + 1}: {match['world']} rank(s) from step {match['step']}"))
-        elif match := VERIFICATION_LINE.match(line):
-            accuracy.setdefault(match["name"], {})[int(match["step"])] = (float(match["accuracy"]), float(match["std"]))
+        elif record["event"] == "start":
+            segments.append(Segment(f"start {len(segments) + 1}: {record['world_size']} rank(s) "
+                                    f"from step {record['start_step']}"))
+        else:
+            accuracy.setdefault(record["name"], {})[record["step"]] = (record["accuracy"], record["accuracy_std"])
     if not by_step:
-        raise ReportError(f"{path}: no step lines ('... step N/M epoch E loss L lr X ...'); nothing to plot")
+        raise ReportError(f"{path}: no step records; nothing to plot")
     steps = np.array(sorted(by_step))
     values = np.array([by_step[s] for s in steps])
     verification = {name: (np.array(sorted(v)), np.array([v[s][0] for s in sorted(v)]),
@@ -121,7 +127,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Plots and ``report.md`` into ``out`` (default ``RUN_DIR/report``); returns the markdown path."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "report"
-    history = parse_train_log(run_dir / "train.log")
+    history = read_history(run_dir / RECORD_FILE)
     summary = read_summary(run_dir)
     panels = [("loss", "loss", "loss", "Training loss", "loss"), ("learning rate", "lr", "lr", "Learning rate", "lr"),
               ("throughput", "samples_per_s", "throughput", "Throughput (global batch)", "samples/s"),
@@ -170,11 +176,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m partialfc.report",
-        description="Turn a run directory's train.log and summary.json into PNG plots over steps (loss, learning "
-        "rate, throughput, gradient norm, data wait, memory: one line per start of the job; verification "
-        "accuracy per set with its spread over the folds) and a short markdown summary, report.md.",
+        description=f"Turn a run directory's run record ({RECORD_FILE}) and summary.json into PNG plots over "
+        "steps (loss, learning rate, throughput, gradient norm, data wait, memory: one line per start of the job; "
+        "verification accuracy per set with its spread over the folds) and a short markdown summary, report.md.",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the training run's output directory (holds train.log)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help=f"the training run's output directory (holds {RECORD_FILE})")
     parser.add_argument("--out", default=None, help="folder for the plots and report.md (default: RUN_DIR/report)")
     return parser
 

@@ -1,6 +1,10 @@
-"""What a run reports: console lines (a live bar on a terminal), a log file, and summary.json.
+"""What a run reports: the run record, console lines (a live bar on a terminal), train.log, summary.json.
 
-Only rank 0 writes. ``summary.json`` is replaced atomically at every log and at the end, so
+Only rank 0 writes. The run record, ``train_log.jsonl``, holds one JSON object per line for each
+start of the job, log step and verification (:data:`RECORD_FIELDS`); the console and train.log line
+of such an event is made from its record by :func:`format_record`, and ``partialfc.report`` reads
+the records, never the text. Non-finite values are written as ``NaN``/``Infinity``, as Python's
+json module reads them back. ``summary.json`` is replaced atomically at every log and at the end, so
 scripts and dashboards can read a run's state without parsing logs. A restart updates the
 previous summary instead of starting a new one (``starts`` counts the starts), so the best
 scores, the newest checkpoint and the model survive a start that fails. ``status`` is one of
@@ -26,12 +30,14 @@ class RunLog:
         self.summary.update(status="starting", started_at=time.time(), error=None)
         self.summary.setdefault("starts", 1)
         self._file: TextIO | None = None
+        self._records: TextIO | None = None
         self._tty = enabled and sys.stdout.isatty()
         self._bar_shown = False
         self._writer = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(run_dir / "train.log", "a", buffering=1)
+            self._records = open(run_dir / RECORD_FILE, "a", buffering=1)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
@@ -39,9 +45,22 @@ class RunLog:
 
     def info(self, message: str) -> None:
         """A permanent line on the console and in train.log."""
+        self._line(message, time.time())
+
+    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Append an ``event`` record to the run record and print its line; returns the record."""
+        record = {"event": event, "time": time.time(), **fields}
+        if self.enabled:
+            line = format_record(record)  # first: a record its line cannot be made from is never written
+            assert self._records is not None
+            self._records.write(json.dumps(record) + "\n")
+            self._line(line, record["time"])
+        return record
+
+    def _line(self, message: str, stamp: float) -> None:
         if not self.enabled:
             return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stamp))} {message}"
         if self._bar_shown:
             sys.stdout.write("\r\033[K")
             self._bar_shown = False
@@ -87,11 +106,49 @@ class RunLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        if self._file is not None:
-            self._file.close()
+        for file in (self._file, self._records):
+            if file is not None:
+                file.close()
 
 
 def format_duration(seconds: float) -> str:
     """``H:MM:SS`` for ETAs."""
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+RECORD_FILE = "train_log.jsonl"
+RECORD_FIELDS = {
+    "start": ("version", "backbone", "num_classes", "world_size", "device", "images", "global_batch",
+              "total_steps", "steps_per_epoch", "loader", "start_step", "restart"),
+    "step": ("step", "total_steps", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "data_wait",
+             "memory_bytes", "eta_s", "phase_seconds"),
+    "verification": ("name", "step", "accuracy", "accuracy_std", "far", "tar_at_far"),
+}
+"""Each event's fields (every record also has ``event`` and ``time``, Unix seconds). ``grad_norm`` is
+null when not measured; ``data_wait`` is the fraction of the interval spent waiting for data;
+``memory_bytes`` the device's peak allocation (CPU: resident set); ``phase_seconds`` the interval's
+forward/backward/optimizer seconds. A step record of an fp16 run adds ``loss_scale`` and
+``skipped_steps``; one after dropped non-finite steps adds ``nonfinite_steps`` and ``first_nonfinite_step``."""
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """The console and train.log line of a record (without the time stamp)."""
+    r = record
+    if r["event"] == "start":
+        return (f"partialfc {r['version']}: {r['backbone']}, {r['num_classes']} classes on {r['world_size']} rank(s) "
+                f"({r['device']}), {r['images']} images, global batch {r['global_batch']}, {r['total_steps']} steps "
+                f"({r['steps_per_epoch']}/epoch), loader {r['loader']}, start at step {r['start_step']}"
+                f" (restart {r['restart']})")
+    if r["event"] == "step":
+        grad_norm = "-" if r["grad_norm"] is None else f"{r['grad_norm']:.3f}"
+        return (f"step {r['step']}/{r['total_steps']} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.5g} "
+                f"grad_norm {grad_norm} {r['samples_per_s']:,.0f} samples/s data_wait {100 * r['data_wait']:.0f}% "
+                f"mem {r['memory_bytes'] / 2**30:.2f}GiB eta {format_duration(r['eta_s'])}"
+                + (f" loss_scale {r['loss_scale']:g} skipped {r['skipped_steps']}" if "loss_scale" in r else "")
+                + (f" nonfinite {r['nonfinite_steps']} (dropped; first at step {r['first_nonfinite_step']})"
+                   if "nonfinite_steps" in r else ""))
+    if r["event"] == "verification":
+        return (f"verification {r['name']} step {r['step']}: accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f}, "
+                f"TAR@FAR={r['far']:g} {r['tar_at_far']:.4f}")
+    raise ValueError(f"run record: unknown event {r['event']!r}")

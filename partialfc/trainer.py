@@ -1,10 +1,11 @@
 """The training job: data-parallel backbone + model-parallel Partial FC, step by step.
 
-``Trainer.fit`` is the algorithm: resume, then repeat ``train_step`` (set the learning rate; per
-micro-batch embed under autocast, Partial-FC loss, backward; one global gradient norm, clip, step
-or skip), observe (log line, metrics), verify and checkpoint at their intervals, export at the
-end. Everything that must survive a restart is a component with ``state_dict``/``load_state_dict``
-that the :class:`~partialfc.checkpoint.Checkpointer` saves by name.
+``Trainer.fit`` is the algorithm: resume, then repeat ``train_step`` (the scheduled learning rate and
+sample rate into one :class:`~partialfc.train_step.TrainStep`: per micro-batch embed under autocast,
+Partial-FC loss, backward; one global gradient norm, clip, step or skip; its report folded into the
+log window), observe (a run record: log line, metrics), verify and checkpoint at their intervals,
+export at the end. Everything that must survive a restart is a component with
+``state_dict``/``load_state_dict`` that the :class:`~partialfc.checkpoint.Checkpointer` saves by name.
 
 Options the field uses: an EMA of the backbone weights (``train.ema_decay``), updated after every
 applied step and used for verification and export in place of the raw weights; a sample-rate
@@ -41,7 +42,7 @@ from partialfc.data.verification import VerificationSet
 from partialfc.distributed import DistInfo, barrier
 from partialfc.ema import WeightAverage
 from partialfc.eval.verification import VerificationResult, evaluate
-from partialfc.log_window import LogWindow, PhaseTimer
+from partialfc.log_window import LogWindow
 from partialfc.lr_schedule import LRSchedule
 from partialfc.metrics import TrainingMetrics, resident_bytes
 from partialfc.model_file import ModelFileError, init_from, save_model
@@ -51,8 +52,9 @@ from partialfc.optimizer import NonFiniteReport, centre_optimizer
 from partialfc.partial_fc import PartialFC
 from partialfc.preemption import SigtermFlag
 from partialfc.resume import check_changes, meaning_changes
-from partialfc.run_log import RunLog, format_duration
+from partialfc.run_log import RunLog
 from partialfc.train_state import LoaderEpoch, RNGState, TrainProgress
+from partialfc.train_step import StepConfig, StepReport, TrainStep
 from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
 
 
@@ -68,8 +70,8 @@ class Trainer:
 
         self.backbone = create_model(config.model.backbone, embedding_size=config.model.embedding_size,
                                      dropout=config.model.dropout).to(self.device)
-        self.channels_last = self.device.type == "cuda" and config.model.channels_last
-        if self.channels_last:
+        channels_last = self.device.type == "cuda" and config.model.channels_last
+        if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.ema = WeightAverage(self.backbone, config.train.ema_decay) if config.train.ema_decay else None
         if config.model.compile:
@@ -118,9 +120,14 @@ class Trainer:
             step_counters={"progress.step": lambda: self.progress.step,
                            "PartialFC step_count": lambda: self.pfc.step_count},
         )
-        self.phases = PhaseTimer(self.device)
         self.watchdog = StallWatchdog(self.run_dir / "heartbeats", info.rank, info.world_size,
                                       config.stall_timeout() if info.world_size > 1 else 0.0, self._on_stall)
+        self.training_step = TrainStep(
+            self.model, self.pfc, self.optimizer,
+            StepConfig(grad_accum=config.train.grad_accum, amp_dtype=self.amp_dtype, bf16_gemm=config.loss.bf16_gemm,
+                       channels_last=channels_last),
+            ema=self.ema, on_phase=lambda phase: self.watchdog.beat(self.progress.step, phase),
+        )
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
         self.metrics = TrainingMetrics(
             config.metrics, output_dir=str(self.run_dir), rank=info.rank, local_rank=info.local_rank,
@@ -172,12 +179,12 @@ class Trainer:
         barrier()
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        self.log.info(
-            f"partialfc {partialfc.__version__}: {self.config.model.backbone}, {self.num_classes} classes on "
-            f"{self.info.world_size} rank(s) ({self.device.type}), {self.dataset.num_images} images, "
-            f"global batch {self.global_batch}, {self.total_steps} steps ({self.steps_per_epoch}/epoch), "
-            f"loader {self.loader.backend}, start at step {self.progress.step}"
-            f" (restart {os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')})"
+        self.log.record(
+            "start", version=partialfc.__version__, backbone=self.config.model.backbone, num_classes=self.num_classes,
+            world_size=self.info.world_size, device=self.device.type, images=self.dataset.num_images,
+            global_batch=self.global_batch, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+            loader=self.loader.backend, start_step=self.progress.step,
+            restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         )
         self.log.update_summary(status="running", total_steps=self.total_steps, world_size=self.info.world_size)
         with contextlib.closing(self._batches()) as batches:  # closing stops the loader's workers
@@ -187,7 +194,7 @@ class Trainer:
         window = LogWindow()
         self.watchdog.start()
         while self.progress.step < self.total_steps:
-            self.train_step(batches, window)
+            window.add(self.train_step(batches))
             step = self.progress.step
             log_step = self._is_log_step(step)
             if log_step:
@@ -211,41 +218,20 @@ class Trainer:
         barrier()  # every rank's final metric values are written before the last scrape
         return "finished"
 
-    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], window: LogWindow) -> None:
-        """One optimizer step: set LR -> micro-batches (embed, Partial-FC loss, backward) -> norm, clip, step."""
-        step_start, wait_before = time.perf_counter(), window.data_wait
-        lr = self.schedule(self.progress.position)
-        self.optimizer.set_lr(lr)
-        self.pfc.set_sample_rate(self.config.loss.sample_rates.rate(self.progress.position, self.progress.plan_steps))
-        accum = self.config.train.grad_accum
-        step_loss = torch.zeros((), device=self.device)
-        for micro in range(accum):
-            images, labels = self._next_batch(batches, window)
-            with self._gradient_sync(last_micro=micro == accum - 1):
-                with self._phase("forward"):
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                        enabled=self.amp_dtype is not None):
-                        embeddings = self.model(images)
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.loss.bf16_gemm):
-                        loss = self.pfc(embeddings, labels)
-                with self._phase("backward"):
-                    (loss * (self.optimizer.loss_multiplier / accum)).backward()
-            window.add_loss(loss)
-            step_loss += loss.detach()
-        with self._phase("optimizer"):
-            outcome = self.optimizer.step(step_loss, step_number=self.progress.step + 1)
-            if self.ema:
-                self.ema.update(self.backbone, outcome.applied)
+    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> StepReport:
+        """One optimizer step at the scheduled learning rate and sample rate; per-step metrics and the bar."""
+        position = self.progress.position
+        report = self.training_step(batches, lr=self.schedule(position),
+                                    sample_rate=self.config.loss.sample_rates.rate(position, self.progress.plan_steps),
+                                    number=self.progress.step + 1)
         self.progress.step += 1
         self.progress.samples += self.global_batch
-        window.steps += 1
-        window.grad_norm, window.lr = outcome.grad_norm, lr
-        step_wait = window.data_wait - wait_before
         self.metrics.observe_step(  # per rank: local samples, compute time without the data wait
-            samples=self.config.data.batch_size * accum, step_seconds=time.perf_counter() - step_start - step_wait,
-            data_wait_seconds=step_wait, epoch=self.loader.epoch, sampled_centres=self.pfc.num_sample,
+            samples=self.config.data.batch_size * report.micro_batches, step_seconds=report.seconds - report.data_wait,
+            data_wait_seconds=report.data_wait, epoch=self.loader.epoch, sampled_centres=report.sampled_centres,
         )
-        self.log.progress(self.progress.step, self.total_steps, f"lr {lr:.4g}")
+        self.log.progress(self.progress.step, self.total_steps, f"lr {report.lr:.4g}")
+        return report
 
     # ------------------------------------------------------------------ step helpers
     @property
@@ -264,11 +250,6 @@ class Trainer:
         while True:
             yield from self.loader
 
-    def _phase(self, name: str) -> contextlib.AbstractContextManager:
-        """Time a step phase and tell the stall watchdog where this rank is."""
-        self.watchdog.beat(self.progress.step, name)
-        return self.phases.phase(name)
-
     def _on_stall(self, message: str, stalled_ranks: int) -> None:
         """Watchdog thread: the main thread is stuck in a collective; report (the watchdog then exits)."""
         print(f"partialfc: {message}", file=sys.stderr, flush=True)
@@ -280,23 +261,6 @@ class Trainer:
         except StallError as error:
             ErrorHandler().record_exception(error)
 
-    def _next_batch(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                    window: LogWindow) -> tuple[torch.Tensor, torch.Tensor]:
-        self.watchdog.beat(self.progress.step, "data")
-        wait_start = time.perf_counter()
-        images, labels = next(batches)
-        window.data_wait += time.perf_counter() - wait_start
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels.to(self.device, non_blocking=True)
-
-    def _gradient_sync(self, last_micro: bool) -> contextlib.AbstractContextManager:
-        """DDP all-reduces backbone gradients only after the last micro-batch of a step."""
-        if last_micro or self.model is self.backbone:
-            return contextlib.nullcontext()
-        return self.model.no_sync()
-
     # ------------------------------------------------------------------ reporting
     def _log(self, window: LogWindow, nonfinite: NonFiniteReport) -> None:
         elapsed = window.elapsed()
@@ -306,18 +270,19 @@ class Trainer:
         grad_norm = float(window.grad_norm) if window.grad_norm is not None else None
         memory = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else resident_bytes()
         scaler = self.optimizer.scaler
-        self.log.info(
-            f"step {self.progress.step}/{self.total_steps} epoch {self.loader.epoch} loss {loss:.4f} "
-            f"lr {window.lr:.5g} grad_norm {'-' if grad_norm is None else f'{grad_norm:.3f}'} "
-            f"{samples_per_s:,.0f} samples/s data_wait {100 * window.data_wait / elapsed:.0f}% "
-            f"mem {memory / 2**30:.2f}GiB eta {format_duration(remaining)}"
-            + (f" loss_scale {scaler.scale:g} skipped {self.optimizer.skipped_steps}" if scaler.enabled else "")
-            + (f" nonfinite {nonfinite.steps} (dropped; first at step {nonfinite.first_step})" if nonfinite.steps else "")
+        phases = self.training_step.phases.collect()
+        self.log.record(
+            "step", step=self.progress.step, total_steps=self.total_steps, epoch=self.loader.epoch, loss=loss,
+            lr=window.lr, grad_norm=grad_norm, samples_per_s=samples_per_s, data_wait=window.data_wait / elapsed,
+            memory_bytes=memory, eta_s=remaining, phase_seconds=phases,
+            **({"loss_scale": scaler.scale, "skipped_steps": self.optimizer.skipped_steps} if scaler.enabled else {}),
+            **({"nonfinite_steps": nonfinite.steps, "first_nonfinite_step": nonfinite.first_step}
+               if nonfinite.steps else {}),
         )
         self.metrics.observe_log(loss=loss, lr=window.lr, grad_norm=grad_norm,
                                  loss_scale=scaler.scale if scaler.enabled else None,
                                  skipped_steps_total=self.optimizer.skipped_steps)
-        self.metrics.observe_phases(self.phases.collect())
+        self.metrics.observe_phases(phases)
         self.metrics.observe_memory(self.device)
         self.log.scalars(self.progress.step, {"loss": loss, "lr": window.lr, "samples_per_s": samples_per_s})
         self.log.update_summary(step=self.progress.step, epoch=self.loader.epoch, loss=loss, lr=window.lr,
@@ -336,10 +301,8 @@ class Trainer:
             for vset in self.val_sets
         ]
         for result in results:
-            self.log.info(
-                f"verification {result.name} step {self.progress.step}: accuracy {result.accuracy:.4f} "
-                f"± {result.accuracy_std:.4f}, TAR@FAR={result.far:g} {result.tar_at_far:.4f}"
-            )
+            self.log.record("verification", name=result.name, step=self.progress.step, accuracy=result.accuracy,
+                            accuracy_std=result.accuracy_std, far=result.far, tar_at_far=result.tar_at_far)
             self.metrics.observe_verification(result.name, result.accuracy)
         improved = [self.progress.record_accuracy(result.name, result.accuracy) for result in results]
         if improved[0] and self.info.is_main:  # the first set decides which model is "best"

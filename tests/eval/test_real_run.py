@@ -1,4 +1,4 @@
-"""A real (tiny) training run: the report reads its log, `eval verify` reproduces its verification."""
+"""A real (tiny) training run: the report reads its run record, `eval verify` reproduces its verification."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from training_run import run_training, train_args
 
 from partialfc import report
 from partialfc.eval import __main__ as eval_cli
+from partialfc.run_log import format_record
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +21,28 @@ def run_dir(tiny_dataset, tmp_path_factory):
 
 
 def test_report_of_a_real_run(run_dir):
-    history = report.parse_train_log(run_dir / "train.log")
+    history = report.read_history(run_dir / "train_log.jsonl")
     assert history.steps.tolist() == [2, 4, 6, 8] and history.total_steps == 8
     steps, accuracy, _ = history.verification["synth_val"]
     assert steps.tolist() == [4, 8]
     best = json.loads((run_dir / "summary.json").read_text())["best_verification"]["synth_val"]
-    assert max(accuracy) == pytest.approx(best, abs=5e-5)  # the log rounds to 4 decimals
+    assert max(accuracy) == best  # the record holds the value itself, not the line's 4 decimals
     text = report.write_report(run_dir).read_text()
     assert "- status: finished" in text and f"best accuracy {max(accuracy):.4f}" in text
     assert (run_dir / "report" / "verification.png").is_file()
 
 
+def test_each_record_is_a_line_of_the_log(run_dir):
+    """The trainer's start, step and verification lines are its records, formatted."""
+    records = report.read_records(run_dir / "train_log.jsonl")
+    assert [r["event"] for r in records] == ["start", "step", "step", "verification", "step", "step", "verification"]
+    lines = [line.split(" ", 2)[2] for line in (run_dir / "train.log").read_text().splitlines()]
+    assert all(format_record(record) in lines for record in records)
+
+
 def test_eval_verify_reproduces_the_trainers_verification(run_dir, tiny_dataset, capsys):
-    _, accuracy, _ = report.parse_train_log(run_dir / "train.log").verification["synth_val"]
+    _, accuracy, _ = report.read_history(run_dir / "train_log.jsonl").verification["synth_val"]
     argv = ["verify", str(tiny_dataset / "synth_val.bin"), "--model", str(run_dir / "model.pt"), "--json", "-"]
     assert eval_cli.main(argv) == 0
     offline = json.loads(capsys.readouterr().out)["sets"]["synth_val"]["accuracy"]
-    assert offline == pytest.approx(accuracy[-1], abs=5e-5)  # model.pt is the model verified at the last step
+    assert offline == accuracy[-1]  # model.pt is the model verified at the last step

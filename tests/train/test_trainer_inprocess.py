@@ -13,15 +13,15 @@ def test_the_scheduled_lr_reaches_both_optimizers_every_step(tiny_dataset, tmp_p
     trainer = make_trainer(tiny_dataset, tmp_path / "run", **{"schedule.warmup_epochs": 1.0, "train.max_steps": 4})
     batches, window = trainer._batches(), LogWindow()
     for step in range(4):
-        trainer.train_step(batches, window)
+        window.add(trainer.train_step(batches))
         expected = trainer.schedule(step)
         assert expected == (step + 1) * trainer.config.optim.lr / trainer.schedule.warmup_steps
         assert trainer.optimizer.backbone_optimizer.param_groups[0]["lr"] == expected
         assert trainer.pfc.optimizer.lr == expected
     assert trainer.progress.step == 4 and window.steps == 4
-    phases = trainer.phases.collect()
+    phases = trainer.training_step.phases.collect()
     assert set(phases) == {"forward", "backward", "optimizer"} and all(s > 0 for s in phases.values())
-    assert trainer.phases.collect() == dict.fromkeys(phases, 0.0)  # collected once
+    assert trainer.training_step.phases.collect() == dict.fromkeys(phases, 0.0)  # collected once
 
 
 def test_resume_continues_the_global_rng_streams(tiny_dataset, tmp_path):

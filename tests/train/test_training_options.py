@@ -35,7 +35,7 @@ def run_steps(trainer, steps: int, after_each: Callable[[], None] = lambda: None
     window = LogWindow()
     with contextlib.closing(trainer._batches()) as batches:
         for _ in range(steps):
-            trainer.train_step(batches, window)
+            window.add(trainer.train_step(batches))
             after_each()
     return window
 
