@@ -36,17 +36,19 @@ from partialfc import CombinedMargin, LazySGD, PartialFC
 from partialfc.models.precision import DTYPES
 
 
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda", help="where the layer lives")
     parser.add_argument("--dim", type=int, default=512, help="embedding size D")
     parser.add_argument("--batch", type=int, default=128, help="embeddings per step B (world size 1)")
     parser.add_argument("--sample-rate", type=float, default=0.1, help="Partial FC r")
-    parser.add_argument("--param-dtype", choices=["fp32", "bf16"], default="bf16", help="storage of centres and momentum")
+    parser.add_argument(
+        "--param-dtype", choices=["fp32", "bf16"], default="bf16", help="storage of centres and momentum"
+    )
     parser.add_argument("--start", type=int, default=1_000_000, help="first C tried; doubled while steps complete")
-    parser.add_argument("--resolution", type=int, default=500_000,
-                        help="bisection stops when the bracket is this narrow")
+    parser.add_argument(
+        "--resolution", type=int, default=500_000, help="bisection stops when the bracket is this narrow"
+    )
     parser.add_argument("--ceiling", type=int, default=1 << 40, help="never try more classes than this")
     parser.add_argument("--time-box", type=float, default=120.0, help="seconds; no trial starts after this")
     parser.add_argument("--json", type=Path, help="write the result here (rewritten after every trial)")
@@ -66,8 +68,15 @@ def try_step(num_classes: int, args: argparse.Namespace, device: torch.device) -
     start = time.perf_counter()
     try:
         with mock.patch.object(partialfc.partial_fc, "_init_centres", _fill_on_device):
-            pfc = PartialFC(args.dim, num_classes, args.sample_rate, CombinedMargin(), optimizer=LazySGD(momentum=0.9),
-                            param_dtype=DTYPES[args.param_dtype], device=device)
+            pfc = PartialFC(
+                args.dim,
+                num_classes,
+                args.sample_rate,
+                CombinedMargin(),
+                optimizer=LazySGD(momentum=0.9),
+                param_dtype=DTYPES[args.param_dtype],
+                device=device,
+            )
         embeddings = torch.randn(args.batch, args.dim, device=device, requires_grad=True)
         labels = torch.randint(0, num_classes, (args.batch,), device=device)
         pfc(embeddings, labels).backward()
@@ -81,12 +90,18 @@ def try_step(num_classes: int, args: argparse.Namespace, device: torch.device) -
             raise
         ok, error = False, message.splitlines()[0]
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"num_classes": num_classes, "ok": ok, "seconds": round(time.perf_counter() - start, 2),
-            "peak_bytes": peak, "error": error}
+    return {
+        "num_classes": num_classes,
+        "ok": ok,
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_bytes": peak,
+        "error": error,
+    }
 
 
-def search(try_classes: Callable[[int], bool], start: int, resolution: int, ceiling: int,
-           out_of_time: Callable[[], bool]) -> tuple[int | None, int | None, str]:
+def search(
+    try_classes: Callable[[int], bool], start: int, resolution: int, ceiling: int, out_of_time: Callable[[], bool]
+) -> tuple[int | None, int | None, str]:
     """Doubling, then bisection, on a monotone predicate.
 
     Returns the largest C that passed, the smallest that failed, and why the search stopped.
@@ -122,8 +137,12 @@ def main() -> None:
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "memory_bytes": torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None,
-        "dim": args.dim, "batch": args.batch, "sample_rate": args.sample_rate, "param_dtype": args.param_dtype,
-        "optimizer": "SGD, momentum 0.9", "trials": trials,
+        "dim": args.dim,
+        "batch": args.batch,
+        "sample_rate": args.sample_rate,
+        "param_dtype": args.param_dtype,
+        "optimizer": "SGD, momentum 0.9",
+        "trials": trials,
     }
 
     def write() -> None:
@@ -142,13 +161,20 @@ def main() -> None:
         print(f"C={num_classes:,}: {state} ({trial['seconds']} s{peak})", flush=True)
         return trial["ok"]
 
-    largest, failed, stopped = search(try_classes, args.start, args.resolution, args.ceiling,
-                                      lambda: time.perf_counter() - began > args.time_box)
-    result.update(largest_classes=largest, smallest_failed=failed, stopped_by=stopped,
-                  seconds=round(time.perf_counter() - began, 1))
+    largest, failed, stopped = search(
+        try_classes, args.start, args.resolution, args.ceiling, lambda: time.perf_counter() - began > args.time_box
+    )
+    result.update(
+        largest_classes=largest,
+        smallest_failed=failed,
+        stopped_by=stopped,
+        seconds=round(time.perf_counter() - began, 1),
+    )
     write()
-    print(f"largest C that completes a step: {largest if largest is None else f'{largest:,}'} "
-          f"(first failure: {failed if failed is None else f'{failed:,}'}; stopped by {stopped})")
+    print(
+        f"largest C that completes a step: {largest if largest is None else f'{largest:,}'} "
+        f"(first failure: {failed if failed is None else f'{failed:,}'}; stopped by {stopped})"
+    )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,13 @@ from partialfc.train_step import StepConfig, TrainStep
 class TimedStep:
     """The trainer's step of ``model`` with its own Partial FC, on one fixed batch; a call returns its seconds."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, embedding_size: int, num_classes: int,
-                 amp: torch.dtype | None) -> None:
+    def __init__(
+        self, model: nn.Module, images: torch.Tensor, embedding_size: int, num_classes: int, amp: torch.dtype | None
+    ) -> None:
         config = OptimConfig(lr=0.01)
-        pfc = PartialFC(embedding_size, num_classes, 1.0, CombinedMargin(),
-                        optimizer=centre_optimizer(config), device=images.device)
+        pfc = PartialFC(
+            embedding_size, num_classes, 1.0, CombinedMargin(), optimizer=centre_optimizer(config), device=images.device
+        )
         labels = torch.arange(len(images), device=images.device) % num_classes
         self.step = TrainStep(model, pfc, config.build(model, pfc), StepConfig(amp_dtype=amp))
         self.batches = itertools.repeat((images, labels))
@@ -52,8 +54,9 @@ class TimedStep:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--backbone", default="tiny", help="registry name of the backbone")
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--embedding-size", type=int, default=128, help="D")
@@ -75,8 +78,10 @@ def main() -> None:
         difference = float((compiled.eval()(images) - reference).abs().max())
     eager.train(), compiled.train()
 
-    steps = {name: TimedStep(model, images, args.embedding_size, args.num_classes, autocast_dtype(args.amp))
-             for name, model in (("eager", eager), ("compiled", compiled))}
+    steps = {
+        name: TimedStep(model, images, args.embedding_size, args.num_classes, autocast_dtype(args.amp))
+        for name, model in (("eager", eager), ("compiled", compiled))
+    }
     first = steps["compiled"]()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for index in range(args.warmup + args.steps):
@@ -85,13 +90,16 @@ def main() -> None:
             if index >= args.warmup:
                 seconds[name].append(elapsed)
     results = {name: statistics.median(values) for name, values in seconds.items()}
-    print(f"{args.backbone} batch {args.batch}, {args.num_classes} classes on {device} (amp {args.amp}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    print(
+        f"{args.backbone} batch {args.batch}, {args.num_classes} classes on {device} (amp {args.amp}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
     print(f"  first compiled training step (compilation): {first:.1f} s")
     for name, seconds in results.items():
         print(f"  {name:9s} step {seconds * 1e3:8.1f} ms  {args.batch / seconds:8.0f} images/s")
-    print(f"  speed-up {results['eager'] / results['compiled']:.2f}x; "
-          f"max |eager - compiled| embedding {difference:.2e}")
+    print(
+        f"  speed-up {results['eager'] / results['compiled']:.2f}x; max |eager - compiled| embedding {difference:.2e}"
+    )
 
 
 if __name__ == "__main__":

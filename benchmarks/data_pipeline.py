@@ -95,8 +95,10 @@ def main() -> None:
             generate_synthetic_dataset(data_dir, args.identities, args.images_per_identity, seed=0, workers=args.cores)
         ds = RecordDataset(data_dir)
         jpegs = [ds.read_image(i) for i in range(ds.num_images)]
-        print(f"{ds.num_images} images, {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB mean JPEG, "
-              f"batch {args.batch_size}, {args.cores} cores")
+        print(
+            f"{ds.num_images} images, {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB mean JPEG, "
+            f"batch {args.batch_size}, {args.cores} cores"
+        )
 
         def best_of(measure) -> float:
             return max(measure() for _ in range(args.repeats))
@@ -105,12 +107,21 @@ def main() -> None:
         if dali_available():
             from partialfc.data.loaders.dali import DaliLoader
 
-            rows.append(("floor: nvImageCodec CPU decode, in memory",
-                         best_of(lambda: floor(jpegs, args.cores, _decode_nvimgcodec))))
+            rows.append(
+                (
+                    "floor: nvImageCodec CPU decode, in memory",
+                    best_of(lambda: floor(jpegs, args.cores, _decode_nvimgcodec)),
+                )
+            )
         best = max(rate for _, rate in rows)
-        rows.append(("bound: simplejpeg decode + float32 CHW normalise, in memory",
-                     best_of(lambda: floor(jpegs, args.cores, _decode_normalise))))
+        rows.append(
+            (
+                "bound: simplejpeg decode + float32 CHW normalise, in memory",
+                best_of(lambda: floor(jpegs, args.cores, _decode_normalise)),
+            )
+        )
         if dali_available():
+
             def dali_rate() -> float:
                 loader = DaliLoader(ds, LoaderParams(args.batch_size, _INPUT), device_id=None, num_threads=args.cores)
                 rate = loader_rate(loader, args.epochs)
@@ -118,8 +129,16 @@ def main() -> None:
                 return rate
 
             rows.append(("DALI CPU pipeline (DaliLoader)", best_of(dali_rate)))
-        rows.append(("PyTorch fallback (TorchLoader)", best_of(
-            lambda: loader_rate(TorchLoader(ds, LoaderParams(args.batch_size, _INPUT), num_workers=args.cores), args.epochs))))
+        rows.append(
+            (
+                "PyTorch fallback (TorchLoader)",
+                best_of(
+                    lambda: loader_rate(
+                        TorchLoader(ds, LoaderParams(args.batch_size, _INPUT), num_workers=args.cores), args.epochs
+                    )
+                ),
+            )
+        )
 
         print("\n| pipeline | images/s | % of floor |\n|---|---:|---:|")
         for name, rate in rows:

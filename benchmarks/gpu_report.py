@@ -22,10 +22,20 @@ LAYER_STEPS = ["layer_fp32", "layer_bf16"]  # the suite's steps that run benchma
 TIMEOUT_EXIT_CODES = {124, 137}  # `timeout`: the box ran out (TERM), or the command ignored TERM (KILL)
 # Columns of benchmarks/partial_fc_layer.py's table (header name -> key, type); others are kept as text.
 LAYER_COLUMNS = {
-    "head": ("head", str), "C": ("num_classes", int), "D": ("dim", int), "B/rank": ("batch_per_rank", int),
-    "W": ("world_size", int), "r": ("sample_rate", float), "S/rank": ("sampled_per_rank", int), "gemm": ("gemm", str),
-    "param": ("param", str), "step ms": ("step_ms", float), "floor ms": ("floor_ms", float), "ratio": ("ratio", float),
-    "peak GiB/rank": ("peak_gib", float), "centre mem": ("centre_mem", str),
+    "head": ("head", str),
+    "C": ("num_classes", int),
+    "D": ("dim", int),
+    "B/rank": ("batch_per_rank", int),
+    "W": ("world_size", int),
+    "r": ("sample_rate", float),
+    "S/rank": ("sampled_per_rank", int),
+    "gemm": ("gemm", str),
+    "param": ("param", str),
+    "step ms": ("step_ms", float),
+    "floor ms": ("floor_ms", float),
+    "ratio": ("ratio", float),
+    "peak GiB/rank": ("peak_gib", float),
+    "centre mem": ("centre_mem", str),
 }
 LAYER_REQUIRED = ["C", "r", "S/rank", "gemm", "param", "step ms", "floor ms", "ratio", "peak GiB/rank"]
 TARGETS = {
@@ -34,16 +44,19 @@ TARGETS = {
     "partial_fc_share": 0.05,  # of the step
     "capacity_classes": 12_500_000,  # bf16 centres + momentum, one GPU
 }
-DALI_NOTE = ("DALI `mixed` (GPU JPEG decode) was not measured: DALI's wheel is far above the 64 MiB a device "
-             "call may carry, so the lent GPU machine cannot install it.")
+DALI_NOTE = (
+    "DALI `mixed` (GPU JPEG decode) was not measured: DALI's wheel is far above the 64 MiB a device "
+    "call may carry, so the lent GPU machine cannot install it."
+)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="the suite's scratch folder")
     parser.add_argument("--out", type=Path, required=True, help="where gpu_report.json and gpu_report.md go")
-    parser.add_argument("--dry", type=int, choices=[0, 1], default=0,
-                        help="1: a dry run on the CPU (no targets judged)")
+    parser.add_argument(
+        "--dry", type=int, choices=[0, 1], default=0, help="1: a dry run on the CPU (no targets judged)"
+    )
     return parser.parse_args()
 
 
@@ -95,10 +108,15 @@ def read_pytest_log(log: Path) -> dict[str, Any] | None:
     if not outcomes:
         return None
     values = list(outcomes.values())
-    return {"tests": len(values), "passed": values.count("PASSED"), "failures": values.count("FAILED"),
-            "errors": values.count("ERROR"), "skipped": values.count("SKIPPED"),
-            "failed": [name for name, outcome in outcomes.items() if outcome in ("FAILED", "ERROR")],
-            "source": "log (pytest was stopped before its summary)"}
+    return {
+        "tests": len(values),
+        "passed": values.count("PASSED"),
+        "failures": values.count("FAILED"),
+        "errors": values.count("ERROR"),
+        "skipped": values.count("SKIPPED"),
+        "failed": [name for name, outcome in outcomes.items() if outcome in ("FAILED", "ERROR")],
+        "source": "log (pytest was stopped before its summary)",
+    }
 
 
 def split_header(header: str) -> list[str]:
@@ -127,7 +145,7 @@ def read_layer_rows(log: Path) -> tuple[list[dict[str, Any]], str | None]:
     if missing:
         return [], f"{log.name}: table header lacks {missing}: {lines[header_at].strip()!r}"
     rows = []
-    for line in lines[header_at + 1:]:
+    for line in lines[header_at + 1 :]:
         tokens = line.split()
         if len(tokens) != len(columns):
             continue
@@ -161,8 +179,11 @@ def build_report(work: Path, dry: bool) -> dict[str, Any]:
         if problem and step in finished:  # a stopped step may not have printed its table yet
             problems.append(problem)
     for row in layer_rows:
-        row["target"] = (judge(row["ratio"], TARGETS["layer_ratio"], True, dry)
-                         if row["sample_rate"] == 0.1 else "no target at this r")
+        row["target"] = (
+            judge(row["ratio"], TARGETS["layer_ratio"], True, dry)
+            if row["sample_rate"] == 0.1
+            else "no target at this r"
+        )
     capacity = read_json(work / "capacity.json")
     if capacity is not None:
         capacity["target"] = judge(capacity.get("largest_classes"), TARGETS["capacity_classes"], False, dry)
@@ -200,56 +221,99 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# GPU suite report", ""]
     if report["dry_run"]:
         lines += ["**Dry run on the CPU at tiny sizes: the figures test the plumbing, they measure nothing.**", ""]
-    lines += [f"Machine: {env.get('gpu') or 'no GPU'}"
-              + (f" ({env['gpu_memory_bytes'] / 2**30:.0f} GiB)" if env.get("gpu_memory_bytes") else "")
-              + f", driver {env.get('driver')}, {env.get('cpu_cores')} CPU cores; Python {env.get('python')}, "
-              f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}.", ""]
+    lines += [
+        f"Machine: {env.get('gpu') or 'no GPU'}"
+        + (f" ({env['gpu_memory_bytes'] / 2**30:.0f} GiB)" if env.get("gpu_memory_bytes") else "")
+        + f", driver {env.get('driver')}, {env.get('cpu_cores')} CPU cores; Python {env.get('python')}, "
+        f"torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}.",
+        "",
+    ]
     lines += ["## Steps", ""]
-    lines += _table(["step", "status", "seconds", "box (s)"],
-                    [[s["name"], s["status"], s["seconds"], s["box"]] for s in report["steps"]])
+    lines += _table(
+        ["step", "status", "seconds", "box (s)"],
+        [[s["name"], s["status"], s["seconds"], s["box"]] for s in report["steps"]],
+    )
     pytest = report["pytest"]
     lines += ["", "## pytest -m gpu", ""]
     if pytest is None:
         lines += ["No result (the step did not finish)."]
     else:
-        lines += [f"{pytest['passed']} passed, {pytest['failures']} failed, {pytest['errors']} errors, "
-                  f"{pytest['skipped']} skipped (from the {pytest['source']})."]
+        lines += [
+            f"{pytest['passed']} passed, {pytest['failures']} failed, {pytest['errors']} errors, "
+            f"{pytest['skipped']} skipped (from the {pytest['source']})."
+        ]
         lines += [f"- failed: `{name}`" for name in pytest["failed"]]
     lines += ["", f"## Partial FC layer (target: step ≤ {TARGETS['layer_ratio']}× the 3-GEMM floor at r = 0.1)", ""]
-    lines += _table(["C", "r", "S", "gemm", "centres", "step ms", "floor ms", "ratio", "peak GiB", "target"],
-                    [[f"{r['num_classes']:,}", r["sample_rate"], f"{r['sampled_per_rank']:,}", r["gemm"], r["param"],
-                      r["step_ms"], r["floor_ms"], r["ratio"], r["peak_gib"], r["target"]] for r in report["layer"]])
+    lines += _table(
+        ["C", "r", "S", "gemm", "centres", "step ms", "floor ms", "ratio", "peak GiB", "target"],
+        [
+            [
+                f"{r['num_classes']:,}",
+                r["sample_rate"],
+                f"{r['sampled_per_rank']:,}",
+                r["gemm"],
+                r["param"],
+                r["step_ms"],
+                r["floor_ms"],
+                r["ratio"],
+                r["peak_gib"],
+                r["target"],
+            ]
+            for r in report["layer"]
+        ],
+    )
     lines += [f"- {problem}" for problem in report["problems"]]
     capacity = report["capacity"]
-    lines += ["", f"## Capacity (target: ≥ {TARGETS['capacity_classes']:,} classes per GPU, "
-              "bf16 centres + momentum)", ""]
+    lines += [
+        "",
+        f"## Capacity (target: ≥ {TARGETS['capacity_classes']:,} classes per GPU, bf16 centres + momentum)",
+        "",
+    ]
     if capacity is None:
         lines += ["No result (the step did not finish)."]
     else:
         largest, failed = (capacity.get(key) for key in ("largest_classes", "smallest_failed"))
-        lines += [f"Largest C that completes a step: **{_count(largest)}** (r = {capacity['sample_rate']}, "
-                  f"B = {capacity['batch']}, D = {capacity['dim']}, {capacity['param_dtype']} centres; first failure "
-                  f"{_count(failed)}; search stopped by {capacity.get('stopped_by', 'the step box')}): "
-                  f"{capacity['target']}.", ""]
-        lines += _table(["C", "completed", "seconds", "peak GiB"],
-                        [[_count(t["num_classes"]), t["ok"], t["seconds"],
-                          "-" if t["peak_bytes"] is None else f"{t['peak_bytes'] / 2**30:.2f}"]
-                         for t in capacity["trials"]])
+        lines += [
+            f"Largest C that completes a step: **{_count(largest)}** (r = {capacity['sample_rate']}, "
+            f"B = {capacity['batch']}, D = {capacity['dim']}, {capacity['param_dtype']} centres; first failure "
+            f"{_count(failed)}; search stopped by {capacity.get('stopped_by', 'the step box')}): "
+            f"{capacity['target']}.",
+            "",
+        ]
+        lines += _table(
+            ["C", "completed", "seconds", "peak GiB"],
+            [
+                [
+                    _count(t["num_classes"]),
+                    t["ok"],
+                    t["seconds"],
+                    "-" if t["peak_bytes"] is None else f"{t['peak_bytes'] / 2**30:.2f}",
+                ]
+                for t in capacity["trials"]
+            ],
+        )
     throughput = report["throughput"]
-    lines += ["", f"## Training throughput (targets: ≥ {TARGETS['images_per_s']:,.0f} images/s, Partial FC ≤ "
-              f"{TARGETS['partial_fc_share']:.0%} of the step)", ""]
+    lines += [
+        "",
+        f"## Training throughput (targets: ≥ {TARGETS['images_per_s']:,.0f} images/s, Partial FC ≤ "
+        f"{TARGETS['partial_fc_share']:.0%} of the step)",
+        "",
+    ]
     if throughput is None:
         lines += ["No result (the step did not finish)."]
     else:
         rates, targets = throughput["images_per_s"], throughput["targets"]
-        lines += [f"{throughput['backbone']}, {throughput['amp']}, B = {throughput['batch_per_rank']}, "
-                  f"C = {throughput['num_classes']:,}, r = {throughput['sample_rate']}, "
-                  f"W = {throughput['world_size']}, "
-                  f"loader {throughput['loader']} with {throughput['workers_per_rank']} workers.", "",
-                  f"- batch on the device: **{rates['resident']:,.0f} images/s** ({targets['images_per_s']})",
-                  f"- through the loader: **{rates['loader']:,.0f} images/s**",
-                  f"- Partial FC share of the step: **{throughput['partial_fc_share']:.1%}** "
-                  f"({targets['partial_fc_share']})", ""]
+        lines += [
+            f"{throughput['backbone']}, {throughput['amp']}, B = {throughput['batch_per_rank']}, "
+            f"C = {throughput['num_classes']:,}, r = {throughput['sample_rate']}, "
+            f"W = {throughput['world_size']}, "
+            f"loader {throughput['loader']} with {throughput['workers_per_rank']} workers.",
+            "",
+            f"- batch on the device: **{rates['resident']:,.0f} images/s** ({targets['images_per_s']})",
+            f"- through the loader: **{rates['loader']:,.0f} images/s**",
+            f"- Partial FC share of the step: **{throughput['partial_fc_share']:.1%}** ({targets['partial_fc_share']})",
+            "",
+        ]
         lines += _table(["part", "ms"], [[name, value] for name, value in throughput["ms"].items()])
     lines += ["", "## Not measured", ""] + [f"- {note}" for note in report["not_measured"]]
     return "\n".join(lines) + "\n"

@@ -60,9 +60,12 @@ def synthetic_ijbc(scale: float, dim: int, seed: int) -> dict[str, np.ndarray]:
     media_ids = np.cumsum(rng.random(images) < 1 / 4.5)  # media of about 4.5 consecutive images
     views = rng.standard_normal((images, 2 * dim), dtype=np.float32)
     return {  # rows grouped by template, in ascending ids, as in ijbc_face_tid_mid.txt
-        "views": views, "template_ids": template_ids, "media_ids": media_ids,
+        "views": views,
+        "template_ids": template_ids,
+        "media_ids": media_ids,
         "scores": rng.uniform(0.5, 1.0, images).astype(np.float32),
-        "first": rng.integers(1, templates + 1, pairs), "second": rng.integers(1, templates + 1, pairs),
+        "first": rng.integers(1, templates + 1, pairs),
+        "second": rng.integers(1, templates + 1, pairs),
     }
 
 
@@ -79,9 +82,12 @@ def measured(step: Callable[[], Any]) -> tuple[Any, float, float]:
 def main() -> int:
     args = parse_args()
     data = synthetic_ijbc(args.scale, args.dim, args.seed)
-    print(f"{len(data['views']):,} images, {len(np.unique(data['template_ids'])):,} templates, "
-          f"{len(data['first']):,} pairs, "
-          f"{args.dim}-d float32 ({data['views'].nbytes / 2**30:.2f} GiB of image + mirror features)", flush=True)
+    print(
+        f"{len(data['views']):,} images, {len(np.unique(data['template_ids'])):,} templates, "
+        f"{len(data['first']):,} pairs, "
+        f"{args.dim}-d float32 ({data['views'].nbytes / 2**30:.2f} GiB of image + mirror features)",
+        flush=True,
+    )
 
     # The F1 N1 D1 inputs (sum of the halves, times the detector score) are the same elementwise step on
     # both sides (partialfc's image_features is tested against this one): computed once, outside the measurements.
@@ -96,22 +102,28 @@ def main() -> int:
     ours, ours_t_s, ours_t_mib = measured(ours_templates)
     print(f"partialfc templates: {ours_t_s:.1f} s", flush=True)
     ours_scores, ours_p_s, ours_p_mib = measured(
-        lambda: template_pair_scores(ours, data["first"], data["second"], "synthetic pairs"))
+        lambda: template_pair_scores(ours, data["first"], data["second"], "synthetic pairs")
+    )
     print(f"partialfc pairs: {ours_p_s:.1f} s", flush=True)
     (reference, unique), ref_t_s, ref_t_mib = measured(reference_templates)
     print(f"insightface templates: {ref_t_s:.1f} s", flush=True)
     ref_scores, ref_p_s, ref_p_mib = measured(
-        lambda: verification_scores(reference, unique, data["first"], data["second"]))
+        lambda: verification_scores(reference, unique, data["first"], data["second"])
+    )
 
-    rows = [("template features", ref_t_s, ours_t_s, ref_t_mib, ours_t_mib),
-            ("pair scores", ref_p_s, ours_p_s, ref_p_mib, ours_p_mib),
-            ("total", ref_t_s + ref_p_s, ours_t_s + ours_p_s, max(ref_t_mib, ref_p_mib), max(ours_t_mib, ours_p_mib))]
+    rows = [
+        ("template features", ref_t_s, ours_t_s, ref_t_mib, ours_t_mib),
+        ("pair scores", ref_p_s, ours_p_s, ref_p_mib, ours_p_mib),
+        ("total", ref_t_s + ref_p_s, ours_t_s + ours_p_s, max(ref_t_mib, ref_p_mib), max(ours_t_mib, ours_p_mib)),
+    ]
     print("\n| step | insightface loop s | partialfc s | speed-up | insightface peak MiB | partialfc peak MiB |")
     print("|---|---|---|---|---|---|")
     for name, ref_s, ours_s, ref_mib, ours_mib in rows:
         print(f"| {name} | {ref_s:.1f} | {ours_s:.1f} | {ref_s / ours_s:.1f}x | {ref_mib:,.0f} | {ours_mib:,.0f} |")
-    print(f"\nlargest difference: template features {np.abs(ours.features - reference).max():.1e}, "
-          f"pair scores {np.abs(ours_scores - ref_scores).max():.1e}")
+    print(
+        f"\nlargest difference: template features {np.abs(ours.features - reference).max():.1e}, "
+        f"pair scores {np.abs(ours_scores - ref_scores).max():.1e}"
+    )
     return 0
 
 

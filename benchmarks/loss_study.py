@@ -55,7 +55,18 @@ from partialfc.run_log import RECORD_FILE
 REPO = Path(__file__).resolve().parents[1]
 
 SCALE = "32"
-ARCFACE = ["--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0.5", "--loss.combined.m3", "0"]
+ARCFACE = [
+    "--loss.family",
+    "combined",
+    "--loss.s",
+    SCALE,
+    "--loss.combined.m1",
+    "1",
+    "--loss.combined.m2",
+    "0.5",
+    "--loss.combined.m3",
+    "0",
+]
 
 
 @dataclass(frozen=True)
@@ -67,30 +78,90 @@ class Head:
 
 HEADS = [
     Head("softmax", "plain softmax (unnormalised)", ("--loss.family", "softmax")),
-    Head("normface", f"normalised softmax, s={SCALE}",
-         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0", "--loss.combined.m3", "0")),
-    Head("sphereface", "SphereFace m1=1.35",
-         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1.35", "--loss.combined.m2", "0", "--loss.combined.m3", "0")),
-    Head("cosface", "CosFace m3=0.35",
-         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0", "--loss.combined.m3", "0.35")),
+    Head(
+        "normface",
+        f"normalised softmax, s={SCALE}",
+        (
+            "--loss.family",
+            "combined",
+            "--loss.s",
+            SCALE,
+            "--loss.combined.m1",
+            "1",
+            "--loss.combined.m2",
+            "0",
+            "--loss.combined.m3",
+            "0",
+        ),
+    ),
+    Head(
+        "sphereface",
+        "SphereFace m1=1.35",
+        (
+            "--loss.family",
+            "combined",
+            "--loss.s",
+            SCALE,
+            "--loss.combined.m1",
+            "1.35",
+            "--loss.combined.m2",
+            "0",
+            "--loss.combined.m3",
+            "0",
+        ),
+    ),
+    Head(
+        "cosface",
+        "CosFace m3=0.35",
+        (
+            "--loss.family",
+            "combined",
+            "--loss.s",
+            SCALE,
+            "--loss.combined.m1",
+            "1",
+            "--loss.combined.m2",
+            "0",
+            "--loss.combined.m3",
+            "0.35",
+        ),
+    ),
     Head("arcface", "ArcFace m2=0.5, Partial FC r=1.0", (*ARCFACE, "--loss.sample_rate", "1.0")),
-    Head("combined", "combined (m1, m2, m3) = (1, 0.3, 0.2)",
-         ("--loss.family", "combined", "--loss.s", SCALE, "--loss.combined.m1", "1", "--loss.combined.m2", "0.3", "--loss.combined.m3", "0.2")),
+    Head(
+        "combined",
+        "combined (m1, m2, m3) = (1, 0.3, 0.2)",
+        (
+            "--loss.family",
+            "combined",
+            "--loss.s",
+            SCALE,
+            "--loss.combined.m1",
+            "1",
+            "--loss.combined.m2",
+            "0.3",
+            "--loss.combined.m3",
+            "0.2",
+        ),
+    ),
     Head("arcface_r0.3", "ArcFace m2=0.5, Partial FC r=0.3", (*ARCFACE, "--loss.sample_rate", "0.3")),
     Head("arcface_r0.1", "ArcFace m2=0.5, Partial FC r=0.1", (*ARCFACE, "--loss.sample_rate", "0.1")),
 ]
 FAMILIES = [  # the loss section's defaults for each are its paper's parameters
     Head("adaface", "AdaFace m=0.4, h=0.333", ("--loss.family", "adaface", "--loss.s", SCALE)),
     Head("curricularface", "CurricularFace m=0.5", ("--loss.family", "curricularface", "--loss.s", SCALE)),
-    Head("magface", "MagFace margin 0.45..0.8 over magnitude 10..110, lambda_g=35",
-         ("--loss.family", "magface", "--loss.s", SCALE)),
+    Head(
+        "magface",
+        "MagFace margin 0.45..0.8 over magnitude 10..110, lambda_g=35",
+        ("--loss.family", "magface", "--loss.s", SCALE),
+    ),
     Head("elasticface", "ElasticFace-Arc m ~ N(0.5, 0.05)", ("--loss.family", "elasticface", "--loss.s", SCALE)),
 ]
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--identities", type=int, default=2000, help="training identities")
     parser.add_argument("--images-per-identity", type=int, default=20, help="images per identity")
     parser.add_argument("--holdout-identities", type=int, default=400, help="held-out identities for evaluation")
@@ -100,14 +171,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=500, help="steps between verification evaluations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one repeat per seed (training seed)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
-    parser.add_argument("--heads", nargs="+", default=[h.name for h in HEADS],
-                        choices=[h.name for h in HEADS + FAMILIES], help="heads to train")
+    parser.add_argument(
+        "--heads",
+        nargs="+",
+        default=[h.name for h in HEADS],
+        choices=[h.name for h in HEADS + FAMILIES],
+        help="heads to train",
+    )
     parser.add_argument("--work", default=str(REPO / "runs" / "loss_study"), help="data and training runs")
-    parser.add_argument("--out", default=None,
-                        help="writes OUT/loss_study.md and OUT/loss_study/*.png (default: WORK/report; the committed "
-                        "study is updated only by --out docs, and never by --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny data and 12 steps per head: checks the pipeline, not the losses")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="writes OUT/loss_study.md and OUT/loss_study/*.png (default: WORK/report; the committed "
+        "study is updated only by --out docs, and never by --quick)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny data and 12 steps per head: checks the pipeline, not the losses"
+    )
     args = parser.parse_args()
     if args.out is None:
         args.out = str(Path(args.work) / "report")
@@ -121,13 +201,34 @@ def parse_args() -> argparse.Namespace:
 
 def train(args: argparse.Namespace, data: Path, head: Head, seed: int) -> tuple[Path, float]:
     output = Path(args.work) / "runs" / f"{head.name}-seed{seed}"
-    if (output / "model.pt").is_file() and json.loads((output / "summary.json").read_text()).get("status") == "finished":
+    if (output / "model.pt").is_file() and json.loads((output / "summary.json").read_text()).get(
+        "status"
+    ) == "finished":
         return output, json.loads((output / "timing.json").read_text())["seconds"]  # finished earlier: reuse
     command = [
-        sys.executable, "-m", "partialfc.train", "--config", str(REPO / "configs" / "quickstart.yaml"),
-        "--data.path", str(data), "--output", str(output), "--data.batch_size", str(args.batch_size),
-        "--train.epochs", str(args.epochs), "--train.seed", str(seed), "--eval.every_steps", str(args.eval_every),
-        "--checkpoint.every_steps", "1000000", "--metrics.port", "0", "--train.log_every", "10",
+        sys.executable,
+        "-m",
+        "partialfc.train",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--data.path",
+        str(data),
+        "--output",
+        str(output),
+        "--data.batch_size",
+        str(args.batch_size),
+        "--train.epochs",
+        str(args.epochs),
+        "--train.seed",
+        str(seed),
+        "--eval.every_steps",
+        str(args.eval_every),
+        "--checkpoint.every_steps",
+        "1000000",
+        "--metrics.port",
+        "0",
+        "--train.log_every",
+        "10",
         *head.overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
@@ -152,8 +253,11 @@ def evaluate(data: Path, run: Path) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):  # the commands' tables; the JSON files hold the numbers
         if embed.main([str(data / HOLDOUT_DIR), *model, "--out", str(vectors), "--raw"]) != 0:
             raise SystemExit(f"embedding the held-out images failed for {run}")
-        for command, argv in (("verify", [str(data / f"{VERIFICATION_NAME}.bin"), *model]),
-                              ("pairs", holdout), ("identify", holdout)):
+        for command, argv in (
+            ("verify", [str(data / f"{VERIFICATION_NAME}.bin"), *model]),
+            ("pairs", holdout),
+            ("identify", holdout),
+        ):
             path = run / f"eval_{command}.json"
             if eval_cli.main([command, *argv, "--json", str(path)]) != 0:
                 raise SystemExit(f"eval {command} failed on {run}")
@@ -173,8 +277,15 @@ def main() -> int:
     data = Path(args.work) / ("data_quick" if args.quick else "data")
     if not (data / HOLDOUT_DIR).is_dir():
         print(f"generating the hard synthetic set in {data}", flush=True)
-        generate_synthetic_dataset(data, args.identities, args.images_per_identity, seed=args.data_seed,
-                                   holdout_identities=args.holdout_identities, pairs=args.pairs, variation="hard")
+        generate_synthetic_dataset(
+            data,
+            args.identities,
+            args.images_per_identity,
+            seed=args.data_seed,
+            holdout_identities=args.holdout_identities,
+            pairs=args.pairs,
+            variation="hard",
+        )
     heads = [h for h in HEADS + FAMILIES if h.name in args.heads]
     metrics: dict[str, list[dict]] = {h.name: [] for h in heads}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -193,11 +304,21 @@ def main() -> int:
 
     out = Path(args.out)
     figures = out / "loss_study"
-    roc_png = line_plot(figures / "roc.png", [(n, np.maximum(f, 1e-6), t) for n, (f, t) in rocs.items()],
-                        f"Template verification ROC, held-out identities (seed {args.seeds[0]})",
-                        "false accept rate", "true accept rate", logx=True)
-    curve_png = line_plot(figures / "accuracy.png", [(n, s, a) for n, (s, a) in curves.items()],
-                          f"Verification accuracy over steps (seed {args.seeds[0]})", "step", "10-fold accuracy")
+    roc_png = line_plot(
+        figures / "roc.png",
+        [(n, np.maximum(f, 1e-6), t) for n, (f, t) in rocs.items()],
+        f"Template verification ROC, held-out identities (seed {args.seeds[0]})",
+        "false accept rate",
+        "true accept rate",
+        logx=True,
+    )
+    curve_png = line_plot(
+        figures / "accuracy.png",
+        [(n, s, a) for n, (s, a) in curves.items()],
+        f"Verification accuracy over steps (seed {args.seeds[0]})",
+        "step",
+        "10-fold accuracy",
+    )
 
     def column(head: str, pick) -> str:
         return _mean_std([float(pick(m)) for m in metrics[head]])
@@ -225,12 +346,16 @@ def main() -> int:
         margin = [n for n in ("sphereface", "cosface", "arcface", "combined") if n in metrics]
         if margin:
             delta = np.mean([accuracy(n) for n in margin]) - accuracy("softmax")
-            findings.append(f"- Margin heads ({', '.join(margin)}) average {delta * 100:+.2f} points of verification "
-                            "accuracy over plain softmax.")
+            findings.append(
+                f"- Margin heads ({', '.join(margin)}) average {delta * 100:+.2f} points of verification "
+                "accuracy over plain softmax."
+            )
     for rate in ("arcface_r0.3", "arcface_r0.1"):
         if rate in metrics and "arcface" in metrics:
-            findings.append(f"- Partial FC r={rate.split('_r')[1]}: {(accuracy(rate) - accuracy('arcface')) * 100:+.2f} "
-                            "points of verification accuracy against r=1.0.")
+            findings.append(
+                f"- Partial FC r={rate.split('_r')[1]}: {(accuracy(rate) - accuracy('arcface')) * 100:+.2f} "
+                "points of verification accuracy against r=1.0."
+            )
     best = max(metrics, key=accuracy)
     findings.append(f"- Best verification accuracy: {best} ({accuracy(best):.4f}).")
 

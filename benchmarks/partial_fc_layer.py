@@ -33,22 +33,33 @@ from partialfc.margins import MARGIN_FAMILIES
 from partialfc.models.precision import DTYPES
 
 
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-classes", type=int, nargs="+", default=[1_000_000], help="C values to run")
     parser.add_argument("--sample-rate", type=float, nargs="+", default=[0.1, 1.0], help="r values to run")
     parser.add_argument("--dim", type=int, default=512, help="embedding size D")
     parser.add_argument("--batch", type=int, default=128, help="local batch B per rank")
-    parser.add_argument("--gemm-dtype", choices=["fp32", "bf16"], default="fp32", help="logits GEMM dtype (bf16 = autocast)")
+    parser.add_argument(
+        "--gemm-dtype", choices=["fp32", "bf16"], default="fp32", help="logits GEMM dtype (bf16 = autocast)"
+    )
     parser.add_argument("--param-dtype", choices=["fp32", "bf16"], default="fp32", help="storage of centres + momentum")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: gloo, cuda: NCCL")
-    parser.add_argument("--family", nargs="+", default=["combined"], choices=MARGIN_FAMILIES,
-                        help="margin families to run (loss.family values, default parameters; combined = ArcFace)")
-    parser.add_argument("--sub-centers", type=int, nargs="+", default=[1],
-                        help="K values to run (loss.sub_centers; the GEMM floor then has S·K centre rows)")
+    parser.add_argument(
+        "--family",
+        nargs="+",
+        default=["combined"],
+        choices=MARGIN_FAMILIES,
+        help="margin families to run (loss.family values, default parameters; combined = ArcFace)",
+    )
+    parser.add_argument(
+        "--sub-centers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="K values to run (loss.sub_centers; the GEMM floor then has S·K centre rows)",
+    )
     return parser.parse_args()
 
 
@@ -115,12 +126,22 @@ def time_layer(
     gemm_dtype, param_dtype = DTYPES[args.gemm_dtype], DTYPES[args.param_dtype]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=gemm_dtype == torch.bfloat16)
     before = reset_peak_memory(device)
-    pfc = PartialFC(args.dim, num_classes, sample_rate, LossConfig(family=family).build_margin(), optimizer=LazySGD(),
-                    param_dtype=param_dtype, device=device, sub_centers=sub_centers)
+    pfc = PartialFC(
+        args.dim,
+        num_classes,
+        sample_rate,
+        LossConfig(family=family).build_margin(),
+        optimizer=LazySGD(),
+        param_dtype=param_dtype,
+        device=device,
+        sub_centers=sub_centers,
+    )
     generator = torch.Generator(device="cpu").manual_seed(pfc.rank)
     # Norms spread over [5, 120]: the norm-reading families (AdaFace, MagFace) see varied magnitudes.
     embeddings = torch.nn.functional.normalize(torch.randn(args.batch, args.dim, generator=generator), dim=1)
-    embeddings = (embeddings * (5.0 + 115.0 * torch.rand(args.batch, 1, generator=generator))).to(device).requires_grad_()
+    embeddings = (
+        (embeddings * (5.0 + 115.0 * torch.rand(args.batch, 1, generator=generator))).to(device).requires_grad_()
+    )
     labels = torch.randint(0, num_classes, (args.batch,), generator=generator).to(device)
 
     def train_step() -> None:
@@ -161,9 +182,11 @@ def main() -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
 
-    header = (f"{'head':>14} {'K':>2} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} "
-              f"{'gemm':>5} {'param':>5} "
-              f"{'step ms':>9} {'floor ms':>9} {'ratio':>6} {'peak GiB/rank':>13} {'centre mem':>10}")
+    header = (
+        f"{'head':>14} {'K':>2} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} "
+        f"{'gemm':>5} {'param':>5} "
+        f"{'step ms':>9} {'floor ms':>9} {'ratio':>6} {'peak GiB/rank':>13} {'centre mem':>10}"
+    )
     if rank == 0:
         print(f"device={device.type} threads/rank={torch.get_num_threads()} torch={torch.__version__}")
         print(header)
@@ -175,10 +198,13 @@ def main() -> None:
             dist.all_reduce(result, op=dist.ReduceOp.MAX)  # slowest rank, largest memory
         step_time, floor, peak, centre_ratio, num_sample = result.tolist()
         if rank == 0:
-            print(f"{family:>14} {sub_centers:>2} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} "
-                  f"{sample_rate:>5} {int(num_sample):>8} "
-                  f"{args.gemm_dtype:>5} {args.param_dtype:>5} {step_time * 1e3:>9.1f} {floor * 1e3:>9.1f} "
-                  f"{step_time / floor:>6.2f} {peak / 2**30:>13.2f} {centre_ratio:>9.2f}x", flush=True)
+            print(
+                f"{family:>14} {sub_centers:>2} {num_classes:>10} {args.dim:>4} {args.batch:>6} {world_size:>2} "
+                f"{sample_rate:>5} {int(num_sample):>8} "
+                f"{args.gemm_dtype:>5} {args.param_dtype:>5} {step_time * 1e3:>9.1f} {floor * 1e3:>9.1f} "
+                f"{step_time / floor:>6.2f} {peak / 2**30:>13.2f} {centre_ratio:>9.2f}x",
+                flush=True,
+            )
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -128,7 +128,9 @@ class IdentitySpace:
 
     def basis(self) -> np.ndarray:
         """U: ``[d, k]`` orthonormal nuisance directions of this data seed."""
-        raw = np.random.default_rng(derive_seed(self.seed, _BASIS)).standard_normal((self.input_dim, self.nuisance_rank))
+        raw = np.random.default_rng(derive_seed(self.seed, _BASIS)).standard_normal(
+            (self.input_dim, self.nuisance_rank)
+        )
         return np.linalg.qr(raw)[0]
 
     def prototypes(self, ids: np.ndarray) -> np.ndarray:
@@ -170,8 +172,10 @@ class HeldOut:
         first = rng.integers(0, self.identities, self.pairs - half)
         second = (first + rng.integers(1, self.identities, self.pairs - half)) % self.identities
         genuine = (who * self.samples + a, who * self.samples + b)
-        impostor = (first * self.samples + rng.integers(0, self.samples, len(first)),
-                    second * self.samples + rng.integers(0, self.samples, len(first)))
+        impostor = (
+            first * self.samples + rng.integers(0, self.samples, len(first)),
+            second * self.samples + rng.integers(0, self.samples, len(first)),
+        )
         # Interleaved (genuine, impostor, ...) so that each of the 10 folds holds both kinds.
         order = np.argsort(np.r_[np.arange(half) * 2, np.arange(self.pairs - half) * 2 + 1], kind="stable")
         issame = np.r_[np.ones(half, bool), np.zeros(self.pairs - half, bool)][order]
@@ -212,9 +216,14 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden: int, embedding_size: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(input_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-            nn.Linear(hidden, embedding_size), nn.BatchNorm1d(embedding_size),
+            nn.Linear(input_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, embedding_size),
+            nn.BatchNorm1d(embedding_size),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,9 +240,16 @@ class DenseMomentumSGD(LazySGD):
     one ``update`` call (fp32 rows per call: 16 MiB, 131,072 rows at D = 32) and fp32 storage.
     """
 
-    def update(self, weight: torch.Tensor, state: dict[str, torch.Tensor], rows: torch.Tensor | slice,
-               row_values: torch.Tensor, grad: torch.Tensor, generator: torch.Generator | None = None,
-               found_inf: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        weight: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        rows: torch.Tensor | slice,
+        row_values: torch.Tensor,
+        grad: torch.Tensor,
+        generator: torch.Generator | None = None,
+        found_inf: torch.Tensor | None = None,
+    ) -> None:
         if found_inf is not None and bool(found_inf):
             return
         if isinstance(rows, slice):
@@ -245,8 +261,13 @@ class DenseMomentumSGD(LazySGD):
         weight.sub_(buf, alpha=self.lr)
 
 
-def training_batches(settings: Settings, num_classes: int, seed: int, rank: int, world_size: int,
-                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def training_batches(
+    settings: Settings,
+    num_classes: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's (features, labels) per step: epochs over the C·K samples, reshuffled each epoch
     by the training seed; every rank walks the same permutation and takes its slice of each global batch."""
     space, per_id = settings.space, settings.samples_per_identity
@@ -256,7 +277,9 @@ def training_batches(settings: Settings, num_classes: int, seed: int, rank: int,
     steps_per_epoch = slots // global_batch
     epoch = 0
     while True:
-        order = torch.randperm(slots, generator=torch.Generator().manual_seed(derive_seed(seed, _SHUFFLE, epoch))).numpy()
+        order = torch.randperm(
+            slots, generator=torch.Generator().manual_seed(derive_seed(seed, _SHUFFLE, epoch))
+        ).numpy()
         for step in range(steps_per_epoch):
             start = step * global_batch + rank * settings.batch_per_rank
             chosen = order[start : start + settings.batch_per_rank]
@@ -292,10 +315,16 @@ def evaluate(backbone: nn.Module, settings: Settings) -> dict[str, float]:
     subject = (ids - HOLDOUT_BASE).astype(np.int64)
     enrolled = subject < int(0.9 * holdout.identities)
     gallery = (index == 0) & enrolled
-    ident = identification_metrics(embeddings[index != 0], subject[index != 0], embeddings[gallery], subject[gallery],
-                                   fpirs=(1e-2,))
-    return {"verify_accuracy": accuracy.mean, "verify_fold_std": accuracy.std, "tar_at_far_1e-3": float(tar[0]),
-            "rank1": ident.rank(1), "tpir_at_fpir_1e-2": ident.tpir_at_fpir[1e-2]}
+    ident = identification_metrics(
+        embeddings[index != 0], subject[index != 0], embeddings[gallery], subject[gallery], fpirs=(1e-2,)
+    )
+    return {
+        "verify_accuracy": accuracy.mean,
+        "verify_fold_std": accuracy.std,
+        "tar_at_far_1e-3": float(tar[0]),
+        "rank1": ident.rank(1),
+        "tpir_at_fpir_1e-2": ident.tpir_at_fpir[1e-2],
+    }
 
 
 @dataclass(frozen=True)
@@ -319,8 +348,14 @@ def run_cell(cell: Cell, settings: Settings, rank: int, world_size: int) -> dict
     centres = centre_optimizer(centre_optim)
     if settings.dense_centre_momentum:
         centres = DenseMomentumSGD(**asdict(centres))
-    pfc = PartialFC(settings.embedding_size, cell.num_classes, cell.sample_rate, build_margin(cell.head),
-                    optimizer=centres, seed=cell.seed)
+    pfc = PartialFC(
+        settings.embedding_size,
+        cell.num_classes,
+        cell.sample_rate,
+        build_margin(cell.head),
+        optimizer=centres,
+        seed=cell.seed,
+    )
     optimizer = TrainingOptimizer(optim, backbone, pfc)
     steps = total_steps(settings, cell.num_classes, world_size)
     schedule = LRSchedule(settings.lr, 0, steps, "poly", 2.0)
@@ -342,10 +377,18 @@ def run_cell(cell: Cell, settings: Settings, rank: int, world_size: int) -> dict
     seconds = time.perf_counter() - start
     metrics = evaluate(backbone, settings) if rank == 0 else {}
     return {
-        "num_classes": cell.num_classes, "sample_rate": cell.sample_rate, "head": cell.head, "seed": cell.seed,
-        **metrics, "steps": steps, "global_batch": settings.batch_per_rank * world_size,
-        "centres_per_step": float(sampled) / max(steps, 1), "final_loss": losses[-1] if losses else math.nan,
-        "loss_curve": losses, "train_seconds": round(seconds, 2), "world_size": world_size,
+        "num_classes": cell.num_classes,
+        "sample_rate": cell.sample_rate,
+        "head": cell.head,
+        "seed": cell.seed,
+        **metrics,
+        "steps": steps,
+        "global_batch": settings.batch_per_rank * world_size,
+        "centres_per_step": float(sampled) / max(steps, 1),
+        "final_loss": losses[-1] if losses else math.nan,
+        "loss_curve": losses,
+        "train_seconds": round(seconds, 2),
+        "world_size": world_size,
         "settings": json.loads(settings.key()),
     }
 
@@ -365,9 +408,13 @@ def grid(classes: Sequence[int], rates: Sequence[float], seeds: Sequence[int], h
     def heads(cs: Sequence[int]) -> list[Cell]:
         return [Cell(c, 1.0, h, s) for c in sorted(cs) for s in seeds for h in ("softmax", "cosface", "arcface")]
 
-    cells = (arcface(classes, first) + arcface([c for c in classes if c != largest], rest)
-             + heads([c for c in heads_at if c != largest]) + arcface([largest], rest)
-             + heads([c for c in heads_at if c == largest]))
+    cells = (
+        arcface(classes, first)
+        + arcface([c for c in classes if c != largest], rest)
+        + heads([c for c in heads_at if c != largest])
+        + arcface([largest], rest)
+        + heads([c for c in heads_at if c == largest])
+    )
     unique: list[Cell] = []
     for cell in cells:
         if cell not in unique:
@@ -382,8 +429,11 @@ def read_results(path: Path) -> list[dict]:
 
 
 def pending_cells(cells: Sequence[Cell], results: Sequence[dict], settings: Settings) -> list[Cell]:
-    done = {(r["num_classes"], r["sample_rate"], r["head"], r["seed"]) for r in results
-            if json.dumps(r["settings"], sort_keys=True) == settings.key()}
+    done = {
+        (r["num_classes"], r["sample_rate"], r["head"], r["seed"])
+        for r in results
+        if json.dumps(r["settings"], sort_keys=True) == settings.key()
+    }
     return [c for c in cells if (c.num_classes, c.sample_rate, c.head, c.seed) not in done]
 
 
@@ -402,9 +452,12 @@ def _worker(rank: int, world_size: int, port: int, cells: list[Cell], settings: 
             if rank == 0:
                 with open(results, "a") as out:
                     out.write(json.dumps(record) + "\n")
-                print(f"{time.strftime('%H:%M:%S')} {cell.name()}: verify {record['verify_accuracy']:.4f} "
-                      f"rank-1 {record['rank1']:.4f} loss {record['final_loss']:.3f} "
-                      f"({record['steps']} steps, {record['train_seconds']:.0f}s)", flush=True)
+                print(
+                    f"{time.strftime('%H:%M:%S')} {cell.name()}: verify {record['verify_accuracy']:.4f} "
+                    f"rank-1 {record['rank1']:.4f} loss {record['final_loss']:.3f} "
+                    f"({record['steps']} steps, {record['train_seconds']:.0f}s)",
+                    flush=True,
+                )
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -416,8 +469,13 @@ def run_grid(cells: Sequence[Cell], settings: Settings, results: Path, world_siz
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.start_processes(_worker, args=(world_size, port, list(cells), settings, str(results)), nprocs=world_size,
-                       join=True, start_method="spawn")
+    mp.start_processes(
+        _worker,
+        args=(world_size, port, list(cells), settings, str(results)),
+        nprocs=world_size,
+        join=True,
+        start_method="spawn",
+    )
 
 
 # ---------------------------------------------------------------------- the report
@@ -490,9 +548,19 @@ def losses_vs_full(results: Sequence[dict], metric: str) -> dict[int, list[Loss]
         a, f = summarise([r[metric] for r in records]), summarise([r[metric] for r in full])
         error = 1.96 * math.sqrt((a.std**2 / a.n if a.n > 1 else 0.0) + (f.std**2 / f.n if f.n > 1 else 0.0))
         by_seed = {r["seed"]: r[metric] for r in full}
-        paired = summarise([100 * (by_seed[r["seed"]] - r[metric]) for r in records if r["seed"] in by_seed] or [math.nan])
-        out.setdefault(c, []).append(Loss(rate, float(np.mean([r["centres_per_step"] for r in records])),
-                                          100 * (f.mean - a.mean), 100 * error, overlaps(a, f), paired))
+        paired = summarise(
+            [100 * (by_seed[r["seed"]] - r[metric]) for r in records if r["seed"] in by_seed] or [math.nan]
+        )
+        out.setdefault(c, []).append(
+            Loss(
+                rate,
+                float(np.mean([r["centres_per_step"] for r in records])),
+                100 * (f.mean - a.mean),
+                100 * error,
+                overlaps(a, f),
+                paired,
+            )
+        )
     return out
 
 
@@ -523,26 +591,36 @@ def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wal
         paired = f" paired [{-loss.paired.high:+.2f}, {-loss.paired.low:+.2f}]" if loss.paired.n > 1 else ""
         return f"{-loss.delta:+.2f}{paired}" + (" (no difference measured)" if loss.overlap else "")
 
-    lines = ["| C | r | centres/step | seeds | verify acc % (mean ± std [95% CI]) | Δ verify "
-             "| rank-1 % (mean ± std [95% CI]) | Δ rank-1 | TAR@FAR=1e-3 % | train s/seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| C | r | centres/step | seeds | verify acc % (mean ± std [95% CI]) | Δ verify "
+        "| rank-1 % (mean ± std [95% CI]) | Δ rank-1 | TAR@FAR=1e-3 % | train s/seed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (head, c, rate), records in sorted(groups.items(), key=lambda item: (item[0][1], -item[0][2])):
         if head != "arcface":
             continue
         acc, rank1 = summarise([r["verify_accuracy"] for r in records]), summarise([r["rank1"] for r in records])
         tar = summarise([r["tar_at_far_1e-3"] for r in records])
-        lines.append(f"| {c:,} | {rate:g} | {np.mean([r['centres_per_step'] for r in records]):,.0f} | {acc.n} "
-                     f"| {_points(acc)} | {delta_text('verify_accuracy', c, rate)} | {_points(rank1)} "
-                     f"| {delta_text('rank1', c, rate)} | {_points(tar)} "
-                     f"| {np.mean([r['train_seconds'] for r in records]):.0f} |")
-    head_rows = ["| C | head | seeds | verify acc % (mean ± std [95% CI]) | rank-1 % (mean ± std [95% CI]) "
-                 "| TAR@FAR=1e-3 % |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c:,} | {rate:g} | {np.mean([r['centres_per_step'] for r in records]):,.0f} | {acc.n} "
+            f"| {_points(acc)} | {delta_text('verify_accuracy', c, rate)} | {_points(rank1)} "
+            f"| {delta_text('rank1', c, rate)} | {_points(tar)} "
+            f"| {np.mean([r['train_seconds'] for r in records]):.0f} |"
+        )
+    head_rows = [
+        "| C | head | seeds | verify acc % (mean ± std [95% CI]) | rank-1 % (mean ± std [95% CI]) | TAR@FAR=1e-3 % |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in sorted({c for h, c, _ in groups if h != "arcface"}):
         for head in HEADS:
             records = groups.get((head, c, 1.0))
             if records:
-                summaries = [summarise([r[m] for r in records]) for m in ("verify_accuracy", "rank1", "tar_at_far_1e-3")]
-                head_rows.append(f"| {c:,} | {HEADS[head]} | {summaries[0].n} | "
-                                 + " | ".join(_points(s) for s in summaries) + " |")
+                summaries = [
+                    summarise([r[m] for r in records]) for m in ("verify_accuracy", "rank1", "tar_at_far_1e-3")
+                ]
+                head_rows.append(
+                    f"| {c:,} | {HEADS[head]} | {summaries[0].n} | " + " | ".join(_points(s) for s in summaries) + " |"
+                )
     recommendation = [
         f"- C = {c:,} (global batch {groups[('arcface', c, 1.0)][0]['global_batch']}): "
         + ", ".join(f"{METRICS[m]} " + _rate_text(smallest_rate_within(deltas[m].get(c, []))) for m in METRICS)
@@ -551,33 +629,36 @@ def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wal
     done = {(r["num_classes"], r["sample_rate"], r["head"], r["seed"]) for r in results}
     missing = [c.name() for c in expected if (c.num_classes, c.sample_rate, c.head, c.seed) not in done]
     plot = _plot(deltas, figures) if any(deltas.values()) else None
-    return "\n".join([
-        "<!-- generated by benchmarks/sample_rate_study.py (--report): everything up to the end marker -->",
-        "### ArcFace over (C, r), held-out identities",
-        "",
-        *lines,
-        "",
-        "Δ: mean of r minus mean of r = 1.0 at the same C, in points; \"no difference measured\" where the two "
-        "95% t-intervals (over seeds) overlap. \"paired\": 95% t-interval of the per-seed differences (the "
-        "same training seed gives both cells the same initialisation and data order), a sharper test than the "
-        "overlap. Intervals are t-intervals of the mean and can pass 100%. centres/step: centres in the "
-        "softmax per step, all ranks (the batch's positives included).",
-        "",
-        "### Heads at r = 1.0",
-        "",
-        *(head_rows if len(head_rows) > 2 else ["(no head-comparison cells finished)"]),
-        "",
-        "### Smallest r within 0.3 points of r = 1.0 (means; every larger sampled r also within)",
-        "",
-        *recommendation,
-        "",
-        f"![accuracy lost vs r]({figures.name}/{plot.name})" if plot else "",
-        "",
-        f"Cells finished: {len(results)} of {len(expected)} planned; {wall}.",
-        "",
-        ("Missing cells (not run yet; rerun the command to add them): " + "; ".join(missing)) if missing
-        else "All planned cells finished.",
-    ])
+    return "\n".join(
+        [
+            "<!-- generated by benchmarks/sample_rate_study.py (--report): everything up to the end marker -->",
+            "### ArcFace over (C, r), held-out identities",
+            "",
+            *lines,
+            "",
+            'Δ: mean of r minus mean of r = 1.0 at the same C, in points; "no difference measured" where the two '
+            '95% t-intervals (over seeds) overlap. "paired": 95% t-interval of the per-seed differences (the '
+            "same training seed gives both cells the same initialisation and data order), a sharper test than the "
+            "overlap. Intervals are t-intervals of the mean and can pass 100%. centres/step: centres in the "
+            "softmax per step, all ranks (the batch's positives included).",
+            "",
+            "### Heads at r = 1.0",
+            "",
+            *(head_rows if len(head_rows) > 2 else ["(no head-comparison cells finished)"]),
+            "",
+            "### Smallest r within 0.3 points of r = 1.0 (means; every larger sampled r also within)",
+            "",
+            *recommendation,
+            "",
+            f"![accuracy lost vs r]({figures.name}/{plot.name})" if plot else "",
+            "",
+            f"Cells finished: {len(results)} of {len(expected)} planned; {wall}.",
+            "",
+            ("Missing cells (not run yet; rerun the command to add them): " + "; ".join(missing))
+            if missing
+            else "All planned cells finished.",
+        ]
+    )
 
 
 def _plot(deltas: dict[str, dict[int, list[Loss]]], figures: Path) -> Path:
@@ -594,8 +675,12 @@ def _plot(deltas: dict[str, dict[int, list[Loss]]], figures: Path) -> Path:
             for c, losses in sorted(per_c.items()):
                 losses = sorted(losses, key=lambda entry: entry.rate)
                 y, err = [entry.delta for entry in losses], [entry.error for entry in losses]
-                axes[row][0].errorbar([entry.rate for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
-                axes[row][1].errorbar([entry.centres for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}")
+                axes[row][0].errorbar(
+                    [entry.rate for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}"
+                )
+                axes[row][1].errorbar(
+                    [entry.centres for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}"
+                )
             for ax, xlabel in zip(axes[row], ("sample rate r", "centres in the softmax per step (all ranks)")):
                 ax.set_xscale("log")
                 ax.axhline(0.0, color="grey", lw=0.8)
@@ -621,21 +706,38 @@ def _plot(deltas: dict[str, dict[int, list[Loss]]], figures: Path) -> Path:
 # ---------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, required=True,
-                        help="directory of results.jsonl and the plots; the report goes next to it as OUTPUT.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="directory of results.jsonl and the plots; the report goes next to it as OUTPUT.md",
+    )
     parser.add_argument("--classes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.3, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--heads-at", type=int, nargs="*", default=None,
-                        help="C values of the softmax/CosFace/ArcFace comparison at r=1.0 (default: the two largest C)")
+    parser.add_argument(
+        "--heads-at",
+        type=int,
+        nargs="*",
+        default=None,
+        help="C values of the softmax/CosFace/ArcFace comparison at r=1.0 (default: the two largest C)",
+    )
     parser.add_argument("--samples-per-identity", type=int, default=Settings.samples_per_identity)
     parser.add_argument("--epochs", type=float, default=Settings.epochs)
     parser.add_argument("--batch-per-rank", type=int, default=Settings.batch_per_rank)
     parser.add_argument("--max-steps", type=int, default=0, help="cap steps per cell (smoke runs)")
-    parser.add_argument("--centre-momentum", type=float, default=None,
-                        help="diagnostics: SGD momentum of the centres only (default: the backbone's 0.9)")
-    parser.add_argument("--dense-centre-momentum", action="store_true", default=None,
-                        help="diagnostics: the centres' momentum moves unsampled rows too (DenseMomentumSGD)")
+    parser.add_argument(
+        "--centre-momentum",
+        type=float,
+        default=None,
+        help="diagnostics: SGD momentum of the centres only (default: the backbone's 0.9)",
+    )
+    parser.add_argument(
+        "--dense-centre-momentum",
+        action="store_true",
+        default=None,
+        help="diagnostics: the centres' momentum moves unsampled rows too (DenseMomentumSGD)",
+    )
     parser.add_argument("--report", action="store_true", help="only (re)write the report from results.jsonl")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the pipeline, not the question")
     args = parser.parse_args(argv)
@@ -649,9 +751,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     holdout = HeldOut(identities=200, samples=4, pairs=1000) if args.quick else HeldOut()
-    return Settings(holdout=holdout, samples_per_identity=args.samples_per_identity, epochs=args.epochs,
-                    batch_per_rank=args.batch_per_rank, max_steps=args.max_steps,
-                    centre_momentum=args.centre_momentum, dense_centre_momentum=args.dense_centre_momentum)
+    return Settings(
+        holdout=holdout,
+        samples_per_identity=args.samples_per_identity,
+        epochs=args.epochs,
+        batch_per_rank=args.batch_per_rank,
+        max_steps=args.max_steps,
+        centre_momentum=args.centre_momentum,
+        dense_centre_momentum=args.dense_centre_momentum,
+    )
 
 
 START, END = "<!-- results start -->", "<!-- results end -->"
@@ -659,11 +767,16 @@ START, END = "<!-- results start -->", "<!-- results end -->"
 
 def write_report(args: argparse.Namespace, settings: Settings, cells: Sequence[Cell]) -> Path:
     """Regenerate the results section of ``OUTPUT.md`` (between the markers; the prose around it stays)."""
-    results = [r for r in read_results(args.output / "results.jsonl")
-               if json.dumps(r["settings"], sort_keys=True) == settings.key()]
+    results = [
+        r
+        for r in read_results(args.output / "results.jsonl")
+        if json.dumps(r["settings"], sort_keys=True) == settings.key()
+    ]
     seconds = sum(r["train_seconds"] for r in results)
-    wall = (f"{seconds / 60:.1f} min of training summed over cells, 2 gloo ranks on {os.cpu_count()} CPU cores "
-            f"({platform.processor() or platform.machine()}), torch {torch.__version__}")
+    wall = (
+        f"{seconds / 60:.1f} min of training summed over cells, 2 gloo ranks on {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), torch {torch.__version__}"
+    )
     doc = args.output.parent / f"{args.output.name}.md"
     text = report(results, cells, args.output, wall)
     current = doc.read_text() if doc.is_file() else f"# Sample-rate study (generated)\n\n{START}\n{END}\n"

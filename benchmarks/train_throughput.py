@@ -58,11 +58,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--embedding-size", type=int, default=512, help="D")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="bf16", help="backbone autocast dtype")
     parser.add_argument("--data-backend", choices=["auto", "dali", "torch"], default="auto", help="input pipeline")
-    parser.add_argument("--data-workers", type=int, default=None,
-                        help="DALI threads / DataLoader workers per rank (default: this machine's cores / local ranks)")
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=None,
+        help="DALI threads / DataLoader workers per rank (default: this machine's cores / local ranks)",
+    )
     parser.add_argument("--data-dir", default="/tmp/partialfc-bench-data", help="synthetic dataset location")
-    parser.add_argument("--synthetic-identities", type=int, default=500,
-                        help="identities (8 images each) of the synthetic dataset, when --data-dir has none")
+    parser.add_argument(
+        "--synthetic-identities",
+        type=int,
+        default=500,
+        help="identities (8 images each) of the synthetic dataset, when --data-dir has none",
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed iterations (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--json", type=Path, help="also write the figures to this file (rank 0)")
@@ -100,8 +108,13 @@ def main() -> None:
     input_config = InputConfig()
     params = LoaderParams(args.batch, input_config, rank=info.rank, world_size=info.world_size, seed=0)
     workers = args.data_workers or max(1, len(os.sched_getaffinity(0)) // info.local_world_size)
-    loader = build_loader(dataset, params, backend=args.data_backend,
-                          device_id=info.local_rank if device.type == "cuda" else None, num_workers=workers)
+    loader = build_loader(
+        dataset,
+        params,
+        backend=args.data_backend,
+        device_id=info.local_rank if device.type == "cuda" else None,
+        num_workers=workers,
+    )
 
     def batches():
         while True:
@@ -123,8 +136,14 @@ def main() -> None:
         device_ids = [info.local_rank] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(backbone, device_ids=device_ids)
     optim_config = OptimConfig()  # SGD, lr 0.1, momentum 0.9, weight decay 5e-4
-    pfc = PartialFC(args.embedding_size, args.num_classes, args.sample_rate, CombinedMargin(),
-                    optimizer=centre_optimizer(optim_config), device=device)
+    pfc = PartialFC(
+        args.embedding_size,
+        args.num_classes,
+        args.sample_rate,
+        CombinedMargin(),
+        optimizer=centre_optimizer(optim_config),
+        device=device,
+    )
     optimizer = optim_config.build(backbone, pfc)
     train_step = TrainStep(model, pfc, optimizer, StepConfig(amp_dtype=amp, channels_last=channels_last))
     step_numbers = itertools.count(1)
@@ -185,24 +204,39 @@ def main() -> None:
         seconds = dict(zip(results, values.tolist()))
         global_batch = args.batch * info.world_size
         resident = seconds["resident step"]
-        print(f"device={device.type} W={info.world_size} backbone={args.backbone} amp={args.amp} C={args.num_classes} "
-              f"r={args.sample_rate} B/rank={args.batch} loader={loader.backend} workers/rank={workers} "
-              f"threads/rank={torch.get_num_threads()}")
-        print(f"end-to-end through the loader: {global_batch / seconds['step']:,.0f} img/s; "
-              f"batch on the device: {global_batch / resident:,.0f} img/s ({resident * 1e3:.1f} ms/step)")
+        print(
+            f"device={device.type} W={info.world_size} backbone={args.backbone} amp={args.amp} C={args.num_classes} "
+            f"r={args.sample_rate} B/rank={args.batch} loader={loader.backend} workers/rank={workers} "
+            f"threads/rank={torch.get_num_threads()}"
+        )
+        print(
+            f"end-to-end through the loader: {global_batch / seconds['step']:,.0f} img/s; "
+            f"batch on the device: {global_batch / resident:,.0f} img/s ({resident * 1e3:.1f} ms/step)"
+        )
         print(f"{'part':<14} {'ms':>9} {'share of resident step':>23}")
         for name, value in seconds.items():
             print(f"{name:<14} {value * 1e3:>9.1f} {100 * value / resident:>22.0f}%")
         if args.json:
-            args.json.write_text(json.dumps({
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "world_size": info.world_size, "backbone": args.backbone, "amp": args.amp,
-                "num_classes": args.num_classes, "sample_rate": args.sample_rate, "batch_per_rank": args.batch,
-                "loader": loader.backend, "workers_per_rank": workers,
-                "ms": {name: round(value * 1e3, 3) for name, value in seconds.items()},
-                "images_per_s": {"loader": global_batch / seconds["step"], "resident": global_batch / resident},
-                "partial_fc_share": seconds["partial fc"] / resident,
-            }, indent=2) + "\n")
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                        "world_size": info.world_size,
+                        "backbone": args.backbone,
+                        "amp": args.amp,
+                        "num_classes": args.num_classes,
+                        "sample_rate": args.sample_rate,
+                        "batch_per_rank": args.batch,
+                        "loader": loader.backend,
+                        "workers_per_rank": workers,
+                        "ms": {name: round(value * 1e3, 3) for name, value in seconds.items()},
+                        "images_per_s": {"loader": global_batch / seconds["step"], "resident": global_batch / resident},
+                        "partial_fc_share": seconds["partial fc"] / resident,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -74,18 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--nproc-per-node", type=cli_nproc, metavar="N|auto|cpu|gpu",
-                        help="worker processes on this node: a number, one per GPU (gpu), one per CPU core (cpu), or "
-                        "auto: one per visible GPU, 1 on a node without GPUs (default: the scheduler's value, else auto)")
+    parser.add_argument(
+        "--nproc-per-node",
+        type=cli_nproc,
+        metavar="N|auto|cpu|gpu",
+        help="worker processes on this node: a number, one per GPU (gpu), one per CPU core (cpu), or "
+        "auto: one per visible GPU, 1 on a node without GPUs (default: the scheduler's value, else auto)",
+    )
     parser.add_argument("--nnodes", metavar="N|MIN:MAX", help="node count (default: the scheduler's)")
     parser.add_argument("--node-rank", type=int, metavar="R", help="this node's rank (default: the scheduler's)")
-    parser.add_argument("--max-restarts", type=int, metavar="N",
-                        help=f"in-place restarts of the worker group after a failure (default: PET_MAX_RESTARTS, else "
-                        f"{DEFAULT_MAX_RESTARTS})")
-    parser.add_argument("--rdzv-id", metavar="ID", help="rendezvous id, the same on every node (default: derived from "
-                        "the scheduler: the rendezvous host or the SLURM job id)")
-    parser.add_argument("--print", action="store_true", dest="print_only",
-                        help="print the detected environment and the exact command, then exit without running it")
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="N",
+        help=f"in-place restarts of the worker group after a failure (default: PET_MAX_RESTARTS, else "
+        f"{DEFAULT_MAX_RESTARTS})",
+    )
+    parser.add_argument(
+        "--rdzv-id",
+        metavar="ID",
+        help="rendezvous id, the same on every node (default: derived from "
+        "the scheduler: the rendezvous host or the SLURM job id)",
+    )
+    parser.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_only",
+        help="print the detected environment and the exact command, then exit without running it",
+    )
     return parser
 
 
@@ -94,7 +110,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     argv = list(argv)
     if "--" in argv:
         cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
+        return argv[:cut], argv[cut + 1 :]
     return argv, []
 
 
@@ -115,8 +131,10 @@ def describe(placement: Placement, settings: TrainingSettings, added: Mapping[st
     ]
     if settings.metrics_port:
         directory = settings.metrics_dir or "<output>/prometheus-<node>"
-        lines.append(f"metrics: port {settings.metrics_port}, directory {directory} "
-                     "(emptied at this agent's first start, kept across in-place restarts)")
+        lines.append(
+            f"metrics: port {settings.metrics_port}, directory {directory} "
+            "(emptied at this agent's first start, kept across in-place restarts)"
+        )
     else:
         lines.append("metrics: off (metrics.port 0)")
     lines.append("set for torchrun (were unset): " + (" ".join(f"{k}={v}" for k, v in added.items()) or "nothing"))
@@ -135,8 +153,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"launcher: training config: {error}", file=sys.stderr)
         return 2
     try:
-        cli = {"nproc_per_node": args.nproc_per_node, "nnodes": args.nnodes, "node_rank": args.node_rank,
-               "max_restarts": args.max_restarts, "rdzv_id": args.rdzv_id}
+        cli = {
+            "nproc_per_node": args.nproc_per_node,
+            "nnodes": args.nnodes,
+            "node_rank": args.node_rank,
+            "max_restarts": args.max_restarts,
+            "rdzv_id": args.rdzv_id,
+        }
         placement = apply_overrides(detect(env), env, cli)
     except LaunchEnvironmentError as error:
         print(f"launcher: {error}", file=sys.stderr)
@@ -151,14 +174,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"launcher: {error}", file=sys.stderr)
         return 2
     max_restarts = DEFAULT_MAX_RESTARTS if placement.max_restarts is None else placement.max_restarts
-    command = torchrun_command(placement, nproc, max_restarts, rendezvous_conf(placement, settings.timeout_s, env),
-                               train_args)
+    command = torchrun_command(
+        placement, nproc, max_restarts, rendezvous_conf(placement, settings.timeout_s, env), train_args
+    )
     child_env, added = torchrun_environment(env)
     if args.print_only:
         print(describe(placement, settings, added, command))
         return 0
     print(describe(placement, settings, added, command), file=sys.stderr, flush=True)
-    return run_torchrun(command, child_env, node_local_dir("exit", placement, tempfile.gettempdir(), socket.gethostname()))
+    return run_torchrun(
+        command, child_env, node_local_dir("exit", placement, tempfile.gettempdir(), socket.gethostname())
+    )
 
 
 if __name__ == "__main__":

@@ -169,13 +169,21 @@ def torchrun_command(
     if placement.node_rank is not None:
         command += ["--node-rank", str(placement.node_rank)]
     command += [
-        "--nproc-per-node", str(nproc_per_node),
-        "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", placement.rdzv_endpoint,
-        "--rdzv-id", placement.rdzv_id,
-        "--rdzv-conf", rdzv_conf,
-        "--max-restarts", str(max_restarts),
-        "-m", "partialfc.train", *train_args,
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        placement.rdzv_endpoint,
+        "--rdzv-id",
+        placement.rdzv_id,
+        "--rdzv-conf",
+        rdzv_conf,
+        "--max-restarts",
+        str(max_restarts),
+        "-m",
+        "partialfc.train",
+        *train_args,
     ]
     return command
 

@@ -89,16 +89,25 @@ def from_pytorchjob(env: Mapping[str, str]) -> Placement | None:
     if not variables:
         return None
     if env.get("PET_RDZV_BACKEND", "c10d") != "c10d":
-        raise LaunchEnvironmentError(f"PET_RDZV_BACKEND={env['PET_RDZV_BACKEND']!r}: the launcher runs the c10d rendezvous")
+        raise LaunchEnvironmentError(
+            f"PET_RDZV_BACKEND={env['PET_RDZV_BACKEND']!r}: the launcher runs the c10d rendezvous"
+        )
     max_restarts = _optional_int(env, "PET_MAX_RESTARTS", minimum=0)
     if not any(name in env for name in PYTORCHJOB_MASTER_VARS):  # workers only, elasticPolicy
         host, port = _endpoint(env, "PET_RDZV_ENDPOINT")
         nnodes = _require(env, "PET_NNODES", "PET_RDZV_ENDPOINT")
         check_nnodes(nnodes, "PET_NNODES")
         return Placement(
-            "Kubeflow PyTorchJob (kubeflow.org/v1, elasticPolicy)", nnodes, host, port,
-            env.get("PET_RDZV_ID") or _default_id(host), nproc_per_node=nproc_from(env), max_restarts=max_restarts,
-            variables=_present(env, "PET_RDZV_ENDPOINT", "PET_NNODES", "PET_NPROC_PER_NODE", "PET_MAX_RESTARTS", "PET_RDZV_ID"),
+            "Kubeflow PyTorchJob (kubeflow.org/v1, elasticPolicy)",
+            nnodes,
+            host,
+            port,
+            env.get("PET_RDZV_ID") or _default_id(host),
+            nproc_per_node=nproc_from(env),
+            max_restarts=max_restarts,
+            variables=_present(
+                env, "PET_RDZV_ENDPOINT", "PET_NNODES", "PET_NPROC_PER_NODE", "PET_MAX_RESTARTS", "PET_RDZV_ID"
+            ),
         )
     trigger = next(name for name in PYTORCHJOB_MASTER_VARS if name in env)
     for name in (*PYTORCHJOB_MASTER_VARS, *PYTORCHJOB_PET_VARS):
@@ -108,17 +117,24 @@ def from_pytorchjob(env: Mapping[str, str]) -> Placement | None:
     node_rank = _int(env, "RANK", minimum=0)
     if env["PET_NODE_RANK"] != env["RANK"]:
         raise LaunchEnvironmentError(
-            f"RANK={env['RANK']} but PET_NODE_RANK={env['PET_NODE_RANK']}: the operator sets both to the node rank")
+            f"RANK={env['RANK']} but PET_NODE_RANK={env['PET_NODE_RANK']}: the operator sets both to the node rank"
+        )
     nnodes = env["PET_NNODES"]
     check_nnodes(nnodes, "PET_NNODES")
     _check_rank(node_rank, max_nodes(nnodes), "RANK")
     elastic = " + elasticPolicy" if "PET_RDZV_ENDPOINT" in env else ""
     return Placement(
-        f"Kubeflow PyTorchJob (kubeflow.org/v1, Master{elastic})", nnodes, host, port,
-        env.get("PET_RDZV_ID") or _default_id(host), node_rank=node_rank, nproc_per_node=nproc_from(env),
+        f"Kubeflow PyTorchJob (kubeflow.org/v1, Master{elastic})",
+        nnodes,
+        host,
+        port,
+        env.get("PET_RDZV_ID") or _default_id(host),
+        node_rank=node_rank,
+        nproc_per_node=nproc_from(env),
         max_restarts=max_restarts,
-        variables=_present(env, *PYTORCHJOB_MASTER_VARS, *PYTORCHJOB_PET_VARS, "PET_RDZV_ENDPOINT", "PET_MAX_RESTARTS",
-                           "PET_RDZV_ID"),
+        variables=_present(
+            env, *PYTORCHJOB_MASTER_VARS, *PYTORCHJOB_PET_VARS, "PET_RDZV_ENDPOINT", "PET_MAX_RESTARTS", "PET_RDZV_ID"
+        ),
     )
 
 
@@ -126,16 +142,23 @@ def from_trainer_v2(env: Mapping[str, str]) -> Placement | None:
     """Kubeflow Trainer v2 ``TrainJob`` on the torch runtime: PET_NNODES, PET_NPROC_PER_NODE,
     PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT (and no MASTER_ADDR / RANK)."""
     # PET_NNODES alone is a user's torchrun setting, not this runtime.
-    variables = _complete(env, ("PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK"),
-                          triggers=("PET_MASTER_ADDR", "PET_NODE_RANK"))
+    variables = _complete(
+        env,
+        ("PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK"),
+        triggers=("PET_MASTER_ADDR", "PET_NODE_RANK"),
+    )
     if variables is None:
         return None
     nnodes, node_rank = _nodes(env, "PET_NNODES", "PET_NODE_RANK")
     host = env["PET_MASTER_ADDR"]
     return Placement(
-        "Kubeflow Trainer v2 TrainJob (torch runtime)", str(nnodes), host,
-        _int(env, "PET_MASTER_PORT", minimum=1, maximum=65535), env.get("PET_RDZV_ID") or _default_id(host),
-        node_rank=node_rank, nproc_per_node=nproc_from(env),
+        "Kubeflow Trainer v2 TrainJob (torch runtime)",
+        str(nnodes),
+        host,
+        _int(env, "PET_MASTER_PORT", minimum=1, maximum=65535),
+        env.get("PET_RDZV_ID") or _default_id(host),
+        node_rank=node_rank,
+        nproc_per_node=nproc_from(env),
         max_restarts=_optional_int(env, "PET_MAX_RESTARTS", minimum=0),
         variables={**variables, **_present(env, "PET_NPROC_PER_NODE")},
     )
@@ -153,7 +176,12 @@ def from_indexed_job(env: Mapping[str, str]) -> Placement | None:
     port = _optional_int(env, RDZV_PORT_VAR, minimum=1, maximum=65535) or DEFAULT_RDZV_PORT
     source = "JobSet" if "JOBSET_NAME" in env else "Indexed Job"
     return Placement(
-        f"Kubernetes {source} (JOB_COMPLETION_INDEX)", str(nnodes), host, port, _default_id(host), node_rank=node_rank,
+        f"Kubernetes {source} (JOB_COMPLETION_INDEX)",
+        str(nnodes),
+        host,
+        port,
+        _default_id(host),
+        node_rank=node_rank,
         variables=_present(env, "JOB_COMPLETION_INDEX", NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, "JOBSET_NAME"),
     )
 
@@ -170,8 +198,11 @@ def from_slurm(env: Mapping[str, str]) -> Placement | None:
     """
     if "SLURM_JOB_ID" not in env:
         return None
-    list_var, count_var = (("SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES") if "SLURM_STEP_NODELIST" in env
-                           else ("SLURM_JOB_NODELIST", "SLURM_NNODES"))
+    list_var, count_var = (
+        ("SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES")
+        if "SLURM_STEP_NODELIST" in env
+        else ("SLURM_JOB_NODELIST", "SLURM_NNODES")
+    )
     variables = _complete(env, ("SLURM_JOB_ID", count_var, "SLURM_NODEID", list_var)) or {}
     nnodes, node_rank = _nodes(env, count_var, "SLURM_NODEID")
     try:
@@ -180,17 +211,27 @@ def from_slurm(env: Mapping[str, str]) -> Placement | None:
         raise LaunchEnvironmentError(f"{list_var}={env[list_var]!r}: {error}") from error
     if len(hosts) != nnodes:
         raise LaunchEnvironmentError(f"{list_var}={env[list_var]!r} lists {len(hosts)} hosts but {count_var}={nnodes}")
-    port = (_optional_int(env, "MASTER_PORT", minimum=1, maximum=65535)
-            or _optional_int(env, RDZV_PORT_VAR, minimum=1, maximum=65535) or DEFAULT_RDZV_PORT)
+    port = (
+        _optional_int(env, "MASTER_PORT", minimum=1, maximum=65535)
+        or _optional_int(env, RDZV_PORT_VAR, minimum=1, maximum=65535)
+        or DEFAULT_RDZV_PORT
+    )
     return Placement(
-        "SLURM" + (" step (srun)" if list_var == "SLURM_STEP_NODELIST" else ""), str(nnodes),
-        env.get("MASTER_ADDR") or hosts[0], port, f"slurm-{env['SLURM_JOB_ID']}", node_rank=node_rank,
+        "SLURM" + (" step (srun)" if list_var == "SLURM_STEP_NODELIST" else ""),
+        str(nnodes),
+        env.get("MASTER_ADDR") or hosts[0],
+        port,
+        f"slurm-{env['SLURM_JOB_ID']}",
+        node_rank=node_rank,
         variables={**variables, **_present(env, "MASTER_ADDR", "MASTER_PORT", RDZV_PORT_VAR)},
     )
 
 
 DETECTORS: tuple[Callable[[Mapping[str, str]], Placement | None], ...] = (
-    from_slurm, from_pytorchjob, from_trainer_v2, from_indexed_job,
+    from_slurm,
+    from_pytorchjob,
+    from_trainer_v2,
+    from_indexed_job,
 )
 
 
@@ -256,7 +297,9 @@ def _present(env: Mapping[str, str], *names: str) -> dict[str, str]:
     return {name: env[name] for name in names if name in env}
 
 
-def _complete(env: Mapping[str, str], names: tuple[str, ...], triggers: tuple[str, ...] | None = None) -> dict[str, str] | None:
+def _complete(
+    env: Mapping[str, str], names: tuple[str, ...], triggers: tuple[str, ...] | None = None
+) -> dict[str, str] | None:
     """``names``' values; None when no trigger (default: any name) is set; an error naming the first
     missing one when only some are."""
     if not any(name in env for name in triggers or names):
@@ -297,7 +340,9 @@ def _optional_int(env: Mapping[str, str], name: str, minimum: int, maximum: int 
 
 def _check_rank(node_rank: int, nnodes: int, name: str) -> None:
     if node_rank >= nnodes:
-        raise LaunchEnvironmentError(f"{name}={node_rank} but the job has {nnodes} node(s): a node rank must be < {nnodes}")
+        raise LaunchEnvironmentError(
+            f"{name}={node_rank} but the job has {nnodes} node(s): a node rank must be < {nnodes}"
+        )
 
 
 def max_nodes(nnodes: str) -> int:

@@ -99,7 +99,9 @@ class Workspace:
             grad=self.get(f"grad{index}", shape, torch.float32, device),
             logits=self.get(f"logits{index}", (num_samples, num_rows), torch.float32, device),
             negative_factor=self.get(f"factor{index}", class_shape, torch.float32, device) if negative_factor else None,
-            class_logits=self.get(f"class_logits{index}", class_shape, torch.float32, device) if sub_centers > 1 else None,
+            class_logits=self.get(f"class_logits{index}", class_shape, torch.float32, device)
+            if sub_centers > 1
+            else None,
             winners=self.get(f"winners{index}", class_shape, torch.int64, device) if sub_centers > 1 else None,
         )
 
@@ -107,7 +109,8 @@ class Workspace:
 def merge_micro_batches(weight: torch.Tensor, pending: Sequence[MicroBatch]) -> MicroBatch:
     """One record for several micro-batches of a step: union of rows, summed gradients."""
     device = weight.device
-    if any(micro.rows is None for micro in pending):
+    sampled_rows = [micro.rows for micro in pending if micro.rows is not None]
+    if len(sampled_rows) < len(pending):  # a dense micro-batch: the merged one is dense too
         rows, values = None, weight.detach().to(torch.float32)
         grad = torch.zeros(weight.shape, dtype=torch.float32, device=device)
         for micro in pending:
@@ -116,7 +119,7 @@ def merge_micro_batches(weight: torch.Tensor, pending: Sequence[MicroBatch]) -> 
             else:
                 grad.index_add_(0, micro.rows, micro.grad)
     else:
-        rows, inverse = torch.unique(torch.cat([micro.rows for micro in pending]), sorted=True, return_inverse=True)
+        rows, inverse = torch.unique(torch.cat(sampled_rows), sorted=True, return_inverse=True)
         values = weight.index_select(0, rows).to(torch.float32)
         grad = torch.zeros(rows.numel(), weight.shape[1], dtype=torch.float32, device=device)
         grad.index_add_(0, inverse, torch.cat([micro.grad for micro in pending]))
@@ -128,6 +131,8 @@ def winning_rows(micro: MicroBatch) -> MicroBatch:
 
     The others have no gradient and must not move: no weight decay, no momentum push.
     """
+    if micro.winners is None:
+        raise ValueError("winning_rows needs a micro-batch of a sub-centre layer (winners recorded)")
     num_rows = micro.grad.shape[0]
     won = torch.zeros(num_rows, dtype=torch.bool, device=micro.grad.device).index_fill_(0, micro.winners.view(-1), True)
     keep = won.nonzero().squeeze(1)

@@ -91,8 +91,19 @@ class LazySGD:
         buf = _load_rows(state["momentum"], rows) if self.momentum else None
         # torch's fused SGD kernel: one pass over weight, gradient and momentum instead of five;
         # with found_inf = 1 it leaves both untouched.
-        sgd([row_values], [grad], [buf], fused=True, weight_decay=self.weight_decay, momentum=self.momentum,
-            lr=self.lr, dampening=0.0, nesterov=self.nesterov, maximize=False, found_inf=found_inf)
+        sgd(
+            [row_values],
+            [grad],
+            [buf],
+            fused=True,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            lr=self.lr,
+            dampening=0.0,
+            nesterov=self.nesterov,
+            maximize=False,
+            found_inf=found_inf,
+        )
         if buf is not None:
             store_rows(state["momentum"], rows, buf, generator)
         store_rows(weight, rows, row_values, generator)
@@ -174,7 +185,6 @@ class LazyAdamW:
         row_values.mul_(decay)
         row_values.addcdiv_(exp_avg * step_size, denom, value=-1.0)
         store_rows(weight, rows, row_values, generator)
-
 
 
 def _load_rows(tensor: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:

@@ -37,7 +37,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol, cast, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -47,8 +47,15 @@ from partialfc.distributed import DistInfo, barrier
 from partialfc.partial_fc import PartialFC
 from partialfc.resume import flatten
 
-__all__ = ["Checkpointer", "CheckpointError", "Component", "LoadedCheckpoint", "Sharded", "Stateful",
-           "find_latest_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "Component",
+    "LoadedCheckpoint",
+    "Sharded",
+    "Stateful",
+    "find_latest_checkpoint",
+]
 
 FORMAT = 2
 _PREFIX = "step-"
@@ -62,9 +69,10 @@ _EPOCH = "epoch"  # the shared component that format 1 kept as the manifest fiel
 class Stateful(Protocol):
     def state_dict(self) -> Mapping[str, Any]: ...
 
-    def load_state_dict(self, state: Mapping[str, Any], /) -> Any: ...
+    def load_state_dict(self, state: dict[str, Any], /) -> Any: ...
 
 
+@runtime_checkable
 class Sharded(Stateful, Protocol):
     """A component split over ranks by contiguous class ranges (:class:`~partialfc.PartialFC`)."""
 
@@ -127,7 +135,7 @@ def _save_synced(obj: Any, path: Path) -> dict[str, Any]:
     try:
         with open(path, "wb") as f:
             writer = _HashingWriter(f)
-            torch.save(obj, writer)
+            torch.save(obj, cast(IO[bytes], writer))  # a binary file object that hashes what passes through
             f.flush()
             os.fsync(f.fileno())
     except OSError as error:
@@ -167,8 +175,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({error})") from None
     version = manifest.setdefault("format", 1)
     if not isinstance(version, int) or not 1 <= version <= FORMAT:
-        raise CheckpointError(f"{manifest_path}: manifest format {version!r}; this partialfc reads formats 1 to "
-                              f"{FORMAT} (written by a newer release?)")
+        raise CheckpointError(
+            f"{manifest_path}: manifest format {version!r}; this partialfc reads formats 1 to "
+            f"{FORMAT} (written by a newer release?)"
+        )
     missing = {"step", "world_size", "num_classes", *(["epoch"] if version == 1 else [])} - set(manifest)
     if missing:
         raise CheckpointError(f"{manifest_path}: manifest lacks {', '.join(sorted(missing))}")
@@ -183,7 +193,9 @@ def verify_file(path: Path, manifest: Mapping[str, Any]) -> None:
     try:
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise CheckpointError(f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated or replaced)")
+            raise CheckpointError(
+                f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated or replaced)"
+            )
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             while block := f.read(_HASH_BLOCK):
@@ -231,8 +243,12 @@ class Checkpointer:
         self.components = dict(components)
         self.config = dict(config or {})
         self.step_counters = dict(step_counters or {})
-        self.sharded: dict[str, Sharded] = {name: c.state for name, c in self.components.items()  # type: ignore[misc]
-                                            if c.placement == "sharded"}
+        self.sharded: dict[str, Sharded] = {}
+        for name, c in self.components.items():
+            if c.placement == "sharded":
+                if not isinstance(c.state, Sharded):
+                    raise TypeError(f"Checkpointer: component '{name}' is 'sharded' but has no shard contract")
+                self.sharded[name] = c.state
         if _PER_RANK in self.sharded:
             raise ValueError(f"Checkpointer: a sharded component may not be named '{_PER_RANK}' (its files' prefix)")
         class_counts = {component.num_classes for component in self.sharded.values()}
@@ -253,8 +269,10 @@ class Checkpointer:
             shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
             try:
                 partial.mkdir(parents=True)
-            except OSError as error:
-                raise CheckpointError(f"cannot create checkpoint directory {partial}: {error.strerror}") from error
+            except OSError as mkdir_error:
+                raise CheckpointError(
+                    f"cannot create checkpoint directory {partial}: {mkdir_error.strerror}"
+                ) from mkdir_error
         barrier()
         files: dict[str, Any] = {}
         error, entries = None, {}
@@ -265,9 +283,13 @@ class Checkpointer:
                 except ValueError as refused:
                     raise CheckpointError(f"checkpoint {final}: cannot save '{name}': {refused}") from None
                 files[_part_name(name, info.rank, info.world_size)] = {
-                    "class_start": sharded.class_start, "num_local": sharded.num_local, "state": state}
+                    "class_start": sharded.class_start,
+                    "num_local": sharded.num_local,
+                    "state": state,
+                }
             files[_part_name(_PER_RANK, info.rank, info.world_size)] = {
-                name: c.state.state_dict() for name, c in self._placed("per_rank").items()}
+                name: c.state.state_dict() for name, c in self._placed("per_rank").items()
+            }
             if info.is_main:
                 files[_SHARED] = {name: c.state.state_dict() for name, c in self._placed("shared").items()}
             entries = {name: _save_synced(obj, partial / name) for name, obj in files.items()}
@@ -279,8 +301,12 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {final} not saved: {failures[0]}")
         if info.is_main:
             manifest = {
-                "format": FORMAT, "step": step, "world_size": info.world_size, "num_classes": self.num_classes,
-                "config": self.config, "config_hash": config_hash(self.config),
+                "format": FORMAT,
+                "step": step,
+                "world_size": info.world_size,
+                "num_classes": self.num_classes,
+                "config": self.config,
+                "config_hash": config_hash(self.config),
                 "files": {name: entry for _, rank_entries in all_entries for name, entry in rank_entries.items()},
             }
             try:
@@ -376,8 +402,10 @@ class Checkpointer:
                 self.log(f"{path}: no '{name}' component (written before it existed); it keeps its initial state")
                 continue
             if name not in saved:
-                raise CheckpointError(f"{path}: has no '{name}' component (written by a job without it, e.g. "
-                                      f"without train.ema_decay); {differing}")
+                raise CheckpointError(
+                    f"{path}: has no '{name}' component (written by a job without it, e.g. "
+                    f"without train.ema_decay); {differing}"
+                )
             _load_component(component.state, saved[name], path, name, differing)
 
     def _reshard(self, path: Path, manifest: Mapping[str, Any], name: str, sharded: Sharded) -> Mapping[str, Any]:
@@ -392,8 +420,9 @@ class Checkpointer:
             if piece["class_start"] != saved_start or piece["num_local"] != saved_num:
                 raise CheckpointError(f"{piece_path}: covers an unexpected class range")
             try:
-                parts.append(sharded.cut_state(piece["state"], max(start, saved_start),
-                                               min(end, saved_start + saved_num)))
+                parts.append(
+                    sharded.cut_state(piece["state"], max(start, saved_start), min(end, saved_start + saved_num))
+                )
             except (KeyError, ValueError) as error:
                 raise CheckpointError(f"{piece_path}: cannot re-shard '{name}': {error}") from None
         try:
@@ -435,8 +464,9 @@ def read_centres(path: Path, name: str = "centres") -> tuple[torch.Tensor, int]:
             raise CheckpointError(f"{piece_path}: covers an unexpected class range")
         centres = PartialFC.class_centres(piece["state"])
         if pieces and centres.shape[1] != pieces[0].shape[1]:
-            raise CheckpointError(f"{piece_path}: {centres.shape[1]} sub-centres per class, rank 0's shard has "
-                                  f"{pieces[0].shape[1]}")
+            raise CheckpointError(
+                f"{piece_path}: {centres.shape[1]} sub-centres per class, rank 0's shard has {pieces[0].shape[1]}"
+            )
         pieces.append(centres)
     centres = torch.cat(pieces)
     if centres.shape[0] != num_classes:
@@ -471,9 +501,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def _differing_fields(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> str:
     """The model/loss config fields that differ between the checkpoint and this job, for error messages."""
     saved_flat, ours_flat = flatten(saved), flatten(ours)
-    fields = [f"{key} (checkpoint {saved_flat.get(key)!r}, this job {ours_flat.get(key)!r})"
-              for key in sorted(set(saved_flat) | set(ours_flat))
-              if key.startswith(("model.", "loss.")) and saved_flat.get(key) != ours_flat.get(key)]
+    fields = [
+        f"{key} (checkpoint {saved_flat.get(key)!r}, this job {ours_flat.get(key)!r})"
+        for key in sorted(set(saved_flat) | set(ours_flat))
+        if key.startswith(("model.", "loss.")) and saved_flat.get(key) != ours_flat.get(key)
+    ]
     return "config fields that differ: " + ", ".join(fields) if fields else "no model/loss config field differs"
 
 

@@ -53,16 +53,20 @@ def _are_meaning_fields(names: list[str]) -> bool:
 
 
 BACKBONES = Domain(lambda name: name in list_models(), f"is not one of {', '.join(list_models())}", "r51")
-SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1) rising, rates in (0, 1]",
-                  ["1.5:0.5"])
-ALLOWED_CHANGES = Domain(_are_meaning_fields, "may only name fields a resume refuses to change (partialfc/resume.py)",
-                         ["eval.every_steps"])
+SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1) rising, rates in (0, 1]", ["1.5:0.5"])
+ALLOWED_CHANGES = Domain(
+    _are_meaning_fields, "may only name fields a resume refuses to change (partialfc/resume.py)", ["eval.every_steps"]
+)
 
 
 @dataclass
 class SyntheticConfig:
-    identities: int = option(0, "identities of the synthetic dataset generated at synthetic.path when missing (0: never)", at_least(0))
-    path: str = option("", "where the synthetic dataset is generated when missing (no other path ever is); set data.path to it", FREE)
+    identities: int = option(
+        0, "identities of the synthetic dataset generated at synthetic.path when missing (0: never)", at_least(0)
+    )
+    path: str = option(
+        "", "where the synthetic dataset is generated when missing (no other path ever is); set data.path to it", FREE
+    )
     images_per_identity: int = option(20, "images per synthetic identity", at_least(1))
     holdout_identities: int = option(200, "identities held out of training for the verification .bin", at_least(0))
     pairs: int = option(1000, "verification pairs in the synthetic .bin (half positive)", at_least(0))
@@ -71,55 +75,86 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    path: str = option("", "dataset: a .rec file, its prefix, a directory holding one dataset, or a glob of shards", FREE)
-    num_classes: int = option(0, "number of identities; 0 takes it from the dataset (a non-zero value must agree)", at_least(0))
-    backend: Literal["auto", "dali", "torch"] = option("auto", "input pipeline: DALI when installed (auto), or the PyTorch fallback")
-    batch_size: int = option(128, "images per rank per step (global batch = batch_size x world size x grad_accum)", at_least(1))
+    path: str = option(
+        "", "dataset: a .rec file, its prefix, a directory holding one dataset, or a glob of shards", FREE
+    )
+    num_classes: int = option(
+        0, "number of identities; 0 takes it from the dataset (a non-zero value must agree)", at_least(0)
+    )
+    backend: Literal["auto", "dali", "torch"] = option(
+        "auto", "input pipeline: DALI when installed (auto), or the PyTorch fallback"
+    )
+    batch_size: int = option(
+        128, "images per rank per step (global batch = batch_size x world size x grad_accum)", at_least(1)
+    )
     num_workers: int = option(4, "decoding threads (DALI) or worker processes (PyTorch loader) per rank", at_least(0))
     flip: bool = option(True, "random horizontal flip")
-    val_targets: list[str] = option([], "verification .bin files (LFW protocol); relative paths are resolved against data.path", FREE)
+    val_targets: list[str] = option(
+        [], "verification .bin files (LFW protocol); relative paths are resolved against data.path", FREE
+    )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "synthetic dataset"})
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = option("r50", "backbone name from the registry (r18, r34, r50, r100, r200, mbf, tiny, ...)", BACKBONES)
+    backbone: str = option(
+        "r50", "backbone name from the registry (r18, r34, r50, r100, r200, mbf, tiny, ...)", BACKBONES
+    )
     embedding_size: int = option(512, "embedding dimension D", at_least(1))
     dropout: float = option(0.0, "dropout before the embedding layer", interval(0, 1))
     channels_last: bool = option(True, "channels_last memory format on GPU (ignored on CPU)")
-    compile: bool = option(False, "torch.compile the backbone (first steps pay the compilation; see docs/benchmarks.md)")
+    compile: bool = option(
+        False, "torch.compile the backbone (first steps pay the compilation; see docs/benchmarks.md)"
+    )
     init_from: str = option(
-        "", "fine-tune: start the backbone from this model.pt of partialfc or insightface backbone.pth (same key "
-        "names, strict); the classifier starts fresh; ignored when a checkpoint is resumed", FREE)
+        "",
+        "fine-tune: start the backbone from this model.pt of partialfc or insightface backbone.pth (same key "
+        "names, strict); the classifier starts fresh; ignored when a checkpoint is resumed",
+        FREE,
+    )
 
 
 @dataclass
 class LossConfig:
     family: str = option(
-        "combined", "margin family (formulas in partialfc/margins.py), its parameters in the section of the same "
+        "combined",
+        "margin family (formulas in partialfc/margins.py), its parameters in the section of the same "
         "name: combined: m1/m2/m3 (ArcFace, CosFace, SphereFace); softmax: plain unnormalised softmax; adaface, "
-        "curricularface, magface, elasticface: their official definitions", one_of(MARGIN_FAMILIES))
+        "curricularface, magface, elasticface: their official definitions",
+        one_of(MARGIN_FAMILIES),
+    )
     s: float = option(64.0, "logit scale s (every family but softmax)", above(0))
-    combined: CombinedMarginConfig = field(default_factory=CombinedMarginConfig, metadata={"help": "loss.family=combined"})
+    combined: CombinedMarginConfig = field(
+        default_factory=CombinedMarginConfig, metadata={"help": "loss.family=combined"}
+    )
     softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig, metadata={"help": "loss.family=softmax"})
     adaface: AdaFaceConfig = field(default_factory=AdaFaceConfig, metadata={"help": "loss.family=adaface"})
-    curricularface: CurricularFaceConfig = field(default_factory=CurricularFaceConfig,
-                                                 metadata={"help": "loss.family=curricularface"})
+    curricularface: CurricularFaceConfig = field(
+        default_factory=CurricularFaceConfig, metadata={"help": "loss.family=curricularface"}
+    )
     magface: MagFaceConfig = field(default_factory=MagFaceConfig, metadata={"help": "loss.family=magface"})
-    elasticface: ElasticFaceConfig = field(default_factory=ElasticFaceConfig, metadata={"help": "loss.family=elasticface"})
+    elasticface: ElasticFaceConfig = field(
+        default_factory=ElasticFaceConfig, metadata={"help": "loss.family=elasticface"}
+    )
     sample_rate: float = option(
-        1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling", FRACTION)
+        1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling", FRACTION
+    )
     sub_centers: int = option(
-        1, "centres per class (Sub-center ArcFace, K): a class's cosine is the max over its K centres, which "
+        1,
+        "centres per class (Sub-center ArcFace, K): a class's cosine is the max over its K centres, which "
         "absorbs label noise; 1 = one centre per class; centre memory and optimizer state grow K-fold; pairs "
         "with every margin family (softmax: max of the raw logits); clean a run with `python -m partialfc.data clean`",
-        at_least(1))
+        at_least(1),
+    )
     bf16_gemm: bool = option(False, "run the logits GEMM in bf16 under autocast (CE stays fp32)")
     param_dtype: Literal["fp32", "bf16"] = option("fp32", "storage of class centres and their optimizer state")
     init_std: float = option(0.01, "standard deviation of the centre initialisation", above(0))
     sample_rate_schedule: list[str] = option(
-        [], "sample-rate changes FRACTION:RATE: from FRACTION of the training steps on, sample RATE (before the "
-        "first one: loss.sample_rate); e.g. 0.8:1.0 samples every centre in the last fifth of training", SCHEDULE)
+        [],
+        "sample-rate changes FRACTION:RATE: from FRACTION of the training steps on, sample RATE (before the "
+        "first one: loss.sample_rate); e.g. 0.8:1.0 samples every centre in the last fifth of training",
+        SCHEDULE,
+    )
 
     def build_margin(self) -> Margin:
         """The margin ``family`` selects, from its section; ConfigError names the section's fields."""
@@ -148,22 +183,33 @@ class TrainConfig:
     epochs: float = option(20.0, "training length in epochs (fractions allowed; 0 with train.max_steps)", at_least(0))
     max_steps: int = option(0, "stop after this many steps instead (0: use epochs)", at_least(0))
     grad_accum: int = option(1, "micro-batches accumulated per optimizer step", at_least(1))
-    amp: Literal["none", "bf16", "fp16"] = option("bf16", "autocast dtype of the backbone (fp16 adds dynamic loss scaling)")
+    amp: Literal["none", "bf16", "fp16"] = option(
+        "bf16", "autocast dtype of the backbone (fp16 adds dynamic loss scaling)"
+    )
     seed: int = option(0, "seed of initialisation, sampling, shuffling and augmentation", at_least(0))
     deterministic: bool = option(False, "deterministic kernels (slower; bit-identical resume on GPU)")
     log_every: int = option(50, "print a log line every N steps", at_least(1))
     tensorboard: bool = option(False, "also write TensorBoard scalars (needs the tensorboard package)")
     ema_decay: float = option(
-        0.0, "keep an exponential moving average of the backbone weights with this decay (e.g. 0.999; 0: off), "
-        "used for verification and model.pt/model_best.pt", interval(0, 1))
+        0.0,
+        "keep an exponential moving average of the backbone weights with this decay (e.g. 0.999; 0: off), "
+        "used for verification and model.pt/model_best.pt",
+        interval(0, 1),
+    )
     nonfinite: Literal["stop", "skip"] = option(
-        "stop", "a step with a non-finite loss or gradient norm is always dropped on every rank; stop: end the run "
-        "(status diverged, exit 3) at the next log line once nonfinite_patience such steps came in a row; skip: go on")
-    nonfinite_patience: int = option(3, "consecutive non-finite steps that make a run diverged (train.nonfinite=stop)", at_least(1))
+        "stop",
+        "a step with a non-finite loss or gradient norm is always dropped on every rank; stop: end the run "
+        "(status diverged, exit 3) at the next log line once nonfinite_patience such steps came in a row; skip: go on",
+    )
+    nonfinite_patience: int = option(
+        3, "consecutive non-finite steps that make a run diverged (train.nonfinite=stop)", at_least(1)
+    )
     stall_timeout_s: float = option(
-        -1.0, "fail the job, naming the stalled rank(s), when a rank makes no step progress for this long; "
+        -1.0,
+        "fail the job, naming the stalled rank(s), when a rank makes no step progress for this long; "
         "-1: half of dist.timeout_s (300 s by default); 0 disables; must be below dist.timeout_s",
-        Domain(lambda value: value >= 0 or value == -1, "must be >= 0, or -1 for half of dist.timeout_s", -2))
+        Domain(lambda value: value >= 0 or value == -1, "must be >= 0, or -1 for half of dist.timeout_s", -2),
+    )
 
 
 @dataclass
@@ -171,11 +217,16 @@ class CheckpointConfig:
     every_steps: int = option(2000, "save a checkpoint every N steps (and at the end); 0: only at the end", at_least(0))
     keep: int = option(3, "keep the newest K complete checkpoints", at_least(1))
     resume: str = option("auto", "auto: newest complete checkpoint in the run directory; a path; or none", FREE)
-    on_sigterm: bool = option(True, "on SIGTERM (pre-emption), save a checkpoint at the next log step and stop (exit 143)")
+    on_sigterm: bool = option(
+        True, "on SIGTERM (pre-emption), save a checkpoint at the next log step and stop (exit 143)"
+    )
     allow_changes: list[str] = option(
-        [], "fields that change what the run means (loss, backbone, sampling, schedule, length: partialfc/resume.py) "
+        [],
+        "fields that change what the run means (loss, backbone, sampling, schedule, length: partialfc/resume.py) "
         "which a resume may change from the checkpoint's values; each change is logged and recorded in summary.json; "
-        "any other such change is refused (exit 2)", ALLOWED_CHANGES)
+        "any other such change is refused (exit 2)",
+        ALLOWED_CHANGES,
+    )
 
 
 @dataclass
@@ -189,8 +240,11 @@ class EvalConfig:
 class DistConfig:
     backend: Literal["auto", "nccl", "gloo"] = option("auto", "collective backend; auto: NCCL on GPU, gloo on CPU")
     timeout_s: int = option(
-        600, "collective timeout in seconds: the backstop behind train.stall_timeout_s, long enough for the slowest "
-        "legitimate wait (a checkpoint save or verification while other ranks wait)", at_least(1))
+        600,
+        "collective timeout in seconds: the backstop behind train.stall_timeout_s, long enough for the slowest "
+        "legitimate wait (a checkpoint save or verification while other ranks wait)",
+        at_least(1),
+    )
 
 
 @dataclass
@@ -217,12 +271,18 @@ class Config:
             if domain is not None and not domain.accepts(value):
                 raise ConfigError(f"{name}={value!r} {domain.rule}")
         checks = [
-            ("data.synthetic.path", bool(self.data.synthetic.path) or self.data.synthetic.identities == 0,
-             "must name where to generate the dataset when data.synthetic.identities > 0"),
+            (
+                "data.synthetic.path",
+                bool(self.data.synthetic.path) or self.data.synthetic.identities == 0,
+                "must name where to generate the dataset when data.synthetic.identities > 0",
+            ),
             ("train.epochs", self.train.epochs > 0 or self.train.max_steps > 0, "or train.max_steps must be > 0"),
-            ("train.stall_timeout_s", self.train.stall_timeout_s < self.dist.timeout_s,
-             f"must be below dist.timeout_s={self.dist.timeout_s}, or the collective timeout fires first and "
-             "blames a healthy rank"),
+            (
+                "train.stall_timeout_s",
+                self.train.stall_timeout_s < self.dist.timeout_s,
+                f"must be below dist.timeout_s={self.dist.timeout_s}, or the collective timeout fires first and "
+                "blames a healthy rank",
+            ),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -249,11 +309,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as error:
-            raise ConfigError(f"cannot read config {path}: {error.strerror or error}{_nearby_config(Path(path))}") from None
+            raise ConfigError(
+                f"cannot read config {path}: {error.strerror or error}{_nearby_config(Path(path))}"
+            ) from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"config {path}{where} is not valid YAML: {getattr(error, 'problem', None) or error}") from None
+            raise ConfigError(
+                f"config {path}{where} is not valid YAML: {getattr(error, 'problem', None) or error}"
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
         _merge(config, current_names(raw, str(path)), prefix="", source=str(path))

@@ -85,7 +85,7 @@ def current_names(raw: Mapping[str, Any], source: str, warn: bool = True) -> dic
         for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{source}: '{'.'.join(parents[:depth + 1])}' is a section and needs a mapping")
+                raise ConfigError(f"{source}: '{'.'.join(parents[: depth + 1])}' is a section and needs a mapping")
         if leaf in node:
             raise ConfigError(f"{source}: '{new_key}' is given twice (under its current and its deprecated name)")
         node[leaf] = value

@@ -65,7 +65,9 @@ def all_gather_into(output: torch.Tensor, local: torch.Tensor, group: dist.Proce
 
 def reduce_scatter_into(output: torch.Tensor, full: torch.Tensor, group: dist.ProcessGroup | None = None) -> None:
     """Sum ``full`` over ranks and keep this rank's block of rows in ``output``."""
-    (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(output, full, op=dist.ReduceOp.SUM, group=group)
+    (getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor)(
+        output, full, op=dist.ReduceOp.SUM, group=group
+    )
 
 
 def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -93,7 +95,9 @@ def derive_seed(*parts: int, bits: int = 63) -> int:
     raise ValueError(f"derive_seed: bits must be 31 or 63, got {bits}")
 
 
-def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp, group: dist.ProcessGroup | None, world_size: int) -> None:
+def all_reduce(
+    tensor: torch.Tensor, op: dist.ReduceOp.RedOpType, group: dist.ProcessGroup | None, world_size: int
+) -> None:
     """In-place all-reduce; nothing at W = 1."""
     if world_size > 1:
         dist.all_reduce(tensor, op=op, group=group)

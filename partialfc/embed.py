@@ -32,11 +32,17 @@ def _positive_int(text: str) -> int:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --batch-size and --device, shared by the embed and eval commands."""
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})",
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=128, help="images per forward pass (default 128)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,21 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
         "L2-normalised rows unless --raw), OUT.txt (one image name per line, same order) and, for a .rec, "
         "OUT.labels.npy (int64 class ids). Prints progress and images/s on stderr.",
     )
-    parser.add_argument("source", metavar="SOURCE",
-                        help="a folder of .jpg/.jpeg crops (searched recursively; names are paths relative to it), "
-                        "an IJB-B/C release folder (loose_crop/ + meta/; each crop aligned with its five landmarks, "
-                        "names as in the image list), "
-                        "a RecordIO dataset (.rec, its prefix, or a directory holding one; names are record keys, as "
-                        "SHARD.rec:KEY when there are several shards), "
-                        "or a verification .bin (names pairNNNNNN.a / .b)")
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a folder of .jpg/.jpeg crops (searched recursively; names are paths relative to it), "
+        "an IJB-B/C release folder (loose_crop/ + meta/; each crop aligned with its five landmarks, "
+        "names as in the image list), "
+        "a RecordIO dataset (.rec, its prefix, or a directory holding one; names are record keys, as "
+        "SHARD.rec:KEY when there are several shards), "
+        "or a verification .bin (names pairNNNNNN.a / .b)",
+    )
     add_model_options(parser)
-    parser.add_argument("--out", required=True, metavar="OUT",
-                        help="output prefix: writes OUT.npy, OUT.txt (and OUT.labels.npy for a .rec)")
-    parser.add_argument("--no-flip", action="store_true",
-                        help="embed each image alone instead of summing it with its mirror image")
-    parser.add_argument("--raw", action="store_true",
-                        help="write the unnormalised (image + mirror) sums: `eval pairs/identify --embeddings` "
-                        "then keep each image's norm as weight (insightface's N1 mode)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="output prefix: writes OUT.npy, OUT.txt (and OUT.labels.npy for a .rec)",
+    )
+    parser.add_argument(
+        "--no-flip", action="store_true", help="embed each image alone instead of summing it with its mirror image"
+    )
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the unnormalised (image + mirror) sums: `eval pairs/identify --embeddings` "
+        "then keep each image's norm as weight (insightface's N1 mode)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
@@ -71,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         embedder = load_embedder(args.model, args.device)
         source = open_image_source(args.source)
         start = time.perf_counter()
-        embeddings, _ = embed_source(embedder, source, args.batch_size, flip=not args.no_flip,
-                                     progress=not args.quiet, normalize=not args.raw)
+        embeddings, _ = embed_source(
+            embedder, source, args.batch_size, flip=not args.no_flip, progress=not args.quiet, normalize=not args.raw
+        )
         seconds = time.perf_counter() - start
     except (ValueError, OSError) as err:  # ModelFileError, DatasetError, VerificationError ...
         print(error_line(err), file=sys.stderr)
@@ -83,8 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.with_name(out.name + ".txt").write_text("".join(f"{name}\n" for name in source.names))
     if source.labels is not None:
         np.save(out.with_name(out.name + ".labels.npy"), source.labels)
-    print(f"{len(embeddings)} images -> {out}.npy ({embeddings.shape[1]}-d, {embedder.description}) in "
-          f"{seconds:.1f}s, {len(embeddings) / max(seconds, 1e-9):,.0f} images/s")
+    print(
+        f"{len(embeddings)} images -> {out}.npy ({embeddings.shape[1]}-d, {embedder.description}) in "
+        f"{seconds:.1f}s, {len(embeddings) / max(seconds, 1e-9):,.0f} images/s"
+    )
     return 0
 
 

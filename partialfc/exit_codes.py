@@ -45,8 +45,14 @@ class ExitCode(IntEnum):
 
     @property
     def retry(self) -> str:
-        return {0: "-", 1: "after fixing the cause", 2: "no: fix the config", 3: "no: it would diverge again",
-                4: "yes, after finding the cause", 143: "yes: resumes there"}[int(self)]
+        return {
+            0: "-",
+            1: "after fixing the cause",
+            2: "no: fix the config",
+            3: "no: it would diverge again",
+            4: "yes, after finding the cause",
+            143: "yes: resumes there",
+        }[int(self)]
 
     @property
     def deterministic(self) -> bool:
@@ -61,8 +67,12 @@ def help_text() -> str:
 
 def markdown_table() -> str:
     """docs/operations.md's table (a test keeps the two equal)."""
-    rows = [f"| {int(code)} | `{code.status}` | {code.meaning} | {code.retry} |" if code.status != "(none)"
-            else f"| {int(code)} | (none) | {code.meaning} | {code.retry} |" for code in ExitCode]
+    rows = [
+        f"| {int(code)} | `{code.status}` | {code.meaning} | {code.retry} |"
+        if code.status != "(none)"
+        else f"| {int(code)} | (none) | {code.meaning} | {code.retry} |"
+        for code in ExitCode
+    ]
     return "\n".join(["| exit | `status` | meaning | retry? |", "|---|---|---|---|", *rows])
 
 
@@ -85,7 +95,9 @@ def _write_record(directory: Path, code: ExitCode) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "x") as record:
             record.write(str(int(code)))
-    except OSError:  # already recorded (the first code wins), or a full /tmp: the launcher falls back to torchrun's code
+    except (
+        OSError
+    ):  # already recorded (the first code wins), or a full /tmp: the launcher falls back to torchrun's code
         return
 
 

@@ -70,8 +70,14 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export's deprecation chatter about its own internals
         program = torch.onnx.export(
-            trained.backbone, (example,), None, dynamo=True, opset_version=opset, verbose=False,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            trained.backbone,
+            (example,),
+            None,
+            dynamo=True,
+            opset_version=opset,
+            verbose=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
         )
     assert program is not None, "torch.onnx.export returns None only without dynamo=True"
@@ -90,7 +96,9 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
             expected = trained.backbone(images).numpy()
         got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
         if got.shape != expected.shape:
-            raise ModelFileError(f"{tmp}: onnxruntime output {got.shape} at batch {batch}, PyTorch gives {expected.shape}")
+            raise ModelFileError(
+                f"{tmp}: onnxruntime output {got.shape} at batch {batch}, PyTorch gives {expected.shape}"
+            )
         differences[batch] = float(abs(got - expected).max())
     worst = max(differences, key=differences.__getitem__)
     if differences[worst] > PARITY_TOLERANCE:
@@ -103,23 +111,33 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m partialfc.export",
-                                     description="Export a trained backbone for inference runtimes.")
+    parser = ArgumentParser(
+        prog="python -m partialfc.export", description="Export a trained backbone for inference runtimes."
+    )
     sub = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
     onnx_parser = sub.add_parser(
-        "onnx", help="ONNX with a dynamic batch axis, checked against PyTorch",
+        "onnx",
+        help="ONNX with a dynamic batch axis, checked against PyTorch",
         description="Write the backbone of MODEL as ONNX: input 'input' float32 [batch, 3, H, W] normalised as "
         "the metadata says, output 'embedding' float32 [batch, D] (not L2-normalised). The file is "
         "checked by onnx.checker and by onnxruntime against PyTorch at batch 1 and 7 "
         f"(max abs difference <= {PARITY_TOLERANCE:g}); a failing export is left as OUT.tmp and exits 1.",
     )
-    onnx_parser.add_argument("model", metavar="MODEL", nargs="?", default="runs/quickstart/model.pt",
-                             help="model.pt written by partialfc.train (default: runs/quickstart/model.pt)")
-    onnx_parser.add_argument("--out", default=None,
-                             help="output file (default: MODEL with the suffix .onnx)")
-    onnx_parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                             help=f"ONNX opset (default {DEFAULT_OPSET}, the exporter's native opset; "
-                             "lower values go through the ONNX version converter)")
+    onnx_parser.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        default="runs/quickstart/model.pt",
+        help="model.pt written by partialfc.train (default: runs/quickstart/model.pt)",
+    )
+    onnx_parser.add_argument("--out", default=None, help="output file (default: MODEL with the suffix .onnx)")
+    onnx_parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset (default {DEFAULT_OPSET}, the exporter's native opset; "
+        "lower values go through the ONNX version converter)",
+    )
     return parser
 
 
@@ -132,8 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error_line(err), file=sys.stderr)
         return 1 if isinstance(err, ParityError) else 2
     parity = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.max_abs_difference.items())
-    print(f"{result.path}: opset {result.opset}, dynamic batch axis, onnx.checker passed; "
-          f"max |onnxruntime - pytorch| {parity}")
+    print(
+        f"{result.path}: opset {result.opset}, dynamic batch axis, onnx.checker passed; "
+        f"max |onnxruntime - pytorch| {parity}"
+    )
     return 0
 
 

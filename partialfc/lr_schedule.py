@@ -20,8 +20,8 @@ class LRSchedule:
     decay: str = "poly"  # "poly", "cosine" or "constant"
     power: float = 2.0
 
-    def __call__(self, step: int) -> float:
-        """LR for optimizer step ``step`` (0-based)."""
+    def __call__(self, step: float) -> float:
+        """LR for optimizer step ``step`` (0-based; a fraction once a restart changed the global batch)."""
         if step < self.warmup_steps:
             return self.peak_lr * (step + 1) / self.warmup_steps
         if self.decay == "constant":

@@ -404,7 +404,12 @@ class MagFace(BaseMargin):
     """Margin growing with the feature magnitude, plus its magnitude regulariser; see the module docstring."""
 
     def __init__(
-        self, s: float = 64.0, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8,
+        self,
+        s: float = 64.0,
+        l_a: float = 10.0,
+        u_a: float = 110.0,
+        l_m: float = 0.45,
+        u_m: float = 0.8,
         lambda_g: float = 35.0,
     ) -> None:
         _check_scale("MagFace", s)
@@ -433,8 +438,10 @@ class MagFace(BaseMargin):
         return self.lambda_g * (inputs / self.u_a**2 + 1.0 / inputs)
 
     def __repr__(self) -> str:
-        return (f"MagFace(s={self.s}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "
-                f"lambda_g={self.lambda_g})")
+        return (
+            f"MagFace(s={self.s}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "
+            f"lambda_g={self.lambda_g})"
+        )
 
 
 @dataclass

@@ -48,12 +48,16 @@ GAUGE_MODE: typing.Final = "mostrecent"
 class MetricsConfig:
     """Where and whether a node serves its Prometheus metrics."""
 
-    port: int = option(9400, "HTTP port of the per-node metrics endpoint; 0 disables metrics",
-                       interval(0, 65535, high_open=False))
+    port: int = option(
+        9400, "HTTP port of the per-node metrics endpoint; 0 disables metrics", interval(0, 65535, high_open=False)
+    )
     address: str = option("0.0.0.0", "address the endpoint binds to", FREE)
-    multiproc_dir: str = option("", "prometheus-client multiprocess directory; empty: <run output>/prometheus-<node>", FREE)
+    multiproc_dir: str = option(
+        "", "prometheus-client multiprocess directory; empty: <run output>/prometheus-<node>", FREE
+    )
     final_scrape_timeout: float = option(
-        0.0, "seconds close() waits for one more scrape so the last values reach Prometheus; 0: none", at_least(0))
+        0.0, "seconds close() waits for one more scrape so the last values reach Prometheus; 0: none", at_least(0)
+    )
 
 
 class MetricsEndpointError(RuntimeError):
@@ -127,7 +131,9 @@ class TrainingMetrics:
             buckets=STEP_BUCKETS,
         ).labels(**ids)
         self._data_wait = counter("partialfc_data_wait_seconds_total", "Time the rank waited for input batches.")
-        self._phase = {p: counter("partialfc_step_phase_seconds_total", "Step time per phase.", phase=p) for p in PHASES}
+        self._phase = {
+            p: counter("partialfc_step_phase_seconds_total", "Step time per phase.", phase=p) for p in PHASES
+        }
         self._skipped = counter("partialfc_skipped_steps_total", "Steps skipped for inf/NaN gradients (AMP).")
         self._checkpoint_saves = {
             result: counter("partialfc_checkpoint_saves_total", "Checkpoint save attempts by result.", result=result)
@@ -154,20 +160,28 @@ class TrainingMetrics:
             "Unix time of the last successful checkpoint save (start time before one).",
         )
         self._resident = gauge("partialfc_resident_memory_bytes", "Resident set size of the rank's process.")
-        self._stalled = gauge("partialfc_stalled_ranks",
-                              "Ranks this rank found stalled (no progress for train.stall_timeout_s); set before the job fails.")
+        self._stalled = gauge(
+            "partialfc_stalled_ranks",
+            "Ranks this rank found stalled (no progress for train.stall_timeout_s); set before the job fails.",
+        )
         # Created on the first CUDA observe_memory: on CPU they would export a misleading 0.
         self._device_memory_families = {
-            kind: Gauge(f"partialfc_device_memory_{kind}_bytes", doc, list(ids), registry=None,
-                        multiprocess_mode=GAUGE_MODE)
-            for kind, doc in (("allocated", "CUDA memory held by tensors."),
-                              ("reserved", "CUDA memory reserved by the caching allocator."),
-                              ("peak", "Peak CUDA memory held by tensors."))
+            kind: Gauge(
+                f"partialfc_device_memory_{kind}_bytes", doc, list(ids), registry=None, multiprocess_mode=GAUGE_MODE
+            )
+            for kind, doc in (
+                ("allocated", "CUDA memory held by tensors."),
+                ("reserved", "CUDA memory reserved by the caching allocator."),
+                ("peak", "Peak CUDA memory held by tensors."),
+            )
         }
         self._device_memory: dict[str, Gauge] = {}
         self._accuracy = Gauge(
-            "partialfc_verification_accuracy_ratio", "Verification accuracy (0..1) per dataset at the last evaluation.",
-            ["dataset"], registry=None, multiprocess_mode=GAUGE_MODE,
+            "partialfc_verification_accuracy_ratio",
+            "Verification accuracy (0..1) per dataset at the last evaluation.",
+            ["dataset"],
+            registry=None,
+            multiprocess_mode=GAUGE_MODE,
         )
         self._ids = ids
         self._epoch_seen: int | None = None
@@ -178,8 +192,11 @@ class TrainingMetrics:
         self._last_checkpoint.set(started)
         if self._endpoint is not None:
             build = Gauge(
-                "partialfc_build_info", "Always 1; labels describe the run.", sorted(info),
-                registry=None, multiprocess_mode="max",
+                "partialfc_build_info",
+                "Always 1; labels describe the run.",
+                sorted(info),
+                registry=None,
+                multiprocess_mode="max",
             )
             (build.labels(**{key: str(value) for key, value in info.items()}) if info else build).set(1)
 
@@ -241,7 +258,9 @@ class TrainingMetrics:
         if device.type != "cuda":
             return
         if not self._device_memory:
-            self._device_memory = {kind: gauge.labels(**self._ids) for kind, gauge in self._device_memory_families.items()}
+            self._device_memory = {
+                kind: gauge.labels(**self._ids) for kind, gauge in self._device_memory_families.items()
+            }
         self._device_memory["allocated"].set(torch.cuda.memory_allocated(device))
         self._device_memory["reserved"].set(torch.cuda.memory_reserved(device))
         self._device_memory["peak"].set(torch.cuda.max_memory_allocated(device))

@@ -61,8 +61,11 @@ def save_model(path: Path, name: str, embedding_size: int, state_dict: Mapping[s
     never non-finite weights.
 
     ``state_dict`` is saved as given (a module's ``state_dict()`` keeps its version metadata)."""
-    bad = [key for key, tensor in state_dict.items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    bad = [
+        key
+        for key, tensor in state_dict.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
         raise FloatingPointError(f"{path} not written: {len(bad)} backbone tensors are not finite ({bad[0]}, ...)")
     tmp = path.with_name(path.name + ".tmp")
@@ -100,7 +103,11 @@ def load_model(path: str | Path) -> TrainedModel:
     path = Path(path)
     if path.is_dir():
         inside = path / "model.pt"
-        hint = f"its model is {inside}: --model {inside}" if inside.is_file() else "give a model.pt (written into a run directory at the end of training)"
+        hint = (
+            f"its model is {inside}: --model {inside}"
+            if inside.is_file()
+            else "give a model.pt (written into a run directory at the end of training)"
+        )
         raise ModelFileError(f"{path}: a directory, not a model file; {hint}")
     if not path.is_file():
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
@@ -108,17 +115,25 @@ def load_model(path: str | Path) -> TrainedModel:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise ModelFileError(f"{path}: not a model.pt written by partialfc.train: {' '.join(str(err).split())[:300]}") from None
+        raise ModelFileError(
+            f"{path}: not a model.pt written by partialfc.train: {' '.join(str(err).split())[:300]}"
+        ) from None
     if saved and _is_state_dict(saved):
         raise ModelFileError(
             f"{path}: a bare state_dict ({len(saved)} tensors, e.g. {next(iter(saved))!r}), such as insightface's "
             "backbone.pth: it does not say which backbone or embedding size it is. Start a run from it with "
             f"`python -m partialfc.train --model.init_from {path} --model.backbone NAME`; that run's model.pt "
-            "then works here")
+            "then works here"
+        )
     if not _is_model_file(saved):
-        found = (f"keys {sorted(map(str, saved))[:8]}" + (" ..." if len(saved) > 8 else "")) if isinstance(saved, dict) \
+        found = (
+            (f"keys {sorted(map(str, saved))[:8]}" + (" ..." if len(saved) > 8 else ""))
+            if isinstance(saved, dict)
             else type(saved).__name__
-        raise ModelFileError(f"{path}: not a model.pt written by partialfc.train (keys {list(MODEL_KEYS)}); found {found}")
+        )
+        raise ModelFileError(
+            f"{path}: not a model.pt written by partialfc.train (keys {list(MODEL_KEYS)}); found {found}"
+        )
     try:
         model = create_model(str(saved["backbone"]), int(saved["embedding_size"]))
     except ValueError as err:
@@ -141,13 +156,16 @@ def init_from(path: Path, backbone: nn.Module, name: str, embedding_size: int) -
         if (str(saved["backbone"]), saved["embedding_size"]) != (name, embedding_size):
             raise ModelFileError(
                 f"{path}: holds backbone {saved['backbone']!r} with embedding size {saved['embedding_size']}; "
-                f"this job has model.backbone={name!r}, model.embedding_size={embedding_size}")
+                f"this job has model.backbone={name!r}, model.embedding_size={embedding_size}"
+            )
         weights, fit = saved["state_dict"], _fit_description(saved)
     elif _is_state_dict(saved):
         weights, fit = saved, f"does not fit model.backbone={name!r}"
     else:
-        raise ModelFileError(f"{path}: neither a partialfc model.pt (keys {list(MODEL_KEYS)}) nor a "
-                             f"state_dict of tensors (found {type(saved).__name__})")
+        raise ModelFileError(
+            f"{path}: neither a partialfc model.pt (keys {list(MODEL_KEYS)}) nor a "
+            f"state_dict of tensors (found {type(saved).__name__})"
+        )
     try:
         load_strict(backbone, weights)
     except WeightsMismatch as err:
@@ -168,9 +186,12 @@ def onnx_metadata(trained: TrainedModel, source: Path) -> dict[str, str]:
     ("H,W"), channel order, per-channel mean and std (x = (pixel - mean) / std), backbone, producer."""
     config = input_config_of(trained.backbone)
     return {
-        "input_size": _csv(config.size), "channel_order": config.channel_order,
-        "mean": _csv(config.mean), "std": _csv(config.std),
-        "backbone": trained.name, "embedding_size": str(trained.embedding_size),
+        "input_size": _csv(config.size),
+        "channel_order": config.channel_order,
+        "mean": _csv(config.mean),
+        "std": _csv(config.std),
+        "backbone": trained.name,
+        "embedding_size": str(trained.embedding_size),
         "producer": f"partialfc.export from {source.name}",
     }
 
@@ -182,7 +203,11 @@ def read_onnx_input_config(path: str | Path, metadata: Mapping[str, str]) -> Inp
         raise ModelFileError(f"{path}: ONNX metadata lacks {missing}; export it with `python -m partialfc.export onnx`")
     try:
         height, width = (int(v) for v in metadata["input_size"].split(","))
-        return InputConfig(size=(height, width), channel_order=metadata["channel_order"],
-                           mean=_per_channel(metadata["mean"]), std=_per_channel(metadata["std"]))
+        return InputConfig(
+            size=(height, width),
+            channel_order=metadata["channel_order"],
+            mean=_per_channel(metadata["mean"]),
+            std=_per_channel(metadata["std"]),
+        )
     except ValueError as err:
         raise ModelFileError(f"{path}: bad input metadata {dict(metadata)}: {err}") from None

@@ -25,8 +25,9 @@ from partialfc.partial_fc import PartialFC
 
 __all__ = ["OptimConfig", "StepOutcome", "TrainingOptimizer", "centre_optimizer"]
 
-BETAS = Domain(lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
-               "must be two values in [0, 1)", [0.9])
+BETAS = Domain(
+    lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas), "must be two values in [0, 1)", [0.9]
+)
 
 
 @dataclass
@@ -38,8 +39,12 @@ class OptimConfig:
     momentum: float = option(0.9, "SGD momentum", interval(0, 1))
     weight_decay: float = option(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", at_least(0))
     betas: list[float] = option([0.9, 0.999], "AdamW betas", BETAS)
-    clip_grad_norm: float = option(0.0, "clip the global gradient norm (backbone + all centre shards) to this; 0 disables", at_least(0))
-    centre_lr_scale: float = option(1.0, "learning rate of the class centres = scheduled learning rate x this", above(0))
+    clip_grad_norm: float = option(
+        0.0, "clip the global gradient norm (backbone + all centre shards) to this; 0 disables", at_least(0)
+    )
+    centre_lr_scale: float = option(
+        1.0, "learning rate of the class centres = scheduled learning rate x this", above(0)
+    )
 
     def build(self, backbone: nn.Module, pfc: PartialFC, *, fp16: bool = False) -> TrainingOptimizer:
         """The optimizer of ``backbone`` and ``pfc``, whose centre optimizer must be :func:`centre_optimizer`'s."""
@@ -104,7 +109,9 @@ class NonFiniteCounter:
 
     def report(self, reset: bool = True) -> NonFiniteReport:
         """The interval's figures (one host sync); ``reset`` starts a new interval."""
-        count, longest, first, run = (int(v) for v in torch.stack([self.count, self.longest, self.first, self.run]).tolist())
+        count, longest, first, run = (
+            int(v) for v in torch.stack([self.count, self.longest, self.first, self.run]).tolist()
+        )
         if reset:
             self.count.zero_()
             self.first.fill_(-1)

@@ -24,8 +24,9 @@ class Domain:
     value of the field's type the domain refuses (None for ``FREE``); ``choices``, when the domain is
     a set of names, lists them for ``--help``."""
 
-    def __init__(self, accepts: Callable[[Any], bool], rule: str, outside: Any,
-                 choices: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, accepts: Callable[[Any], bool], rule: str, outside: Any, choices: tuple[str, ...] | None = None
+    ) -> None:
         self.accepts, self.rule, self.outside, self.choices = accepts, rule, outside, choices
 
 
@@ -47,6 +48,7 @@ def one_of(names: Collection[str]) -> Domain:
 
 def interval(low: float, high: float, *, high_open: bool = True, low_open: bool = False) -> Domain:
     """``[low, high)`` by default; ``low_open`` / ``high_open`` choose the brackets."""
+
     def accepts(value: float) -> bool:
         return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
 

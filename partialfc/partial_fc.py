@@ -61,6 +61,7 @@ of backbone gradients) divide the backbone's learning rate by W instead.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -92,7 +93,7 @@ from partialfc.distributed import (
 )
 from partialfc.margins import CombinedMargin, Margin, MarginStep
 
-__all__ = ["PartialFC", "LabelRangeError", "sampled_classes"]
+__all__ = ["LabelRangeError", "PartialFC", "sampled_classes"]
 
 _INIT_BLOCK_ROWS = 4096  # rows per independently seeded block of the centre initialisation
 _SAMPLING, _ROUNDING, _MARGIN = 0, 1, 2  # purposes of the per-step random streams
@@ -131,7 +132,9 @@ class PartialFC(nn.Module):
     ) -> None:
         super().__init__()
         if embedding_size <= 0 or num_classes <= 0:
-            raise ValueError(f"PartialFC: embedding_size and num_classes must be > 0, got {embedding_size}, {num_classes}")
+            raise ValueError(
+                f"PartialFC: embedding_size and num_classes must be > 0, got {embedding_size}, {num_classes}"
+            )
         if param_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"PartialFC: param_dtype must be float32 or bfloat16, got {param_dtype}")
         if sub_centers < 1:
@@ -153,7 +156,9 @@ class PartialFC(nn.Module):
             self.rank, self.world_size = 0, 1
         self.class_start, self.num_local = shard_range(num_classes, self.rank, self.world_size)
         if self.num_local == 0:
-            raise ValueError(f"PartialFC: num_classes={num_classes} leaves rank {self.rank} of {self.world_size} without classes")
+            raise ValueError(
+                f"PartialFC: num_classes={num_classes} leaves rank {self.rank} of {self.world_size} without classes"
+            )
         self.num_sample = sampled_classes(self.num_local, sample_rate)
 
         # K rows per class, class-major: rows [K·c, K·c + K) of the C·K×D matrix belong to class c.
@@ -212,8 +217,12 @@ class PartialFC(nn.Module):
         # Step 2: sample the centres (positives + random negatives) and read them as fp32.
         class_rows, target_col, in_shard = self._sample(labels)
         micro = self._workspace.micro_batch(
-            self.weight, self._centre_rows(class_rows), labels.numel(), index=len(self._pending),
-            negative_factor=self.margin.needs_target_cosines, sub_centers=self.sub_centers,
+            self.weight,
+            self._centre_rows(class_rows),
+            labels.numel(),
+            index=len(self._pending),
+            negative_factor=self.margin.needs_target_cosines,
+            sub_centers=self.sub_centers,
         )
         if margin_step.training:
             self._pending.append(micro)
@@ -225,8 +234,16 @@ class PartialFC(nn.Module):
         # embeddings; their gradient bypasses autograd into micro.grad (no copy, no accumulation).
         centres = micro.values.detach().requires_grad_(margin_step.training)
         loss = _MarginCrossEntropy.apply(
-            x, centres, margin_inputs, target_col, in_shard, self.margin, margin_step, micro,
-            self.process_group, self.world_size,
+            x,
+            centres,
+            margin_inputs,
+            target_col,
+            in_shard,
+            self.margin,
+            margin_step,
+            micro,
+            self.process_group,
+            self.world_size,
         )
         regulariser = self.margin.regulariser(margin_inputs)
         if regulariser is not None:
@@ -322,7 +339,9 @@ class PartialFC(nn.Module):
             raise RuntimeError("PartialFC.step() called without a forward pass since the last step")
         self._label_check.raise_if_bad()
         if not all(micro.has_grad for micro in self._pending):
-            raise RuntimeError("PartialFC.step(): a forward pass since the last step has no gradient (missing backward?)")
+            raise RuntimeError(
+                "PartialFC.step(): a forward pass since the last step has no gradient (missing backward?)"
+            )
         pending = [winning_rows(micro) if micro.winners is not None else micro for micro in self._pending]
         self._pending = [merge_micro_batches(self.weight, pending)] if len(pending) > 1 else pending
         return self._pending[0]
@@ -336,8 +355,10 @@ class PartialFC(nn.Module):
         A buffer registered with plain ``register_buffer`` is refused by :meth:`sharded_state_dict`.
         """
         if per_class and (tensor.dim() == 0 or tensor.shape[0] != self.num_local * self.sub_centers):
-            raise ValueError(f"PartialFC.register_state: per-class '{name}' needs {self.num_local * self.sub_centers} "
-                             f"rows (num_local x sub_centers), got shape {tuple(tensor.shape)}")
+            raise ValueError(
+                f"PartialFC.register_state: per-class '{name}' needs {self.num_local * self.sub_centers} "
+                f"rows (num_local x sub_centers), got shape {tuple(tensor.shape)}"
+            )
         self.register_buffer(name, tensor)
         (self._per_class_state if per_class else self._replicated_state).add(name)
 
@@ -351,8 +372,10 @@ class PartialFC(nn.Module):
     def _check_declared(self, state: Mapping[str, Any]) -> None:
         undeclared = sorted(set(state) - self._per_class_state - self._replicated_state)
         if undeclared:
-            raise ValueError(f"PartialFC state {undeclared} is neither per-class nor replicated: register it with "
-                             "register_state(name, tensor, per_class=...)")
+            raise ValueError(
+                f"PartialFC state {undeclared} is neither per-class nor replicated: register it with "
+                "register_state(name, tensor, per_class=...)"
+            )
 
     def cut_state(self, state: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
         """The part of a saved shard's ``state`` for global classes ``[start, stop)`` (inside the shard's range)."""
@@ -364,8 +387,9 @@ class PartialFC(nn.Module):
             raise ValueError(f"saved for {extra['num_classes']} classes, this job has {self.num_classes}")
         saved_start, saved_num = extra["class_start"], extra["num_local"]
         if not saved_start <= start < stop <= saved_start + saved_num:
-            raise ValueError(f"classes [{start}, {stop}) are not in the saved shard "
-                             f"[{saved_start}, {saved_start + saved_num})")
+            raise ValueError(
+                f"classes [{start}, {stop}) are not in the saved shard [{saved_start}, {saved_start + saved_num})"
+            )
         self._check_declared(state)
         rows = slice((start - saved_start) * self.sub_centers, (stop - saved_start) * self.sub_centers)
         part = {key: value[rows].clone() if key in self._per_class_state else value for key, value in state.items()}
@@ -378,16 +402,20 @@ class PartialFC(nn.Module):
         Replicated entries must agree between the parts (they were equal on every saved rank).
         """
         first = parts[0]
-        for before, after in zip(parts, parts[1:]):
+        for before, after in itertools.pairwise(parts):
             end = before[_EXTRA]["class_start"] + before[_EXTRA]["num_local"]
             if after[_EXTRA]["class_start"] != end:
-                raise ValueError(f"parts are not consecutive: one ends at class {end}, the next starts at "
-                                 f"{after[_EXTRA]['class_start']}")
+                raise ValueError(
+                    f"parts are not consecutive: one ends at class {end}, the next starts at "
+                    f"{after[_EXTRA]['class_start']}"
+                )
             for key in self._replicated_state & set(first):
                 if not _same_replicated(_replicated_part(key, first[key]), _replicated_part(key, after[key])):
                     raise ValueError(f"replicated state '{key}' differs between saved shards")
-        state = {key: torch.cat([part[key] for part in parts]) if key in self._per_class_state else value
-                 for key, value in first.items()}
+        state = {
+            key: torch.cat([part[key] for part in parts]) if key in self._per_class_state else value
+            for key, value in first.items()
+        }
         state[_EXTRA] = {**first[_EXTRA], "num_local": sum(part[_EXTRA]["num_local"] for part in parts)}
         return state
 
@@ -452,15 +480,21 @@ class PartialFC(nn.Module):
             weight = torch.empty(rows, embedding_size, dtype=param_dtype)
             optimizer_bytes = sum(_nbytes(t) for t in optimizer.init_state(weight).values())
         fp32, index = 4, 8
-        per_micro = [("sampled centres (fp32)", 0 if sampled == num_local and param_dtype == torch.float32
-                      else sampled_rows * embedding_size * fp32),  # dense fp32 reads the weight itself
-                     ("sampled centres' gradient (fp32)", sampled_rows * embedding_size * fp32),
-                     ("logits / softmax buffer (fp32)", global_batch * sampled_rows * fp32)]
+        per_micro = [
+            (
+                "sampled centres (fp32)",
+                0 if sampled == num_local and param_dtype == torch.float32 else sampled_rows * embedding_size * fp32,
+            ),  # dense fp32 reads the weight itself
+            ("sampled centres' gradient (fp32)", sampled_rows * embedding_size * fp32),
+            ("logits / softmax buffer (fp32)", global_batch * sampled_rows * fp32),
+        ]
         if margin.needs_target_cosines:
             per_micro.append(("negative-logit factor (fp32)", global_batch * sampled * fp32))
         if sub_centers > 1:
-            per_micro += [("class logits over sub-centres (fp32)", global_batch * sampled * fp32),
-                          ("winning sub-centres (int64)", global_batch * sampled * index)]
+            per_micro += [
+                ("class logits over sub-centres (fp32)", global_batch * sampled * fp32),
+                ("winning sub-centres (int64)", global_batch * sampled * index),
+            ]
         each = f", x{micro_batches} micro-batches" if micro_batches > 1 else ""
         return [
             ("class centres", _nbytes(weight)),
@@ -633,7 +667,7 @@ def _margin_with_derivative(
         raw = raw_target.detach().double().requires_grad_()
         inputs64 = None if inputs is None else inputs.detach().double().requires_grad_(with_input_grad)
         target_logit = margin.target_logit(raw / margin.scale, inputs64)
-        wrt = [raw, inputs64] if with_input_grad else [raw]
+        wrt = [raw, inputs64] if with_input_grad and inputs64 is not None else [raw]
         grads = torch.autograd.grad(target_logit.sum(), wrt, allow_unused=True, materialize_grads=True)
-    dpsi_dinputs = grads[1].to(inputs.dtype) if with_input_grad else None
+    dpsi_dinputs = grads[1].to(inputs.dtype) if len(grads) > 1 and inputs is not None else None
     return target_logit.detach().float(), grads[0].float(), dpsi_dinputs

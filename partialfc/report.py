@@ -93,24 +93,41 @@ def read_history(path: str | Path) -> RunHistory:
             if not segments:
                 segments.append(Segment("start 1"))
             grad_norm = record["grad_norm"]
-            row = {"step": step, "loss": record["loss"], "lr": record["lr"], "samples_per_s": record["samples_per_s"],
-                   "grad_norm": float("nan") if grad_norm is None else grad_norm,
-                   "data_wait": 100 * record["data_wait"], "mem_gib": record["memory_bytes"] / 2**30}
+            row = {
+                "step": step,
+                "loss": record["loss"],
+                "lr": record["lr"],
+                "samples_per_s": record["samples_per_s"],
+                "grad_norm": float("nan") if grad_norm is None else grad_norm,
+                "data_wait": 100 * record["data_wait"],
+                "mem_gib": record["memory_bytes"] / 2**30,
+            }
             for name, value in row.items():
                 segments[-1].values[name].append(value)
         elif record["event"] == "start":
-            segments.append(Segment(f"start {len(segments) + 1}: {record['world_size']} rank(s) "
-                                    f"from step {record['start_step']}"))
+            segments.append(
+                Segment(f"start {len(segments) + 1}: {record['world_size']} rank(s) from step {record['start_step']}")
+            )
         else:
             accuracy.setdefault(record["name"], {})[record["step"]] = (record["accuracy"], record["accuracy_std"])
     if not by_step:
         raise ReportError(f"{path}: no step records; nothing to plot")
     steps = np.array(sorted(by_step))
     values = np.array([by_step[s] for s in steps])
-    verification = {name: (np.array(sorted(v)), np.array([v[s][0] for s in sorted(v)]),
-                           np.array([v[s][1] for s in sorted(v)])) for name, v in accuracy.items()}
-    return RunHistory(steps, values[:, 0], values[:, 1], values[:, 2], total, max(times) - min(times),
-                      verification, [segment for segment in segments if segment.values["step"]])
+    verification = {
+        name: (np.array(sorted(v)), np.array([v[s][0] for s in sorted(v)]), np.array([v[s][1] for s in sorted(v)]))
+        for name, v in accuracy.items()
+    }
+    return RunHistory(
+        steps,
+        values[:, 0],
+        values[:, 1],
+        values[:, 2],
+        total,
+        max(times) - min(times),
+        verification,
+        [segment for segment in segments if segment.values["step"]],
+    )
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -129,23 +146,33 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run_dir / "report"
     history = read_history(run_dir / RECORD_FILE)
     summary = read_summary(run_dir)
-    panels = [("loss", "loss", "loss", "Training loss", "loss"), ("learning rate", "lr", "lr", "Learning rate", "lr"),
-              ("throughput", "samples_per_s", "throughput", "Throughput (global batch)", "samples/s"),
-              ("gradient norm", "grad_norm", "grad_norm", "Global gradient norm (before clipping)", "norm"),
-              ("data wait", "data_wait", "data_wait", "Time waiting for data", "% of step time"),
-              ("memory", "mem_gib", "memory", "Peak device memory of rank 0 (CPU: its resident set)", "GiB")]
+    panels = [
+        ("loss", "loss", "loss", "Training loss", "loss"),
+        ("learning rate", "lr", "lr", "Learning rate", "lr"),
+        ("throughput", "samples_per_s", "throughput", "Throughput (global batch)", "samples/s"),
+        ("gradient norm", "grad_norm", "grad_norm", "Global gradient norm (before clipping)", "norm"),
+        ("data wait", "data_wait", "data_wait", "Time waiting for data", "% of step time"),
+        ("memory", "mem_gib", "memory", "Peak device memory of rank 0 (CPU: its resident set)", "GiB"),
+    ]
     plots = {}
     for title, metric, file, heading, unit in panels:
-        series = [(segment.label, np.array(segment.values["step"]), np.array(segment.values[metric]))
-                  for segment in history.segments if not np.isnan(segment.values[metric]).all()]
+        series = [
+            (segment.label, np.array(segment.values["step"]), np.array(segment.values[metric]))
+            for segment in history.segments
+            if not np.isnan(segment.values[metric]).all()
+        ]
         if series:
             plots[title] = line_plot(out / f"{file}.png", series, heading, "step", unit)
     if history.verification:
         low = min(float((a - e).min()) for _, a, e in history.verification.values())
         plots["verification accuracy"] = line_plot(
-            out / "verification.png", [(name, s, a, e) for name, (s, a, e) in history.verification.items()],
-            "Verification accuracy, mean ± std over 10 folds", "step", "accuracy",
-            ylim=(max(0.0, min(low - 0.01, 0.95)), 1.0))
+            out / "verification.png",
+            [(name, s, a, e) for name, (s, a, e) in history.verification.items()],
+            "Verification accuracy, mean ± std over 10 folds",
+            "step",
+            "accuracy",
+            ylim=(max(0.0, min(low - 0.01, 0.95)), 1.0),
+        )
 
     last = len(history.steps) - 1
     lines = [
@@ -154,15 +181,18 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         f"- status: {summary.get('status', 'unknown (no summary.json)')}",
         f"- steps logged: {history.steps[0]}..{history.steps[last]} of {history.total_steps}"
         f" over {history.seconds / 60:.1f} min of logged time",
-        f"- loss: {history.loss[0]:.4f} at step {history.steps[0]} -> {history.loss[last]:.4f} at step {history.steps[last]}",
+        f"- loss: {history.loss[0]:.4f} at step {history.steps[0]} -> "
+        f"{history.loss[last]:.4f} at step {history.steps[last]}",
         f"- throughput: median {np.median(history.samples_per_s):,.0f} samples/s "
         f"(min {history.samples_per_s.min():,.0f}, max {history.samples_per_s.max():,.0f})",
         f"- final learning rate: {history.lr[last]:.5g}",
     ]
     for name, (steps, accuracy, spread) in history.verification.items():
         best = int(np.argmax(accuracy))
-        lines.append(f"- {name}: best accuracy {accuracy[best]:.4f} ± {spread[best]:.4f} at step {steps[best]}, "
-                     f"last {accuracy[-1]:.4f} ± {spread[-1]:.4f} at step {steps[-1]} (± std over the 10 folds)")
+        lines.append(
+            f"- {name}: best accuracy {accuracy[best]:.4f} ± {spread[best]:.4f} at step {steps[best]}, "
+            f"last {accuracy[-1]:.4f} ± {spread[-1]:.4f} at step {steps[-1]} (± std over the 10 folds)"
+        )
     if len(history.segments) > 1:
         lines.append(f"- starts: {len(history.segments)} ({'; '.join(s.label for s in history.segments)})")
     if summary.get("model"):

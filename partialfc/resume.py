@@ -20,10 +20,20 @@ from partialfc.options import ConfigError
 
 # Exact names, or a prefix ending in "." for a section.
 MEANING_FIELDS = (
-    "model.backbone", "model.embedding_size",
-    "loss.family", "loss.s", *(f"loss.{family}." for family in MARGIN_FAMILIES),
-    "loss.sample_rate", "loss.sample_rate_schedule", "loss.sub_centers",
-    "optim.name", "optim.lr", "schedule.", "train.epochs", "train.max_steps", "train.grad_accum",
+    "model.backbone",
+    "model.embedding_size",
+    "loss.family",
+    "loss.s",
+    *(f"loss.{family}." for family in MARGIN_FAMILIES),
+    "loss.sample_rate",
+    "loss.sample_rate_schedule",
+    "loss.sub_centers",
+    "optim.name",
+    "optim.lr",
+    "schedule.",
+    "train.epochs",
+    "train.max_steps",
+    "train.grad_accum",
 )
 
 
@@ -44,9 +54,11 @@ def meaning_changes(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> list[C
     margin`` is the same run as ``loss.family: combined``.
     """
     saved_flat, ours_flat = flatten(current_names(saved, "checkpoint config", warn=False)), flatten(ours)
-    return [ConfigChange(name, saved_flat.get(name), ours_flat.get(name))
-            for name in sorted(set(saved_flat) | set(ours_flat))
-            if is_meaning_field(name) and saved_flat.get(name) != ours_flat.get(name)]
+    return [
+        ConfigChange(name, saved_flat.get(name), ours_flat.get(name))
+        for name in sorted(set(saved_flat) | set(ours_flat))
+        if is_meaning_field(name) and saved_flat.get(name) != ours_flat.get(name)
+    ]
 
 
 def check_changes(changes: list[ConfigChange], allowed: list[str], checkpoint: str) -> list[ConfigChange]:
@@ -58,7 +70,8 @@ def check_changes(changes: list[ConfigChange], allowed: list[str], checkpoint: s
             f"checkpoint {checkpoint} was trained with other settings that change what the run means: "
             + "; ".join(map(str, refused))
             + f". Resume with the checkpoint's values, start a new run (another output directory), or accept the "
-            f"change with --checkpoint.allow_changes {names}")
+            f"change with --checkpoint.allow_changes {names}"
+        )
     return changes
 
 

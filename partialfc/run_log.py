@@ -14,6 +14,7 @@ scores, the newest checkpoint and the model survive a start that fails. ``status
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ class RunLog:
         self.summary: dict[str, Any] = self._previous_summary() if enabled else {}
         self.summary.update(status="starting", started_at=time.time(), error=None)
         self.summary.setdefault("starts", 1)
+        self._open_files = contextlib.ExitStack()  # train.log and the record stay open for the run; close() ends both
         self._file: TextIO | None = None
         self._records: TextIO | None = None
         self._tty = enabled and sys.stdout.isatty()
@@ -36,8 +38,8 @@ class RunLog:
         self._writer = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._file = open(run_dir / "train.log", "a", buffering=1)
-            self._records = open(run_dir / RECORD_FILE, "a", buffering=1)
+            self._file = self._open_files.enter_context(open(run_dir / "train.log", "a", buffering=1))  # noqa: SIM115 (closed by close())
+            self._records = self._open_files.enter_context(open(run_dir / RECORD_FILE, "a", buffering=1))  # noqa: SIM115 (closed by close())
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
@@ -106,9 +108,7 @@ class RunLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        for file in (self._file, self._records):
-            if file is not None:
-                file.close()
+        self._open_files.close()
 
 
 def format_duration(seconds: float) -> str:
@@ -119,10 +119,33 @@ def format_duration(seconds: float) -> str:
 
 RECORD_FILE = "train_log.jsonl"
 RECORD_FIELDS = {
-    "start": ("version", "backbone", "num_classes", "world_size", "device", "images", "global_batch",
-              "total_steps", "steps_per_epoch", "loader", "start_step", "restart"),
-    "step": ("step", "total_steps", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "data_wait",
-             "memory_bytes", "eta_s", "phase_seconds"),
+    "start": (
+        "version",
+        "backbone",
+        "num_classes",
+        "world_size",
+        "device",
+        "images",
+        "global_batch",
+        "total_steps",
+        "steps_per_epoch",
+        "loader",
+        "start_step",
+        "restart",
+    ),
+    "step": (
+        "step",
+        "total_steps",
+        "epoch",
+        "loss",
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "data_wait",
+        "memory_bytes",
+        "eta_s",
+        "phase_seconds",
+    ),
     "verification": ("name", "step", "accuracy", "accuracy_std", "far", "tar_at_far"),
 }
 """Each event's fields (every record also has ``event`` and ``time``, Unix seconds). ``grad_norm`` is
@@ -136,19 +159,28 @@ def format_record(record: dict[str, Any]) -> str:
     """The console and train.log line of a record (without the time stamp)."""
     r = record
     if r["event"] == "start":
-        return (f"partialfc {r['version']}: {r['backbone']}, {r['num_classes']} classes on {r['world_size']} rank(s) "
-                f"({r['device']}), {r['images']} images, global batch {r['global_batch']}, {r['total_steps']} steps "
-                f"({r['steps_per_epoch']}/epoch), loader {r['loader']}, start at step {r['start_step']}"
-                f" (restart {r['restart']})")
+        return (
+            f"partialfc {r['version']}: {r['backbone']}, {r['num_classes']} classes on {r['world_size']} rank(s) "
+            f"({r['device']}), {r['images']} images, global batch {r['global_batch']}, {r['total_steps']} steps "
+            f"({r['steps_per_epoch']}/epoch), loader {r['loader']}, start at step {r['start_step']}"
+            f" (restart {r['restart']})"
+        )
     if r["event"] == "step":
         grad_norm = "-" if r["grad_norm"] is None else f"{r['grad_norm']:.3f}"
-        return (f"step {r['step']}/{r['total_steps']} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.5g} "
-                f"grad_norm {grad_norm} {r['samples_per_s']:,.0f} samples/s data_wait {100 * r['data_wait']:.0f}% "
-                f"mem {r['memory_bytes'] / 2**30:.2f}GiB eta {format_duration(r['eta_s'])}"
-                + (f" loss_scale {r['loss_scale']:g} skipped {r['skipped_steps']}" if "loss_scale" in r else "")
-                + (f" nonfinite {r['nonfinite_steps']} (dropped; first at step {r['first_nonfinite_step']})"
-                   if "nonfinite_steps" in r else ""))
+        return (
+            f"step {r['step']}/{r['total_steps']} epoch {r['epoch']} loss {r['loss']:.4f} lr {r['lr']:.5g} "
+            f"grad_norm {grad_norm} {r['samples_per_s']:,.0f} samples/s data_wait {100 * r['data_wait']:.0f}% "
+            f"mem {r['memory_bytes'] / 2**30:.2f}GiB eta {format_duration(r['eta_s'])}"
+            + (f" loss_scale {r['loss_scale']:g} skipped {r['skipped_steps']}" if "loss_scale" in r else "")
+            + (
+                f" nonfinite {r['nonfinite_steps']} (dropped; first at step {r['first_nonfinite_step']})"
+                if "nonfinite_steps" in r
+                else ""
+            )
+        )
     if r["event"] == "verification":
-        return (f"verification {r['name']} step {r['step']}: accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f}, "
-                f"TAR@FAR={r['far']:g} {r['tar_at_far']:.4f}")
+        return (
+            f"verification {r['name']} step {r['step']}: accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f}, "
+            f"TAR@FAR={r['far']:g} {r['tar_at_far']:.4f}"
+        )
     raise ValueError(f"run record: unknown event {r['event']!r}")

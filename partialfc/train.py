@@ -1,7 +1,7 @@
 """``python -m partialfc.train``: the training job (under torchrun, or as a single process).
 
-    torchrun --nproc_per_node 8 -m partialfc.train --config configs/ms1mv3_r50.yaml --optim.lr 0.2
-    python -m partialfc.train --config configs/quickstart.yaml --dry-run
+torchrun --nproc_per_node 8 -m partialfc.train --config configs/ms1mv3_r50.yaml --optim.lr 0.2
+python -m partialfc.train --config configs/quickstart.yaml --dry-run
 """
 
 from __future__ import annotations
@@ -35,10 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with the sections below (configs/*.yaml)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved config and the memory plan per rank, then exit")
-    parser.add_argument("--world-size", type=int, default=None, metavar="W",
-                        help="with --dry-run: plan for W ranks (default: this launch's world size)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and the memory plan per rank, then exit"
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="W",
+        help="with --dry-run: plan for W ranks (default: this launch's world size)",
+    )
     add_config_arguments(parser)
     return parser
 
@@ -52,9 +58,15 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
     schedule = config.loss.sample_rates
     peak_rate = max([schedule.base, *(rate for _, rate in schedule.changes)])  # the plan must hold at the peak
     centres = PartialFC.buffer_plan(
-        dim, shard_range(num_classes, 0, world_size)[1], config.data.batch_size * world_size, peak_rate,
-        config.loss.build_margin(), centre_optimizer(config.optim),
-        param_dtype=DTYPES[config.loss.param_dtype], sub_centers=config.loss.sub_centers, micro_batches=config.train.grad_accum,
+        dim,
+        shard_range(num_classes, 0, world_size)[1],
+        config.data.batch_size * world_size,
+        peak_rate,
+        config.loss.build_margin(),
+        centre_optimizer(config.optim),
+        param_dtype=DTYPES[config.loss.param_dtype],
+        sub_centers=config.loss.sub_centers,
+        micro_batches=config.train.grad_accum,
     )
     with torch.device("meta"):
         backbone_params = sum(p.numel() for p in create_model(config.model.backbone, embedding_size=dim).parameters())
@@ -62,8 +74,10 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
     return [
         *((size_name, size) for size_name, size in centres if size),
         ("backbone weights + gradients + optimizer state", backbone_params * 4 * (1 + backbone_states)),
-        (f"backbone activations kept for backward ({config.train.amp}, {config.data.batch_size} images)",
-         activation_bytes(config.model.backbone, dim, config.train.amp, config.data.batch_size)),
+        (
+            f"backbone activations kept for backward ({config.train.amp}, {config.data.batch_size} images)",
+            activation_bytes(config.model.backbone, dim, config.train.amp, config.data.batch_size),
+        ),
     ]
 
 
@@ -81,11 +95,14 @@ def dry_run(config: Config, world_size: int) -> None:
         except (DatasetError, OSError) as error:
             raise ConfigError(f"data.path={config.data.path!r}: {error}") from None
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-    print(f"# memory plan per rank: W={world_size}, C={num_classes}, global batch {config.data.batch_size * world_size}")
+    print(
+        f"# memory plan per rank: W={world_size}, C={num_classes}, global batch {config.data.batch_size * world_size}"
+    )
     plan = memory_plan(config, num_classes, world_size)
     for name, size in plan:
         print(f"#   {name:<60} {_human_bytes(size):>12}")
-    print(f"#   {'total (without allocator slack and kernel workspaces)':<60} {_human_bytes(sum(size for _, size in plan)):>12}")
+    total = _human_bytes(sum(size for _, size in plan))
+    print(f"#   {'total (without allocator slack and kernel workspaces)':<60} {total:>12}")
 
 
 def _human_bytes(size: int) -> str:
@@ -124,10 +141,17 @@ def warn_if_restarts_unsafe() -> None:
     """In-place restarts of torch 2.13 workers hang or are refused unless torchrun was started with
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/operations.md); torchrun reads it, so only its caller can set it."""
     restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
-    if restarts > 0 and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1" and os.environ.get("RANK", "0") == "0":
-        print(f"partialfc.train: warning: torchrun runs with --max-restarts {restarts} but without "
-              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; restarted workers may hang in init_process_group. "
-              "Start torchrun with that variable set (python -m launcher sets it).", file=sys.stderr)
+    if (
+        restarts > 0
+        and os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1"
+        and os.environ.get("RANK", "0") == "0"
+    ):
+        print(
+            f"partialfc.train: warning: torchrun runs with --max-restarts {restarts} but without "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; restarted workers may hang in init_process_group. "
+            "Start torchrun with that variable set (python -m launcher sets it).",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -43,13 +43,19 @@ class TrainProgress:
         return improved
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "samples": self.samples, "plan_steps": self.plan_steps,
-                "plan_batch": self.plan_batch, "best": dict(self.best)}
+        return {
+            "step": self.step,
+            "samples": self.samples,
+            "plan_steps": self.plan_steps,
+            "plan_batch": self.plan_batch,
+            "best": dict(self.best),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.best = int(state["step"]), {k: float(v) for k, v in state["best"].items()}
-        self.samples, self.plan_steps, self.plan_batch = (int(state.get(key, 0))
-                                                          for key in ("samples", "plan_steps", "plan_batch"))
+        self.samples, self.plan_steps, self.plan_batch = (
+            int(state.get(key, 0)) for key in ("samples", "plan_steps", "plan_batch")
+        )
 
     def set_plan(self, steps: int, global_batch: int) -> None:
         self.plan_steps, self.plan_batch = steps, global_batch
@@ -90,11 +96,18 @@ class RNGState:
     """
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, position, has_gauss, cached = np.random.get_state()
+        legacy = np.random.get_state(legacy=True)
+        assert isinstance(legacy, tuple)  # legacy=True: the (kind, keys, position, has_gauss, cached) tuple
+        kind, keys, position, has_gauss, cached = legacy
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
-                      "has_gauss": has_gauss, "cached_gaussian": cached},
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "position": position,
+                "has_gauss": has_gauss,
+                "cached_gaussian": cached,
+            },
             "python": random.getstate(),
         }
         if torch.cuda.is_available():
@@ -104,8 +117,15 @@ class RNGState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         saved = state["numpy"]
-        np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
-                             saved["has_gauss"], saved["cached_gaussian"]))
+        np.random.set_state(
+            (
+                saved["kind"],
+                saved["keys"].numpy().astype(np.uint32),
+                saved["position"],
+                saved["has_gauss"],
+                saved["cached_gaussian"],
+            )
+        )
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
@@ -126,7 +146,7 @@ class SampleRateSchedule:
     @classmethod
     def parse(cls, entries: list[str], base: float) -> SampleRateSchedule:
         """From ``loss.sample_rate_schedule`` entries ``FRACTION:RATE``; ConfigError names the field and entry."""
-        changes = []
+        changes: list[tuple[float, float]] = []
         for entry in entries:
             fraction, sep, rate = entry.partition(":")
             try:
@@ -136,16 +156,20 @@ class SampleRateSchedule:
             if not sep or change is None:
                 raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} is not FRACTION:RATE (e.g. 0.8:1.0)")
             if not 0.0 <= change[0] < 1.0 or not 0.0 < change[1] <= 1.0:
-                raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) "
-                                  "and RATE in (0, 1]")
+                raise ConfigError(
+                    f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) and RATE in (0, 1]"
+                )
             if changes and change[0] <= changes[-1][0]:
-                raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} must come after {changes[-1][0]:g} "
-                                  "(fractions strictly increasing)")
+                raise ConfigError(
+                    f"loss.sample_rate_schedule: entry {entry!r} must come after {changes[-1][0]:g} "
+                    "(fractions strictly increasing)"
+                )
             changes.append(change)
         return cls(base, tuple(changes))
 
-    def rate(self, step: int, total_steps: int) -> float:
-        """The rate for the step about to be taken, ``step`` of ``total_steps`` (0-based)."""
+    def rate(self, step: float, total_steps: int) -> float:
+        """The rate for the step about to be taken, ``step`` of ``total_steps`` (0-based; a fraction once a
+        restart changed the global batch)."""
         current = self.base
         for fraction, rate in self.changes:
             if step >= round(fraction * total_steps):

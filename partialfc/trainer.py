@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 import partialfc
-from partialfc.checkpoint import Checkpointer, Component, read_manifest
+from partialfc.checkpoint import Checkpointer, Component, Stateful, read_manifest
 from partialfc.config import Config, ConfigError, to_dict
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.prepare import prepare_dataset, resolve_val_targets
@@ -46,7 +46,7 @@ from partialfc.log_window import LogWindow
 from partialfc.lr_schedule import LRSchedule
 from partialfc.metrics import TrainingMetrics, resident_bytes
 from partialfc.model_file import ModelFileError, init_from, save_model
-from partialfc.models import create_model
+from partialfc.models import create_model, input_config_of
 from partialfc.models.precision import DTYPES, autocast_dtype
 from partialfc.optimizer import NonFiniteReport, centre_optimizer
 from partialfc.partial_fc import PartialFC
@@ -68,11 +68,13 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
             torch.use_deterministic_algorithms(True)
 
-        self.backbone = create_model(config.model.backbone, embedding_size=config.model.embedding_size,
-                                     dropout=config.model.dropout).to(self.device)
+        self.backbone = create_model(
+            config.model.backbone, embedding_size=config.model.embedding_size, dropout=config.model.dropout
+        ).to(self.device)
         channels_last = self.device.type == "cuda" and config.model.channels_last
         if channels_last:
-            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format (torch's stub lists only its device/dtype overloads)
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ema = WeightAverage(self.backbone, config.train.ema_decay) if config.train.ema_decay else None
         if config.model.compile:
             self.backbone.compile()  # in place: parameter names, DDP and the checkpoint keys stay as they are
@@ -80,12 +82,19 @@ class Trainer:
         self.num_classes = self.dataset.num_classes
         self.val_sets = [VerificationSet(path) for path in resolve_val_targets(config.data)]
         loader_params = LoaderParams(
-            config.data.batch_size, self.backbone.input_config, rank=info.rank, world_size=info.world_size,
-            seed=config.train.seed, flip=config.data.flip,
+            config.data.batch_size,
+            input_config_of(self.backbone),
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=config.train.seed,
+            flip=config.data.flip,
         )
         self.loader = build_loader(
-            self.dataset, loader_params, backend=config.data.backend,
-            device_id=info.local_rank if self.device.type == "cuda" else None, num_workers=config.data.num_workers,
+            self.dataset,
+            loader_params,
+            backend=config.data.backend,
+            device_id=info.local_rank if self.device.type == "cuda" else None,
+            num_workers=config.data.num_workers,
         )
         self.steps_per_epoch = len(self.loader) // config.train.grad_accum
         if self.steps_per_epoch == 0:
@@ -101,39 +110,79 @@ class Trainer:
                 self.backbone, device_ids=[info.local_rank] if self.device.type == "cuda" else None
             )
         self.pfc = PartialFC(
-            config.model.embedding_size, self.num_classes, config.loss.sample_rate, config.loss.build_margin(),
-            optimizer=centre_optimizer(config.optim), seed=config.train.seed, init_std=config.loss.init_std,
-            param_dtype=DTYPES[config.loss.param_dtype], device=self.device, sub_centers=config.loss.sub_centers,
+            config.model.embedding_size,
+            self.num_classes,
+            config.loss.sample_rate,
+            config.loss.build_margin(),
+            optimizer=centre_optimizer(config.optim),
+            seed=config.train.seed,
+            init_std=config.loss.init_std,
+            param_dtype=DTYPES[config.loss.param_dtype],
+            device=self.device,
+            sub_centers=config.loss.sub_centers,
         )
         self.optimizer = config.optim.build(self.backbone, self.pfc, fp16=config.train.amp == "fp16")
         self.amp_dtype = autocast_dtype(config.train.amp)
         self.progress = TrainProgress()
         self.progress.set_plan(self.total_steps, self.global_batch)  # a resumed run's own plan replaces it
-        shared = {"model": self.backbone, "optimizer": self.optimizer, "progress": self.progress,
-                  "epoch": LoaderEpoch(self.loader), **({"ema": self.ema} if self.ema else {})}
+        shared: dict[str, Stateful] = {
+            "model": self.backbone,
+            "optimizer": self.optimizer,
+            "progress": self.progress,
+            "epoch": LoaderEpoch(self.loader),
+            **({"ema": self.ema} if self.ema else {}),
+        }
         self.checkpointer = Checkpointer(
-            self.run_dir / "checkpoints", info, config.checkpoint.keep,
-            {**{name: Component(state, "shared") for name, state in shared.items()},
-             "rng": Component(RNGState(), "per_rank"), "loader": Component(self.loader, "per_rank"),
-             "centres": Component(self.pfc, "sharded")},
-            config=to_dict(config), log=self.log.info,
-            step_counters={"progress.step": lambda: self.progress.step,
-                           "PartialFC step_count": lambda: self.pfc.step_count},
+            self.run_dir / "checkpoints",
+            info,
+            config.checkpoint.keep,
+            {
+                **{name: Component(state, "shared") for name, state in shared.items()},
+                "rng": Component(RNGState(), "per_rank"),
+                "loader": Component(self.loader, "per_rank"),
+                "centres": Component(self.pfc, "sharded"),
+            },
+            config=to_dict(config),
+            log=self.log.info,
+            step_counters={
+                "progress.step": lambda: self.progress.step,
+                "PartialFC step_count": lambda: self.pfc.step_count,
+            },
         )
-        self.watchdog = StallWatchdog(self.run_dir / "heartbeats", info.rank, info.world_size,
-                                      config.stall_timeout() if info.world_size > 1 else 0.0, self._on_stall)
+        self.watchdog = StallWatchdog(
+            self.run_dir / "heartbeats",
+            info.rank,
+            info.world_size,
+            config.stall_timeout() if info.world_size > 1 else 0.0,
+            self._on_stall,
+        )
         self.training_step = TrainStep(
-            self.model, self.pfc, self.optimizer,
-            StepConfig(grad_accum=config.train.grad_accum, amp_dtype=self.amp_dtype, bf16_gemm=config.loss.bf16_gemm,
-                       channels_last=channels_last),
-            ema=self.ema, on_phase=lambda phase: self.watchdog.beat(self.progress.step, phase),
+            self.model,
+            self.pfc,
+            self.optimizer,
+            StepConfig(
+                grad_accum=config.train.grad_accum,
+                amp_dtype=self.amp_dtype,
+                bf16_gemm=config.loss.bf16_gemm,
+                channels_last=channels_last,
+            ),
+            ema=self.ema,
+            on_phase=lambda phase: self.watchdog.beat(self.progress.step, phase),
         )
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
         self.metrics = TrainingMetrics(
-            config.metrics, output_dir=str(self.run_dir), rank=info.rank, local_rank=info.local_rank,
-            node=info.node, world_size=info.world_size,
-            info={"version": partialfc.__version__, "backbone": config.model.backbone,
-                  "num_classes": str(self.num_classes), "world_size": str(info.world_size)},
+            config.metrics,
+            output_dir=str(self.run_dir),
+            rank=info.rank,
+            local_rank=info.local_rank,
+            node=info.node,
+            world_size=info.world_size,
+            info={
+                "version": partialfc.__version__,
+                "backbone": config.model.backbone,
+                "num_classes": str(self.num_classes),
+                "world_size": str(info.world_size),
+            },
         )
         self._plan()
 
@@ -152,7 +201,9 @@ class Trainer:
                 line = f"rank {first_rank} failed: {first_line}"
                 self.log.update_summary(status="failed", error=line)
                 raise PeerFailure(f"{line} (this rank {self.info.rank}: {type(error).__name__})") from error
-            self.log.update_summary(status="failed", error=line if self.info.world_size == 1 else f"rank {self.info.rank} failed: {line}")
+            self.log.update_summary(
+                status="failed", error=line if self.info.world_size == 1 else f"rank {self.info.rank} failed: {line}"
+            )
             raise
         except BaseException:
             self.log.update_summary(status="failed", error="interrupted")
@@ -168,7 +219,8 @@ class Trainer:
             self.log.info(
                 f"the run in {self.run_dir} finished at step {self.progress.step} "
                 f"({self.progress.samples} samples, its plan): nothing to train (for a new run, give another output "
-                "directory)")
+                "directory)"
+            )
             self.log.update_summary(status="finished")
             return "finished"
         self._plan()
@@ -180,10 +232,18 @@ class Trainer:
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         self.log.record(
-            "start", version=partialfc.__version__, backbone=self.config.model.backbone, num_classes=self.num_classes,
-            world_size=self.info.world_size, device=self.device.type, images=self.dataset.num_images,
-            global_batch=self.global_batch, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
-            loader=self.loader.backend, start_step=self.progress.step,
+            "start",
+            version=partialfc.__version__,
+            backbone=self.config.model.backbone,
+            num_classes=self.num_classes,
+            world_size=self.info.world_size,
+            device=self.device.type,
+            images=self.dataset.num_images,
+            global_batch=self.global_batch,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            loader=self.loader.backend,
+            start_step=self.progress.step,
             restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         )
         self.log.update_summary(status="running", total_steps=self.total_steps, world_size=self.info.world_size)
@@ -201,7 +261,10 @@ class Trainer:
                 nonfinite = self.optimizer.nonfinite.report()
                 self._log(window, nonfinite)
                 window = LogWindow()
-                if self.config.train.nonfinite == "stop" and nonfinite.longest_run >= self.config.train.nonfinite_patience:
+                if (
+                    self.config.train.nonfinite == "stop"
+                    and nonfinite.longest_run >= self.config.train.nonfinite_patience
+                ):
                     return self._stop_diverged(nonfinite)
             if _due(step, self.config.eval.every_steps, self.total_steps) and self.val_sets:
                 self._verify()
@@ -221,14 +284,20 @@ class Trainer:
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> StepReport:
         """One optimizer step at the scheduled learning rate and sample rate; per-step metrics and the bar."""
         position = self.progress.position
-        report = self.training_step(batches, lr=self.schedule(position),
-                                    sample_rate=self.config.loss.sample_rates.rate(position, self.progress.plan_steps),
-                                    number=self.progress.step + 1)
+        report = self.training_step(
+            batches,
+            lr=self.schedule(position),
+            sample_rate=self.config.loss.sample_rates.rate(position, self.progress.plan_steps),
+            number=self.progress.step + 1,
+        )
         self.progress.step += 1
         self.progress.samples += self.global_batch
         self.metrics.observe_step(  # per rank: local samples, compute time without the data wait
-            samples=self.config.data.batch_size * report.micro_batches, step_seconds=report.seconds - report.data_wait,
-            data_wait_seconds=report.data_wait, epoch=self.loader.epoch, sampled_centres=report.sampled_centres,
+            samples=self.config.data.batch_size * report.micro_batches,
+            step_seconds=report.seconds - report.data_wait,
+            data_wait_seconds=report.data_wait,
+            epoch=self.loader.epoch,
+            sampled_centres=report.sampled_centres,
         )
         self.log.progress(self.progress.step, self.total_steps, f"lr {report.lr:.4g}")
         return report
@@ -246,7 +315,7 @@ class Trainer:
     def _is_log_step(self, step: int) -> bool:
         return step % self.config.train.log_every == 0 or step == self.total_steps
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
         while True:
             yield from self.loader
 
@@ -272,21 +341,43 @@ class Trainer:
         scaler = self.optimizer.scaler
         phases = self.training_step.phases.collect()
         self.log.record(
-            "step", step=self.progress.step, total_steps=self.total_steps, epoch=self.loader.epoch, loss=loss,
-            lr=window.lr, grad_norm=grad_norm, samples_per_s=samples_per_s, data_wait=window.data_wait / elapsed,
-            memory_bytes=memory, eta_s=remaining, phase_seconds=phases,
+            "step",
+            step=self.progress.step,
+            total_steps=self.total_steps,
+            epoch=self.loader.epoch,
+            loss=loss,
+            lr=window.lr,
+            grad_norm=grad_norm,
+            samples_per_s=samples_per_s,
+            data_wait=window.data_wait / elapsed,
+            memory_bytes=memory,
+            eta_s=remaining,
+            phase_seconds=phases,
             **({"loss_scale": scaler.scale, "skipped_steps": self.optimizer.skipped_steps} if scaler.enabled else {}),
-            **({"nonfinite_steps": nonfinite.steps, "first_nonfinite_step": nonfinite.first_step}
-               if nonfinite.steps else {}),
+            **(
+                {"nonfinite_steps": nonfinite.steps, "first_nonfinite_step": nonfinite.first_step}
+                if nonfinite.steps
+                else {}
+            ),
         )
-        self.metrics.observe_log(loss=loss, lr=window.lr, grad_norm=grad_norm,
-                                 loss_scale=scaler.scale if scaler.enabled else None,
-                                 skipped_steps_total=self.optimizer.skipped_steps)
+        self.metrics.observe_log(
+            loss=loss,
+            lr=window.lr,
+            grad_norm=grad_norm,
+            loss_scale=scaler.scale if scaler.enabled else None,
+            skipped_steps_total=self.optimizer.skipped_steps,
+        )
         self.metrics.observe_phases(phases)
         self.metrics.observe_memory(self.device)
         self.log.scalars(self.progress.step, {"loss": loss, "lr": window.lr, "samples_per_s": samples_per_s})
-        self.log.update_summary(step=self.progress.step, epoch=self.loader.epoch, loss=loss, lr=window.lr,
-                                samples_per_second=samples_per_s, grad_norm=grad_norm)
+        self.log.update_summary(
+            step=self.progress.step,
+            epoch=self.loader.epoch,
+            loss=loss,
+            lr=window.lr,
+            samples_per_second=samples_per_s,
+            grad_norm=grad_norm,
+        )
 
     def _verify(self) -> None:
         self.watchdog.beat(self.progress.step, "verification")
@@ -296,30 +387,48 @@ class Trainer:
             for buffer in self.inference_backbone.buffers():
                 dist.broadcast(buffer, 0)
         results: list[VerificationResult] = [
-            evaluate(self.inference_backbone, vset, self.config.model.embedding_size, self.device,
-                     self.config.eval.batch_size, self.amp_dtype, self.config.eval.far)
+            evaluate(
+                self.inference_backbone,
+                vset,
+                self.config.model.embedding_size,
+                self.device,
+                self.config.eval.batch_size,
+                self.amp_dtype,
+                self.config.eval.far,
+            )
             for vset in self.val_sets
         ]
         for result in results:
-            self.log.record("verification", name=result.name, step=self.progress.step, accuracy=result.accuracy,
-                            accuracy_std=result.accuracy_std, far=result.far, tar_at_far=result.tar_at_far)
+            self.log.record(
+                "verification",
+                name=result.name,
+                step=self.progress.step,
+                accuracy=result.accuracy,
+                accuracy_std=result.accuracy_std,
+                far=result.far,
+                tar_at_far=result.tar_at_far,
+            )
             self.metrics.observe_verification(result.name, result.accuracy)
         improved = [self.progress.record_accuracy(result.name, result.accuracy) for result in results]
         if improved[0] and self.info.is_main:  # the first set decides which model is "best"
             self._write_model(self.run_dir / "model_best.pt")
         self.log.update_summary(
             best_verification=self.progress.best,
-            last_verification={r.name: {"accuracy": r.accuracy, "tar_at_far": r.tar_at_far, "step": self.progress.step}
-                               for r in results},
+            last_verification={
+                r.name: {"accuracy": r.accuracy, "tar_at_far": r.tar_at_far, "step": self.progress.step}
+                for r in results
+            },
         )
 
     def _stop_diverged(self, nonfinite: NonFiniteReport) -> str:
         """End the run: every step since the first non-finite one was dropped, checkpoints stay as they are."""
         newest = self.log.summary.get("checkpoint", "none")
-        message = (f"diverged: {nonfinite.longest_run} consecutive non-finite steps (loss or gradient norm), the "
-                   f"first at step {nonfinite.first_step}; each was dropped, so the weights are those before it. "
-                   f"Newest checkpoint: {newest}. Lower optim.lr, enable optim.clip_grad_norm, or resume from an "
-                   f"earlier checkpoint with --checkpoint.resume PATH")
+        message = (
+            f"diverged: {nonfinite.longest_run} consecutive non-finite steps (loss or gradient norm), the "
+            f"first at step {nonfinite.first_step}; each was dropped, so the weights are those before it. "
+            f"Newest checkpoint: {newest}. Lower optim.lr, enable optim.clip_grad_norm, or resume from an "
+            f"earlier checkpoint with --checkpoint.resume PATH"
+        )
         self.log.info(message)
         self.log.update_summary(status="diverged", error=message, diverged_at_step=nonfinite.first_step)
         barrier()
@@ -328,8 +437,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints and export
     def _save(self) -> None:
         if not self.optimizer.nonfinite.report(reset=False).latest_finite:
-            self.log.info(f"checkpoint at step {self.progress.step} not written: the latest step was non-finite "
-                          "(a run of dropped steps; the previous checkpoints are kept)")
+            self.log.info(
+                f"checkpoint at step {self.progress.step} not written: the latest step was non-finite "
+                "(a run of dropped steps; the previous checkpoints are kept)"
+            )
             return
         self.watchdog.beat(self.progress.step, "checkpoint")
         start = time.perf_counter()
@@ -356,10 +467,14 @@ class Trainer:
                 f"global batch {progress.plan_batch} -> {self.global_batch} (world size {self.info.world_size}): the "
                 f"run's plan stays {progress.plan_steps} steps of {progress.plan_batch} samples; {progress.samples} "
                 f"trained, {self.total_steps - progress.step} steps of {self.global_batch} remain; the LR and "
-                "sample-rate schedules follow the samples")
-        warmup = round(self.config.schedule.warmup_epochs * self.steps_per_epoch * self.global_batch / progress.plan_batch)
-        self.schedule = LRSchedule(self.config.optim.lr, warmup, progress.plan_steps, self.config.schedule.decay,
-                                   self.config.schedule.power)
+                "sample-rate schedules follow the samples"
+            )
+        warmup = round(
+            self.config.schedule.warmup_epochs * self.steps_per_epoch * self.global_batch / progress.plan_batch
+        )
+        self.schedule = LRSchedule(
+            self.config.optim.lr, warmup, progress.plan_steps, self.config.schedule.decay, self.config.schedule.power
+        )
 
     def _resume(self) -> bool:
         """Load the checkpoint ``checkpoint.resume`` names, if any; True when one was loaded."""
@@ -369,8 +484,11 @@ class Trainer:
         path = self.checkpointer.newest_loadable() if choice == "auto" else Path(choice)
         if path is None:
             return False
-        changes = check_changes(meaning_changes(read_manifest(path).get("config", {}), to_dict(self.config)),
-                                self.config.checkpoint.allow_changes, str(path))
+        changes = check_changes(
+            meaning_changes(read_manifest(path).get("config", {}), to_dict(self.config)),
+            self.config.checkpoint.allow_changes,
+            str(path),
+        )
         loaded = self.checkpointer.load(path)
         # A checkpoint written before plans were recorded, or an allowed new length (train.max_steps counts
         # steps of this job's global batch): the plan is this job's config, counted from the step reached.
@@ -381,8 +499,13 @@ class Trainer:
             for change in changes:
                 self.log.info(f"checkpoint.allow_changes: {change} from step {self.progress.step} on")
             recorded = self.log.summary.get("config_changes", [])
-            self.log.update_summary(config_changes=recorded + [
-                {"field": c.field, "checkpoint": c.checkpoint, "job": c.job, "step": self.progress.step} for c in changes])
+            self.log.update_summary(
+                config_changes=recorded
+                + [
+                    {"field": c.field, "checkpoint": c.checkpoint, "job": c.job, "step": self.progress.step}
+                    for c in changes
+                ]
+            )
         if loaded.resharded:
             self.log.info(
                 f"world size changed ({loaded.manifest['world_size']} -> {self.info.world_size}): centres re-sharded; "
@@ -409,13 +532,15 @@ class Trainer:
         if self.info.is_main:
             self._write_model(self.run_dir / "model.pt")
             self.log.info(f"exported {self.run_dir / 'model.pt'}")
-        self.log.update_summary(step=self.progress.step, model=str(self.run_dir / "model.pt"),
-                                best_verification=self.progress.best)
+        self.log.update_summary(
+            step=self.progress.step, model=str(self.run_dir / "model.pt"), best_verification=self.progress.best
+        )
 
     def _write_model(self, path: Path) -> None:
         """Backbone weights for inference (:func:`partialfc.model_file.save_model`)."""
-        save_model(path, self.config.model.backbone, self.config.model.embedding_size,
-                   self.inference_backbone.state_dict())
+        save_model(
+            path, self.config.model.backbone, self.config.model.embedding_size, self.inference_backbone.state_dict()
+        )
 
 
 class PeerFailure(RuntimeError):

@@ -112,8 +112,14 @@ class StallWatchdog:
 
     def _publish(self) -> None:
         self._beats += 1
-        record = {"rank": self.rank, "beat": self._beats, "step": self.step, "phase": self.phase,
-                  "host": socket.gethostname(), "pid": os.getpid()}
+        record = {
+            "rank": self.rank,
+            "beat": self._beats,
+            "step": self.step,
+            "phase": self.phase,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         path = self.directory / f"rank-{self.rank:05d}.json"
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -139,9 +145,11 @@ class StallWatchdog:
         """The report: who is silent or behind, and where every rank is."""
         silent = {r: p for r, p in self._peers.items() if now - p.changed_at >= self.timeout_s}
         if silent:
-            culprits = [f"rank {r} not responding for {now - p.changed_at:.0f} s (last heartbeat at step {p.step}, "
-                        f"phase {p.phase}, host {p.host or '?'}, pid {p.pid or '?'}: stopped, hung or dead)"
-                        for r, p in sorted(silent.items())]
+            culprits = [
+                f"rank {r} not responding for {now - p.changed_at:.0f} s (last heartbeat at step {p.step}, "
+                f"phase {p.phase}, host {p.host or '?'}, pid {p.pid or '?'}: stopped, hung or dead)"
+                for r, p in sorted(silent.items())
+            ]
         else:
             positions = {r: (p.step, p.phase) for r, p in self._peers.items()}
             positions[self.rank] = (self.step, self.phase)
@@ -152,9 +160,11 @@ class StallWatchdog:
                 common = max(set(phases), key=phases.count)
                 behind = sorted(r for r, (_, phase) in positions.items() if phase != common) or behind
             culprits = [f"rank {r} behind at step {positions[r][0]} (phase {positions[r][1]})" for r in behind]
-        message = (f"stall: rank {self.rank} made no step progress for {stalled_for:.0f} s "
-                   f"(train.stall_timeout_s={self.timeout_s:g}) at step {self.step}, phase {self.phase}; "
-                   + "; ".join(culprits))
+        message = (
+            f"stall: rank {self.rank} made no step progress for {stalled_for:.0f} s "
+            f"(train.stall_timeout_s={self.timeout_s:g}) at step {self.step}, phase {self.phase}; "
+            + "; ".join(culprits)
+        )
         return message, len(culprits)
 
 

@@ -38,6 +38,10 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
     """
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
-            _entry, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size, join=True, start_method="spawn"
+            _entry,
+            args=(world_size, free_port(), out_dir, fn, args),
+            nprocs=world_size,
+            join=True,
+            start_method="spawn",
         )
         return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]

@@ -43,8 +43,18 @@ class Host:
     def prefix(self, hostname: str) -> tuple[str, ...]:
         """Run a command on this node under ``hostname`` (a pod's host name is its pod name)."""
         assert hostname in self.names or hostname.split(".")[0] in self.names, hostname
-        return ("ip", "netns", "exec", self.namespace, "unshare", "--uts", "sh", "-c",
-                'hostname "$0" && exec "$@"', hostname)
+        return (
+            "ip",
+            "netns",
+            "exec",
+            self.namespace,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            hostname,
+        )
 
     def pids(self) -> list[int]:
         """Every process running on this node (in its network namespace)."""
@@ -71,20 +81,35 @@ def make_hosts(names: Sequence[Sequence[str]]) -> Iterator[tuple[Host, Host]]:
     subnet = secrets.randbelow(250) + 1
     addresses = (f"10.213.{subnet}.1", f"10.213.{subnet}.2")
     hosts_file = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n" + "".join(
-        f"{address} {' '.join(node_names)}\n" for address, node_names in zip(addresses, names))
+        f"{address} {' '.join(node_names)}\n" for address, node_names in zip(addresses, names)
+    )
     try:
         for namespace in namespaces:
             (NETNS_ETC / namespace).mkdir(parents=True, exist_ok=True)
             (NETNS_ETC / namespace / "hosts").write_text(hosts_file)
             _ip("netns", "add", namespace)
-        _ip("link", "add", links[0], "netns", namespaces[0], "type", "veth", "peer", "name", links[1],
-            "netns", namespaces[1])
+        _ip(
+            "link",
+            "add",
+            links[0],
+            "netns",
+            namespaces[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            links[1],
+            "netns",
+            namespaces[1],
+        )
         for namespace, link, address in zip(namespaces, links, addresses):
             _ip("-n", namespace, "addr", "add", f"{address}/30", "dev", link)
             _ip("-n", namespace, "link", "set", "lo", "up")
             _ip("-n", namespace, "link", "set", link, "up")
-        yield tuple(Host(ns, address, tuple(node_names))  # type: ignore[return-value]
-                    for ns, address, node_names in zip(namespaces, addresses, names))
+        yield tuple(
+            Host(ns, address, tuple(node_names))  # type: ignore[return-value]
+            for ns, address, node_names in zip(namespaces, addresses, names)
+        )
     finally:
         for namespace in namespaces:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -104,22 +129,41 @@ COLD_GAP_S = 225
 
 # Pod host names per job: what a PyTorchJob (<job>-master-0, <job>-worker-<i>), an Indexed Job with a
 # headless Service (<job>-<index>, subdomain <job>) and a JobSet (<jobset>-<job>-<job index>-<index>) name them.
-HOSTNAMES = {"pj": ("pj-master-0", "pj-worker-0"), "pe": ("pe-worker-0", "pe-worker-1"), "ix": ("ix-0", "ix-1"),
-             "cs": ("cs-node-0-0", "cs-node-0-1")}
+HOSTNAMES = {
+    "pj": ("pj-master-0", "pj-worker-0"),
+    "pe": ("pe-worker-0", "pe-worker-1"),
+    "ix": ("ix-0", "ix-1"),
+    "cs": ("cs-node-0-0", "cs-node-0-1"),
+}
 
 
 def pytorchjob_env(node: int) -> dict[str, str]:
     """training-operator v1.9 envvar.go + master.go: Master (1) + Worker (1), nprocPerNode "1",
     pytorchjob-port 29400."""
-    return {"PYTHONUNBUFFERED": "1", "MASTER_PORT": "29400", "PET_MASTER_PORT": "29400", "MASTER_ADDR": "pj-master-0",
-            "PET_MASTER_ADDR": "pj-master-0", "WORLD_SIZE": "2", "RANK": str(node), "PET_NODE_RANK": str(node),
-            "PET_NPROC_PER_NODE": "1", "PET_NNODES": "2"}
+    return {
+        "PYTHONUNBUFFERED": "1",
+        "MASTER_PORT": "29400",
+        "PET_MASTER_PORT": "29400",
+        "MASTER_ADDR": "pj-master-0",
+        "PET_MASTER_ADDR": "pj-master-0",
+        "WORLD_SIZE": "2",
+        "RANK": str(node),
+        "PET_NODE_RANK": str(node),
+        "PET_NPROC_PER_NODE": "1",
+        "PET_NNODES": "2",
+    }
 
 
 def elastic_pytorchjob_env(node: int) -> dict[str, str]:
     """elastic.go: Worker (2) with elasticPolicy {minReplicas 2, maxReplicas 2, maxRestarts 3}: no node rank."""
-    return {"PYTHONUNBUFFERED": "1", "PET_NPROC_PER_NODE": "1", "PET_RDZV_ENDPOINT": "pe-worker-0:29400",
-            "PET_RDZV_BACKEND": "c10d", "PET_NNODES": "2:2", "PET_MAX_RESTARTS": "3"}
+    return {
+        "PYTHONUNBUFFERED": "1",
+        "PET_NPROC_PER_NODE": "1",
+        "PET_RDZV_ENDPOINT": "pe-worker-0:29400",
+        "PET_RDZV_BACKEND": "c10d",
+        "PET_NNODES": "2:2",
+        "PET_MAX_RESTARTS": "3",
+    }
 
 
 def indexed_job_env(node: int) -> dict[str, str]:
@@ -129,12 +173,27 @@ def indexed_job_env(node: int) -> dict[str, str]:
 
 def jobset_env(node: int) -> dict[str, str]:
     """k8s/jobset: the same, with pod 0 named <jobset>-node-0-0 under the JobSet's Service."""
-    return {"JOB_COMPLETION_INDEX": str(node), "PARTIALFC_NNODES": "2", "PARTIALFC_RDZV_HOST": "cs-node-0-0.cs",
-            "JOBSET_NAME": "cs"}
+    return {
+        "JOB_COMPLETION_INDEX": str(node),
+        "PARTIALFC_NNODES": "2",
+        "PARTIALFC_RDZV_HOST": "cs-node-0-0.cs",
+        "JOBSET_NAME": "cs",
+    }
 
 
-SCHEDULER_PREFIXES = ("PET_", "SLURM_", "MASTER_", "JOB_COMPLETION_INDEX", "JOBSET_", "PARTIALFC_", "RANK",
-                      "WORLD_SIZE", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "TORCH_ELASTIC_", "OMP_NUM_THREADS")
+SCHEDULER_PREFIXES = (
+    "PET_",
+    "SLURM_",
+    "MASTER_",
+    "JOB_COMPLETION_INDEX",
+    "JOBSET_",
+    "PARTIALFC_",
+    "RANK",
+    "WORLD_SIZE",
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE",
+    "TORCH_ELASTIC_",
+    "OMP_NUM_THREADS",
+)
 
 
 @dataclass
@@ -156,11 +215,20 @@ class Job:
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
         env.update(self.make_env(node))
         log = self.output.parent / f"{self.output.name}-node{node}-{len(self.logs)}.log"
-        command = [*self.hosts[node].prefix(HOSTNAMES[self.name][node]), sys.executable, "-m", "launcher",
-                   "--nproc-per-node", "1", "--", *self.args]
+        command = [
+            *self.hosts[node].prefix(HOSTNAMES[self.name][node]),
+            sys.executable,
+            "-m",
+            "launcher",
+            "--nproc-per-node",
+            "1",
+            "--",
+            *self.args,
+        ]
         with log.open("wb") as sink:
-            process = subprocess.Popen(command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                command, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self.processes[node] = process
         self.logs.append(log)
         return process
@@ -169,8 +237,10 @@ class Job:
         """Both launchers' exit codes; whatever still runs NODE_TIMEOUT_S from now is killed."""
         deadline = time.perf_counter() + NODE_TIMEOUT_S
         try:
-            return [self.processes[node].wait(timeout=max(1.0, deadline - time.perf_counter()))
-                    for node in sorted(self.processes)]
+            return [
+                self.processes[node].wait(timeout=max(1.0, deadline - time.perf_counter()))
+                for node in sorted(self.processes)
+            ]
         finally:
             self.kill_all()
 
@@ -196,9 +266,22 @@ class Job:
 
 
 def training(dataset: Path, output: Path) -> list[str]:
-    return train_args(dataset, output, "--train.max_steps", str(STEPS), "--checkpoint.every_steps", str(EVERY),
-                      "--eval.every_steps", "0", "--data.backend", "torch", "--loss.sample_rate", "0.5",
-                      "--dist.timeout_s", "60")
+    return train_args(
+        dataset,
+        output,
+        "--train.max_steps",
+        str(STEPS),
+        "--checkpoint.every_steps",
+        str(EVERY),
+        "--eval.every_steps",
+        "0",
+        "--data.backend",
+        "torch",
+        "--loss.sample_rate",
+        "0.5",
+        "--dist.timeout_s",
+        "60",
+    )
 
 
 def start_job(hosts, name: str, make_env, dataset: Path, output: Path) -> Job:
@@ -245,5 +328,3 @@ def assert_finished_like(job: Job, returncodes: list[int], reference: Path) -> N
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
-
-

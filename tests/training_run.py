@@ -19,10 +19,20 @@ def make_trainer(dataset: Path, output: Path, **overrides: object):
     from partialfc.distributed import DistInfo
     from partialfc.trainer import Trainer
 
-    config = load_config(REPO / "configs" / "quickstart.yaml", {
-        "data.path": str(dataset), "output": str(output), "data.batch_size": 16, "data.backend": "torch",
-        "data.num_workers": 1, "train.log_every": 2, "eval.every_steps": 0, "metrics.port": 0, **overrides,
-    })
+    config = load_config(
+        REPO / "configs" / "quickstart.yaml",
+        {
+            "data.path": str(dataset),
+            "output": str(output),
+            "data.batch_size": 16,
+            "data.backend": "torch",
+            "data.num_workers": 1,
+            "train.log_every": 2,
+            "eval.every_steps": 0,
+            "metrics.port": 0,
+            **overrides,
+        },
+    )
     single = DistInfo(rank=0, world_size=1, local_rank=0, local_world_size=1, node=0, device=torch.device("cpu"))
     return Trainer(config, single)
 
@@ -30,10 +40,23 @@ def make_trainer(dataset: Path, output: Path, **overrides: object):
 def train_args(dataset: Path, output: Path, *extra: str) -> list[str]:
     """The quickstart config on ``dataset``, small batches, metrics off unless ``extra`` says otherwise."""
     return [
-        "--config", str(REPO / "configs" / "quickstart.yaml"),
-        "--data.path", str(dataset), "--output", str(output),
-        "--data.batch_size", "16", "--data.num_workers", "1", "--train.log_every", "2",
-        "--eval.batch_size", "100", "--metrics.port", "0", *extra,
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--data.path",
+        str(dataset),
+        "--output",
+        str(output),
+        "--data.batch_size",
+        "16",
+        "--data.num_workers",
+        "1",
+        "--train.log_every",
+        "2",
+        "--eval.batch_size",
+        "100",
+        "--metrics.port",
+        "0",
+        *extra,
     ]
 
 
@@ -41,8 +64,17 @@ def training_command(nproc: int | None, args: list[str]) -> list[str]:
     """``torchrun --standalone --nproc_per_node nproc -m partialfc.train ARGS`` (plain python when nproc is None)."""
     if nproc is None:
         return [sys.executable, "-m", "partialfc.train", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "partialfc.train", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "partialfc.train",
+        *args,
+    ]
 
 
 def training_env() -> dict[str, str]:
@@ -51,10 +83,13 @@ def training_env() -> dict[str, str]:
 
 
 def run_training(nproc: int | None, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(training_command(nproc, args), cwd=REPO, env=training_env(),
-                            capture_output=True, text=True, timeout=540)
+    result = subprocess.run(
+        training_command(nproc, args), cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=540
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 

@@ -85,8 +85,10 @@ def _print_summary(info: dict[str, Any]) -> None:
     for s in info["shards"]:
         print(f"  {s['rec']}  {s['size_bytes'] / 2**20:,.1f} MiB  {s['num_images']:,} images")
     cs = info["class_sizes"]
-    print(f"images/class min {cs['min']}  median {cs['median']:g}  mean {cs['mean']:.1f}  max {cs['max']}"
-          f"  empty classes {cs['empty_classes']}")
+    print(
+        f"images/class min {cs['min']}  median {cs['median']:g}  mean {cs['mean']:.1f}  max {cs['max']}"
+        f"  empty classes {cs['empty_classes']}"
+    )
     for row in info["class_size_histogram"]:
         print(f"  {row['images_per_class']:>10} images: {row['classes']:,} classes")
     print("samples")
@@ -110,8 +112,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_dataset(args.path, workers=args.workers, progress=not args.quiet)
     for problem in report.problems:
         print(f"CORRUPT {problem}")
-    print(f"checked {report.records:,} records, decoded {report.images:,} images: "
-          f"{len(report.problems)} problem(s)")
+    print(f"checked {report.records:,} records, decoded {report.images:,} images: {len(report.problems)} problem(s)")
     return 0 if report.ok else 1
 
 
@@ -128,8 +129,16 @@ def cmd_pack(args: argparse.Namespace) -> int:
         print(f"error: {src} is neither a folder of identity folders nor a .lst file", file=sys.stderr)
         return 2
     recs = pack_dataset(
-        args.out, labels, paths, read_jpeg_file, shards=args.shards, shuffle=args.shuffle, seed=args.seed,
-        layout=args.layout, workers=args.workers, progress=not args.quiet,
+        args.out,
+        labels,
+        paths,
+        read_jpeg_file,
+        shards=args.shards,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        layout=args.layout,
+        workers=args.workers,
+        progress=not args.quiet,
     )
     for rec in recs:
         print(rec)
@@ -148,9 +157,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from partialfc.data.synth import generate_synthetic_dataset
 
     out = generate_synthetic_dataset(
-        args.out, args.identities, args.images_per_identity, seed=args.seed, shards=args.shards,
-        holdout_identities=args.holdout_identities, pairs=args.pairs, workers=args.workers,
-        progress=not args.quiet, variation=args.variation,
+        args.out,
+        args.identities,
+        args.images_per_identity,
+        seed=args.seed,
+        shards=args.shards,
+        holdout_identities=args.holdout_identities,
+        pairs=args.pairs,
+        workers=args.workers,
+        progress=not args.quiet,
+        variation=args.variation,
     )
     print(out)
     return 0
@@ -164,8 +180,16 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        out, report = clean_dataset(args.run_dir, args.dataset, args.angle, args.out, model=args.model,
-                                    batch_size=args.batch_size, device=device, progress=not args.quiet)
+        out, report = clean_dataset(
+            args.run_dir,
+            args.dataset,
+            args.angle,
+            args.out,
+            model=args.model,
+            batch_size=args.batch_size,
+            device=device,
+            progress=not args.quiet,
+        )
     except CheckpointError as err:
         print(error_line(err), file=sys.stderr)
         return 2
@@ -188,16 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
         return p
 
-    p = add("pack", "Pack a folder of identity sub-folders (or an InsightFace/im2rec .lst) of aligned JPEGs "
-            "into OUT.rec/.idx plus a property file; JPEG bytes are stored unchanged.")
+    p = add(
+        "pack",
+        "Pack a folder of identity sub-folders (or an InsightFace/im2rec .lst) of aligned JPEGs "
+        "into OUT.rec/.idx plus a property file; JPEG bytes are stored unchanged.",
+    )
     p.add_argument("src", metavar="SRC", help="folder with one sub-folder of .jpg per identity, or a .lst file")
     p.add_argument("out", metavar="OUT", help="output prefix: writes OUT.rec, OUT.idx and property beside them")
     p.add_argument("--shards", type=int, default=1, help="split into N shards OUT-00000-of-0000N.rec (default 1)")
-    p.add_argument("--shuffle", action="store_true",
-                   help="shuffle the physical image order (keys stay sorted by identity)")
+    p.add_argument(
+        "--shuffle", action="store_true", help="shuffle the physical image order (keys stay sorted by identity)"
+    )
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    p.add_argument("--layout", choices=("insightface", "headerless"), default="insightface",
-                   help="insightface: header + identity records (default); headerless: images only")
+    p.add_argument(
+        "--layout",
+        choices=("insightface", "headerless"),
+        default="insightface",
+        help="insightface: header + identity records (default); headerless: images only",
+    )
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: CPU count, max 8)")
     p.set_defaults(func=cmd_pack)
 
@@ -207,16 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4, help="images to decode as samples (default 4)")
     p.set_defaults(func=cmd_inspect)
 
-    p = add("verify", "Read every record and decode every image; list corrupt records with file and byte "
-            "offset; exit status 1 if any.")
+    p = add(
+        "verify",
+        "Read every record and decode every image; list corrupt records with file and byte "
+        "offset; exit status 1 if any.",
+    )
     p.add_argument("path", metavar="PATH")
     p.add_argument("--workers", type=int, default=None, help="decoder processes (default: CPU count, max 8)")
     p.set_defaults(func=cmd_verify)
 
     p = add("index", "Build (or reuse) the image-only index DALI needs for this dataset; prints its path.")
     p.add_argument("path", metavar="PATH")
-    p.add_argument("--cache-dir", default=None, help="where to write the index (default: beside the data "
-                   "when writable, else a cache folder)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where to write the index (default: beside the data when writable, else a cache folder)",
+    )
     p.set_defaults(func=cmd_index)
 
     p = add("synth", "Generate the synthetic face-like dataset (InsightFace layout) and verification pairs.")
@@ -225,35 +263,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-identity", type=int, required=True, help="images per identity")
     p.add_argument("--seed", type=int, default=0, help="seed; same seed gives identical files (default 0)")
     p.add_argument("--shards", type=int, default=1, help="number of .rec shards (default 1)")
-    p.add_argument("--holdout-identities", type=int, default=0,
-                   help="extra identities used only for evaluation: verification pairs and OUT/holdout/, an "
-                   "IJB-B/C-layout release (loose crops, landmarks, detector scores, template, pair and 1:N lists) "
-                   "for partialfc.eval pairs/identify (default 0)")
+    p.add_argument(
+        "--holdout-identities",
+        type=int,
+        default=0,
+        help="extra identities used only for evaluation: verification pairs and OUT/holdout/, an "
+        "IJB-B/C-layout release (loose crops, landmarks, detector scores, template, pair and 1:N lists) "
+        "for partialfc.eval pairs/identify (default 0)",
+    )
     p.add_argument("--pairs", type=int, default=0, help="verification pairs, half positive (default 0)")
     p.add_argument("--workers", type=int, default=None, help="encoder processes (default: CPU count, max 8)")
-    p.add_argument("--variation", choices=("standard", "hard"), default="standard",
-                   help="per-image variation: standard (the quickstart's) or hard (wider pose, lighting, white "
-                   "balance, occlusion, blur, JPEG quality 25-90; see partialfc/data/synth.py) (default standard)")
+    p.add_argument(
+        "--variation",
+        choices=("standard", "hard"),
+        default="standard",
+        help="per-image variation: standard (the quickstart's) or hard (wider pose, lighting, white "
+        "balance, occlusion, blur, JPEG quality 25-90; see partialfc/data/synth.py) (default standard)",
+    )
     p.set_defaults(func=cmd_synth)
 
-    p = add("clean", "Sub-center ArcFace data cleaning: embed DATASET with RUN_DIR's model, find each class's "
-            "dominant sub-centre (the one most of its images are nearest to) among the centres of RUN_DIR's newest "
-            "checkpoint, and drop images farther than --angle from it (and classes left empty). Writes a cleaned "
-            "index (an image subset; the .rec files stay untouched) that data.path can point to, and prints how many "
-            "images and classes were kept and dropped. Meant for a run trained with loss.sub_centers > 1; with 1 it "
-            "is a plain angle filter.")
+    p = add(
+        "clean",
+        "Sub-center ArcFace data cleaning: embed DATASET with RUN_DIR's model, find each class's "
+        "dominant sub-centre (the one most of its images are nearest to) among the centres of RUN_DIR's newest "
+        "checkpoint, and drop images farther than --angle from it (and classes left empty). Writes a cleaned "
+        "index (an image subset; the .rec files stay untouched) that data.path can point to, and prints how many "
+        "images and classes were kept and dropped. Meant for a run trained with loss.sub_centers > 1; with 1 it "
+        "is a plain angle filter.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="training output directory (holds checkpoints/ and model.pt)")
-    p.add_argument("dataset", metavar="DATASET", help="the dataset RUN_DIR trained on: a .rec file, its prefix, a "
-                   "directory holding one dataset, a quoted glob of shards, or a cleaned index")
-    p.add_argument("--angle", type=float, default=75.0,
-                   help="largest angle in degrees between an image and its class's dominant sub-centre that is "
-                   "kept (default 75, the paper's)")
+    p.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="the dataset RUN_DIR trained on: a .rec file, its prefix, a "
+        "directory holding one dataset, a quoted glob of shards, or a cleaned index",
+    )
+    p.add_argument(
+        "--angle",
+        type=float,
+        default=75.0,
+        help="largest angle in degrees between an image and its class's dominant sub-centre that is "
+        "kept (default 75, the paper's)",
+    )
     p.add_argument("--out", default=None, help="directory of the cleaned index (default RUN_DIR/cleaned)")
-    p.add_argument("--model", default=None, help="model.pt or .onnx to embed with (default RUN_DIR/model.pt, else "
-                   "the backbone in the newest checkpoint)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model.pt or .onnx to embed with (default RUN_DIR/model.pt, else the backbone in the newest checkpoint)",
+    )
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
-    p.add_argument("--device", default=None,
-                   help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
+    )
     p.set_defaults(func=cmd_clean)
     return parser
 

@@ -65,7 +65,9 @@ class CleanReport:
         ]
 
 
-def load_run_embedder(run_dir: Path, checkpoint: Path, model: Path | None, device: torch.device) -> tuple[Embedder, str]:
+def load_run_embedder(
+    run_dir: Path, checkpoint: Path, model: Path | None, device: torch.device
+) -> tuple[Embedder, str]:
     """The backbone to embed with, and where it came from.
 
     ``model`` (a model.pt or .onnx) if given, else ``RUN_DIR/model.pt`` (written at the end of
@@ -83,8 +85,12 @@ def load_run_embedder(run_dir: Path, checkpoint: Path, model: Path | None, devic
         raise CheckpointError(f"{checkpoint}/meta.json: config lacks model.backbone/model.embedding_size; pass --model")
     backbone = create_model(str(config["backbone"]), int(config["embedding_size"]))
     backbone.load_state_dict(torch.load(shared_path, map_location="cpu", weights_only=True)["model"])
-    embedder = TorchEmbedder(backbone.eval().to(device), device, int(config["embedding_size"]),
-                             description=f"pytorch {config['backbone']} ({device})")
+    embedder = TorchEmbedder(
+        backbone.eval().to(device),
+        device,
+        int(config["embedding_size"]),
+        description=f"pytorch {config['backbone']} ({device})",
+    )
     return embedder, f"{shared_path} (model)"
 
 
@@ -132,14 +138,20 @@ def clean_dataset(
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no complete checkpoint to read the class centres from")
     centres, sub_centers = read_centres(checkpoint)
-    embedder, model_origin = load_run_embedder(run_dir, checkpoint, Path(model) if model else None, torch.device(device))
+    embedder, model_origin = load_run_embedder(
+        run_dir, checkpoint, Path(model) if model else None, torch.device(device)
+    )
     with RecordDataset(dataset_path) as dataset:
         if dataset.num_classes != centres.shape[0]:
-            raise ValueError(f"{dataset_path}: {dataset.num_classes} classes, the centres of {checkpoint} "
-                             f"{centres.shape[0]}: not the dataset this run trained on")
+            raise ValueError(
+                f"{dataset_path}: {dataset.num_classes} classes, the centres of {checkpoint} "
+                f"{centres.shape[0]}: not the dataset this run trained on"
+            )
         if embedder.embedding_size != centres.shape[2]:
-            raise ValueError(f"{model_origin}: {embedder.embedding_size}-d embeddings, the centres of {checkpoint} "
-                             f"are {centres.shape[2]}-d")
+            raise ValueError(
+                f"{model_origin}: {embedder.embedding_size}-d embeddings, the centres of {checkpoint} "
+                f"are {centres.shape[2]}-d"
+            )
         cosines = _own_class_cosines(embedder, dataset, centres, batch_size, progress)
         labels = dataset.labels
         nearest = cosines.argmax(axis=1)
@@ -148,17 +160,28 @@ def clean_dataset(
         to_dominant = cosines[np.arange(len(labels)), dominant[labels]]
         keep = to_dominant >= math.cos(math.radians(max_angle_deg))
         report = CleanReport(
-            checkpoint=str(checkpoint), model=model_origin, sub_centers=sub_centers, max_angle_deg=max_angle_deg,
-            images=len(labels), kept_images=int(keep.sum()), classes=len(np.unique(labels)),
-            kept_classes=len(np.unique(labels[keep])), off_dominant_images=int((nearest != dominant[labels]).sum()),
+            checkpoint=str(checkpoint),
+            model=model_origin,
+            sub_centers=sub_centers,
+            max_angle_deg=max_angle_deg,
+            images=len(labels),
+            kept_images=int(keep.sum()),
+            classes=len(np.unique(labels)),
+            kept_classes=len(np.unique(labels[keep])),
+            off_dominant_images=int((nearest != dominant[labels]).sum()),
             dropped_classes=sorted(set(np.unique(labels).tolist()) - set(np.unique(labels[keep]).tolist())),
         )
         # Indices into the dataset as opened: for a subset of a subset, map back to the source images.
         source_indices = np.flatnonzero(keep)
         if dataset.subset_indices is not None:
             source_indices = dataset.subset_indices[source_indices]
-        directory = write_subset(out if out is not None else run_dir / "cleaned", dataset.shards,
-                                 dataset.source_num_images, source_indices, asdict(report))
+        directory = write_subset(
+            out if out is not None else run_dir / "cleaned",
+            dataset.shards,
+            dataset.source_num_images,
+            source_indices,
+            asdict(report),
+        )
         dropped = np.flatnonzero(~keep)
         angles = np.degrees(np.arccos(np.clip(to_dominant[dropped], -1.0, 1.0)))
         source = dataset.subset_indices[dropped] if dataset.subset_indices is not None else dropped

@@ -56,9 +56,7 @@ class RecordDataset:
             kinds = ", ".join(f"{s.rec_path.name}={p.layout}" for s, p in zip(self.shards, parts))
             raise DatasetError(f"shards mix layouts: {kinds}")
         self.layout: str = layouts.pop()
-        self.image_shard = np.concatenate(
-            [np.full(len(p.keys), i, np.int32) for i, p in enumerate(parts)]
-        )
+        self.image_shard = np.concatenate([np.full(len(p.keys), i, np.int32) for i, p in enumerate(parts)])
         self.image_offset = np.concatenate([p.offsets for p in parts]).astype(np.int64)
         self.image_key = np.concatenate([p.keys for p in parts]).astype(np.int64)
         raw = np.concatenate([p.labels for p in parts]).astype(np.float32)
@@ -125,7 +123,9 @@ class RecordDataset:
             )
         if seen > num_classes:
             i = int(np.argmax(self.labels))
-            raise DatasetError(f"{self.describe(i)}: label {seen - 1} is out of range for num_classes={num_classes} ({origin})")
+            raise DatasetError(
+                f"{self.describe(i)}: label {seen - 1} is out of range for num_classes={num_classes} ({origin})"
+            )
         if self.layout == "insightface":
             present = np.bincount(self.labels, minlength=num_classes) > 0
             if not present.all():
@@ -155,7 +155,9 @@ class RecordDataset:
             return decode_jpeg(self.read_image(i))
         except ImageDecodeError as err:
             shard = self.shards[int(self.image_shard[i])]
-            raise RecordDecodeError(f"{self.describe(i)} (image {i}): {err}", shard.rec_path, int(self.image_key[i])) from None
+            raise RecordDecodeError(
+                f"{self.describe(i)} (image {i}): {err}", shard.rec_path, int(self.image_key[i])
+            ) from None
 
     def class_sizes(self) -> np.ndarray:
         """Number of images of each class id."""

@@ -93,8 +93,9 @@ def _write_subject_csv(path: Path, rows: list[tuple[int, int, str]]) -> None:
     path.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "".join(f"{t},{s},{n}\n" for t, s, n in rows))
 
 
-def write_ijb_holdout(out_dir: str | Path, images: AlignedImages, first_identity: int, identities: int,
-                      images_per_identity: int) -> Path:
+def write_ijb_holdout(
+    out_dir: str | Path, images: AlignedImages, first_identity: int, identities: int, images_per_identity: int
+) -> Path:
     """Write the release for identities ``first_identity ..`` (``images_per_identity`` each) into ``out_dir``."""
     out = Path(out_dir)
     (out / LOOSE_CROP).mkdir(parents=True, exist_ok=True)
@@ -135,17 +136,27 @@ def write_ijb_holdout(out_dir: str | Path, images: AlignedImages, first_identity
     wanted = min(len(negatives), NEGATIVE_PAIRS_PER_POSITIVE * int(same.sum()) or len(negatives))
     chosen = np.sort(np.concatenate([np.flatnonzero(same), rng.choice(negatives, wanted, replace=False)]))
     (out / META / pair_list_name(SET_NAME)).write_text(
-        "".join(f"{template_ids[first[k]]} {template_ids[second[k]]} {int(same[k])}\n" for k in chosen))
+        "".join(f"{template_ids[first[k]]} {template_ids[second[k]]} {int(same[k])}\n" for k in chosen)
+    )
 
     shuffled = rng.permutation(np.unique(subjects))
     galleries = {"G1": shuffled[: (len(shuffled) + 1) // 2], "G2": shuffled[(len(shuffled) + 1) // 2 :]}
     first_template = {int(s): int(np.flatnonzero(subjects == s)[0]) for s in np.unique(subjects)}
     for label, members in galleries.items():
-        rows = [(int(template_ids[first_template[int(s)]]), int(s), n) for s in sorted(members)
-                for n in files_of_template[first_template[int(s)]]]
+        rows = [
+            (int(template_ids[first_template[int(s)]]), int(s), n)
+            for s in sorted(members)
+            for n in files_of_template[first_template[int(s)]]
+        ]
         _write_subject_csv(out / META / gallery_name(SET_NAME, label), rows)
     enrolled = set(first_template.values())
-    _write_subject_csv(out / META / probe_name(SET_NAME), [
-        (int(template_ids[k]), int(subjects[k]), n) for k in range(len(subjects)) if k not in enrolled
-        for n in files_of_template[k]])
+    _write_subject_csv(
+        out / META / probe_name(SET_NAME),
+        [
+            (int(template_ids[k]), int(subjects[k]), n)
+            for k in range(len(subjects))
+            if k not in enrolled
+            for n in files_of_template[k]
+        ],
+    )
     return out

@@ -128,7 +128,9 @@ def resolve_shards(path: str | Path | Sequence[str | Path]) -> list[Shard]:
             _check_shard_set(recs, str(p))
             return [_shard(r) for r in recs]
         found = ", ".join(r.name for r in recs) or "none"
-        raise DatasetError(f"{p}: expected one dataset (train.rec, one .rec or one shard set), found .rec files: {found}")
+        raise DatasetError(
+            f"{p}: expected one dataset (train.rec, one .rec or one shard set), found .rec files: {found}"
+        )
     if p.suffix == ".rec":
         return [_shard(p)]
     if Path(text + ".rec").is_file():
@@ -253,10 +255,9 @@ def analyse_shard(reader: RecordReader, table: HeaderTable) -> ShardImages:
     meta = np.flatnonzero(empty)
     if reader.index_rebuilt:
         cands = [
-            i for i in meta.tolist()
-            if table.flag[i] == 2
-            and _f32_eq(table.label0[i], n_img + 1)
-            and _f32_eq(table.label1[i], n_img + n_meta)
+            i
+            for i in meta.tolist()
+            if table.flag[i] == 2 and _f32_eq(table.label0[i], n_img + 1) and _f32_eq(table.label1[i], n_img + n_meta)
         ]
         if not cands:
             i = int(meta[0])
@@ -265,9 +266,7 @@ def analyse_shard(reader: RecordReader, table: HeaderTable) -> ShardImages:
                 f"InsightFace header with label [{n_img + 1}, {n_img + n_meta}] (index was rebuilt by scanning)"
             )
         header = cands[0]
-        warnings.warn(
-            f"{rec}: index rebuilt by scanning, so identity key ranges cannot be cross-checked", stacklevel=3
-        )
+        warnings.warn(f"{rec}: index rebuilt by scanning, so identity key ranges cannot be cross-checked", stacklevel=3)
     else:
         zero = np.flatnonzero(table.keys == 0)
         if zero.size == 0:
@@ -320,8 +319,7 @@ def _check_keys(rec: Path, keys: np.ndarray, first: int, count: int, kind: str) 
     wrong = np.flatnonzero(got != want)
     detail = f"key #{int(wrong[0])} is {int(got[wrong[0]])}" if wrong.size else f"{len(got)} keys"
     raise DatasetError(
-        f"{rec}: {count} {kind} records must have keys {first}..{first + count - 1} in the InsightFace layout; "
-        f"{detail}"
+        f"{rec}: {count} {kind} records must have keys {first}..{first + count - 1} in the InsightFace layout; {detail}"
     )
 
 

@@ -188,7 +188,9 @@ def pack_dataset(
                     if size is None:
                         size = hw
                     elif hw != size:
-                        raise DatasetError(f"{sources[item]}: image is {hw[0]}x{hw[1]}, earlier ones are {size[0]}x{size[1]}")
+                        raise DatasetError(
+                            f"{sources[item]}: image is {hw[0]}x{hw[1]}, earlier ones are {size[0]}x{size[1]}"
+                        )
                     writer.write(key, pack_record(float(lab[item]), data, id=key))
                     if bar:
                         bar.update()
@@ -218,5 +220,3 @@ def _remove_other_shard_sets(out_prefix: str | Path, keep: list[Path]) -> None:
         if rec not in keep:
             rec.unlink(missing_ok=True)
             rec.with_suffix(".idx").unlink(missing_ok=True)
-
-

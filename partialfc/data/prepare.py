@@ -21,7 +21,11 @@ from partialfc.distributed import barrier
 def is_synthetic_target(data: DataConfig) -> bool:
     """True when ``data.path`` names the synthetic dataset (``data.synthetic.path``) and it is enabled."""
     synthetic = data.synthetic
-    return synthetic.identities > 0 and bool(synthetic.path) and Path(data.path).resolve() == Path(synthetic.path).resolve()
+    return (
+        synthetic.identities > 0
+        and bool(synthetic.path)
+        and Path(data.path).resolve() == Path(synthetic.path).resolve()
+    )
 
 
 def prepare_dataset(data: DataConfig, seed: int, is_main: bool) -> RecordDataset:
@@ -41,8 +45,13 @@ def prepare_dataset(data: DataConfig, seed: int, is_main: bool) -> RecordDataset
             staging = target.with_name(target.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
             generate_synthetic_dataset(
-                staging, synthetic.identities, synthetic.images_per_identity, seed=seed,
-                shards=synthetic.shards, holdout_identities=synthetic.holdout_identities, pairs=synthetic.pairs,
+                staging,
+                synthetic.identities,
+                synthetic.images_per_identity,
+                seed=seed,
+                shards=synthetic.shards,
+                holdout_identities=synthetic.holdout_identities,
+                pairs=synthetic.pairs,
                 progress=True,
             )
             staging.rename(target)

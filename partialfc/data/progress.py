@@ -36,7 +36,7 @@ class Progress:
             width = 30
             filled = int(width * pct / 100)
             bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r{self.desc}: [{bar}] {text[len(self.desc) + 2:]}" + ("\n" if final else ""))
+            self.stream.write(f"\r{self.desc}: [{bar}] {text[len(self.desc) + 2 :]}" + ("\n" if final else ""))
         else:
             self.stream.write(text + "\n")
         self.stream.flush()

@@ -190,7 +190,9 @@ class RecordReader:
                 try:
                     self.check_index()
                 except RecordIOError as stale:
-                    warnings.warn(f"{stale}; indexing {self.rec_path} by scanning, keys are record ordinals", stacklevel=2)
+                    warnings.warn(
+                        f"{stale}; indexing {self.rec_path} by scanning, keys are record ordinals", stacklevel=2
+                    )
                     self.index_rebuilt = True
         elif not rebuild_index:
             warnings.warn(

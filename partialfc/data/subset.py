@@ -63,13 +63,16 @@ def read_subset(directory: str | Path) -> ImageSubset:
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise DatasetError(f"{where}: not a partialfc image subset (format {_FORMAT!r} expected)")
     num_images = int(meta["num_images"])
-    if kept.ndim != 1 or kept.dtype != np.int64 or (kept.size and (kept[0] < 0 or kept[-1] >= num_images)) \
-            or np.any(np.diff(kept) <= 0):
-        raise DatasetError(
-            f"{directory / KEPT_FILE}: expected sorted, distinct int64 image indices below {num_images}"
-        )
-    return ImageSubset(directory, [Path(p) for p in meta["source"]], [int(b) for b in meta["shard_bytes"]],
-                       num_images, kept)
+    if (
+        kept.ndim != 1
+        or kept.dtype != np.int64
+        or (kept.size and (kept[0] < 0 or kept[-1] >= num_images))
+        or np.any(np.diff(kept) <= 0)
+    ):
+        raise DatasetError(f"{directory / KEPT_FILE}: expected sorted, distinct int64 image indices below {num_images}")
+    return ImageSubset(
+        directory, [Path(p) for p in meta["source"]], [int(b) for b in meta["shard_bytes"]], num_images, kept
+    )
 
 
 def write_subset(

@@ -86,8 +86,20 @@ class Variation:
 
 VARIATIONS = {
     "standard": Variation(),
-    "hard": Variation(angle=0.45, scale=(0.8, 1.2), shift=0.18, gain=(0.55, 1.45), offset=45.0, tint=(0.7, 1.3), squash=0.35,
-                      light_gradient=40.0, occlusion=0.35, blur=0.35, max_blur_sigma=2.5, jpeg_quality=(25, 90)),
+    "hard": Variation(
+        angle=0.45,
+        scale=(0.8, 1.2),
+        shift=0.18,
+        gain=(0.55, 1.45),
+        offset=45.0,
+        tint=(0.7, 1.3),
+        squash=0.35,
+        light_gradient=40.0,
+        occlusion=0.35,
+        blur=0.35,
+        max_blur_sigma=2.5,
+        jpeg_quality=(25, 90),
+    ),
 }
 
 
@@ -108,8 +120,12 @@ def render(seed: int, identity: int, index: int, variation: Variation = VARIATIO
     var = variation
     p = _identity_params(seed, identity)
     rng = np.random.default_rng((seed, _AUGMENT, identity, index))
-    angle, scale, gain, offset = (float(t) for t in rng.uniform((-var.angle, var.scale[0], var.gain[0], -var.offset),
-                                                                 (var.angle, var.scale[1], var.gain[1], var.offset)))
+    angle, scale, gain, offset = (
+        float(t)
+        for t in rng.uniform(
+            (-var.angle, var.scale[0], var.gain[0], -var.offset), (var.angle, var.scale[1], var.gain[1], var.offset)
+        )
+    )
     shift = rng.uniform(-var.shift, var.shift, 2).astype(np.float32)
     tint = rng.uniform(*var.tint, 3).astype(np.float32)
     squash = float(rng.uniform(1 - var.squash, 1.0)) if var.squash else 1.0
@@ -240,8 +256,16 @@ def generate_synthetic_dataset(
         raise ValueError(f"unknown variation {variation!r}; choose from {sorted(VARIATIONS)}")
     loader = SyntheticImage(seed, VARIATIONS[variation])
     pack_dataset(
-        out / TRAIN_PREFIX, labels, sources, loader, num_classes=identities, shards=shards,
-        shuffle=True, seed=seed, workers=workers, progress=progress,
+        out / TRAIN_PREFIX,
+        labels,
+        sources,
+        loader,
+        num_classes=identities,
+        shards=shards,
+        shuffle=True,
+        seed=seed,
+        workers=workers,
+        progress=progress,
     )
     if pairs:
         pair_sources, issame = verification_pairs(seed, identities, holdout_identities, images_per_identity, pairs)

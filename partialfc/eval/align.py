@@ -29,8 +29,9 @@ def _cv2() -> Any:
     try:
         import cv2
     except ImportError:
-        raise ImportError("aligning IJB loose crops needs OpenCV: pip install 'partialfc[eval]' "
-                          "(opencv-python-headless)") from None
+        raise ImportError(
+            "aligning IJB loose crops needs OpenCV: pip install 'partialfc[eval]' (opencv-python-headless)"
+        ) from None
     return cv2
 
 

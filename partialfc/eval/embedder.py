@@ -37,8 +37,14 @@ class Embedder(ABC):
 class TorchEmbedder(Embedder):
     """A PyTorch backbone on ``device``, optionally under autocast (``amp_dtype``)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, embedding_size: int,
-                 amp_dtype: torch.dtype | None = None, description: str = "pytorch") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        embedding_size: int,
+        amp_dtype: torch.dtype | None = None,
+        description: str = "pytorch",
+    ) -> None:
         self.model, self.device, self.amp_dtype = model, device, amp_dtype
         self.input_config = input_config_of(model)
         self.embedding_size = embedding_size
@@ -47,7 +53,9 @@ class TorchEmbedder(Embedder):
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         images = self.input_config.normalize(pixels.to(self.device))
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             return self.model(images).float()
 
 
@@ -57,7 +65,9 @@ class OnnxEmbedder(Embedder):
     def __init__(self, path: Path, device: torch.device) -> None:
         import onnxruntime as ort  # optional dependency: only ONNX users need it
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        )
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own unrelated exception types
@@ -80,12 +90,14 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embed
             raise ModelFileError(f"{path}: no such ONNX file")
         return OnnxEmbedder(path, device)
     trained = load_model(path)
-    return TorchEmbedder(trained.backbone.to(device), device, trained.embedding_size,
-                         description=f"pytorch {trained.name} ({device})")
+    return TorchEmbedder(
+        trained.backbone.to(device), device, trained.embedding_size, description=f"pytorch {trained.name} ({device})"
+    )
 
 
-def embed_batch(embedder: Embedder, pixels: np.ndarray, flip: bool,
-                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_batch(
+    embedder: Embedder, pixels: np.ndarray, flip: bool, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings ``[B, D]``, L2-normalised unless ``normalize=False``; norms of the raw embeddings ``[B, 1 or 2]``).
 
     With ``flip`` the embeddings of the image and its mirror image are summed before normalising
@@ -99,9 +111,9 @@ def embed_batch(embedder: Embedder, pixels: np.ndarray, flip: bool,
     return (F.normalize(summed, dim=1) if normalize else summed), norms
 
 
-
-def embed_source(embedder: Embedder, source: ImageSource, batch_size: int, flip: bool,
-                 progress: bool = True, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def embed_source(
+    embedder: Embedder, source: ImageSource, batch_size: int, flip: bool, progress: bool = True, normalize: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings ``[N, D]`` float32, L2-normalised unless ``normalize=False``; raw-embedding norms
     ``[N, 1 or 2]``) of every image."""
     expected = tuple(embedder.input_config.size)

@@ -71,8 +71,9 @@ def identification_metrics(
         fpir: (float(np.mean((rank == 1) & (mate_score > t))) if len(rank) and len(non_mated_best) else math.nan)
         for fpir, t in zip(fpirs, thresholds)
     }
-    return IdentificationResult(cmc, tpir, dict(zip(fpirs, thresholds.tolist())), int(mated.sum()),
-                                int((~mated).sum()), len(subjects))
+    return IdentificationResult(
+        cmc, tpir, dict(zip(fpirs, thresholds.tolist())), int(mated.sum()), int((~mated).sum()), len(subjects)
+    )
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,10 @@ def pooled_closed_set_readout(
     Probes are scored ``chunk`` at a time, keeping only the highest non-mate scores needed."""
     subjects, counts = np.unique(gallery_subjects, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"gallery subject {int(subjects[counts > 1][0])} has {int(counts.max())} templates; "
-                         "insightface's read-out needs one per subject")
+        raise ValueError(
+            f"gallery subject {int(subjects[counts > 1][0])} has {int(counts.max())} templates; "
+            "insightface's read-out needs one per subject"
+        )
     column_of = dict(zip(np.asarray(gallery_subjects).tolist(), range(len(gallery_subjects))))
     missing = [int(s) for s in np.unique(probe_subjects) if int(s) not in column_of]
     if missing:
@@ -119,8 +122,11 @@ def pooled_closed_set_readout(
         scores[rows, mates[start : start + chunk]] = -np.inf
         negatives = scores.reshape(-1)
         negatives = negatives[np.isfinite(negatives)]
-        best_negatives.append(np.partition(negatives, len(negatives) - keep)[len(negatives) - keep :]
-                              if len(negatives) > keep else negatives)
+        best_negatives.append(
+            np.partition(negatives, len(negatives) - keep)[len(negatives) - keep :]
+            if len(negatives) > keep
+            else negatives
+        )
         mate_scores.append(mate)
     positives = np.concatenate(mate_scores)
     pooled = np.sort(np.concatenate(best_negatives))[::-1]
@@ -128,5 +134,6 @@ def pooled_closed_set_readout(
     return PooledReadout(
         {k: hits[k] / len(mates) for k in ranks},
         {far: float(np.mean(positives > t)) for far, t in thresholds.items()},
-        thresholds, len(mates),
+        thresholds,
+        len(mates),
     )

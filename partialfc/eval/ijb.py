@@ -82,8 +82,10 @@ def open_release(root: str | Path, set_name: str | None = None) -> IJBRelease:
     if set_name is None:
         found = sorted(p.name[: -len(LANDMARKS_SUFFIX)] for p in meta.glob(f"*{LANDMARKS_SUFFIX}"))
         if len(found) != 1:
-            raise TemplateListError(f"{meta}: {'no' if not found else 'several'} *{LANDMARKS_SUFFIX} "
-                                    f"({', '.join(found) or 'none'}); name the set with --set")
+            raise TemplateListError(
+                f"{meta}: {'no' if not found else 'several'} *{LANDMARKS_SUFFIX} "
+                f"({', '.join(found) or 'none'}); name the set with --set"
+            )
         set_name = found[0]
     name = set_name.lower()
     images = next((root / f for f in IMAGE_FOLDERS if (root / f).is_dir()), None)
@@ -91,8 +93,16 @@ def open_release(root: str | Path, set_name: str | None = None) -> IJBRelease:
         raise TemplateListError(f"{root}: no image folder ({' or '.join(IMAGE_FOLDERS)})")
     prefix = gallery_name(name, "")[: -len(".csv")]
     galleries = {p.stem[len(prefix) :]: p for p in sorted(meta.glob(gallery_name(name, "*")))}
-    return IJBRelease(root, name, images, meta / landmark_list_name(name), meta / image_list_name(name),
-                      meta / pair_list_name(name), galleries, meta / probe_name(name))
+    return IJBRelease(
+        root,
+        name,
+        images,
+        meta / landmark_list_name(name),
+        meta / image_list_name(name),
+        meta / pair_list_name(name),
+        galleries,
+        meta / probe_name(name),
+    )
 
 
 @dataclass(frozen=True)
@@ -118,12 +128,16 @@ def read_landmarks(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]
             if not fields:
                 continue
             if len(fields) != 12:
-                raise TemplateListError(f"{path}:{number}: expected 12 fields (IMAGE, 5 x/y landmark pairs, "
-                                        f"DETECTOR_SCORE), found {len(fields)}")
+                raise TemplateListError(
+                    f"{path}:{number}: expected 12 fields (IMAGE, 5 x/y landmark pairs, "
+                    f"DETECTOR_SCORE), found {len(fields)}"
+                )
             try:
                 values.append([float(v) for v in fields[1:]])
             except ValueError:
-                raise TemplateListError(f"{path}:{number}: landmarks and score must be numbers: {line.rstrip()!r}") from None
+                raise TemplateListError(
+                    f"{path}:{number}: landmarks and score must be numbers: {line.rstrip()!r}"
+                ) from None
             names.append(fields[0])
     if not names:
         raise TemplateListError(f"{path}: empty landmark list")
@@ -140,8 +154,10 @@ def read_release_images(release: IJBRelease) -> ReleaseImages:
         raise TemplateListError(f"{release.landmarks}: {len(names) - len(row_of)} image names appear twice")
     missing = [name for name in images.names if name not in row_of]
     if missing:
-        raise TemplateListError(f"{release.landmarks}: no landmarks for {len(missing)} images of "
-                                f"{release.image_list} (first: {missing[:3]})")
+        raise TemplateListError(
+            f"{release.landmarks}: no landmarks for {len(missing)} images of "
+            f"{release.image_list} (first: {missing[:3]})"
+        )
     rows = np.fromiter((row_of[name] for name in images.names), dtype=np.int64, count=len(images.names))
     return ReleaseImages(images.names, images.template_ids, images.media_ids, landmarks[rows], scores[rows])
 
@@ -154,7 +170,9 @@ def read_subject_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path) as lines:
         header = [f.strip().upper() for f in lines.readline().split(",")]
         if header[:2] != ["TEMPLATE_ID", "SUBJECT_ID"]:
-            raise TemplateListError(f"{path}:1: header must start TEMPLATE_ID,SUBJECT_ID, found {','.join(header[:2])!r}")
+            raise TemplateListError(
+                f"{path}:1: header must start TEMPLATE_ID,SUBJECT_ID, found {','.join(header[:2])!r}"
+            )
         pairs = []
         for number, line in enumerate(lines, start=2):
             fields = line.split(",")
@@ -163,7 +181,9 @@ def read_subject_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             try:
                 pairs.append((int(fields[0]), int(fields[1])))
             except (ValueError, IndexError):
-                raise TemplateListError(f"{path}:{number}: TEMPLATE_ID and SUBJECT_ID must be integers: {line.rstrip()!r}") from None
+                raise TemplateListError(
+                    f"{path}:{number}: TEMPLATE_ID and SUBJECT_ID must be integers: {line.rstrip()!r}"
+                ) from None
     if not pairs:
         raise TemplateListError(f"{path}: no templates")
     table = np.unique(np.asarray(pairs, dtype=np.int64), axis=0)

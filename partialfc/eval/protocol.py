@@ -73,7 +73,11 @@ def best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
     order = np.argsort(scores, kind="stable")
     sorted_scores, sorted_same = scores[order], issame[order]
     # Rejecting the k lowest scores is correct on the negatives among them and the positives above.
-    correct = np.concatenate([[0], np.cumsum(~sorted_same)]) + sorted_same.sum() - np.concatenate([[0], np.cumsum(sorted_same)])
+    correct = (
+        np.concatenate([[0], np.cumsum(~sorted_same)])
+        + sorted_same.sum()
+        - np.concatenate([[0], np.cumsum(sorted_same)])
+    )
     cut = np.ones(len(scores) + 1, dtype=bool)
     cut[1:-1] = sorted_scores[1:] > sorted_scores[:-1]  # a cut inside a tied group is not realisable
     candidates = np.flatnonzero(cut)
@@ -138,8 +142,9 @@ def _grid_best(distances: np.ndarray, issame: np.ndarray, grid: np.ndarray) -> f
     return float(grid[np.argmax(correct)])
 
 
-def grid_verification_accuracy(distances: np.ndarray, issame: np.ndarray, folds: int = 10,
-                               grid: np.ndarray = INSIGHTFACE_DISTANCE_GRID) -> AccuracyResult:
+def grid_verification_accuracy(
+    distances: np.ndarray, issame: np.ndarray, folds: int = 10, grid: np.ndarray = INSIGHTFACE_DISTANCE_GRID
+) -> AccuracyResult:
     """insightface's ``calculate_roc`` accuracy on squared L2 distances of normalised embeddings:
     the same folds, each scored at the first best grid threshold of the other folds."""
     distances, issame = _check_vectors(distances, issame)
@@ -153,8 +158,9 @@ def grid_verification_accuracy(distances: np.ndarray, issame: np.ndarray, folds:
     return _summary(accuracies, thresholds, 1 - _grid_best(distances, issame, grid) / 2)
 
 
-def strict_tar_at_far(positive: np.ndarray, negative: np.ndarray,
-                      fars: np.ndarray | list[float] | tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+def strict_tar_at_far(
+    positive: np.ndarray, negative: np.ndarray, fars: np.ndarray | list[float] | tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """(TAR, threshold) at each FAR: share of positives with ``score > t``, where ``t`` admits at most
     ``floor(FAR x len(negative))`` negatives. NaN TAR without positives; ``t = -inf`` without negatives."""
     positive = np.sort(np.asarray(positive, dtype=np.float64))
@@ -201,7 +207,9 @@ class RocReadout:
     threshold: np.ndarray
 
 
-def roc_tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: np.ndarray | list[float] | tuple[float, ...]) -> RocReadout:
+def roc_tar_at_far(
+    scores: np.ndarray, labels: np.ndarray, fars: np.ndarray | list[float] | tuple[float, ...]
+) -> RocReadout:
     """The literature's TAR@FAR, as ``eval_ijbc.py`` reads it: nearest FPR of the ROC, the highest point on ties."""
     fpr, tpr, thresholds = roc_curve_points(scores, labels)
     fars = np.asarray(fars, dtype=np.float64)

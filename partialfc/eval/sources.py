@@ -62,6 +62,7 @@ def _decode_files(root: Path, names: Sequence[str]) -> Callable[[list[int]], np.
                 first = root / names[indices[0]]
                 raise ImageSourceError(f"{path}: {images[-1].shape[:2]} differs from {images[0].shape[:2]} of {first}")
         return np.stack(images)
+
     return decode
 
 
@@ -77,6 +78,7 @@ def image_folder_source(root: str | Path, names: Sequence[str] | None = None) ->
 
 def release_image_source(release: IJBRelease, images: ReleaseImages) -> ImageSource:
     """The images of an IJB release, each aligned with its five landmarks (OpenCV decode and warp, as insightface)."""
+
     def decode(indices: list[int]) -> np.ndarray:
         aligned = []
         for i in indices:

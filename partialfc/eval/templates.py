@@ -58,8 +58,10 @@ def _rows(path: Path, columns: list[str], what: str) -> Iterator[tuple[int, list
             if not fields:
                 continue
             if len(fields) != len(columns):
-                raise TemplateListError(f"{path}:{number}: expected {len(columns)} fields ({' '.join(columns)}), "
-                                        f"found {len(fields)}: {line.rstrip()!r}")
+                raise TemplateListError(
+                    f"{path}:{number}: expected {len(columns)} fields ({' '.join(columns)}), "
+                    f"found {len(fields)}: {line.rstrip()!r}"
+                )
             empty = False
             yield number, fields
     if empty:
@@ -149,8 +151,9 @@ def image_features(features: np.ndarray, detector_scores: np.ndarray | None, nor
     return inputs
 
 
-def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray,
-                        block_rows: int = 1 << 14) -> TemplateFeatures:
+def aggregate_templates(
+    features: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray, block_rows: int = 1 << 14
+) -> TemplateFeatures:
     """Media means summed per template, L2-normalised, from per-image ``features`` ``[N, D]``.
 
     The sum of media means is a weighted sum of images (weight 1 / images in its media), so one
@@ -165,8 +168,11 @@ def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_id
     templates, template_of_image = np.unique(template_ids, return_inverse=True)
     medias, media_rank = np.unique(media_ids, return_inverse=True)
     # One integer per (template, media): media ids may repeat across templates, as in insightface's loop.
-    _, media_of_image, media_sizes = np.unique(template_of_image.reshape(-1).astype(np.int64) * len(medias)
-                                               + media_rank.reshape(-1), return_inverse=True, return_counts=True)
+    _, media_of_image, media_sizes = np.unique(
+        template_of_image.reshape(-1).astype(np.int64) * len(medias) + media_rank.reshape(-1),
+        return_inverse=True,
+        return_counts=True,
+    )
     weights = torch.from_numpy((1.0 / media_sizes[media_of_image.reshape(-1)]).astype(np.float32))
     rows_template = torch.from_numpy(template_of_image.reshape(-1).astype(np.int64))
     sums = torch.zeros(len(templates), features.shape[1], dtype=torch.float64)
@@ -175,16 +181,20 @@ def aggregate_templates(features: np.ndarray, template_ids: np.ndarray, media_id
         present, local = torch.unique(rows_template[start : start + block_rows], return_inverse=True)
         # The block's weights as a sparse [templates in block, rows] matrix (valid by construction):
         # one sparse-dense product, float32 within the block as insightface's own sums, float64 across.
-        weight = torch.sparse_coo_tensor(torch.stack([local, torch.arange(len(block))]),
-                                         weights[start : start + block_rows], size=(len(present), len(block)),
-                                         check_invariants=False)
+        weight = torch.sparse_coo_tensor(
+            torch.stack([local, torch.arange(len(block))]),
+            weights[start : start + block_rows],
+            size=(len(present), len(block)),
+            check_invariants=False,
+        )
         sums[present] += torch.sparse.mm(weight, block)
     sums /= sums.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return TemplateFeatures(templates, sums.to(torch.float32).numpy())
 
 
-def template_pair_scores(templates: TemplateFeatures, first: np.ndarray, second: np.ndarray, origin: str,
-                         block: int = 1024) -> np.ndarray:
+def template_pair_scores(
+    templates: TemplateFeatures, first: np.ndarray, second: np.ndarray, origin: str, block: int = 1024
+) -> np.ndarray:
     """Cosine similarity of each template pair. Pairs are grouped by their first template, ``block``
     first templates at a time; one matrix product scores each group against the second templates it
     needs, so features are read in sequence instead of gathered pair by pair (IJB-C: 15.7 million

@@ -60,19 +60,28 @@ def embed_pairs(embedder: Embedder, vset: VerificationSet, batch_size: int) -> t
     local = torch.cat(chunks)
     if world_size > 1:
         # Slices differ by at most one image: pad to the largest, gather once, trim.
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        device = (
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        )
         longest = shard_range(len(vset), 0, world_size)[1]
         padded = torch.zeros(longest, width, device=device)
         padded[:count] = local.to(device)
         gathered = torch.empty(world_size * longest, width, device=device)
         all_gather_into(gathered, padded)
-        local = torch.cat([gathered[r * longest : r * longest + shard_range(len(vset), r, world_size)[1]]
-                           for r in range(world_size)]).cpu()
+        local = torch.cat(
+            [gathered[r * longest : r * longest + shard_range(len(vset), r, world_size)[1]] for r in range(world_size)]
+        ).cpu()
     return local[:, :-2], local[:, -2:]
 
 
-def verify_set(embedder: Embedder, vset: VerificationSet, batch_size: int, far: float = 1e-3,
-               fars: tuple[float, ...] = VERIFY_FARS, thresholds: str = "distinct") -> VerificationResult:
+def verify_set(
+    embedder: Embedder,
+    vset: VerificationSet,
+    batch_size: int,
+    far: float = 1e-3,
+    fars: tuple[float, ...] = VERIFY_FARS,
+    thresholds: str = "distinct",
+) -> VerificationResult:
     """Collective when torch.distributed is initialised: every rank gets the same result.
 
     The sums are normalised in float64, as insightface's ``sklearn.preprocessing.normalize`` does.
@@ -91,8 +100,14 @@ def verify_set(embedder: Embedder, vset: VerificationSet, batch_size: int, far: 
     tars, _ = strict_tar_at_far(similarity[vset.issame], similarity[~vset.issame], all_fars)
     tar_of = dict(zip(all_fars, tars.tolist()))
     return VerificationResult(
-        vset.name, accuracy.mean, accuracy.std, tar_of[far], far, vset.num_pairs,
-        threshold=accuracy.threshold, tar_at_fars={f: tar_of[f] for f in fars},
+        vset.name,
+        accuracy.mean,
+        accuracy.std,
+        tar_of[far],
+        far,
+        vset.num_pairs,
+        threshold=accuracy.threshold,
+        tar_at_fars={f: tar_of[f] for f in fars},
         mean_norm=float(norms.double().mean()) if len(norms) else float("nan"),
     )
 

@@ -32,8 +32,10 @@ def saved_bytes(model: nn.Module, images: torch.Tensor, amp: str) -> int:
         return tensor
 
     dtype = autocast_dtype(amp)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-            torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+    ):
         model(images)
     return sum(saved.values())
 

@@ -70,9 +70,7 @@ class FaceResNet(nn.Module):
         stages = []
         in_channels = 3
         for width, depth in zip(widths, depths, strict=True):
-            units = [conv_bn_prelu(in_channels, width, stride=2)] + [
-                ResidualUnit(width) for _ in range(depth)
-            ]
+            units = [conv_bn_prelu(in_channels, width, stride=2)] + [ResidualUnit(width) for _ in range(depth)]
             stages.append(nn.Sequential(*units))
             in_channels = width
         if head_channels is not None:

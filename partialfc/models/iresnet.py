@@ -43,9 +43,7 @@ class IBasicBlock(nn.Module):
     The stride sits on the second conv, as upstream; ``downsample`` is a strided 1x1 conv + BN.
     """
 
-    def __init__(
-        self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_channels, eps=1e-5)
         self.conv1 = conv3x3(in_channels, channels)

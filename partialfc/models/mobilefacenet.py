@@ -27,7 +27,13 @@ class ConvBlock(nn.Module):
     """
 
     def __init__(
-        self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1,
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
         activation: bool = True,
     ) -> None:
         super().__init__()
@@ -63,9 +69,7 @@ class Residual(nn.Module):
 
     def __init__(self, channels: int, num_block: int, width: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            *(DepthWise(channels, channels, width, 1, residual=True) for _ in range(num_block))
-        )
+        self.layers = nn.Sequential(*(DepthWise(channels, channels, width, 1, residual=True) for _ in range(num_block)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

@@ -73,8 +73,14 @@ def test_t_interval_and_overlap() -> None:
 
 
 def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
-    settings = study.Settings(holdout=study.HeldOut(identities=40, samples=3, pairs=200), samples_per_identity=4,
-                              batch_per_rank=16, embedding_size=8, hidden=16, max_steps=2)
+    settings = study.Settings(
+        holdout=study.HeldOut(identities=40, samples=3, pairs=200),
+        samples_per_identity=4,
+        batch_per_rank=16,
+        embedding_size=8,
+        hidden=16,
+        max_steps=2,
+    )
     cells = study.grid([64], [0.25, 1.0], [0], heads_at=[])
     output = tmp_path / "srs"
     study.run_grid(cells, settings, output / "results.jsonl")

@@ -41,12 +41,26 @@ def noisy_dataset(tiny_dataset, tmp_path_factory):
 def test_clean_drops_planted_noise_and_training_accepts_the_index(noisy_dataset, tiny_dataset, tmp_path):
     dataset, planted = noisy_dataset
     run = tmp_path / "run"
-    val = ("--data.val_targets", str(tiny_dataset / "synth_val.bin"), "--eval.every_steps", "0",
-           "--data.backend", "torch", "--train.log_every", "100")
+    val = (
+        "--data.val_targets",
+        str(tiny_dataset / "synth_val.bin"),
+        "--eval.every_steps",
+        "0",
+        "--data.backend",
+        "torch",
+        "--train.log_every",
+        "100",
+    )
     run_training(None, train_args(dataset, run, "--train.epochs", "10", "--loss.sub_centers", "3", *val))
 
-    result = subprocess.run([sys.executable, "-m", "partialfc.data", "clean", str(run), str(dataset), "--angle", "75",
-                             "--quiet"], cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "partialfc.data", "clean", str(run), str(dataset), "--angle", "75", "--quiet"],
+        cwd=REPO,
+        env=training_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     cleaned = run / "cleaned"
     kept = np.load(cleaned / "kept.npy")
@@ -76,8 +90,9 @@ def test_clean_drops_planted_noise_and_training_accepts_the_index(noisy_dataset,
 
     for backend in ("torch", "dali"):
         output = tmp_path / f"on-cleaned-{backend}"
-        trained = run_training(None, train_args(cleaned, output, "--train.max_steps", "2", *val[:4],
-                                                "--data.backend", backend))
+        trained = run_training(
+            None, train_args(cleaned, output, "--train.max_steps", "2", *val[:4], "--data.backend", backend)
+        )
         assert f"{len(kept)} images" in trained.stdout, backend
     # The static image index of the subset lies in the subset's directory, not beside the shared records.
     with RecordDataset(cleaned) as subset:
@@ -93,7 +108,13 @@ def test_subset_of_changed_records_is_refused(tiny_dataset, tmp_path):
 
 
 def test_clean_without_a_checkpoint_names_the_directory(tiny_dataset, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "partialfc.data", "clean", str(tmp_path), str(tiny_dataset)],
-                            cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "partialfc.data", "clean", str(tmp_path), str(tiny_dataset)],
+        cwd=REPO,
+        env=training_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert f"{tmp_path / 'checkpoints'}: no complete checkpoint" in result.stderr

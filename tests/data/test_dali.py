@@ -57,8 +57,12 @@ def _read_static(ds, index, shard_id, num_shards):
     @pipeline_def(batch_size=8, num_threads=2, device_id=None)
     def pipe():
         jpegs, labels = fn.readers.mxnet(
-            path=[str(s.rec_path) for s in ds.shards], index_path=[str(index)],
-            shard_id=shard_id, num_shards=num_shards, name="R", pad_last_batch=False,
+            path=[str(s.rec_path) for s in ds.shards],
+            index_path=[str(index)],
+            shard_id=shard_id,
+            num_shards=num_shards,
+            name="R",
+            pad_last_batch=False,
         )
         return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB), fn.cast(labels[0], dtype=types.INT64)
 

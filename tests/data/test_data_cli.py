@@ -140,11 +140,27 @@ def test_index_builds_image_only_index(tiny_synth, tmp_path, capsys):
 
 
 def test_synth_cli_is_deterministic(tmp_path):
-    args = ["synth", "--identities", "6", "--images-per-identity", "3", "--seed", "9",
-            "--holdout-identities", "2", "--pairs", "4", "--quiet"]
+    args = [
+        "synth",
+        "--identities",
+        "6",
+        "--images-per-identity",
+        "3",
+        "--seed",
+        "9",
+        "--holdout-identities",
+        "2",
+        "--pairs",
+        "4",
+        "--quiet",
+    ]
     assert main([*args[:1], str(tmp_path / "a"), *args[1:]]) == 0
-    proc = subprocess.run([sys.executable, "-m", "partialfc.data", args[0], str(tmp_path / "b"), *args[1:]],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "partialfc.data", args[0], str(tmp_path / "b"), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("train.rec", "train.idx", "property", "synth_val.bin"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

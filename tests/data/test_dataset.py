@@ -86,8 +86,9 @@ def test_array_labels_take_element_zero(tmp_path):
 def test_shards_have_global_class_ids(tmp_path, shuffle, make_jpeg):
     labels = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4]
     images = [make_jpeg(i) for i in range(len(labels))]
-    recs = pack_dataset(tmp_path / "train", labels, images, bytes, shards=3, shuffle=shuffle, seed=1,
-                        progress=False, workers=1)
+    recs = pack_dataset(
+        tmp_path / "train", labels, images, bytes, shards=3, shuffle=shuffle, seed=1, progress=False, workers=1
+    )
     assert [r.name for r in recs] == [f"train-0000{i}-of-00003.rec" for i in range(3)]
     for form in (tmp_path / "train", str(tmp_path / "train-*.rec"), tmp_path, [str(r) for r in recs]):
         ds = RecordDataset(form)
@@ -187,14 +188,18 @@ def test_image_keys_must_be_one_to_n(tmp_path):
 
 def test_empty_record_without_header(tmp_path):
     write_records(tmp_path / "d.rec", [(1, pack_record(0, b"img")), (2, pack_record([1, 2], b""))])
-    with pytest.raises(DatasetError, match="record key 2 at offset 36 has no image, but there is no InsightFace header"):
+    with pytest.raises(
+        DatasetError, match="record key 2 at offset 36 has no image, but there is no InsightFace header"
+    ):
         RecordDataset(tmp_path / "d.rec")
 
 
 def test_label_out_of_range_and_non_integer(tmp_path):
     write_records(tmp_path / "d.rec", [(0, pack_record(0, b"img")), (1, pack_record(7, b"img"))])
     (tmp_path / "property").write_text("3,112,112\n")
-    with pytest.raises(DatasetError, match=r"d.rec: record key 1 at offset 36: label 7 is out of range for num_classes=3"):
+    with pytest.raises(
+        DatasetError, match=r"d.rec: record key 1 at offset 36: label 7 is out of range for num_classes=3"
+    ):
         RecordDataset(tmp_path)
     write_records(tmp_path / "d.rec", [(0, pack_record(0, b"img")), (1, pack_record(1.5, b"img"))])
     with pytest.raises(DatasetError, match=r"record key 1 at offset 36: label 1.5 is not a class id"):

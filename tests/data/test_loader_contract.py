@@ -27,8 +27,16 @@ def make(request: pytest.FixtureRequest) -> Make:
     if request.param == "dali":
         dali = pytest.importorskip("partialfc.data.loaders.dali", reason="nvidia.dali cannot be imported")
 
-    def build(ds: RecordDataset, *, rank: int = 0, world_size: int = 1, seed: int = 0, batch_size: int = BATCH,
-              flip: bool = True, input_config: InputConfig = InputConfig()) -> PlannedLoader:
+    def build(
+        ds: RecordDataset,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        batch_size: int = BATCH,
+        flip: bool = True,
+        input_config: InputConfig = InputConfig(),
+    ) -> PlannedLoader:
         params = LoaderParams(batch_size, input_config, rank=rank, world_size=world_size, seed=seed, flip=flip)
         if request.param == "dali":
             return dali.DaliLoader(ds, params, device_id=None, num_threads=2)
@@ -37,8 +45,9 @@ def make(request: pytest.FixtureRequest) -> Make:
     return build
 
 
-def check_pixels(images: torch.Tensor, ids: np.ndarray, flips: list[bool], ds: RecordDataset,
-                 input_config: InputConfig) -> None:
+def check_pixels(
+    images: torch.Tensor, ids: np.ndarray, flips: list[bool], ds: RecordDataset, input_config: InputConfig
+) -> None:
     """Each image is its record's native decode, mirrored when flipped, normalised as ``input_config``."""
     mean, std = np.array(input_config.mean, np.float32), np.array(input_config.std, np.float32)
     for i, flip, im in zip(ids, flips, images):
@@ -172,6 +181,8 @@ def test_undecodable_record_is_named_by_file_and_key(make, tmp_path):
     path, _ = write_dataset(tmp_path, num_ids=20, seed=4, not_jpeg=37)
     ds = RecordDataset(path)
     rec, key = ds.shards[0].rec_path, int(ds.image_key[37])
-    with pytest.raises(RecordDecodeError, match=rf"^{rec}: record key {key} at offset \d+ \(image 37\): not a JPEG") as err:
+    with pytest.raises(
+        RecordDecodeError, match=rf"^{rec}: record key {key} at offset \d+ \(image 37\): not a JPEG"
+    ) as err:
         run_epoch(make(ds, batch_size=8))
     assert (err.value.rec_path, err.value.key) == (rec, key)

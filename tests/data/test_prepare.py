@@ -11,8 +11,9 @@ from partialfc.data.prepare import prepare_dataset, resolve_val_targets
 
 
 def synthetic_config(data_path: Path, synthetic_path: Path, **data: object) -> DataConfig:
-    synthetic = SyntheticConfig(identities=4, path=str(synthetic_path), images_per_identity=2, holdout_identities=2,
-                                pairs=4, shards=1)
+    synthetic = SyntheticConfig(
+        identities=4, path=str(synthetic_path), images_per_identity=2, holdout_identities=2, pairs=4, shards=1
+    )
     return DataConfig(path=str(data_path), synthetic=synthetic, **data)
 
 

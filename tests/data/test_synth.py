@@ -35,8 +35,12 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
     c = generate_synthetic_dataset(tmp_path / "c", 70, 4, seed=6, shards=2, holdout_identities=2, pairs=4, workers=1)
     files = _files(a)
     assert sorted(str(p) for p in files if len(p.parts) == 1) == [
-        "property", "synth_val.bin", "train-00000-of-00002.idx", "train-00000-of-00002.rec",
-        "train-00001-of-00002.idx", "train-00001-of-00002.rec",
+        "property",
+        "synth_val.bin",
+        "train-00000-of-00002.idx",
+        "train-00000-of-00002.rec",
+        "train-00001-of-00002.idx",
+        "train-00001-of-00002.rec",
     ]
     assert files == _files(b)
     assert files[Path("property")] == _files(c)[Path("property")]

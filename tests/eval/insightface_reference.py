@@ -73,8 +73,9 @@ def eval_ijbc_tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: list[floa
     return row
 
 
-def insightface_image_inputs(image_feats: np.ndarray, faceness: np.ndarray, use_flip_test: bool,
-                             use_norm_score: bool, use_detector_score: bool) -> np.ndarray:
+def insightface_image_inputs(
+    image_feats: np.ndarray, faceness: np.ndarray, use_flip_test: bool, use_norm_score: bool, use_detector_score: bool
+) -> np.ndarray:
     """``eval_ijbc.py`` before ``image2template_feature``: ``image_feats`` ``[N, 2D]`` holds the raw
     embeddings of each crop and of its mirror image side by side; F1 adds the halves, N0 normalises
     each row, D1 multiplies by the detector score."""
@@ -87,7 +88,9 @@ def insightface_image_inputs(image_feats: np.ndarray, faceness: np.ndarray, use_
     return inputs
 
 
-def image2template_feature(img_feats: np.ndarray, templates: np.ndarray, medias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def image2template_feature(
+    img_feats: np.ndarray, templates: np.ndarray, medias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``eval_ijbc.py``, ``image2template_feature``: per template (ascending id), the mean of each media's
     images, summed over media, then L2-normalised (sklearn ``normalize``: a zero row stays zero)."""
     unique_templates = np.unique(templates)
@@ -104,8 +107,9 @@ def image2template_feature(img_feats: np.ndarray, templates: np.ndarray, medias:
     return template_feats / np.where(norms == 0, 1, norms), unique_templates
 
 
-def verification_scores(template_feats: np.ndarray, unique_templates: np.ndarray, p1: np.ndarray, p2: np.ndarray,
-                        batch: int = 100000) -> np.ndarray:
+def verification_scores(
+    template_feats: np.ndarray, unique_templates: np.ndarray, p1: np.ndarray, p2: np.ndarray, batch: int = 100000
+) -> np.ndarray:
     """``eval_ijbc.py``, ``verification``: a template-id lookup table, then dot products ``batch`` pairs at a time."""
     template2id = np.zeros((max(unique_templates) + 1, 1), dtype=int)
     for count, template in enumerate(unique_templates):
@@ -117,8 +121,9 @@ def verification_scores(template_feats: np.ndarray, unique_templates: np.ndarray
     return score
 
 
-def ijb_1n_evaluation(query_feats: np.ndarray, gallery_feats: np.ndarray, mask: list[int],
-                      fars: tuple[float, ...] = (0.01, 0.1)) -> tuple[dict[int, float], dict[float, float]]:
+def ijb_1n_evaluation(
+    query_feats: np.ndarray, gallery_feats: np.ndarray, mask: list[int], fars: tuple[float, ...] = (0.01, 0.1)
+) -> tuple[dict[int, float], dict[float, float]]:
     """``recognition/_evaluation_/ijb/ijb_1n.py``, ``evaluation``: top-1/5/10 by sorting each probe's
     similarities, and per FAR the share of mate scores above the ``ceil(probes x FAR)``-th largest
     non-mate score (every non-mate score of every probe pooled)."""

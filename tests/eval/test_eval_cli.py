@@ -53,9 +53,13 @@ def test_holdout_release_is_consistent(tiny_dataset):
     assert (release.name, release.images.name, sorted(release.galleries)) == ("synth", "loose_crop", ["G1", "G2"])
     images = read_release_images(release)
     assert len(images.names) == 40 * 8  # every image of the 40 held-out identities
-    assert images.landmarks.shape == (320, 5, 2) and ((images.detector_scores > 0.5) & (images.detector_scores <= 1)).all()
+    assert (
+        images.landmarks.shape == (320, 5, 2) and ((images.detector_scores > 0.5) & (images.detector_scores <= 1)).all()
+    )
     subject_of = dict(zip(*(a.tolist() for a in read_subject_csv(release.probes))))
-    gallery = {label: dict(zip(*(a.tolist() for a in read_subject_csv(path)))) for label, path in release.galleries.items()}
+    gallery = {
+        label: dict(zip(*(a.tolist() for a in read_subject_csv(path)))) for label, path in release.galleries.items()
+    }
     for members in gallery.values():
         subject_of.update(members)
     assert set(subject_of) == set(images.template_ids.tolist())
@@ -73,8 +77,22 @@ def test_holdout_release_is_consistent(tiny_dataset):
 
 def test_embed_release_aligns_like_insightface(tiny_dataset, model_file, tmp_path, capsys):
     out = tmp_path / "holdout"
-    assert embed.main([str(tiny_dataset / HOLDOUT_DIR), "--model", str(model_file), "--out", str(out),
-                       "--batch-size", "50", "--quiet", "--raw"]) == 0
+    assert (
+        embed.main(
+            [
+                str(tiny_dataset / HOLDOUT_DIR),
+                "--model",
+                str(model_file),
+                "--out",
+                str(out),
+                "--batch-size",
+                "50",
+                "--quiet",
+                "--raw",
+            ]
+        )
+        == 0
+    )
     assert "images/s" in capsys.readouterr().out
     vectors, names = np.load(f"{out}.npy"), Path(f"{out}.txt").read_text().splitlines()
     assert vectors.shape == (320, 32) and names[:2] == ["1.jpg", "2.jpg"]
@@ -83,8 +101,10 @@ def test_embed_release_aligns_like_insightface(tiny_dataset, model_file, tmp_pat
     release = open_release(tiny_dataset / HOLDOUT_DIR)
     landmarks = read_release_images(release).landmarks[7]
     matrix = umeyama_similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64))
-    aligned = cv2.cvtColor(cv2.warpAffine(cv2.imread(str(release.images / names[7])), matrix, (112, 112), borderValue=0.0),
-                           cv2.COLOR_BGR2RGB)
+    aligned = cv2.cvtColor(
+        cv2.warpAffine(cv2.imread(str(release.images / names[7])), matrix, (112, 112), borderValue=0.0),
+        cv2.COLOR_BGR2RGB,
+    )
     trained = load_model(model_file)
     x = trained.backbone.input_config.normalize(torch.from_numpy(aligned)[None])
     with torch.no_grad():
@@ -93,8 +113,12 @@ def test_embed_release_aligns_like_insightface(tiny_dataset, model_file, tmp_pat
 
 
 def test_embed_rec_and_bin(tiny_dataset, model_file, tmp_path):
-    assert embed.main([str(tiny_dataset), "--model", str(model_file), "--out", str(tmp_path / "train"), "--no-flip",
-                       "--quiet"]) == 0
+    assert (
+        embed.main(
+            [str(tiny_dataset), "--model", str(model_file), "--out", str(tmp_path / "train"), "--no-flip", "--quiet"]
+        )
+        == 0
+    )
     dataset = RecordDataset(tiny_dataset)
     assert np.load(tmp_path / "train.npy").shape == (len(dataset), 32)
     np.testing.assert_array_equal(np.load(tmp_path / "train.labels.npy"), dataset.labels)
@@ -103,8 +127,12 @@ def test_embed_rec_and_bin(tiny_dataset, model_file, tmp_path):
     assert len(dataset.shards) == 2 and len(set(names)) == len(names) == len(dataset)
     shard, key = names[-1].split(":")
     assert (shard, int(key)) == (dataset.shards[-1].rec_path.name, int(dataset.image_key[-1]))
-    assert embed.main([str(tiny_dataset / "synth_val.bin"), "--model", str(model_file), "--out", str(tmp_path / "val"),
-                       "--quiet"]) == 0
+    assert (
+        embed.main(
+            [str(tiny_dataset / "synth_val.bin"), "--model", str(model_file), "--out", str(tmp_path / "val"), "--quiet"]
+        )
+        == 0
+    )
     assert Path(tmp_path / "val.txt").read_text().splitlines()[:2] == ["pair000000.a", "pair000000.b"]
 
 
@@ -113,24 +141,38 @@ def test_pairs_and_identify_from_model_or_embeddings(tiny_dataset, model_file, t
     prefix = tmp_path / "holdout"
     assert embed.main([holdout, "--model", str(model_file), "--out", str(prefix), "--quiet", "--raw"]) == 0
     capsys.readouterr()
-    by_model = _run_json(capsys, eval_cli.main, ["pairs", "--model", str(model_file), "--data", holdout,
-                                                 "--out", str(tmp_path / "a"), "--quiet"])
-    by_file = _run_json(capsys, eval_cli.main, ["pairs", "--embeddings", str(prefix), "--data", holdout,
-                                                "--out", str(tmp_path / "b")])
+    by_model = _run_json(
+        capsys,
+        eval_cli.main,
+        ["pairs", "--model", str(model_file), "--data", holdout, "--out", str(tmp_path / "a"), "--quiet"],
+    )
+    by_file = _run_json(
+        capsys, eval_cli.main, ["pairs", "--embeddings", str(prefix), "--data", holdout, "--out", str(tmp_path / "b")]
+    )
     assert (by_model["genuine_pairs"], by_model["impostor_pairs"], by_model["templates"]) == (240, 2400, 160)
     assert by_model["mode_name"] == "F1 N1 D1" and by_model["set"] == "synth"
     assert by_model["tar_at_far"] == pytest.approx(by_file["tar_at_far"], abs=1e-6)
-    assert set(by_model["tar_at_far"]) == set(by_model["tar_at_far_strict"]) == {"1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"}
+    assert (
+        set(by_model["tar_at_far"])
+        == set(by_model["tar_at_far_strict"])
+        == {"1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"}
+    )
     roc = np.loadtxt(tmp_path / "a" / "roc.csv", delimiter=",", skiprows=1)
     assert (np.diff(roc[:, 2]) >= 0).all() and roc[-1, 1] == 1.0  # TAR rises with FAR up to accept-all
     assert (tmp_path / "a" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    result = _run_json(capsys, eval_cli.main, ["identify", "--embeddings", str(prefix), "--data", holdout,
-                                               "--out", str(tmp_path / "c")])
+    result = _run_json(
+        capsys,
+        eval_cli.main,
+        ["identify", "--embeddings", str(prefix), "--data", holdout, "--out", str(tmp_path / "c")],
+    )
     assert set(result["galleries"]) == {"G1", "G2"}
     for gallery in result["galleries"].values():
         assert (gallery["subjects"], gallery["mated_probes"], gallery["non_mated_probes"]) == (20, 60, 60)
-        assert 0 <= gallery["rank1"] <= gallery["rank5"] <= gallery["rank10"] <= 1 and gallery["cmc"][0] == gallery["rank1"]
+        assert (
+            0 <= gallery["rank1"] <= gallery["rank5"] <= gallery["rank10"] <= 1
+            and gallery["cmc"][0] == gallery["rank1"]
+        )
         assert set(gallery["tpir_at_fpir"]) == {"0.01", "0.1"}
     assert result["mean"]["rank-1"] == pytest.approx(np.mean([g["rank1"] for g in result["galleries"].values()]))
     assert result["insightface_1n"]["probes"] == 120
@@ -162,8 +204,11 @@ def test_pairs_match_insightface_eval_ijbc(tiny_dataset, model_file, tmp_path, c
     first, second, labels = read_template_pairs(release.pairs)
     scores = verification_scores(template_features, unique, first, second)
     fars = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    ours = _run_json(capsys, eval_cli.main, ["pairs", "--model", str(model_file), "--data", str(release.root),
-                                             "--out", str(tmp_path), "--quiet", *mode])
+    ours = _run_json(
+        capsys,
+        eval_cli.main,
+        ["pairs", "--model", str(model_file), "--data", str(release.root), "--out", str(tmp_path), "--quiet", *mode],
+    )
     assert [ours["tar_at_far"][f"{far:g}"] for far in fars] == eval_ijbc_tar_at_far(labels, scores, fars)
     assert ours["mode_name"] == ("F1 N1 D1" if not mode else "F0 N0 D0")
 
@@ -221,7 +266,9 @@ def test_onnx_parity_gate_judges_the_worst_batch(model_file, onnx_export, tmp_pa
     """Planted bug: the export parity gate judging the best batch instead of the worst."""
     onnx, ort = pytest.importorskip("onnx"), pytest.importorskip("onnxruntime")
     graph = onnx.load(onnx_export[0])
-    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: SimpleNamespace(model_proto=graph))  # no re-export
+    monkeypatch.setattr(
+        torch.onnx, "export", lambda *args, **kwargs: SimpleNamespace(model_proto=graph)
+    )  # no re-export
 
     class OffAtBatch7(ort.InferenceSession):  # onnxruntime drifting at one batch size only
         def run(self, output_names, feeds, *args, **kwargs):
@@ -253,7 +300,10 @@ def test_every_command_documents_every_option():
     for module in (eval_cli, embed, export):
         assert _documented(module.build_parser()) == [], module.__name__
     modules = ("partialfc.eval", "partialfc.embed", "partialfc.export")  # the `python -m` entry points, in parallel
-    runs = [subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=REPO, stdout=subprocess.PIPE, text=True) for m in modules]
+    runs = [
+        subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        for m in modules
+    ]
     for module, run in zip(modules, runs):
         stdout, _ = run.communicate(timeout=120)
         assert run.returncode == 0 and "usage: python -m " + module in stdout
@@ -266,16 +316,23 @@ def test_model_file_errors_name_the_problem(model_file, tmp_path):
     del state[dropped]
     state["extra.weight"] = torch.zeros(1)
     torch.save({**saved, "state_dict": state}, tmp_path / "keys.pt")
-    with pytest.raises(ModelFileError,
-                       match=rf"keys.pt: .*1 missing keys \['{dropped}'\], 1 unexpected keys \['extra.weight'\]"):
+    with pytest.raises(
+        ModelFileError, match=rf"keys.pt: .*1 missing keys \['{dropped}'\], 1 unexpected keys \['extra.weight'\]"
+    ):
         load_model(tmp_path / "keys.pt")
     torch.save({**saved, "embedding_size": 64}, tmp_path / "size.pt")
-    with pytest.raises(ModelFileError, match=r"size.pt: weights do not fit backbone 'tiny' with embedding size 64: .*"
-                       r"size mismatch for head.fc.weight"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"size.pt: weights do not fit backbone 'tiny' with embedding size 64: .*"
+        r"size mismatch for head.fc.weight",
+    ):
         load_model(tmp_path / "size.pt")
     torch.save({"weights": state}, tmp_path / "other.pt")
-    with pytest.raises(ModelFileError, match=r"other.pt: not a model.pt written by partialfc.train \(keys "
-                       r"\['backbone', 'embedding_size', 'state_dict'\]\); found keys \['weights'\]"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"other.pt: not a model.pt written by partialfc.train \(keys "
+        r"\['backbone', 'embedding_size', 'state_dict'\]\); found keys \['weights'\]",
+    ):
         load_model(tmp_path / "other.pt")
     # insightface's backbone.pth is a bare state_dict: say so, briefly, and how to use it.
     torch.save(state, tmp_path / "backbone.pth")
@@ -287,8 +344,11 @@ def test_model_file_errors_name_the_problem(model_file, tmp_path):
     # A run directory where its model.pt was meant, and a relative default path, are named as such.
     (tmp_path / "run").mkdir()
     torch.save(saved, tmp_path / "run" / "model.pt")
-    with pytest.raises(ModelFileError, match=rf"run: a directory, not a model file; its model is "
-                                                    rf"{tmp_path / 'run' / 'model.pt'}"):
+    with pytest.raises(
+        ModelFileError,
+        match=rf"run: a directory, not a model file; its model is "
+        rf"{tmp_path / 'run' / 'model.pt'}",
+    ):
         load_model(tmp_path / "run")
     with pytest.raises(ModelFileError, match=r"runs/none/model.pt: no such model file \(relative to /"):
         load_model("runs/none/model.pt")
@@ -309,6 +369,7 @@ def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_fil
     embeddings = summed / np.linalg.norm(summed, axis=1, keepdims=True)
     distances = np.sum(np.square(embeddings[0::2] - embeddings[1::2]), 1)
     reference = float(np.mean(calculate_roc_accuracy(distances, vset.issame)))
-    ours = _run_json(capsys, eval_cli.main, ["verify", str(bin_path), "--model", str(model_file),
-                                             "--thresholds", "insightface-grid"])
+    ours = _run_json(
+        capsys, eval_cli.main, ["verify", str(bin_path), "--model", str(model_file), "--thresholds", "insightface-grid"]
+    )
     assert ours["sets"]["synth_val"]["accuracy"] == reference

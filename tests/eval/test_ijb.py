@@ -24,9 +24,11 @@ def test_similarity_transform_matches_umeyama():
     rng = np.random.default_rng(0)
     for _ in range(20):
         landmarks = ARCFACE_TEMPLATE * rng.uniform(0.5, 3) + rng.uniform(-40, 200, 2) + rng.normal(0, 4, (5, 2))
-        np.testing.assert_allclose(similarity_transform(landmarks, ARCFACE_TEMPLATE),
-                                   umeyama_similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64)),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            similarity_transform(landmarks, ARCFACE_TEMPLATE),
+            umeyama_similarity(landmarks.astype(np.float64), ARCFACE_TEMPLATE.astype(np.float64)),
+            atol=1e-9,
+        )
 
 
 def test_alignment_recovers_the_generators_aligned_crops(tiny_dataset):
@@ -54,8 +56,10 @@ def test_alignment_recovers_the_generators_aligned_crops(tiny_dataset):
     assert min(other_errors) > 2 * max(errors)
 
 
-@pytest.mark.parametrize("flip,norm_score,detector_score,spacing",  # spacing: compact ids (a lookup table) or not
-                         [(True, True, True, 7), (True, False, True, 7), (False, True, False, 7), (False, False, False, 10**12)])
+@pytest.mark.parametrize(
+    "flip,norm_score,detector_score,spacing",  # spacing: compact ids (a lookup table) or not
+    [(True, True, True, 7), (True, False, True, 7), (False, True, False, 7), (False, False, False, 10**12)],
+)
 def test_template_features_and_scores_match_insightface(flip, norm_score, detector_score, spacing):
     rng = np.random.default_rng(1)
     count, dim = 300, 16
@@ -63,18 +67,29 @@ def test_template_features_and_scores_match_insightface(flip, norm_score, detect
     scores = rng.uniform(0.3, 1, count).astype(np.float32)
     templates = rng.integers(1, 40, count) * spacing  # unsorted rows
     media = rng.integers(0, 4, count)  # the same media ids in several templates: grouped per template
-    ours = aggregate_templates(image_features(views.sum(axis=1) if flip else views[:, 0],
-                                              scores if detector_score else None, norm_score),
-                               templates, media, block_rows=17)  # many blocks, templates larger than a block
+    ours = aggregate_templates(
+        image_features(views.sum(axis=1) if flip else views[:, 0], scores if detector_score else None, norm_score),
+        templates,
+        media,
+        block_rows=17,
+    )  # many blocks, templates larger than a block
     inputs = insightface_image_inputs(views.reshape(count, 2 * dim), scores, flip, norm_score, detector_score)
     reference, unique = image2template_feature(inputs, templates, media)
     assert ours.template_ids.tolist() == unique.tolist()
     np.testing.assert_allclose(ours.features, reference, atol=2e-6)
     first, second = rng.choice(unique, 500), rng.choice(unique, 500)
-    np.testing.assert_allclose(template_pair_scores(ours, first, second, "pairs", block=5),
-                               # insightface's table is indexed by id (memory ~ largest id): give it the ranks
-                               verification_scores(reference, np.arange(len(unique)), np.searchsorted(unique, first),
-                                                   np.searchsorted(unique, second), batch=100), atol=5e-6)
+    np.testing.assert_allclose(
+        template_pair_scores(ours, first, second, "pairs", block=5),
+        # insightface's table is indexed by id (memory ~ largest id): give it the ranks
+        verification_scores(
+            reference,
+            np.arange(len(unique)),
+            np.searchsorted(unique, first),
+            np.searchsorted(unique, second),
+            batch=100,
+        ),
+        atol=5e-6,
+    )
     for absent in (unique[0] - 1, unique[-1] + 1, unique[0] + 1):
         with pytest.raises(TemplateListError, match=rf"pairs: 1 template ids have no image .*\[{absent}\]"):
             template_pair_scores(ours, np.array([unique[0], absent]), np.array([unique[1], unique[0]]), "pairs")
@@ -89,13 +104,17 @@ def test_release_errors_name_file_and_line(tiny_dataset, tmp_path):
     source = open_release(tiny_dataset / HOLDOUT_DIR)
     (tmp_path / "loose_crop").mkdir()
     lines = source.landmarks.read_text().splitlines()
-    (tmp_path / "meta" / "synth_name_5pts_score.txt").write_text("\n".join([lines[0], lines[1].rsplit(" ", 1)[0]]) + "\n")
+    (tmp_path / "meta" / "synth_name_5pts_score.txt").write_text(
+        "\n".join([lines[0], lines[1].rsplit(" ", 1)[0]]) + "\n"
+    )
     (tmp_path / "meta" / "synth_face_tid_mid.txt").write_text(source.image_list.read_text())
     release = open_release(tmp_path)
     with pytest.raises(TemplateListError, match=r"synth_name_5pts_score.txt:2: expected 12 fields"):
         read_release_images(release)
     (tmp_path / "meta" / "synth_name_5pts_score.txt").write_text(lines[0] + "\n")
-    with pytest.raises(TemplateListError, match=r"no landmarks for 319 images of .*synth_face_tid_mid.txt \(first: \['2.jpg'"):
+    with pytest.raises(
+        TemplateListError, match=r"no landmarks for 319 images of .*synth_face_tid_mid.txt \(first: \['2.jpg'"
+    ):
         read_release_images(release)
     (tmp_path / "meta" / "g.csv").write_text("TEMPLATE_ID,SUBJECT_ID\n1,5\n1,6\n")
     with pytest.raises(TemplateListError, match=r"g.csv: template 1 is listed with several subjects"):

@@ -128,6 +128,8 @@ def test_bin_verification_compares_directions_not_lengths(tmp_path):
     result = evaluate(_ChannelMeans(), vset, 3, torch.device("cpu"), batch_size=6)
     assert result.accuracy == 1.0 and result.accuracy_std == 0.0
     assert result.tar_at_fars[1e-4] == 1.0
-    raw_norms = [np.linalg.norm(np.round(127.5 + np.array(o)) - 127.5) / 127.5 for o in
-                 [o for k in range(10) for o in [(8 + k, 0, 0), (100 + k, 0, 0), (120, 0, 0), (120, 100, 0)]]]
+    raw_norms = [
+        np.linalg.norm(np.round(127.5 + np.array(o)) - 127.5) / 127.5
+        for o in [o for k in range(10) for o in [(8 + k, 0, 0), (100 + k, 0, 0), (120, 0, 0), (120, 100, 0)]]
+    ]
     assert result.mean_norm == pytest.approx(np.mean(raw_norms), rel=0.02)  # JPEG moves a pixel by at most ~1

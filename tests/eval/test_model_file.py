@@ -74,7 +74,9 @@ def test_load_strict_names_missing_unexpected_and_misshapen_weights(tiny):
     dropped = next(iter(state))
     del state[dropped]
     state["extra.weight"] = torch.zeros(1)
-    with pytest.raises(WeightsMismatch, match=rf"^1 missing keys \['{dropped}'\], 1 unexpected keys \['extra.weight'\]$"):
+    with pytest.raises(
+        WeightsMismatch, match=rf"^1 missing keys \['{dropped}'\], 1 unexpected keys \['extra.weight'\]$"
+    ):
         load_strict(create_model("tiny", embedding_size=32), state)
     with pytest.raises(WeightsMismatch, match=r"size mismatch for head.fc.weight") as raised:
         load_strict(create_model("tiny", embedding_size=64), tiny.state_dict())
@@ -101,7 +103,9 @@ def test_init_from_reads_a_model_file_or_a_bare_state_dict_once(tiny, tmp_path, 
     assert counted_loads == [tmp_path / "model.pt"]
     _assert_same_weights(tiny.state_dict(), started.state_dict())
 
-    bare = {k: v + 1 if v.is_floating_point() else v for k, v in tiny.state_dict().items()}  # insightface's backbone.pth
+    bare = {
+        k: v + 1 if v.is_floating_point() else v for k, v in tiny.state_dict().items()
+    }  # insightface's backbone.pth
     torch.save(bare, tmp_path / "backbone.pth")
     init_from(tmp_path / "backbone.pth", started, "tiny", 32)
     assert counted_loads == [tmp_path / "model.pt", tmp_path / "backbone.pth"]
@@ -111,21 +115,30 @@ def test_init_from_reads_a_model_file_or_a_bare_state_dict_once(tiny, tmp_path, 
 def test_init_from_errors_name_the_file_and_the_problem(tiny, tmp_path):
     _save_as_before(tmp_path / "model.pt", tiny)
     target = create_model("tiny", embedding_size=32)
-    with pytest.raises(ModelFileError, match=r"model.pt: holds backbone 'tiny' with embedding size 32; this job has "
-                                             r"model.backbone='tiny', model.embedding_size=64"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"model.pt: holds backbone 'tiny' with embedding size 32; this job has "
+        r"model.backbone='tiny', model.embedding_size=64",
+    ):
         init_from(tmp_path / "model.pt", create_model("tiny", embedding_size=64), "tiny", 64)
     state = dict(tiny.state_dict())
     del state["head.fc.weight"]
     torch.save({"backbone": "tiny", "embedding_size": 32, "state_dict": state}, tmp_path / "partial.pt")
-    with pytest.raises(ModelFileError, match=r"partial.pt: weights do not fit backbone 'tiny' with embedding size 32: "
-                                             r"1 missing keys \['head.fc.weight'\]"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"partial.pt: weights do not fit backbone 'tiny' with embedding size 32: "
+        r"1 missing keys \['head.fc.weight'\]",
+    ):
         init_from(tmp_path / "partial.pt", target, "tiny", 32)
     torch.save(state, tmp_path / "partial.pth")
     with pytest.raises(ModelFileError, match=r"partial.pth: does not fit model.backbone='tiny': 1 missing keys"):
         init_from(tmp_path / "partial.pth", target, "tiny", 32)
     torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(ModelFileError, match=r"list.pt: neither a partialfc model.pt \(keys \['backbone', "
-                                             r"'embedding_size', 'state_dict'\]\) nor a state_dict of tensors \(found list\)"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"list.pt: neither a partialfc model.pt \(keys \['backbone', "
+        r"'embedding_size', 'state_dict'\]\) nor a state_dict of tensors \(found list\)",
+    ):
         init_from(tmp_path / "list.pt", target, "tiny", 32)
     with pytest.raises(ModelFileError, match=r"none.pt: cannot read it: "):
         init_from(tmp_path / "none.pt", target, "tiny", 32)

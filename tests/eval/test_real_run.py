@@ -15,8 +15,12 @@ from partialfc.run_log import format_record
 @pytest.fixture(scope="module")
 def run_dir(tiny_dataset, tmp_path_factory):
     output = tmp_path_factory.mktemp("run")
-    run_training(None, train_args(tiny_dataset, output, "--train.max_steps", "8", "--eval.every_steps", "4",
-                                  "--checkpoint.every_steps", "100"))
+    run_training(
+        None,
+        train_args(
+            tiny_dataset, output, "--train.max_steps", "8", "--eval.every_steps", "4", "--checkpoint.every_steps", "100"
+        ),
+    )
     return output
 
 

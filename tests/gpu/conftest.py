@@ -13,8 +13,10 @@ import torch
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
-        pytest.skip(f"gpu: CUDA is not available (torch {torch.__version__}, built for CUDA "
-                    f"{torch.version.cuda or 'none'}); run `pytest -m gpu` on a GPU machine")
+        pytest.skip(
+            f"gpu: CUDA is not available (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda or 'none'}); run `pytest -m gpu` on a GPU machine"
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

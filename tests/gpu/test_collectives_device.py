@@ -20,9 +20,14 @@ def one_rank_group(device, tmp_path):
     torch_device = torch.device(device, 0) if device == "cuda" else torch.device("cpu")
     if device == "cuda":
         torch.cuda.set_device(torch_device)
-    dist.init_process_group(backend, store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1,
-                            timeout=datetime.timedelta(seconds=60),
-                            device_id=torch_device if device == "cuda" else None)
+    dist.init_process_group(
+        backend,
+        store=dist.FileStore(str(tmp_path / "store"), 1),
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=60),
+        device_id=torch_device if device == "cuda" else None,
+    )
     try:
         yield torch_device
     finally:

@@ -25,13 +25,22 @@ def load_benchmark(name: str):
 
 def run_dry_suite(out: Path, work: Path, **settings: str) -> tuple[dict, str, str]:
     """The suite in dry mode with extra ``GPU_SUITE_*`` settings; its report (JSON, markdown) and log."""
-    env = {**os.environ, "OUT": str(out), "GPU_SUITE_WORK": str(work), "GPU_SUITE_DRY": "1", "OMP_NUM_THREADS": "1",
-           **{f"GPU_SUITE_{key}": value for key, value in settings.items()}}
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "GPU_SUITE_WORK": str(work),
+        "GPU_SUITE_DRY": "1",
+        "OMP_NUM_THREADS": "1",
+        **{f"GPU_SUITE_{key}": value for key, value in settings.items()},
+    }
     result = subprocess.run(["bash", str(SUITE)], cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_report.json", "gpu_report.md", "gpu_suite.log"]
-    return (json.loads((out / "gpu_report.json").read_text()), (out / "gpu_report.md").read_text(),
-            (out / "gpu_suite.log").read_text())
+    return (
+        json.loads((out / "gpu_report.json").read_text()),
+        (out / "gpu_report.md").read_text(),
+        (out / "gpu_suite.log").read_text(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,11 @@ def test_report_holds_every_figure(dry_run):
     assert pytest_counts["skipped"] == pytest_counts["tests"] > 0 and pytest_counts["failed"] == []
 
     assert [(row["num_classes"], row["sample_rate"]) for row in report["layer"]] == [
-        (2000, 0.1), (2000, 1.0), (8000, 0.1), (8000, 1.0)]  # fp32 only: the bf16 step was stopped
+        (2000, 0.1),
+        (2000, 1.0),
+        (8000, 0.1),
+        (8000, 1.0),
+    ]  # fp32 only: the bf16 step was stopped
     for row in report["layer"]:
         assert row["gemm"] == row["param"] == "fp32" and row["step_ms"] > 0 and row["floor_ms"] >= 0
         assert row["target"] in ("not judged (dry run on the CPU)", "no target at this r")
@@ -73,8 +86,14 @@ def test_report_holds_every_figure(dry_run):
     assert throughput["partial_fc_share"] > 0
 
     assert report["environment"]["torch"] and report["problems"] == []
-    for text in ("Dry run on the CPU", "## Partial FC layer", "## Capacity", "## Training throughput",
-                 "DALI `mixed`", "| layer_bf16 | timed out | "):
+    for text in (
+        "Dry run on the CPU",
+        "## Partial FC layer",
+        "## Capacity",
+        "## Training throughput",
+        "DALI `mixed`",
+        "| layer_bf16 | timed out | ",
+    ):
         assert text in markdown, text
 
 
@@ -108,17 +127,23 @@ def test_report_judges_targets_and_names_an_unreadable_table(tmp_path):
     steps = [{"name": name, "rc": 0, "seconds": 30, "box": 75} for name in ("layer_fp32", "layer_bf16")]
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(step) + "\n" for step in steps))
     header = "  head        C   D B/rank W   r  S/rank gemm param step ms floor ms ratio peak GiB/rank centre mem"
-    rows = ["margin  1000000 512   128 1 0.1  100000 fp32  fp32    14.0     10.0  1.40          9.00     2.30x",
-            "margin  8000000 512   128 1 0.1  800000 fp32  fp32    32.0     20.0  1.60         50.00     2.40x",
-            "margin  8000000 512   128 1 1.0 8000000 fp32  fp32   160.0    150.0  1.07         60.00     3.50x"]
+    rows = [
+        "margin  1000000 512   128 1 0.1  100000 fp32  fp32    14.0     10.0  1.40          9.00     2.30x",
+        "margin  8000000 512   128 1 0.1  800000 fp32  fp32    32.0     20.0  1.60         50.00     2.40x",
+        "margin  8000000 512   128 1 1.0 8000000 fp32  fp32   160.0    150.0  1.07         60.00     3.50x",
+    ]
     (tmp_path / "layer_fp32.log").write_text("\n".join(["device=cuda", header, *rows]) + "\n")
     (tmp_path / "layer_bf16.log").write_text("C r step ms floor ms\n1000 0.1 2.0 1.0\n")
     (tmp_path / "pytest.log").write_text(  # stopped by its box: no JUnit file, only the verbose lines
-        "tests/gpu/test_a.py::test_x[cuda] PASSED   [ 10%]\ntests/gpu/test_a.py::test_y[cuda] FAILED   [ 20%]\n")
+        "tests/gpu/test_a.py::test_x[cuda] PASSED   [ 10%]\ntests/gpu/test_a.py::test_y[cuda] FAILED   [ 20%]\n"
+    )
 
     report = gpu_report.build_report(tmp_path, dry=False)
     assert [(row["num_classes"], row["ratio"], row["target"]) for row in report["layer"]] == [
-        (1_000_000, 1.4, "met"), (8_000_000, 1.6, "missed"), (8_000_000, 1.07, "no target at this r")]
+        (1_000_000, 1.4, "met"),
+        (8_000_000, 1.6, "missed"),
+        (8_000_000, 1.07, "no target at this r"),
+    ]
     assert len(report["problems"]) == 1 and report["problems"][0].startswith("layer_bf16.log: table header lacks")
     assert report["pytest"]["passed"] == 1 and report["pytest"]["failed"] == ["tests/gpu/test_a.py::test_y[cuda]"]
     assert report["pytest"]["source"].startswith("log")

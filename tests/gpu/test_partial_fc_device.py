@@ -60,21 +60,37 @@ def bf16_spacing(values: torch.Tensor) -> torch.Tensor:
 def train_on_device(device: str, spec: tuple, mode: str, sample_rate: float) -> dict:
     """Initial centres, and per step the loss, embedding gradient, sampled rows and centres after it."""
     gemm_dtype = MODES[mode].gemm_dtype
-    pfc = PartialFC(DIM, NUM_CLASSES, sample_rate, make_head(spec), optimizer=LazySGD(**SGD), seed=7,
-                    init_std=INIT_STD, param_dtype=MODES[mode].param_dtype, device=device)
+    pfc = PartialFC(
+        DIM,
+        NUM_CLASSES,
+        sample_rate,
+        make_head(spec),
+        optimizer=LazySGD(**SGD),
+        seed=7,
+        init_std=INIT_STD,
+        param_dtype=MODES[mode].param_dtype,
+        device=device,
+    )
     record = {"init": pfc.weight.detach().double().cpu(), "steps": []}
     for step in range(STEPS):
         embeddings, labels = batch(step, BATCH, DIM, NUM_CLASSES)
         x = embeddings.float().to(device).requires_grad_()
-        autocast = torch.autocast(torch.device(device).type, dtype=gemm_dtype or torch.float32,
-                                  enabled=gemm_dtype is not None)
+        autocast = torch.autocast(
+            torch.device(device).type, dtype=gemm_dtype or torch.float32, enabled=gemm_dtype is not None
+        )
         with autocast:
             loss = pfc(x, labels.to(device))
         loss.backward()
         rows = pfc.last_sampled_rows.cpu()
         pfc.step()
-        record["steps"].append({"loss": loss.detach().cpu(), "embedding_grad": x.grad.cpu(), "rows": rows,
-                                "weight": pfc.weight.detach().double().cpu()})
+        record["steps"].append(
+            {
+                "loss": loss.detach().cpu(),
+                "embedding_grad": x.grad.cpu(),
+                "rows": rows,
+                "weight": pfc.weight.detach().double().cpu(),
+            }
+        )
     return record
 
 

@@ -41,10 +41,30 @@ OVERFLOW_S = "1024"
 def train(device: str, dataset: Path, output: Path, *extra: str) -> str:
     """Run the CLI on ``device`` (one rank under torchrun); returns its stdout, fails with its output."""
     args = [
-        "--data.path", str(dataset), "--output", str(output), "--data.backend", "torch",
-        "--data.batch_size", "16", "--data.num_workers", "2", "--model.backbone", BACKBONE[device],
-        "--model.embedding_size", str(EMBEDDING_SIZE), "--model.channels_last", "true", "--train.seed", str(SEED),
-        "--dist.backend", "nccl" if device == "cuda" else "gloo", "--eval.every_steps", "0", "--metrics.port", "0",
+        "--data.path",
+        str(dataset),
+        "--output",
+        str(output),
+        "--data.backend",
+        "torch",
+        "--data.batch_size",
+        "16",
+        "--data.num_workers",
+        "2",
+        "--model.backbone",
+        BACKBONE[device],
+        "--model.embedding_size",
+        str(EMBEDDING_SIZE),
+        "--model.channels_last",
+        "true",
+        "--train.seed",
+        str(SEED),
+        "--dist.backend",
+        "nccl" if device == "cuda" else "gloo",
+        "--eval.every_steps",
+        "0",
+        "--metrics.port",
+        "0",
         *extra,
     ]
     env = training_env() | ({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})
@@ -80,8 +100,20 @@ def final_tensors(output: Path) -> dict[str, torch.Tensor]:
 def test_train_then_resume_bit_identically(device, tiny_dataset, tmp_path):
     """Resuming from the halfway checkpoint ends with every saved tensor equal to the straight run's."""
     steps = STEPS[device]
-    common = ("--train.max_steps", str(steps), "--checkpoint.every_steps", str(steps // 2), "--train.amp", "bf16",
-              "--train.deterministic", "true", "--loss.sample_rate", "0.5", "--train.log_every", "5")
+    common = (
+        "--train.max_steps",
+        str(steps),
+        "--checkpoint.every_steps",
+        str(steps // 2),
+        "--train.amp",
+        "bf16",
+        "--train.deterministic",
+        "true",
+        "--loss.sample_rate",
+        "0.5",
+        "--train.log_every",
+        "5",
+    )
     straight = tmp_path / "straight"
     train(device, tiny_dataset, straight, *common)
     halfway = straight / "checkpoints" / f"step-{steps // 2:08d}"
@@ -105,8 +137,18 @@ def test_fp16_overflow_skips_the_step(device, tiny_dataset, tmp_path):
     global norm, the centres and their optimizer state stay as initialised, and the halved scale
     lets training resume. With AdamW: torch's fused kernel for the backbone on CUDA, and the lazy
     AdamW for the centres."""
-    fp16 = ("--train.amp", "fp16", "--loss.s", OVERFLOW_S, "--train.log_every", "1",
-            "--optim.name", "adamw", "--optim.lr", "1e-3")
+    fp16 = (
+        "--train.amp",
+        "fp16",
+        "--loss.s",
+        OVERFLOW_S,
+        "--train.log_every",
+        "1",
+        "--optim.name",
+        "adamw",
+        "--optim.lr",
+        "1e-3",
+    )
     one_step = tmp_path / "one_step"
     stdout = train(device, tiny_dataset, one_step, *fp16, "--train.max_steps", "1")
     (line,) = [line for line in stdout.splitlines() if " loss_scale " in line]

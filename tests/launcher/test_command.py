@@ -32,9 +32,16 @@ def test_command_has_a_c10d_rendezvous_and_passes_training_arguments_through():
     command = torchrun_command(placement, 8, 3, "join_timeout=600", ["--config", "c.yaml", "--optim.lr", "0.2"])
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     flags = dict(zip(command[3:-6:2], command[4:-6:2]))
-    assert flags == {"--nnodes": "2", "--node-rank": "1", "--nproc-per-node": "8", "--rdzv-backend": "c10d",
-                     "--rdzv-endpoint": "r50-0.r50:29400", "--rdzv-id": "partialfc-r50-0.r50",
-                     "--rdzv-conf": "join_timeout=600", "--max-restarts": "3"}
+    assert flags == {
+        "--nnodes": "2",
+        "--node-rank": "1",
+        "--nproc-per-node": "8",
+        "--rdzv-backend": "c10d",
+        "--rdzv-endpoint": "r50-0.r50:29400",
+        "--rdzv-id": "partialfc-r50-0.r50",
+        "--rdzv-conf": "join_timeout=600",
+        "--max-restarts": "3",
+    }
     assert command[-6:] == ["-m", "partialfc.train", "--config", "c.yaml", "--optim.lr", "0.2"]
     assert "--node-rank" not in torchrun_command(detect({}), 1, 3, "", [])
 
@@ -47,7 +54,9 @@ def test_explicit_environment_and_options_win_over_what_the_scheduler_implies():
     assert (placement.nproc_per_node, placement.max_restarts) == (4, 0)
     with pytest.raises(LaunchEnvironmentError, match="PET_NNODES: node rank 1 is not below the node count 1"):
         apply_overrides(detect(INDEXED), {**INDEXED, "PET_NNODES": "1"}, {})
-    with pytest.raises(LaunchEnvironmentError, match="PET_NNODES: 2 nodes but no scheduler variables name a rendezvous"):
+    with pytest.raises(
+        LaunchEnvironmentError, match="PET_NNODES: 2 nodes but no scheduler variables name a rendezvous"
+    ):
         apply_overrides(detect({"PET_NNODES": "2"}), {"PET_NNODES": "2"}, {})
     with pytest.raises(LaunchEnvironmentError, match="--nnodes='two' must be N or MIN:MAX"):
         apply_overrides(detect(INDEXED), INDEXED, {"nnodes": "two"})
@@ -65,17 +74,28 @@ def test_rendezvous_conf_hosts_the_store_on_node_0_and_waits_out_a_collective_ti
     assert rendezvous_conf(node1, 1800, {}) == "join_timeout=1860,read_timeout=1860,is_host=false"
     node0 = detect({**INDEXED, "JOB_COMPLETION_INDEX": "0"})
     assert rendezvous_conf(node0, 60, {}) == "join_timeout=600,read_timeout=600,is_host=true"
-    assert rendezvous_conf(node0, 60, {"PET_RDZV_CONF": "join_timeout=900,read_timeout=120"}) == \
-        "join_timeout=900,read_timeout=120,is_host=true"
+    assert (
+        rendezvous_conf(node0, 60, {"PET_RDZV_CONF": "join_timeout=900,read_timeout=120"})
+        == "join_timeout=900,read_timeout=120,is_host=true"
+    )
     elastic = detect({"PET_RDZV_ENDPOINT": "10.0.0.1:29400", "PET_NNODES": "2"})
     assert rendezvous_conf(elastic, 60, {}) == "join_timeout=600,read_timeout=600"
-    assert rendezvous_conf(elastic, 60, {"PET_LOCAL_ADDR": "10.0.0.1"}) == \
-        "join_timeout=600,read_timeout=600,is_host=true"
+    assert (
+        rendezvous_conf(elastic, 60, {"PET_LOCAL_ADDR": "10.0.0.1"}) == "join_timeout=600,read_timeout=600,is_host=true"
+    )
 
 
-@pytest.mark.parametrize("spec, gpus, cpus, expected", [
-    (None, 8, 64, 8), (None, 0, 64, 1), ("gpu", 4, 64, 4), ("cpu", 8, 64, 64), (3, 8, 64, 3), (3, 0, 2, 3),
-])
+@pytest.mark.parametrize(
+    "spec, gpus, cpus, expected",
+    [
+        (None, 8, 64, 8),
+        (None, 0, 64, 1),
+        ("gpu", 4, 64, 4),
+        ("cpu", 8, 64, 64),
+        (3, 8, 64, 3),
+        (3, 0, 2, 3),
+    ],
+)
 def test_nproc_per_node_words_mean_what_they_mean_to_torchrun(spec, gpus, cpus, expected):
     assert resolve_nproc(spec, gpus, cpus) == expected
 
@@ -97,16 +117,19 @@ def test_training_settings_come_from_the_config_file_and_overrides(tmp_path):
     config.write_text("output: /ckpt/run\ndist:\n  timeout_s: 900\nmetrics:\n  port: 9400\n")
     settings = training_settings(["--config", str(config), "--data.path", "x"])
     assert (settings.timeout_s, settings.metrics_port, settings.metrics_dir) == (900, 9400, "")
-    settings = training_settings(["--config", str(config), "--dist.timeout_s", "30",
-                                  "--metrics.multiproc_dir", "/tmp/m"])
+    settings = training_settings(
+        ["--config", str(config), "--dist.timeout_s", "30", "--metrics.multiproc_dir", "/tmp/m"]
+    )
     assert (settings.timeout_s, settings.metrics_dir) == (30, "/tmp/m")
 
 
 def test_multi_node_metrics_go_to_a_node_local_directory_unless_one_is_named():
     # The trainer's default lies on shared storage under a node number the rendezvous may change.
     multi, single = detect(INDEXED), detect({})
-    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, ""), "/tmp", "gpu/7") == \
-        "/tmp/partialfc-metrics-partialfc-r50-0.r50-gpu_7"
+    assert (
+        node_local_metrics_dir(multi, TrainingSettings(1800, 9400, ""), "/tmp", "gpu/7")
+        == "/tmp/partialfc-metrics-partialfc-r50-0.r50-gpu_7"
+    )
     assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, "/run/m"), "/tmp", "gpu7") is None
     assert node_local_metrics_dir(multi, TrainingSettings(1800, 0, ""), "/tmp", "gpu7") is None
     assert node_local_metrics_dir(single, TrainingSettings(1800, 9400, ""), "/tmp", "gpu7") is None
@@ -119,27 +142,53 @@ def test_split_arguments():
 
 def test_print_shows_the_environment_and_the_exact_command(capsys):
     env = {**INDEXED, "PATH": "/bin"}
-    assert main(["--print", "--nproc-per-node", "2", "--config", "configs/quickstart.yaml",
-                 "--dist.timeout_s", "120", "--metrics.port", "9400"], env) == 0
+    assert (
+        main(
+            [
+                "--print",
+                "--nproc-per-node",
+                "2",
+                "--config",
+                "configs/quickstart.yaml",
+                "--dist.timeout_s",
+                "120",
+                "--metrics.port",
+                "9400",
+            ],
+            env,
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     local_dir = f"{tempfile.gettempdir()}/partialfc-metrics-partialfc-r50-0.r50-{socket.gethostname()}"
     assert "environment: Kubernetes Indexed Job" in out and "JOB_COMPLETION_INDEX=1" in out
     assert "collective timeout (dist.timeout_s): 120 s" in out
-    assert ("set for torchrun (were unset): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=3 "
-            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540") in out
+    assert (
+        "set for torchrun (were unset): TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=3 "
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540"
+    ) in out
     command = out.split("command: ", 1)[1].strip()
-    assert command.endswith("--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint r50-0.r50:29400 --rdzv-id "
-                            "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,read_timeout=600,is_host=false "
-                            "--max-restarts 3 "
-                            "-m partialfc.train --config configs/quickstart.yaml --dist.timeout_s 120 --metrics.port 9400 "
-                            f"--metrics.multiproc_dir {local_dir}")
+    assert command.endswith(
+        "--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint r50-0.r50:29400 --rdzv-id "
+        "partialfc-r50-0.r50 --rdzv-conf join_timeout=600,read_timeout=600,is_host=false "
+        "--max-restarts 3 "
+        "-m partialfc.train --config configs/quickstart.yaml --dist.timeout_s 120 --metrics.port 9400 "
+        f"--metrics.multiproc_dir {local_dir}"
+    )
     assert f"metrics: port 9400, directory {local_dir} " in out
 
 
 def test_slurm_batch_script_with_master_addr_prints_its_command(capsys):
     """`MASTER_ADDR=gpu01 MASTER_PORT=29500` exported by an sbatch script, launcher on node 1 by srun."""
-    env = {"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[01-02]",
-           "MASTER_ADDR": "gpu01", "MASTER_PORT": "29500", "PATH": "/bin"}
+    env = {
+        "SLURM_JOB_ID": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_NODELIST": "gpu[01-02]",
+        "MASTER_ADDR": "gpu01",
+        "MASTER_PORT": "29500",
+        "PATH": "/bin",
+    }
     assert main(["--print", "--nproc-per-node", "cpu", "--config", "configs/quickstart.yaml"], env) == 0
     out = capsys.readouterr().out
     assert "environment: SLURM" in out and "MASTER_ADDR=gpu01" in out
@@ -149,7 +198,9 @@ def test_slurm_batch_script_with_master_addr_prints_its_command(capsys):
 
 def test_errors_exit_2_with_one_line(capsys):
     assert main(["--print"], {"RANK": "1"}) == 2
-    assert capsys.readouterr().err == "launcher: RANK is set but MASTER_ADDR is not: the environment is half-configured\n"
+    assert (
+        capsys.readouterr().err == "launcher: RANK is set but MASTER_ADDR is not: the environment is half-configured\n"
+    )
     assert main(["--print", "--train.epochs", "-1"], {}) == 2
     assert "launcher: training config: train.epochs=-1.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -158,8 +209,18 @@ def test_errors_exit_2_with_one_line(capsys):
 
 
 def test_module_entry_point_help_lists_every_option():
-    result = subprocess.run([sys.executable, "-m", "launcher", "--help"], cwd=REPO, capture_output=True, text=True,
-                            timeout=60, check=True)
-    for option in ("--nproc-per-node", "--nnodes", "--node-rank", "--max-restarts", "--rdzv-id", "--print",
-                   "JOB_COMPLETION_INDEX", "SLURM_JOB_NODELIST", "PET_MASTER_ADDR"):
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    for option in (
+        "--nproc-per-node",
+        "--nnodes",
+        "--node-rank",
+        "--max-restarts",
+        "--rdzv-id",
+        "--print",
+        "JOB_COMPLETION_INDEX",
+        "SLURM_JOB_NODELIST",
+        "PET_MASTER_ADDR",
+    ):
         assert option in result.stdout, option

@@ -22,34 +22,80 @@ from launcher.environment import LaunchEnvironmentError, Placement, detect, expa
 
 # Master (replicas 1) + Worker (replicas 1), nprocPerNode "8": worker-0's pod, node rank 1.
 PYTORCHJOB_WORKER_1 = {
-    "PYTHONUNBUFFERED": "1", "MASTER_PORT": "23456", "PET_MASTER_PORT": "23456", "MASTER_ADDR": "r50-master-0",
-    "PET_MASTER_ADDR": "r50-master-0", "WORLD_SIZE": "16", "RANK": "1", "PET_NODE_RANK": "1",
-    "PET_NPROC_PER_NODE": "8", "PET_NNODES": "2",
+    "PYTHONUNBUFFERED": "1",
+    "MASTER_PORT": "23456",
+    "PET_MASTER_PORT": "23456",
+    "MASTER_ADDR": "r50-master-0",
+    "PET_MASTER_ADDR": "r50-master-0",
+    "WORLD_SIZE": "16",
+    "RANK": "1",
+    "PET_NODE_RANK": "1",
+    "PET_NPROC_PER_NODE": "8",
+    "PET_NNODES": "2",
 }
 # Master (1) + Worker (2) with elasticPolicy {minReplicas 2, maxReplicas 3, maxRestarts 3}, nprocPerNode
 # defaulted to "auto" (WORLD_SIZE = 3 replicas x 1): the webhook accepts it, worker-0's pod.
 PYTORCHJOB_MASTER_ELASTIC_WORKER_0 = {
-    "PYTHONUNBUFFERED": "1", "MASTER_PORT": "23456", "PET_MASTER_PORT": "23456", "MASTER_ADDR": "r50-master-0",
-    "PET_MASTER_ADDR": "r50-master-0", "WORLD_SIZE": "3", "RANK": "1", "PET_NODE_RANK": "1",
-    "PET_NPROC_PER_NODE": "auto", "PET_RDZV_ENDPOINT": "r50-worker-0:23456", "PET_RDZV_BACKEND": "c10d",
-    "PET_NNODES": "2:3", "PET_MAX_RESTARTS": "3",
+    "PYTHONUNBUFFERED": "1",
+    "MASTER_PORT": "23456",
+    "PET_MASTER_PORT": "23456",
+    "MASTER_ADDR": "r50-master-0",
+    "PET_MASTER_ADDR": "r50-master-0",
+    "WORLD_SIZE": "3",
+    "RANK": "1",
+    "PET_NODE_RANK": "1",
+    "PET_NPROC_PER_NODE": "auto",
+    "PET_RDZV_ENDPOINT": "r50-worker-0:23456",
+    "PET_RDZV_BACKEND": "c10d",
+    "PET_NNODES": "2:3",
+    "PET_MAX_RESTARTS": "3",
 }
 # Workers only (replicas 2) with elasticPolicy {minReplicas 2, maxReplicas 2, maxRestarts 3}, nprocPerNode "8".
-PYTORCHJOB_ELASTIC = {"PYTHONUNBUFFERED": "1", "PET_NPROC_PER_NODE": "8", "PET_RDZV_ENDPOINT": "r50-worker-0:29400",
-                      "PET_RDZV_BACKEND": "c10d", "PET_NNODES": "2:2", "PET_MAX_RESTARTS": "3"}
-TRAINER_V2_NODE_1 = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "8", "PET_NODE_RANK": "1",
-                     "PET_MASTER_ADDR": "r50-node-0-0.r50", "PET_MASTER_PORT": "29400", "JOB_COMPLETION_INDEX": "1"}
-INDEXED_JOB_NODE_1 = {"JOB_COMPLETION_INDEX": "1", "PARTIALFC_NNODES": "2",
-                      "PARTIALFC_RDZV_HOST": "r50-0.r50.train.svc.cluster.local"}
+PYTORCHJOB_ELASTIC = {
+    "PYTHONUNBUFFERED": "1",
+    "PET_NPROC_PER_NODE": "8",
+    "PET_RDZV_ENDPOINT": "r50-worker-0:29400",
+    "PET_RDZV_BACKEND": "c10d",
+    "PET_NNODES": "2:2",
+    "PET_MAX_RESTARTS": "3",
+}
+TRAINER_V2_NODE_1 = {
+    "PET_NNODES": "2",
+    "PET_NPROC_PER_NODE": "8",
+    "PET_NODE_RANK": "1",
+    "PET_MASTER_ADDR": "r50-node-0-0.r50",
+    "PET_MASTER_PORT": "29400",
+    "JOB_COMPLETION_INDEX": "1",
+}
+INDEXED_JOB_NODE_1 = {
+    "JOB_COMPLETION_INDEX": "1",
+    "PARTIALFC_NNODES": "2",
+    "PARTIALFC_RDZV_HOST": "r50-0.r50.train.svc.cluster.local",
+}
 # sbatch -N 5 (the batch step: no SLURM_STEP_* variables), the launcher started by srun on node 2 would
 # also carry the step's; this is the job's view.
-SLURM_NODE_2 = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "5", "SLURM_JOB_NUM_NODES": "5", "SLURM_NODEID": "2",
-                "SLURM_JOB_NODELIST": "gpu[001-004,010]"}
+SLURM_NODE_2 = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_NNODES": "5",
+    "SLURM_JOB_NUM_NODES": "5",
+    "SLURM_NODEID": "2",
+    "SLURM_JOB_NODELIST": "gpu[001-004,010]",
+}
 # `srun -N 2 --ntasks-per-node 1 python -m launcher` inside a 4-node allocation: the step runs on 2 of them.
-SLURM_STEP_NODE_1 = {"SLURM_JOB_ID": "4243", "SLURM_NNODES": "4", "SLURM_JOB_NUM_NODES": "4",
-                     "SLURM_JOB_NODELIST": "gpu[01-04]", "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "gpu[03-04]",
-                     "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_NODEID": "1", "SLURM_PROCID": "1",
-                     "SLURM_LOCALID": "0", "SLURMD_NODENAME": "gpu04"}
+SLURM_STEP_NODE_1 = {
+    "SLURM_JOB_ID": "4243",
+    "SLURM_NNODES": "4",
+    "SLURM_JOB_NUM_NODES": "4",
+    "SLURM_JOB_NODELIST": "gpu[01-04]",
+    "SLURM_STEP_ID": "0",
+    "SLURM_STEP_NODELIST": "gpu[03-04]",
+    "SLURM_STEP_NUM_NODES": "2",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "0",
+    "SLURMD_NODENAME": "gpu04",
+}
 
 
 def test_pytorchjob_with_master():
@@ -64,7 +110,12 @@ def test_pytorchjob_with_master_and_elastic_policy_keeps_node_ranks_and_the_node
     """The operator sets RANK and MASTER_* and PET_NNODES=MIN:MAX together: the master hosts the store."""
     placement = detect(PYTORCHJOB_MASTER_ELASTIC_WORKER_0)
     assert placement.source == "Kubeflow PyTorchJob (kubeflow.org/v1, Master + elasticPolicy)"
-    assert (placement.nnodes, placement.node_rank, placement.nproc_per_node, placement.max_restarts) == ("2:3", 1, None, 3)
+    assert (placement.nnodes, placement.node_rank, placement.nproc_per_node, placement.max_restarts) == (
+        "2:3",
+        1,
+        None,
+        3,
+    )
     assert placement.rdzv_endpoint == "r50-master-0:23456"
     # Node ranks run up to MAX - 1: the third replica of a 2:3 job is node rank 2.
     assert detect({**PYTORCHJOB_MASTER_ELASTIC_WORKER_0, "RANK": "2", "PET_NODE_RANK": "2"}).node_rank == 2
@@ -84,7 +135,12 @@ def test_pytorchjob_nproc_per_node_takes_every_documented_value(nproc, expected)
 def test_pytorchjob_elastic_leaves_the_node_rank_to_the_rendezvous():
     placement = detect(PYTORCHJOB_ELASTIC)
     assert placement.source == "Kubeflow PyTorchJob (kubeflow.org/v1, elasticPolicy)"
-    assert (placement.nnodes, placement.node_rank, placement.max_restarts, placement.nproc_per_node) == ("2:2", None, 3, 8)
+    assert (placement.nnodes, placement.node_rank, placement.max_restarts, placement.nproc_per_node) == (
+        "2:2",
+        None,
+        3,
+        8,
+    )
     assert placement.rdzv_endpoint == "r50-worker-0:29400"
 
 
@@ -114,11 +170,21 @@ def test_slurm_takes_the_first_host_of_a_bracket_list():
 
 def test_slurm_with_exported_master_addr_is_still_slurm():
     """The usual torch-on-SLURM batch script exports MASTER_ADDR/MASTER_PORT: they name the rendezvous."""
-    env = {"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[01-02]",
-           "MASTER_ADDR": "gpu01", "MASTER_PORT": "29500"}
+    env = {
+        "SLURM_JOB_ID": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_NODELIST": "gpu[01-02]",
+        "MASTER_ADDR": "gpu01",
+        "MASTER_PORT": "29500",
+    }
     placement = detect(env)
-    assert (placement.source, placement.nnodes, placement.node_rank, placement.rdzv_endpoint) == \
-        ("SLURM", "2", 1, "gpu01:29500")
+    assert (placement.source, placement.nnodes, placement.node_rank, placement.rdzv_endpoint) == (
+        "SLURM",
+        "2",
+        1,
+        "gpu01:29500",
+    )
     assert detect({**SLURM_NODE_2, "MASTER_ADDR": "gpu002"}).rdzv_endpoint == "gpu002:29400"
 
 
@@ -138,57 +204,90 @@ def test_operators_that_run_on_indexed_jobs_win_over_the_plain_indexed_job():
     assert detect({**PYTORCHJOB_WORKER_1, "JOB_COMPLETION_INDEX": "0"}).source.startswith("Kubeflow PyTorchJob")
 
 
-@pytest.mark.parametrize("host, endpoint", [("fd00::1", "[fd00::1]:29400"), ("10.0.0.1", "10.0.0.1:29400"),
-                                            ("r50-0.r50", "r50-0.r50:29400")])
+@pytest.mark.parametrize(
+    "host, endpoint", [("fd00::1", "[fd00::1]:29400"), ("10.0.0.1", "10.0.0.1:29400"), ("r50-0.r50", "r50-0.r50:29400")]
+)
 def test_ipv6_rendezvous_hosts_are_bracketed(host, endpoint):
     assert Placement("test", "2", host, 29400, "id").rdzv_endpoint == endpoint
     elastic = detect({**PYTORCHJOB_ELASTIC, "PET_RDZV_ENDPOINT": f"[{host}]:29400" if ":" in host else f"{host}:29400"})
     assert (elastic.rdzv_host, elastic.rdzv_endpoint) == (host, endpoint)
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"RANK": "1"}, "RANK is set but MASTER_ADDR is not"),
-    ({"MASTER_ADDR": "h", "MASTER_PORT": "1", "RANK": "0"}, "MASTER_ADDR is set but WORLD_SIZE is not"),
-    ({k: v for k, v in PYTORCHJOB_WORKER_1.items() if k != "PET_NODE_RANK"}, "MASTER_ADDR is set but PET_NODE_RANK is not"),
-    ({k: v for k, v in PYTORCHJOB_WORKER_1.items() if k != "PET_NNODES"}, "MASTER_ADDR is set but PET_NNODES is not"),
-    ({**PYTORCHJOB_WORKER_1, "PET_NODE_RANK": "0"}, "RANK=1 but PET_NODE_RANK=0"),
-    ({**PYTORCHJOB_WORKER_1, "RANK": "2", "PET_NODE_RANK": "2"}, "RANK=2 but the job has 2 node"),
-    ({**PYTORCHJOB_WORKER_1, "MASTER_PORT": "http"}, "MASTER_PORT='http' is not an integer"),
-    ({**PYTORCHJOB_WORKER_1, "MASTER_PORT": "70000"}, r"MASTER_PORT=70000 must be in \[1, 65535\]"),
-    ({**PYTORCHJOB_WORKER_1, "PET_NPROC_PER_NODE": "eight"}, "PET_NPROC_PER_NODE='eight' must be a number or one of auto"),
-    ({**PYTORCHJOB_WORKER_1, "PET_NPROC_PER_NODE": "0"}, "PET_NPROC_PER_NODE=0 must be >= 1"),
-    ({**PYTORCHJOB_MASTER_ELASTIC_WORKER_0, "PET_NNODES": "3:2"}, "PET_NNODES='3:2' must be N or MIN:MAX"),
-    ({"PET_RDZV_ENDPOINT": "w-0:29400"}, "PET_RDZV_ENDPOINT is set but PET_NNODES is not"),
-    ({"PET_RDZV_ENDPOINT": "w-0", "PET_NNODES": "2"}, "PET_RDZV_ENDPOINT='w-0' must be HOST:PORT"),
-    ({**PYTORCHJOB_ELASTIC, "PET_NNODES": "3:2"}, "PET_NNODES='3:2' must be N or MIN:MAX"),
-    ({**PYTORCHJOB_ELASTIC, "PET_RDZV_BACKEND": "etcd-v2"}, "PET_RDZV_BACKEND='etcd-v2': the launcher runs the c10d"),
-    ({"PET_NODE_RANK": "0"}, "PET_NODE_RANK is set but PET_MASTER_ADDR is not"),
-    ({**TRAINER_V2_NODE_1, "PET_NODE_RANK": "2"}, "PET_NODE_RANK=2 but the job has 2 node"),
-    ({"JOB_COMPLETION_INDEX": "0", "PARTIALFC_RDZV_HOST": "h"}, "JOB_COMPLETION_INDEX is set but PARTIALFC_NNODES is not"),
-    ({"JOB_COMPLETION_INDEX": "0", "PARTIALFC_NNODES": "2"}, "JOB_COMPLETION_INDEX is set but PARTIALFC_RDZV_HOST is not"),
-    ({**INDEXED_JOB_NODE_1, "JOB_COMPLETION_INDEX": "2"}, "JOB_COMPLETION_INDEX=2 but the job has 2 node"),
-    ({**INDEXED_JOB_NODE_1, "PARTIALFC_NNODES": "0"}, "PARTIALFC_NNODES=0 must be >= 1"),
-    ({"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "a[1-2]"}, "SLURM_JOB_ID is set but SLURM_NODEID is not"),
-    ({"SLURM_JOB_ID": "1", "SLURM_NODEID": "0", "SLURM_STEP_NODELIST": "a[1-2]"},
-     "SLURM_JOB_ID is set but SLURM_STEP_NUM_NODES is not"),
-    ({**SLURM_NODE_2, "SLURM_NNODES": "4"}, "lists 5 hosts but SLURM_NNODES=4"),
-    ({**SLURM_STEP_NODE_1, "SLURM_STEP_NUM_NODES": "3"}, "SLURM_STEP_NODELIST='gpu\\[03-04\\]' lists 2 hosts but SLURM_STEP_NUM_NODES=3"),
-    ({**SLURM_NODE_2, "SLURM_JOB_NODELIST": "gpu[001-004"}, "not a SLURM host list"),
-    ({**SLURM_NODE_2, "SLURM_NODEID": "5"}, "SLURM_NODEID=5 but the job has 5 node"),
-    ({**SLURM_NODE_2, "MASTER_PORT": "x"}, "MASTER_PORT='x' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RANK": "1"}, "RANK is set but MASTER_ADDR is not"),
+        ({"MASTER_ADDR": "h", "MASTER_PORT": "1", "RANK": "0"}, "MASTER_ADDR is set but WORLD_SIZE is not"),
+        (
+            {k: v for k, v in PYTORCHJOB_WORKER_1.items() if k != "PET_NODE_RANK"},
+            "MASTER_ADDR is set but PET_NODE_RANK is not",
+        ),
+        (
+            {k: v for k, v in PYTORCHJOB_WORKER_1.items() if k != "PET_NNODES"},
+            "MASTER_ADDR is set but PET_NNODES is not",
+        ),
+        ({**PYTORCHJOB_WORKER_1, "PET_NODE_RANK": "0"}, "RANK=1 but PET_NODE_RANK=0"),
+        ({**PYTORCHJOB_WORKER_1, "RANK": "2", "PET_NODE_RANK": "2"}, "RANK=2 but the job has 2 node"),
+        ({**PYTORCHJOB_WORKER_1, "MASTER_PORT": "http"}, "MASTER_PORT='http' is not an integer"),
+        ({**PYTORCHJOB_WORKER_1, "MASTER_PORT": "70000"}, r"MASTER_PORT=70000 must be in \[1, 65535\]"),
+        (
+            {**PYTORCHJOB_WORKER_1, "PET_NPROC_PER_NODE": "eight"},
+            "PET_NPROC_PER_NODE='eight' must be a number or one of auto",
+        ),
+        ({**PYTORCHJOB_WORKER_1, "PET_NPROC_PER_NODE": "0"}, "PET_NPROC_PER_NODE=0 must be >= 1"),
+        ({**PYTORCHJOB_MASTER_ELASTIC_WORKER_0, "PET_NNODES": "3:2"}, "PET_NNODES='3:2' must be N or MIN:MAX"),
+        ({"PET_RDZV_ENDPOINT": "w-0:29400"}, "PET_RDZV_ENDPOINT is set but PET_NNODES is not"),
+        ({"PET_RDZV_ENDPOINT": "w-0", "PET_NNODES": "2"}, "PET_RDZV_ENDPOINT='w-0' must be HOST:PORT"),
+        ({**PYTORCHJOB_ELASTIC, "PET_NNODES": "3:2"}, "PET_NNODES='3:2' must be N or MIN:MAX"),
+        (
+            {**PYTORCHJOB_ELASTIC, "PET_RDZV_BACKEND": "etcd-v2"},
+            "PET_RDZV_BACKEND='etcd-v2': the launcher runs the c10d",
+        ),
+        ({"PET_NODE_RANK": "0"}, "PET_NODE_RANK is set but PET_MASTER_ADDR is not"),
+        ({**TRAINER_V2_NODE_1, "PET_NODE_RANK": "2"}, "PET_NODE_RANK=2 but the job has 2 node"),
+        (
+            {"JOB_COMPLETION_INDEX": "0", "PARTIALFC_RDZV_HOST": "h"},
+            "JOB_COMPLETION_INDEX is set but PARTIALFC_NNODES is not",
+        ),
+        (
+            {"JOB_COMPLETION_INDEX": "0", "PARTIALFC_NNODES": "2"},
+            "JOB_COMPLETION_INDEX is set but PARTIALFC_RDZV_HOST is not",
+        ),
+        ({**INDEXED_JOB_NODE_1, "JOB_COMPLETION_INDEX": "2"}, "JOB_COMPLETION_INDEX=2 but the job has 2 node"),
+        ({**INDEXED_JOB_NODE_1, "PARTIALFC_NNODES": "0"}, "PARTIALFC_NNODES=0 must be >= 1"),
+        (
+            {"SLURM_JOB_ID": "1", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "a[1-2]"},
+            "SLURM_JOB_ID is set but SLURM_NODEID is not",
+        ),
+        (
+            {"SLURM_JOB_ID": "1", "SLURM_NODEID": "0", "SLURM_STEP_NODELIST": "a[1-2]"},
+            "SLURM_JOB_ID is set but SLURM_STEP_NUM_NODES is not",
+        ),
+        ({**SLURM_NODE_2, "SLURM_NNODES": "4"}, "lists 5 hosts but SLURM_NNODES=4"),
+        (
+            {**SLURM_STEP_NODE_1, "SLURM_STEP_NUM_NODES": "3"},
+            "SLURM_STEP_NODELIST='gpu\\[03-04\\]' lists 2 hosts but SLURM_STEP_NUM_NODES=3",
+        ),
+        ({**SLURM_NODE_2, "SLURM_JOB_NODELIST": "gpu[001-004"}, "not a SLURM host list"),
+        ({**SLURM_NODE_2, "SLURM_NODEID": "5"}, "SLURM_NODEID=5 but the job has 5 node"),
+        ({**SLURM_NODE_2, "MASTER_PORT": "x"}, "MASTER_PORT='x' is not an integer"),
+    ],
+)
 def test_half_configured_environment_is_one_error_naming_the_variable(env, message):
     with pytest.raises(LaunchEnvironmentError, match=message):
         detect(env)
 
 
-@pytest.mark.parametrize("hostlist, hosts", [
-    ("gpu[001-004,010]", ["gpu001", "gpu002", "gpu003", "gpu004", "gpu010"]),
-    ("node7", ["node7"]),
-    ("a1,b[2-3],c", ["a1", "b2", "b3", "c"]),
-    ("rack[1-2]-n[08-10]", ["rack1-n08", "rack1-n09", "rack1-n10", "rack2-n08", "rack2-n09", "rack2-n10"]),
-    ("ib-[9-11].cluster", ["ib-9.cluster", "ib-10.cluster", "ib-11.cluster"]),
-])
+@pytest.mark.parametrize(
+    "hostlist, hosts",
+    [
+        ("gpu[001-004,010]", ["gpu001", "gpu002", "gpu003", "gpu004", "gpu010"]),
+        ("node7", ["node7"]),
+        ("a1,b[2-3],c", ["a1", "b2", "b3", "c"]),
+        ("rack[1-2]-n[08-10]", ["rack1-n08", "rack1-n09", "rack1-n10", "rack2-n08", "rack2-n09", "rack2-n10"]),
+        ("ib-[9-11].cluster", ["ib-9.cluster", "ib-10.cluster", "ib-11.cluster"]),
+    ],
+)
 def test_expand_hostlist(hostlist, hosts):
     assert expand_hostlist(hostlist) == hosts
 

@@ -17,8 +17,16 @@ from training_run import REPO, train_args
 
 from partialfc.exit_codes import ExitCode, container_exit_code, markdown_table, record_exit
 
-SCHEDULER_PREFIXES = ("PET_", "SLURM_", "MASTER_", "JOB_COMPLETION_INDEX", "PARTIALFC_", "RANK", "WORLD_SIZE",
-                      "TORCHELASTIC_")
+SCHEDULER_PREFIXES = (
+    "PET_",
+    "SLURM_",
+    "MASTER_",
+    "JOB_COMPLETION_INDEX",
+    "PARTIALFC_",
+    "RANK",
+    "WORLD_SIZE",
+    "TORCHELASTIC_",
+)
 
 
 def records(directory: Path, attempt: int, *codes: int) -> None:
@@ -27,18 +35,21 @@ def records(directory: Path, attempt: int, *codes: int) -> None:
         (directory / f"attempt-{attempt:05d}-rank-{rank:06d}").write_text(str(code))
 
 
-@pytest.mark.parametrize("attempts, torchrun_code, sigterm, expected", [
-    ({}, 0, False, 0),
-    ({0: (143, 143), 1: (0, 0)}, 0, False, 0),
-    ({0: (3, 143)}, 1, False, 3),  # the rank that diverged stopped the agent, which SIGTERMed its peer
-    ({0: (2, 2)}, 1, False, 2),
-    ({0: (4, 1)}, 1, False, 4),
-    ({0: (143, 143)}, 1, True, 143),
-    ({}, 1, True, 143),  # evicted before any worker recorded anything: still not a failure
-    ({0: (2, 2), 1: (1, 143)}, 1, False, 1),  # only the last attempt counts
-    ({0: (1, 143)}, 1, False, 1),
-    ({}, -9, False, 137),
-])
+@pytest.mark.parametrize(
+    "attempts, torchrun_code, sigterm, expected",
+    [
+        ({}, 0, False, 0),
+        ({0: (143, 143), 1: (0, 0)}, 0, False, 0),
+        ({0: (3, 143)}, 1, False, 3),  # the rank that diverged stopped the agent, which SIGTERMed its peer
+        ({0: (2, 2)}, 1, False, 2),
+        ({0: (4, 1)}, 1, False, 4),
+        ({0: (143, 143)}, 1, True, 143),
+        ({}, 1, True, 143),  # evicted before any worker recorded anything: still not a failure
+        ({0: (2, 2), 1: (1, 143)}, 1, False, 1),  # only the last attempt counts
+        ({0: (1, 143)}, 1, False, 1),
+        ({}, -9, False, 137),
+    ],
+)
 def test_container_exit_code_precedence(tmp_path, attempts, torchrun_code, sigterm, expected):
     for attempt, codes in attempts.items():
         records(tmp_path, attempt, *codes)
@@ -61,8 +72,14 @@ def test_record_exit_writes_this_ranks_code_for_the_launcher(tmp_path, monkeypat
 def test_operations_doc_and_help_show_the_one_table():
     doc = (REPO / "docs" / "operations.md").read_text()
     assert markdown_table() in doc, "docs/operations.md's exit-code table differs from partialfc/exit_codes.py"
-    help_text = subprocess.run([sys.executable, "-m", "partialfc.train", "--help"], cwd=REPO, capture_output=True,
-                               text=True, timeout=120, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "partialfc.train", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     for code in ExitCode:
         assert re.search(rf"^\s+{int(code)}\s+{re.escape(code.meaning[:30])}", help_text, re.M), code
 
@@ -73,8 +90,13 @@ def launch(args: list[str], log: Path) -> subprocess.Popen:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
     with log.open("wb") as sink:
-        return subprocess.Popen([sys.executable, "-m", "launcher", "--nproc-per-node", "2", "--max-restarts", "3",
-                                 "--", *args], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "launcher", "--nproc-per-node", "2", "--max-restarts", "3", "--", *args],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def test_a_config_error_exits_2_without_restarts(tiny_dataset, tmp_path):
@@ -87,9 +109,23 @@ def test_a_config_error_exits_2_without_restarts(tiny_dataset, tmp_path):
 
 def test_divergence_exits_3_without_restarts(tiny_dataset, tmp_path):
     output, log = tmp_path / "run", tmp_path / "launcher.log"
-    process = launch(train_args(tiny_dataset, output, "--train.max_steps", "30", "--optim.lr", "1e12",
-                                "--schedule.warmup_epochs", "0", "--eval.every_steps", "0",
-                                "--data.backend", "torch"), log)
+    process = launch(
+        train_args(
+            tiny_dataset,
+            output,
+            "--train.max_steps",
+            "30",
+            "--optim.lr",
+            "1e12",
+            "--schedule.warmup_epochs",
+            "0",
+            "--eval.every_steps",
+            "0",
+            "--data.backend",
+            "torch",
+        ),
+        log,
+    )
     assert process.wait(timeout=300) == ExitCode.DIVERGED, log.read_text()[-4000:]
     assert json.loads((output / "summary.json").read_text())["status"] == "diverged"
     assert len(re.findall(r"start at step", (output / "train.log").read_text())) == 1, "torchrun restarted the workers"
@@ -97,8 +133,21 @@ def test_divergence_exits_3_without_restarts(tiny_dataset, tmp_path):
 
 def test_sigterm_to_the_launcher_saves_and_exits_143(tiny_dataset, tmp_path):
     output, log = tmp_path / "run", tmp_path / "launcher.log"
-    process = launch(train_args(tiny_dataset, output, "--train.max_steps", "100000", "--eval.every_steps", "0",
-                                "--checkpoint.every_steps", "0", "--data.backend", "torch"), log)
+    process = launch(
+        train_args(
+            tiny_dataset,
+            output,
+            "--train.max_steps",
+            "100000",
+            "--eval.every_steps",
+            "0",
+            "--checkpoint.every_steps",
+            "0",
+            "--data.backend",
+            "torch",
+        ),
+        log,
+    )
     deadline = time.monotonic() + 240
     while not ((output / "train.log").exists() and " step 4/" in (output / "train.log").read_text()):
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
@@ -114,10 +163,26 @@ def test_plain_torchrun_does_not_retry_a_config_error_either(tiny_dataset, tmp_p
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "--max-restarts", "3", "-m", "partialfc.train",
-               *train_args(tiny_dataset, tmp_path / "run", "--data.num_classes", "7")]
-    result = subprocess.run(command, cwd=REPO, env={**env, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
-                            capture_output=True, text=True, timeout=240)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "3",
+        "-m",
+        "partialfc.train",
+        *train_args(tiny_dataset, tmp_path / "run", "--data.num_classes", "7"),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        env={**env, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     errors = re.findall(r"config error: data.num_classes=7 but dataset", result.stdout + result.stderr)
     assert result.returncode != 0 and len(errors) == 2, f"{len(errors)} config errors: torchrun restarted the workers"

@@ -27,8 +27,9 @@ BATCH = 8
 def exercise(metrics: TrainingMetrics, steps: int, loss: float = 2.5) -> None:
     """Call every observe_* method like a trainer would."""
     for step in range(steps):
-        metrics.observe_step(samples=BATCH, step_seconds=0.06, data_wait_seconds=0.002, epoch=step // 2,
-                             sampled_centres=100)
+        metrics.observe_step(
+            samples=BATCH, step_seconds=0.06, data_wait_seconds=0.002, epoch=step // 2, sampled_centres=100
+        )
         metrics.observe_phases({"forward": 0.02, "backward": 0.03, "optimizer": 0.01})
     metrics.observe_log(loss=loss, lr=0.1, grad_norm=3.0, loss_scale=65536.0, skipped_steps_total=1)
     metrics.observe_memory(torch.device("cpu"))
@@ -186,8 +187,13 @@ def test_observe_step_costs_under_one_percent_of_a_step(make_metrics: Callable[.
 def two_ranks_one_endpoint(rank: int, world_size: int, output_dir: str, port: int) -> str:
     """Both ranks write; local rank 0's endpoint must serve both (run in spawned processes)."""
     metrics = TrainingMetrics(
-        MetricsConfig(port=port, address="127.0.0.1"), output_dir=output_dir, rank=rank, local_rank=rank, node=0,
-        world_size=world_size, info={"version": "test", "world_size": str(world_size)},
+        MetricsConfig(port=port, address="127.0.0.1"),
+        output_dir=output_dir,
+        rank=rank,
+        local_rank=rank,
+        node=0,
+        world_size=world_size,
+        info={"version": "test", "world_size": str(world_size)},
     )
     exercise(metrics, steps=2 + rank, loss=1.0 + rank)
     dist.barrier()
@@ -213,13 +219,19 @@ def test_one_endpoint_serves_every_local_rank(tmp_path: Path) -> None:
     assert (tmp_path / "prometheus-0").is_dir()
 
 
-def one_attempt(rank: int, world_size: int, output_dir: str, port: int, restart_count: int, steps: int,
-                log: bool) -> str:
+def one_attempt(
+    rank: int, world_size: int, output_dir: str, port: int, restart_count: int, steps: int, log: bool
+) -> str:
     """One worker attempt of a 1-rank node as torchrun would start it; returns its final scrape."""
     os.environ["TORCHELASTIC_RESTART_COUNT"] = str(restart_count)
     metrics = TrainingMetrics(
-        MetricsConfig(port=port, address="127.0.0.1"), output_dir=output_dir, rank=0, local_rank=0, node=0,
-        world_size=world_size, info={"version": "test"},
+        MetricsConfig(port=port, address="127.0.0.1"),
+        output_dir=output_dir,
+        rank=0,
+        local_rank=0,
+        node=0,
+        world_size=world_size,
+        info={"version": "test"},
     )
     for _ in range(steps):
         metrics.observe_step(samples=BATCH, step_seconds=0.06, data_wait_seconds=0.0, epoch=0, sampled_centres=1)

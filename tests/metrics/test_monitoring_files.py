@@ -32,8 +32,12 @@ def test_promtool_test_rules(promtool: str) -> None:
 
 
 def test_every_alert_has_a_firing_unit_test() -> None:
-    alerts = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
-              if "alert" in rule}
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
     tests = yaml.safe_load((MONITORING / "partialfc-rules.test.yaml").read_text())["tests"]
     fired = {case["alertname"] for test in tests for case in test.get("alert_rule_test", []) if case.get("exp_alerts")}
     assert alerts == fired
@@ -67,9 +71,15 @@ def test_dashboard_is_templated_on_datasource() -> None:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert all(target["datasource"]["uid"] == "${datasource}" for target in panel["targets"]), panel["title"]
     exprs = " ".join(target["expr"] for panel in panels for target in panel["targets"])
-    for metric in ("partialfc_samples_total", "partialfc_loss", "partialfc_learning_rate",
-                   "partialfc_step_duration_seconds_bucket", "partialfc_data_wait_seconds_total",
-                   "partialfc_device_memory_allocated_bytes", "partialfc_verification_accuracy_ratio"):
+    for metric in (
+        "partialfc_samples_total",
+        "partialfc_loss",
+        "partialfc_learning_rate",
+        "partialfc_step_duration_seconds_bucket",
+        "partialfc_data_wait_seconds_total",
+        "partialfc_device_memory_allocated_bytes",
+        "partialfc_verification_accuracy_ratio",
+    ):
         assert metric in exprs, f"dashboard lacks {metric}"
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
 

@@ -17,19 +17,41 @@ JOB_TIMEOUT = 180
 
 def job_command(dataset: Path, output: Path, port: int) -> list[str]:
     """The 2-rank training job Prometheus scrapes; the endpoint waits for one final scrape."""
-    return training_command(WORLD_SIZE, train_args(
-        dataset, output, "--train.max_steps", str(STEPS), "--data.batch_size", str(BATCH),
-        "--schedule.decay", "constant", "--schedule.warmup_epochs", "0", "--eval.every_steps", "0",
-        "--data.val_targets", "", "--data.backend", "torch",
-        "--metrics.port", str(port), "--metrics.address", "127.0.0.1", "--metrics.final_scrape_timeout", "60",
-    ))
+    return training_command(
+        WORLD_SIZE,
+        train_args(
+            dataset,
+            output,
+            "--train.max_steps",
+            str(STEPS),
+            "--data.batch_size",
+            str(BATCH),
+            "--schedule.decay",
+            "constant",
+            "--schedule.warmup_epochs",
+            "0",
+            "--eval.every_steps",
+            "0",
+            "--data.val_targets",
+            "",
+            "--data.backend",
+            "torch",
+            "--metrics.port",
+            str(port),
+            "--metrics.address",
+            "127.0.0.1",
+            "--metrics.final_scrape_timeout",
+            "60",
+        ),
+    )
 
 
 def run_job(command: list[str], log: Path) -> None:
     """Run the job to its end; its whole process group is killed if it fails or times out."""
     with open(log, "wb") as out:
-        job = subprocess.Popen(command, cwd=REPO, env=training_env(), stdout=out, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+        job = subprocess.Popen(
+            command, cwd=REPO, env=training_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             returncode = job.wait(timeout=JOB_TIMEOUT)
         finally:

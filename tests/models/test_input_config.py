@@ -36,23 +36,35 @@ def test_numpy_views_and_tensors_give_the_same_bits():
     out = torch.empty(3, 3, 5, 6)
     config.normalize(mirrored[:1], out=out[1:2])
     assert torch.equal(out[1], expected[0])
-    reference = (torch.from_numpy(pixels).permute(0, 3, 1, 2).double() - torch.tensor(config.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(config.std).view(1, 3, 1, 1)
+    reference = (
+        torch.from_numpy(pixels).permute(0, 3, 1, 2).double() - torch.tensor(config.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(config.std).view(1, 3, 1, 1)
     assert torch.allclose(config.normalize(pixels).double(), reference, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"channel_order": "BGR"}, "channel_order"), ({"std": (1.0, 0.0, 1.0)}, "std"), ({"mean": (1.0,)}, "mean"),
-     ({"size": (0, 112)}, "size")],
+    [
+        ({"channel_order": "BGR"}, "channel_order"),
+        ({"std": (1.0, 0.0, 1.0)}, "std"),
+        ({"mean": (1.0,)}, "mean"),
+        ({"size": (0, 112)}, "size"),
+    ],
 )
 def test_invalid_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         InputConfig(**kwargs)
 
 
-@pytest.mark.parametrize("pixels", [torch.zeros(1, 4, 4, 3), torch.zeros(4, 4, 3, dtype=torch.uint8),
-                                    torch.zeros(1, 3, 4, 4, dtype=torch.uint8), np.zeros((1, 4, 4, 3), np.float32)])
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        torch.zeros(1, 4, 4, 3),
+        torch.zeros(4, 4, 3, dtype=torch.uint8),
+        torch.zeros(1, 3, 4, 4, dtype=torch.uint8),
+        np.zeros((1, 4, 4, 3), np.float32),
+    ],
+)
 def test_normalize_refuses_anything_but_uint8_nhwc(pixels):
     with pytest.raises(ValueError, match=r"uint8 pixels \[B, H, W, 3\]"):
         InputConfig().normalize(pixels)

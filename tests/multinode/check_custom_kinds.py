@@ -38,8 +38,9 @@ def strict(schema: Any) -> Any:
         return [strict(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    result = {key: strict(value) if key not in ("properties", "enum", "required") else value
-              for key, value in schema.items()}
+    result = {
+        key: strict(value) if key not in ("properties", "enum", "required") else value for key, value in schema.items()
+    }
     if "properties" in schema:
         result["properties"] = {name: strict(value) for name, value in schema["properties"].items()}
         if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
@@ -51,11 +52,15 @@ def pod_templates(document: dict) -> list[tuple[str, dict]]:
     """(where, template) for each pod template embedded in a PyTorchJob or JobSet."""
     spec = document.get("spec", {})
     if document["kind"] == "PyTorchJob":
-        return [(f"pytorchReplicaSpecs.{name}", replica["template"])
-                for name, replica in spec.get("pytorchReplicaSpecs", {}).items()]
+        return [
+            (f"pytorchReplicaSpecs.{name}", replica["template"])
+            for name, replica in spec.get("pytorchReplicaSpecs", {}).items()
+        ]
     if document["kind"] == "JobSet":
-        return [(f"replicatedJobs.{job['name']}", job["template"]["spec"]["template"])
-                for job in spec.get("replicatedJobs", [])]
+        return [
+            (f"replicatedJobs.{job['name']}", job["template"]["spec"]["template"])
+            for job in spec.get("replicatedJobs", [])
+        ]
     return []
 
 
@@ -64,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--pod-templates", type=Path, help="write embedded pod templates here as PodTemplate objects")
     args = parser.parse_args(argv)
-    validators = {key: jsonschema.Draft7Validator(strict(json.loads((SCHEMA_DIR / name).read_text())))
-                  for key, name in SCHEMAS.items()}
+    validators = {
+        key: jsonschema.Draft7Validator(strict(json.loads((SCHEMA_DIR / name).read_text())))
+        for key, name in SCHEMAS.items()
+    }
     errors, templates = 0, []
     for path in args.files:
         for document in yaml.safe_load_all(path.read_text()):
@@ -80,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             if not problems:
                 print(f"PASS {name} against k8s/schemas/{SCHEMAS[key]}")
             for where, template in pod_templates(document):
-                templates.append({"apiVersion": "v1", "kind": "PodTemplate",
-                                  "metadata": {"name": f"{document['metadata']['name']}-{where}".lower().replace(".", "-")},
-                                  "template": template})
+                templates.append(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PodTemplate",
+                        "metadata": {"name": f"{document['metadata']['name']}-{where}".lower().replace(".", "-")},
+                        "template": template,
+                    }
+                )
     if args.pod_templates:
         args.pod_templates.write_text(yaml.safe_dump_all(templates, sort_keys=False))
     return 1 if errors else 0

@@ -27,10 +27,19 @@ from partialfc.config import add_config_arguments, config_from_args, load_config
 
 LINT = REPO / ".venv-lint" / "bin"
 CHECKER = Path(__file__).with_name("check_custom_kinds.py")
-VARIANTS = {"indexed-job": "k8s/indexed-job/job.yaml", "pytorchjob": "k8s/pytorchjob/pytorchjob.yaml",
-            "jobset": "k8s/jobset/jobset.yaml"}
-MANIFESTS = [*sorted(str(p.relative_to(REPO)) for p in (REPO / "k8s").glob("*/*.yaml")
-                     if p.parent.name in ("common", "data", *VARIANTS)), "k8s/monitoring/podmonitor.yaml"]
+VARIANTS = {
+    "indexed-job": "k8s/indexed-job/job.yaml",
+    "pytorchjob": "k8s/pytorchjob/pytorchjob.yaml",
+    "jobset": "k8s/jobset/jobset.yaml",
+}
+MANIFESTS = [
+    *sorted(
+        str(p.relative_to(REPO))
+        for p in (REPO / "k8s").glob("*/*.yaml")
+        if p.parent.name in ("common", "data", *VARIANTS)
+    ),
+    "k8s/monitoring/podmonitor.yaml",
+]
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
 PRINT_BEGIN, PRINT_END = "<!-- launcher-print:begin -->", "<!-- launcher-print:end -->"
 
@@ -57,13 +66,21 @@ def every_document() -> list[tuple[str, dict]]:
 
 def every_pod_template() -> list[tuple[str, dict]]:
     """(where, pod template) of every workload in k8s/: the three variants and the data Jobs."""
-    return [(f"{path}: {d['kind']}/{d['metadata']['name']}", pod_template(d)) for path, d in every_document()
-            if d["kind"] in ("Job", "PyTorchJob", "JobSet")]
+    return [
+        (f"{path}: {d['kind']}/{d['metadata']['name']}", pod_template(d))
+        for path, d in every_document()
+        if d["kind"] in ("Job", "PyTorchJob", "JobSet")
+    ]
 
 
 def data_job(name: str) -> dict:
-    return next(d for path in MANIFESTS if path.startswith("k8s/data/") for d in documents(path)
-                if d["kind"] == "Job" and d["metadata"]["name"] == name)
+    return next(
+        d
+        for path in MANIFESTS
+        if path.startswith("k8s/data/")
+        for d in documents(path)
+        if d["kind"] == "Job" and d["metadata"]["name"] == name
+    )
 
 
 def claim_mounts(template: dict) -> dict[str, list[tuple[str, bool]]]:
@@ -91,8 +108,9 @@ def lint() -> Path:
 
 
 def run(*command: str | Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [str(c) for c in command], cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
 
 
 def test_yamllint_strict(lint):
@@ -126,7 +144,10 @@ def test_schema_check_rejects_unknown_and_mistyped_fields(lint, tmp_path):
 
 
 def test_checkov_with_every_skip_justified(lint):
-    for target in (["-d", "k8s", "--framework", "kubernetes"], ["-f", "docker/Dockerfile", "--framework", "dockerfile"]):
+    for target in (
+        ["-d", "k8s", "--framework", "kubernetes"],
+        ["-f", "docker/Dockerfile", "--framework", "dockerfile"],
+    ):
         result = run(lint / "checkov", *target, "--quiet", "--compact", BC_SKIP_MAPPING="TRUE")
         assert result.returncode == 0, result.stdout + result.stderr
     for path, document in every_document():
@@ -218,13 +239,20 @@ def scheduler_env(variant: str, node: int) -> dict[str, str]:
     name = document["metadata"]["name"]
     if variant == "pytorchjob":
         elastic = document["spec"]["elasticPolicy"]
-        (port,) = [p["containerPort"] for p in pod_template(document)["spec"]["containers"][0]["ports"]
-                   if p["name"] == "pytorchjob-port"]
+        (port,) = [
+            p["containerPort"]
+            for p in pod_template(document)["spec"]["containers"][0]["ports"]
+            if p["name"] == "pytorchjob-port"
+        ]
         assert "Master" not in document["spec"]["pytorchReplicaSpecs"]
-        return {"PYTHONUNBUFFERED": "1", "PET_NPROC_PER_NODE": document["spec"]["nprocPerNode"],
-                "PET_RDZV_ENDPOINT": f"{name}-worker-0:{port}", "PET_RDZV_BACKEND": elastic["rdzvBackend"],
-                "PET_NNODES": f"{elastic['minReplicas']}:{elastic['maxReplicas']}",
-                "PET_MAX_RESTARTS": str(elastic["maxRestarts"])}
+        return {
+            "PYTHONUNBUFFERED": "1",
+            "PET_NPROC_PER_NODE": document["spec"]["nprocPerNode"],
+            "PET_RDZV_ENDPOINT": f"{name}-worker-0:{port}",
+            "PET_RDZV_BACKEND": elastic["rdzvBackend"],
+            "PET_NNODES": f"{elastic['minReplicas']}:{elastic['maxReplicas']}",
+            "PET_MAX_RESTARTS": str(elastic["maxRestarts"]),
+        }
     env = {"JOB_COMPLETION_INDEX": str(node)}
     if variant == "jobset":
         env["JOBSET_NAME"] = name
@@ -267,8 +295,11 @@ def service_names(variant: str) -> set[str]:
         return {d["metadata"]["name"] for d in documents(VARIANTS[variant]) if d["kind"] == "Service"}
     if variant == "jobset":
         return {document["spec"].get("network", {}).get("subdomain", name)}
-    return {f"{name}-{rtype.lower()}-{i}" for rtype, spec in document["spec"]["pytorchReplicaSpecs"].items()
-            for i in range(spec["replicas"])}
+    return {
+        f"{name}-{rtype.lower()}-{i}"
+        for rtype, spec in document["spec"]["pytorchReplicaSpecs"].items()
+        for i in range(spec["replicas"])
+    }
 
 
 def run_output(variant: str) -> str:
@@ -278,7 +309,7 @@ def run_output(variant: str) -> str:
         path = Path(tmp) / "train.yaml"
         path.write_text(config_map["data"]["train.yaml"])
         args = pod_template(workload(variant))["spec"]["containers"][0]["args"]
-        train_args = [str(path) if a == "/etc/partialfc/train.yaml" else a for a in args[args.index("--") + 1:]]
+        train_args = [str(path) if a == "/etc/partialfc/train.yaml" else a for a in args[args.index("--") + 1 :]]
         parser = argparse.ArgumentParser(add_help=False)
         parser.add_argument("--config")
         add_config_arguments(parser)
@@ -406,7 +437,7 @@ def test_data_load_job_copies_verifies_and_indexes_where_training_reads(source_d
     for f in source_dataset.iterdir():
         (corrupt / "source" / f.name).write_bytes(f.read_bytes())
     rec = bytearray((corrupt / "source" / "train.rec").read_bytes())
-    rec[len(rec) // 2: len(rec) // 2 + 400] = bytes(400)
+    rec[len(rec) // 2 : len(rec) // 2 + 400] = bytes(400)
     (corrupt / "source" / "train.rec").write_bytes(bytes(rec))
     result = run_load_script(corrupt / "source", corrupt / "data")
     assert result.returncode != 0 and "CORRUPT" in result.stdout, result.stdout + result.stderr  # verify stopped it
@@ -459,13 +490,17 @@ def job_pod_failure(job_spec: dict, pod_conditions: set[str], exit_code: int = 1
             assert codes.get("containerName", "pytorch") == "pytorch"
             inside = exit_code in codes["values"]
             if exit_code != 0 and (inside if codes["operator"] == "In" else not inside):
-                return rule["action"], (f"Container pytorch for pod partialfc/node-1 failed with exit code {exit_code} "
-                                        f"matching {rule['action']} rule at index {index}")
+                return rule["action"], (
+                    f"Container pytorch for pod partialfc/node-1 failed with exit code {exit_code} "
+                    f"matching {rule['action']} rule at index {index}"
+                )
         else:
             for condition in rule["onPodConditions"]:
                 if condition["type"] in pod_conditions and condition.get("status", "True") == "True":
-                    return rule["action"], (f"Pod partialfc/node-1 has condition {condition['type']} matching "
-                                            f"{rule['action']} rule at index {index}")
+                    return rule["action"], (
+                        f"Pod partialfc/node-1 has condition {condition['type']} matching "
+                        f"{rule['action']} rule at index {index}"
+                    )
     return "Count", ""
 
 
@@ -528,7 +563,9 @@ def test_jobset_restarts_after_a_disruption_without_counting():
         assert jobset_action(jobset, node["name"], reason, message) == "FailJobSet", code
     for code in (1, 4, 137):
         reason, message = job_failure(child, set(), code)
-        assert reason == "BackoffLimitExceeded" and jobset_action(jobset, node["name"], reason, message) == "RestartJobSet"
+        assert (
+            reason == "BackoffLimitExceeded" and jobset_action(jobset, node["name"], reason, message) == "RestartJobSet"
+        )
     assert policy["maxRestarts"] > 0
     for rule in policy["rules"]:  # the webhook's rule-name format (pkg/webhooks/jobset_webhook.go, v0.12.0)
         assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", rule["name"]), rule["name"]
@@ -586,8 +623,14 @@ def launcher_print_block(variant: str, node: int, config: Path) -> str:
     with contextlib.redirect_stdout(out):
         assert launcher_main([str(config) if a == "/etc/partialfc/train.yaml" else a for a in args], env) == 0
     text = out.getvalue().replace(str(config), "/etc/partialfc/train.yaml").replace(sys.executable, "python")
-    text = re.sub(re.escape(tempfile.gettempdir().rstrip("/")) + r"/(partialfc-metrics-[\w.-]*?)-"
-                  + re.escape(socket.gethostname()) + r"\b", r"$TMPDIR/\1-<host name>", text)
+    text = re.sub(
+        re.escape(tempfile.gettempdir().rstrip("/"))
+        + r"/(partialfc-metrics-[\w.-]*?)-"
+        + re.escape(socket.gethostname())
+        + r"\b",
+        r"$TMPDIR/\1-<host name>",
+        text,
+    )
     added = scheduler_env(variant, node)
     ordered = {**added, **{k: v for k, v in env.items() if k not in added}}  # what Kubernetes adds, then the manifest's
     variables = " ".join(f"{k}={shlex.quote(v)}" for k, v in ordered.items())

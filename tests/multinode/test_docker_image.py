@@ -26,7 +26,8 @@ def test_every_runtime_dependency_is_pinned_and_the_running_torch_is_the_pinned_
     assert {r.name for r in runtime} == set(pins()), "docker/constraints.txt must pin exactly the runtime dependencies"
     assert version("torch").split("+")[0] == pins()["torch"], (
         f"the tests run torch {version('torch')} but the image installs torch {pins()['torch']}"
-        " (docker/constraints.txt)")
+        " (docker/constraints.txt)"
+    )
 
 
 def test_pyproject_lower_bounds_are_the_versions_ci_runs():
@@ -34,7 +35,9 @@ def test_pyproject_lower_bounds_are_the_versions_ci_runs():
     for text in [*project["dependencies"], *project["optional-dependencies"]["dali"]]:
         requirement = Requirement(text)
         bounds = {spec.operator: spec.version for spec in requirement.specifier}
-        assert bounds == {">=": pins()[requirement.name]}, f"{text}: lower bound must be the pinned {pins()[requirement.name]}"
+        assert bounds == {">=": pins()[requirement.name]}, (
+            f"{text}: lower bound must be the pinned {pins()[requirement.name]}"
+        )
 
 
 def test_image_ci_and_developers_install_through_the_constraints():

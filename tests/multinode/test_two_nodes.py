@@ -43,15 +43,18 @@ def worker_of(host: Host) -> int:
         except (OSError, IndexError):
             continue  # exited meanwhile
     agents = {pid for pid, (_, cmdline) in processes.items() if b"torch.distributed.run" in cmdline}
-    workers = [pid for pid, (parent, cmdline) in processes.items() if parent in agents and b"partialfc.train" in cmdline]
+    workers = [
+        pid for pid, (parent, cmdline) in processes.items() if parent in agents and b"partialfc.train" in cmdline
+    ]
     assert len(workers) == 1, f"expected one partialfc.train worker under torchrun on {host.namespace}: {processes}"
     return workers[0]
 
 
 @pytest.fixture(scope="module")
 def two_hosts() -> Iterator[tuple[Host, Host]]:
-    with make_hosts([("pj-master-0", "pe-worker-0", "ix-0.ix", "ix-0"),
-                     ("pj-worker-0", "pe-worker-1", "ix-1.ix", "ix-1")]) as hosts:
+    with make_hosts(
+        [("pj-master-0", "pe-worker-0", "ix-0.ix", "ix-0"), ("pj-worker-0", "pe-worker-1", "ix-1.ix", "ix-1")]
+    ) as hosts:
         yield hosts
 
 
@@ -81,8 +84,12 @@ def test_killed_worker_restarts_in_place_and_ends_bit_identical(plain_job, two_h
     assert plain_job.returncodes == [0, 0], "the uninterrupted run failed: " + plain_job.log_text()
     job = start_job(two_hosts, "pe", elastic_pytorchjob_env, tiny_dataset, tmp_path / "run")
     try:
-        await_condition((job.output / "checkpoints" / f"step-{EVERY:08d}").exists, list(job.processes.values()), NODE_TIMEOUT_S,
-                        f"checkpoint {EVERY}")
+        await_condition(
+            (job.output / "checkpoints" / f"step-{EVERY:08d}").exists,
+            list(job.processes.values()),
+            NODE_TIMEOUT_S,
+            f"checkpoint {EVERY}",
+        )
         victim = worker_of(two_hosts[1])
         os.kill(victim, signal.SIGKILL)
     finally:
@@ -100,8 +107,12 @@ def test_replaced_node_resumes_bit_identical(plain_job, two_hosts, tiny_dataset,
     assert plain_job.returncodes == [0, 0], "the uninterrupted run failed: " + plain_job.log_text()
     job = start_job(two_hosts, "ix", indexed_job_env, tiny_dataset, tmp_path / "run")
     try:
-        await_condition((job.output / "checkpoints" / f"step-{EVERY:08d}").exists, list(job.processes.values()), NODE_TIMEOUT_S,
-                        f"checkpoint {EVERY}")
+        await_condition(
+            (job.output / "checkpoints" / f"step-{EVERY:08d}").exists,
+            list(job.processes.values()),
+            NODE_TIMEOUT_S,
+            f"checkpoint {EVERY}",
+        )
         job.kill_node(1)
         replaced_at = job.seconds
         job.start_node(1)
@@ -119,12 +130,20 @@ def test_evicted_node_saves_a_checkpoint_and_the_job_resumes_from_it(plain_job, 
     assert plain_job.returncodes == [0, 0], "the uninterrupted run failed: " + plain_job.log_text()
     job = start_job(two_hosts, "ix", indexed_job_env, tiny_dataset, tmp_path / "run")
     try:
-        await_condition((job.output / "checkpoints" / f"step-{EVERY:08d}").exists, list(job.processes.values()), NODE_TIMEOUT_S,
-                        f"checkpoint {EVERY}")
+        await_condition(
+            (job.output / "checkpoints" / f"step-{EVERY:08d}").exists,
+            list(job.processes.values()),
+            NODE_TIMEOUT_S,
+            f"checkpoint {EVERY}",
+        )
         job.processes[1].send_signal(signal.SIGTERM)
         evicted = job.processes[1]
-        await_condition(lambda: evicted.poll() is not None and summary(job.output).get("status") == "preempted",
-                        [job.processes[0]], NODE_TIMEOUT_S, "preempted summary after the eviction")
+        await_condition(
+            lambda: evicted.poll() is not None and summary(job.output).get("status") == "preempted",
+            [job.processes[0]],
+            NODE_TIMEOUT_S,
+            "preempted summary after the eviction",
+        )
         preempted = summary(job.output)
         saved = job.output / "checkpoints" / f"step-{preempted['step']:08d}"
         assert preempted["step"] > EVERY and (saved / "meta.json").exists(), (preempted, job.log_text())

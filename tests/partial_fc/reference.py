@@ -36,8 +36,9 @@ def reference_psi(cos: torch.Tensor, s: float, m1: float, m2: float, m3: float) 
     return torch.where(theta <= theta_star, inside, beyond)
 
 
-def reference_loss(spec, embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                   sub_centers: int = 1) -> torch.Tensor:
+def reference_loss(
+    spec, embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, sub_centers: int = 1
+) -> torch.Tensor:
     _, s, m1, m2, m3 = spec
     if s is None:
         logits = class_scores(embeddings @ weight.t(), sub_centers)
@@ -78,7 +79,9 @@ def cosines(embeddings: torch.Tensor, weight: torch.Tensor, sub_centers: int = 1
     return class_scores(F.normalize(embeddings, dim=1) @ F.normalize(weight, dim=1).t(), sub_centers)
 
 
-def adaface_loss(embeddings, weight, labels, state: dict, s=64.0, m=0.4, h=0.333, t_alpha=0.01, sub_centers=1) -> torch.Tensor:
+def adaface_loss(
+    embeddings, weight, labels, state: dict, s=64.0, m=0.4, h=0.333, t_alpha=0.01, sub_centers=1
+) -> torch.Tensor:
     """mk-minchul/AdaFace head.py, dense; ``state`` holds batch_mean / batch_std and is updated."""
     eps = 1e-3
     norms = embeddings.norm(dim=1).clip(0.001, 100).detach()
@@ -106,8 +109,19 @@ def curricularface_loss(embeddings, weight, labels, state: dict, s=64.0, m=0.5, 
     return F.cross_entropy(logits, labels)
 
 
-def magface_loss(embeddings, weight, labels, state: dict, s=64.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8,
-                 lambda_g=35.0, sub_centers=1) -> torch.Tensor:
+def magface_loss(
+    embeddings,
+    weight,
+    labels,
+    state: dict,
+    s=64.0,
+    l_a=10.0,
+    u_a=110.0,
+    l_m=0.45,
+    u_m=0.8,
+    lambda_g=35.0,
+    sub_centers=1,
+) -> torch.Tensor:
     """IrvingMeng/MagFace MagLinear (easy_margin) + MagLoss + lambda_g·loss_g, dense."""
     x_norm = embeddings.norm(dim=1, keepdim=True).clamp(l_a, u_a)
     margin = (u_m - l_m) / (u_a - l_a) * (x_norm - l_a) + l_m
@@ -120,7 +134,9 @@ def magface_loss(embeddings, weight, labels, state: dict, s=64.0, l_a=10.0, u_a=
     return F.cross_entropy(logits, labels) + lambda_g * loss_g
 
 
-def elasticface_loss(embeddings, weight, labels, margins: torch.Tensor, s=64.0, kind="arc", sub_centers=1) -> torch.Tensor:
+def elasticface_loss(
+    embeddings, weight, labels, margins: torch.Tensor, s=64.0, kind="arc", sub_centers=1
+) -> torch.Tensor:
     """fdbtrs/ElasticFace ElasticArcFace / ElasticCosFace, dense, with the given per-sample margins."""
     cos = cosines(embeddings, weight, sub_centers).clamp(-1, 1)
     m_hot = F.one_hot(labels, cos.shape[1]).double() * margins[:, None]
@@ -146,19 +162,39 @@ def _families() -> dict[str, Case]:
     from partialfc import AdaFace, CurricularFace, ElasticFace, MagFace
 
     return {
-        "adaface": Case(lambda: AdaFace(s=64.0, m=0.4, h=0.333, t_alpha=0.01),
-                        lambda e, w, y, state, drawn, k=1: adaface_loss(e, w, y, state, sub_centers=k),
-                        {"batch_mean": torch.tensor(20.0, dtype=torch.float64),
-                         "batch_std": torch.tensor(100.0, dtype=torch.float64)}, True),
-        "curricularface": Case(lambda: CurricularFace(s=64.0, m=0.5),
-                               lambda e, w, y, state, drawn, k=1: curricularface_loss(e, w, y, state, sub_centers=k),
-                               {"t": torch.tensor(0.0, dtype=torch.float64)}, True),
-        "magface": Case(lambda: MagFace(s=64.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0),
-                        lambda e, w, y, state, drawn, k=1: magface_loss(e, w, y, state, sub_centers=k), {}, True),
-        "elasticface_arc": Case(lambda: ElasticFace(s=64.0, m=0.5, std=0.05, kind="arc"),
-                                lambda e, w, y, state, drawn, k=1: elasticface_loss(e, w, y, drawn, kind="arc", sub_centers=k), {}, True),
-        "elasticface_cos": Case(lambda: ElasticFace(s=64.0, m=0.35, std=0.05, kind="cos"),
-                                lambda e, w, y, state, drawn, k=1: elasticface_loss(e, w, y, drawn, kind="cos", sub_centers=k), {}, True),
+        "adaface": Case(
+            lambda: AdaFace(s=64.0, m=0.4, h=0.333, t_alpha=0.01),
+            lambda e, w, y, state, drawn, k=1: adaface_loss(e, w, y, state, sub_centers=k),
+            {
+                "batch_mean": torch.tensor(20.0, dtype=torch.float64),
+                "batch_std": torch.tensor(100.0, dtype=torch.float64),
+            },
+            True,
+        ),
+        "curricularface": Case(
+            lambda: CurricularFace(s=64.0, m=0.5),
+            lambda e, w, y, state, drawn, k=1: curricularface_loss(e, w, y, state, sub_centers=k),
+            {"t": torch.tensor(0.0, dtype=torch.float64)},
+            True,
+        ),
+        "magface": Case(
+            lambda: MagFace(s=64.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0),
+            lambda e, w, y, state, drawn, k=1: magface_loss(e, w, y, state, sub_centers=k),
+            {},
+            True,
+        ),
+        "elasticface_arc": Case(
+            lambda: ElasticFace(s=64.0, m=0.5, std=0.05, kind="arc"),
+            lambda e, w, y, state, drawn, k=1: elasticface_loss(e, w, y, drawn, kind="arc", sub_centers=k),
+            {},
+            True,
+        ),
+        "elasticface_cos": Case(
+            lambda: ElasticFace(s=64.0, m=0.35, std=0.05, kind="cos"),
+            lambda e, w, y, state, drawn, k=1: elasticface_loss(e, w, y, drawn, kind="cos", sub_centers=k),
+            {},
+            True,
+        ),
     }
 
 

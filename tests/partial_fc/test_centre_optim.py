@@ -19,9 +19,14 @@ def grads(steps: int) -> list[torch.Tensor]:
 @pytest.mark.parametrize(
     "lazy, dense",
     [
-        (LazySGD(lr=0.1, momentum=0.9, weight_decay=5e-4), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4)),
-        (LazySGD(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
-         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)),
+        (
+            LazySGD(lr=0.1, momentum=0.9, weight_decay=5e-4),
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
+        ),
+        (
+            LazySGD(lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
+        ),
         (LazySGD(lr=0.05, momentum=0.0, weight_decay=0.0), lambda p: torch.optim.SGD(p, lr=0.05)),
         (LazyAdamW(lr=0.01, weight_decay=0.05), lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05)),
     ],

@@ -15,8 +15,20 @@ from partialfc.config import LossConfig
 DIM, LOCAL_BATCH, NUM_CLASSES = 8, 4, 50
 ALL_GATHER = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
 REDUCE_SCATTER = "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
-TRACED = ["all_gather_into_tensor", "all_gather_single", "all_gather", "all_reduce", "reduce_scatter_tensor",
-          "reduce_scatter_single", "reduce_scatter", "broadcast", "all_to_all_single", "barrier", "send", "recv"]
+TRACED = [
+    "all_gather_into_tensor",
+    "all_gather_single",
+    "all_gather",
+    "all_reduce",
+    "reduce_scatter_tensor",
+    "reduce_scatter_single",
+    "reduce_scatter",
+    "broadcast",
+    "all_to_all_single",
+    "barrier",
+    "send",
+    "recv",
+]
 
 
 def trace_one_step(rank: int, world_size: int, sample_rate: float, family: str = "combined") -> list[tuple]:
@@ -27,9 +39,16 @@ def trace_one_step(rank: int, world_size: int, sample_rate: float, family: str =
     def recorder(name):
         def record(*args, **kwargs):
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            calls.append((name, tuple(tensors[0].shape) if tensors else None,
-                          str(kwargs.get("op", "")), tensors[-1].dtype if tensors else None))
+            calls.append(
+                (
+                    name,
+                    tuple(tensors[0].shape) if tensors else None,
+                    str(kwargs.get("op", "")),
+                    tensors[-1].dtype if tensors else None,
+                )
+            )
             return originals[name](*args, **kwargs)
+
         return record
 
     for name in TRACED:
@@ -47,17 +66,23 @@ def trace_one_step(rank: int, world_size: int, sample_rate: float, family: str =
 
 def expected_calls(n: int) -> list[tuple]:
     return [
-        (ALL_GATHER, (n,), "", torch.int64),              # labels
-        (ALL_GATHER, (n, DIM), "", torch.float32),        # embeddings
-        ("all_reduce", (n,), str(dist.ReduceOp.MAX), torch.float32),    # row max
-        ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),    # sum of exp
-        ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),    # target logit
+        (ALL_GATHER, (n,), "", torch.int64),  # labels
+        (ALL_GATHER, (n, DIM), "", torch.float32),  # embeddings
+        ("all_reduce", (n,), str(dist.ReduceOp.MAX), torch.float32),  # row max
+        ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),  # sum of exp
+        ("all_reduce", (n,), str(dist.ReduceOp.SUM), torch.float32),  # target logit
         (REDUCE_SCATTER, (LOCAL_BATCH, DIM), str(dist.ReduceOp.SUM), torch.float32),
     ]
 
 
-TRACED_CASES = [(1.0, "combined"), (0.2, "combined"), (0.2, "adaface"), (0.2, "magface"), (0.2, "elasticface"),
-                (0.2, "curricularface")]
+TRACED_CASES = [
+    (1.0, "combined"),
+    (0.2, "combined"),
+    (0.2, "adaface"),
+    (0.2, "magface"),
+    (0.2, "elasticface"),
+    (0.2, "curricularface"),
+]
 
 
 def trace_cases(rank: int, world_size: int) -> dict:

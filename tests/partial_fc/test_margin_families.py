@@ -58,9 +58,17 @@ def test_elastic_margins_repeat_for_the_same_seed_and_differ_for_another():
     assert not torch.equal(first_margins(1), first_margins(2))
 
 
-@pytest.mark.parametrize("family, margin", [("combined", "CombinedMargin"), ("softmax", "Softmax"), ("adaface", "AdaFace"),
-                                            ("curricularface", "CurricularFace"), ("magface", "MagFace"),
-                                            ("elasticface", "ElasticFace")])
+@pytest.mark.parametrize(
+    "family, margin",
+    [
+        ("combined", "CombinedMargin"),
+        ("softmax", "Softmax"),
+        ("adaface", "AdaFace"),
+        ("curricularface", "CurricularFace"),
+        ("magface", "MagFace"),
+        ("elasticface", "ElasticFace"),
+    ],
+)
 def test_every_family_builds_from_the_config(family, margin):
     from partialfc.config import LossConfig
 

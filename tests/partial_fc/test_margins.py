@@ -10,8 +10,14 @@ from reference import reference_psi
 
 from partialfc import CombinedMargin, PartialFC
 
-MARGINS = [(64.0, 1.0, 0.5, 0.0), (64.0, 1.35, 0.0, 0.0), (64.0, 4.0, 0.0, 0.0), (64.0, 1.0, 0.0, 0.35),
-           (30.0, 1.2, 0.5, 0.2), (64.0, 1.0, 0.0, 0.0)]
+MARGINS = [
+    (64.0, 1.0, 0.5, 0.0),
+    (64.0, 1.35, 0.0, 0.0),
+    (64.0, 4.0, 0.0, 0.0),
+    (64.0, 1.0, 0.0, 0.35),
+    (30.0, 1.2, 0.5, 0.2),
+    (64.0, 1.0, 0.0, 0.0),
+]
 
 
 @pytest.mark.parametrize("params", MARGINS)
@@ -63,8 +69,10 @@ def test_partial_fc_gradient_finite_when_embedding_opposes_its_centre():
     assert torch.isfinite(loss) and torch.isfinite(embeddings.grad).all()
 
 
-@pytest.mark.parametrize("kwargs, field", [(dict(s=0.0), "s="), (dict(m1=0.5), "m1="),
-                                           (dict(m2=-0.1), "m2="), (dict(m2=4.0), "m2="), (dict(m3=-1.0), "m3=")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [(dict(s=0.0), "s="), (dict(m1=0.5), "m1="), (dict(m2=-0.1), "m2="), (dict(m2=4.0), "m2="), (dict(m3=-1.0), "m3=")],
+)
 def test_invalid_parameters_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         CombinedMargin(**kwargs)

@@ -113,8 +113,14 @@ def test_no_grad_forward_leaves_no_pending_update():
     assert torch.isfinite(loss) and not pfc._pending
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(sample_rate=0.0), "sample_rate"), (dict(sample_rate=1.5), "sample_rate"),
-                                          (dict(param_dtype=torch.float16), "param_dtype")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sample_rate=0.0), "sample_rate"),
+        (dict(sample_rate=1.5), "sample_rate"),
+        (dict(param_dtype=torch.float16), "param_dtype"),
+    ],
+)
 def test_constructor_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PartialFC(DIM, NUM_CLASSES, **kwargs)

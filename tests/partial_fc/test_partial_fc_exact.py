@@ -68,8 +68,14 @@ def reference_run(name: str, init_weight: torch.Tensor, world_size: int, drawn: 
         optimizer.zero_grad()
         loss = case.loss(embeddings, weight, labels, state, drawn[step])
         loss.backward()
-        steps.append({"loss": loss.detach(), "embedding_grad": embeddings.grad, "centre_grad": weight.grad.clone(),
-                      "margin_state": dict(state)})
+        steps.append(
+            {
+                "loss": loss.detach(),
+                "embedding_grad": embeddings.grad,
+                "centre_grad": weight.grad.clone(),
+                "margin_state": dict(state),
+            }
+        )
         optimizer.step()
         steps[-1]["weight"] = weight.detach().clone()
     return steps

@@ -25,8 +25,9 @@ def with_declared_buffers(pfc: PartialFC) -> PartialFC:
 
 
 def new_module(sub_centers: int = 1) -> PartialFC:
-    return with_declared_buffers(PartialFC(DIM, NUM_CLASSES, 0.5, AdaFace(), optimizer=LazySGD(), seed=5,
-                                           sub_centers=sub_centers))
+    return with_declared_buffers(
+        PartialFC(DIM, NUM_CLASSES, 0.5, AdaFace(), optimizer=LazySGD(), seed=5, sub_centers=sub_centers)
+    )
 
 
 def train_and_save(rank: int, world_size: int, root) -> None:
@@ -46,10 +47,17 @@ def train_and_save(rank: int, world_size: int, root) -> None:
 def load_at(rank: int, world_size: int, checkpoint) -> dict:
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
     pfc = new_module(sub_centers=2)
-    Checkpointer(checkpoint.parent, info, 1, {"centres": Component(pfc, "sharded")},
-                 step_counters={"step_count": lambda: pfc.step_count}).load(checkpoint)
+    Checkpointer(
+        checkpoint.parent,
+        info,
+        1,
+        {"centres": Component(pfc, "sharded")},
+        step_counters={"step_count": lambda: pfc.step_count},
+    ).load(checkpoint)
     return {key: value.clone() for key, value in pfc.state_dict().items() if key != "_extra_state"} | {
-        "margin": pfc.state_dict()["_extra_state"]["margin"], "class_start": pfc.class_start}
+        "margin": pfc.state_dict()["_extra_state"]["margin"],
+        "class_start": pfc.class_start,
+    }
 
 
 def test_per_class_and_replicated_state_survive_a_world_size_change(tmp_path):
@@ -62,8 +70,13 @@ def test_per_class_and_replicated_state_survive_a_world_size_change(tmp_path):
     for world_size in (1, 3):
         ranks = run_distributed(load_at, world_size, checkpoint)
         for key in ("weight", "optim_momentum", "class_ids"):
-            assert torch.equal(torch.cat([r[key] for r in ranks]), torch.cat([s[key] for s in saved])), (world_size, key)
-        assert torch.equal(torch.cat([r["class_ids"] for r in ranks]), torch.arange(NUM_CLASSES).float().repeat_interleave(2))
+            assert torch.equal(torch.cat([r[key] for r in ranks]), torch.cat([s[key] for s in saved])), (
+                world_size,
+                key,
+            )
+        assert torch.equal(
+            torch.cat([r["class_ids"] for r in ranks]), torch.arange(NUM_CLASSES).float().repeat_interleave(2)
+        )
         for r in ranks:
             assert torch.equal(r["running_norm"], torch.tensor([3.0, 1.5]))
             assert all(torch.equal(r["margin"][k], margin[k]) for k in margin)
@@ -91,7 +104,9 @@ def test_an_undeclared_buffer_fails_the_save_instead_of_vanishing_at_a_reshard(t
     pfc = PartialFC(DIM, NUM_CLASSES, 1.0, CombinedMargin())
     pfc.register_buffer("stray", torch.zeros(3))
     info = DistInfo(0, 1, 0, 1, 0, torch.device("cpu"))
-    with pytest.raises(CheckpointError, match=r"cannot save 'centres'.*\['stray'\] is neither per-class nor replicated"):
+    with pytest.raises(
+        CheckpointError, match=r"cannot save 'centres'.*\['stray'\] is neither per-class nor replicated"
+    ):
         Checkpointer(tmp_path, info, 1, {"centres": Component(pfc, "sharded")}).save(step=1)
     with pytest.raises(ValueError, match="per-class 'rows' needs 30 rows"):
         pfc.register_state("rows", torch.zeros(4), per_class=True)
@@ -108,21 +123,31 @@ def live_storages() -> dict[int, int]:
     return storages
 
 
-@pytest.mark.parametrize("margin, optimizer, sample_rate, sub_centers, param_dtype, micro_batches", [
-    (CombinedMargin(), LazySGD(), 0.5, 1, torch.float32, 1),
-    (CombinedMargin(), LazySGD(), 1.0, 1, torch.float32, 1),  # dense fp32: the weight is the sampled centres
-    (CurricularFace(), LazyAdamW(), 0.4, 3, torch.bfloat16, 2),  # factor, winners, class logits, two workspaces
-    (AdaFace(), LazySGD(momentum=0.0), 1.0, 2, torch.float32, 1),
-])
-def test_buffer_plan_equals_the_measured_allocation(margin, optimizer, sample_rate, sub_centers, param_dtype,
-                                                    micro_batches):
+@pytest.mark.parametrize(
+    "margin, optimizer, sample_rate, sub_centers, param_dtype, micro_batches",
+    [
+        (CombinedMargin(), LazySGD(), 0.5, 1, torch.float32, 1),
+        (CombinedMargin(), LazySGD(), 1.0, 1, torch.float32, 1),  # dense fp32: the weight is the sampled centres
+        (CurricularFace(), LazyAdamW(), 0.4, 3, torch.bfloat16, 2),  # factor, winners, class logits, two workspaces
+        (AdaFace(), LazySGD(momentum=0.0), 1.0, 2, torch.float32, 1),
+    ],
+)
+def test_buffer_plan_equals_the_measured_allocation(
+    margin, optimizer, sample_rate, sub_centers, param_dtype, micro_batches
+):
     num_classes, batch = 200, 6  # fewer positives than sampled classes: the plan's case
     generator = torch.Generator().manual_seed(0)
-    inputs = [(torch.randn(batch, DIM, generator=generator, requires_grad=True),
-               torch.randint(0, num_classes, (batch,), generator=generator)) for _ in range(micro_batches)]
+    inputs = [
+        (
+            torch.randn(batch, DIM, generator=generator, requires_grad=True),
+            torch.randint(0, num_classes, (batch,), generator=generator),
+        )
+        for _ in range(micro_batches)
+    ]
     before = live_storages()
-    pfc = PartialFC(DIM, num_classes, sample_rate, margin, optimizer=optimizer, param_dtype=param_dtype,
-                    sub_centers=sub_centers)
+    pfc = PartialFC(
+        DIM, num_classes, sample_rate, margin, optimizer=optimizer, param_dtype=param_dtype, sub_centers=sub_centers
+    )
     for _ in range(2):
         for embeddings, labels in inputs:
             pfc(embeddings, labels).backward()
@@ -130,6 +155,15 @@ def test_buffer_plan_equals_the_measured_allocation(margin, optimizer, sample_ra
     for embeddings, _ in inputs:
         embeddings.grad = None
     measured = sum(size for ptr, size in live_storages().items() if ptr not in before)
-    plan = PartialFC.buffer_plan(DIM, num_classes, batch, sample_rate, margin, optimizer, param_dtype=param_dtype,
-                                 sub_centers=sub_centers, micro_batches=micro_batches)
+    plan = PartialFC.buffer_plan(
+        DIM,
+        num_classes,
+        batch,
+        sample_rate,
+        margin,
+        optimizer,
+        param_dtype=param_dtype,
+        sub_centers=sub_centers,
+        micro_batches=micro_batches,
+    )
     assert sum(size for _, size in plan) == measured, plan

@@ -32,10 +32,23 @@ def train_shards(rank: int, world_size: int) -> dict:
     """Per margin family: initial shard, and per step loss, gradients, updated rows, shard and momentum."""
     results = {}
     for name, case in CASES.items():
-        pfc = PartialFC(DIM, NUM_CLASSES, 1.0, case.make_margin(), optimizer=LazySGD(**SGD), seed=7,
-                        init_std=INIT_STD, sub_centers=SUB_CENTERS)
-        record = {"class_start": pfc.class_start, "num_local": pfc.num_local, "init": pfc.weight.detach().clone(),
-                  "normalize": pfc.margin.normalize, "steps": []}
+        pfc = PartialFC(
+            DIM,
+            NUM_CLASSES,
+            1.0,
+            case.make_margin(),
+            optimizer=LazySGD(**SGD),
+            seed=7,
+            init_std=INIT_STD,
+            sub_centers=SUB_CENTERS,
+        )
+        record = {
+            "class_start": pfc.class_start,
+            "num_local": pfc.num_local,
+            "init": pfc.weight.detach().clone(),
+            "normalize": pfc.margin.normalize,
+            "steps": [],
+        }
         drawn = record_sample_inputs(pfc)
         for step in range(STEPS):
             embeddings, labels = global_batch(name, step, world_size)
@@ -46,16 +59,18 @@ def train_shards(rank: int, world_size: int) -> dict:
             pending = pfc._pending_gradient()
             centre_grad = torch.zeros_like(pfc.weight).index_copy_(0, pending.rows, pending.grad)
             pfc.step()
-            record["steps"].append({
-                "loss": loss.detach(),
-                "embedding_grad": local_embeddings.grad / world_size,  # the module returns W·∂L/∂x (DDP convention)
-                "centre_grad": centre_grad,
-                "updated_rows": pending.rows.clone(),
-                "weight": pfc.weight.detach().clone(),
-                "momentum": pfc.optim_momentum.clone(),
-                "margin_state": pfc.state_dict()["_extra_state"]["margin"],
-                "sample_inputs": drawn[-1],
-            })
+            record["steps"].append(
+                {
+                    "loss": loss.detach(),
+                    "embedding_grad": local_embeddings.grad / world_size,  # the module returns W·∂L/∂x (DDP convention)
+                    "centre_grad": centre_grad,
+                    "updated_rows": pending.rows.clone(),
+                    "weight": pfc.weight.detach().clone(),
+                    "momentum": pfc.optim_momentum.clone(),
+                    "margin_state": pfc.state_dict()["_extra_state"]["margin"],
+                    "sample_inputs": drawn[-1],
+                }
+            )
         results[name] = record
     return results
 
@@ -81,9 +96,17 @@ def reference_run(name: str, init_weight: torch.Tensor, world_size: int, normali
             won[(winner + torch.arange(NUM_CLASSES)[None, :] * SUB_CENTERS).flatten()] = True
             momentum[won] = SGD["momentum"] * momentum[won] + weight.grad[won] + SGD["weight_decay"] * weight[won]
             weight[won] -= SGD["lr"] * momentum[won]
-        steps.append({"loss": loss.detach(), "embedding_grad": embeddings.grad, "centre_grad": weight.grad.clone(),
-                      "updated_rows": won.nonzero().squeeze(1), "weight": weight.detach().clone(),
-                      "momentum": momentum.clone(), "margin_state": dict(state)})
+        steps.append(
+            {
+                "loss": loss.detach(),
+                "embedding_grad": embeddings.grad,
+                "centre_grad": weight.grad.clone(),
+                "updated_rows": won.nonzero().squeeze(1),
+                "weight": weight.detach().clone(),
+                "momentum": momentum.clone(),
+                "margin_state": dict(state),
+            }
+        )
     return steps
 
 
@@ -100,8 +123,9 @@ def test_matches_dense_float64_reference(shards_by_world_size, world_size, head)
     assert init.shape == (NUM_CLASSES * SUB_CENTERS, DIM)
     assert torch.equal(init, torch.cat([r[head]["init"] for r in shards_by_world_size[1]]))  # independent of W
     first_rank = ranks[0][head]
-    expected = reference_run(head, init, world_size, first_rank["normalize"],
-                             [step["sample_inputs"] for step in first_rank["steps"]])
+    expected = reference_run(
+        head, init, world_size, first_rank["normalize"], [step["sample_inputs"] for step in first_rank["steps"]]
+    )
     for rank, result in enumerate(ranks):
         record = result[head]
         first = record["class_start"] * SUB_CENTERS
@@ -115,7 +139,9 @@ def test_matches_dense_float64_reference(shards_by_world_size, world_size, head)
             assert relative_error(ours["weight"], ref["weight"][rows]) < 1e-5, where
             assert relative_error(ours["momentum"], ref["momentum"][rows]) < 1e-5, where
             ref_rows = ref["updated_rows"]
-            assert torch.equal(ours["updated_rows"], ref_rows[(ref_rows >= rows.start) & (ref_rows < rows.stop)] - first), where
+            assert torch.equal(
+                ours["updated_rows"], ref_rows[(ref_rows >= rows.start) & (ref_rows < rows.stop)] - first
+            ), where
             assert set(ours["margin_state"]) == set(ref["margin_state"]), where
             for key, value in ref["margin_state"].items():
                 assert relative_error(ours["margin_state"][key], value) < 1e-5, f"{where} {key}"
@@ -133,8 +159,16 @@ def test_some_sub_centres_lose_in_the_reference_batch(shards_by_world_size):
 def test_losing_sub_centres_get_no_gradient_and_do_not_move(micro_batches, sample_rate, param_dtype):
     """Also with gradient accumulation (the merge path), sampling and bf16 storage."""
     num_classes, dim = 5, 8
-    pfc = PartialFC(dim, num_classes, sample_rate, CombinedMargin(), optimizer=LazySGD(**SGD), init_std=INIT_STD,
-                    sub_centers=SUB_CENTERS, param_dtype=param_dtype)
+    pfc = PartialFC(
+        dim,
+        num_classes,
+        sample_rate,
+        CombinedMargin(),
+        optimizer=LazySGD(**SGD),
+        init_std=INIT_STD,
+        sub_centers=SUB_CENTERS,
+        param_dtype=param_dtype,
+    )
     generator = torch.Generator().manual_seed(3)
     axis = F.one_hot(torch.tensor(0), dim).float()
     loser_rows = torch.arange(num_classes) * SUB_CENTERS + SUB_CENTERS - 1  # last sub-centre of every class
@@ -172,8 +206,16 @@ def test_sampling_keeps_or_drops_whole_classes():
 
 def train_and_save(rank: int, world_size: int, root) -> None:
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
-    pfc = PartialFC(DIM, NUM_CLASSES, 0.5, CombinedMargin(), optimizer=LazySGD(**SGD), seed=3, init_std=INIT_STD,
-                    sub_centers=SUB_CENTERS)
+    pfc = PartialFC(
+        DIM,
+        NUM_CLASSES,
+        0.5,
+        CombinedMargin(),
+        optimizer=LazySGD(**SGD),
+        seed=3,
+        init_std=INIT_STD,
+        sub_centers=SUB_CENTERS,
+    )
     for step in range(2):
         embeddings, labels = batch(step, LOCAL_BATCH * world_size, DIM, NUM_CLASSES)
         local = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -186,8 +228,13 @@ def load_shard(rank: int, world_size: int, checkpoint, sub_centers: int = SUB_CE
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
     pfc = PartialFC(DIM, NUM_CLASSES, 0.5, CombinedMargin(), optimizer=LazySGD(**SGD), sub_centers=sub_centers)
     Checkpointer(checkpoint.parent, info, 1, {"centres": Component(pfc, "sharded")}).load(checkpoint)
-    return {"class_start": pfc.class_start, "num_local": pfc.num_local, "weight": pfc.weight.clone(),
-            "momentum": pfc.optim_momentum.clone(), "step_count": pfc.step_count}
+    return {
+        "class_start": pfc.class_start,
+        "num_local": pfc.num_local,
+        "weight": pfc.weight.clone(),
+        "momentum": pfc.optim_momentum.clone(),
+        "step_count": pfc.step_count,
+    }
 
 
 def test_reshard_keeps_sub_centres_of_a_class_together(tmp_path):

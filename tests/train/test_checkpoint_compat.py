@@ -16,15 +16,25 @@ from partialfc.distributed import DistInfo
 FIXTURE = REPO / "tests" / "fixtures" / "checkpoint_3f77083" / "step-00000002"
 CONTINUED = FIXTURE.parent / "step-00000004-centres"  # the same run's centres at step 4
 # The settings the fixture was trained with (tests/fixtures/README.md) on top of the quickstart config.
-SETTINGS = {"model.embedding_size": 16, "train.max_steps": 4, "checkpoint.every_steps": 2, "data.backend": "torch",
-            "eval.every_steps": 0}
+SETTINGS = {
+    "model.embedding_size": 16,
+    "train.max_steps": 4,
+    "checkpoint.every_steps": 2,
+    "data.backend": "torch",
+    "eval.every_steps": 0,
+}
 
 
 def load_centres(rank: int, world_size: int) -> dict:
     info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
     pfc = PartialFC(16, 120, 0.5, CombinedMargin(s=32.0, m2=0.3), optimizer=LazySGD())
-    Checkpointer(FIXTURE.parent, info, 1, {"centres": Component(pfc, "sharded")},
-                 step_counters={"PartialFC step_count": lambda: pfc.step_count}).load(FIXTURE)
+    Checkpointer(
+        FIXTURE.parent,
+        info,
+        1,
+        {"centres": Component(pfc, "sharded")},
+        step_counters={"PartialFC step_count": lambda: pfc.step_count},
+    ).load(FIXTURE)
     return {"weight": pfc.weight.clone(), "momentum": pfc.optim_momentum.clone()}
 
 

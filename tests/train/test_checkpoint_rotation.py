@@ -16,8 +16,9 @@ def test_rotation_keeps_exactly_the_newest_keep(tmp_path, keep):
     """Planted bug: rotation keeping one checkpoint too many (``keep + 1``)."""
     info = DistInfo(0, 1, 0, 1, 0, torch.device("cpu"))
     pfc = PartialFC(4, 6, 1.0, CombinedMargin())
-    checkpointer = Checkpointer(tmp_path, info, keep, {"progress": Component(TrainProgress(), "shared"),
-                                                       "centres": Component(pfc, "sharded")})
+    checkpointer = Checkpointer(
+        tmp_path, info, keep, {"progress": Component(TrainProgress(), "shared"), "centres": Component(pfc, "sharded")}
+    )
     for step in range(1, 5):
         checkpointer.save(step)
         remaining = sorted(p.name for p in tmp_path.iterdir())

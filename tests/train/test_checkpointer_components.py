@@ -28,10 +28,17 @@ def test_optional_components_absent_from_an_older_checkpoint_keep_their_initial_
     before = (new_shared.weight.clone(), new_sharded.weight.clone())
     logged: list[str] = []
     loaded = TrainProgress()
-    Checkpointer(tmp_path, SINGLE, 2, {"progress": Component(loaded, "shared"),
-                                       "head": Component(new_shared, "shared", optional=True),
-                                       "centres": Component(new_sharded, "sharded", optional=True)},
-                 log=logged.append).load(path)
+    Checkpointer(
+        tmp_path,
+        SINGLE,
+        2,
+        {
+            "progress": Component(loaded, "shared"),
+            "head": Component(new_shared, "shared", optional=True),
+            "centres": Component(new_sharded, "sharded", optional=True),
+        },
+        log=logged.append,
+    ).load(path)
     assert loaded.step == 3
     assert torch.equal(new_shared.weight, before[0]) and torch.equal(new_sharded.weight, before[1])
     assert any("no 'head' component" in line for line in logged)
@@ -43,8 +50,9 @@ def test_optional_components_absent_from_an_older_checkpoint_keep_their_initial_
 @pytest.mark.parametrize("placement", ["shared", "sharded"])
 def test_a_shape_mismatch_names_the_component_and_the_key(tmp_path, placement):
     def component(dim: int) -> Component:
-        return Component(nn.Linear(dim, 3) if placement == "shared" else PartialFC(dim, 6, 1.0, CombinedMargin()),
-                         placement)
+        return Component(
+            nn.Linear(dim, 3) if placement == "shared" else PartialFC(dim, 6, 1.0, CombinedMargin()), placement
+        )
 
     path = save(tmp_path, part=component(4))
     with pytest.raises(CheckpointError, match=r"tensor 'part.weight' has shape \((3, 4|6, 4)\) in the checkpoint"):
@@ -69,8 +77,11 @@ def test_step_counters_that_disagree_with_the_checkpoint_are_refused(tmp_path):
     components = {"progress": Component(progress, "shared"), "centres": Component(pfc, "sharded")}
     path = Checkpointer(tmp_path, SINGLE, 2, components).save(3)
     counters = {"progress.step": lambda: progress.step, "PartialFC step_count": lambda: pfc.step_count}
-    with pytest.raises(CheckpointError, match=r"step counters disagree: the checkpoint's step is 3, "
-                                              r"progress.step 3, PartialFC step_count 0"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"step counters disagree: the checkpoint's step is 3, "
+        r"progress.step 3, PartialFC step_count 0",
+    ):
         Checkpointer(tmp_path, SINGLE, 2, components, step_counters=counters).load(path)
     pfc.step_count = 3
     Checkpointer(tmp_path, SINGLE, 2, components, step_counters=counters).save(3)

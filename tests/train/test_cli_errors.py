@@ -10,10 +10,16 @@ from partialfc.config import ConfigError, load_config
 from partialfc.train import main as train_main
 
 
-@pytest.mark.parametrize("typo, meant", [
-    ("--optim.learning_rate", "--optim.lr"), ("--optim.lrr", "--optim.lr"), ("--data.batchsize", "--data.batch_size"),
-    ("--train.max_step", "--train.max_steps"), ("--loss.sample_rat", "--loss.sample_rate"),
-])
+@pytest.mark.parametrize(
+    "typo, meant",
+    [
+        ("--optim.learning_rate", "--optim.lr"),
+        ("--optim.lrr", "--optim.lr"),
+        ("--data.batchsize", "--data.batch_size"),
+        ("--train.max_step", "--train.max_steps"),
+        ("--loss.sample_rat", "--loss.sample_rate"),
+    ],
+)
 def test_closest_option(typo, meant):
     from partialfc.train import build_parser
 
@@ -26,8 +32,10 @@ def test_an_unknown_training_option_is_one_line_with_a_suggestion(capsys):
         train_main(["--optim.learning_rate", "0.01"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == ["python -m partialfc.train: error: unknown option --optim.learning_rate; did you mean "
-                                "--optim.lr? (all options: python -m partialfc.train --help)"], err
+    assert err.splitlines() == [
+        "python -m partialfc.train: error: unknown option --optim.learning_rate; did you mean "
+        "--optim.lr? (all options: python -m partialfc.train --help)"
+    ], err
 
 
 def test_an_unknown_config_key_suggests_the_known_one(tmp_path):
@@ -65,8 +73,10 @@ def test_a_mistyped_config_file_is_named_with_the_one_meant(tmp_path):
     (tmp_path / "quickstart.yaml").write_text("train:\n  max_steps: 4\n")
     with pytest.raises(ConfigError) as refused:
         load_config(tmp_path / "quickstart.yml")
-    assert str(refused.value) == (f"cannot read config {tmp_path / 'quickstart.yml'}: No such file or directory "
-                                  f"(did you mean {tmp_path / 'quickstart.yaml'}?)")
+    assert str(refused.value) == (
+        f"cannot read config {tmp_path / 'quickstart.yml'}: No such file or directory "
+        f"(did you mean {tmp_path / 'quickstart.yaml'}?)"
+    )
 
 
 def test_a_config_that_is_not_yaml_names_the_line(tmp_path):

@@ -36,16 +36,33 @@ def test_presets_are_valid(preset):
 
 
 def test_real_dataset_presets_carry_real_sizes():
-    sizes = {"ms1mv3_r50.yaml": 93431, "ms1mv3_r100.yaml": 93431, "glint360k_r100.yaml": 360232,
-             "webface42m_r100_pfc02.yaml": 2059906}
+    sizes = {
+        "ms1mv3_r50.yaml": 93431,
+        "ms1mv3_r100.yaml": 93431,
+        "glint360k_r100.yaml": 360232,
+        "webface42m_r100_pfc02.yaml": 2059906,
+    }
     for preset, classes in sizes.items():
         assert load_config(REPO / "configs" / preset).data.num_classes == classes, preset
 
 
 def test_overrides_coerce_and_validate():
-    config = load_config(None, {"optim.lr": "0.2", "data.flip": "false", "data.val_targets": "lfw,cfp_fp",
-                                "train.max_steps": "7", "data.path": "x"})
-    assert (config.optim.lr, config.data.flip, config.data.val_targets, config.train.max_steps) == (0.2, False, ["lfw", "cfp_fp"], 7)
+    config = load_config(
+        None,
+        {
+            "optim.lr": "0.2",
+            "data.flip": "false",
+            "data.val_targets": "lfw,cfp_fp",
+            "train.max_steps": "7",
+            "data.path": "x",
+        },
+    )
+    assert (config.optim.lr, config.data.flip, config.data.val_targets, config.train.max_steps) == (
+        0.2,
+        False,
+        ["lfw", "cfp_fp"],
+        7,
+    )
     with pytest.raises(ConfigError, match=r"train\.max_steps: expected int, got '1\.5'"):
         load_config(None, {"train.max_steps": "1.5"})
     with pytest.raises(ConfigError, match=r"train\.amp: must be one of none, bf16, fp16"):
@@ -83,20 +100,40 @@ def test_dry_run_prints_config_and_plan(capsys):
     assert main(["--config", str(REPO / "configs" / "ms1mv3_r50.yaml"), "--dry-run", "--world-size", "8"]) == 0
     out = capsys.readouterr().out
     assert "backbone: r50" in out and "memory plan per rank: W=8, C=93431, global batch 1024" in out
-    assert "class centres" in out and "backbone activations kept for backward (bf16, 128 images)" in out and "total (without allocator slack" in out
+    assert (
+        "class centres" in out
+        and "backbone activations kept for backward (bf16, 128 images)" in out
+        and "total (without allocator slack" in out
+    )
 
 
 def test_dry_run_on_a_mistyped_path_is_a_config_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "partialfc.train", "--config", str(REPO / "configs" / "quickstart.yaml"),
-                             "--data.path", str(tmp_path / "typo"), "--dry-run"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "partialfc.train",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--data.path",
+            str(tmp_path / "typo"),
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert f"config error: data.path='{tmp_path / 'typo'}'" in result.stderr
 
 
 def test_memory_plan_holds_at_the_peak_sample_rate_and_counts_sub_centres():
     plain = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1}), 1_000_000, 8))
-    scheduled = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1,
-                                                    "loss.sample_rate_schedule": ["0.8:1.0"]}), 1_000_000, 8))
+    scheduled = dict(
+        memory_plan(
+            load_config(None, {"loss.sample_rate": 0.1, "loss.sample_rate_schedule": ["0.8:1.0"]}), 1_000_000, 8
+        )
+    )
     assert scheduled["logits / softmax buffer (fp32)"] == 10 * plain["logits / softmax buffer (fp32)"]
     tripled = dict(memory_plan(load_config(None, {"loss.sample_rate": 0.1, "loss.sub_centers": 3}), 1_000_000, 8))
     assert tripled["class centres"] == 3 * plain["class centres"]
@@ -123,7 +160,9 @@ def test_every_precision_name_of_the_config_is_in_the_dtype_table():
     amp = typing.get_args(typing.get_type_hints(TrainConfig)["amp"])
     assert {name: autocast_dtype(name) for name in amp} == {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     assert {name: DTYPES[name] for name in typing.get_args(typing.get_type_hints(LossConfig)["param_dtype"])} == {
-        "fp32": torch.float32, "bf16": torch.bfloat16}
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+    }
 
 
 def test_main_in_process_leaves_sigterm_unblocked(capsys):

@@ -37,11 +37,24 @@ loss:
 """
 
 NEW_VALUES = {
-    "loss.family": "combined", "loss.s": 32.0, "loss.combined.m1": 1.0, "loss.combined.m2": 0.3,
-    "loss.combined.m3": 0.1, "loss.adaface.m": 0.35, "loss.adaface.h": 0.2, "loss.adaface.t_alpha": 0.05,
-    "loss.curricularface.m": 0.45, "loss.magface.l_a": 12.0, "loss.magface.u_a": 100.0, "loss.magface.l_m": 0.4,
-    "loss.magface.u_m": 0.7, "loss.magface.lambda_g": 30.0, "loss.elasticface.m": 0.45, "loss.elasticface.std": 0.04,
-    "loss.elasticface.kind": "cos", "loss.sample_rate": 0.5,
+    "loss.family": "combined",
+    "loss.s": 32.0,
+    "loss.combined.m1": 1.0,
+    "loss.combined.m2": 0.3,
+    "loss.combined.m3": 0.1,
+    "loss.adaface.m": 0.35,
+    "loss.adaface.h": 0.2,
+    "loss.adaface.t_alpha": 0.05,
+    "loss.curricularface.m": 0.45,
+    "loss.magface.l_a": 12.0,
+    "loss.magface.u_a": 100.0,
+    "loss.magface.l_m": 0.4,
+    "loss.magface.u_m": 0.7,
+    "loss.magface.lambda_g": 30.0,
+    "loss.elasticface.m": 0.45,
+    "loss.elasticface.std": 0.04,
+    "loss.elasticface.kind": "cos",
+    "loss.sample_rate": 0.5,
 }
 
 
@@ -84,8 +97,9 @@ def test_old_flags_and_values_on_the_command_line(capsys):
 
 def test_an_old_value_under_the_new_key_is_renamed_and_unknown_ones_are_refused(capsys):
     assert load_config(None, {"loss.family": "margin"}).loss.family == "combined"
-    assert capsys.readouterr().err == ("partialfc: command line: 'loss.family margin' is deprecated, "
-                                       "use 'loss.family combined'\n")
+    assert capsys.readouterr().err == (
+        "partialfc: command line: 'loss.family margin' is deprecated, use 'loss.family combined'\n"
+    )
     with pytest.raises(ConfigError, match=r"loss\.family='arcface' is not one of combined, softmax, adaface"):
         load_config(None, {"loss.head": "arcface"})
 
@@ -93,8 +107,10 @@ def test_an_old_value_under_the_new_key_is_renamed_and_unknown_ones_are_refused(
 def test_allow_changes_may_name_a_field_by_its_old_name(tmp_path, capsys):
     config = load_config(None, {"checkpoint.allow_changes": "loss.m2,train.max_steps"})
     assert config.checkpoint.allow_changes == ["loss.combined.m2", "train.max_steps"]
-    assert "'checkpoint.allow_changes loss.m2,train.max_steps' is deprecated, use 'checkpoint.allow_changes " \
-           "loss.combined.m2,train.max_steps'" in capsys.readouterr().err
+    assert (
+        "'checkpoint.allow_changes loss.m2,train.max_steps' is deprecated, use 'checkpoint.allow_changes "
+        "loss.combined.m2,train.max_steps'" in capsys.readouterr().err
+    )
     path = tmp_path / "allow.yaml"
     path.write_text("checkpoint:\n  allow_changes: [loss.head, loss.curricular_m]\n")
     assert load_config(path).checkpoint.allow_changes == ["loss.family", "loss.curricularface.m"]
@@ -116,22 +132,45 @@ def test_a_checkpoint_saved_under_the_old_names_resumes_under_the_new_ones(tiny_
     loss = manifest["config"]["loss"]
     assert loss.pop("family") == "combined"
     loss.pop("softmax")
-    combined, ada, curricular, mag, elastic = (loss.pop(name) for name in (
-        "combined", "adaface", "curricularface", "magface", "elasticface"))
+    combined, ada, curricular, mag, elastic = (
+        loss.pop(name) for name in ("combined", "adaface", "curricularface", "magface", "elasticface")
+    )
     manifest["config"]["loss"] = {  # the layout this release wrote before the rename
-        "head": "margin", "s": loss.pop("s"), "m1": combined["m1"], "m2": combined["m2"], "m3": combined["m3"],
-        "adaface_m": ada["m"], "adaface_h": ada["h"], "adaface_t_alpha": ada["t_alpha"], "curricular_m": curricular["m"],
-        "magface_l_a": mag["l_a"], "magface_u_a": mag["u_a"], "magface_l_m": mag["l_m"], "magface_u_m": mag["u_m"],
-        "magface_lambda_g": mag["lambda_g"], "elastic_m": elastic["m"], "elastic_std": elastic["std"],
-        "elastic_kind": elastic["kind"], **loss}
+        "head": "margin",
+        "s": loss.pop("s"),
+        "m1": combined["m1"],
+        "m2": combined["m2"],
+        "m3": combined["m3"],
+        "adaface_m": ada["m"],
+        "adaface_h": ada["h"],
+        "adaface_t_alpha": ada["t_alpha"],
+        "curricular_m": curricular["m"],
+        "magface_l_a": mag["l_a"],
+        "magface_u_a": mag["u_a"],
+        "magface_l_m": mag["l_m"],
+        "magface_u_m": mag["u_m"],
+        "magface_lambda_g": mag["lambda_g"],
+        "elastic_m": elastic["m"],
+        "elastic_std": elastic["std"],
+        "elastic_kind": elastic["kind"],
+        **loss,
+    }
     manifest_path.write_text(json.dumps(manifest))
     capsys.readouterr()
 
-    changed = make_trainer(tiny_dataset, output, **{"train.max_steps": 4, "loss.combined.m2": 0.2,
-                                                    "checkpoint.allow_changes": ["train.max_steps"]})
-    with pytest.raises(ConfigError, match=r"settings that change what the run means: loss.combined.m2 \(checkpoint "
-                                          r"0.3, this job 0.2\)\. "):
+    changed = make_trainer(
+        tiny_dataset,
+        output,
+        **{"train.max_steps": 4, "loss.combined.m2": 0.2, "checkpoint.allow_changes": ["train.max_steps"]},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"settings that change what the run means: loss.combined.m2 \(checkpoint "
+        r"0.3, this job 0.2\)\. ",
+    ):
         changed.fit()
-    resumed = make_trainer(tiny_dataset, output, **{"train.max_steps": 4, "checkpoint.allow_changes": ["train.max_steps"]})
+    resumed = make_trainer(
+        tiny_dataset, output, **{"train.max_steps": 4, "checkpoint.allow_changes": ["train.max_steps"]}
+    )
     assert resumed.fit() == "finished" and resumed.progress.step == 4
     assert "deprecated" not in capsys.readouterr().err  # an old checkpoint is not the user's to fix

@@ -14,8 +14,16 @@ from partialfc.options import FREE
 from partialfc.train import main
 
 # Free-form by nature: paths and names checked where they are used (a missing path is an error there).
-FREE_FIELDS = {"output", "data.path", "data.val_targets", "data.synthetic.path", "model.init_from",
-               "checkpoint.resume", "metrics.address", "metrics.multiproc_dir"}
+FREE_FIELDS = {
+    "output",
+    "data.path",
+    "data.val_targets",
+    "data.synthetic.path",
+    "model.init_from",
+    "checkpoint.resume",
+    "metrics.address",
+    "metrics.multiproc_dir",
+}
 
 
 def fields(node: Any = None, prefix: str = "") -> list[tuple[str, Any, Any]]:

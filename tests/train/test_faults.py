@@ -40,10 +40,17 @@ def copy_run(good_run, tmp_path):
 def test_divergence_stops_and_keeps_the_good_checkpoints_and_model(tiny_dataset, good_run, tmp_path):
     output = copy_run(good_run, tmp_path)
     model_before = (output / "model.pt").read_bytes()
-    trainer = make_trainer(tiny_dataset, output, **{**GOOD, "train.max_steps": 30, "optim.lr": 1e12,
-                                                    "checkpoint.allow_changes": ["train.max_steps", "optim.lr",
-                                                                                 "schedule.warmup_epochs"],
-                                                    "schedule.warmup_epochs": 0.0})
+    trainer = make_trainer(
+        tiny_dataset,
+        output,
+        **{
+            **GOOD,
+            "train.max_steps": 30,
+            "optim.lr": 1e12,
+            "checkpoint.allow_changes": ["train.max_steps", "optim.lr", "schedule.warmup_epochs"],
+            "schedule.warmup_epochs": 0.0,
+        },
+    )
     assert trainer.fit() == "diverged"
     state = summary(output)
     assert state["status"] == "diverged" and "consecutive non-finite steps" in state["error"]
@@ -76,7 +83,8 @@ def test_a_truncated_file_in_the_newest_checkpoint_falls_back_to_the_previous(ti
 
 
 def test_when_no_checkpoint_verifies_the_error_names_them_and_the_summary_keeps_its_history(
-        tiny_dataset, good_run, tmp_path):
+    tiny_dataset, good_run, tmp_path
+):
     output = copy_run(good_run, tmp_path)
     before = summary(output)
     for checkpoint in (output / "checkpoints").iterdir():
@@ -98,8 +106,11 @@ def test_another_embedding_size_names_the_checkpoint_tensor_and_field(tiny_datas
     with pytest.raises(ConfigError, match=r"model.embedding_size \(checkpoint 128, this job 64\)"):
         make_trainer(tiny_dataset, output, **{**GOOD, "model.embedding_size": 64}).fit()
     with pytest.raises(CheckpointError) as raised:  # allowed, the weights still cannot be loaded: named
-        make_trainer(tiny_dataset, output, **{**GOOD, "model.embedding_size": 64,
-                                              "checkpoint.allow_changes": ["model.embedding_size"]}).fit()
+        make_trainer(
+            tiny_dataset,
+            output,
+            **{**GOOD, "model.embedding_size": 64, "checkpoint.allow_changes": ["model.embedding_size"]},
+        ).fit()
     message = str(raised.value)
     assert str(output / "checkpoints" / "step-00000006") in message
     assert "tensor 'model." in message and "model.embedding_size (checkpoint 128, this job 64)" in message
@@ -131,11 +142,25 @@ def test_a_bad_record_under_dali_is_named_by_every_rank(tiny_dataset, tmp_path):
         offset, key = int(ds.image_offset[image]), int(ds.image_key[image])
     data = bytearray(shard.read_bytes())
     soi = data.index(b"\xff\xd8\xff", offset + 8)  # the JPEG inside the record: same length, no longer a JPEG
-    data[soi:soi + 3] = b"BAD"
+    data[soi : soi + 3] = b"BAD"
     shard.write_bytes(bytes(data))
     output = tmp_path / "run"
-    result = run_training(2, train_args(dataset, output, "--train.max_steps", "30", "--eval.every_steps", "0",
-                                        "--checkpoint.every_steps", "0", "--data.backend", "dali"), check=False)
+    result = run_training(
+        2,
+        train_args(
+            dataset,
+            output,
+            "--train.max_steps",
+            "30",
+            "--eval.every_steps",
+            "0",
+            "--checkpoint.every_steps",
+            "0",
+            "--data.backend",
+            "dali",
+        ),
+        check=False,
+    )
     assert result.returncode != 0
     cause = f"{shard.name}: record key {key} at offset {offset}"
     state = summary(output)

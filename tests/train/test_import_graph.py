@@ -11,14 +11,24 @@ from training_run import REPO
 
 PACKAGE = REPO / "partialfc"
 # The modules whose cycles issue #17 broke (config <-> train_state, config <-> resume, config -> metrics).
-CONFIG_MODULES = {"partialfc.config", "partialfc.config_aliases", "partialfc.options", "partialfc.resume",
-                  "partialfc.train_state", "partialfc.margins", "partialfc.optimizer", "partialfc.metrics"}
+CONFIG_MODULES = {
+    "partialfc.config",
+    "partialfc.config_aliases",
+    "partialfc.options",
+    "partialfc.resume",
+    "partialfc.train_state",
+    "partialfc.margins",
+    "partialfc.optimizer",
+    "partialfc.metrics",
+}
 
 
 def import_graph() -> dict[str, set[str]]:
     """Module -> the partialfc modules it imports, at module level or inside a function."""
-    names = {".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
-             for path in PACKAGE.rglob("*.py")}
+    names = {
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in PACKAGE.rglob("*.py")
+    }
     graph: dict[str, set[str]] = {}
     for name, path in names.items():
         imported: set[str] = set()
@@ -72,7 +82,9 @@ def test_no_config_module_is_on_an_import_cycle():
 
 
 def test_importing_the_data_tools_leaves_prometheus_client_out():
-    code = ("import sys, partialfc.data, partialfc.config; "
-            "print(sorted(name for name in sys.modules if name.startswith('prometheus_client')))")
+    code = (
+        "import sys, partialfc.data, partialfc.config; "
+        "print(sorted(name for name in sys.modules if name.startswith('prometheus_client')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]"

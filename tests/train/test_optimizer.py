@@ -103,8 +103,11 @@ def clipped_ddp_steps(rank: int, world_size: int, clip: float) -> dict:
         pfc(backbone(x), y).backward()
         centre_sq.append(float(pfc.grad_sq_norm()))
         norms.append(float(optimizer.step(step_number=step).grad_norm))
-    return {"backbone": {k: v.clone() for k, v in backbone.module.state_dict().items()},
-            "centre_sq": centre_sq, "norms": norms}
+    return {
+        "backbone": {k: v.clone() for k, v in backbone.module.state_dict().items()},
+        "centre_sq": centre_sq,
+        "norms": norms,
+    }
 
 
 def test_clipped_steps_keep_the_ddp_backbones_bit_equal_across_ranks():
@@ -165,9 +168,11 @@ def test_a_non_finite_step_is_dropped_on_the_device_and_counted(name):
     backbone, pfc, optimizer = make(OptimConfig(name=name, lr=0.1))
     backward(backbone, pfc, optimizer)
     optimizer.step(step_number=1)  # one good step first: momentum / moments exist
-    before = ({k: v.clone() for k, v in backbone.state_dict().items()},
-              {k: v.clone() for k, v in pfc.state_dict().items() if isinstance(v, torch.Tensor)},
-              copy.deepcopy(optimizer.backbone_optimizer.state_dict()["state"]))
+    before = (
+        {k: v.clone() for k, v in backbone.state_dict().items()},
+        {k: v.clone() for k, v in pfc.state_dict().items() if isinstance(v, torch.Tensor)},
+        copy.deepcopy(optimizer.backbone_optimizer.state_dict()["state"]),
+    )
     for step in (2, 3):
         backward(backbone, pfc, optimizer)
         outcome = optimizer.step(torch.tensor(float("nan")), step_number=step)  # a non-finite loss

@@ -22,25 +22,59 @@ KILLS = 3
 
 def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):
     output = tmp_path / "run"
-    args = train_args(tiny_dataset, output, "--train.max_steps", "60", "--checkpoint.every_steps", "4",
-                      "--eval.every_steps", "0", "--data.backend", "torch", "--train.stall_timeout_s", "5")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "--max-restarts", str(KILLS), "-m", "partialfc.train", *args]
+    args = train_args(
+        tiny_dataset,
+        output,
+        "--train.max_steps",
+        "60",
+        "--checkpoint.every_steps",
+        "4",
+        "--eval.every_steps",
+        "0",
+        "--data.backend",
+        "torch",
+        "--train.stall_timeout_s",
+        "5",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        str(KILLS),
+        "-m",
+        "partialfc.train",
+        *args,
+    ]
     console = (tmp_path / "console.txt").open("w")
-    job = subprocess.Popen(command, cwd=REPO, env=training_env(), stdout=console, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    job = subprocess.Popen(
+        command, cwd=REPO, env=training_env(), stdout=console, stderr=subprocess.STDOUT, start_new_session=True
+    )
     log, heartbeat = output / "train.log", output / "heartbeats" / "rank-00001.json"
     restart_seconds, victims = [], [None]
     try:
         for kill in range(KILLS):
             # Each generation must get past a new checkpoint before its worker is killed.
-            wait_for(lambda kill=kill: log.is_file() and " checkpoint " in log.read_text().partition(f"(restart {kill})")[2]
-                     and heartbeat.is_file() and json.loads(heartbeat.read_text())["pid"] != victims[-1],
-                     time.monotonic() + 120, f"a checkpoint in generation {kill}", job)
+            wait_for(
+                lambda kill=kill: (
+                    log.is_file()
+                    and " checkpoint " in log.read_text().partition(f"(restart {kill})")[2]
+                    and heartbeat.is_file()
+                    and json.loads(heartbeat.read_text())["pid"] != victims[-1]
+                ),
+                time.monotonic() + 120,
+                f"a checkpoint in generation {kill}",
+                job,
+            )
             victims.append(json.loads(heartbeat.read_text())["pid"])
             os.kill(victims[-1], signal.SIGKILL)
             killed_at = time.monotonic()
-            wait_for(lambda kill=kill: f"(restart {kill + 1})" in log.read_text(), killed_at + 90, f"restart {kill + 1}", job)
+            wait_for(
+                lambda kill=kill: f"(restart {kill + 1})" in log.read_text(), killed_at + 90, f"restart {kill + 1}", job
+            )
             restart_seconds.append(time.monotonic() - killed_at)
         job.wait(timeout=300)
     finally:
@@ -58,8 +92,19 @@ def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):
 
 def test_restarts_without_the_variable_are_warned_about(tiny_dataset, tmp_path):
     args = train_args(tiny_dataset, tmp_path / "run", "--train.max_steps", "1", "--data.backend", "torch")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-               "--max-restarts", "1", "-m", "partialfc.train", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        "--max-restarts",
+        "1",
+        "-m",
+        "partialfc.train",
+        *args,
+    ]
     env = {k: v for k, v in training_env().items() if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

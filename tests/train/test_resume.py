@@ -32,8 +32,18 @@ STEPS = 12  # the dataset has 960 images: 30 steps of 2 x 16 per epoch; 12 steps
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_resume_is_bit_identical(tiny_dataset, tmp_path, backend):
-    common = ("--train.max_steps", str(STEPS), "--checkpoint.every_steps", str(STEPS // 2),
-              "--eval.every_steps", "0", "--data.backend", backend, "--loss.sample_rate", "0.5")
+    common = (
+        "--train.max_steps",
+        str(STEPS),
+        "--checkpoint.every_steps",
+        str(STEPS // 2),
+        "--eval.every_steps",
+        "0",
+        "--data.backend",
+        backend,
+        "--loss.sample_rate",
+        "0.5",
+    )
     straight = tmp_path / "straight"
     run_training(2, train_args(tiny_dataset, straight, *common))
 
@@ -57,8 +67,12 @@ def reshard_and_score(rank: int, world_size: int, checkpoint, embeddings, labels
     local = slice(rank * len(labels) // world_size, (rank + 1) * len(labels) // world_size)
     with torch.no_grad():
         loss = pfc(embeddings[local], labels[local])
-    return {"weight": pfc.weight.clone(), "momentum": pfc.optim_momentum.clone(), "loss": loss,
-            "step_count": pfc.step_count}
+    return {
+        "weight": pfc.weight.clone(),
+        "momentum": pfc.optim_momentum.clone(),
+        "loss": loss,
+        "step_count": pfc.step_count,
+    }
 
 
 def test_reshard_to_other_world_sizes(tiny_dataset, tmp_path):
@@ -84,26 +98,61 @@ def test_reshard_to_other_world_sizes(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("world_size", [1, 3])
 def test_trainer_resumes_on_another_world_size(tiny_dataset, tmp_path, world_size):
     output = tmp_path / "run"
-    run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0",
-                               "--data.backend", "torch"))
-    result = run_training(world_size, train_args(tiny_dataset, output, "--train.max_steps", "6",
-                                                 "--eval.every_steps", "0", "--data.backend", "torch",
-                                                 "--checkpoint.allow_changes", "train.max_steps"))
+    run_training(
+        2,
+        train_args(
+            tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0", "--data.backend", "torch"
+        ),
+    )
+    result = run_training(
+        world_size,
+        train_args(
+            tiny_dataset,
+            output,
+            "--train.max_steps",
+            "6",
+            "--eval.every_steps",
+            "0",
+            "--data.backend",
+            "torch",
+            "--checkpoint.allow_changes",
+            "train.max_steps",
+        ),
+    )
     assert f"world size changed (2 -> {world_size})" in result.stdout
     assert "resumed from" in result.stdout and "step 6/6" in result.stdout
     assert json.loads((output / "summary.json").read_text())["config_changes"] == [
-        {"field": "train.max_steps", "checkpoint": 4, "job": 6, "step": 4}]
+        {"field": "train.max_steps", "checkpoint": 4, "job": 6, "step": 4}
+    ]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path):
     """Pre-emption: SIGTERM to torchrun reaches every rank (and its decoder processes); the ranks
     agree at the next log step, save, and exit 143; --checkpoint.resume auto continues from there."""
     output = tmp_path / "run"
-    args = train_args(tiny_dataset, output, "--train.max_steps", "100000", "--checkpoint.every_steps", "0",
-                      "--eval.every_steps", "0", "--data.backend", "torch", "--data.num_workers", "1")
+    args = train_args(
+        tiny_dataset,
+        output,
+        "--train.max_steps",
+        "100000",
+        "--checkpoint.every_steps",
+        "0",
+        "--eval.every_steps",
+        "0",
+        "--data.backend",
+        "torch",
+        "--data.num_workers",
+        "1",
+    )
     log = output / "train.log"
-    job = subprocess.Popen(training_command(2, args), cwd=REPO, env=training_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    job = subprocess.Popen(
+        training_command(2, args),
+        cwd=REPO,
+        env=training_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: log.is_file() and " step 6/" in log.read_text(), time.monotonic() + 300, "step 6", job)
         job.send_signal(signal.SIGTERM)
@@ -118,9 +167,21 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path)
     assert json.loads((output / "summary.json").read_text())["status"] == "preempted"
     assert (output / "checkpoints" / f"step-{stopped:08d}" / "meta.json").is_file()
 
-    result = run_training(2, train_args(tiny_dataset, output, "--train.max_steps", str(stopped + 2),
-                                        "--eval.every_steps", "0", "--data.backend", "torch",
-                                        "--checkpoint.allow_changes", "train.max_steps"))
+    result = run_training(
+        2,
+        train_args(
+            tiny_dataset,
+            output,
+            "--train.max_steps",
+            str(stopped + 2),
+            "--eval.every_steps",
+            "0",
+            "--data.backend",
+            "torch",
+            "--checkpoint.allow_changes",
+            "train.max_steps",
+        ),
+    )
     assert f"resumed from {output / 'checkpoints' / f'step-{stopped:08d}'} at step {stopped}" in result.stdout
     assert json.loads((output / "summary.json").read_text())["status"] == "finished"
 
@@ -135,8 +196,17 @@ def test_a_reshard_restarts_the_saved_epoch(tiny_dataset, tmp_path):
     assert torch.load(checkpoint / "trainer.pt", weights_only=True)["epoch"] == {"epoch": 1}
     output = tmp_path / "w2"
     shutil.copytree(checkpoint, output / "checkpoints" / checkpoint.name)
-    result = run_training(2, train_args(tiny_dataset, output, *(item for key, value in settings.items()
-                                                                 for item in (f"--{key}", str(value))),
-                                        "--data.backend", "torch", "--eval.every_steps", "0"))
+    result = run_training(
+        2,
+        train_args(
+            tiny_dataset,
+            output,
+            *(item for key, value in settings.items() for item in (f"--{key}", str(value))),
+            "--data.backend",
+            "torch",
+            "--eval.every_steps",
+            "0",
+        ),
+    )
     assert "world size changed (1 -> 2): centres re-sharded; the data loader restarts epoch 1" in result.stdout
     assert "step 19/19 epoch 1" in result.stdout

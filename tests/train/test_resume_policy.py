@@ -16,52 +16,108 @@ FIRST = {"train.max_steps": 3, "checkpoint.every_steps": 3}
 
 
 def test_meaning_changes_are_the_run_defining_fields_only():
-    saved = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"family": "combined", "s": 64.0,
-             "combined": {"m2": 0.5}, "adaface": {"m": 0.4}, "bf16_gemm": False}, "train": {"log_every": 2, "max_steps": 4},
-             "schedule": {"decay": "poly"}, "eval": {"every_steps": 10}}
-    ours = {"model": {"backbone": "tiny", "embedding_size": 128}, "loss": {"family": "adaface", "s": 64.0,
-            "combined": {"m2": 0.5}, "adaface": {"m": 0.3}, "bf16_gemm": True}, "train": {"log_every": 50, "max_steps": 4},
-            "schedule": {"decay": "cosine"}, "eval": {"every_steps": 0}}
+    saved = {
+        "model": {"backbone": "tiny", "embedding_size": 128},
+        "loss": {"family": "combined", "s": 64.0, "combined": {"m2": 0.5}, "adaface": {"m": 0.4}, "bf16_gemm": False},
+        "train": {"log_every": 2, "max_steps": 4},
+        "schedule": {"decay": "poly"},
+        "eval": {"every_steps": 10},
+    }
+    ours = {
+        "model": {"backbone": "tiny", "embedding_size": 128},
+        "loss": {"family": "adaface", "s": 64.0, "combined": {"m2": 0.5}, "adaface": {"m": 0.3}, "bf16_gemm": True},
+        "train": {"log_every": 50, "max_steps": 4},
+        "schedule": {"decay": "cosine"},
+        "eval": {"every_steps": 0},
+    }
     assert meaning_changes(saved, ours) == [
-        ConfigChange("loss.adaface.m", 0.4, 0.3), ConfigChange("loss.family", "combined", "adaface"),
-        ConfigChange("schedule.decay", "poly", "cosine")]
-    with pytest.raises(ConfigError, match=r"loss.adaface.m \(checkpoint 0.4, this job 0.3\); loss.family \(checkpoint "
-                                          r"'combined', this job 'adaface'\)\. .*--checkpoint.allow_changes "
-                                          r"loss.adaface.m,loss.family$"):
+        ConfigChange("loss.adaface.m", 0.4, 0.3),
+        ConfigChange("loss.family", "combined", "adaface"),
+        ConfigChange("schedule.decay", "poly", "cosine"),
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"loss.adaface.m \(checkpoint 0.4, this job 0.3\); loss.family \(checkpoint "
+        r"'combined', this job 'adaface'\)\. .*--checkpoint.allow_changes "
+        r"loss.adaface.m,loss.family$",
+    ):
         check_changes(meaning_changes(saved, ours), ["schedule.decay"], "ckpt")  # the allowed one is not named
 
 
 def test_a_checkpoint_config_under_the_old_names_is_read_under_the_new_ones():
     """A run saved before the rename (``loss.head: margin``, flat ``m2``, ``adaface_m``) is the same run."""
-    saved = {"loss": {"head": "margin", "s": 64.0, "m1": 1.0, "m2": 0.5, "m3": 0.0, "adaface_m": 0.4,
-                      "curricular_m": 0.5, "magface_l_a": 10.0, "elastic_kind": "arc", "sub_centers": 1}}
-    ours = {"loss": {"family": "combined", "s": 64.0, "combined": {"m1": 1.0, "m2": 0.5, "m3": 0.0},
-                     "adaface": {"m": 0.4}, "curricularface": {"m": 0.5}, "magface": {"l_a": 10.0},
-                     "elasticface": {"kind": "arc"}, "softmax": {}, "sub_centers": 1}}
+    saved = {
+        "loss": {
+            "head": "margin",
+            "s": 64.0,
+            "m1": 1.0,
+            "m2": 0.5,
+            "m3": 0.0,
+            "adaface_m": 0.4,
+            "curricular_m": 0.5,
+            "magface_l_a": 10.0,
+            "elastic_kind": "arc",
+            "sub_centers": 1,
+        }
+    }
+    ours = {
+        "loss": {
+            "family": "combined",
+            "s": 64.0,
+            "combined": {"m1": 1.0, "m2": 0.5, "m3": 0.0},
+            "adaface": {"m": 0.4},
+            "curricularface": {"m": 0.5},
+            "magface": {"l_a": 10.0},
+            "elasticface": {"kind": "arc"},
+            "softmax": {},
+            "sub_centers": 1,
+        }
+    }
     assert meaning_changes(saved, ours) == []
     assert meaning_changes(saved, {"loss": {**ours["loss"], "combined": {"m1": 1.0, "m2": 0.3, "m3": 0.0}}}) == [
-        ConfigChange("loss.combined.m2", 0.5, 0.3)]
+        ConfigChange("loss.combined.m2", 0.5, 0.3)
+    ]
 
 
 def test_another_loss_family_is_refused_naming_the_field(tiny_dataset, tmp_path):
     output = tmp_path / "run"
     assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
     with pytest.raises(ConfigError, match=r"loss.family \(checkpoint 'combined', this job 'adaface'\)"):
-        make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 6, "loss.family": "adaface",
-                                              "checkpoint.allow_changes": ["train.max_steps"]}).fit()
+        make_trainer(
+            tiny_dataset,
+            output,
+            **{
+                **FIRST,
+                "train.max_steps": 6,
+                "loss.family": "adaface",
+                "checkpoint.allow_changes": ["train.max_steps"],
+            },
+        ).fit()
 
 
 def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
     output = tmp_path / "run"
     assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
-    trainer = make_trainer(tiny_dataset, output, **{**FIRST, "train.max_steps": 5, "loss.combined.m2": 0.25,
-                                                    "checkpoint.allow_changes": ["train.max_steps", "loss.combined.m2"]})
+    trainer = make_trainer(
+        tiny_dataset,
+        output,
+        **{
+            **FIRST,
+            "train.max_steps": 5,
+            "loss.combined.m2": 0.25,
+            "checkpoint.allow_changes": ["train.max_steps", "loss.combined.m2"],
+        },
+    )
     assert trainer.fit() == "finished" and trainer.progress.step == 5
     changes = json.loads((output / "summary.json").read_text())["config_changes"]
-    assert changes == [{"field": "loss.combined.m2", "checkpoint": 0.3, "job": 0.25, "step": 3},
-                       {"field": "train.max_steps", "checkpoint": 3, "job": 5, "step": 3}]
-    assert "checkpoint.allow_changes: loss.combined.m2 (checkpoint 0.3, this job 0.25) from step 3 on" in \
-        (output / "train.log").read_text()
+    assert changes == [
+        {"field": "loss.combined.m2", "checkpoint": 0.3, "job": 0.25, "step": 3},
+        {"field": "train.max_steps", "checkpoint": 3, "job": 5, "step": 3},
+    ]
+    assert (
+        "checkpoint.allow_changes: loss.combined.m2 (checkpoint 0.3, this job 0.25) from step 3 on"
+        in (output / "train.log").read_text()
+    )
 
 
 def test_allow_changes_names_only_fields_a_resume_refuses():
@@ -91,14 +147,26 @@ def test_another_world_size_keeps_the_runs_plan(tiny_dataset, tmp_path):
     """Stopped after 6 of 12 steps of 32 samples (2 ranks); continued on 1 rank: the remaining 192
     samples take 12 steps of 16, and the LR schedule ends where it would have."""
     output = tmp_path / "run"
-    length = ["--train.max_steps", "12", "--checkpoint.every_steps", "6", "--eval.every_steps", "0",
-              "--data.backend", "torch", "--train.log_every", "1"]
+    length = [
+        "--train.max_steps",
+        "12",
+        "--checkpoint.every_steps",
+        "6",
+        "--eval.every_steps",
+        "0",
+        "--data.backend",
+        "torch",
+        "--train.log_every",
+        "1",
+    ]
     run_training(2, train_args(tiny_dataset, output, *length))
     last_lr = float((output / "train.log").read_text().split(" step 12/12 ")[1].split(" lr ")[1].split()[0])
     shutil.rmtree(output / "checkpoints" / "step-00000012")  # as if the job had stopped after step 6
     result = run_training(None, train_args(tiny_dataset, output, *length))
-    assert ("global batch 32 -> 16 (world size 1): the run's plan stays 12 steps of 32 samples; 192 trained, "
-            "12 steps of 16 remain") in result.stdout
+    assert (
+        "global batch 32 -> 16 (world size 1): the run's plan stays 12 steps of 32 samples; 192 trained, "
+        "12 steps of 16 remain"
+    ) in result.stdout
     assert " step 18/18 " in result.stdout and json.loads((output / "summary.json").read_text())["step"] == 18
     final_lr = float(result.stdout.split(" step 18/18 ")[1].split(" lr ")[1].split()[0])
     assert final_lr == pytest.approx(last_lr * 0.25, rel=1e-3)  # poly(2) at 11.5 of 12 vs 11 of 12: (0.5/1)^2

@@ -16,17 +16,40 @@ STALL_TIMEOUT_S = 6
 
 def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path):
     output = tmp_path / "run"
-    args = train_args(tiny_dataset, output, "--train.max_steps", "100000", "--checkpoint.every_steps", "0",
-                      "--eval.every_steps", "0", "--data.backend", "torch",
-                      "--train.stall_timeout_s", str(STALL_TIMEOUT_S), "--dist.timeout_s", "600")
+    args = train_args(
+        tiny_dataset,
+        output,
+        "--train.max_steps",
+        "100000",
+        "--checkpoint.every_steps",
+        "0",
+        "--eval.every_steps",
+        "0",
+        "--data.backend",
+        "torch",
+        "--train.stall_timeout_s",
+        str(STALL_TIMEOUT_S),
+        "--dist.timeout_s",
+        "600",
+    )
     console = (tmp_path / "console.txt").open("w")
-    job = subprocess.Popen(training_command(2, args), cwd=REPO, env=training_env(), stdout=console,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    job = subprocess.Popen(
+        training_command(2, args),
+        cwd=REPO,
+        env=training_env(),
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log, heartbeat = output / "train.log", output / "heartbeats" / "rank-00001.json"
     stopped_pid = None
     try:
-        wait_for(lambda: heartbeat.is_file() and log.is_file() and " step 4/" in log.read_text(),
-                 time.monotonic() + 180, "step 4", job)
+        wait_for(
+            lambda: heartbeat.is_file() and log.is_file() and " step 4/" in log.read_text(),
+            time.monotonic() + 180,
+            "step 4",
+            job,
+        )
         stopped_pid = json.loads(heartbeat.read_text())["pid"]
         os.kill(stopped_pid, signal.SIGSTOP)
         stopped_at = time.monotonic()

@@ -15,12 +15,28 @@ from partialfc.models import create_model
 
 def test_two_rank_run_learns(tiny_dataset, tmp_path):
     output = tmp_path / "run"
-    run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "40", "--eval.every_steps", "40",
-                               "--checkpoint.every_steps", "20", "--data.batch_size", "32"))
+    run_training(
+        2,
+        train_args(
+            tiny_dataset,
+            output,
+            "--train.max_steps",
+            "40",
+            "--eval.every_steps",
+            "40",
+            "--checkpoint.every_steps",
+            "20",
+            "--data.batch_size",
+            "32",
+        ),
+    )
     summary = json.loads((output / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 40
-    losses = [float(line.split(" loss ")[1].split()[0]) for line in (output / "train.log").read_text().splitlines()
-              if " loss " in line]
+    losses = [
+        float(line.split(" loss ")[1].split()[0])
+        for line in (output / "train.log").read_text().splitlines()
+        if " loss " in line
+    ]
     # Margin losses rise in the first steps from random centres; compare the first and last windows.
     assert len(losses) == 20 and sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
 
@@ -50,10 +66,27 @@ def test_fp16_accumulation_and_clipping(tiny_dataset, tmp_path):
     """fp16 with loss scaling, 2 micro-batches per step, global-norm clipping: the step path that
     decides on overflow and clips over backbone + centres."""
     output = tmp_path / "fp16"
-    result = run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "4", "--train.log_every", "1",
-                                        "--train.amp", "fp16", "--train.grad_accum", "2",
-                                        "--optim.clip_grad_norm", "1.0", "--eval.every_steps", "0",
-                                        "--data.backend", "torch"))
+    result = run_training(
+        2,
+        train_args(
+            tiny_dataset,
+            output,
+            "--train.max_steps",
+            "4",
+            "--train.log_every",
+            "1",
+            "--train.amp",
+            "fp16",
+            "--train.grad_accum",
+            "2",
+            "--optim.clip_grad_norm",
+            "1.0",
+            "--eval.every_steps",
+            "0",
+            "--data.backend",
+            "torch",
+        ),
+    )
     lines = [line for line in result.stdout.splitlines() if " loss_scale " in line]
     assert len(lines) == 4, result.stdout[-3000:]
     field = lambda line, name: float(line.split(f" {name} ")[1].split()[0])  # noqa: E731

@@ -116,8 +116,11 @@ def test_sample_rate_schedule_parses_and_names_the_field():
 
 
 def test_sampled_centres_follow_the_schedule_also_after_a_resume(tiny_dataset, tmp_path):
-    trainer = make_trainer(tiny_dataset, tmp_path / "run", **{
-        "loss.sample_rate": 0.1, "loss.sample_rate_schedule": "0.5:1.0", "train.max_steps": 4})
+    trainer = make_trainer(
+        tiny_dataset,
+        tmp_path / "run",
+        **{"loss.sample_rate": 0.1, "loss.sample_rate_schedule": "0.5:1.0", "train.max_steps": 4},
+    )
     classes, pfc, sampled = trainer.num_classes, trainer.pfc, []
     centre_step = pfc.step
 
@@ -131,8 +134,11 @@ def test_sampled_centres_follow_the_schedule_also_after_a_resume(tiny_dataset, t
     assert [n for n, _ in sampled] == [few, few, classes, classes]
     assert all(rows < classes for _, rows in sampled[:2]) and all(rows == classes for _, rows in sampled[2:])
 
-    restarted = make_trainer(tiny_dataset, tmp_path / "restarted", **{
-        "loss.sample_rate": 0.1, "loss.sample_rate_schedule": "0.5:1.0", "train.max_steps": 4})
+    restarted = make_trainer(
+        tiny_dataset,
+        tmp_path / "restarted",
+        **{"loss.sample_rate": 0.1, "loss.sample_rate_schedule": "0.5:1.0", "train.max_steps": 4},
+    )
     restarted.progress.step, restarted.progress.samples = 2, 2 * restarted.global_batch  # a resume at step 2
     run_steps(restarted, 1)
     assert restarted.pfc.num_sample == classes
@@ -146,8 +152,9 @@ def test_compiled_backbone_trains_like_eager(tiny_dataset, tmp_path, monkeypatch
     monkeypatch.setattr(nn.Module, "compile", lambda module: compile_module(module, backend="aot_eager"))
     runs = {}
     for compiled in (False, True):
-        trainer = make_trainer(tiny_dataset, tmp_path / str(compiled),
-                               **{"train.max_steps": 2, "model.compile": compiled})
+        trainer = make_trainer(
+            tiny_dataset, tmp_path / str(compiled), **{"train.max_steps": 2, "model.compile": compiled}
+        )
         assert (trainer.backbone._compiled_call_impl is not None) == compiled
         window = run_steps(trainer, 2)
         runs[compiled] = (window.mean_loss(), trainer.backbone.state_dict())
@@ -176,16 +183,20 @@ def initial_state(tiny_dataset, output, **overrides) -> tuple[dict[str, torch.Te
 
 def test_init_from_a_model_pt_and_from_a_bare_state_dict(tiny_dataset, tmp_path, pretrained_run):
     pretrained = load_weights(pretrained_run / "model.pt")["state_dict"]
-    started, trainer = initial_state(tiny_dataset, tmp_path / "from_model_pt", **{
-        "model.init_from": str(pretrained_run / "model.pt"), "train.ema_decay": 0.99})
+    started, trainer = initial_state(
+        tiny_dataset,
+        tmp_path / "from_model_pt",
+        **{"model.init_from": str(pretrained_run / "model.pt"), "train.ema_decay": 0.99},
+    )
     assert_same_weights(pretrained, started)
     assert_same_weights(pretrained, trainer.ema.module.state_dict())  # the average starts from them too
     assert "backbone initialised from" in (tmp_path / "from_model_pt" / "train.log").read_text()
 
     bare = {k: v + 1 if v.is_floating_point() else v for k, v in pretrained.items()}  # insightface backbone.pth
     torch.save(bare, tmp_path / "backbone.pth")
-    started, _ = initial_state(tiny_dataset, tmp_path / "from_pth",
-                               **{"model.init_from": str(tmp_path / "backbone.pth")})
+    started, _ = initial_state(
+        tiny_dataset, tmp_path / "from_pth", **{"model.init_from": str(tmp_path / "backbone.pth")}
+    )
     assert_same_weights(bare, started)
 
 
@@ -201,8 +212,11 @@ def test_init_from_a_file_that_does_not_fit_names_the_keys(tiny_dataset, tmp_pat
     assert str(tmp_path / "other.pth") in message and missing in message and "head.extra" in message
 
     with pytest.raises(ConfigError, match=r"model\.embedding_size=64"):
-        initial_state(tiny_dataset, tmp_path / "run64", **{
-            "model.init_from": str(pretrained_run / "model.pt"), "model.embedding_size": 64})
+        initial_state(
+            tiny_dataset,
+            tmp_path / "run64",
+            **{"model.init_from": str(pretrained_run / "model.pt"), "model.embedding_size": 64},
+        )
 
 
 def test_a_resumed_checkpoint_wins_over_init_from(tiny_dataset, tmp_path, pretrained_run):

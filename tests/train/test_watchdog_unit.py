@@ -30,16 +30,28 @@ class FakePeers:
 
     def beat(self, rank: int, step: int, phase: str = "forward") -> None:
         self.beats[rank] = self.beats.get(rank, 0) + 1
-        record = {"rank": rank, "beat": self.beats[rank], "step": step, "phase": phase, "host": f"node{rank}",
-                  "pid": 1000 + rank}
+        record = {
+            "rank": rank,
+            "beat": self.beats[rank],
+            "step": step,
+            "phase": phase,
+            "host": f"node{rank}",
+            "pid": 1000 + rank,
+        }
         (self.directory / f"rank-{rank:05d}.json").write_text(json.dumps(record))
 
 
 @pytest.fixture
 def setup(tmp_path):
     clock, reports = FakeClock(), []
-    watchdog = StallWatchdog(tmp_path, rank=0, world_size=3, timeout_s=TIMEOUT_S,
-                             on_stall=lambda message, count: reports.append((message, count)), clock=clock)
+    watchdog = StallWatchdog(
+        tmp_path,
+        rank=0,
+        world_size=3,
+        timeout_s=TIMEOUT_S,
+        on_stall=lambda message, count: reports.append((message, count)),
+        clock=clock,
+    )
     return watchdog, clock, FakePeers(tmp_path)
 
 

@@ -50,7 +50,9 @@ def _face_pipeline(paths: list[str], index_path: str, gpu: bool, flip: bool, inp
         random_shuffle=False,
         dont_use_mmap=False,
     )
-    images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=getattr(types, input_config.channel_order))
+    images = fn.decoders.image(
+        jpegs, device="mixed" if gpu else "cpu", output_type=getattr(types, input_config.channel_order)
+    )
     images = fn.crop_mirror_normalize(
         images,
         dtype=types.DALIDataType.FLOAT,

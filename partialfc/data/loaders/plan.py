@@ -12,11 +12,14 @@ off, step ``s`` of all ranks together covers one contiguous slice of the dataset
 
 from __future__ import annotations
 
+import abc
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from partialfc.distributed import derive_seed
 from partialfc.models.input_config import InputConfig
@@ -131,7 +134,7 @@ class LoaderParams:
     flip: bool = True
 
 
-class PlannedLoader:
+class PlannedLoader(abc.ABC):
     """Epoch and position bookkeeping shared by the DALI and PyTorch loaders.
 
     The loader is inside epoch ``epoch`` after ``position`` batches; a complete pass moves it to
@@ -151,6 +154,18 @@ class PlannedLoader:
 
     def __len__(self) -> int:
         return self._num_batches
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches from the current position to the end of the epoch."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, position and the plan they belong to (a checkpoint's per-rank component)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``; refuse one saved under a different sharding or data plan."""
 
     def plan(self, epoch: int) -> np.ndarray:
         """Image ids of this rank's batches in ``epoch`` (``[len(self), batch_size]``)."""
@@ -176,7 +191,7 @@ class PlannedLoader:
         self.epoch += 1
         self.position = 0
 
-    def _forget_position(self) -> None:
+    def _forget_position(self) -> None:  # noqa: B027 (a hook: only DALI keeps state tied to the position)
         """Drop backend state tied to the current position (overridden by DALI)."""
 
     def _state(self) -> dict[str, Any]:

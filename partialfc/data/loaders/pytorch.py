@@ -25,9 +25,7 @@ from partialfc.models.input_config import InputConfig
 class _EpochBatches(Dataset):
     """Item ``b`` is batch ``b`` of one rank's epoch: decoded, flipped, normalised, in shared memory."""
 
-    def __init__(
-        self, dataset: RecordDataset, plan: np.ndarray, flips: np.ndarray, input_config: InputConfig
-    ) -> None:
+    def __init__(self, dataset: RecordDataset, plan: np.ndarray, flips: np.ndarray, input_config: InputConfig) -> None:
         self.dataset = dataset
         self.plan = plan
         self.flips = flips
