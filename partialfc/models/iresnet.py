@@ -19,7 +19,7 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from partialfc.models.heads import frozen_scale_bn1d
+from partialfc.models.projection import frozen_scale_bn1d
 from partialfc.models.precision import body_autocast, float32_embedding
 from partialfc.models.registry import BackboneOptions, register_model
 
