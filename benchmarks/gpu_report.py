@@ -22,7 +22,7 @@ LAYER_STEPS = ["layer_fp32", "layer_bf16"]  # the suite's steps that run benchma
 TIMEOUT_EXIT_CODES = {124, 137}  # `timeout`: the box ran out (TERM), or the command ignored TERM (KILL)
 # Columns of benchmarks/partial_fc_layer.py's table (header name -> key, type); others are kept as text.
 LAYER_COLUMNS = {
-    "head": ("head", str),
+    "family": ("family", str),
     "C": ("num_classes", int),
     "D": ("dim", int),
     "B/rank": ("batch_per_rank", int),

@@ -183,7 +183,7 @@ def main() -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
 
     header = (
-        f"{'head':>14} {'K':>2} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} "
+        f"{'family':>14} {'K':>2} {'C':>10} {'D':>4} {'B/rank':>6} {'W':>2} {'r':>5} {'S/rank':>8} "
         f"{'gemm':>5} {'param':>5} "
         f"{'step ms':>9} {'floor ms':>9} {'ratio':>6} {'peak GiB/rank':>13} {'centre mem':>10}"
     )

@@ -126,11 +126,11 @@ def test_report_judges_targets_and_names_an_unreadable_table(tmp_path):
     gpu_report = load_benchmark("gpu_report")
     steps = [{"name": name, "rc": 0, "seconds": 30, "box": 75} for name in ("layer_fp32", "layer_bf16")]
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(step) + "\n" for step in steps))
-    header = "  head        C   D B/rank W   r  S/rank gemm param step ms floor ms ratio peak GiB/rank centre mem"
+    header = "family        C   D B/rank W   r  S/rank gemm param step ms floor ms ratio peak GiB/rank centre mem"
     rows = [
-        "margin  1000000 512   128 1 0.1  100000 fp32  fp32    14.0     10.0  1.40          9.00     2.30x",
-        "margin  8000000 512   128 1 0.1  800000 fp32  fp32    32.0     20.0  1.60         50.00     2.40x",
-        "margin  8000000 512   128 1 1.0 8000000 fp32  fp32   160.0    150.0  1.07         60.00     3.50x",
+        "combined  1000000 512   128 1 0.1  100000 fp32  fp32    14.0     10.0  1.40          9.00     2.30x",
+        "combined  8000000 512   128 1 0.1  800000 fp32  fp32    32.0     20.0  1.60         50.00     2.40x",
+        "combined  8000000 512   128 1 1.0 8000000 fp32  fp32   160.0    150.0  1.07         60.00     3.50x",
     ]
     (tmp_path / "layer_fp32.log").write_text("\n".join(["device=cuda", header, *rows]) + "\n")
     (tmp_path / "layer_bf16.log").write_text("C r step ms floor ms\n1000 0.1 2.0 1.0\n")
