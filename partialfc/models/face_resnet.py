@@ -2,8 +2,8 @@
 
 The classic nets use plain conv + PReLU; this version puts a BatchNorm after every conv so
 that deep variants train from scratch at large learning rates without SphereFace's loss
-annealing, and ends in the BN-Dropout-FC-BN embedding projection (:class:`~partialfc.models.projection.EmbeddingProjection`)
-instead of a bare FC. Stage depths (units per stage) follow SphereFace-20/36/64.
+annealing, and ends in the BN-Dropout-FC-BN embedding projection
+(:class:`~partialfc.models.projection.EmbeddingProjection`) instead of a bare FC. Stage depths (units per stage) follow SphereFace-20/36/64.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from partialfc.models.projection import EmbeddingProjection
 from partialfc.models.precision import body_autocast
+from partialfc.models.projection import EmbeddingProjection
 from partialfc.models.registry import BackboneOptions, register_model
 
 FEATURE_MAP = 7  # 112 / 2**4

@@ -19,8 +19,8 @@ from typing import Unpack
 import torch
 from torch import nn
 
-from partialfc.models.projection import frozen_scale_bn1d
 from partialfc.models.precision import body_autocast, float32_embedding
+from partialfc.models.projection import frozen_scale_bn1d
 from partialfc.models.registry import BackboneOptions, register_model
 
 FEATURE_MAP = 7  # 112 / 2**4: stride 2 in each of the four stages
