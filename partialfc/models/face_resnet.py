@@ -3,7 +3,8 @@
 The classic nets use plain conv + PReLU; this version puts a BatchNorm after every conv so
 that deep variants train from scratch at large learning rates without SphereFace's loss
 annealing, and ends in the BN-Dropout-FC-BN embedding projection
-(:class:`~partialfc.models.projection.EmbeddingProjection`) instead of a bare FC. Stage depths (units per stage) follow SphereFace-20/36/64.
+(:class:`~partialfc.models.projection.EmbeddingProjection`) instead of a bare FC. Stage depths (units
+per stage) follow SphereFace-20/36/64.
 """
 
 from __future__ import annotations
