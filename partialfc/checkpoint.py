@@ -206,8 +206,9 @@ def verify_file(path: Path, manifest: Mapping[str, Any]) -> None:
         raise CheckpointError(f"{path}: SHA-256 differs from the manifest (corrupted)")
 
 
-def _load(path: Path, manifest: Mapping[str, Any], mmap: bool = False) -> Any:
-    verify_file(path, manifest)
+def _load(path: Path, manifest: Mapping[str, Any], mmap: bool = False, verified: bool = False) -> Any:
+    if not verified:
+        verify_file(path, manifest)
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
@@ -243,6 +244,8 @@ class Checkpointer:
         self.components = dict(components)
         self.config = dict(config or {})
         self.step_counters = dict(step_counters or {})
+        self._verified: dict[Path, tuple[int, int]] = {}
+        """Files newest_loadable hashed, with (size, mtime_ns) then: load() does not hash them again."""
         self.sharded: dict[str, Sharded] = {}
         for name, c in self.components.items():
             if c.placement == "sharded":
@@ -346,6 +349,8 @@ class Checkpointer:
             manifest = read_manifest(path)
             for name in self._files_needed(manifest):
                 verify_file(path / name, manifest)
+                stat = (path / name).stat()
+                self._verified[path / name] = (stat.st_size, stat.st_mtime_ns)
         except CheckpointError as error:
             return str(error)
         return None
@@ -376,13 +381,13 @@ class Checkpointer:
             )
         resharded = saved_world != self.info.world_size
         differing = _differing_fields(manifest.get("config", {}), self.config)
-        shared = _load(path / _SHARED, manifest)
+        shared = self._read(path / _SHARED, manifest)
         if manifest["format"] == 1:
             shared.setdefault(_EPOCH, {"epoch": int(manifest["epoch"])})
         self._load_all("shared", shared, path / _SHARED, differing)
         if not resharded:
             per_rank_path = path / _part_name(_PER_RANK, self.info.rank, saved_world)
-            self._load_all("per_rank", _load(per_rank_path, manifest), per_rank_path, differing)
+            self._load_all("per_rank", self._read(per_rank_path, manifest), per_rank_path, differing)
         for name, sharded in self.sharded.items():
             if self._absent_optional(name, manifest, saved_world):
                 self.log(f"{path}: no '{name}' component (written before it existed); it keeps its initial state")
@@ -391,10 +396,19 @@ class Checkpointer:
             if resharded:
                 state, own = self._reshard(path, manifest, name, sharded), path / f"{name}-*-of-{saved_world:05d}.pt"
             else:
-                state = _load(own, manifest)["state"]
+                state = self._read(own, manifest)["state"]
             _load_component(sharded, state, own, name, differing)
         self._check_step_counters(path, int(manifest["step"]))
         return LoadedCheckpoint(path, manifest, resharded)
+
+    def _read(self, path: Path, manifest: Mapping[str, Any], mmap: bool = False) -> Any:
+        """A checkpoint file, verified against the manifest unless newest_loadable just did (unchanged since)."""
+        try:
+            stat = path.stat()
+            verified = self._verified.get(path) == (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            verified = False  # verify_file names the problem
+        return _load(path, manifest, mmap=mmap, verified=verified)
 
     def _load_all(self, placement: str, saved: Mapping[str, Any], path: Path, differing: str) -> None:
         for name, component in self._placed(placement).items():
@@ -416,7 +430,7 @@ class Checkpointer:
         for saved_rank in _overlapping_ranks(sharded, saved_world):
             saved_start, saved_num = shard_range(sharded.num_classes, saved_rank, saved_world)
             piece_path = path / _part_name(name, saved_rank, saved_world)
-            piece = _load(piece_path, manifest, mmap=True)
+            piece = self._read(piece_path, manifest, mmap=True)
             if piece["class_start"] != saved_start or piece["num_local"] != saved_num:
                 raise CheckpointError(f"{piece_path}: covers an unexpected class range")
             try:

@@ -4,6 +4,7 @@ compared, manifest formats (format 1's epoch becomes the shared ``epoch`` compon
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -116,3 +117,32 @@ def test_the_epoch_is_a_shared_component_and_format_1_manifests_still_give_it(tm
     (old / "meta.json").write_text(json.dumps({**manifest, "format": 3}))
     with pytest.raises(CheckpointError, match=r"manifest format 3; this partialfc reads formats 1 to 2"):
         Checkpointer(tmp_path, SINGLE, 2, {}).load(old)
+
+
+def test_resume_hashes_each_file_once_and_again_when_it_changed(tmp_path, monkeypatch):
+    """newest_loadable hashes the files it needs; load() reads them without hashing them a second time
+    (a resume of a large centre shard reads it twice, not three times), unless a file changed since."""
+    import partialfc.checkpoint as checkpoint
+
+    components = {"model": Component(nn.Linear(3, 3), "shared"), "centres": Component(PartialFC(4, 6, 1.0), "sharded")}
+    path = Checkpointer(tmp_path, SINGLE, 2, components).save(3)
+    hashed: list[str] = []
+    real_verify = checkpoint.verify_file
+    monkeypatch.setattr(
+        checkpoint, "verify_file", lambda file, manifest: (hashed.append(file.name), real_verify(file, manifest))
+    )
+    resuming = Checkpointer(tmp_path, SINGLE, 2, components)
+    assert resuming.newest_loadable() == path
+    resuming.load(path)
+    assert sorted(hashed) == sorted(["trainer.pt", "rank-00000-of-00001.pt", "centres-00000-of-00001.pt"])
+
+    hashed.clear()
+    assert resuming.newest_loadable() == path
+    trainer_file = path / "trainer.pt"
+    stat = trainer_file.stat()
+    os.utime(trainer_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched after it was verified
+    resuming.load(path)
+    assert hashed.count("trainer.pt") == 2 and hashed.count("centres-00000-of-00001.pt") == 1, hashed
+    hashed.clear()
+    Checkpointer(tmp_path, SINGLE, 2, components).load(path)  # no newest_loadable: every file is hashed
+    assert len(hashed) == 3, hashed
