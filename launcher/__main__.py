@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from launcher.command import (
     DEFAULT_MAX_RESTARTS,
@@ -183,7 +184,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return 0
     print(describe(placement, settings, added, command), file=sys.stderr, flush=True)
     return run_torchrun(
-        command, child_env, node_local_dir("exit", placement, tempfile.gettempdir(), socket.gethostname())
+        command,
+        child_env,
+        node_local_dir("exit", placement, tempfile.gettempdir(), socket.gethostname()),
+        Path(settings.output),
     )
 
 

@@ -47,6 +47,7 @@ class TrainingSettings:
     timeout_s: int
     metrics_port: int
     metrics_dir: str  # metrics.multiproc_dir; empty: the trainer's <output>/prometheus-<node>
+    output: str  # the run directory, where the first failure is recorded
 
 
 def training_settings(train_args: Sequence[str]) -> TrainingSettings:
@@ -57,7 +58,7 @@ def training_settings(train_args: Sequence[str]) -> TrainingSettings:
     from partialfc.train import build_parser
 
     config = config_from_args(build_parser().parse_args(list(train_args)))
-    return TrainingSettings(config.dist.timeout_s, config.metrics.port, config.metrics.multiproc_dir)
+    return TrainingSettings(config.dist.timeout_s, config.metrics.port, config.metrics.multiproc_dir, config.output)
 
 
 def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, temp_dir: str, host: str) -> str | None:
@@ -164,8 +165,9 @@ def cli_nproc(value: str) -> int | str | None:
 def torchrun_command(
     placement: Placement, nproc_per_node: int, max_restarts: int, rdzv_conf: str, train_args: Sequence[str]
 ) -> list[str]:
-    """``python -m torch.distributed.run`` (torchrun) with a c10d rendezvous, then ``-m partialfc.train``."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", placement.nnodes]
+    """torchrun (``python -m launcher.agent``: torchrun in-process, its failure report kept) with a c10d
+    rendezvous, then ``-m partialfc.train``."""
+    command = [sys.executable, "-m", "launcher.agent", "--nnodes", placement.nnodes]
     if placement.node_rank is not None:
         command += ["--node-rank", str(placement.node_rank)]
     command += [

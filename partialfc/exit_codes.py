@@ -7,6 +7,11 @@ names (``PARTIALFC_EXIT_DIR``), and the launcher, which stays torchrun's parent,
 the container's exit code; Kubernetes failure policies can then tell a pre-emption (143) from a
 config error (2) or a crash (1). A deterministic end (2, 3) also stops this node's torchrun agent:
 restarting the workers would only end the same way.
+
+143 means "the pod was asked to stop": the launcher saw SIGTERM (and marks it in the directory before
+passing it on), or the ranks agreed to stop and saved. torchrun's agent also SIGTERMs a node's workers
+when a worker crashed; a worker that gets that SIGTERM while blocked in a collective (NCCL keeps the
+peers of a dead rank blocked) records a failure, so a crash never reads as a pre-emption.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from enum import IntEnum
 from pathlib import Path
 
 EXIT_DIR_VAR = "PARTIALFC_EXIT_DIR"
+POD_SIGTERM = "pod-sigterm"  # written by the launcher when the container's main process gets SIGTERM
+AGENT_FAILURE = "agent-failure.json"  # torchrun's report of the worker failures that ended it
 
 
 class ExitCode(IntEnum):
@@ -36,7 +43,8 @@ class ExitCode(IntEnum):
     def meaning(self) -> str:
         return {
             0: "trained to the end, model.pt written",
-            1: "an error; summary.json's error holds its first line, naming the file, record or rank",
+            1: "an error, or a worker killed by a signal; summary.json's error or the run's first-failure record "
+            "names the rank (file, record; host and signal)",
             2: "config or dataset problem found before training; stderr names the field or path",
             3: "train.nonfinite_patience non-finite steps in a row (train.nonfinite stop)",
             4: "the stall watchdog ended the job; summary.json's error names the stalled rank",
@@ -87,6 +95,18 @@ def record_exit(code: ExitCode) -> None:
         os.kill(os.getppid(), signal.SIGTERM)  # torchrun shuts down instead of restarting the group
 
 
+def note_pod_sigterm(directory: Path) -> None:
+    """Launcher side: the pod itself is being stopped (drain, eviction, pre-emption)."""
+    (directory / POD_SIGTERM).touch()
+
+
+def pod_sigterm_noted() -> bool:
+    """Worker side: did this node's launcher receive SIGTERM? Without a launcher nobody can tell which
+    SIGTERM was the pod's, so a plain torchrun or single process counts every SIGTERM as one."""
+    directory = os.environ.get(EXIT_DIR_VAR)
+    return not directory or (Path(directory) / POD_SIGTERM).exists()
+
+
 def _write_record(directory: Path, code: ExitCode) -> None:
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     rank = int(os.environ.get("RANK", "0") or 0)
@@ -105,8 +125,9 @@ def container_exit_code(directory: Path, torchrun_code: int, sigterm_received: b
     """Launcher side: the container's exit code from the workers' records of their last attempt.
 
     Precedence: a deterministic end (2, 3), a stall (4), a SIGTERM the launcher received and passed
-    on (143: evicted), a worker's failure (1; its peers' 143 is collateral: the agent stopped them),
-    a recorded pre-emption (143); else torchrun's own code (128 + N when killed by signal N).
+    on (143: evicted), a worker's failure (1, also a worker killed by a signal: it records nothing,
+    torchrun's report names it), an agreed pre-emption stop (143); else torchrun's own code
+    (128 + N when torchrun itself was killed by signal N).
     """
     records = sorted(directory.glob("attempt-*-rank-*")) if directory.is_dir() else []
     last_attempt = records[-1].name.split("-rank-")[0] if records else ""
@@ -118,7 +139,8 @@ def container_exit_code(directory: Path, torchrun_code: int, sigterm_received: b
             return code
     if sigterm_received:
         return ExitCode.PREEMPTED
-    for code in (ExitCode.FAILED, ExitCode.PREEMPTED):
-        if code in codes:
-            return code
+    if ExitCode.FAILED in codes or (directory / AGENT_FAILURE).exists():
+        return ExitCode.FAILED
+    if ExitCode.PREEMPTED in codes:
+        return ExitCode.PREEMPTED
     return 128 - torchrun_code if torchrun_code < 0 else (torchrun_code or ExitCode.FAILED)

@@ -5,24 +5,27 @@ MAX all-reduce at the next log step, where the host syncs anyway, makes every ra
 same step, with a checkpoint.
 
 The same signal also comes from torchrun's agent when a *peer* died and the group restarts. Then
-this rank is blocked inside a collective that will never complete, and a Python signal handler
-would not run until the collective timeout (the agent kills it after its own stop timeout). So
-:func:`block_sigterm` blocks SIGTERM in every thread before any is started, and a dedicated
-thread takes it with ``sigwait``: it sets the flag, and ends the process (exit 143) when the
-training loop makes no progress for a while outside a checkpoint save, or on a second SIGTERM.
+this rank is blocked inside a collective that will never complete (NCCL does not fail a collective
+whose peer died), and a Python signal handler would not run until the collective timeout (the agent
+kills it after its own stop timeout). So :func:`block_sigterm` blocks SIGTERM in every thread before
+any is started, and a dedicated thread takes it with ``sigwait``: it sets the flag, and ends the
+process when the training loop makes no progress for a while outside a checkpoint save, or on a
+second SIGTERM. How it ends depends on whose SIGTERM it was: the pod's (the launcher marked it) is a
+pre-emption, 143; the agent's, while blocked, means a peer failed, and the rank records a failure.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
-from partialfc.exit_codes import ExitCode, record_exit
+from partialfc.exit_codes import ExitCode, pod_sigterm_noted, record_exit
 
 
 def block_sigterm() -> None:
@@ -61,9 +64,22 @@ class SigtermFlag:
         self._leave()  # a second SIGTERM: saving takes too long
 
     @staticmethod
-    def _leave() -> None:
-        record_exit(ExitCode.PREEMPTED)
-        os._exit(ExitCode.PREEMPTED)
+    def ending() -> ExitCode:
+        """The code of a rank that leaves without an agreed stop: 143 when the pod is being stopped,
+        else a failure (torchrun's agent stopped the group because a worker failed)."""
+        return ExitCode.PREEMPTED if pod_sigterm_noted() else ExitCode.FAILED
+
+    def _leave(self) -> None:
+        code = self.ending()
+        if code == ExitCode.FAILED:
+            print(
+                "partialfc: SIGTERM from torchrun's agent while blocked in a collective: a peer failed; "
+                "leaving without a checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+        record_exit(code)
+        os._exit(code)
 
     def agreed(self, device: torch.device) -> bool:
         """Collective: True on every rank when any rank received SIGTERM."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from crash_loop import HOST_NAMES, CrashLoop, run_crash_loop
 from netns_cluster import COLD_GAP_S, Job, can_make_hosts, jobset_env, make_hosts, training
 
 from partialfc.data.synth import generate_synthetic_dataset
@@ -21,12 +24,30 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 COLD_START_TEST = "tests/multinode/test_cold_start.py"
+CRASH_LOOP_TEST = "tests/multinode/test_endings.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The cold-start test runs last: its job (started by ``cold_start_node`` at the first test) then
-    overlaps the whole suite instead of being awaited halfway through it."""
-    items.sort(key=lambda item: item.nodeid.startswith(COLD_START_TEST))
+    """The tests of jobs started at the session's first test (``cold_start_node``, ``crash_loop``) run
+    last: those jobs then overlap the whole suite instead of being awaited halfway through it."""
+    items.sort(key=lambda item: item.nodeid.startswith((COLD_START_TEST, CRASH_LOOP_TEST)))
+
+
+def _collected(request, test_file: str) -> bool:
+    return any(item.nodeid.startswith(test_file) for item in request.session.items) and can_make_hosts()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crash_loop(request) -> Iterator[Future[CrashLoop] | None]:
+    """tests/crash_loop.py's two-node job, run in a thread from the session's first test when its test is
+    collected and the machine can run it (else None); the test waits for its outcome."""
+    if not _collected(request, CRASH_LOOP_TEST) or shutil.which("iptables") is None:
+        yield None
+        return
+    output = request.getfixturevalue("tmp_path_factory").mktemp("crash-loop") / "run"
+    dataset = request.getfixturevalue("tiny_dataset")
+    with ThreadPoolExecutor(1) as pool, make_hosts(HOST_NAMES) as hosts:  # on exit: the nodes first, then the thread
+        yield pool.submit(run_crash_loop, hosts, dataset, output)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,7 +57,7 @@ def cold_start_node(request) -> Iterator[Job | None]:
     test checks the outcome. The gap must exceed what torch's own store client tolerates (minutes),
     so it overlaps the suite; dist.timeout_s 1800 (the manifests' value) makes node 1 wait for the
     rendezvous (read_timeout = join_timeout) longer than any suite takes to get there."""
-    if not any(item.nodeid.startswith(COLD_START_TEST) for item in request.session.items) or not can_make_hosts():
+    if not _collected(request, COLD_START_TEST):
         yield None
         return
     output = request.getfixturevalue("tmp_path_factory").mktemp("cold") / "run"

@@ -61,6 +61,57 @@ class Host:
         result = subprocess.run(["ip", "netns", "pids", self.namespace], capture_output=True, text=True, timeout=30)
         return [int(pid) for pid in result.stdout.split()]
 
+    def workers(self) -> dict[int, int]:
+        """The training workers on this node, local rank -> pid: the children of its torchrun agent."""
+        found = {}
+        for pid, (parent, cmdline) in _processes(self.pids()).items():
+            if b"partialfc.train" in cmdline and b"launcher.agent" in _processes([parent]).get(parent, (0, b""))[1]:
+                environ = dict(
+                    item.split(b"=", 1) for item in _read(f"/proc/{pid}/environ").split(b"\0") if b"=" in item
+                )
+                if b"LOCAL_RANK" in environ:
+                    found[int(environ[b"LOCAL_RANK"])] = pid
+        return found
+
+    def hide_dead_peers(self, rendezvous_port: int = 29400) -> None:
+        """Make a process that dies on this node look, to its peers, as it does under NCCL: they are not told.
+
+        A process that dies closes its sockets: the kernel sends FIN (RST where data was unread), so a gloo
+        peer fails its collective at once with "Connection reset by peer". NCCL's transports (InfiniBand
+        verbs, NVLink, shared memory) carry no such notice, and its peers stay blocked in the collective
+        until its timeout or watchdog. Dropping this node's outgoing FIN and RST segments (loopback
+        included, so its local peers too) gives gloo the same blind spot. The agents' rendezvous store
+        speaks plain TCP under NCCL too, so its connections (``rendezvous_port``) keep theirs.
+        """
+        for flags in (("FIN,RST", "FIN"), ("RST", "RST")):
+            subprocess.run(
+                [
+                    *("ip", "netns", "exec", self.namespace, "iptables", "-A", "OUTPUT", "-p", "tcp"),
+                    *("!", "--sport", str(rendezvous_port), "!", "--dport", str(rendezvous_port)),
+                    *("--tcp-flags", *flags, "-j", "DROP"),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""  # exited meanwhile
+
+
+def _processes(pids: Sequence[int]) -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) of those of ``pids`` still running."""
+    found = {}
+    for pid in pids:
+        stat, cmdline = _read(f"/proc/{pid}/stat"), _read(f"/proc/{pid}/cmdline")
+        if stat:
+            found[pid] = (int(stat.rsplit(b")", 1)[1].split()[1]), cmdline)
+    return found
+
 
 def can_make_hosts() -> bool:
     return sys.platform == "linux" and os.geteuid() == 0 and shutil.which("unshare") is not None
@@ -209,6 +260,7 @@ class Job:
     processes: dict[int, subprocess.Popen] = field(default_factory=dict)  # by node
     logs: list[Path] = field(default_factory=list)
     returncodes: list[int] = field(default_factory=list)
+    nproc_per_node: int = 1  # the manifests' `--nproc-per-node` argument
 
     def start_node(self, node: int) -> subprocess.Popen:
         """Start (or start again) node ``node``'s launcher, as its pod's container would be."""
@@ -221,7 +273,7 @@ class Job:
             "-m",
             "launcher",
             "--nproc-per-node",
-            "1",
+            str(self.nproc_per_node),
             "--",
             *self.args,
         ]

@@ -30,7 +30,7 @@ INDEXED = {"JOB_COMPLETION_INDEX": "1", "PARTIALFC_NNODES": "2", "PARTIALFC_RDZV
 def test_command_has_a_c10d_rendezvous_and_passes_training_arguments_through():
     placement = detect(INDEXED)
     command = torchrun_command(placement, 8, 3, "join_timeout=600", ["--config", "c.yaml", "--optim.lr", "0.2"])
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "launcher.agent"]
     flags = dict(zip(command[3:-6:2], command[4:-6:2]))
     assert flags == {
         "--nnodes": "2",
@@ -127,12 +127,12 @@ def test_multi_node_metrics_go_to_a_node_local_directory_unless_one_is_named():
     # The trainer's default lies on shared storage under a node number the rendezvous may change.
     multi, single = detect(INDEXED), detect({})
     assert (
-        node_local_metrics_dir(multi, TrainingSettings(1800, 9400, ""), "/tmp", "gpu/7")
+        node_local_metrics_dir(multi, TrainingSettings(1800, 9400, "", "runs/x"), "/tmp", "gpu/7")
         == "/tmp/partialfc-metrics-partialfc-r50-0.r50-gpu_7"
     )
-    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, "/run/m"), "/tmp", "gpu7") is None
-    assert node_local_metrics_dir(multi, TrainingSettings(1800, 0, ""), "/tmp", "gpu7") is None
-    assert node_local_metrics_dir(single, TrainingSettings(1800, 9400, ""), "/tmp", "gpu7") is None
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 9400, "/run/m", "runs/x"), "/tmp", "gpu7") is None
+    assert node_local_metrics_dir(multi, TrainingSettings(1800, 0, "", "runs/x"), "/tmp", "gpu7") is None
+    assert node_local_metrics_dir(single, TrainingSettings(1800, 9400, "", "runs/x"), "/tmp", "gpu7") is None
 
 
 def test_split_arguments():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from training_run import REPO, train_args
 
-from partialfc.exit_codes import ExitCode, container_exit_code, markdown_table, record_exit
+from partialfc.exit_codes import AGENT_FAILURE, ExitCode, container_exit_code, markdown_table, record_exit
 
 SCHEDULER_PREFIXES = (
     "PET_",
@@ -47,6 +47,7 @@ def records(directory: Path, attempt: int, *codes: int) -> None:
         ({}, 1, True, 143),  # evicted before any worker recorded anything: still not a failure
         ({0: (2, 2), 1: (1, 143)}, 1, False, 1),  # only the last attempt counts
         ({0: (1, 143)}, 1, False, 1),
+        ({0: (143, 143)}, 1, False, 143),  # an agreed stop (the agent restarted the group for a new node)
         ({}, -9, False, 137),
     ],
 )
@@ -54,6 +55,15 @@ def test_container_exit_code_precedence(tmp_path, attempts, torchrun_code, sigte
     for attempt, codes in attempts.items():
         records(tmp_path, attempt, *codes)
     assert container_exit_code(tmp_path, torchrun_code, sigterm) == expected
+
+
+def test_a_worker_killed_by_a_signal_is_a_counted_failure_whatever_its_peers_recorded(tmp_path):
+    """The killed worker records nothing; torchrun's report (launcher/agent.py) names it. Its peers'
+    records cannot turn that into a pre-emption unless the pod itself got SIGTERM."""
+    records(tmp_path, 3, 143)
+    (tmp_path / AGENT_FAILURE).write_text("{}")
+    assert container_exit_code(tmp_path, 1, sigterm_received=False) == ExitCode.FAILED
+    assert container_exit_code(tmp_path, 1, sigterm_received=True) == ExitCode.PREEMPTED
 
 
 def test_record_exit_writes_this_ranks_code_for_the_launcher(tmp_path, monkeypatch):
@@ -186,3 +196,48 @@ def test_plain_torchrun_does_not_retry_a_config_error_either(tiny_dataset, tmp_p
     )
     errors = re.findall(r"config error: data.num_classes=7 but dataset", result.stdout + result.stderr)
     assert result.returncode != 0 and len(errors) == 2, f"{len(errors)} config errors: torchrun restarted the workers"
+
+
+# A stand-in for torchrun under the launcher: it says it is ready, waits for the signal the launcher
+# passes on, notes whether the launcher marked the pod's SIGTERM, and exits 1 as torchrun does on a signal.
+FAKE_TORCHRUN = """
+import os, signal, sys
+from pathlib import Path
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+Path(sys.argv[1]).write_text("ready")
+received = signal.sigwait({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+marked = (Path(os.environ["PARTIALFC_EXIT_DIR"]) / "pod-sigterm").exists()
+Path(sys.argv[2]).write_text(f"{received.name} {marked}")
+sys.exit(1)
+"""
+
+SUPERVISE = """
+import sys
+from pathlib import Path
+from launcher.supervise import run_torchrun
+command = [sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]]
+sys.exit(run_torchrun(command, {}, Path(sys.argv[4]), Path(sys.argv[5])))
+"""
+
+
+@pytest.mark.parametrize(
+    "signum, expected", [(signal.SIGTERM, ExitCode.PREEMPTED), (signal.SIGHUP, 1), (signal.SIGINT, 1)]
+)
+def test_only_the_pods_sigterm_makes_the_launcher_exit_143(tmp_path, signum, expected):
+    """kubelet stops a container with SIGTERM; a SIGHUP (a closed terminal) or SIGINT (Ctrl-C) is passed
+    on to torchrun too, but is not a pre-emption: the policies must count the failure it causes."""
+    ready, seen, exit_dir = tmp_path / "ready", tmp_path / "seen", tmp_path / "exit"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISE, FAKE_TORCHRUN, str(ready), str(seen), str(exit_dir), str(tmp_path / "run")],
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the fake torchrun did not start"
+            time.sleep(0.01)
+        launcher.send_signal(signum)
+        assert launcher.wait(timeout=60) == expected
+    finally:
+        launcher.kill()
+    assert seen.read_text() == f"{signum.name} {signum == signal.SIGTERM}"

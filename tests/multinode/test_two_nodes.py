@@ -1,7 +1,8 @@
 """Real two-node jobs through the launcher, each node a host of its own (tests/netns_cluster.py),
 started with exactly what each scheduler injects: an uninterrupted run; a worker SIGKILLed and
-restarted in place; a node replaced mid-run; a node evicted (SIGTERM) and brought back. Each
-interrupted run must end bit-identical to the uninterrupted one."""
+restarted in place; a node replaced mid-run; a node evicted (SIGTERM) and brought back, its 143 not
+counted by any shipped failure policy (tests/k8s_policies.py). Each interrupted run must end
+bit-identical to the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from endings_table import ending
+from k8s_policies import Pod, policy_verdicts
 from netns_cluster import (
     EVERY,
     NODE_TIMEOUT_S,
@@ -31,23 +33,6 @@ from netns_cluster import (
 )
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and /proc are Linux-only")
-
-
-def worker_of(host: Host) -> int:
-    """The pid of the training worker on ``host``: the child of its torchrun agent (the launcher's child)."""
-    processes = {}
-    for pid in host.pids():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            processes[pid] = (int(stat.rsplit(")", 1)[1].split()[1]), Path(f"/proc/{pid}/cmdline").read_bytes())
-        except (OSError, IndexError):
-            continue  # exited meanwhile
-    agents = {pid for pid, (_, cmdline) in processes.items() if b"torch.distributed.run" in cmdline}
-    workers = [
-        pid for pid, (parent, cmdline) in processes.items() if parent in agents and b"partialfc.train" in cmdline
-    ]
-    assert len(workers) == 1, f"expected one partialfc.train worker under torchrun on {host.namespace}: {processes}"
-    return workers[0]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +75,9 @@ def test_killed_worker_restarts_in_place_and_ends_bit_identical(plain_job, two_h
             NODE_TIMEOUT_S,
             f"checkpoint {EVERY}",
         )
-        victim = worker_of(two_hosts[1])
+        workers = two_hosts[1].workers()
+        assert len(workers) == 1, workers
+        victim = workers[0]
         os.kill(victim, signal.SIGKILL)
     finally:
         returncodes = job.wait()
@@ -148,7 +135,12 @@ def test_evicted_node_saves_a_checkpoint_and_the_job_resumes_from_it(plain_job, 
         saved = job.output / "checkpoints" / f"step-{preempted['step']:08d}"
         assert preempted["step"] > EVERY and (saved / "meta.json").exists(), (preempted, job.log_text())
         assert job.processes[0].poll() is None, "node 0 must wait for the replacement: " + job.log_text()
-        assert evicted.returncode == 143, "an eviction must not look like a failure to the pod: " + job.log_text()
+        assert evicted.returncode == 143 == ending("pod SIGTERM").exit_code(), (
+            "an eviction must not look like a failure"
+        )
+        for disrupted in (True, False):  # an eviction sets DisruptionTarget; Kueue's pre-emption only deletes the pod
+            verdicts = policy_verdicts(Pod(evicted.returncode, disrupted=disrupted, deleted=True))
+            assert all(v.retried and not v.counted for v in verdicts.values()), verdicts
         job.start_node(1)
     finally:
         returncodes = job.wait()
