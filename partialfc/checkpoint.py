@@ -120,6 +120,7 @@ class _HashingWriter(io.RawIOBase):
 
     def __init__(self, f: io.BufferedWriter) -> None:
         self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+        self.error: OSError | None = None  # torch.save's zip writer reports it only as a RuntimeError
 
     def writable(self) -> bool:
         return True
@@ -127,20 +128,38 @@ class _HashingWriter(io.RawIOBase):
     def write(self, data: bytes | memoryview) -> int:  # type: ignore[override]
         self.sha256.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as error:
+            self.error = error
+            raise
 
 
 def _save_synced(obj: Any, path: Path) -> dict[str, Any]:
     """torch.save + fsync; returns the file's manifest entry (size, SHA-256)."""
+    writer = None
     try:
         with open(path, "wb") as f:
             writer = _HashingWriter(f)
             torch.save(obj, cast(IO[bytes], writer))  # a binary file object that hashes what passes through
             f.flush()
             os.fsync(f.fileno())
-    except OSError as error:
-        raise CheckpointError(f"cannot write checkpoint file {path}: {error.strerror or error}") from error
+    except (OSError, RuntimeError) as raised:
+        error = raised if isinstance(raised, OSError) else writer.error if writer else None
+        if error is None:
+            raise
+        raise CheckpointError(
+            f"cannot write checkpoint file {path}: {error.strerror or error} ({_free_space(path.parent)})"
+        ) from error
     return {"bytes": writer.size, "sha256": writer.sha256.hexdigest()}
+
+
+def _free_space(directory: Path) -> str:
+    """What an operator needs next to a failed write: how much room is left there."""
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**30:.2f} GiB free on {directory}"
+    except OSError:
+        return f"free space on {directory} unknown"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -301,6 +320,8 @@ class Checkpointer:
         all_entries = _gather_objects((str(error) if error else None, entries))
         failures = [message for message, _ in all_entries if message]
         if failures:
+            if info.is_main:  # give back the room a partial save took (a full disk); the complete ones stay
+                shutil.rmtree(partial, ignore_errors=True)
             raise CheckpointError(f"checkpoint {final} not saved: {failures[0]}")
         if info.is_main:
             manifest = {
@@ -324,6 +345,23 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return final
+
+    def check_room(self, path: Path) -> None:
+        """Fail at start, on every rank, when the checkpoint directory lacks the room for one more save of
+        the size of ``path``: else each restart would train until its next save and fail there again.
+        Rotation removes old checkpoints only after a save completed, so one full save must fit."""
+        problem = None
+        if self.info.is_main:
+            need = sum(entry["bytes"] for entry in read_manifest(path)["files"].values())
+            free = shutil.disk_usage(self.root).free
+            if free < need:
+                problem = (
+                    f"no room for the next checkpoint: {_free_space(self.root)}, a checkpoint of this run takes "
+                    f"{need / 2**30:.2f} GiB ({path.name}); free space or lower checkpoint.keep"
+                )
+        problem = _gather_objects(problem)[0]
+        if problem:
+            raise CheckpointError(problem)
 
     # ------------------------------------------------------------------ load
     def newest_loadable(self) -> Path | None:

@@ -490,6 +490,7 @@ class Trainer:
             str(path),
         )
         loaded = self.checkpointer.load(path)
+        self.checkpointer.check_room(path)
         # A checkpoint written before plans were recorded, or an allowed new length (train.max_steps counts
         # steps of this job's global batch): the plan is this job's config, counted from the step reached.
         if not self.progress.plan_batch or any(change.field.startswith("train.") for change in changes):

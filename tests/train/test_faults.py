@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -174,3 +176,63 @@ def test_a_component_the_checkpoint_lacks_is_named(tiny_dataset, good_run, tmp_p
     output = copy_run(good_run, tmp_path)
     with pytest.raises(CheckpointError, match=r"trainer.pt: has no 'ema' component"):
         make_trainer(tiny_dataset, output, **{**GOOD, "train.ema_decay": 0.9}).fit()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem that fills up: a 16 MiB tmpfs (root only; CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is made with a tmpfs mount, which needs root (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True, timeout=30)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True, timeout=30)
+
+
+def checkpoint_bytes(checkpoint) -> int:
+    return sum(entry["bytes"] for entry in json.loads((checkpoint / "meta.json").read_text())["files"].values())
+
+
+def fill(disk, leave: int) -> None:
+    """Fill ``disk`` to the last byte, then give back ``leave`` bytes."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while True:
+                f.write(b"\0" * 2**16)
+                f.flush()
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+
+
+def test_no_space_mid_save_keeps_the_good_checkpoints_and_names_the_free_space(
+    tiny_dataset, good_run, small_disk
+):
+    output = small_disk / "run"
+    shutil.copytree(good_run, output)
+    good = output / "checkpoints" / "step-00000006"
+    trainer = make_trainer(tiny_dataset, output, **{**GOOD, **LONGER})
+    trainer._resume()
+    fill(small_disk, leave=checkpoint_bytes(good) // 2)
+    with pytest.raises(CheckpointError, match="No space left on device") as raised:
+        trainer.checkpointer.save(8)
+    assert f"GiB free on {output / 'checkpoints' / 'step-00000008.partial'}" in str(raised.value), raised.value
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    assert trainer.checkpointer.newest_loadable() == good  # every file verifies against its manifest
+
+
+def test_a_restart_on_a_full_disk_fails_at_once_instead_of_training_to_the_next_save(
+    tiny_dataset, good_run, small_disk
+):
+    """A persistent full disk ends each restart before any step: the restarts are spent in seconds and the
+    container's exit, 1, is counted by the failure policies, instead of each restart retraining to the save."""
+    output = small_disk / "run"
+    shutil.copytree(good_run, output)
+    fill(small_disk, leave=checkpoint_bytes(output / "checkpoints" / "step-00000006") // 2)
+    trainer = make_trainer(tiny_dataset, output, **{**GOOD, **LONGER})
+    with pytest.raises(CheckpointError, match="no room for the next checkpoint: .* GiB free on .* takes"):
+        trainer.fit()
+    assert trainer.progress.step == 6, "trained before failing"
+    assert "no room for the next checkpoint" in summary(output)["error"]
