@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import chaos
 import pytest
 from crash_loop import HOST_NAMES, CrashLoop, run_crash_loop
 from netns_cluster import COLD_GAP_S, Job, can_make_hosts, jobset_env, make_hosts, training
@@ -25,12 +26,13 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 COLD_START_TEST = "tests/multinode/test_cold_start.py"
 CRASH_LOOP_TEST = "tests/multinode/test_endings.py"
+CHAOS_TEST = "tests/multinode/test_chaos.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests of jobs started at the session's first test (``cold_start_node``, ``crash_loop``) run
+    """The tests of jobs started at the session's first test (``cold_start_node``, ``crash_loop``, ``chaos_run``) run
     last: those jobs then overlap the whole suite instead of being awaited halfway through it."""
-    items.sort(key=lambda item: item.nodeid.startswith((COLD_START_TEST, CRASH_LOOP_TEST)))
+    items.sort(key=lambda item: item.nodeid.startswith((COLD_START_TEST, CRASH_LOOP_TEST, CHAOS_TEST)))
 
 
 def _collected(request, test_file: str) -> bool:
@@ -48,6 +50,19 @@ def crash_loop(request) -> Iterator[Future[CrashLoop] | None]:
     dataset = request.getfixturevalue("tiny_dataset")
     with ThreadPoolExecutor(1) as pool, make_hosts(HOST_NAMES) as hosts:  # on exit: the nodes first, then the thread
         yield pool.submit(run_crash_loop, hosts, dataset, output)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chaos_run(request) -> Iterator[Future[chaos.Chaos] | None]:
+    """tests/chaos.py's fault-free and chaos runs, in a thread from the session's first test when the chaos
+    test is collected (else None)."""
+    if not _collected(request, CHAOS_TEST):
+        yield None
+        return
+    base = request.getfixturevalue("tmp_path_factory").mktemp("chaos")
+    dataset = request.getfixturevalue("tiny_dataset")
+    with ThreadPoolExecutor(1) as pool, make_hosts(chaos.HOST_NAMES) as hosts:  # on exit: the nodes, then the thread
+        yield pool.submit(chaos.run_chaos, hosts, dataset, base / "run", base / "reference")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -23,6 +23,7 @@ class Ending:
     torchrun: str  # what torchrun's agent does
     codes: tuple[int, ...]  # the node's exit records in the last attempt
     torchrun_code: int  # torchrun's own exit status (Popen's: -N when killed by signal N)
+    lost: str = "the steps since the newest checkpoint"  # the work a resume repeats
     pod_sigterm: bool = False  # the launcher, the container's main process, got SIGTERM
     signal_death: bool = False  # torchrun's report names a worker killed by a signal
     disrupted: bool = False  # the pod carries DisruptionTarget
@@ -39,7 +40,7 @@ class Ending:
 
 RESTARTS = "restarts the group in place (`--max-restarts`), each rank resumes; when spent, exits 1"
 ENDINGS = [
-    Ending("success", "0 on every rank", "exits 0", (0, 0), 0),
+    Ending("success", "0 on every rank", "exits 0", (0, 0), 0, lost="none"),
     Ending(
         "worker exception (bad record, CUDA OOM, a bug)",
         "1; the rank writes the first-failure record with its error, peers report it (`PeerFailure`)",
@@ -76,6 +77,15 @@ ENDINGS = [
         RESTARTS,
         (4, 4),
         1,
+        lost="the steps since the newest checkpoint, and `train.stall_timeout_s`",
+    ),
+    Ending(
+        "checkpoint write fails (disk full)",
+        "1 on every rank, naming the file and the free space; a start without room for one more checkpoint "
+        "fails before training",
+        RESTARTS,
+        (1, 1),
+        1,
     ),
     Ending(
         "pod SIGTERM (drain, API eviction, Kueue pre-emption)",
@@ -86,6 +96,7 @@ ENDINGS = [
         pod_sigterm=True,
         disrupted=True,
         deleted=True,
+        lost="none: saved at the next log step",
     ),
     Ending(
         "agreed stop seen by another node (its peer's pod got SIGTERM)",
@@ -93,6 +104,7 @@ ENDINGS = [
         "restarts the group; waits in the rendezvous for the replacement",
         (143, 143),
         1,
+        lost="none: saved at the next log step",
     ),
     Ending(
         "config or data error found before training",
@@ -100,6 +112,7 @@ ENDINGS = [
         "stops without restarting (SIGTERM from the worker), exits 1",
         (2, 2),
         1,
+        lost="none (nothing trained)",
     ),
     Ending(
         "divergence (`train.nonfinite: stop`)",
@@ -107,6 +120,7 @@ ENDINGS = [
         "stops without restarting, exits 1",
         (3, 3),
         1,
+        lost="the non-finite steps (dropped); the checkpoints before them are kept",
     ),
 ]
 
@@ -117,8 +131,8 @@ def _cell(verdict) -> str:
 
 def markdown() -> str:
     header = [
-        "| cause | workers record | torchrun | container exit | Indexed Job | JobSet | PyTorchJob |",
-        "|---|---|---|---|---|---|---|",
+        "| cause | workers record | torchrun | container exit | work lost | Indexed Job | JobSet | PyTorchJob |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for ending in ENDINGS:

@@ -185,6 +185,7 @@ HOSTNAMES = {
     "pe": ("pe-worker-0", "pe-worker-1"),
     "ix": ("ix-0", "ix-1"),
     "cs": ("cs-node-0-0", "cs-node-0-1"),
+    "ch": ("ch-node-0-0", "ch-node-0-1"),
 }
 
 
@@ -261,11 +262,19 @@ class Job:
     logs: list[Path] = field(default_factory=list)
     returncodes: list[int] = field(default_factory=list)
     nproc_per_node: int = 1  # the manifests' `--nproc-per-node` argument
+    launcher_args: tuple[str, ...] = ()  # more launcher options from the container's args
+
+    def tmp_dir(self, node: int) -> Path:
+        """Node ``node``'s /tmp: each pod has its own (an emptyDir in the manifests), so jobs running side
+        by side never share the launcher's node-local exit and metrics directories."""
+        return self.output.parent / f"{self.output.name}-tmp-node{node}"
 
     def start_node(self, node: int) -> subprocess.Popen:
         """Start (or start again) node ``node``'s launcher, as its pod's container would be."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
         env.update(self.make_env(node))
+        self.tmp_dir(node).mkdir(exist_ok=True)
+        env["TMPDIR"] = str(self.tmp_dir(node))
         log = self.output.parent / f"{self.output.name}-node{node}-{len(self.logs)}.log"
         command = [
             *self.hosts[node].prefix(HOSTNAMES[self.name][node]),
@@ -274,6 +283,7 @@ class Job:
             "launcher",
             "--nproc-per-node",
             str(self.nproc_per_node),
+            *self.launcher_args,
             "--",
             *self.args,
         ]

@@ -149,3 +149,12 @@ def straight_and_resumed(dataset: Path, tmp_path: Path, **settings: object) -> t
     assert second.fit() == "finished"
     assert "resumed from" in (resumed / "train.log").read_text()
     return straight, resumed, first, second
+
+
+def fill_disk(filler: Path, leave: int) -> None:
+    """Grow ``filler`` until its filesystem is full (ENOSPC), then give back ``leave`` bytes."""
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 2**16)
+            f.flush()
+    os.truncate(filler, max(0, filler.stat().st_size - leave))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -11,7 +10,7 @@ import subprocess
 
 import pytest
 import torch
-from training_run import make_trainer, run_training, train_args
+from training_run import fill_disk, make_trainer, run_training, train_args
 
 from partialfc.checkpoint import CheckpointError
 from partialfc.config import ConfigError
@@ -196,26 +195,13 @@ def checkpoint_bytes(checkpoint) -> int:
     return sum(entry["bytes"] for entry in json.loads((checkpoint / "meta.json").read_text())["files"].values())
 
 
-def fill(disk, leave: int) -> None:
-    """Fill ``disk`` to the last byte, then give back ``leave`` bytes."""
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        with contextlib.suppress(OSError):  # ENOSPC: full
-            while True:
-                f.write(b"\0" * 2**16)
-                f.flush()
-    os.truncate(filler, max(0, filler.stat().st_size - leave))
-
-
-def test_no_space_mid_save_keeps_the_good_checkpoints_and_names_the_free_space(
-    tiny_dataset, good_run, small_disk
-):
+def test_no_space_mid_save_keeps_the_good_checkpoints_and_names_the_free_space(tiny_dataset, good_run, small_disk):
     output = small_disk / "run"
     shutil.copytree(good_run, output)
     good = output / "checkpoints" / "step-00000006"
     trainer = make_trainer(tiny_dataset, output, **{**GOOD, **LONGER})
     trainer._resume()
-    fill(small_disk, leave=checkpoint_bytes(good) // 2)
+    fill_disk(small_disk / "filler", leave=checkpoint_bytes(good) // 2)
     with pytest.raises(CheckpointError, match="No space left on device") as raised:
         trainer.checkpointer.save(8)
     assert f"GiB free on {output / 'checkpoints' / 'step-00000008.partial'}" in str(raised.value), raised.value
@@ -230,9 +216,9 @@ def test_a_restart_on_a_full_disk_fails_at_once_instead_of_training_to_the_next_
     container's exit, 1, is counted by the failure policies, instead of each restart retraining to the save."""
     output = small_disk / "run"
     shutil.copytree(good_run, output)
-    fill(small_disk, leave=checkpoint_bytes(output / "checkpoints" / "step-00000006") // 2)
+    fill_disk(small_disk / "filler", leave=checkpoint_bytes(output / "checkpoints" / "step-00000006") // 2)
     trainer = make_trainer(tiny_dataset, output, **{**GOOD, **LONGER})
-    with pytest.raises(CheckpointError, match="no room for the next checkpoint: .* GiB free on .* takes"):
+    with pytest.raises(CheckpointError, match=r"no room for the next checkpoint: .* GiB free on .* takes"):
         trainer.fit()
     assert trainer.progress.step == 6, "trained before failing"
     assert "no room for the next checkpoint" in summary(output)["error"]
