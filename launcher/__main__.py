@@ -17,6 +17,7 @@ from launcher.command import (
     TrainingSettings,
     apply_overrides,
     cli_nproc,
+    gpu_request,
     node_local_dir,
     node_local_metrics_dir,
     rendezvous_conf,
@@ -28,7 +29,9 @@ from launcher.command import (
 from launcher.environment import NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, LaunchEnvironmentError, Placement, detect
 from launcher.supervise import run_torchrun
 from partialfc.cli import ArgumentParser
+from partialfc.device_check import CudaProbe, GpuRequest, device_type, probe_cuda, require_compiler
 from partialfc.exit_codes import help_text
+from partialfc.options import ConfigError
 
 EPILOG = f"""\
 environments recognised (first match wins; variables a user sets explicitly, PET_* included, win):
@@ -57,6 +60,14 @@ The launcher stays torchrun's parent: it passes SIGTERM/SIGINT/SIGHUP on, and it
 job's (the workers record theirs in $TMPDIR/partialfc-exit-<rdzv id>-<host name>); 2 for a launch
 environment or config it cannot use. A config error or a divergence stops torchrun at once instead
 of letting it restart the workers into the same end.
+
+GPUs: dist.device cuda in the training config (the Kubernetes ConfigMap and the GPU presets set it)
+with --nproc-per-node N asks for N GPUs on this node (auto: at least one); --nproc-per-node gpu asks
+for at least one whatever dist.device says. Where torch sees fewer (no device, CUDA_VISIBLE_DEVICES
+empty, a driver too old for torch's CUDA build) the launcher exits 2 before starting torchrun,
+naming the GPUs asked and found, torch's CUDA version, the driver's version and torch's warning.
+--model.compile true exits 2 the same way when the compiler torch.compile needs is missing (GPU: CC,
+gcc or clang for Triton; CPU: CXX or g++). --print plans without either check.
 
 {help_text()}
 
@@ -115,13 +126,32 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def visible_gpus() -> int:
-    import torch
+def nproc_given_as(cli_value: int | str | None, env: Mapping[str, str]) -> str:
+    """How the worker count was given (the flag wins over PET_NPROC_PER_NODE), as messages name it."""
+    if cli_value is not None:
+        return f"--nproc-per-node {cli_value}"
+    if env.get("PET_NPROC_PER_NODE"):
+        return f"PET_NPROC_PER_NODE={env['PET_NPROC_PER_NODE']}"
+    return "--nproc-per-node auto (the default)"
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+def check_node(
+    request: GpuRequest | None, settings: TrainingSettings, probe: CudaProbe, env: Mapping[str, str]
+) -> None:
+    """ConfigError when this node lacks the GPUs asked for, or the compiler ``model.compile`` needs."""
+    if request:
+        request.check(probe)
+    if settings.compile:
+        require_compiler(device_type(settings.device, probe), env)
 
 
-def describe(placement: Placement, settings: TrainingSettings, added: Mapping[str, str], command: list[str]) -> str:
+def describe(
+    placement: Placement,
+    settings: TrainingSettings,
+    request: GpuRequest | None,
+    added: Mapping[str, str],
+    command: list[str],
+) -> str:
     lines = [f"environment: {placement.source}"]
     lines += [f"  {name}={value}" for name, value in placement.variables.items()]
     rank = "assigned by the rendezvous" if placement.node_rank is None else str(placement.node_rank)
@@ -129,6 +159,9 @@ def describe(placement: Placement, settings: TrainingSettings, added: Mapping[st
         f"nodes: {placement.nnodes}, this node's rank: {rank}",
         f"rendezvous: c10d at {placement.rdzv_endpoint}, id {placement.rdzv_id}",
         f"collective timeout (dist.timeout_s): {settings.timeout_s} s",
+        f"GPUs asked: {request.count} ({request.asked_by}), checked before torchrun starts"
+        if request
+        else f"GPUs asked: none (dist.device={settings.device})",
     ]
     if settings.metrics_port:
         directory = settings.metrics_dir or "<output>/prometheus-<node>"
@@ -169,9 +202,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if metrics_dir:
         train_args += ["--metrics.multiproc_dir", metrics_dir]
         settings = replace(settings, metrics_dir=metrics_dir)
+    probe = probe_cuda()  # the first CUDA query of this process: it alone sees torch's initialisation warning
     try:
-        nproc = resolve_nproc(placement.nproc_per_node, visible_gpus(), os.cpu_count() or 1)
-    except LaunchEnvironmentError as error:
+        request = gpu_request(placement.nproc_per_node, nproc_given_as(args.nproc_per_node, env), settings.device)
+        if not args.print_only:  # --print plans for the node it describes, which may be another
+            check_node(request, settings, probe, env)
+        nproc = resolve_nproc(placement.nproc_per_node, probe.gpus, os.cpu_count() or 1, settings.device)
+    except (LaunchEnvironmentError, ConfigError) as error:
         print(f"launcher: {error}", file=sys.stderr)
         return 2
     max_restarts = DEFAULT_MAX_RESTARTS if placement.max_restarts is None else placement.max_restarts
@@ -180,9 +217,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     )
     child_env, added = torchrun_environment(env)
     if args.print_only:
-        print(describe(placement, settings, added, command))
+        print(describe(placement, settings, request, added, command))
         return 0
-    print(describe(placement, settings, added, command), file=sys.stderr, flush=True)
+    print(describe(placement, settings, request, added, command), file=sys.stderr, flush=True)
     return run_torchrun(
         command,
         child_env,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.environment import LaunchEnvironmentError, Placement, check_nnodes, nproc_from, parse_nproc
+from partialfc.device_check import GpuRequest
 
 DEFAULT_MAX_RESTARTS = 3
 # torchrun's own default join timeout; a longer collective timeout raises it (see rendezvous_conf).
@@ -48,6 +49,8 @@ class TrainingSettings:
     metrics_port: int
     metrics_dir: str  # metrics.multiproc_dir; empty: the trainer's <output>/prometheus-<node>
     output: str  # the run directory, where the first failure is recorded
+    device: str = "auto"  # dist.device
+    compile: bool = False  # model.compile
 
 
 def training_settings(train_args: Sequence[str]) -> TrainingSettings:
@@ -58,7 +61,14 @@ def training_settings(train_args: Sequence[str]) -> TrainingSettings:
     from partialfc.train import build_parser
 
     config = config_from_args(build_parser().parse_args(list(train_args)))
-    return TrainingSettings(config.dist.timeout_s, config.metrics.port, config.metrics.multiproc_dir, config.output)
+    return TrainingSettings(
+        config.dist.timeout_s,
+        config.metrics.port,
+        config.metrics.multiproc_dir,
+        config.output,
+        config.dist.device,
+        config.model.compile,
+    )
 
 
 def node_local_metrics_dir(placement: Placement, settings: TrainingSettings, temp_dir: str, host: str) -> str | None:
@@ -138,20 +148,40 @@ def rendezvous_conf(placement: Placement, timeout_s: int, env: Mapping[str, str]
     return ",".join(f"{key}={value}" for key, value in conf.items())
 
 
-def resolve_nproc(spec: int | str | None, gpus: int, cpus: int) -> int:
+def resolve_nproc(spec: int | str | None, gpus: int, cpus: int, device: str = "auto") -> int:
     """Worker processes for ``N|cpu|gpu`` or None ("auto": one per visible GPU, else one on CPU).
 
     "cpu" and "gpu" mean what they mean to torchrun (one process per CPU core / per GPU); "auto"
     differs from torchrun's on a CPU-only node (torchrun: one per core), where one process per node
-    is what training wants.
+    is what training wants, and so does a job whose workers run on the CPU (``dist.device cpu``).
     """
     if spec == "gpu" and not gpus:
         raise LaunchEnvironmentError("nproc-per-node 'gpu' but this node has no visible GPU")
     if spec == "cpu":
         return cpus
-    if spec in (None, "gpu"):
-        return gpus or 1
+    if spec == "gpu":
+        return gpus
+    if spec is None:
+        return (gpus if device != "cpu" else 0) or 1
     return int(spec)
+
+
+def gpu_request(spec: int | str | None, given_as: str, device: str) -> GpuRequest | None:
+    """The GPUs this node's launch asks for, or None when its workers may run on the CPU.
+
+    ``--nproc-per-node gpu`` asks for at least one; with ``dist.device cuda`` a number N asks for N
+    and auto for at least one. ``given_as`` says how the worker count was given (the flag or
+    PET_NPROC_PER_NODE), for the message.
+    """
+    if spec == "gpu":
+        return GpuRequest(1, f"{given_as}: one worker per GPU")
+    if device != "cuda":
+        return None
+    if spec == "cpu":
+        raise LaunchEnvironmentError(f"{given_as} (one worker per CPU core) contradicts dist.device=cuda")
+    if spec is None:
+        return GpuRequest(1, f"dist.device=cuda, {given_as}: one worker per GPU")
+    return GpuRequest(int(spec), f"dist.device=cuda and {given_as}")
 
 
 def cli_nproc(value: str) -> int | str | None:

@@ -238,6 +238,11 @@ class EvalConfig:
 
 @dataclass
 class DistConfig:
+    device: Literal["auto", "cuda", "cpu"] = option(
+        "auto",
+        "where the workers run: cuda asks for one GPU per worker (the launcher and each worker stop with exit 2 "
+        "on a node with fewer), cpu, or auto: the GPU when torch sees one, else the CPU",
+    )
     backend: Literal["auto", "nccl", "gloo"] = option("auto", "collective backend; auto: NCCL on GPU, gloo on CPU")
     timeout_s: int = option(
         600,

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from partialfc.device_check import worker_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,22 +31,22 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
+def init_distributed(backend: str = "auto", timeout_s: int = 1800, device: torch.device | None = None) -> DistInfo:
     """Join the job described by torchrun's environment, or run as a single process without it.
 
-    The device is the local GPU when CUDA is available, else the CPU; ``backend="auto"`` picks NCCL
-    for GPUs and gloo for CPUs. A single process (no ``WORLD_SIZE``) creates no process group; under
-    torchrun one is created even at world size 1, so one GPU runs the same NCCL + DDP path as eight.
+    ``device`` is this worker's (:func:`partialfc.device_check.worker_device`, which refuses
+    ``dist.device cuda`` on a node without the GPUs); None: the local GPU when torch sees one, else
+    the CPU. ``backend="auto"`` picks NCCL for GPUs and gloo for CPUs. A single process (no
+    ``WORLD_SIZE``) creates no process group; under torchrun one is created even at world size 1,
+    so one GPU runs the same NCCL + DDP path as eight.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    device = worker_device("auto") if device is None else device
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     launched = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if launched and not dist.is_initialized():
         chosen = ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend

@@ -16,6 +16,7 @@ import yaml
 
 from partialfc.cli import ArgumentParser
 from partialfc.config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
+from partialfc.device_check import require_compiler, worker_device
 from partialfc.distributed import init_distributed, shard_range, shutdown
 from partialfc.exit_codes import ExitCode, help_text, record_exit
 from partialfc.models import create_model
@@ -122,7 +123,10 @@ def main(argv: list[str] | None = None) -> ExitCode:
         from partialfc.trainer import Trainer
 
         warn_if_restarts_unsafe()
-        info = init_distributed(config.dist.backend, config.dist.timeout_s)
+        device = worker_device(config.dist.device)  # before the process group: a node without GPUs ends here
+        if config.model.compile:
+            require_compiler(device.type)
+        info = init_distributed(config.dist.backend, config.dist.timeout_s, device)
         try:
             status = Trainer(config, info).fit()
         finally:
