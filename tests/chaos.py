@@ -31,7 +31,7 @@ from netns_cluster import NODE_TIMEOUT_S, Host, Job, await_condition, resumed_st
 from training_run import fill_disk, train_args
 
 HOST_NAMES = [("ch-node-0-0.ch", "ch-node-0-0"), ("ch-node-0-1.ch", "ch-node-0-1")]
-STEPS, EVERY, STALL_S = 60, 6, 10
+STEPS, EVERY, STALL_S = 48, 6, 10
 TMPFS_BYTES = 24 * 2**20
 
 

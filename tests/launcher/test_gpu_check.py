@@ -217,7 +217,7 @@ class Torchrun:
     def __init__(self) -> None:
         self.commands: list[list[str]] = []
 
-    def __call__(self, command, env, exit_dir) -> int:
+    def __call__(self, command, env, exit_dir, run_dir) -> int:
         self.commands.append(list(command))
         return 0
 
