@@ -27,12 +27,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns_cluster import NODE_TIMEOUT_S, Host, Job, await_condition, resumed_steps, starts
+from netns_cluster import Host, Job, await_condition, resumed_steps, starts
 from training_run import fill_disk, train_args
 
 HOST_NAMES = [("ch-node-0-0.ch", "ch-node-0-0"), ("ch-node-0-1.ch", "ch-node-0-1")]
 STEPS, EVERY, STALL_S = 48, 6, 10
 TMPFS_BYTES = 24 * 2**20
+# A bound on each wait (a failure's, not a measurement's): the whole run takes ~3 min on a quiet 2-core machine.
+NODE_TIMEOUT_S = 600
 
 
 def chaos_env(node: int) -> dict[str, str]:
@@ -125,7 +127,7 @@ def run_chaos(hosts: tuple[Host, Host], dataset: Path, output: Path, reference: 
         for node in range(2):
             job.start_node(node)
         faults = _run_faults(job, hosts, output)
-        returncodes = job.wait()
+        returncodes = job.wait(NODE_TIMEOUT_S)
         return Chaos(
             returncodes, faults, resumed_steps(output), reference, output, job.log_text(), time.perf_counter() - began
         )
@@ -144,7 +146,7 @@ def _reference_run(hosts: tuple[Host, Host], dataset: Path, output: Path) -> Non
     job = Job(hosts, "ch", chaos_env, chaos_training(dataset, output), output, launcher_args=("--max-restarts", "8"))
     for node in range(2):
         job.start_node(node)
-    codes = job.wait()
+    codes = job.wait(NODE_TIMEOUT_S)
     assert codes == [0, 0], f"the fault-free run failed: {codes}\n{job.log_text()}"
 
 

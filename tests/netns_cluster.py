@@ -295,9 +295,9 @@ class Job:
         self.logs.append(log)
         return process
 
-    def wait(self) -> list[int]:
-        """Both launchers' exit codes; whatever still runs NODE_TIMEOUT_S from now is killed."""
-        deadline = time.perf_counter() + NODE_TIMEOUT_S
+    def wait(self, timeout_s: float = NODE_TIMEOUT_S) -> list[int]:
+        """Both launchers' exit codes; whatever still runs ``timeout_s`` from now is killed."""
+        deadline = time.perf_counter() + timeout_s
         try:
             return [
                 self.processes[node].wait(timeout=max(1.0, deadline - time.perf_counter()))
