@@ -215,6 +215,12 @@ class TrainConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = option(2000, "save a checkpoint every N steps (and at the end); 0: only at the end", at_least(0))
+    every_minutes: float = option(
+        15.0,
+        "also save when this many minutes passed since the last save (or the start), whichever of every_steps and "
+        "every_minutes comes first; checked at log steps; bounds what an eviction without SIGTERM loses; 0: off",
+        at_least(0),
+    )
     keep: int = option(3, "keep the newest K complete checkpoints", at_least(1))
     resume: str = option("auto", "auto: newest complete checkpoint in the run directory; a path; or none", FREE)
     on_sigterm: bool = option(

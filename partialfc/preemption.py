@@ -22,9 +22,6 @@ import sys
 import threading
 from collections.abc import Callable
 
-import torch
-import torch.distributed as dist
-
 from partialfc.exit_codes import ExitCode, pod_sigterm_noted, record_exit
 
 
@@ -34,7 +31,7 @@ def block_sigterm() -> None:
 
 
 class SigtermFlag:
-    """``received`` turns True on SIGTERM; :meth:`agreed` makes it a collective decision.
+    """``received`` turns True on SIGTERM; the trainer makes it a collective decision at log steps.
 
     ``stuck()`` tells whether the training loop stopped progressing (the watchdog knows); it is
     asked once per ``poll_s`` after a SIGTERM, when the signal was blocked by :func:`block_sigterm`.
@@ -80,11 +77,3 @@ class SigtermFlag:
             )
         record_exit(code)
         os._exit(code)
-
-    def agreed(self, device: torch.device) -> bool:
-        """Collective: True on every rank when any rank received SIGTERM."""
-        if not dist.is_initialized():
-            return self.received
-        flag = torch.tensor([1.0 if self.received else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())

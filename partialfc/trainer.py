@@ -3,7 +3,8 @@
 ``Trainer.fit`` is the algorithm: resume, then repeat ``train_step`` (the scheduled learning rate and
 sample rate into one :class:`~partialfc.train_step.TrainStep`: per micro-batch embed under autocast,
 Partial-FC loss, backward; one global gradient norm, clip, step or skip; its report folded into the
-log window), observe (a run record: log line, metrics), verify and checkpoint at their intervals,
+log window), observe (a run record: log line, metrics), verify and checkpoint at their intervals
+(every ``checkpoint.every_steps`` steps or ``checkpoint.every_minutes`` minutes, whichever comes first),
 export at the end. Everything that must survive a restart is a component with
 ``state_dict``/``load_state_dict`` that the :class:`~partialfc.checkpoint.Checkpointer` saves by name.
 
@@ -24,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import torch
@@ -59,7 +60,8 @@ from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
 
 
 class Trainer:
-    def __init__(self, config: Config, info: DistInfo) -> None:
+    def __init__(self, config: Config, info: DistInfo, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (seconds) times ``checkpoint.every_minutes``."""
         self.config, self.info, self.device = config, info, info.device
         self.run_dir = Path(config.output)
         self.log = RunLog(self.run_dir, enabled=info.is_main, tensorboard=config.train.tensorboard)
@@ -170,6 +172,7 @@ class Trainer:
             on_phase=lambda phase: self.watchdog.beat(self.progress.step, phase),
         )
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
+        self.save_timer = SaveTimer(config.checkpoint.every_minutes, clock)
         self.metrics = TrainingMetrics(
             config.metrics,
             output_dir=str(self.run_dir),
@@ -253,6 +256,7 @@ class Trainer:
     def _train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> str:
         window = LogWindow()
         self.watchdog.start()
+        self.save_timer.restart()  # a resumed run counts its minutes from here
         while self.progress.step < self.total_steps:
             window.add(self.train_step(batches))
             step = self.progress.step
@@ -270,12 +274,15 @@ class Trainer:
                 self._verify()
             if _due(step, self.config.checkpoint.every_steps, self.total_steps):
                 self._save()
-            elif log_step and self.sigterm.agreed(self.device):
-                self._save()
-                self.log.info(f"SIGTERM: stopped at step {step} after saving; --checkpoint.resume auto continues")
-                self.log.update_summary(status="preempted")
-                barrier()
-                return "preempted"
+            elif log_step:
+                preempted, time_up = any_rank(self.device, self.sigterm.received, self.save_timer.due())
+                if preempted or time_up:
+                    self._save()
+                if preempted:
+                    self.log.info(f"SIGTERM: stopped at step {step} after saving; --checkpoint.resume auto continues")
+                    self.log.update_summary(status="preempted")
+                    barrier()
+                    return "preempted"
         self._export()
         self.log.update_summary(status="finished")
         barrier()  # every rank's final metric values are written before the last scrape
@@ -450,6 +457,7 @@ class Trainer:
             self.metrics.observe_checkpoint(seconds=time.perf_counter() - start, success=False)
             raise
         seconds = time.perf_counter() - start
+        self.save_timer.restart()
         self.metrics.observe_checkpoint(seconds=seconds, success=True)
         self.log.info(f"checkpoint {path} ({seconds:.1f}s)")
         self.log.update_summary(checkpoint=str(path))
@@ -554,3 +562,36 @@ class StallError(RuntimeError):
 
 def _due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
+
+
+class SaveTimer:
+    """Whether ``checkpoint.every_minutes`` passed since the last checkpoint save or this start.
+
+    A hard eviction (kubelet node pressure, node loss) sends no SIGTERM, so no pre-emption save: the
+    work since the last checkpoint is lost. ``checkpoint.every_steps`` bounds it in steps, whose
+    length depends on the model; this bounds it in time. It is asked only at log steps, where the
+    host syncs anyway and the ranks already all-reduce the SIGTERM flag: its flag rides on that
+    all-reduce (MAX, :func:`any_rank`), so no step gets a new sync, every rank saves the same step
+    even where rank clocks disagree (a rank whose clock says "due" makes all save), and the bound is
+    ``every_minutes`` plus one log interval (plus the save itself).
+    """
+
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = minutes * 60.0, clock
+        self.start = clock()
+
+    def restart(self) -> None:
+        """The minutes count from now: after each save, and when training (re)starts."""
+        self.start = self.clock()
+
+    def due(self) -> bool:
+        return self.seconds > 0 and self.clock() - self.start >= self.seconds
+
+
+def any_rank(device: torch.device, *flags: bool) -> tuple[bool, ...]:
+    """Collective: each flag is True when it is True on any rank; one MAX all-reduce carries them all."""
+    if not dist.is_initialized():
+        return flags
+    agreed = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return tuple(bool(value) for value in agreed.tolist())

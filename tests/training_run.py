@@ -6,14 +6,17 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_trainer(dataset: Path, output: Path, **overrides: object):
-    """A Trainer in this process at world size 1 (no process group) on the quickstart config, small batches."""
+def make_trainer(dataset: Path, output: Path, clock=time.monotonic, **overrides: object):
+    """A Trainer in this process on the quickstart config, small batches: at world size 1 (no process group),
+    or as this process's rank when a process group exists (tests/dist_harness.py); ``clock`` as in Trainer."""
     import torch
+    import torch.distributed as dist
 
     from partialfc.config import load_config
     from partialfc.distributed import DistInfo
@@ -33,8 +36,9 @@ def make_trainer(dataset: Path, output: Path, **overrides: object):
             **overrides,
         },
     )
-    single = DistInfo(rank=0, world_size=1, local_rank=0, local_world_size=1, node=0, device=torch.device("cpu"))
-    return Trainer(config, single)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    info = DistInfo(rank, world_size, local_rank=rank, local_world_size=world_size, node=0, device=torch.device("cpu"))
+    return Trainer(config, info, clock)
 
 
 def train_args(dataset: Path, output: Path, *extra: str) -> list[str]:

@@ -11,15 +11,16 @@ import torch.distributed as dist
 from dist_harness import run_distributed
 
 from partialfc.preemption import SigtermFlag
+from partialfc.trainer import any_rank
 
 
 def _last_rank_signalled(rank: int, world_size: int) -> tuple[bool, bool, bool]:
     flag = SigtermFlag(enabled=True)
-    before = flag.agreed(torch.device("cpu"))
+    (before,) = any_rank(torch.device("cpu"), flag.received)
     if rank == world_size - 1:
         os.kill(os.getpid(), signal.SIGTERM)
     dist.barrier()
-    return before, flag.received, flag.agreed(torch.device("cpu"))
+    return before, flag.received, *any_rank(torch.device("cpu"), flag.received)
 
 
 def test_a_sigterm_on_one_rank_is_agreed_by_every_rank():
