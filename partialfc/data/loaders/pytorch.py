@@ -9,7 +9,9 @@ tensor per batch. Workers are fork-safe: the record readers map their files agai
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,10 +54,27 @@ class _EpochBatches(Dataset):
         return images, torch.from_numpy(self.dataset.labels[ids])
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """torchrun signals a worker's whole process group; the trainer answers SIGTERM by saving a
-    checkpoint, which a decoder process dying mid-batch would abort. Workers end with their parent."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def end_on_the_trainers_sigterm(worker_id: int) -> None:
+    """A decoder process ends on SIGTERM from its trainer only.
+
+    torchrun signals a training worker's whole process group; the trainer answers SIGTERM by saving a
+    checkpoint at its next log step, which needs its decoders, so theirs must not end them. But the
+    trainer itself stops its decoders with SIGTERM when it exits with them still running
+    (multiprocessing's exit handler terminates, then joins, its daemon children): a decoder that
+    ignored every SIGTERM would hang that join, and the trainer with it, until torchrun's SIGKILL
+    minutes later. So SIGTERM stays blocked (the trainer's mask, inherited) and a thread takes each
+    one with ``sigwaitinfo``, which names the sender: the trainer's ends the process, others are dropped.
+    """
+    trainer = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an ignored signal is discarded before sigwaitinfo sees it
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="partialfc-decoder-sigterm", daemon=True).start()
 
 
 class TorchLoader(PlannedLoader):
@@ -104,7 +123,7 @@ class TorchLoader(PlannedLoader):
             prefetch_factor=self.prefetch_factor if workers else None,
             pin_memory=self.pin_memory,
             multiprocessing_context=self.multiprocessing_context if workers else None,
-            worker_init_fn=_ignore_sigterm if workers else None,
+            worker_init_fn=end_on_the_trainers_sigterm if workers else None,
             # Its own generator: the workers' base seed must not be drawn from the global RNG, whose
             # stream (dropout, user code) a resume restores and this would shift.
             generator=torch.Generator().manual_seed(stream_seed(p.seed, self.epoch, p.rank, Stream.TORCH_WORKERS)),
