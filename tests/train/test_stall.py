@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 
-from training_run import REPO, kill_job, train_args, training_command, training_env, wait_for
+from training_run import kill_job, start_job, train_args, training_command, wait_for
 
 STALL_TIMEOUT_S = 6
 
@@ -33,14 +32,7 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
         "600",
     )
     console = (tmp_path / "console.txt").open("w")
-    job = subprocess.Popen(
-        training_command(2, args),
-        cwd=REPO,
-        env=training_env(),
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    job = start_job(training_command(2, args), stdout=console, stderr=subprocess.STDOUT)
     log, heartbeat = output / "train.log", output / "heartbeats" / "rank-00001.json"
     stopped_pid = None
     try:
@@ -59,10 +51,7 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
         job.wait(timeout=120)
     finally:
         console.close()
-        if stopped_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stopped_pid, signal.SIGKILL)
-        kill_job(job, output)
+        kill_job(job)  # the stopped rank too, if the test failed before it was killed
     report = next(line for line in log.read_text().splitlines() if "stall: " in line)
     assert "rank 1 not responding" in report and f"pid {stopped_pid}" in report, report
     assert "rank 0 made no step progress" in report, report
