@@ -214,6 +214,11 @@ class Job:
         """Start (or start again) node ``node``'s launcher, as its pod's container would be."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
         env.update(self.make_env(node))
+        # The node's own /tmp, as a pod has: the launcher keeps its exit records and metrics directory under
+        # $TMPDIR, named by job and host only, so another run of this job on the machine would share them.
+        temp = self.output.parent / f"{self.output.name}-node{node}-tmp"
+        temp.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(temp)
         log = self.output.parent / f"{self.output.name}-node{node}-{len(self.logs)}.log"
         command = [
             *self.hosts[node].prefix(HOSTNAMES[self.name][node]),
