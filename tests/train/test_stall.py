@@ -8,7 +8,9 @@ import signal
 import subprocess
 import time
 
-from training_run import kill_job, start_job, train_args, training_command, wait_for
+from training_run import kill_job, start_job, train_args, training_command, training_env, wait_for
+
+from partialfc.exit_codes import EXIT_DIR_VAR, ExitCode
 
 STALL_TIMEOUT_S = 6
 
@@ -32,7 +34,9 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
         "600",
     )
     console = (tmp_path / "console.txt").open("w")
-    job = start_job(training_command(2, args), stdout=console, stderr=subprocess.STDOUT)
+    exit_dir = tmp_path / "exit"  # where the launcher has its workers record their exit codes
+    env = {**training_env(), EXIT_DIR_VAR: str(exit_dir)}
+    job = start_job(training_command(2, args), env, stdout=console, stderr=subprocess.STDOUT)
     log, heartbeat = output / "train.log", output / "heartbeats" / "rank-00001.json"
     stopped_pid = None
     try:
@@ -57,6 +61,10 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
     assert "rank 0 made no step progress" in report, report
     assert STALL_TIMEOUT_S <= named_after <= STALL_TIMEOUT_S + 20, named_after
     assert job.returncode != 0
+    # torchrun exits 1 whatever failed: the record says it was a stall (rank 1 was frozen, then killed).
+    assert {path.name: path.read_text() for path in exit_dir.iterdir()} == {
+        "attempt-00000-rank-000000": str(int(ExitCode.STALLED))
+    }
     summary = json.loads((output / "summary.json").read_text())
     assert summary["status"] == "failed" and "rank 1 not responding" in summary["error"]
     console_text = (tmp_path / "console.txt").read_text()
