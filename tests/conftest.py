@@ -12,6 +12,7 @@ import chaos
 import pytest
 from crash_loop import HOST_NAMES, CrashLoop, run_crash_loop
 from netns_cluster import COLD_GAP_S, Job, can_make_hosts, jobset_env, make_hosts, training
+from training_run import kill_running_jobs
 
 from partialfc.data.synth import generate_synthetic_dataset
 
@@ -22,6 +23,13 @@ def tiny_dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("synthetic") / "data"
     generate_synthetic_dataset(path, 120, 8, seed=3, shards=2, holdout_identities=40, pairs=200)
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test() -> Iterator[None]:
+    """Kill what a test started with training_run.start_job and left running (it failed half-way)."""
+    yield
+    kill_running_jobs()
 
 
 COLD_START_TEST = "tests/multinode/test_cold_start.py"

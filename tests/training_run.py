@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+JOB_MARKER = "PARTIALFC_TEST_JOB"
+"""Set in the environment of every job a test starts: every process of the job inherits it."""
+_job_numbers = itertools.count()
+_markers: dict[int, str] = {}  # by the pid of each job started
+_running: dict[int, subprocess.Popen] = {}  # jobs not killed yet, by pid
 
 
 def make_trainer(dataset: Path, output: Path, clock=time.monotonic, **overrides: object):
@@ -87,9 +95,7 @@ def training_env() -> dict[str, str]:
 
 
 def run_training(nproc: int | None, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        training_command(nproc, args), cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=540
-    )
+    result = run_job(training_command(nproc, args), timeout=540)
     if check and result.returncode != 0:
         raise AssertionError(
             f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -112,29 +118,84 @@ def final_state(output: Path) -> dict:
 
 def wait_for(predicate, deadline: float, what: str, job: subprocess.Popen) -> None:
     """Poll a condition on the job's files (log, heartbeats); fail early if the job ended or the deadline passed."""
-    import time
-
     while not predicate():
         assert job.poll() is None, f"training ended ({job.returncode}) before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
 
 
-def kill_job(job: subprocess.Popen, output: Path) -> None:
-    """SIGKILL a torchrun job and its workers (they run in sessions of their own; their pids are in the heartbeats)."""
-    import json
-    import signal
+def start_job(command: Sequence[str], env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen:
+    """Start a job (torchrun, the launcher, the trainer) from the repository in a session of its own,
+    its environment (default :func:`training_env`) marked so that :func:`kill_job` finds every process
+    it starts; whatever a test leaves running is killed after it (tests/conftest.py)."""
+    marker = f"{os.getpid()}-{next(_job_numbers)}"
+    job = subprocess.Popen(
+        list(command),
+        cwd=REPO,
+        env={**(training_env() if env is None else env), JOB_MARKER: marker},
+        start_new_session=True,
+        **popen,
+    )
+    _markers[job.pid], _running[job.pid] = marker, job
+    return job
 
+
+def run_job(
+    command: Sequence[str], env: dict[str, str] | None = None, timeout: float = 540
+) -> subprocess.CompletedProcess:
+    """``subprocess.run(command, capture_output=True, text=True)`` through :func:`start_job`: on a
+    timeout (or any error) the whole job is killed, not only its first process."""
+    job = start_job(command, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = job.communicate(timeout=timeout)
+    finally:
+        kill_job(job)
+    return subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+
+
+def job_processes(job: subprocess.Popen) -> list[int]:
+    """Pids of the live processes of a job started by :func:`start_job`: those whose environment
+    carries its marker (a zombie has no environment)."""
+    entry = f"{JOB_MARKER}={_markers[job.pid]}".encode()
     pids = []
-    for heartbeat in (output / "heartbeats").glob("rank-*.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            pids.append(json.loads(heartbeat.read_text())["pid"])
-    if job.poll() is None:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-    for pid in pids:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+    return pids
+
+
+def kill_job(job: subprocess.Popen) -> None:
+    """SIGKILL a job started by :func:`start_job`: its process group, then the group of every process
+    that carries its marker, until none is left.
+
+    The job's own group does not hold torchrun's workers: torchrun starts each in a session of its
+    own (torch/distributed/elastic/multiprocessing/subprocess_handler/subprocess_handler.py,
+    ``start_new_session=True``), and a worker whose torchrun was killed lives on under init. The
+    job's group goes first so that torchrun cannot restart the workers killed after it.
+    """
+    _running.pop(job.pid, None)
+    if job.poll() is None:  # not reaped yet: the group id cannot belong to anyone else
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    deadline = time.monotonic() + 60
+    while survivors := job_processes(job):
+        assert time.monotonic() < deadline, f"processes {survivors} of the job survive SIGKILL"
+        for pid in survivors:
+            with contextlib.suppress(ProcessLookupError):
+                group = os.getpgid(pid)
+                if group != os.getpgrp():
+                    os.killpg(group, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def kill_running_jobs() -> None:
+    """Kill every job started by :func:`start_job` and not yet killed (a test that failed half-way)."""
+    for job in list(_running.values()):
+        kill_job(job)
 
 
 def straight_and_resumed(dataset: Path, tmp_path: Path, **settings: object) -> tuple:

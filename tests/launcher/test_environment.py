@@ -296,3 +296,70 @@ def test_expand_hostlist(hostlist, hosts):
 def test_expand_hostlist_rejects_malformed_lists(hostlist):
     with pytest.raises(ValueError):
         expand_hostlist(hostlist)
+
+
+PORT = r"must be in \[1, 65535\]"
+# Every integer the launcher checks, on its bound and just past it: (environment, the variables changed,
+# what detect() gives: (attribute, value), or the error). Ports run from 1 to 65535 inclusive; a node
+# rank from 0 to below the node count (the largest of MIN:MAX).
+BOUNDS = [
+    (PYTORCHJOB_WORKER_1, {"MASTER_PORT": "1", "PET_MASTER_PORT": "1"}, ("rdzv_port", 1)),
+    (PYTORCHJOB_WORKER_1, {"MASTER_PORT": "0", "PET_MASTER_PORT": "0"}, "MASTER_PORT=0 " + PORT),
+    (PYTORCHJOB_WORKER_1, {"MASTER_PORT": "65535", "PET_MASTER_PORT": "65535"}, ("rdzv_port", 65535)),
+    (PYTORCHJOB_WORKER_1, {"MASTER_PORT": "65536", "PET_MASTER_PORT": "65536"}, "MASTER_PORT=65536 " + PORT),
+    (TRAINER_V2_NODE_1, {"PET_MASTER_PORT": "1"}, ("rdzv_port", 1)),
+    (TRAINER_V2_NODE_1, {"PET_MASTER_PORT": "0"}, "PET_MASTER_PORT=0 " + PORT),
+    (TRAINER_V2_NODE_1, {"PET_MASTER_PORT": "65535"}, ("rdzv_port", 65535)),
+    (TRAINER_V2_NODE_1, {"PET_MASTER_PORT": "65536"}, "PET_MASTER_PORT=65536 " + PORT),
+    (INDEXED_JOB_NODE_1, {"PARTIALFC_RDZV_PORT": "65535"}, ("rdzv_port", 65535)),
+    (INDEXED_JOB_NODE_1, {"PARTIALFC_RDZV_PORT": "65536"}, "PARTIALFC_RDZV_PORT=65536 " + PORT),
+    (SLURM_NODE_2, {"MASTER_PORT": "65535"}, ("rdzv_port", 65535)),
+    (SLURM_NODE_2, {"MASTER_PORT": "65536"}, "MASTER_PORT=65536 " + PORT),
+    (SLURM_NODE_2, {"PARTIALFC_RDZV_PORT": "1"}, ("rdzv_port", 1)),
+    (SLURM_NODE_2, {"PARTIALFC_RDZV_PORT": "0"}, "PARTIALFC_RDZV_PORT=0 " + PORT),
+    (PYTORCHJOB_ELASTIC, {"PET_RDZV_ENDPOINT": "w-0:1"}, ("rdzv_port", 1)),
+    (PYTORCHJOB_ELASTIC, {"PET_RDZV_ENDPOINT": "w-0:0"}, "PET_RDZV_ENDPOINT='w-0:0' must be HOST:PORT"),
+    (PYTORCHJOB_ELASTIC, {"PET_RDZV_ENDPOINT": "w-0:65535"}, ("rdzv_port", 65535)),
+    (PYTORCHJOB_ELASTIC, {"PET_RDZV_ENDPOINT": "w-0:65536"}, "PET_RDZV_ENDPOINT='w-0:65536' must be HOST:PORT"),
+    (PYTORCHJOB_WORKER_1, {"RANK": "0", "PET_NODE_RANK": "0"}, ("node_rank", 0)),
+    (PYTORCHJOB_WORKER_1, {"RANK": "-1", "PET_NODE_RANK": "-1"}, "RANK=-1 must be >= 0"),
+    (PYTORCHJOB_WORKER_1, {"WORLD_SIZE": "1"}, ("nnodes", "2")),
+    (PYTORCHJOB_WORKER_1, {"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+    (PYTORCHJOB_WORKER_1, {"PET_NPROC_PER_NODE": "1"}, ("nproc_per_node", 1)),
+    (PYTORCHJOB_WORKER_1, {"PET_NPROC_PER_NODE": "0"}, "PET_NPROC_PER_NODE=0 must be >= 1"),
+    (PYTORCHJOB_MASTER_ELASTIC_WORKER_0, {"PET_MAX_RESTARTS": "0"}, ("max_restarts", 0)),
+    (PYTORCHJOB_MASTER_ELASTIC_WORKER_0, {"PET_MAX_RESTARTS": "-1"}, "PET_MAX_RESTARTS=-1 must be >= 0"),
+    (PYTORCHJOB_ELASTIC, {"PET_NNODES": "1:2"}, ("nnodes", "1:2")),
+    (PYTORCHJOB_ELASTIC, {"PET_NNODES": "0:2"}, "PET_NNODES='0:2' must be N or MIN:MAX"),
+    (PYTORCHJOB_ELASTIC, {"PET_NNODES": "2:2"}, ("nnodes", "2:2")),
+    (PYTORCHJOB_ELASTIC, {"PET_NNODES": "3:2"}, "PET_NNODES='3:2' must be N or MIN:MAX"),
+    (TRAINER_V2_NODE_1, {"PET_NNODES": "3", "PET_NODE_RANK": "2"}, ("node_rank", 2)),
+    (TRAINER_V2_NODE_1, {"PET_NNODES": "3", "PET_NODE_RANK": "3"}, "PET_NODE_RANK=3 but the job has 3 node"),
+    (INDEXED_JOB_NODE_1, {"PARTIALFC_NNODES": "1", "JOB_COMPLETION_INDEX": "0"}, ("node_rank", 0)),
+    (INDEXED_JOB_NODE_1, {"PARTIALFC_NNODES": "1", "JOB_COMPLETION_INDEX": "1"}, "JOB_COMPLETION_INDEX=1 but the job"),
+    (INDEXED_JOB_NODE_1, {"JOB_COMPLETION_INDEX": "-1"}, "JOB_COMPLETION_INDEX=-1 must be >= 0"),
+    (INDEXED_JOB_NODE_1, {"PARTIALFC_NNODES": "0"}, "PARTIALFC_NNODES=0 must be >= 1"),
+    (SLURM_NODE_2, {"SLURM_NODEID": "4"}, ("node_rank", 4)),
+    (SLURM_NODE_2, {"SLURM_NODEID": "5"}, "SLURM_NODEID=5 but the job has 5 node"),
+    (SLURM_NODE_2, {"SLURM_NNODES": "0"}, "SLURM_NNODES=0 must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(
+    "env, variables, expected",
+    BOUNDS,
+    ids=[" ".join(f"{name}={value}" for name, value in variables.items()) for _, variables, _ in BOUNDS],
+)
+def test_every_integer_is_checked_exactly_at_its_bounds(env, variables, expected):
+    if isinstance(expected, str):
+        with pytest.raises(LaunchEnvironmentError, match=expected):
+            detect({**env, **variables})
+    else:
+        attribute, value = expected
+        assert getattr(detect({**env, **variables}), attribute) == value
+
+
+def test_a_slurm_host_range_may_hold_one_host_but_not_run_backwards():
+    assert expand_hostlist("gpu[07-07]") == ["gpu07"]
+    with pytest.raises(ValueError, match="range '07-06' runs backwards"):
+        expand_hostlist("gpu[07-06]")

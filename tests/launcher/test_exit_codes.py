@@ -5,16 +5,20 @@ torch/distributed/run.py + elastic/multiprocessing/api.py), and a deterministic 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from training_run import REPO, train_args
+from training_run import REPO, run_job, start_job, train_args
 
+from launcher.command import node_local_dir
+from launcher.environment import detect
 from partialfc.exit_codes import AGENT_FAILURE, ExitCode, container_exit_code, markdown_table, record_exit
 
 SCHEDULER_PREFIXES = (
@@ -94,27 +98,36 @@ def test_operations_doc_and_help_show_the_one_table():
         assert re.search(rf"^\s+{int(code)}\s+{re.escape(code.meaning[:30])}", help_text, re.M), code
 
 
-def launch(args: list[str], log: Path) -> subprocess.Popen:
-    """``python -m launcher`` on one node, as a container would run it (no scheduler variables)."""
-    import os
-
+def launch(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    """``python -m launcher`` on one node, as a container would run it (no scheduler variables), with a
+    temporary directory of its own (TMPDIR): the workers record their exit codes in
+    ``$TMPDIR/partialfc-exit-<rdzv id>-<host>``, a name every single-node launcher on this machine shares."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
-    with log.open("wb") as sink:
-        return subprocess.Popen(
+    with (tmp_path / "launcher.log").open("wb") as sink:
+        return start_job(
             [sys.executable, "-m", "launcher", "--nproc-per-node", "2", "--max-restarts", "3", "--", *args],
-            cwd=REPO,
-            env=env,
+            {**env, "TMPDIR": str(temp)},
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
 
 
+def exit_records(tmp_path: Path) -> dict[str, int]:
+    """The codes the workers of :func:`launch`'s job recorded, by file name (``attempt-A-rank-R``)."""
+    directory = node_local_dir("exit", detect({}), str(tmp_path / "tmp"), socket.gethostname())
+    return {path.name: int(path.read_text()) for path in sorted(directory.glob("attempt-*"))}
+
+
 def test_a_config_error_exits_2_without_restarts(tiny_dataset, tmp_path):
     log = tmp_path / "launcher.log"
-    process = launch(train_args(tiny_dataset, tmp_path / "run", "--data.num_classes", "7"), log)
+    process = launch(train_args(tiny_dataset, tmp_path / "run", "--data.num_classes", "7"), tmp_path)
     assert process.wait(timeout=240) == ExitCode.CONFIG, log.read_text()[-4000:]
     errors = re.findall(r"config error: data.num_classes=7 but dataset", log.read_text())
     assert len(errors) == 2, f"{len(errors)} config errors: torchrun restarted the workers\n{log.read_text()[-4000:]}"
+    records = exit_records(tmp_path)  # the agent's SIGTERM may stop a rank before it records its own 2
+    assert ExitCode.CONFIG in records.values() and all(name.startswith("attempt-00000-") for name in records), records
 
 
 def test_divergence_exits_3_without_restarts(tiny_dataset, tmp_path):
@@ -134,11 +147,12 @@ def test_divergence_exits_3_without_restarts(tiny_dataset, tmp_path):
             "--data.backend",
             "torch",
         ),
-        log,
+        tmp_path,
     )
     assert process.wait(timeout=300) == ExitCode.DIVERGED, log.read_text()[-4000:]
     assert json.loads((output / "summary.json").read_text())["status"] == "diverged"
     assert len(re.findall(r"start at step", (output / "train.log").read_text())) == 1, "torchrun restarted the workers"
+    assert ExitCode.DIVERGED in exit_records(tmp_path).values(), exit_records(tmp_path)
 
 
 def test_sigterm_to_the_launcher_saves_and_exits_143(tiny_dataset, tmp_path):
@@ -156,7 +170,7 @@ def test_sigterm_to_the_launcher_saves_and_exits_143(tiny_dataset, tmp_path):
             "--data.backend",
             "torch",
         ),
-        log,
+        tmp_path,
     )
     deadline = time.monotonic() + 240
     while not ((output / "train.log").exists() and " step 4/" in (output / "train.log").read_text()):
@@ -166,12 +180,12 @@ def test_sigterm_to_the_launcher_saves_and_exits_143(tiny_dataset, tmp_path):
     assert process.wait(timeout=240) == ExitCode.PREEMPTED, log.read_text()[-4000:]
     final = json.loads((output / "summary.json").read_text())
     assert final["status"] == "preempted" and (output / "checkpoints" / f"step-{final['step']:08d}").is_dir(), final
+    # Both workers saved and ended as pre-empted, and said so in this launcher's own exit directory.
+    assert exit_records(tmp_path) == {"attempt-00000-rank-000000": 143, "attempt-00000-rank-000001": 143}
 
 
 def test_plain_torchrun_does_not_retry_a_config_error_either(tiny_dataset, tmp_path):
     """The README's own `torchrun --max-restarts 3 -m partialfc.train ...`: the workers stop their agent."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
     command = [
         sys.executable,
@@ -186,14 +200,7 @@ def test_plain_torchrun_does_not_retry_a_config_error_either(tiny_dataset, tmp_p
         "partialfc.train",
         *train_args(tiny_dataset, tmp_path / "run", "--data.num_classes", "7"),
     ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        env={**env, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = run_job(command, {**env, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}, timeout=240)
     errors = re.findall(r"config error: data.num_classes=7 but dataset", result.stdout + result.stderr)
     assert result.returncode != 0 and len(errors) == 2, f"{len(errors)} config errors: torchrun restarted the workers"
 

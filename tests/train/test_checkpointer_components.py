@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from partialfc import CombinedMargin, PartialFC
+from partialfc import CombinedMargin, PartialFC, shard_range
 from partialfc.checkpoint import Checkpointer, CheckpointError, Component
 from partialfc.distributed import DistInfo
 from partialfc.train_state import LoaderEpoch, TrainProgress
@@ -46,6 +46,54 @@ def test_optional_components_absent_from_an_older_checkpoint_keep_their_initial_
     assert any("no 'centres' component" in line for line in logged)
     with pytest.raises(CheckpointError, match=r"trainer.pt: has no 'head' component"):
         Checkpointer(tmp_path, SINGLE, 2, {"head": Component(nn.Linear(2, 2), "shared")}).load(path)
+
+
+class ClassTable:
+    """A sharded component with one value per class, placed at a rank and world size given by hand (a
+    load needs no process group); like PartialFC it refuses a state or cut outside its class range."""
+
+    def __init__(self, num_classes: int, rank: int, world_size: int, offset: float) -> None:
+        self.num_classes = num_classes
+        self.class_start, self.num_local = shard_range(num_classes, rank, world_size)
+        self.rows = offset + torch.arange(self.class_start, self.class_start + self.num_local, dtype=torch.float32)
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "class_start": self.class_start}
+
+    def sharded_state_dict(self) -> dict:
+        return self.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["class_start"], len(state["rows"])) != (self.class_start, self.num_local):
+            raise ValueError(f"state of classes from {state['class_start']}, this shard starts at {self.class_start}")
+        self.rows = state["rows"].clone()
+
+    def cut_state(self, state: dict, start: int, stop: int) -> dict:
+        first = state["class_start"]
+        if not first <= start < stop <= first + len(state["rows"]):
+            raise ValueError(f"classes [{start}, {stop}) are not in the saved shard")
+        return {"rows": state["rows"][start - first : stop - first], "class_start": start}
+
+    def join_states(self, parts) -> dict:
+        return {"rows": torch.cat([part["rows"] for part in parts]), "class_start": parts[0]["class_start"]}
+
+
+def test_an_optional_component_the_checkpoint_has_is_loaded_on_any_world_size(tmp_path):
+    """Absence is read from the manifest's file list, under the saved world size and rank 0's file
+    name: a checkpoint holding the optional component's shards loads them, on its own world size
+    and re-sharded on each rank of two (whose own file names, ``table-00001-of-00001.pt`` and
+    ``table-0000r-of-00002.pt``, the manifest does not list)."""
+    path = save(tmp_path, table=Component(ClassTable(6, 0, 1, offset=100.0), "sharded"))
+    for rank, world_size in [(0, 1), (0, 2), (1, 2)]:
+        table, logged = ClassTable(6, rank, world_size, offset=0.0), []
+        info = DistInfo(rank, world_size, rank, world_size, 0, torch.device("cpu"))
+        components = {"table": Component(table, "sharded", optional=True)}
+        Checkpointer(tmp_path, info, 2, components, log=logged.append).load(path)
+        assert not any("no 'table' component" in line for line in logged), (rank, world_size, logged)
+        assert torch.equal(table.rows, 100.0 + torch.arange(table.class_start, table.class_start + table.num_local)), (
+            rank,
+            world_size,
+        )
 
 
 @pytest.mark.parametrize("placement", ["shared", "sharded"])

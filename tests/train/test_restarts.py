@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from training_run import REPO, kill_job, train_args, training_env, wait_for
+from training_run import kill_job, run_job, start_job, train_args, training_env, wait_for
 
 KILLS = 3
 
@@ -50,9 +50,7 @@ def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):
         *args,
     ]
     console = (tmp_path / "console.txt").open("w")
-    job = subprocess.Popen(
-        command, cwd=REPO, env=training_env(), stdout=console, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    job = start_job(command, stdout=console, stderr=subprocess.STDOUT)
     log, heartbeat = output / "train.log", output / "heartbeats" / "rank-00001.json"
     restart_seconds, victims = [], [None]
     try:
@@ -79,7 +77,7 @@ def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):
         job.wait(timeout=300)
     finally:
         console.close()
-        kill_job(job, output)
+        kill_job(job)
     text = log.read_text()
     assert job.returncode == 0, (tmp_path / "console.txt").read_text()[-3000:]
     starts = re.findall(r"start at step (\d+) \(restart (\d+)\)", text)
@@ -106,8 +104,8 @@ def test_restarts_without_the_variable_are_warned_about(tiny_dataset, tmp_path):
         *args,
     ]
     env = {k: v for k, v in training_env().items() if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = run_job(command, env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--max-restarts 1 but without TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in result.stderr
-    with_variable = subprocess.run(command, cwd=REPO, env=training_env(), capture_output=True, text=True, timeout=120)
+    with_variable = run_job(command, timeout=120)
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in with_variable.stderr

@@ -12,14 +12,13 @@ import pytest
 import torch
 from dist_harness import run_distributed
 from training_run import (
-    REPO,
     final_state,
     kill_job,
     make_trainer,
     run_training,
+    start_job,
     train_args,
     training_command,
-    training_env,
     wait_for,
 )
 
@@ -145,20 +144,13 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path)
         "1",
     )
     log = output / "train.log"
-    job = subprocess.Popen(
-        training_command(2, args),
-        cwd=REPO,
-        env=training_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    job = start_job(training_command(2, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: log.is_file() and " step 6/" in log.read_text(), time.monotonic() + 300, "step 6", job)
         job.send_signal(signal.SIGTERM)
         job.wait(timeout=120)
     finally:
-        kill_job(job, output)
+        kill_job(job)
     assert job.returncode != 0  # the job did not finish
     text = log.read_text()
     assert "SIGTERM: stopped at step" in text, text[-2000:]

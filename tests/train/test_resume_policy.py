@@ -9,7 +9,7 @@ import shutil
 import pytest
 from training_run import make_trainer, run_training, train_args
 
-from partialfc.config import ConfigError
+from partialfc.config import ConfigError, load_config, to_dict
 from partialfc.resume import ConfigChange, check_changes, meaning_changes
 
 FIRST = {"train.max_steps": 3, "checkpoint.every_steps": 3}
@@ -42,6 +42,22 @@ def test_meaning_changes_are_the_run_defining_fields_only():
         r"loss.adaface.m,loss.family$",
     ):
         check_changes(meaning_changes(saved, ours), ["schedule.decay"], "ckpt")  # the allowed one is not named
+
+
+def test_another_grad_accum_is_refused_unless_allowed():
+    """train.grad_accum sets how many micro-batches make one step: under another value the checkpoint's
+    step count, LR schedule and sampling stream would stand for other samples. Compared the way the
+    trainer compares them: the manifest's config with this job's, both as to_dict gives them."""
+    saved, ours = (to_dict(load_config(None, {"train.grad_accum": value})) for value in (1, 2))
+    changes = meaning_changes(saved, ours)
+    assert changes == [ConfigChange("train.grad_accum", 1, 2)]
+    with pytest.raises(
+        ConfigError,
+        match=r"train.grad_accum \(checkpoint 1, this job 2\)\. .*--checkpoint.allow_changes train.grad_accum$",
+    ):
+        check_changes(changes, [], "ckpt")
+    allowed = load_config(None, {"train.grad_accum": 2, "checkpoint.allow_changes": ["train.grad_accum"]})
+    assert check_changes(changes, allowed.checkpoint.allow_changes, "ckpt") == changes
 
 
 def test_a_checkpoint_config_under_the_old_names_is_read_under_the_new_ones():

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 
-from training_run import REPO, kill_job, train_args, training_command, training_env, wait_for
+from training_run import kill_job, start_job, train_args, training_command, training_env, wait_for
+
+from partialfc.exit_codes import EXIT_DIR_VAR, ExitCode
 
 STALL_TIMEOUT_S = 6
 
@@ -33,14 +34,9 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
         "600",
     )
     console = (tmp_path / "console.txt").open("w")
-    job = subprocess.Popen(
-        training_command(2, args),
-        cwd=REPO,
-        env=training_env(),
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    exit_dir = tmp_path / "exit"  # where the launcher has its workers record their exit codes
+    env = {**training_env(), EXIT_DIR_VAR: str(exit_dir)}
+    job = start_job(training_command(2, args), env, stdout=console, stderr=subprocess.STDOUT)
     log, heartbeat = output / "train.log", output / "heartbeats" / "rank-00001.json"
     stopped_pid = None
     try:
@@ -59,15 +55,16 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
         job.wait(timeout=120)
     finally:
         console.close()
-        if stopped_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(stopped_pid, signal.SIGKILL)
-        kill_job(job, output)
+        kill_job(job)  # the stopped rank too, if the test failed before it was killed
     report = next(line for line in log.read_text().splitlines() if "stall: " in line)
     assert "rank 1 not responding" in report and f"pid {stopped_pid}" in report, report
     assert "rank 0 made no step progress" in report, report
     assert STALL_TIMEOUT_S <= named_after <= STALL_TIMEOUT_S + 20, named_after
     assert job.returncode != 0
+    # torchrun exits 1 whatever failed: the record says it was a stall (rank 1 was frozen, then killed).
+    assert {path.name: path.read_text() for path in exit_dir.iterdir()} == {
+        "attempt-00000-rank-000000": str(int(ExitCode.STALLED))
+    }
     summary = json.loads((output / "summary.json").read_text())
     assert summary["status"] == "failed" and "rank 1 not responding" in summary["error"]
     console_text = (tmp_path / "console.txt").read_text()

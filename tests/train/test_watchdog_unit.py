@@ -1,13 +1,19 @@
 """The stall watchdog's decisions with fake heartbeat files and an injected clock: when it fires,
-whom it names, and that a checkpoint save is never taken for a stall."""
+whom it names, and that a checkpoint save is never taken for a stall; how the stalled process ends
+(exit code 4, recorded for the launcher), and that ``train.stall_timeout_s 0`` turns it off."""
 
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from pathlib import Path
 
 import pytest
+from training_run import run_job, training_env
 
+from partialfc.config import load_config
+from partialfc.exit_codes import EXIT_DIR_VAR, ExitCode, container_exit_code
 from partialfc.watchdog import StallWatchdog
 
 TIMEOUT_S = 60.0
@@ -130,3 +136,49 @@ def test_stuck_never_counts_a_checkpoint_save(setup):
     assert not watchdog.stuck()
     watchdog.beat(5, "forward")
     assert watchdog.stuck()
+
+
+# A rank whose main thread is blocked for good (as in a collective a stopped peer never joins), with
+# a real watchdog thread: only the watchdog can end the process.
+BLOCKED_RANK = """
+import sys, threading
+from pathlib import Path
+from partialfc.watchdog import StallWatchdog
+
+report = lambda message, count: print(message, flush=True)
+watchdog = StallWatchdog(Path(sys.argv[1]), rank=1, world_size=2, timeout_s=1.0, on_stall=report, interval_s=0.1)
+watchdog.beat(7, "allreduce")
+watchdog.start()
+threading.Event().wait(120)
+"""
+
+
+def test_a_stall_ends_the_process_with_exit_code_4_and_records_it_for_the_launcher(tmp_path):
+    """torchrun exits 1 for any failed worker: only the record in PARTIALFC_EXIT_DIR tells the
+    launcher (and the container's exit code) that this was a stall, not a crash."""
+    exit_dir = tmp_path / "exit"
+    env = {**training_env(), EXIT_DIR_VAR: str(exit_dir), "RANK": "1", "TORCHELASTIC_RESTART_COUNT": "2"}
+    env.pop("TORCHELASTIC_RUN_ID", None)  # no torchrun agent to stop
+    result = run_job([sys.executable, "-c", BLOCKED_RANK, str(tmp_path / "heartbeats")], env, timeout=120)
+    assert "stall: rank 1 made no step progress for 1 s" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == ExitCode.STALLED == 4, result.stderr[-2000:]
+    assert [path.name for path in exit_dir.iterdir()] == ["attempt-00002-rank-000001"]
+    assert (exit_dir / "attempt-00002-rank-000001").read_text() == "4"
+    assert container_exit_code(exit_dir, torchrun_code=1, sigterm_received=False) == ExitCode.STALLED
+
+
+def test_a_stall_timeout_of_0_turns_the_watchdog_off(tmp_path):
+    """train.stall_timeout_s: 0 disables, -1 is half of dist.timeout_s (config.py's help)."""
+
+    def resolved(value: float) -> float:
+        return load_config(None, {"dist.timeout_s": 120, "train.stall_timeout_s": value}).stall_timeout()
+
+    assert (resolved(0), resolved(-1), resolved(7.5)) == (0, 60, 7.5)
+    # A thread started all the same would check (and end this process) only after interval_s: never in this test.
+    watchdog = StallWatchdog(tmp_path / "heartbeats", 0, 2, resolved(0), lambda *report: None, interval_s=3600)
+    watchdog.start()
+    try:
+        assert "partialfc-stall-watchdog" not in [thread.name for thread in threading.enumerate()]
+        assert not (tmp_path / "heartbeats").exists()  # nothing published: peers never see this rank
+    finally:
+        watchdog.stop()
