@@ -175,7 +175,7 @@ def test_agent_waits_for_the_store_up_to_read_timeout(tmp_path):
 FAKE_AGENT = textwrap.dedent(
     """
     # A stand-in for launcher.agent: its start number is the number of lines in COUNT; it ends as PLAN says.
-    import os, pathlib, sys, time
+    import os, pathlib, signal, sys, time
     count = pathlib.Path(sys.argv[1])
     start = len(count.read_text().splitlines()) + 1 if count.exists() else 1
     count.write_text(count.read_text() + "x\\n" if count.exists() else "x\\n")
@@ -183,7 +183,8 @@ FAKE_AGENT = textwrap.dedent(
     exit_dir = pathlib.Path(os.environ["PARTIALFC_EXIT_DIR"])
     if plan == "75":  # the real agent's workers, stopped by it when the store went, recorded 143
         (exit_dir / "attempt-00000-rank-000000").write_text("143")
-    if plan == "wait":  # waiting for the store (SIGTERM kills it: no handler is installed yet)
+    if plan == "wait":  # waiting for the store; SIGTERM comes as it reports the store lost
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
         (exit_dir.parent / (exit_dir.name + ".waiting")).touch()
         time.sleep(300)
     sys.exit(int(plan))
@@ -225,8 +226,8 @@ def test_launcher_gives_up_with_a_counted_failure_when_the_store_does_not_come_b
 
 
 def test_sigterm_during_a_store_outage_still_ends_with_143(tmp_path):
-    """The pod is evicted while its new agent waits for the store: 143 (not counted by any shipped
-    policy), and no further agent is started."""
+    """The pod is evicted while its new agent waits for the store, which then reports the store lost:
+    143 (not counted by any shipped policy), and no further agent is started."""
 
     def evict() -> None:
         deadline = time.monotonic() + TIMEOUT_S
