@@ -66,7 +66,7 @@ TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SI
 The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is raised
 to cover it, and the store client waits as long (read_timeout), so a node that starts minutes before
 the rendezvous host still joins. PET_RDZV_CONF keys win. Metrics: local rank 0 empties the node's
-metrics directory when this launcher's torchrun first starts its workers and keeps counters across
+metrics directory when each torchrun agent first starts its workers and keeps counters across
 in-place restarts (partialfc/metrics.py);
 a multi-node job without metrics.multiproc_dir gets a node-local one,
 $TMPDIR/partialfc-metrics-<rdzv id>-<host name>.

@@ -74,7 +74,8 @@ class Outcome:
     returncodes: list[int]  # the launchers' (node 0: its replacement's)
     node_logs: dict[int, list[str]]  # node -> the whole output of each launcher started for it, in order
     starts: list[dict]  # the run's "start" records: world size, start step, torchrun's restart count
-    # seconds to the first training step after: "loss" (node 0 SIGKILLed), "store" (the store came back)
+    # seconds to the first training step after: "loss" (node 0 SIGKILLed), "store" (the store came back),
+    # "start" (the launchers started)
     waited: dict[str, float]
     log: str  # the end of every launcher's output and the store's, for assertion messages
     seconds: float
@@ -199,8 +200,10 @@ def run_indexed(hosts: tuple[Host, ...], dataset: Path, output: Path) -> Outcome
     job = run.job
     try:
         await_condition(lambda: "listening" in run.store_log.read_text(), [run.store], NODE_TIMEOUT_S, "the store")
+        started_at = time.time()
         for node in range(2):
             job.start_node(node)
+        run.trains_on(2, started_at, "start")  # what a JobSet's gang restart costs once its pods run
         first = output / "checkpoints" / f"step-{EVERY:08d}"
         await_condition(first.exists, run.alive(), NODE_TIMEOUT_S, f"checkpoint {EVERY}")
         lost_at = time.time()

@@ -59,8 +59,9 @@ def test_indexed_job_loses_node_0_and_its_replacement_rejoins(lost_node_zero_run
     place once and waits in the rendezvous for node 0's replacement; its container never fails."""
     run = outcome(lost_node_zero_runs, "indexed")
     print(
-        f"\nIndexed Job, 2 nodes, external store: node 0 lost and replaced at once -> first step "
-        f"{run.waited['loss']:.0f} s (one in-place torchrun restart on node 1); whole job {run.seconds:.0f} s"
+        f"\nIndexed Job, 2 nodes, external store: launchers started -> first step {run.waited['start']:.0f} s; "
+        f"node 0 lost and replaced at once -> first step {run.waited['loss']:.0f} s (one in-place torchrun "
+        f"restart on node 1); whole job {run.seconds:.0f} s"
     )
     assert run.returncodes == [0, 0], run.log
     final = summary(run.output)
