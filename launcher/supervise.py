@@ -85,9 +85,10 @@ def run_torchrun(command: Sequence[str], env: Mapping[str, str], exit_dir: Path,
             child = subprocess.Popen(list(command), env={**env, EXIT_DIR_VAR: str(exit_dir)})
             forward.attach(child)
             torchrun_code = child.wait()
+            if torchrun_code == STORE_LOST:
+                forget_attempt(exit_dir)
             if torchrun_code != STORE_LOST or forward.received:
                 break
-            forget_attempt(exit_dir)
             print(
                 f"launcher: torchrun lost its rendezvous store; starting it again for a new rendezvous round "
                 f"(start {starts + 1}, not counted as a failure)",
@@ -109,8 +110,8 @@ def run_torchrun(command: Sequence[str], env: Mapping[str, str], exit_dir: Path,
 
 def forget_attempt(exit_dir: Path) -> None:
     """Drop the records of an agent that lost its store (its workers' 143: stopped by the agent, not the
-    pod), so that the next agent's records, which start at attempt 0 again, are the ones read; the pod's
-    SIGTERM mark stays."""
+    pod), so that they are not read as the job's end, nor mixed with the next agent's, which start at
+    attempt 0 again; the pod's SIGTERM mark stays."""
     for path in [*exit_dir.glob("attempt-*-rank-*"), exit_dir / AGENT_FAILURE]:
         path.unlink(missing_ok=True)
 

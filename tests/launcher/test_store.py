@@ -181,10 +181,11 @@ FAKE_AGENT = textwrap.dedent(
     count.write_text(count.read_text() + "x\\n" if count.exists() else "x\\n")
     plan = sys.argv[2].split(",")[start - 1]
     exit_dir = pathlib.Path(os.environ["PARTIALFC_EXIT_DIR"])
-    if plan == "75":  # the real agent's workers, stopped by it when the store went, recorded 143
+    if plan in ("75", "wait"):  # the real agent's workers, stopped by it when the store went, recorded 143
         (exit_dir / "attempt-00000-rank-000000").write_text("143")
-    if plan == "wait":  # waiting for the store; SIGTERM comes as it reports the store lost
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+    if plan == "wait":  # waiting for the store; the signal comes as it reports the store lost
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda *_: sys.exit(75))
         (exit_dir.parent / (exit_dir.name + ".waiting")).touch()
         time.sleep(300)
     sys.exit(int(plan))
@@ -225,20 +226,24 @@ def test_launcher_gives_up_with_a_counted_failure_when_the_store_does_not_come_b
     assert "launcher: no rendezvous store to join (see above); exit 1" in capsys.readouterr().err
 
 
-def test_sigterm_during_a_store_outage_still_ends_with_143(tmp_path):
-    """The pod is evicted while its new agent waits for the store, which then reports the store lost:
-    143 (not counted by any shipped policy), and no further agent is started."""
+@pytest.mark.parametrize(
+    ("signum", "expected"), [(signal.SIGTERM, ExitCode.PREEMPTED), (signal.SIGHUP, ExitCode.FAILED)]
+)
+def test_a_signal_during_a_store_outage_ends_the_launcher(tmp_path, signum, expected):
+    """The pod is evicted (SIGTERM) while its new agent waits for the store, which then reports the store
+    lost: 143, not counted by any shipped policy, and no further agent is started. Any other signal ends
+    it as a failure: the lost agent's workers' 143 (stopped by their agent) is no pre-emption."""
 
-    def evict() -> None:
+    def interrupt() -> None:
         deadline = time.monotonic() + TIMEOUT_S
         while not (tmp_path / "exit.waiting").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)  # kubelet's SIGTERM to the launcher, PID 1 of the container
+        os.kill(os.getpid(), signum)  # to the launcher, PID 1 of the container
 
-    eviction = threading.Thread(target=evict)
-    eviction.start()
+    interrupter = threading.Thread(target=interrupt)
+    interrupter.start()
     try:
-        assert supervise(tmp_path, f"{STORE_LOST},wait,0") == ExitCode.PREEMPTED
+        assert supervise(tmp_path, f"{STORE_LOST},wait,0") == expected
     finally:
-        eviction.join()
+        interrupter.join()
     assert starts(tmp_path) == 2
