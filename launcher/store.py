@@ -88,10 +88,11 @@ def main(argv: Sequence[str]) -> int:
         timeout=timedelta(seconds=60),
         master_listen_fd=server.detach(),
     )
+    address = f"[{args.host}]:{port}" if ":" in args.host else f"{args.host}:{port}"
     print(
-        f"launcher store: c10d rendezvous store listening on {args.host}:{port} (pid {os.getpid()}); SIGTERM stops it",
+        f"launcher store: c10d rendezvous store listening on {address} (pid {os.getpid()}); SIGTERM stops it",
         flush=True,
     )
     stop.wait()
-    print(f"launcher store: {signal.Signals(stopped[0]).name}: stopped, {store.num_keys()} keys dropped", flush=True)
+    print(f"launcher store: {signal.Signals(stopped[0]).name}: stopped, {store.num_keys()} key(s) dropped", flush=True)
     return 0
