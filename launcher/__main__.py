@@ -1,4 +1,5 @@
-"""``python -m launcher``: detect the node's place in the job and exec torchrun on ``partialfc.train``."""
+"""``python -m launcher``: detect the node's place in the job and run torchrun on ``partialfc.train``;
+``python -m launcher store``: the job's rendezvous store as a process of its own (launcher/store.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,16 @@ from launcher.command import (
     torchrun_environment,
     training_settings,
 )
-from launcher.environment import NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, LaunchEnvironmentError, Placement, detect
+from launcher.environment import (
+    NNODES_VAR,
+    RDZV_HOST_VAR,
+    RDZV_PORT_VAR,
+    RDZV_STORE_VAR,
+    RDZV_STORES,
+    LaunchEnvironmentError,
+    Placement,
+    detect,
+)
 from launcher.supervise import run_torchrun
 from partialfc.cli import ArgumentParser
 from partialfc.device_check import CudaProbe, GpuRequest, device_type, probe_cuda, require_compiler
@@ -42,16 +52,24 @@ environments recognised (first match wins; variables a user sets explicitly, PET
                             PET_NODE_RANK, PET_NNODES (N or MIN:MAX with elasticPolicy), PET_NPROC_PER_NODE;
                             workers only (elasticPolicy): PET_RDZV_ENDPOINT, PET_NNODES
   Kubeflow Trainer v2       PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT, PET_NPROC_PER_NODE
-  Indexed Job / JobSet      JOB_COMPLETION_INDEX, plus {NNODES_VAR} and {RDZV_HOST_VAR} (pod 0's DNS name)
-                            from the manifest; {RDZV_PORT_VAR} (default 29400)
+  Indexed Job / JobSet      JOB_COMPLETION_INDEX, plus {NNODES_VAR} and {RDZV_HOST_VAR} (pod 0's DNS name, or
+                            the external store's Service) from the manifest; {RDZV_PORT_VAR} (default 29400)
   none of these             a single node
+
+rendezvous store: by default the torchrun agent of node rank 0 hosts it, and it dies with that node.
+With --rdzv-store external ({RDZV_STORE_VAR}=external) it is `python -m launcher store` (see its
+--help) at the rendezvous endpoint, no node hosts it (is_host=false on every node), and the job
+needs a rendezvous id of its own (PET_RDZV_ID or --rdzv-id). When a node that does not host the store
+loses its connection to it (the store restarted, or its host node died), the launcher starts torchrun
+again for a new rendezvous round, uncounted: each new start first waits up to read_timeout for the
+store, and a store that does not come back within it ends the container with exit code 1.
 
 torchrun gets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, TORCH_NCCL_ASYNC_ERROR_HANDLING=3 and
 TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540 (time for the pre-emption checkpoint after SIGTERM) unless they are set.
 The collective timeout is the training config's dist.timeout_s; the rendezvous join timeout is raised
 to cover it, and the store client waits as long (read_timeout), so a node that starts minutes before
 the rendezvous host still joins. PET_RDZV_CONF keys win. Metrics: local rank 0 empties the node's
-metrics directory when this launcher's torchrun first starts its workers and keeps counters across
+metrics directory when each torchrun agent first starts its workers and keeps counters across
 in-place restarts (partialfc/metrics.py);
 a multi-node job without metrics.multiproc_dir gets a node-local one,
 $TMPDIR/partialfc-metrics-<rdzv id>-<host name>.
@@ -79,9 +97,10 @@ example:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m launcher",
-        description="Start this node's part of a partialfc training job: detect the scheduler, then exec torchrun "
+        description="Start this node's part of a partialfc training job: detect the scheduler, then run torchrun "
         "(c10d rendezvous, elastic restarts) on `python -m partialfc.train TRAIN_ARGS`. Every argument the "
-        "launcher does not own, or everything after `--`, is a training argument.",
+        "launcher does not own, or everything after `--`, is a training argument. `python -m launcher store "
+        "[--port P] [--host H]` runs the job's rendezvous store instead (see `python -m launcher store --help`).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -107,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="rendezvous id, the same on every node (default: derived from "
         "the scheduler: the rendezvous host or the SLURM job id)",
+    )
+    parser.add_argument(
+        "--rdzv-store",
+        choices=RDZV_STORES,
+        help=f"where the rendezvous store runs: node (node rank 0's torchrun agent hosts it) or external "
+        f"(`python -m launcher store` at the rendezvous endpoint; no node hosts it) (default: {RDZV_STORE_VAR}, "
+        "else node)",
     )
     parser.add_argument(
         "--print",
@@ -158,6 +184,7 @@ def describe(
     lines += [
         f"nodes: {placement.nnodes}, this node's rank: {rank}",
         f"rendezvous: c10d at {placement.rdzv_endpoint}, id {placement.rdzv_id}",
+        f"rendezvous store: {store_host(placement)}",
         f"collective timeout (dist.timeout_s): {settings.timeout_s} s",
         f"GPUs asked: {request.count} ({request.asked_by}), checked before torchrun starts"
         if request
@@ -176,9 +203,23 @@ def describe(
     return "\n".join(lines)
 
 
+def store_host(placement: Placement) -> str:
+    """Who runs the rendezvous store, for ``--print``."""
+    if placement.external_store:
+        return "external (python -m launcher store); no node hosts it"
+    if placement.node_rank is not None and placement.rdzv_host != "localhost":
+        return "the torchrun agent of node rank 0" + (" (this node)" if placement.node_rank == 0 else "")
+    return "the torchrun agent on the rendezvous host (torch matches host names)"
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["store"]:
+        from launcher.store import main as store_main
+
+        return store_main(argv[1:])
     env = dict(os.environ if env is None else env)
-    own, train_args = split_arguments(sys.argv[1:] if argv is None else argv)
+    own, train_args = split_arguments(argv)
     args, unknown = build_parser().parse_known_args(own)
     train_args = unknown + train_args
     try:
@@ -193,6 +234,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             "node_rank": args.node_rank,
             "max_restarts": args.max_restarts,
             "rdzv_id": args.rdzv_id,
+            "rdzv_store": args.rdzv_store,
         }
         placement = apply_overrides(detect(env), env, cli)
     except LaunchEnvironmentError as error:
@@ -216,6 +258,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         placement, nproc, max_restarts, rendezvous_conf(placement, settings.timeout_s, env), train_args
     )
     child_env, added = torchrun_environment(env)
+    child_env[RDZV_STORE_VAR] = "external" if placement.external_store else "node"  # read by launcher.agent
     if args.print_only:
         print(describe(placement, settings, request, added, command))
         return 0

@@ -10,7 +10,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from launcher.environment import LaunchEnvironmentError, Placement, check_nnodes, nproc_from, parse_nproc
+from launcher.environment import (
+    RDZV_STORE_VAR,
+    RDZV_STORES,
+    LaunchEnvironmentError,
+    Placement,
+    check_nnodes,
+    default_rdzv_id,
+    nproc_from,
+    parse_nproc,
+)
 from partialfc.device_check import GpuRequest
 
 DEFAULT_MAX_RESTARTS = 3
@@ -91,7 +100,16 @@ def node_local_dir(kind: str, placement: Placement, temp_dir: str, host: str) ->
 
 
 def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[str, int | str | None]) -> Placement:
-    """Command-line options beat PET_* variables the user set, which beat what the scheduler implies."""
+    """Command-line options beat PET_* variables the user set, which beat what the scheduler implies.
+
+    ``cli["rdzv_store"]`` (else PARTIALFC_RDZV_STORE) says where the rendezvous store runs: "node" (the
+    agent of node rank 0, torchrun's way) or "external" (``python -m launcher store``, outliving any
+    node). An external store serves every job pointed at it, so the rendezvous id must name the job:
+    the default one, derived from the rendezvous host, would be the same for all of them.
+    """
+    store = cli.get("rdzv_store") or env.get(RDZV_STORE_VAR) or "node"
+    if store not in RDZV_STORES:
+        raise LaunchEnvironmentError(f"{RDZV_STORE_VAR}={store!r} must be one of {', '.join(RDZV_STORES)}")
     changes: dict[str, Any] = {}  # Placement fields of several types; replace() checks the names
     for name, variable in PET_OVERRIDES.items():
         if not env.get(variable) or env[variable] == str(getattr(placement, name)):
@@ -106,12 +124,19 @@ def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[s
             except ValueError:
                 raise LaunchEnvironmentError(f"{variable}={env[variable]!r} is not an integer") from None
     sources = [PET_OVERRIDES[name] for name in changes]
-    given = {name: value for name, value in cli.items() if value is not None}
+    given = {name: value for name, value in cli.items() if value is not None and name != "rdzv_store"}
     changes.update(given)
     sources += [f"--{name.replace('_', '-')}" for name in given]
     if "nnodes" in changes:
         check_nnodes(str(changes["nnodes"]), "--nnodes" if "nnodes" in given else PET_OVERRIDES["nnodes"])
-    resolved = replace(placement, **changes)
+    resolved = replace(placement, **changes, external_store=store == "external")
+    if resolved.external_store and resolved.rdzv_id == default_rdzv_id(resolved.rdzv_host):
+        raise LaunchEnvironmentError(
+            f"the rendezvous store is external ({RDZV_STORE_VAR}=external or --rdzv-store external) but no "
+            "rendezvous id names the job (set PET_RDZV_ID, a PyTorchJob's elasticPolicy.rdzvId, or --rdzv-id): "
+            f"the default, {resolved.rdzv_id}, comes from the store's host name, which every job using that "
+            "store shares"
+        )
     if resolved.rdzv_host == "localhost" and resolved.nnodes != "1":
         raise LaunchEnvironmentError(
             f"{', '.join(sources)}: {resolved.nnodes} nodes but no scheduler variables name a rendezvous host "
@@ -127,7 +152,8 @@ def apply_overrides(placement: Placement, env: Mapping[str, str], cli: Mapping[s
 def rendezvous_conf(placement: Placement, timeout_s: int, env: Mapping[str, str]) -> str:
     """``--rdzv-conf``: who hosts the store, and how long a node waits for the store and its peers.
 
-    Node rank 0 hosts the c10d store when the scheduler fixes node ranks (torch otherwise guesses by
+    No node hosts an external store (``is_host=false`` everywhere, whatever the node rank). Otherwise
+    node rank 0 hosts the c10d store when the scheduler fixes node ranks (torch otherwise guesses by
     matching host names and addresses, which a DNS alias can defeat); without node ranks, the node
     whose torchrun local address (PET_LOCAL_ADDR) is the rendezvous host hosts it. A restarted node may wait for a
     peer that is still blocked in a collective until ``dist.timeout_s``, so the join timeout is at
@@ -138,7 +164,9 @@ def rendezvous_conf(placement: Placement, timeout_s: int, env: Mapping[str, str]
     """
     join_timeout = str(max(MIN_JOIN_TIMEOUT_S, timeout_s + 60))
     conf = {"join_timeout": join_timeout, "read_timeout": join_timeout}
-    if placement.node_rank is not None and placement.rdzv_host != "localhost":
+    if placement.external_store:
+        conf["is_host"] = "false"
+    elif placement.node_rank is not None and placement.rdzv_host != "localhost":
         conf["is_host"] = str(placement.node_rank == 0).lower()
     elif env.get("PET_LOCAL_ADDR") == placement.rdzv_host:  # torch's guess misses addresses of secondary NICs
         conf["is_host"] = "true"

@@ -19,6 +19,9 @@ DEFAULT_RDZV_PORT = 29400
 NNODES_VAR = "PARTIALFC_NNODES"
 RDZV_HOST_VAR = "PARTIALFC_RDZV_HOST"
 RDZV_PORT_VAR = "PARTIALFC_RDZV_PORT"
+# "external": the rendezvous store is a process of its own (`python -m launcher store`), no node hosts it.
+RDZV_STORE_VAR = "PARTIALFC_RDZV_STORE"
+RDZV_STORES = ("node", "external")
 
 
 # A PyTorchJob with a Master replica: the operator always sets all of these together (v1.7-v1.9).
@@ -44,6 +47,7 @@ class Placement:
     node_rank: int | None = None  # None: the scheduler does not fix it (the rendezvous assigns one)
     nproc_per_node: int | str | None = None  # N, "cpu" or "gpu"; None ("auto"): visible GPUs, or 1
     max_restarts: int | None = None  # None: the launcher's default
+    external_store: bool = False  # the store runs apart (`python -m launcher store`): no node hosts it
     variables: dict[str, str] = field(default_factory=dict)  # the variables this was read from
 
     @property
@@ -102,7 +106,7 @@ def from_pytorchjob(env: Mapping[str, str]) -> Placement | None:
             nnodes,
             host,
             port,
-            env.get("PET_RDZV_ID") or _default_id(host),
+            env.get("PET_RDZV_ID") or default_rdzv_id(host),
             nproc_per_node=nproc_from(env),
             max_restarts=max_restarts,
             variables=_present(
@@ -128,7 +132,7 @@ def from_pytorchjob(env: Mapping[str, str]) -> Placement | None:
         nnodes,
         host,
         port,
-        env.get("PET_RDZV_ID") or _default_id(host),
+        env.get("PET_RDZV_ID") or default_rdzv_id(host),
         node_rank=node_rank,
         nproc_per_node=nproc_from(env),
         max_restarts=max_restarts,
@@ -156,7 +160,7 @@ def from_trainer_v2(env: Mapping[str, str]) -> Placement | None:
         str(nnodes),
         host,
         _int(env, "PET_MASTER_PORT", minimum=1, maximum=65535),
-        env.get("PET_RDZV_ID") or _default_id(host),
+        env.get("PET_RDZV_ID") or default_rdzv_id(host),
         node_rank=node_rank,
         nproc_per_node=nproc_from(env),
         max_restarts=_optional_int(env, "PET_MAX_RESTARTS", minimum=0),
@@ -180,7 +184,7 @@ def from_indexed_job(env: Mapping[str, str]) -> Placement | None:
         str(nnodes),
         host,
         port,
-        _default_id(host),
+        default_rdzv_id(host),
         node_rank=node_rank,
         variables=_present(env, "JOB_COMPLETION_INDEX", NNODES_VAR, RDZV_HOST_VAR, RDZV_PORT_VAR, "JOBSET_NAME"),
     )
@@ -363,6 +367,7 @@ def _endpoint(env: Mapping[str, str], name: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def _default_id(host: str) -> str:
-    """Every node derives the same id from the rendezvous host, which names the job's pod 0."""
+def default_rdzv_id(host: str) -> str:
+    """Every node derives the same id from the rendezvous host, which names the job's pod 0 (an
+    external store's host names no job: see ``apply_overrides`` in launcher/command.py)."""
     return f"partialfc-{host}"

@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import chaos
+import lost_node_zero
 import pytest
 from crash_loop import HOST_NAMES, CrashLoop, run_crash_loop
 from netns_cluster import COLD_GAP_S, Job, can_make_hosts, jobset_env, make_hosts, training
@@ -35,12 +36,15 @@ def no_job_outlives_its_test() -> Iterator[None]:
 COLD_START_TEST = "tests/multinode/test_cold_start.py"
 CRASH_LOOP_TEST = "tests/multinode/test_endings.py"
 CHAOS_TEST = "tests/multinode/test_chaos.py"
+LOST_NODE_ZERO_TEST = "tests/multinode/test_rendezvous_store.py"
+BACKGROUND_TESTS = (COLD_START_TEST, CRASH_LOOP_TEST, CHAOS_TEST, LOST_NODE_ZERO_TEST)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests of jobs started at the session's first test (``cold_start_node``, ``crash_loop``, ``chaos_run``) run
-    last: those jobs then overlap the whole suite instead of being awaited halfway through it."""
-    items.sort(key=lambda item: item.nodeid.startswith((COLD_START_TEST, CRASH_LOOP_TEST, CHAOS_TEST)))
+    """The tests of jobs started at the session's first test (``cold_start_node``, ``crash_loop``,
+    ``chaos_run``, ``lost_node_zero_runs``) run last: those jobs then overlap the whole suite instead of
+    being awaited halfway through it."""
+    items.sort(key=lambda item: item.nodeid.startswith(BACKGROUND_TESTS))
 
 
 def _collected(request, test_file: str) -> bool:
@@ -71,6 +75,23 @@ def chaos_run(request) -> Iterator[Future[chaos.Chaos] | None]:
     dataset = request.getfixturevalue("tiny_dataset")
     with ThreadPoolExecutor(1) as pool, make_hosts(chaos.HOST_NAMES) as hosts:  # on exit: the nodes, then the thread
         yield pool.submit(chaos.run_chaos, hosts, dataset, base / "run", base / "reference")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lost_node_zero_runs(request) -> Iterator[dict[str, Future[lost_node_zero.Outcome]] | None]:
+    """tests/lost_node_zero.py's jobs (the elastic PyTorchJob, then the Indexed Job), run one after the
+    other in a thread from the session's first test when their test is collected and the machine can
+    run them (else None); the tests wait for their outcomes."""
+    if not _collected(request, LOST_NODE_ZERO_TEST):
+        yield None
+        return
+    base = request.getfixturevalue("tmp_path_factory").mktemp("lost-node-zero")
+    dataset = request.getfixturevalue("tiny_dataset")
+    with ThreadPoolExecutor(1) as pool, make_hosts(lost_node_zero.HOST_NAMES) as hosts:
+        yield {
+            "elastic": pool.submit(lost_node_zero.run_elastic, hosts, dataset, base / "elastic"),
+            "indexed": pool.submit(lost_node_zero.run_indexed, hosts, dataset, base / "indexed"),
+        }
 
 
 @pytest.fixture(scope="session", autouse=True)

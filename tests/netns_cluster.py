@@ -1,12 +1,13 @@
-"""Two-node jobs on one machine, each node a host of its own: a Linux network namespace joined to the
-other by a veth pair, with its own host name (a UTS namespace) that resolves to its own address (a
-per-namespace hosts file), as a pod's does. Nothing here sets a variable a real operator never sets:
-the nodes find each other by host name, and gloo, torchrun and the launcher see what they see in a
-pod. The scheduler variables are copied from the operators' sources (see
+"""Multi-node jobs on one machine, each node a host of its own: a Linux network namespace joined to
+the others through a bridge, with its own host name (a UTS namespace) that resolves to its own
+address (a per-namespace hosts file), as a pod's does. Nothing here sets a variable a real operator
+never sets: the nodes find each other by host name, and gloo, torchrun and the launcher see what they
+see in a pod. The scheduler variables are copied from the operators' sources (see
 tests/launcher/test_environment.py).
 
-Needs root (``ip netns``, ``unshare --uts``); CI runs as root. Addresses are only put on the veth
-pair between the namespaces a test creates, in 10.213.0.0/16, and everything is deleted afterwards.
+Needs root (``ip netns``, ``unshare --uts``); CI runs as root. Addresses are only put on the node ends
+of the veth pairs between the namespaces a test creates, in 10.213.0.0/16 (the bridge, in a namespace
+of its own, has none), and everything is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class Host:
         """Every process running on this node (in its network namespace)."""
         result = subprocess.run(["ip", "netns", "pids", self.namespace], capture_output=True, text=True, timeout=30)
         return [int(pid) for pid in result.stdout.split()]
+
+    def runs(self, module: str) -> bool:
+        """Is a ``python -m module`` process running on this node?"""
+        return any(f"-m\0{module}\0".encode() in cmdline for _, cmdline in _processes(self.pids()).values())
 
     def workers(self) -> dict[int, int]:
         """The training workers on this node, local rank -> pid: the children of its torchrun agent."""
@@ -122,53 +127,44 @@ def _ip(*args: str) -> None:
 
 
 @contextlib.contextmanager
-def make_hosts(names: Sequence[Sequence[str]]) -> Iterator[tuple[Host, Host]]:
-    """Two namespaces with ``lo`` and one end of a veth pair each, addressed 10.213.<subnet>.1 and .2;
-    ``names[i]`` resolve to node i's address on both nodes. Deleted afterwards, also on failure."""
+def make_hosts(names: Sequence[Sequence[str]]) -> Iterator[tuple[Host, ...]]:
+    """A namespace per entry of ``names`` with ``lo`` and one end of a veth pair, whose other end is a
+    port of a bridge in a namespace of its own; node i has 10.213.<subnet>.<i + 1>/24, and ``names[i]``
+    resolve to it on every node. Deleted afterwards, also on failure."""
     if not can_make_hosts():
         pytest.skip("multi-node tests need root for network and UTS namespaces (CI runs as root)")
     tag = f"{os.getpid() % 100000:05d}{secrets.token_hex(2)}"
-    namespaces, links = (f"pfc-{tag}-0", f"pfc-{tag}-1"), (f"pfc{tag}a", f"pfc{tag}b")
+    namespaces = [f"pfc-{tag}-{i}" for i in range(len(names))]
+    switch = f"pfc-{tag}-sw"
     subnet = secrets.randbelow(250) + 1
-    addresses = (f"10.213.{subnet}.1", f"10.213.{subnet}.2")
+    addresses = [f"10.213.{subnet}.{i + 1}" for i in range(len(names))]
     hosts_file = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n" + "".join(
         f"{address} {' '.join(node_names)}\n" for address, node_names in zip(addresses, names)
     )
     try:
-        for namespace in namespaces:
+        _ip("netns", "add", switch)
+        _ip("-n", switch, "link", "add", "bridge", "type", "bridge")
+        _ip("-n", switch, "link", "set", "bridge", "up")
+        for i, (namespace, address) in enumerate(zip(namespaces, addresses)):
             (NETNS_ETC / namespace).mkdir(parents=True, exist_ok=True)
             (NETNS_ETC / namespace / "hosts").write_text(hosts_file)
             _ip("netns", "add", namespace)
-        _ip(
-            "link",
-            "add",
-            links[0],
-            "netns",
-            namespaces[0],
-            "type",
-            "veth",
-            "peer",
-            "name",
-            links[1],
-            "netns",
-            namespaces[1],
-        )
-        for namespace, link, address in zip(namespaces, links, addresses):
-            _ip("-n", namespace, "addr", "add", f"{address}/30", "dev", link)
+            link, port = f"pfc{tag}n{i}", f"pfc{tag}p{i}"
+            _ip("link", "add", link, "netns", namespace, "type", "veth", "peer", "name", port, "netns", switch)
+            _ip("-n", switch, "link", "set", port, "master", "bridge", "up")
+            _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", link)
             _ip("-n", namespace, "link", "set", "lo", "up")
             _ip("-n", namespace, "link", "set", link, "up")
-        yield tuple(
-            Host(ns, address, tuple(node_names))  # type: ignore[return-value]
-            for ns, address, node_names in zip(namespaces, addresses, names)
-        )
+        yield tuple(Host(ns, ip, tuple(node_names)) for ns, ip, node_names in zip(namespaces, addresses, names))
     finally:
         for namespace in namespaces:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 for pid in Host(namespace, "", ()).pids():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
-                subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, timeout=30)
             shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
+        for namespace in [*namespaces, switch]:
+            subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, timeout=30)
 
 
 STEPS, EVERY = 24, 8  # 2 ranks x 16 images per step; the dataset has 960 images (30 steps per epoch)
@@ -186,6 +182,7 @@ HOSTNAMES = {
     "ix": ("ix-0", "ix-1"),
     "cs": ("cs-node-0-0", "cs-node-0-1"),
     "ch": ("ch-node-0-0", "ch-node-0-1"),
+    "px": ("px-worker-0", "px-worker-1", "px-worker-2"),  # tests/lost_node_zero.py: an elastic PyTorchJob, 2:3
 }
 
 
@@ -250,9 +247,9 @@ SCHEDULER_PREFIXES = (
 
 @dataclass
 class Job:
-    """One two-node job: a launcher per node, each in its node's namespace under its pod's host name."""
+    """One multi-node job: a launcher per node, each in its node's namespace under its pod's host name."""
 
-    hosts: tuple[Host, Host]
+    hosts: tuple[Host, ...]
     name: str
     make_env: Callable[[int], dict[str, str]]
     args: list[str]
@@ -296,7 +293,7 @@ class Job:
         return process
 
     def wait(self, timeout_s: float = NODE_TIMEOUT_S) -> list[int]:
-        """Both launchers' exit codes; whatever still runs ``timeout_s`` from now is killed."""
+        """The launchers' exit codes, by node; whatever still runs ``timeout_s`` from now is killed."""
         deadline = time.perf_counter() + timeout_s
         try:
             return [
@@ -325,6 +322,22 @@ class Job:
 
     def log_text(self) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}" for log in self.logs)
+
+
+# The rendezvous store's Service (k8s/common/rendezvous-store.yaml): the host name its pods reach it by.
+STORE_SERVICE = "partialfc-rendezvous"
+
+
+def start_store(host: Host, log: Path) -> subprocess.Popen:
+    """``python -m launcher store`` on ``host``, as the store Deployment's container runs it."""
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [*host.prefix(STORE_SERVICE), sys.executable, "-m", "launcher", "store"],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def training(dataset: Path, output: Path) -> list[str]:

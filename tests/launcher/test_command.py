@@ -85,6 +85,23 @@ def test_rendezvous_conf_hosts_the_store_on_node_0_and_waits_out_a_collective_ti
     )
 
 
+def test_an_external_store_is_hosted_by_no_node_and_needs_the_jobs_own_rendezvous_id():
+    """k8s/indexed-job with the store Deployment: node 0 is a client like every other node, and the job is
+    named by PET_RDZV_ID, since the store's host name is the same for every job using it."""
+    env = {**INDEXED, "JOB_COMPLETION_INDEX": "0", "PARTIALFC_RDZV_HOST": "partialfc-rendezvous"}
+    external = {**env, "PARTIALFC_RDZV_STORE": "external", "PET_RDZV_ID": "r50"}
+    node0 = apply_overrides(detect(external), external, {})
+    assert node0.external_store and node0.rdzv_id == "r50"
+    assert rendezvous_conf(node0, 60, {}) == "join_timeout=600,read_timeout=600,is_host=false"
+    assert rendezvous_conf(apply_overrides(detect(env), env, {}), 60, {}).endswith("is_host=true")
+    flag = apply_overrides(detect(env), env, {"rdzv_store": "external", "rdzv_id": "r50"})
+    assert flag.external_store and rendezvous_conf(flag, 60, {}).endswith("is_host=false")
+    with pytest.raises(LaunchEnvironmentError, match=r"no rendezvous id names the job \(set PET_RDZV_ID"):
+        apply_overrides(detect(env), {**env, "PARTIALFC_RDZV_STORE": "external"}, {})
+    with pytest.raises(LaunchEnvironmentError, match="PARTIALFC_RDZV_STORE='elsewhere' must be one of node, external"):
+        apply_overrides(detect(env), {**env, "PARTIALFC_RDZV_STORE": "elsewhere"}, {})
+
+
 @pytest.mark.parametrize(
     "spec, gpus, cpus, expected",
     [
@@ -176,6 +193,7 @@ def test_print_shows_the_environment_and_the_exact_command(capsys):
         f"--metrics.multiproc_dir {local_dir}"
     )
     assert f"metrics: port 9400, directory {local_dir} " in out
+    assert "rendezvous store: the torchrun agent of node rank 0\n" in out
 
 
 def test_slurm_batch_script_with_master_addr_prints_its_command(capsys):
@@ -218,6 +236,9 @@ def test_module_entry_point_help_lists_every_option():
         "--node-rank",
         "--max-restarts",
         "--rdzv-id",
+        "--rdzv-store",
+        "PARTIALFC_RDZV_STORE=external",
+        "python -m launcher store",
         "--print",
         "JOB_COMPLETION_INDEX",
         "SLURM_JOB_NODELIST",

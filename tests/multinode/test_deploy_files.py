@@ -232,37 +232,37 @@ def scheduler_env(variant: str, node: int) -> dict[str, str]:
     PyTorchJob, training-operator v1.9.4 (pkg/controller.v1/pytorch/envvar.go setPodEnv and
     elastic.go ElasticEnvVarGenerator.Generate), for Worker replicas with an elasticPolicy and no
     Master: PYTHONUNBUFFERED, PET_NPROC_PER_NODE from spec.nprocPerNode, then PET_RDZV_ENDPOINT
-    (``<job>-worker-0:<port named pytorchjob-port>``), PET_RDZV_BACKEND, PET_NNODES (``MIN:MAX``) and
-    PET_MAX_RESTARTS; no MASTER_*, RANK or WORLD_SIZE without a Master. Indexed Job and JobSet:
+    (generateEnvRDZVEndpoint: ``rdzvHost``, else ``<job>-worker-0``, and ``rdzvPort``, else the port
+    named pytorchjob-port, which the defaulter adds as 23456 when the container has none),
+    PET_RDZV_BACKEND, PET_NNODES (``MIN:MAX``), PET_MAX_RESTARTS and, when set, PET_RDZV_ID
+    (``rdzvId``); no MASTER_*, RANK or WORLD_SIZE without a Master. Indexed Job and JobSet:
     JOB_COMPLETION_INDEX (and the manifest's JOBSET_NAME from the pod label)."""
     document = workload(variant)
     name = document["metadata"]["name"]
     if variant == "pytorchjob":
         elastic = document["spec"]["elasticPolicy"]
-        (port,) = [
-            p["containerPort"]
-            for p in pod_template(document)["spec"]["containers"][0]["ports"]
-            if p["name"] == "pytorchjob-port"
-        ]
+        ports = {p["name"]: p["containerPort"] for p in pod_template(document)["spec"]["containers"][0]["ports"]}
+        port = elastic.get("rdzvPort", ports.get("pytorchjob-port", 23456))
         assert "Master" not in document["spec"]["pytorchReplicaSpecs"]
-        return {
+        env = {
             "PYTHONUNBUFFERED": "1",
             "PET_NPROC_PER_NODE": document["spec"]["nprocPerNode"],
-            "PET_RDZV_ENDPOINT": f"{name}-worker-0:{port}",
+            "PET_RDZV_ENDPOINT": f"{elastic.get('rdzvHost', f'{name}-worker-0')}:{port}",
             "PET_RDZV_BACKEND": elastic["rdzvBackend"],
             "PET_NNODES": f"{elastic['minReplicas']}:{elastic['maxReplicas']}",
             "PET_MAX_RESTARTS": str(elastic["maxRestarts"]),
         }
+        return {**env, **({"PET_RDZV_ID": elastic["rdzvId"]} if "rdzvId" in elastic else {})}
     env = {"JOB_COMPLETION_INDEX": str(node)}
     if variant == "jobset":
         env["JOBSET_NAME"] = name
     return env
 
 
-EXPECTED = {  # rendezvous host: the DNS name Kubernetes gives pod 0 (see each manifest's header)
-    "indexed-job": ("ms1mv3-r50-job-0.ms1mv3-r50-job:29400", "2"),
-    "pytorchjob": ("ms1mv3-r50-pytorchjob-worker-0:29400", "2:2"),
-    "jobset": ("ms1mv3-r50-jobset-node-0-0.ms1mv3-r50-jobset:29400", "2"),
+EXPECTED = {  # every variant's rendezvous: the store's Service (k8s/common/rendezvous-store.yaml), its own id
+    "indexed-job": ("partialfc-rendezvous:29400", "2", "ms1mv3-r50-job"),
+    "pytorchjob": ("partialfc-rendezvous:29400", "2:2", "ms1mv3-r50-pytorchjob"),
+    "jobset": ("partialfc-rendezvous:29400", "2", "ms1mv3-r50-jobset"),
 }
 
 
@@ -273,11 +273,26 @@ def test_each_manifest_starts_a_two_node_eight_gpu_job(variant, training_config,
     args = [str(training_config) if a == "/etc/partialfc/train.yaml" else a for a in container["args"]]
     assert launcher_main(["--print", *args], {**env, **scheduler_env(variant, node=1)}) == 0
     out = capsys.readouterr().out
-    endpoint, nnodes = EXPECTED[variant]
+    endpoint, nnodes, rdzv_id = EXPECTED[variant]
     command = out.split("command: ", 1)[1]
-    assert f"--rdzv-endpoint {endpoint} " in command and f"--nnodes {nnodes} " in command, out
+    assert f"--rdzv-endpoint {endpoint} --rdzv-id {rdzv_id} " in command and f"--nnodes {nnodes} " in command, out
     assert "--nproc-per-node 8 " in command and "--max-restarts 3 " in command, out
     assert "collective timeout (dist.timeout_s): 1800 s" in out and "join_timeout=1860" in command
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_pod_hosts_the_rendezvous_store(variant, training_config, capsys):
+    """Pod 0 is a store client like every other pod (is_host=false), so losing it costs what losing any
+    pod costs (tests/multinode/test_rendezvous_store.py); the store is the Deployment's."""
+    container = pod_template(workload(variant))["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    args = [str(training_config) if a == "/etc/partialfc/train.yaml" else a for a in container["args"]]
+    for node in (0, 1):
+        assert launcher_main(["--print", *args], {**env, **scheduler_env(variant, node)}) == 0
+        out = capsys.readouterr().out
+        assert "rendezvous store: external (python -m launcher store); no node hosts it" in out, out
+        assert ",is_host=false " in out.split("command: ", 1)[1], out
+    assert {p["name"] for p in container["ports"]} == {"metrics"}  # nothing in the pod serves a rendezvous
 
 
 # ---------------------------------------------------------------------- names, order, storage
@@ -333,26 +348,117 @@ def test_each_variant_has_its_own_names():
     assert outputs == {variant: f"/checkpoints/{names[variant]}" for variant in VARIANTS}, outputs
 
 
-def test_rendezvous_host_is_pod_zero_behind_the_variants_own_service():
-    """PARTIALFC_RDZV_HOST is the DNS name Kubernetes gives pod 0: ``<hostname>.<subdomain>``, with
+def test_pods_resolve_behind_the_variants_own_service_and_rendezvous_at_the_store():
+    """Each pod resolves as ``<hostname>.<subdomain>`` (the workers find group rank 0's pod by it), with
     the Indexed Job's hostname ``<job>-<index>`` (its Service selecting the Job's pods by
     batch.kubernetes.io/job-name) and the JobSet's ``<jobset>-<replicated job>-<job index>-<pod
-    index>`` (GenPodName, pkg/util/placement/placement.go, JobSet v0.12.0)."""
+    index>`` (GenPodName, pkg/util/placement/placement.go, JobSet v0.12.0); the rendezvous host is the
+    store's Service, and each variant names its rendezvous after itself."""
+    store = store_documents()
     job = workload("indexed-job")
     (service,) = [d for d in documents(VARIANTS["indexed-job"]) if d["kind"] == "Service"]
     spec = job["spec"]["template"]["spec"]
     assert spec["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
     assert service["spec"]["publishNotReadyAddresses"] is True
-    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
-    assert env["PARTIALFC_RDZV_HOST"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
-
     jobset = workload("jobset")
-    (subdomain,) = service_names("jobset")
-    node = jobset["spec"]["replicatedJobs"][0]
-    env = {e["name"]: e.get("value") for e in pod_template(jobset)["spec"]["containers"][0]["env"]}
-    assert env["PARTIALFC_RDZV_HOST"] == f"{jobset['metadata']['name']}-{node['name']}-0-0.{subdomain}"
     assert jobset["spec"]["network"]["enableDNSHostnames"] and jobset["spec"]["network"]["publishNotReadyAddresses"]
+    for variant in ("indexed-job", "jobset"):
+        env = {e["name"]: e.get("value") for e in pod_template(workload(variant))["spec"]["containers"][0]["env"]}
+        assert env["PARTIALFC_RDZV_HOST"] == store["Service"]["metadata"]["name"], variant
+        assert env["PARTIALFC_RDZV_STORE"] == "external", variant
+        assert env["PET_RDZV_ID"] == workload(variant)["metadata"]["name"], variant
+    pytorchjob = workload("pytorchjob")
+    elastic = pytorchjob["spec"]["elasticPolicy"]
+    assert (elastic["rdzvHost"], elastic["rdzvPort"]) == (store["Service"]["metadata"]["name"], store_port(store))
+    assert elastic["rdzvId"] == pytorchjob["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in pod_template(pytorchjob)["spec"]["containers"][0]["env"]}
+    assert env["PARTIALFC_RDZV_STORE"] == "external"
+
+
+# ---------------------------------------------------------------------- the rendezvous store
+STORE_FILE = "k8s/common/rendezvous-store.yaml"
+
+
+def store_documents() -> dict[str, dict]:
+    return {d["kind"]: d for d in documents(STORE_FILE)}
+
+
+def store_port(store: dict[str, dict]) -> int:
+    """The port the store's container listens on, read from its args the way `python -m launcher store` does."""
+    from launcher.store import build_parser as store_parser
+
+    (container,) = store["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "store"  # the image's entrypoint is `python -m launcher`
+    return store_parser().parse_args(container["args"][1:]).port
+
+
+def test_store_is_one_small_pod_behind_a_service_on_its_port():
+    """One replica, replaced only after the old one stopped (Recreate: two stores behind one Service would
+    split a rendezvous), ready once it listens; the training image without a GPU; the Service (not
+    headless: one address that outlives the pod) sends the rendezvous port to it."""
+    store = store_documents()
+    deployment, service = store["Deployment"], store["Service"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    template = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (container,) = template["spec"]["containers"]
+    port = store_port(store)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"rendezvous": port}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["tcpSocket"]["port"] in ("rendezvous", port), probe
+    training = pod_template(workload("indexed-job"))["spec"]["containers"][0]
+    assert container["image"] == training["image"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert not template["spec"].get("tolerations")  # not on the GPU nodes
+    assert service["spec"].get("clusterIP") != "None" and service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == port and service_port["targetPort"] in ("rendezvous", port)
+    security = container["securityContext"]
+    assert template["spec"]["securityContext"]["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+
+
+def ingress_allowed(policies: list[dict], pod: dict[str, str], peer: dict[str, str], port: int) -> bool:
+    """Does a pod labelled ``pod`` accept TCP ``port`` from a pod labelled ``peer`` in its namespace?
+    Kubernetes networking.k8s.io/v1 NetworkPolicy: a pod no Ingress policy selects accepts everything;
+    otherwise the union of the rules of the policies that select it, a rule matching when one of its
+    ``from`` peers' podSelector matches (no ``from``: any peer) and one of its ports (no ``ports``: any)."""
+
+    def selects(selector: dict, labels: dict[str, str]) -> bool:
+        assert set(selector) <= {"matchLabels"}, selector  # matchExpressions are not used in k8s/
+        return selector.get("matchLabels", {}).items() <= labels.items()
+
+    ingress = [p for p in policies if "Ingress" in p["spec"]["policyTypes"]]
+    selecting = [p for p in ingress if selects(p["spec"]["podSelector"], pod)]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from")
+            peer_ok = peers is None or any("podSelector" in f and selects(f["podSelector"], peer) for f in peers)
+            ports = rule.get("ports")
+            port_ok = ports is None or any(p.get("protocol", "TCP") == "TCP" and p["port"] == port for p in ports)
+            if peer_ok and port_ok:
+                return True
+    return False
+
+
+def test_network_policies_let_the_training_pods_and_no_others_reach_the_store():
+    policies = [d for d in documents("k8s/common/networkpolicy.yaml") if d["kind"] == "NetworkPolicy"]
+    store = store_documents()
+    store_labels = store["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    port = store_port(store)
+    for variant in VARIANTS:
+        training = pod_template(workload(variant))["metadata"]["labels"]
+        assert ingress_allowed(policies, store_labels, training, port), variant
+        assert ingress_allowed(policies, training, training, 40000), variant  # NCCL/gloo between the nodes
+    loader = data_job("partialfc-load-dataset")["spec"]["template"]["metadata"]["labels"]
+    assert not ingress_allowed(policies, store_labels, loader, port)
+    assert not ingress_allowed(policies, store_labels, {"app": "elsewhere"}, port)
+    assert not ingress_allowed(policies, store_labels, training, port + 1)
 
 
 def test_namespace_is_created_first():

@@ -69,6 +69,12 @@ FLOORS = [
     ),
     Floor(
         "Kubernetes",
+        "1.19",
+        r"/securityContext/seccompProfile/type=",
+        "seccomp stable in 1.19, kubernetes.io/docs/reference/node/seccomp (KEP sig-node/135-seccomp)",
+    ),
+    Floor(
+        "Kubernetes",
         "1.20",
         r"/securityContext/fsGroupChangePolicy=",
         f"ConfigurableFSGroupPolicy beta (on by default) in 1.20, {K8S_FEATURES}",
