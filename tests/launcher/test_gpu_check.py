@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from k8s_manifests import scheduler_env
 from training_run import REPO
 
 import launcher.__main__ as launcher_main
@@ -44,23 +45,12 @@ def no_gpus(**changes: object) -> CudaProbe:
 
 def pytorchjob_pod() -> tuple[list[str], dict[str, str]]:
     """The PyTorchJob container's args, and the variables its pod gets: the manifest's env plus what
-    training-operator v1.9 injects into a Worker replica with an elasticPolicy and no Master
-    (pkg/controller.v1/pytorch/elastic.go ElasticEnvVarGenerator.Generate: PET_RDZV_ENDPOINT is
-    ``<job>-worker-0:<port named pytorchjob-port>``, PET_NNODES ``MIN:MAX``; envvar.go setPodEnv:
-    PET_NPROC_PER_NODE from spec.nprocPerNode). No MASTER_*, RANK or WORLD_SIZE without a Master."""
+    training-operator v1.9 injects (tests/k8s_manifests.py ``scheduler_env`` spells out the operator's
+    rules; here node 1 of the shipped job)."""
     job = yaml.safe_load(PYTORCHJOB.read_text())
     (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
-    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "pytorchjob-port"]
-    elastic = job["spec"]["elasticPolicy"]
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    env |= {
-        "PET_NPROC_PER_NODE": job["spec"]["nprocPerNode"],
-        "PET_RDZV_ENDPOINT": f"{job['metadata']['name']}-worker-0:{port}",
-        "PET_RDZV_BACKEND": elastic["rdzvBackend"],
-        "PET_NNODES": f"{elastic['minReplicas']}:{elastic['maxReplicas']}",
-        "PET_MAX_RESTARTS": str(elastic["maxRestarts"]),
-    }
-    return container["args"], env
+    return container["args"], env | scheduler_env("pytorchjob", 1)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from k8s_manifests import VARIANTS, documents, pod_template, scheduler_env, workload
 from training_run import REPO
 
 from launcher.__main__ import main as launcher_main
@@ -27,11 +28,6 @@ from partialfc.config import add_config_arguments, config_from_args, load_config
 
 LINT = REPO / ".venv-lint" / "bin"
 CHECKER = Path(__file__).with_name("check_custom_kinds.py")
-VARIANTS = {
-    "indexed-job": "k8s/indexed-job/job.yaml",
-    "pytorchjob": "k8s/pytorchjob/pytorchjob.yaml",
-    "jobset": "k8s/jobset/jobset.yaml",
-}
 MANIFESTS = [
     *sorted(
         str(p.relative_to(REPO))
@@ -42,22 +38,6 @@ MANIFESTS = [
 ]
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
 PRINT_BEGIN, PRINT_END = "<!-- launcher-print:begin -->", "<!-- launcher-print:end -->"
-
-
-def documents(path: str) -> list[dict]:
-    return list(yaml.safe_load_all((REPO / path).read_text()))
-
-
-def workload(variant: str) -> dict:
-    return next(d for d in documents(VARIANTS[variant]) if d["kind"] in ("Job", "PyTorchJob", "JobSet"))
-
-
-def pod_template(document: dict) -> dict:
-    if document["kind"] == "Job":
-        return document["spec"]["template"]
-    if document["kind"] == "PyTorchJob":
-        return document["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
-    return document["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
 
 
 def every_document() -> list[tuple[str, dict]]:
@@ -224,39 +204,6 @@ def test_restart_policies_bring_a_failed_node_back():
     nodes = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]
     assert nodes["template"]["spec"]["restartPolicy"] == "Never" and nodes["backoffLimit"] == 0
     assert jobset["spec"]["failurePolicy"]["maxRestarts"] > 0
-
-
-def scheduler_env(variant: str, node: int) -> dict[str, str]:
-    """What Kubernetes (and the operator) add to the manifest's env in the pod of node ``node``.
-
-    PyTorchJob, training-operator v1.9.4 (pkg/controller.v1/pytorch/envvar.go setPodEnv and
-    elastic.go ElasticEnvVarGenerator.Generate), for Worker replicas with an elasticPolicy and no
-    Master: PYTHONUNBUFFERED, PET_NPROC_PER_NODE from spec.nprocPerNode, then PET_RDZV_ENDPOINT
-    (generateEnvRDZVEndpoint: ``rdzvHost``, else ``<job>-worker-0``, and ``rdzvPort``, else the port
-    named pytorchjob-port, which the defaulter adds as 23456 when the container has none),
-    PET_RDZV_BACKEND, PET_NNODES (``MIN:MAX``), PET_MAX_RESTARTS and, when set, PET_RDZV_ID
-    (``rdzvId``); no MASTER_*, RANK or WORLD_SIZE without a Master. Indexed Job and JobSet:
-    JOB_COMPLETION_INDEX (and the manifest's JOBSET_NAME from the pod label)."""
-    document = workload(variant)
-    name = document["metadata"]["name"]
-    if variant == "pytorchjob":
-        elastic = document["spec"]["elasticPolicy"]
-        ports = {p["name"]: p["containerPort"] for p in pod_template(document)["spec"]["containers"][0]["ports"]}
-        port = elastic.get("rdzvPort", ports.get("pytorchjob-port", 23456))
-        assert "Master" not in document["spec"]["pytorchReplicaSpecs"]
-        env = {
-            "PYTHONUNBUFFERED": "1",
-            "PET_NPROC_PER_NODE": document["spec"]["nprocPerNode"],
-            "PET_RDZV_ENDPOINT": f"{elastic.get('rdzvHost', f'{name}-worker-0')}:{port}",
-            "PET_RDZV_BACKEND": elastic["rdzvBackend"],
-            "PET_NNODES": f"{elastic['minReplicas']}:{elastic['maxReplicas']}",
-            "PET_MAX_RESTARTS": str(elastic["maxRestarts"]),
-        }
-        return {**env, **({"PET_RDZV_ID": elastic["rdzvId"]} if "rdzvId" in elastic else {})}
-    env = {"JOB_COMPLETION_INDEX": str(node)}
-    if variant == "jobset":
-        env["JOBSET_NAME"] = name
-    return env
 
 
 EXPECTED = {  # every variant's rendezvous: the store's Service (k8s/common/rendezvous-store.yaml), its own id
