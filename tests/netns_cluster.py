@@ -13,6 +13,7 @@ of its own, has none), and everything is deleted afterwards.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,8 @@ import pytest
 import torch
 from training_run import REPO, final_state, train_args
 
-NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/<file> over /etc/<file>
+NETNS_ETC = Path("/etc/netns")
+NODE_TMP_DIRS: dict[str, set[Path]] = {}  # namespace -> the /tmp of each job node it ran (Job.tmp_dir)  # `ip netns exec NS` bind-mounts /etc/netns/NS/<file> over /etc/<file>
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ def make_hosts(names: Sequence[Sequence[str]]) -> Iterator[tuple[Host, ...]]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
             shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
+            for directory in NODE_TMP_DIRS.pop(namespace, ()):
+                shutil.rmtree(directory, ignore_errors=True)
         for namespace in [*namespaces, switch]:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, timeout=30)
 
@@ -263,14 +268,18 @@ class Job:
 
     def tmp_dir(self, node: int) -> Path:
         """Node ``node``'s /tmp: each pod has its own (an emptyDir in the manifests), so jobs running side
-        by side never share the launcher's node-local exit and metrics directories."""
-        return self.output.parent / f"{self.output.name}-tmp-node{node}"
+        by side never share the launcher's node-local exit and metrics directories. Short, under the
+        machine's /tmp: torch's DataLoader hands tensors over through a Unix socket made there
+        (multiprocessing's resource sharer), whose path may not exceed 107 bytes."""
+        digest = hashlib.sha1(str(self.output).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"pfc-{digest}-node{node}"
 
     def start_node(self, node: int) -> subprocess.Popen:
         """Start (or start again) node ``node``'s launcher, as its pod's container would be."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
         env.update(self.make_env(node))
         self.tmp_dir(node).mkdir(exist_ok=True)
+        NODE_TMP_DIRS.setdefault(self.hosts[node].namespace, set()).add(self.tmp_dir(node))
         env["TMPDIR"] = str(self.tmp_dir(node))
         log = self.output.parent / f"{self.output.name}-node{node}-{len(self.logs)}.log"
         command = [
