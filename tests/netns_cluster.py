@@ -32,8 +32,8 @@ import pytest
 import torch
 from training_run import REPO, final_state, train_args
 
-NETNS_ETC = Path("/etc/netns")
-NODE_TMP_DIRS: dict[str, set[Path]] = {}  # namespace -> the /tmp of each job node it ran (Job.tmp_dir)  # `ip netns exec NS` bind-mounts /etc/netns/NS/<file> over /etc/<file>
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/<file> over /etc/<file>
+NODE_TMP_DIRS: dict[str, set[Path]] = {}  # namespace -> the /tmp of each job node it ran (Job.tmp_dir)
 
 
 @dataclass(frozen=True)
