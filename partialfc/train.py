@@ -6,6 +6,15 @@ python -m partialfc.train --config configs/quickstart.yaml --dry-run
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # First of all, before numpy and torch start threads (OpenBLAS starts its pool when imported): a blocked
+    # mask is inherited by every thread started later, so SIGTERM reaches only the trainer's own waiting
+    # thread (preemption.py) and never a thread whose default action would end the process unsaved. Only
+    # here, not in main(): the mask is inherited by every process started later, e.g. by a test.
+    from partialfc.preemption import block_sigterm
+
+    block_sigterm()
+
 import argparse
 import os
 import sys
@@ -24,7 +33,6 @@ from partialfc.models.activation_memory import activation_bytes
 from partialfc.models.precision import DTYPES
 from partialfc.optimizer import centre_optimizer
 from partialfc.partial_fc import PartialFC
-from partialfc.preemption import block_sigterm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,9 +167,6 @@ def warn_if_restarts_unsafe() -> None:
 
 
 if __name__ == "__main__":
-    # Before any thread exists: SIGTERM is then taken by the trainer's own thread (preemption.py). Only
-    # here, not in main(): a blocked mask is inherited by every process started later, e.g. by a test.
-    block_sigterm()
     try:
         code = main()
     except SystemExit as stop:  # argparse: 0 after --help, 2 for a mistake on the command line

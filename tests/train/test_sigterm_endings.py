@@ -5,13 +5,14 @@ peer's crash as a failure, 1: a crash must never read as a pre-emption to the cl
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from training_run import REPO
+from training_run import REPO, kill_job, start_job, train_args, training_env, wait_for
 
 from partialfc.exit_codes import EXIT_DIR_VAR, ExitCode, note_pod_sigterm
 
@@ -82,3 +83,41 @@ def test_without_a_launcher_every_sigterm_counts_as_the_pods(monkeypatch):
 
     monkeypatch.delenv(EXIT_DIR_VAR, raising=False)
     assert SigtermFlag.ending() == ExitCode.PREEMPTED
+
+
+def sigterm_unblocked_threads(pid: int) -> list[str]:
+    """The threads of ``pid`` whose signal mask lets SIGTERM in (/proc/PID/task/TID/status, SigBlk)."""
+    bit = 1 << (signal.SIGTERM - 1)
+    unblocked = []
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        if not int(fields["SigBlk"], 16) & bit:
+            unblocked.append(f"{status.parent.name} ({fields['Name'].strip()})")
+    return unblocked
+
+
+def test_a_worker_with_blas_threads_still_saves_on_sigterm(tiny_dataset, tmp_path):
+    """numpy's OpenBLAS starts its thread pool when imported, and ``python -m partialfc.train`` imports the
+    package before its main runs. A thread that lets SIGTERM in takes a process-directed SIGTERM ahead of
+    the trainer's waiting thread (the kernel offers it to the first thread that does not block it), and
+    SIGTERM's default action ends the process: no pre-emption save. OMP_NUM_THREADS is left as a user's
+    single-process run or an operator's environment sets it (torchrun sets 1 only when it is unset)."""
+    output = tmp_path / "run"
+    args = train_args(
+        tiny_dataset, output, "--train.max_steps", "100000", "--checkpoint.every_steps", "0", "--eval.every_steps", "0"
+    )
+    env = {**training_env(), "OMP_NUM_THREADS": "4"}
+    log = output / "train.log"
+    job = start_job([sys.executable, "-m", "partialfc.train", *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: log.is_file() and " step 4/" in log.read_text(), time.monotonic() + 300, "step 4", job)
+        threads = len(list(Path(f"/proc/{job.pid}/task").iterdir()))
+        unblocked = sigterm_unblocked_threads(job.pid)
+        # One thread may let SIGTERM in: the trainer's own, waiting for it in sigwait (which unblocks it).
+        assert len(unblocked) <= 1, f"{len(unblocked)} of {threads} threads let SIGTERM in: {unblocked}"
+        job.send_signal(signal.SIGTERM)
+        code = job.wait(timeout=120)
+    finally:
+        kill_job(job)
+    assert code == ExitCode.PREEMPTED, (code, job.stderr.read() if job.stderr else "")
+    assert "SIGTERM: stopped at step" in log.read_text()
