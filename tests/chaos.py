@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns_cluster import Host, Job, await_condition, resumed_steps, starts
+from netns_cluster import Host, Job, await_condition, jobset_env, resumed_steps, starts
 from training_run import fill_disk, train_args
 
 HOST_NAMES = [("ch-node-0-0.ch", "ch-node-0-0"), ("ch-node-0-1.ch", "ch-node-0-1")]
@@ -35,17 +35,6 @@ STEPS, EVERY, STALL_S = 48, 6, 10
 TMPFS_BYTES = 24 * 2**20
 # A bound on each wait (a failure's, not a measurement's): the whole run takes ~3 min on a quiet 2-core machine.
 NODE_TIMEOUT_S = 600
-
-
-def chaos_env(node: int) -> dict[str, str]:
-    """k8s/jobset for a JobSet named ch: JOB_COMPLETION_INDEX from Kubernetes, the rest from the manifest."""
-    return {
-        "PYTHONUNBUFFERED": "1",
-        "JOB_COMPLETION_INDEX": str(node),
-        "PARTIALFC_NNODES": "2",
-        "PARTIALFC_RDZV_HOST": "ch-node-0-0.ch",
-        "JOBSET_NAME": "ch",
-    }
 
 
 def chaos_training(dataset: Path, output: Path) -> list[str]:
@@ -122,7 +111,7 @@ def run_chaos(hosts: tuple[Host, Host], dataset: Path, output: Path, reference: 
     output.parent.mkdir(parents=True, exist_ok=True)
     output.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(output)], check=True, timeout=30)
-    job = Job(hosts, "ch", chaos_env, chaos_training(dataset, output), output, launcher_args=("--max-restarts", "8"))
+    job = Job(hosts, "ch", jobset_env, chaos_training(dataset, output), output, launcher_args=("--max-restarts", "8"))
     try:
         for node in range(2):
             job.start_node(node)
@@ -143,7 +132,7 @@ def run_chaos(hosts: tuple[Host, Host], dataset: Path, output: Path, reference: 
 
 def _reference_run(hosts: tuple[Host, Host], dataset: Path, output: Path) -> None:
     output.mkdir(parents=True)
-    job = Job(hosts, "ch", chaos_env, chaos_training(dataset, output), output, launcher_args=("--max-restarts", "8"))
+    job = Job(hosts, "ch", jobset_env, chaos_training(dataset, output), output, launcher_args=("--max-restarts", "8"))
     for node in range(2):
         job.start_node(node)
     codes = job.wait(NODE_TIMEOUT_S)

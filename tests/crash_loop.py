@@ -15,25 +15,13 @@ import json
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from netns_cluster import NODE_TIMEOUT_S, Host, Job, await_condition, starts, training
+from netns_cluster import NODE_TIMEOUT_S, Host, Job, await_condition, elastic_pytorchjob_env, starts, training
 
 WORKERS_PER_NODE = 2
 ATTEMPTS = 2  # the first start and elasticPolicy.maxRestarts = 1 restart
-
-
-def elastic_env(node: int) -> dict[str, str]:
-    """elastic.go for Worker replicas 2, nprocPerNode "2", elasticPolicy {rdzvBackend c10d, min 2, max 2,
-    maxRestarts 1}, port pytorchjob-port 29400."""
-    return {
-        "PYTHONUNBUFFERED": "1",
-        "PET_NPROC_PER_NODE": str(WORKERS_PER_NODE),
-        "PET_RDZV_ENDPOINT": "pe-worker-0:29400",
-        "PET_RDZV_BACKEND": "c10d",
-        "PET_NNODES": "2:2",
-        "PET_MAX_RESTARTS": "1",
-    }
 
 
 HOST_NAMES = [("pe-worker-0",), ("pe-worker-1",)]
@@ -52,7 +40,8 @@ def run_crash_loop(hosts: tuple[Host, Host], dataset: Path, output: Path) -> Cra
     for host in hosts:
         host.hide_dead_peers()
     output.mkdir(parents=True)
-    job = Job(hosts, "pe", elastic_env, training(dataset, output), output, nproc_per_node=WORKERS_PER_NODE)
+    make_env = partial(elastic_pytorchjob_env, maxRestarts=1)  # Worker replicas 2, nprocPerNode "2"
+    job = Job(hosts, "pe", make_env, training(dataset, output), output, nproc_per_node=WORKERS_PER_NODE)
     killed: list[tuple[int, int]] = []
     try:
         for node in range(2):

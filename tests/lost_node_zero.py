@@ -26,9 +26,21 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from netns_cluster import EVERY, NODE_TIMEOUT_S, STORE_SERVICE, Host, Job, await_condition, start_store, training
+from netns_cluster import (
+    EVERY,
+    NODE_TIMEOUT_S,
+    STORE_SERVICE,
+    Host,
+    Job,
+    await_condition,
+    elastic_pytorchjob_env,
+    indexed_job_env,
+    start_store,
+    training,
+)
 
 HOST_NAMES = [  # the nodes of both jobs, then the store's host
     ("px-worker-0", "ix-0", "ix-0.ix"),
@@ -38,34 +50,12 @@ HOST_NAMES = [  # the nodes of both jobs, then the store's host
 ]
 
 
-def elastic_pytorchjob_env(node: int) -> dict[str, str]:
-    """training-operator v1.9.4 envvar.go and elastic.go for Worker replicas 3, nprocPerNode "1",
-    elasticPolicy {rdzvBackend c10d, rdzvHost partialfc-rendezvous, rdzvPort 29400, rdzvId px,
-    minReplicas 2, maxReplicas 3, maxRestarts 3, rdzvConf [last_call_timeout: 5]}, in the order it
-    writes them, then the manifest's PARTIALFC_RDZV_STORE (k8s/pytorchjob). last_call_timeout: how long
-    a round of 2 waits for a third node (torch's default, 30 s, would only make the test slower)."""
-    return {
-        "PYTHONUNBUFFERED": "1",
-        "PET_NPROC_PER_NODE": "1",
-        "PET_RDZV_ENDPOINT": f"{STORE_SERVICE}:29400",
-        "PET_RDZV_BACKEND": "c10d",
-        "PET_NNODES": "2:3",
-        "PET_MAX_RESTARTS": "3",
-        "PET_RDZV_ID": "px",
-        "PET_RDZV_CONF": "last_call_timeout=5",
-        "PARTIALFC_RDZV_STORE": "external",
-    }
-
-
-def indexed_job_env(node: int) -> dict[str, str]:
-    """k8s/indexed-job: JOB_COMPLETION_INDEX from Kubernetes, the rest from the manifest's env."""
-    return {
-        "JOB_COMPLETION_INDEX": str(node),
-        "PARTIALFC_NNODES": "2",
-        "PARTIALFC_RDZV_HOST": STORE_SERVICE,
-        "PARTIALFC_RDZV_STORE": "external",
-        "PET_RDZV_ID": "ix",
-    }
+# Worker replicas 3, nprocPerNode "1", elasticPolicy {minReplicas 2, maxReplicas 3, rdzvConf
+# [last_call_timeout: 5]} through the store: last_call_timeout is how long a round of 2 waits for a third
+# node (torch's default, 30 s, would only make the test slower).
+ELASTIC_ENV = partial(
+    elastic_pytorchjob_env, store=True, maxReplicas=3, rdzvConf=[{"key": "last_call_timeout", "value": "5"}]
+)
 
 
 @dataclass
@@ -159,7 +149,7 @@ def run_elastic(hosts: tuple[Host, ...], dataset: Path, output: Path) -> Outcome
     """The three phases of the module docstring on the elastic PyTorchJob."""
     *nodes, store_host = hosts
     output.mkdir(parents=True)
-    run = Run(Job(tuple(nodes), "px", elastic_pytorchjob_env, training(dataset, output), output), store_host)
+    run = Run(Job(tuple(nodes), "px", ELASTIC_ENV, training(dataset, output), output), store_host)
     job = run.job
     try:
         await_condition(lambda: "listening" in run.store_log.read_text(), [run.store], NODE_TIMEOUT_S, "the store")
@@ -196,7 +186,7 @@ def run_elastic(hosts: tuple[Host, ...], dataset: Path, output: Path) -> Outcome
 def run_indexed(hosts: tuple[Host, ...], dataset: Path, output: Path) -> Outcome:
     """The Indexed Job loses node 0 after checkpoint EVERY; the Job controller starts its replacement."""
     output.mkdir(parents=True)
-    run = Run(Job(hosts[:2], "ix", indexed_job_env, training(dataset, output), output), hosts[-1])
+    run = Run(Job(hosts[:2], "ix", partial(indexed_job_env, store=True), training(dataset, output), output), hosts[-1])
     job = run.job
     try:
         await_condition(lambda: "listening" in run.store_log.read_text(), [run.store], NODE_TIMEOUT_S, "the store")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from k8s_manifests import pytorchjob_elastic_env
 from training_run import REPO, final_state, train_args
 
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/<file> over /etc/<file>
@@ -191,48 +192,66 @@ HOSTNAMES = {
 }
 
 
-def pytorchjob_env(node: int) -> dict[str, str]:
-    """training-operator v1.9 envvar.go + master.go: Master (1) + Worker (1), nprocPerNode "1",
-    pytorchjob-port 29400."""
+# The rendezvous store's Service (k8s/common/rendezvous-store.yaml): the host name its pods reach it by.
+STORE_SERVICE = "partialfc-rendezvous"
+
+
+# Each job's pod environment: what its variant's manifest, Kubernetes and the operator put there for the
+# job's name (Job.name) and worker count (Job.nproc_per_node). ``store=True``: the rendezvous goes through
+# the rendezvous store's Service, as every shipped manifest has it (k8s/common/rendezvous-store.yaml);
+# ``store=False``: node 0 hosts it, as a SLURM job or an older manifest does.
+EnvFunction = Callable[["Job", int], dict[str, str]]
+
+
+def pytorchjob_env(job: Job, node: int) -> dict[str, str]:
+    """training-operator v1.9 envvar.go + master.go: Master (1) + Worker (1), pytorchjob-port 29400."""
+    master = f"{job.name}-master-0"
     return {
         "PYTHONUNBUFFERED": "1",
         "MASTER_PORT": "29400",
         "PET_MASTER_PORT": "29400",
-        "MASTER_ADDR": "pj-master-0",
-        "PET_MASTER_ADDR": "pj-master-0",
-        "WORLD_SIZE": "2",
+        "MASTER_ADDR": master,
+        "PET_MASTER_ADDR": master,
+        "WORLD_SIZE": str(2 * job.nproc_per_node),
         "RANK": str(node),
         "PET_NODE_RANK": str(node),
-        "PET_NPROC_PER_NODE": "1",
+        "PET_NPROC_PER_NODE": str(job.nproc_per_node),
         "PET_NNODES": "2",
     }
 
 
-def elastic_pytorchjob_env(node: int) -> dict[str, str]:
-    """elastic.go: Worker (2) with elasticPolicy {minReplicas 2, maxReplicas 2, maxRestarts 3}: no node rank."""
-    return {
-        "PYTHONUNBUFFERED": "1",
-        "PET_NPROC_PER_NODE": "1",
-        "PET_RDZV_ENDPOINT": "pe-worker-0:29400",
-        "PET_RDZV_BACKEND": "c10d",
-        "PET_NNODES": "2:2",
-        "PET_MAX_RESTARTS": "3",
-    }
+def elastic_pytorchjob_env(job: Job, node: int, *, store: bool = False, **elastic: object) -> dict[str, str]:
+    """An elastic PyTorchJob with Worker replicas only (:func:`pytorchjob_elastic_env`), port pytorchjob-port
+    29400, elasticPolicy {rdzvBackend c10d, minReplicas 2, maxReplicas 2, maxRestarts 3} updated by
+    ``elastic``; with ``store`` the policy's rdzvHost/rdzvId and the manifest's PARTIALFC_RDZV_STORE as
+    k8s/pytorchjob has them."""
+    policy = {"rdzvBackend": "c10d", "minReplicas": 2, "maxReplicas": 2, "maxRestarts": 3}
+    if store:
+        policy |= {"rdzvHost": STORE_SERVICE, "rdzvId": job.name}
+    env = pytorchjob_elastic_env(job.name, str(job.nproc_per_node), policy | elastic, {"pytorchjob-port": 29400})
+    return env | ({"PARTIALFC_RDZV_STORE": "external"} if store else {})
 
 
-def indexed_job_env(node: int) -> dict[str, str]:
-    """k8s/indexed-job: JOB_COMPLETION_INDEX from Kubernetes, the rest from the manifest's env."""
-    return {"JOB_COMPLETION_INDEX": str(node), "PARTIALFC_NNODES": "2", "PARTIALFC_RDZV_HOST": "ix-0.ix"}
+def indexed_job_env(job: Job, node: int, *, store: bool = False) -> dict[str, str]:
+    """k8s/indexed-job: JOB_COMPLETION_INDEX from Kubernetes, the rest from the manifest's env (pod 0 is
+    <job>-0 under the headless Service <job>)."""
+    return {"JOB_COMPLETION_INDEX": str(node), "PARTIALFC_NNODES": "2", **_rendezvous_env(job, f"{job.name}-0", store)}
 
 
-def jobset_env(node: int) -> dict[str, str]:
-    """k8s/jobset: the same, with pod 0 named <jobset>-node-0-0 under the JobSet's Service."""
+def jobset_env(job: Job, node: int, *, store: bool = False) -> dict[str, str]:
+    """k8s/jobset: the same, JOBSET_NAME from the pod's label, pod 0 <jobset>-node-0-0 under the Service <jobset>."""
     return {
         "JOB_COMPLETION_INDEX": str(node),
         "PARTIALFC_NNODES": "2",
-        "PARTIALFC_RDZV_HOST": "cs-node-0-0.cs",
-        "JOBSET_NAME": "cs",
+        "JOBSET_NAME": job.name,
+        **_rendezvous_env(job, f"{job.name}-node-0-0", store),
     }
+
+
+def _rendezvous_env(job: Job, pod_zero: str, store: bool) -> dict[str, str]:
+    if store:
+        return {"PARTIALFC_RDZV_HOST": STORE_SERVICE, "PARTIALFC_RDZV_STORE": "external", "PET_RDZV_ID": job.name}
+    return {"PARTIALFC_RDZV_HOST": f"{pod_zero}.{job.name}"}
 
 
 SCHEDULER_PREFIXES = (
@@ -256,7 +275,7 @@ class Job:
 
     hosts: tuple[Host, ...]
     name: str
-    make_env: Callable[[int], dict[str, str]]
+    make_env: EnvFunction
     args: list[str]
     output: Path
     started: float = field(default_factory=time.perf_counter)
@@ -277,7 +296,8 @@ class Job:
     def start_node(self, node: int) -> subprocess.Popen:
         """Start (or start again) node ``node``'s launcher, as its pod's container would be."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
-        env.update(self.make_env(node))
+        env["PYTHONUNBUFFERED"] = "1"  # the image's ENV (docker/Dockerfile)
+        env.update(self.make_env(self, node))
         self.tmp_dir(node).mkdir(exist_ok=True)
         NODE_TMP_DIRS.setdefault(self.hosts[node].namespace, set()).add(self.tmp_dir(node))
         env["TMPDIR"] = str(self.tmp_dir(node))
@@ -331,10 +351,6 @@ class Job:
 
     def log_text(self) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}" for log in self.logs)
-
-
-# The rendezvous store's Service (k8s/common/rendezvous-store.yaml): the host name its pods reach it by.
-STORE_SERVICE = "partialfc-rendezvous"
 
 
 def start_store(host: Host, log: Path) -> subprocess.Popen:
