@@ -70,8 +70,18 @@ class Chaos:
 
 
 def checkpoints(output: Path) -> list[int]:
-    """Steps of the complete checkpoints (a manifest written, the directory renamed)."""
-    return sorted(int(p.parent.name.split("-")[1]) for p in (output / "checkpoints").glob("step-*[0-9]/meta.json"))
+    """Steps of the checkpoints a resume can load: complete (a manifest written, the directory renamed) and
+    every file the size its manifest says (the run truncates one; the resume skips it)."""
+
+    def intact(meta: Path) -> bool:
+        try:
+            files = json.loads(meta.read_text())["files"]
+            return all((meta.parent / name).stat().st_size == entry["bytes"] for name, entry in files.items())
+        except (OSError, ValueError, KeyError):
+            return False  # removed meanwhile (checkpoint.keep)
+
+    found = (output / "checkpoints").glob("step-*[0-9]/meta.json")
+    return sorted(int(meta.parent.name.split("-")[1]) for meta in found if intact(meta))
 
 
 def exit_records(job: Job, node: int) -> tuple[int, list[int]]:
@@ -209,8 +219,9 @@ def _truncate_newest(job: Job, hosts: tuple[Host, Host], output: Path) -> Fault:
     os.truncate(part, part.stat().st_size // 2)
     os.kill(_one_worker(hosts[1]), signal.SIGKILL)
     records = await_records(job, 0, attempt, {1}, "node 0's record after the kill")
-    complete = [step for step in checkpoints(output) if step != newest]  # a save racing the kill may complete
-    fault = Fault(f"checkpoint {newest} truncated, a worker SIGKILLed", "worker killed by a signal", complete[-1])
+    fault = Fault(
+        f"checkpoint {newest} truncated, a worker SIGKILLed", "worker killed by a signal", checkpoints(output)[-1]
+    )
     fault.records = {"node0": records}
     return _recovered(job, output, starts_before, fault, began)
 
