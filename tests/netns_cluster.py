@@ -44,15 +44,23 @@ class Host:
     namespace: str
     address: str
     names: tuple[str, ...]
+    cpu: int = 0  # the CPU its processes run on
 
     def prefix(self, hostname: str) -> tuple[str, ...]:
-        """Run a command on this node under ``hostname`` (a pod's host name is its pod name)."""
+        """Run a command on this node under ``hostname`` (a pod's host name is its pod name), on the node's
+        own CPU: as a pod with an exclusive cpuset (the kubelet's static CPU manager policy) sees only its
+        CPUs, so torch's OpenMP pool has one thread per CPU the node has. Without it, each node of a test
+        machine would size its pool to the whole machine and their threads would spin against each other
+        (2.4x the CPU time of a 2-rank run measured on 2 cores)."""
         assert hostname in self.names or hostname.split(".")[0] in self.names, hostname
         return (
             "ip",
             "netns",
             "exec",
             self.namespace,
+            "taskset",
+            "--cpu-list",
+            str(self.cpu),
             "unshare",
             "--uts",
             "sh",
@@ -159,7 +167,11 @@ def make_hosts(names: Sequence[Sequence[str]]) -> Iterator[tuple[Host, ...]]:
             _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", link)
             _ip("-n", namespace, "link", "set", "lo", "up")
             _ip("-n", namespace, "link", "set", link, "up")
-        yield tuple(Host(ns, ip, tuple(node_names)) for ns, ip, node_names in zip(namespaces, addresses, names))
+        cpus = sorted(os.sched_getaffinity(0))
+        yield tuple(
+            Host(namespace, address, tuple(node_names), cpus[i % len(cpus)])
+            for i, (namespace, address, node_names) in enumerate(zip(namespaces, addresses, names))
+        )
     finally:
         for namespace in namespaces:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
