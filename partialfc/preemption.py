@@ -35,18 +35,25 @@ class SigtermFlag:
 
     ``stuck()`` tells whether the training loop stopped progressing (the watchdog knows); it is
     asked once per ``poll_s`` after a SIGTERM, when the signal was blocked by :func:`block_sigterm`.
-    Without that (e.g. a Trainer built inside a test process) a plain handler records the signal.
+    Without that (e.g. a Trainer built inside a test process or a notebook) a plain handler records the
+    signal until :meth:`close` gives SIGTERM back to the handler it replaced.
     """
 
     def __init__(self, enabled: bool, stuck: Callable[[], bool] = lambda: False, poll_s: float = 1.0) -> None:
         self.received = False
         self.stuck, self.poll_s = stuck, poll_s
+        self._replaced: signal.Handlers | Callable[..., object] | int | None = None
         if not enabled or threading.current_thread() is not threading.main_thread():
             return
         if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []):
             threading.Thread(target=self._wait, name="partialfc-sigterm", daemon=True).start()
         else:
-            signal.signal(signal.SIGTERM, self._note)
+            self._replaced = signal.signal(signal.SIGTERM, self._note)
+
+    def close(self) -> None:
+        if self._replaced is not None:
+            signal.signal(signal.SIGTERM, self._replaced)
+            self._replaced = None
 
     def _note(self, signum: int, frame: object) -> None:
         self.received = True

@@ -212,6 +212,7 @@ class Trainer:
             self.log.update_summary(status="failed", error="interrupted")
             raise
         finally:
+            self.sigterm.close()
             self.watchdog.stop()
             self.metrics.close()
             self.log.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from partialfc.data.dataset import RecordDataset, resolve_shards
 from partialfc.data.image import ImageDecodeError, decode_jpeg
-from partialfc.data.pack import pool_context
+from partialfc.data.pack import process_pool
 from partialfc.data.progress import Progress
 from partialfc.data.recordio import RecordIOError, RecordReader, unpack_record
 
@@ -90,7 +90,7 @@ def verify_dataset(
         results = map(_check_chunk, jobs)
         pool = None
     else:
-        pool = pool_context().Pool(workers)
+        pool = process_pool(workers)
         results = pool.imap(_check_chunk, jobs)
     try:
         for records, images, problems in results:

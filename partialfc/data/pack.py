@@ -8,9 +8,12 @@ the identity key ranges stay valid.
 
 from __future__ import annotations
 
+import gc
 import glob
 import multiprocessing
+import multiprocessing.pool
 import os
+import signal
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -113,14 +116,28 @@ class _Checked:
             raise DatasetError(f"{source}: {err}") from None
 
 
-def pool_context() -> multiprocessing.context.BaseContext:
-    """fork where available, as DataLoader does: no ``__main__`` guard needed in callers' scripts.
+def process_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool of ``workers`` processes, forked where available as DataLoader does: no ``__main__`` guard
+    needed in callers' scripts. The workers run only numpy and libjpeg-turbo, never torch.
 
-    The workers run only numpy and libjpeg-turbo, never torch, so inheriting the caller's
-    threads is harmless.
+    A forked worker starts clean of what its parent left behind. The garbage collector is frozen while
+    the pool forks, so the workers never collect what they inherit: a DALI pipeline left in a reference
+    cycle would otherwise be destroyed in a worker, where its executor's threads do not exist, and its
+    destructor would wait for them forever. And SIGTERM is unblocked and takes its default action again
+    (a trainer blocks or handles it), or the pool's terminate() would wait forever for its workers.
     """
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    gc.freeze()
+    try:
+        return context.Pool(workers, initializer=_default_sigterm)
+    finally:
+        gc.unfreeze()
+
+
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _loaded(
@@ -132,7 +149,7 @@ def _loaded(
         yield from map(checked, sources)
         return
     chunk = max(1, min(256, len(sources) // (workers * 8)))
-    with pool_context().Pool(workers) as pool:
+    with process_pool(workers) as pool:
         yield from pool.imap(checked, sources, chunksize=chunk)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -240,3 +242,62 @@ def test_read_image_index_checked(tmp_path):
     (tmp_path / "property").write_text("1,112,112\n")
     with pytest.raises(IndexError, match="image index 1 out of range for 1 images"):
         RecordDataset(tmp_path).read_image(1)
+
+
+PACK_WITH_WORKERS = """
+import gc, signal, sys
+import numpy as np
+from partialfc.data.image import encode_jpeg
+from partialfc.data.pack import pack_dataset
+{caller}
+JPEG = encode_jpeg(np.zeros((8, 8, 3), np.uint8))
+
+def load(_):
+    gc.collect()  # in the pool's worker: a full collection, whatever the parent left uncollected
+    # What Pool.terminate() needs to end a worker (a race decides whether it must; the state is certain).
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        raise RuntimeError("the worker handles SIGTERM")
+    if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        raise RuntimeError("the worker blocks SIGTERM")
+    return JPEG
+
+pack_dataset(sys.argv[1], [0] * 256, [None] * 256, load, workers=2, progress=False)
+"""
+# A DALI pipeline left in a reference cycle, uncollected until the fork whenever the collector would run.
+DALI_GARBAGE = """
+from nvidia.dali import fn, pipeline_def
+gc.disable()
+
+@pipeline_def(batch_size=2, num_threads=1, device_id=None)
+def noise():
+    return fn.random.uniform(shape=[2])
+
+pipeline = noise()
+pipeline.build()
+pipeline.run()
+pipeline.cycle = pipeline
+del pipeline
+"""
+# What a trainer built in this process leaves (SigtermFlag's handler), and what a worker's main does first.
+SIGTERM_TAKEN = """
+from partialfc.preemption import block_sigterm
+signal.signal(signal.SIGTERM, lambda signum, frame: None)
+block_sigterm()
+"""
+
+
+@pytest.mark.parametrize("caller", [DALI_GARBAGE, SIGTERM_TAKEN], ids=["dali-garbage", "sigterm-taken"])
+def test_pack_workers_start_clean_of_what_their_parent_left(tmp_path, caller):
+    """Forked workers inherit their parent's heap and signal state. A DALI pipeline destroyed in a child
+    waits forever for its executor's threads, which do not exist there; a child whose SIGTERM is handled
+    or blocked outlives the pool's terminate() when it did not take the end-of-work sentinel first, and
+    terminate() waits for it forever. Either hung the packing in a process that had run a pipeline or a
+    trainer (a notebook, a test session)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PACK_WITH_WORKERS.format(caller=caller), str(tmp_path / "train")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert RecordDataset(tmp_path).num_images == 256

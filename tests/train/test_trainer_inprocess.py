@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from training_run import final_state, make_trainer, straight_and_resumed
@@ -22,6 +24,16 @@ def test_the_scheduled_lr_reaches_both_optimizers_every_step(tiny_dataset, tmp_p
     phases = trainer.training_step.phases.collect()
     assert set(phases) == {"forward", "backward", "optimizer"} and all(s > 0 for s in phases.values())
     assert trainer.training_step.phases.collect() == dict.fromkeys(phases, 0.0)  # collected once
+
+
+def test_a_trainer_gives_sigterm_back_when_it_ends(tiny_dataset, tmp_path):
+    """A trainer in a longer-lived process (a notebook, a test session) handles SIGTERM while it trains,
+    then leaves it as it found it: else the process, and every process it forks, swallows a SIGTERM."""
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(tiny_dataset, tmp_path / "run", **{"train.max_steps": 1})
+    assert signal.getsignal(signal.SIGTERM) == trainer.sigterm._note
+    assert trainer.fit() == "finished"
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_resume_continues_the_global_rng_streams(tiny_dataset, tmp_path):
