@@ -57,8 +57,12 @@ lint: setup lint-venv
 	$(LINT_VENV)/bin/mypy --python-executable $(PY)
 
 # PARTIALFC_REQUIRE_LINT: the deployment-file tests fail, rather than skip, without the linters.
+# The tests run in TEST_WORKERS processes (pytest-xdist), handed out in tests/conftest.py's order; one
+# more worker than CI's 2 cores, as the multi-node tests spend much of their time waiting.
+TEST_WORKERS ?= 3
 test: setup oracle lint-venv
-	PARTIALFC_REQUIRE_LINT=1 PARTIALFC_MXNET_PYTHON=$(MXNET_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+	PARTIALFC_REQUIRE_LINT=1 PARTIALFC_MXNET_PYTHON=$(MXNET_VENV)/bin/python $(PY) -m pytest -q \
+	  -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The Docker image's install step (docker/install.sh) in a fresh venv holding only the CPU torch,
 # so that a broken step fails CI although no Docker engine runs there.

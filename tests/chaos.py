@@ -11,8 +11,7 @@ PARTIALFC_NNODES / PARTIALFC_RDZV_HOST, the container args' `--max-restarts`) me
 It must end with exit 0 and weights bit-identical to a fault-free run of the same steps, and each fault's
 effect must be what docs/operations.md's truth table predicts (tests/endings_table.py): the workers' exit
 records and, from the row's "work lost", the step the job resumes at. The fault-free run goes first, on the
-same two hosts; both run in a thread from the session's start (tests/conftest.py), and
-tests/multinode/test_chaos.py checks the outcome.
+same two hosts; tests/multinode/test_chaos.py checks the outcome.
 """
 
 from __future__ import annotations

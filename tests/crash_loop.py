@@ -4,9 +4,8 @@ attempt of a two-node job, until the restarts are spent. Its peers, blind to its
 
 The job is the elastic PyTorchJob variant (training-operator v1.9 elastic.go injects PET_RDZV_ENDPOINT,
 PET_RDZV_BACKEND, PET_NNODES and PET_MAX_RESTARTS = elasticPolicy.maxRestarts; PET_NPROC_PER_NODE comes from
-nprocPerNode, the container args repeat it), 2 nodes x 2 workers, elasticPolicy.maxRestarts 1. Most of its
-time is spent waiting (blocked peers, rendezvous), so the session starts it at its first test, in a thread,
-and tests/multinode/test_endings.py checks the outcome at the end.
+nprocPerNode, the container args repeat it), 2 nodes x 2 workers, elasticPolicy.maxRestarts 1.
+tests/multinode/test_endings.py checks the outcome.
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ The elastic PyTorchJob (3 nodes, 2:3) goes through everything that used to end i
 Each phase starts on what the job did (a checkpoint, a start record, an agent waiting), never after a
 fixed sleep, and nothing trains while the store is away, so no phase races the training. The Indexed
 Job (2 nodes, the reference manifest) then loses node 0, whose replacement the Job controller starts
-at once. Both take minutes, mostly waiting (heartbeat expiry, rendezvous rounds, restarts), so the
-session starts them at its first test, one after the other in a thread, and
-tests/multinode/test_rendezvous_store.py checks the outcomes at the end.
+at once. Both take minutes, mostly waiting (heartbeat expiry, rendezvous rounds, restarts);
+tests/multinode/test_rendezvous_store.py checks the outcomes.
 """
 
 from __future__ import annotations

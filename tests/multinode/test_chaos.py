@@ -6,8 +6,9 @@ from __future__ import annotations
 import sys
 
 import pytest
-from chaos import Chaos
+from chaos import HOST_NAMES, run_chaos
 from endings_table import ending
+from netns_cluster import make_hosts
 from training_run import final_state
 
 from partialfc.exit_codes import ExitCode
@@ -15,10 +16,9 @@ from partialfc.exit_codes import ExitCode
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and /proc are Linux-only")
 
 
-def test_a_chaos_run_ends_bit_identical_with_each_fault_as_the_truth_table_predicts(chaos_run):
-    if chaos_run is None:
-        pytest.skip("needs root for network and UTS namespaces and a tmpfs mount (CI runs as root)")
-    outcome: Chaos = chaos_run.result(timeout=1500)
+def test_a_chaos_run_ends_bit_identical_with_each_fault_as_the_truth_table_predicts(tiny_dataset, tmp_path):
+    with make_hosts(HOST_NAMES) as hosts:
+        outcome = run_chaos(hosts, tiny_dataset, tmp_path / "run", tmp_path / "reference")
     lines = [f"{'fault':<48} {'row':<28} {'records':<14} {'resumed at':>10} {'expected':>8} {'seconds':>8}"]
     for fault in outcome.faults:
         records = ",".join(f"{node}:{codes}" for node, codes in fault.records.items())

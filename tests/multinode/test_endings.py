@@ -1,31 +1,30 @@
 """How a two-node job ends, as the cluster sees it: a crash that repeats until restarts are spent is a
 counted failure that names the crashed worker, not a pre-emption, even when its peers hang as they do
-under NCCL (tests/crash_loop.py, run in the background from the session's start). The pod's own SIGTERM
+under NCCL (tests/crash_loop.py). The pod's own SIGTERM
 is checked in tests/multinode/test_two_nodes.py (the eviction test)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
-from crash_loop import CrashLoop
+from crash_loop import HOST_NAMES, run_crash_loop
 from endings_table import ending
 from k8s_policies import Pod, policy_verdicts
+from netns_cluster import make_hosts
 
 from partialfc.exit_codes import ExitCode
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and /proc are Linux-only")
 
 
-def test_a_crash_that_repeats_is_a_counted_failure_naming_rank_host_and_signal(crash_loop):
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs `iptables` (Debian: apt-get install -y iptables)")
+def test_a_crash_that_repeats_is_a_counted_failure_naming_rank_host_and_signal(tiny_dataset, tmp_path):
     """The old code recorded the blocked peers' ending as a pre-emption (143), which every shipped policy
     ignores: a repeatable OOM restarted forever, holding its GPUs."""
-    if crash_loop is None:
-        pytest.skip(
-            "needs root for network and UTS namespaces and `iptables` (Debian: apt-get install -y iptables); "
-            "CI has both"
-        )
-    outcome: CrashLoop = crash_loop.result(timeout=900)
+    with make_hosts(HOST_NAMES) as hosts:
+        outcome = run_crash_loop(hosts, tiny_dataset, tmp_path / "run")
     print(f"\ntwo-node crash loop (elastic PyTorchJob, 2 x 2 workers, 2 attempts): {outcome.seconds:.1f} s")
     code, log = outcome.node1_exit, outcome.log
     assert code == ExitCode.FAILED == ending("worker killed by a signal").exit_code(), f"exit {code}\n{log}"

@@ -1,7 +1,7 @@
 """No node is special: with the rendezvous store in a process of its own, losing node 0 (the node that
 hosted the store in torchrun's default set-up) costs what losing any node costs, and the store itself
-may restart. The jobs (tests/lost_node_zero.py) run in the background from the session's start; these
-tests check their outcomes and print what each loss cost, the figures of docs/deploy.md's "Losing
+may restart. The jobs are tests/lost_node_zero.py's; these tests check their outcomes and print what each
+loss cost, the figures of docs/deploy.md's "Losing
 node 0". Before the store moved out, the elastic job below stopped with node 0: its survivors' agents
 ended on RendezvousConnectionError and their containers failed (counted against backoffLimit)."""
 
@@ -11,24 +11,19 @@ import re
 import sys
 
 import pytest
-from lost_node_zero import RELAUNCHED, Outcome
-from netns_cluster import EVERY, STEPS, summary
+from lost_node_zero import HOST_NAMES, RELAUNCHED, run_elastic, run_indexed
+from netns_cluster import EVERY, STEPS, make_hosts, summary
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and /proc are Linux-only")
 
 WORKER_FAILED = re.compile(r"failed \(exitcode: 1\) local_rank: 0")  # torchrun's agent, on its failed worker
 
 
-def outcome(runs, name: str) -> Outcome:
-    if runs is None:
-        pytest.skip("multi-node tests need root for network and UTS namespaces (CI runs as root)")
-    return runs[name].result(timeout=1500)
-
-
-def test_elastic_job_loses_node_0_for_good_then_its_store_and_finishes(lost_node_zero_runs):
+def test_elastic_job_loses_node_0_for_good_then_its_store_and_finishes(tiny_dataset, tmp_path):
     """Three nodes (2:3): node 0 SIGKILLed, a phase on two (centres re-sharded, a checkpoint at world size
     2), the store's pod stopped and back while node 0's replacement starts, the end on three."""
-    run = outcome(lost_node_zero_runs, "elastic")
+    with make_hosts(HOST_NAMES) as hosts:
+        run = run_elastic(hosts, tiny_dataset, tmp_path / "run")
     print(
         f"\nelastic PyTorchJob, 3 nodes (2:3), external store: node 0 lost -> first step on two nodes "
         f"{run.waited['loss']:.0f} s (one in-place torchrun restart on each survivor, no container restart); "
@@ -54,10 +49,11 @@ def test_elastic_job_loses_node_0_for_good_then_its_store_and_finishes(lost_node
     assert len(run.node_logs[0]) == 2  # the lost node and its replacement
 
 
-def test_indexed_job_loses_node_0_and_its_replacement_rejoins(lost_node_zero_runs):
+def test_indexed_job_loses_node_0_and_its_replacement_rejoins(tiny_dataset, tmp_path):
     """The reference manifest's set-up (PARTIALFC_RDZV_STORE=external, PET_RDZV_ID): node 1 restarts in
     place once and waits in the rendezvous for node 0's replacement; its container never fails."""
-    run = outcome(lost_node_zero_runs, "indexed")
+    with make_hosts(HOST_NAMES) as hosts:
+        run = run_indexed(hosts, tiny_dataset, tmp_path / "run")
     print(
         f"\nIndexed Job, 2 nodes, external store: launchers started -> first step {run.waited['start']:.0f} s; "
         f"node 0 lost and replaced at once -> first step {run.waited['loss']:.0f} s (one in-place torchrun "
