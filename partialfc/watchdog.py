@@ -54,6 +54,9 @@ class StallWatchdog:
         self.directory, self.rank, self.world_size = directory, rank, world_size
         self.timeout_s = timeout_s
         self.interval_s = interval_s or min(10.0, max(0.5, timeout_s / 10))
+        # Every live rank's thread beats each interval_s, even while its main thread is blocked in a
+        # collective: a peer silent for five of them is stopped, hung or dead.
+        self.silence_s = min(timeout_s, 5 * self.interval_s)
         self.on_stall = on_stall  # reports (message, number of stalled ranks); the process ends after it
         self.clock = clock  # seconds, monotonic; injected by tests
         self.step, self.phase = 0, "start"
@@ -108,7 +111,15 @@ class StallWatchdog:
         now = self.clock()
         self._read_peers(now)
         stalled_for = now - self._progress_at
-        return self.diagnose(now, stalled_for) if stalled_for >= self.timeout_s else None
+        if stalled_for < self.timeout_s:
+            return None
+        # A peer that went quiet after this rank's last step (stopped while this rank waited for it) has
+        # missed beats but not yet been silent long: wait for its silence to say so, at most silence_s.
+        missing = [now - peer.changed_at for peer in self._peers.values()]
+        if any(2 * self.interval_s < quiet < self.silence_s for quiet in missing):
+            if stalled_for < self.timeout_s + self.silence_s:
+                return None
+        return self.diagnose(now, stalled_for)
 
     def _publish(self) -> None:
         self._beats += 1
@@ -143,7 +154,7 @@ class StallWatchdog:
 
     def diagnose(self, now: float, stalled_for: float) -> tuple[str, int]:
         """The report: who is silent or behind, and where every rank is."""
-        silent = {r: p for r, p in self._peers.items() if now - p.changed_at >= self.timeout_s}
+        silent = {r: p for r, p in self._peers.items() if now - p.changed_at >= self.silence_s}
         if silent:
             culprits = [
                 f"rank {r} not responding for {now - p.changed_at:.0f} s (last heartbeat at step {p.step}, "

@@ -110,6 +110,23 @@ def test_a_silent_peer_is_named_with_its_host_and_pid(setup):
     assert "rank 1 " not in message, message
 
 
+def test_a_peer_stopped_after_this_ranks_last_step_is_named_once_its_silence_shows(setup):
+    """Peer 2 is stopped (SIGSTOP, a hang) 40 s after this rank's last step, while this rank waits for it:
+    at the timeout it has been quiet 20 s, missed beats but not yet silent. The report waits for its
+    silence (silence_s, five beats) instead of blaming it as merely "behind", without its host or pid."""
+    watchdog, clock, peers = setup
+    watchdog.beat(10, "allreduce")
+    while clock.now < 40:
+        clock.now += ROUND_S
+        peers.beat(1, 10, "allreduce")
+        peers.beat(2, 10, "backward")
+        assert watchdog.check() is None
+    (message, count), fired_at = run_rounds(watchdog, clock, peers, {1: 10})
+    assert TIMEOUT_S < fired_at <= TIMEOUT_S + watchdog.silence_s, fired_at
+    assert count == 1 and "rank 2 not responding for 30 s (last heartbeat at step 10, phase backward" in message
+    assert "pid 1002" in message and "rank 1 " not in message, message
+
+
 def test_the_odd_phase_out_is_blamed_when_every_rank_is_at_one_step(setup):
     watchdog, clock, peers = setup
     watchdog.beat(10, "allreduce")
