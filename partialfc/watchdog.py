@@ -116,9 +116,9 @@ class StallWatchdog:
         # A peer that went quiet after this rank's last step (stopped while this rank waited for it) has
         # missed beats but not yet been silent long: wait for its silence to say so, at most silence_s.
         missing = [now - peer.changed_at for peer in self._peers.values()]
-        if any(2 * self.interval_s < quiet < self.silence_s for quiet in missing):
-            if stalled_for < self.timeout_s + self.silence_s:
-                return None
+        waiting = any(2 * self.interval_s < quiet < self.silence_s for quiet in missing)
+        if waiting and stalled_for < self.timeout_s + self.silence_s:
+            return None
         return self.diagnose(now, stalled_for)
 
     def _publish(self) -> None:
