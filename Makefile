@@ -1,7 +1,7 @@
 # Two entry points, both on a fresh machine with Python 3.11 and no GPU:
 #   make test        set up .venv (+ the oracle and lint venvs) and run the whole test suite (what CI runs)
 #   make quickstart  set up .venv and train on the embedded synthetic dataset
-# CI (.ci/run) also runs `make install-check` (docker/install.sh in a throwaway venv) and, before the
+# CI (.ci/run) also runs `make install-check` (docker/install.sh in a throwaway venv) and, beside the
 # tests, `make lint` (ruff check, ruff format --check, mypy).
 PYTHON ?= python3.11
 VENV   ?= .venv

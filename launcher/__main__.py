@@ -40,7 +40,7 @@ from launcher.environment import (
 from launcher.supervise import run_torchrun
 from partialfc.cli import ArgumentParser
 from partialfc.device_check import CudaProbe, GpuRequest, device_type, probe_cuda, require_compiler
-from partialfc.exit_codes import help_text
+from partialfc.exit_codes import ExitCode, help_text
 from partialfc.options import ConfigError
 
 EPILOG = f"""\
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         settings = training_settings(train_args)
     except ValueError as error:  # partialfc.config.ConfigError
         print(f"launcher: training config: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     try:
         cli = {
             "nproc_per_node": args.nproc_per_node,
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         placement = apply_overrides(detect(env), env, cli)
     except LaunchEnvironmentError as error:
         print(f"launcher: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     metrics_dir = node_local_metrics_dir(placement, settings, tempfile.gettempdir(), socket.gethostname())
     if metrics_dir:
         train_args += ["--metrics.multiproc_dir", metrics_dir]
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         nproc = resolve_nproc(placement.nproc_per_node, probe.gpus, os.cpu_count() or 1, settings.device)
     except (LaunchEnvironmentError, ConfigError) as error:
         print(f"launcher: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     max_restarts = DEFAULT_MAX_RESTARTS if placement.max_restarts is None else placement.max_restarts
     command = torchrun_command(
         placement, nproc, max_restarts, rendezvous_conf(placement, settings.timeout_s, env), train_args
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     child_env[RDZV_STORE_VAR] = "external" if placement.external_store else "node"  # read by launcher.agent
     if args.print_only:
         print(describe(placement, settings, request, added, command))
-        return 0
+        return ExitCode.FINISHED
     print(describe(placement, settings, request, added, command), file=sys.stderr, flush=True)
     return run_torchrun(
         command,

@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from launcher.environment import DEFAULT_RDZV_PORT
 from partialfc.cli import ArgumentParser
+from partialfc.exit_codes import ExitCode
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str]) -> int:
         server = listening_socket(args.host, args.port)
     except OSError as error:
         print(f"launcher store: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     port = server.getsockname()[1]
     store = dist.TCPStore(
         args.host,
@@ -95,4 +96,4 @@ def main(argv: Sequence[str]) -> int:
     )
     stop.wait()
     print(f"launcher store: {signal.Signals(stopped[0]).name}: stopped, {store.num_keys()} key(s) dropped", flush=True)
-    return 0
+    return ExitCode.FINISHED

@@ -136,17 +136,12 @@ def main(argv: list[str] | None = None) -> ExitCode:
             require_compiler(device.type)
         info = init_distributed(config.dist.backend, config.dist.timeout_s, device)
         try:
-            status = Trainer(config, info).fit()
+            return Trainer(config, info).fit()
         finally:
             shutdown()
-        if status == "preempted":
-            return ExitCode.PREEMPTED
-        if status == "diverged":
-            return ExitCode.DIVERGED
     except ConfigError as error:
         print(f"partialfc.train: config error: {error}", file=sys.stderr)
         return ExitCode.CONFIG
-    return ExitCode.FINISHED
 
 
 def warn_if_restarts_unsafe() -> None:

@@ -43,6 +43,7 @@ from partialfc.data.verification import VerificationSet
 from partialfc.distributed import DistInfo, barrier
 from partialfc.ema import WeightAverage
 from partialfc.eval.verification import VerificationResult, evaluate
+from partialfc.exit_codes import ExitCode
 from partialfc.log_window import LogWindow
 from partialfc.lr_schedule import LRSchedule
 from partialfc.metrics import TrainingMetrics, resident_bytes
@@ -190,8 +191,8 @@ class Trainer:
         self._plan()
 
     # ------------------------------------------------------------------ the algorithm
-    def fit(self) -> str:
-        """Train; returns "finished", "preempted" (SIGTERM: saved and stopped) or "diverged".
+    def fit(self) -> ExitCode:
+        """Train; returns FINISHED, PREEMPTED (SIGTERM: saved and stopped) or DIVERGED: the process's exit code.
 
         Any error leaves status "failed" and the error line in summary.json, then propagates.
         """
@@ -217,7 +218,7 @@ class Trainer:
             self.metrics.close()
             self.log.close()
 
-    def _run(self) -> str:
+    def _run(self) -> ExitCode:
         resumed = self._resume()
         if resumed and self.progress.finished:
             self.log.info(
@@ -225,8 +226,8 @@ class Trainer:
                 f"({self.progress.samples} samples, its plan): nothing to train (for a new run, give another output "
                 "directory)"
             )
-            self.log.update_summary(status="finished")
-            return "finished"
+            self.log.update_summary(status=ExitCode.FINISHED.status)
+            return ExitCode.FINISHED
         self._plan()
         if not resumed and self.config.model.init_from:
             self._init_backbone(Path(self.config.model.init_from))
@@ -254,7 +255,7 @@ class Trainer:
         with contextlib.closing(self._batches()) as batches:  # closing stops the loader's workers
             return self._train(batches)
 
-    def _train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> str:
+    def _train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> ExitCode:
         window = LogWindow()
         self.watchdog.start()
         self.save_timer.restart()  # a resumed run counts its minutes from here
@@ -281,13 +282,13 @@ class Trainer:
                     self._save()
                 if preempted:
                     self.log.info(f"SIGTERM: stopped at step {step} after saving; --checkpoint.resume auto continues")
-                    self.log.update_summary(status="preempted")
+                    self.log.update_summary(status=ExitCode.PREEMPTED.status)
                     barrier()
-                    return "preempted"
+                    return ExitCode.PREEMPTED
         self._export()
-        self.log.update_summary(status="finished")
+        self.log.update_summary(status=ExitCode.FINISHED.status)
         barrier()  # every rank's final metric values are written before the last scrape
-        return "finished"
+        return ExitCode.FINISHED
 
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> StepReport:
         """One optimizer step at the scheduled learning rate and sample rate; per-step metrics and the bar."""
@@ -428,7 +429,7 @@ class Trainer:
             },
         )
 
-    def _stop_diverged(self, nonfinite: NonFiniteReport) -> str:
+    def _stop_diverged(self, nonfinite: NonFiniteReport) -> ExitCode:
         """End the run: every step since the first non-finite one was dropped, checkpoints stay as they are."""
         newest = self.log.summary.get("checkpoint", "none")
         message = (
@@ -438,9 +439,9 @@ class Trainer:
             f"earlier checkpoint with --checkpoint.resume PATH"
         )
         self.log.info(message)
-        self.log.update_summary(status="diverged", error=message, diverged_at_step=nonfinite.first_step)
+        self.log.update_summary(status=ExitCode.DIVERGED.status, error=message, diverged_at_step=nonfinite.first_step)
         barrier()
-        return "diverged"
+        return ExitCode.DIVERGED
 
     # ------------------------------------------------------------------ checkpoints and export
     def _save(self) -> None:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from partialfc.exit_codes import ExitCode
+
 REPO = Path(__file__).resolve().parents[1]
 JOB_MARKER = "PARTIALFC_TEST_JOB"
 """Set in the environment of every job a test starts: every process of the job inherits it."""
@@ -208,10 +210,10 @@ def straight_and_resumed(dataset: Path, tmp_path: Path, **settings: object) -> t
     settings = {"train.max_steps": 6, "checkpoint.every_steps": 3, **settings}
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     first = make_trainer(dataset, straight, **settings)
-    assert first.fit() == "finished"
+    assert first.fit() == ExitCode.FINISHED
     shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
     second = make_trainer(dataset, resumed, **settings)
-    assert second.fit() == "finished"
+    assert second.fit() == ExitCode.FINISHED
     assert "resumed from" in (resumed / "train.log").read_text()
     return straight, resumed, first, second
 

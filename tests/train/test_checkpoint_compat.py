@@ -12,6 +12,7 @@ from training_run import REPO, make_trainer, run_training, train_args
 from partialfc import CombinedMargin, LazySGD, PartialFC
 from partialfc.checkpoint import Checkpointer, Component, read_manifest
 from partialfc.distributed import DistInfo
+from partialfc.exit_codes import ExitCode
 
 FIXTURE = REPO / "tests" / "fixtures" / "checkpoint_3f77083" / "step-00000002"
 CONTINUED = FIXTURE.parent / "step-00000004-centres"  # the same run's centres at step 4
@@ -51,7 +52,7 @@ def test_the_trainer_resumes_the_old_checkpoint_on_another_world_size(tiny_datas
     output = tmp_path / "run"
     shutil.copytree(FIXTURE, output / "checkpoints" / FIXTURE.name)
     trainer = make_trainer(tiny_dataset, output, **SETTINGS)
-    assert trainer.fit() == "finished"
+    assert trainer.fit() == ExitCode.FINISHED
     log = (output / "train.log").read_text()
     assert f"resumed from {output / 'checkpoints' / FIXTURE.name} at step 2" in log
     assert "world size changed (2 -> 1)" in log and "the data loader restarts epoch 0" in log

@@ -17,6 +17,7 @@ from dist_harness import run_distributed
 from training_run import make_trainer
 
 from partialfc.config import ConfigError, load_config
+from partialfc.exit_codes import ExitCode
 from partialfc.train import main
 
 
@@ -42,7 +43,7 @@ def train(dataset: Path, output: Path, seconds_per_step: float, **settings: obje
         return save(step)
 
     trainer.checkpointer.save = recording_save
-    assert trainer.fit() == "finished"
+    assert trainer.fit() == ExitCode.FINISHED
     return saved
 
 

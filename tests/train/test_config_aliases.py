@@ -11,6 +11,7 @@ from training_run import REPO, make_trainer
 
 from partialfc.config import Config, ConfigError, leaf_fields, load_config
 from partialfc.config_aliases import ALIASES
+from partialfc.exit_codes import ExitCode
 from partialfc.resume import is_meaning_field
 from partialfc.train import main
 
@@ -126,7 +127,10 @@ def test_old_and_new_name_together_in_a_file_is_an_error(tmp_path):
 def test_a_checkpoint_saved_under_the_old_names_resumes_under_the_new_ones(tiny_dataset, tmp_path, capsys):
     """An old run (``loss.head: margin``, flat ``m2``) continues without being refused as a meaning change."""
     output = tmp_path / "run"
-    assert make_trainer(tiny_dataset, output, **{"train.max_steps": 2, "checkpoint.every_steps": 2}).fit() == "finished"
+    assert (
+        make_trainer(tiny_dataset, output, **{"train.max_steps": 2, "checkpoint.every_steps": 2}).fit()
+        == ExitCode.FINISHED
+    )
     manifest_path = next((output / "checkpoints").glob("step-*")) / "meta.json"
     manifest = json.loads(manifest_path.read_text())
     loss = manifest["config"]["loss"]
@@ -172,5 +176,5 @@ def test_a_checkpoint_saved_under_the_old_names_resumes_under_the_new_ones(tiny_
     resumed = make_trainer(
         tiny_dataset, output, **{"train.max_steps": 4, "checkpoint.allow_changes": ["train.max_steps"]}
     )
-    assert resumed.fit() == "finished" and resumed.progress.step == 4
+    assert resumed.fit() == ExitCode.FINISHED and resumed.progress.step == 4
     assert "deprecated" not in capsys.readouterr().err  # an old checkpoint is not the user's to fix

@@ -15,6 +15,7 @@ from training_run import fill_disk, make_trainer, run_training, train_args
 from partialfc.checkpoint import CheckpointError
 from partialfc.config import ConfigError
 from partialfc.data import RecordDataset
+from partialfc.exit_codes import ExitCode
 
 GOOD = {"train.max_steps": 6, "checkpoint.every_steps": 3, "checkpoint.keep": 2}
 LONGER = {"train.max_steps": 8, "checkpoint.allow_changes": ["train.max_steps"]}  # the good run, extended
@@ -28,7 +29,7 @@ def summary(output) -> dict:
 def good_run(tiny_dataset, tmp_path_factory):
     """6 good steps with checkpoints at 3 and 6 (kept as a template; tests work on copies)."""
     output = tmp_path_factory.mktemp("good") / "run"
-    assert make_trainer(tiny_dataset, output, **GOOD).fit() == "finished"
+    assert make_trainer(tiny_dataset, output, **GOOD).fit() == ExitCode.FINISHED
     return output
 
 
@@ -52,7 +53,7 @@ def test_divergence_stops_and_keeps_the_good_checkpoints_and_model(tiny_dataset,
             "schedule.warmup_epochs": 0.0,
         },
     )
-    assert trainer.fit() == "diverged"
+    assert trainer.fit() == ExitCode.DIVERGED
     state = summary(output)
     assert state["status"] == "diverged" and "consecutive non-finite steps" in state["error"]
     first_bad = state["diverged_at_step"]
@@ -77,7 +78,7 @@ def test_a_truncated_file_in_the_newest_checkpoint_falls_back_to_the_previous(ti
     broken = output / "checkpoints" / "step-00000006" / "centres-00000-of-00001.pt"
     os.truncate(broken, broken.stat().st_size // 2)
     trainer = make_trainer(tiny_dataset, output, **{**GOOD, **LONGER})
-    assert trainer.fit() == "finished"
+    assert trainer.fit() == ExitCode.FINISHED
     log = (output / "train.log").read_text()
     assert f"resume: skipping {broken.parent}: {broken}: " in log and "(truncated or replaced)" in log
     assert f"resumed from {output / 'checkpoints' / 'step-00000003'} at step 3" in log

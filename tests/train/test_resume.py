@@ -25,6 +25,7 @@ from training_run import (
 from partialfc import CombinedMargin, PartialFC
 from partialfc.checkpoint import Checkpointer, Component
 from partialfc.distributed import DistInfo
+from partialfc.exit_codes import ExitCode
 
 STEPS = 12  # the dataset has 960 images: 30 steps of 2 x 16 per epoch; 12 steps cover part of one
 
@@ -183,7 +184,7 @@ def test_a_reshard_restarts_the_saved_epoch(tiny_dataset, tmp_path):
     cannot use the per-rank loader positions, restarts the epoch the checkpoint was in (not epoch 0)."""
     settings = {"data.batch_size": 64, "train.max_steps": 20, "checkpoint.every_steps": 17}  # 15 steps per epoch
     first = make_trainer(tiny_dataset, tmp_path / "w1", **settings)
-    assert first.fit() == "finished"
+    assert first.fit() == ExitCode.FINISHED
     checkpoint = tmp_path / "w1" / "checkpoints" / "step-00000017"
     assert torch.load(checkpoint / "trainer.pt", weights_only=True)["epoch"] == {"epoch": 1}
     output = tmp_path / "w2"

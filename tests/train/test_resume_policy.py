@@ -10,6 +10,7 @@ import pytest
 from training_run import make_trainer, run_training, train_args
 
 from partialfc.config import ConfigError, load_config, to_dict
+from partialfc.exit_codes import ExitCode
 from partialfc.resume import ConfigChange, check_changes, meaning_changes
 
 FIRST = {"train.max_steps": 3, "checkpoint.every_steps": 3}
@@ -97,7 +98,7 @@ def test_a_checkpoint_config_under_the_old_names_is_read_under_the_new_ones():
 
 def test_another_loss_family_is_refused_naming_the_field(tiny_dataset, tmp_path):
     output = tmp_path / "run"
-    assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
+    assert make_trainer(tiny_dataset, output, **FIRST).fit() == ExitCode.FINISHED
     with pytest.raises(ConfigError, match=r"loss.family \(checkpoint 'combined', this job 'adaface'\)"):
         make_trainer(
             tiny_dataset,
@@ -113,7 +114,7 @@ def test_another_loss_family_is_refused_naming_the_field(tiny_dataset, tmp_path)
 
 def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
     output = tmp_path / "run"
-    assert make_trainer(tiny_dataset, output, **FIRST).fit() == "finished"
+    assert make_trainer(tiny_dataset, output, **FIRST).fit() == ExitCode.FINISHED
     trainer = make_trainer(
         tiny_dataset,
         output,
@@ -124,7 +125,7 @@ def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
             "checkpoint.allow_changes": ["train.max_steps", "loss.combined.m2"],
         },
     )
-    assert trainer.fit() == "finished" and trainer.progress.step == 5
+    assert trainer.fit() == ExitCode.FINISHED and trainer.progress.step == 5
     changes = json.loads((output / "summary.json").read_text())["config_changes"]
     assert changes == [
         {"field": "loss.combined.m2", "checkpoint": 0.3, "job": 0.25, "step": 3},

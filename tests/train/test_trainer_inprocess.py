@@ -8,6 +8,7 @@ import pytest
 import torch
 from training_run import final_state, make_trainer, straight_and_resumed
 
+from partialfc.exit_codes import ExitCode
 from partialfc.log_window import LogWindow
 
 
@@ -32,7 +33,7 @@ def test_a_trainer_gives_sigterm_back_when_it_ends(tiny_dataset, tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     trainer = make_trainer(tiny_dataset, tmp_path / "run", **{"train.max_steps": 1})
     assert signal.getsignal(signal.SIGTERM) == trainer.sigterm._note
-    assert trainer.fit() == "finished"
+    assert trainer.fit() == ExitCode.FINISHED
     assert signal.getsignal(signal.SIGTERM) == before
 
 

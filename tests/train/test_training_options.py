@@ -15,6 +15,7 @@ from training_run import make_trainer, straight_and_resumed
 from partialfc import CombinedMargin, PartialFC
 from partialfc.config import ConfigError, OptimConfig, load_config
 from partialfc.ema import WeightAverage
+from partialfc.exit_codes import ExitCode
 from partialfc.log_window import LogWindow
 from partialfc.optimizer import TrainingOptimizer, centre_optimizer
 from partialfc.train_state import SampleRateSchedule
@@ -169,7 +170,7 @@ def test_compiled_backbone_trains_like_eager(tiny_dataset, tmp_path, monkeypatch
 def pretrained_run(tiny_dataset, tmp_path_factory):
     """A finished two-step run: model.pt and its final checkpoint."""
     run = tmp_path_factory.mktemp("pretrained") / "run"
-    assert make_trainer(tiny_dataset, run, **{"train.max_steps": 2}).fit() == "finished"
+    assert make_trainer(tiny_dataset, run, **{"train.max_steps": 2}).fit() == ExitCode.FINISHED
     return run
 
 
