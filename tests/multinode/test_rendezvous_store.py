@@ -26,7 +26,7 @@ def test_elastic_job_loses_node_0_for_good_then_its_store_and_finishes(tiny_data
         run = run_elastic(hosts, tiny_dataset, tmp_path / "run")
     print(
         f"\nelastic PyTorchJob, 3 nodes (2:3), external store: node 0 lost -> first step on two nodes "
-        f"{run.waited['loss']:.0f} s (one in-place torchrun restart on each survivor, no container restart); "
+        f"{run.waited['loss']:.0f} s (one in-place restart of each survivor's workers, no container restart); "
         f"store back -> first step on three nodes {run.waited['store']:.0f} s (one uncounted agent start per "
         f"surviving node); whole job {run.seconds:.0f} s"
     )
@@ -36,16 +36,22 @@ def test_elastic_job_loses_node_0_for_good_then_its_store_and_finishes(tiny_data
     sizes = [start["world_size"] for start in run.starts]
     assert sizes[:2] == [3, 2] and sizes[-1] == 3, run.starts
     on_two = run.starts[1]
-    assert (on_two["start_step"], on_two["restart"]) == (EVERY, 1), on_two  # resumed, one in-place restart
+    assert on_two["start_step"] == EVERY and on_two["restart"] in (0, 1), on_two  # resumed, in place
     assert any(step > EVERY and size == 2 for step, size in run.checkpoints.items()), run.checkpoints
     train_log = (run.output / "train.log").read_text()
     assert "world size changed (3 -> 2): centres re-sharded" in train_log, train_log
     assert "world size changed (2 -> 3): centres re-sharded" in train_log, train_log
     assert run.store_exit == 0 and "launcher store: SIGTERM: stopped" in run.log, run.log
+    # Node 0's loss restarts each survivor's workers once, in place: counted when they failed on the dead
+    # peer; not counted when the agent, its workers still healthy, saw the other survivor waiting in a new
+    # rendezvous round first (torch/distributed/elastic/agent/server/api.py, _invoke_run: "membership
+    # changes do not count as retries"). Which one each survivor takes is timing; one at least fails.
+    failed = []
     for node in (1, 2):
         (log,) = run.node_logs[node]  # one container all along
-        assert len(WORKER_FAILED.findall(log)) == 1, log  # node 0's loss: one in-place restart
+        failed.append(len(WORKER_FAILED.findall(log)))
         assert log.count(RELAUNCHED) == 1 and "(start 2, not counted as a failure)" in log, log
+    assert sorted(failed) in ([0, 1], [1, 1]), (failed, run.log)
     assert len(run.node_logs[0]) == 2  # the lost node and its replacement
 
 
