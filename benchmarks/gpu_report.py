@@ -45,8 +45,8 @@ TARGETS = {
     "capacity_classes": 12_500_000,  # bf16 centres + momentum, one GPU
 }
 DALI_NOTE = (
-    "DALI `mixed` (GPU JPEG decode) was not measured: DALI's wheel is far above the 64 MiB a device "
-    "call may carry, so the lent GPU machine cannot install it."
+    "DALI `mixed` (GPU JPEG decode) was not measured: DALI is not installed on the GPU machine "
+    "(its wheel is too large to copy to a machine without network access)."
 )
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite: everything a session with a lent GPU runs, in one call, in at most ~8 minutes on one
+# The GPU suite: every GPU measurement in one command, in at most ~8 minutes on one
 # H100/H200. Each step is time-boxed (`timeout`), so a slow or hung step cannot starve the rest:
 #
 #   1. pytest -m gpu tests/gpu                                   (box 140 s)
@@ -13,13 +13,13 @@
 #
 # After every step it rewrites $OUT/gpu_report.md, $OUT/gpu_report.json (benchmarks/gpu_report.py) and
 # $OUT/gpu_suite.log (every step's output), so a run stopped from outside keeps what finished.
-# DALI's `mixed` (GPU decode) path cannot be measured on the lent machine: its wheel is far above the
-# 64 MiB a call may carry. The report says so.
+# DALI's `mixed` (GPU decode) path is measured only where DALI is installed; the report says when it
+# was not.
 #
-# On the device machine (Python 3.12, torch with CUDA, numpy, pytest; no simplejpeg, no DALI):
-#   once, here (needs PyPI):  benchmarks/gpu_suite.sh --fetch-wheels     # -> .whl/ (gitignored)
-#   then the device tool:     run(command="bash benchmarks/gpu_suite.sh", carry=[".whl"], timeout_s=600)
-# The report comes back under the call's files_at: gpu_report.md, gpu_report.json, gpu_suite.log.
+# On a GPU machine without network access (Python 3.12, torch with CUDA, numpy, pytest; no simplejpeg):
+#   once, where PyPI is reachable:  benchmarks/gpu_suite.sh --fetch-wheels     # -> .whl/ (gitignored)
+#   then, with .whl/ copied along:  OUT=DIR bash benchmarks/gpu_suite.sh
+# The report is written under $OUT: gpu_report.md, gpu_report.json, gpu_suite.log.
 #
 # Without CUDA (or with GPU_SUITE_DRY=1) it runs a dry run: the same steps at tiny sizes on the CPU,
 # which tests the plumbing (time boxes, report, JSON); tests/gpu/test_gpu_suite.py does that.
