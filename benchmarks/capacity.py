@@ -31,7 +31,7 @@ from unittest import mock
 
 import torch
 
-import partialfc.partial_fc
+import partialfc.core.partial_fc
 from partialfc import CombinedMargin, LazySGD, PartialFC
 from partialfc.models.precision import DTYPES
 
@@ -67,7 +67,7 @@ def try_step(num_classes: int, args: argparse.Namespace, device: torch.device) -
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:
-        with mock.patch.object(partialfc.partial_fc, "_init_centres", _fill_on_device):
+        with mock.patch.object(partialfc.core.partial_fc, "_init_centres", _fill_on_device):
             pfc = PartialFC(
                 args.dim,
                 num_classes,

@@ -5,7 +5,7 @@
 
 Every rank (gloo on CPU) holds what the trainer checkpoints: its Partial-FC centre shard with the
 centre optimizer's state (SGD momentum, fp32), the backbone with its SGD momentum, the run's progress
-and the RNG states; :class:`~partialfc.checkpoint.Checkpointer` writes them as in training (centre
+and the RNG states; :class:`~partialfc.training.checkpoint.Checkpointer` writes them as in training (centre
 shard and per-rank file on every rank, the backbone, its optimizer and the rest in ``trainer.pt`` on
 rank 0, each file hashed while written and fsynced, then the manifest, the rename and the rotation
 to ``--keep``). A save is timed on rank 0 from a barrier before it to its return (the save ends in a
@@ -28,12 +28,12 @@ import torch
 import torch.distributed as dist
 
 from partialfc import PartialFC
-from partialfc.checkpoint import Checkpointer, Component
+from partialfc.common.distributed import DistInfo, barrier, init_distributed, shutdown
 from partialfc.config import LossConfig, OptimConfig
-from partialfc.distributed import DistInfo, barrier, init_distributed, shutdown
 from partialfc.models import create_model
-from partialfc.optimizer import centre_optimizer
-from partialfc.train_state import RNGState, TrainProgress
+from partialfc.training.checkpoint import Checkpointer, Component
+from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.train_state import RNGState, TrainProgress
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,7 +73,7 @@ def time_saves(args: argparse.Namespace, info: DistInfo, num_classes: int, root:
     pfc = PartialFC(
         args.embedding_size, num_classes, 1.0, LossConfig().build_margin(), optimizer=centre_optimizer(optim)
     )
-    optimizer = optim.build(backbone, pfc)
+    optimizer = TrainingOptimizer(optim, backbone, pfc)
     for param in backbone.parameters():  # one step on zero gradients: the momentum buffers exist, as in training
         param.grad = torch.zeros_like(param)
     optimizer.backbone_optimizer.step()

@@ -3,7 +3,7 @@
     python benchmarks/compile_step.py --backbone tiny --batch 64
     python benchmarks/compile_step.py --backbone r50 --batch 128 --device cuda --amp bf16
 
-A step is the trainer's own :class:`~partialfc.train_step.TrainStep` on a fixed batch: backbone
+A step is the trainer's own :class:`~partialfc.training.train_step.TrainStep` on a fixed batch: backbone
 forward under autocast, Partial-FC loss over ``--num-classes`` classes, backward, global gradient
 norm, SGD steps of backbone and centres. ``model.compile`` compiles the backbone only, as here; the
 Partial-FC head runs eagerly in both. Reports the first compiled step (compilation included), the
@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
+from partialfc.config import OptimConfig
 from partialfc.models import create_model
 from partialfc.models.precision import autocast_dtype
-from partialfc.optimizer import OptimConfig, centre_optimizer
-from partialfc.train_step import StepConfig, TrainStep
+from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.train_step import StepConfig, TrainStep
 
 
 class TimedStep:
@@ -41,7 +42,7 @@ class TimedStep:
             embedding_size, num_classes, 1.0, CombinedMargin(), optimizer=centre_optimizer(config), device=images.device
         )
         labels = torch.arange(len(images), device=images.device) % num_classes
-        self.step = TrainStep(model, pfc, config.build(model, pfc), StepConfig(amp_dtype=amp))
+        self.step = TrainStep(model, pfc, TrainingOptimizer(config, model, pfc), StepConfig(amp_dtype=amp))
         self.batches = itertools.repeat((images, labels))
         self.numbers = itertools.count(1)
 

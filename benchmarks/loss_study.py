@@ -50,7 +50,7 @@ from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME, generate_synthe
 from partialfc.eval import __main__ as eval_cli
 from partialfc.eval.plots import line_plot
 from partialfc.report import read_history
-from partialfc.run_log import RECORD_FILE
+from partialfc.training.run_log import RECORD_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from partialfc import LazySGD, PartialFC
 from partialfc.config import LossConfig
-from partialfc.margins import MARGIN_FAMILIES
+from partialfc.core.margins import MARGIN_FAMILIES
 from partialfc.models.precision import DTYPES
 
 

@@ -4,7 +4,7 @@ Image training at 100k+ classes is out of reach on CPUs, but the question (does 
 r of the negative centres cost accuracy?) is about the classifier layer, so this study trains on
 synthetic identities defined directly in feature space, with a small MLP as the backbone and the
 package's real training pieces: a DDP backbone, :class:`~partialfc.PartialFC` (sampling, margins,
-distributed cross-entropy) with its lazy centre optimizer, :class:`~partialfc.optimizer.TrainingOptimizer`
+distributed cross-entropy) with its lazy centre optimizer, :class:`~partialfc.training.optimizer.TrainingOptimizer`
 (one global gradient norm, then both halves step), the LR schedule, on 2 gloo ranks.
 
 **Generator** (:class:`IdentitySpace`; defined once, before any result, see docs/sample_rate_study.md).
@@ -49,15 +49,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from partialfc.centre_optim import LazySGD
+from partialfc.common.distributed import derive_seed
 from partialfc.config import OptimConfig
-from partialfc.distributed import derive_seed
+from partialfc.core.centre_optim import LazySGD
+from partialfc.core.margins import CombinedMargin, Margin, Softmax
+from partialfc.core.partial_fc import PartialFC
 from partialfc.eval.identification import identification_metrics
 from partialfc.eval.protocol import strict_tar_at_far, verification_accuracy
-from partialfc.lr_schedule import LRSchedule
-from partialfc.margins import CombinedMargin, Margin, Softmax
-from partialfc.optimizer import TrainingOptimizer, centre_optimizer
-from partialfc.partial_fc import PartialFC
+from partialfc.training.lr_schedule import LRSchedule
+from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
 
 HOLDOUT_BASE = 1 << 40  # held-out identity ids start here: disjoint from any training C
 _PROTOTYPE, _NUISANCE, _NOISE, _BASIS, _PAIRS = 1, 2, 3, 4, 5  # purposes of the generator's streams

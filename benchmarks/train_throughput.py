@@ -5,7 +5,7 @@
 
 Every rank times, median over ``--steps`` after ``--warmup``:
 
-- **step**: a full training step, the trainer's own :class:`~partialfc.train_step.TrainStep` (DDP
+- **step**: a full training step, the trainer's own :class:`~partialfc.training.train_step.TrainStep` (DDP
   backbone under autocast, channels_last on GPU, Partial FC, backward, the global gradient norm with
   its all-reduce, the on-device skip test, both optimizer steps) on batches from the real input pipeline;
 - **resident step**: the same step on one batch already on the device (compute bound: what the
@@ -39,14 +39,15 @@ import torch.distributed as dist
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
+from partialfc.common.distributed import all_gather_into, init_distributed, reduce_scatter_into
+from partialfc.config import OptimConfig
 from partialfc.data import RecordDataset
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.synth import generate_synthetic_dataset
-from partialfc.distributed import all_gather_into, init_distributed, reduce_scatter_into
 from partialfc.models import InputConfig, create_model
 from partialfc.models.precision import autocast_dtype
-from partialfc.optimizer import OptimConfig, centre_optimizer
-from partialfc.train_step import Batch, StepConfig, TrainStep
+from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.train_step import Batch, StepConfig, TrainStep
 
 
 def parse_args() -> argparse.Namespace:
@@ -144,7 +145,7 @@ def main() -> None:
         optimizer=centre_optimizer(optim_config),
         device=device,
     )
-    optimizer = optim_config.build(backbone, pfc)
+    optimizer = TrainingOptimizer(optim_config, backbone, pfc)
     train_step = TrainStep(model, pfc, optimizer, StepConfig(amp_dtype=amp, channels_last=channels_last))
     step_numbers = itertools.count(1)
     autocast = torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)

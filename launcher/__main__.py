@@ -38,10 +38,10 @@ from launcher.environment import (
     detect,
 )
 from launcher.supervise import run_torchrun
-from partialfc.cli import ArgumentParser
-from partialfc.device_check import CudaProbe, GpuRequest, device_type, probe_cuda, require_compiler
-from partialfc.exit_codes import ExitCode, help_text
-from partialfc.options import ConfigError
+from partialfc.common.cli import ArgumentParser
+from partialfc.common.device_check import CudaProbe, GpuRequest, device_type, probe_cuda, require_compiler
+from partialfc.common.exit_codes import ExitCode, help_text
+from partialfc.common.options import ConfigError
 
 EPILOG = f"""\
 environments recognised (first match wins; variables a user sets explicitly, PET_* included, win):

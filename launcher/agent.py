@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.environment import DEFAULT_RDZV_PORT, RDZV_STORE_VAR
-from partialfc.exit_codes import AGENT_FAILURE, EXIT_DIR_VAR
+from partialfc.common.exit_codes import AGENT_FAILURE, EXIT_DIR_VAR
 
 # The agent's exit codes for the launcher alone (sysexits.h names); never a container's exit code.
 STORE_LOST = 75  # EX_TEMPFAIL: the connection to the rendezvous store broke; start a new agent

@@ -20,7 +20,7 @@ from launcher.environment import (
     nproc_from,
     parse_nproc,
 )
-from partialfc.device_check import GpuRequest
+from partialfc.common.device_check import GpuRequest
 
 DEFAULT_MAX_RESTARTS = 3
 # torchrun's own default join timeout; a longer collective timeout raises it (see rendezvous_conf).
@@ -66,10 +66,9 @@ def training_settings(train_args: Sequence[str]) -> TrainingSettings:
     """Read the collective timeout and metrics settings the way ``partialfc.train`` will; a training
     argument it would refuse (a typo'd option: SystemExit 2, a bad value: ConfigError) stops the
     launch here, before torchrun starts a worker per GPU to fail the same way."""
-    from partialfc.config import config_from_args
-    from partialfc.train import build_parser
+    from partialfc.config import config_from_args, train_argument_parser
 
-    config = config_from_args(build_parser().parse_args(list(train_args)))
+    config = config_from_args(train_argument_parser().parse_args(list(train_args)))
     return TrainingSettings(
         config.dist.timeout_s,
         config.metrics.port,

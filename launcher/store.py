@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from launcher.environment import DEFAULT_RDZV_PORT
-from partialfc.cli import ArgumentParser
-from partialfc.exit_codes import ExitCode
+from partialfc.common.cli import ArgumentParser
+from partialfc.common.exit_codes import ExitCode
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -4,7 +4,7 @@ The launcher is the container's main process (PID 1 in a pod): kubelet's SIGTERM
 drain reaches it, not torchrun. It marks that SIGTERM in the exit directory (so the workers know the
 pod is being stopped, not just their group), passes SIGTERM, SIGINT and SIGHUP on to torchrun (which
 passes them to the workers: they agree to stop, save a checkpoint and exit 143), waits for torchrun,
-then turns the workers' recorded exit codes into its own (partialfc/exit_codes.py): torchrun alone
+then turns the workers' recorded exit codes into its own (partialfc/common/exit_codes.py): torchrun alone
 would exit 1 for a pre-emption, a config error and a crash alike. When torchrun ends on a failed
 worker (launcher/agent.py wrote its report), the first failure is named on stderr and in the run's
 first-failure record, where a worker killed by a signal could not write it.
@@ -32,14 +32,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from launcher.agent import STORE_LOST, STORE_UNREACHABLE, describe_failure
-from partialfc.exit_codes import (
+from partialfc.common.exit_codes import (
     AGENT_FAILURE,
     EXIT_DIR_VAR,
     ExitCode,
     container_exit_code,
+    first_failure,
     note_pod_sigterm,
 )
-from partialfc.watchdog import first_failure
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

@@ -10,27 +10,27 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from partialfc.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
-    from partialfc.distributed import shard_range
-    from partialfc.margins import AdaFace, CombinedMargin, CurricularFace, ElasticFace, MagFace, Margin, Softmax
-    from partialfc.partial_fc import LabelRangeError, PartialFC
+    from partialfc.common.distributed import shard_range
+    from partialfc.core.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
+    from partialfc.core.margins import AdaFace, CombinedMargin, CurricularFace, ElasticFace, MagFace, Margin, Softmax
+    from partialfc.core.partial_fc import LabelRangeError, PartialFC
 
 __version__ = "0.1.0"
 
 _MODULE_OF = {
-    "CentreOptimizer": "partialfc.centre_optim",
-    "LazyAdamW": "partialfc.centre_optim",
-    "LazySGD": "partialfc.centre_optim",
-    "shard_range": "partialfc.distributed",
-    "AdaFace": "partialfc.margins",
-    "CombinedMargin": "partialfc.margins",
-    "CurricularFace": "partialfc.margins",
-    "ElasticFace": "partialfc.margins",
-    "MagFace": "partialfc.margins",
-    "Margin": "partialfc.margins",
-    "Softmax": "partialfc.margins",
-    "LabelRangeError": "partialfc.partial_fc",
-    "PartialFC": "partialfc.partial_fc",
+    "CentreOptimizer": "partialfc.core.centre_optim",
+    "LazyAdamW": "partialfc.core.centre_optim",
+    "LazySGD": "partialfc.core.centre_optim",
+    "shard_range": "partialfc.common.distributed",
+    "AdaFace": "partialfc.core.margins",
+    "CombinedMargin": "partialfc.core.margins",
+    "CurricularFace": "partialfc.core.margins",
+    "ElasticFace": "partialfc.core.margins",
+    "MagFace": "partialfc.core.margins",
+    "Margin": "partialfc.core.margins",
+    "Softmax": "partialfc.core.margins",
+    "LabelRangeError": "partialfc.core.partial_fc",
+    "PartialFC": "partialfc.core.partial_fc",
 }
 
 __all__ = [

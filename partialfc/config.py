@@ -1,7 +1,7 @@
 """Typed training configuration: one dataclass per component, YAML file + dotted CLI overrides.
 
 Every field carries a one-line doc (``help``) that ``--help`` prints with its default, and a domain
-(partialfc/options.py). Values are checked when loaded: unknown keys, wrong types and values outside
+(partialfc/common/options.py). Values are checked when loaded: unknown keys, wrong types and values outside
 a field's domain fail before any process group or dataset is touched, naming the offending
 ``section.field`` and the file it came from.
 """
@@ -21,8 +21,11 @@ from typing import Any, Literal
 
 import yaml
 
+from partialfc.common.cli import ArgumentParser
+from partialfc.common.exit_codes import help_text
+from partialfc.common.options import FRACTION, FREE, ConfigError, Domain, above, at_least, interval, one_of, option
 from partialfc.config_aliases import ALIASES, current_name, current_names
-from partialfc.margins import (
+from partialfc.core.margins import (
     MARGIN_FAMILIES,
     AdaFaceConfig,
     CombinedMarginConfig,
@@ -34,12 +37,99 @@ from partialfc.margins import (
 )
 from partialfc.metrics import MetricsConfig
 from partialfc.models import list_models
-from partialfc.optimizer import OptimConfig
-from partialfc.options import FRACTION, FREE, ConfigError, Domain, above, at_least, interval, one_of, option
-from partialfc.resume import is_meaning_field
-from partialfc.train_state import SampleRateSchedule
 
 __all__ = ["Config", "ConfigError", "OptimConfig", "add_config_arguments", "config_from_args", "load_config", "to_dict"]
+
+
+# Exact names, or a prefix ending in "." for a section.
+MEANING_FIELDS = (
+    "model.backbone",
+    "model.embedding_size",
+    "loss.family",
+    "loss.s",
+    *(f"loss.{family}." for family in MARGIN_FAMILIES),
+    "loss.sample_rate",
+    "loss.sample_rate_schedule",
+    "loss.sub_centers",
+    "optim.name",
+    "optim.lr",
+    "schedule.",
+    "train.epochs",
+    "train.max_steps",
+    "train.grad_accum",
+)
+
+
+def is_meaning_field(name: str) -> bool:
+    return any(name == field or (field.endswith(".") and name.startswith(field)) for field in MEANING_FIELDS)
+
+
+@dataclass(frozen=True)
+class SampleRateSchedule:
+    """Partial-FC sample rate by step: ``base`` until the first change, then each change's rate.
+
+    Changes are (fraction of the training steps, rate), e.g. r = 0.1 for most of training and 1.0
+    for the last epochs. The rate at step ``s`` (0-based, the step about to be taken) depends on
+    ``s`` alone, so a resumed run samples exactly as the straight one.
+    """
+
+    base: float
+    changes: tuple[tuple[float, float], ...] = ()
+
+    @classmethod
+    def parse(cls, entries: list[str], base: float) -> SampleRateSchedule:
+        """From ``loss.sample_rate_schedule`` entries ``FRACTION:RATE``; ConfigError names the field and entry."""
+        changes: list[tuple[float, float]] = []
+        for entry in entries:
+            fraction, sep, rate = entry.partition(":")
+            try:
+                change = (float(fraction), float(rate))
+            except ValueError:
+                change = None
+            if not sep or change is None:
+                raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} is not FRACTION:RATE (e.g. 0.8:1.0)")
+            if not 0.0 <= change[0] < 1.0 or not 0.0 < change[1] <= 1.0:
+                raise ConfigError(
+                    f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) and RATE in (0, 1]"
+                )
+            if changes and change[0] <= changes[-1][0]:
+                raise ConfigError(
+                    f"loss.sample_rate_schedule: entry {entry!r} must come after {changes[-1][0]:g} "
+                    "(fractions strictly increasing)"
+                )
+            changes.append(change)
+        return cls(base, tuple(changes))
+
+    def rate(self, step: float, total_steps: int) -> float:
+        """The rate for the step about to be taken, ``step`` of ``total_steps`` (0-based; a fraction once a
+        restart changed the global batch)."""
+        current = self.base
+        for fraction, rate in self.changes:
+            if step >= round(fraction * total_steps):
+                current = rate
+        return current
+
+
+BETAS = Domain(
+    lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas), "must be two values in [0, 1)", [0.9]
+)
+
+
+@dataclass
+class OptimConfig:
+    """``optim``: one optimizer family and its settings for the backbone and the class centres."""
+
+    name: Literal["sgd", "adamw"] = option("sgd", "optimizer of backbone and centres")
+    lr: float = option(0.1, "peak learning rate; linear scaling rule: 0.1 x global batch / 1024 for SGD", above(0))
+    momentum: float = option(0.9, "SGD momentum", interval(0, 1))
+    weight_decay: float = option(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", at_least(0))
+    betas: list[float] = option([0.9, 0.999], "AdamW betas", BETAS)
+    clip_grad_norm: float = option(
+        0.0, "clip the global gradient norm (backbone + all centre shards) to this; 0 disables", at_least(0)
+    )
+    centre_lr_scale: float = option(
+        1.0, "learning rate of the class centres = scheduled learning rate x this", above(0)
+    )
 
 
 def _is_schedule(changes: list[str]) -> bool:
@@ -55,7 +145,9 @@ def _are_meaning_fields(names: list[str]) -> bool:
 BACKBONES = Domain(lambda name: name in list_models(), f"is not one of {', '.join(list_models())}", "r51")
 SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1) rising, rates in (0, 1]", ["1.5:0.5"])
 ALLOWED_CHANGES = Domain(
-    _are_meaning_fields, "may only name fields a resume refuses to change (partialfc/resume.py)", ["eval.every_steps"]
+    _are_meaning_fields,
+    "may only name fields a resume refuses to change (MEANING_FIELDS)",
+    ["eval.every_steps"],
 )
 
 
@@ -118,7 +210,7 @@ class ModelConfig:
 class LossConfig:
     family: str = option(
         "combined",
-        "margin family (formulas in partialfc/margins.py), its parameters in the section of the same "
+        "margin family (formulas in partialfc/core/margins.py), its parameters in the section of the same "
         "name: combined: m1/m2/m3 (ArcFace, CosFace, SphereFace); softmax: plain unnormalised softmax; adaface, "
         "curricularface, magface, elasticface: their official definitions",
         one_of(MARGIN_FAMILIES),
@@ -228,7 +320,7 @@ class CheckpointConfig:
     )
     allow_changes: list[str] = option(
         [],
-        "fields that change what the run means (loss, backbone, sampling, schedule, length: partialfc/resume.py) "
+        "fields that change what the run means (loss, backbone, sampling, schedule, length: MEANING_FIELDS) "
         "which a resume may change from the checkpoint's values; each change is logged and recorded in summary.json; "
         "any other such change is refused (exit 2)",
         ALLOWED_CHANGES,
@@ -359,7 +451,7 @@ def _merge(node: Any, raw: dict[str, Any], prefix: str, source: str) -> None:
     for key, value in raw.items():
         name = f"{prefix}{key}"
         if key not in fields:
-            from partialfc.cli import closest
+            from partialfc.common.cli import closest
 
             suggestion = closest(name, [f"{prefix}{known}" for known in fields])
             hint = f"did you mean '{suggestion}'?" if suggestion else f"known in this section: {', '.join(fields)}"
@@ -476,6 +568,30 @@ def _metavar(expected: Any) -> str:
     if typing.get_origin(expected) is list:
         return "A,B,..."
     return {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}.get(expected, "VALUE")
+
+
+def train_argument_parser() -> argparse.ArgumentParser:
+    """``python -m partialfc.train``'s options: the config file, the dry run, and every config field."""
+    parser = ArgumentParser(
+        prog="python -m partialfc.train",
+        description="Train a face-recognition backbone with a Partial-FC classifier. Options below override "
+        "the YAML file given with --config, which overrides the defaults shown.",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file with the sections below (configs/*.yaml)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and the memory plan per rank, then exit"
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="W",
+        help="with --dry-run: plan for W ranks (default: this launch's world size)",
+    )
+    add_config_arguments(parser)
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

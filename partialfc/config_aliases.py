@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from partialfc.options import ConfigError
+from partialfc.common.options import ConfigError
 
 __all__ = ["ALIASES", "Renamed", "current_name", "current_names"]
 

@@ -14,35 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from partialfc.cli import ArgumentParser, error_line
-from partialfc.eval.embedder import embed_source, load_embedder
+from partialfc.common.cli import ArgumentParser, error_line
+from partialfc.eval.embedder import add_model_options, embed_source, load_embedder
 from partialfc.eval.sources import open_image_source
-
-DEFAULT_MODEL = "runs/quickstart/model.pt"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --batch-size and --device, shared by the embed and eval commands."""
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})",
-    )
-    parser.add_argument("--batch-size", type=_positive_int, default=128, help="images per forward pass (default 128)")
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 The ONNX graph takes the *normalised* float32 NCHW image (as insightface's released ONNX models do)
 with a dynamic batch axis and returns the raw (not L2-normalised) embedding. How to normalise is
-stored in the model's metadata (``metadata_props``, from :func:`partialfc.model_file.onnx_metadata`), so a
+stored in the model's metadata (``metadata_props``, from :func:`partialfc.models.model_file.onnx_metadata`), so a
 runtime needs nothing but the file:
 
     input_size     "112,112"            (height, width)
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from partialfc.cli import ArgumentParser, error_line
-from partialfc.model_file import ModelFileError, load_model, onnx_metadata
+from partialfc.common.cli import ArgumentParser, error_line
 from partialfc.models.input_config import input_config_of
+from partialfc.models.model_file import ModelFileError, load_model, onnx_metadata
 
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import torch
 import torch.distributed as dist
 
-from partialfc.log_window import PHASES
-from partialfc.options import FREE, at_least, interval, option
+from partialfc.common.options import FREE, at_least, interval, option
+from partialfc.common.phase_timer import PHASES
 
 if typing.TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge

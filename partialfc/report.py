@@ -1,7 +1,7 @@
 """A training run at a glance: ``python -m partialfc.report RUN_DIR`` (``--help``).
 
 Reads the run record ``train_log.jsonl`` (the start, step and verification records the trainer
-writes, see :mod:`partialfc.run_log`) and ``summary.json``, and writes PNG plots over steps of loss,
+writes, see :mod:`partialfc.training.run_log`) and ``summary.json``, and writes PNG plots over steps of loss,
 learning rate, throughput, gradient norm, data wait and memory, one line per start of the job (a
 restart on another world size is another curve, not a jump in one), and of verification accuracy per
 set with its spread over the 10 folds; plus ``report.md``, a short markdown summary that embeds them.
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.cli import ArgumentParser
+from partialfc.common.cli import ArgumentParser
 from partialfc.eval.plots import line_plot
-from partialfc.run_log import RECORD_FIELDS, RECORD_FILE
+from partialfc.training.run_log import RECORD_FIELDS, RECORD_FILE
 
 
 class ReportError(ValueError):

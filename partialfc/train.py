@@ -11,11 +11,10 @@ if __name__ == "__main__":
     # mask is inherited by every thread started later, so SIGTERM reaches only the trainer's own waiting
     # thread (preemption.py) and never a thread whose default action would end the process unsaved. Only
     # here, not in main(): the mask is inherited by every process started later, e.g. by a test.
-    from partialfc.preemption import block_sigterm
+    from partialfc.training.preemption import block_sigterm
 
     block_sigterm()
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -23,39 +22,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from partialfc.cli import ArgumentParser
-from partialfc.config import Config, ConfigError, add_config_arguments, config_from_args, to_dict
-from partialfc.device_check import require_compiler, worker_device
-from partialfc.distributed import init_distributed, shard_range, shutdown
-from partialfc.exit_codes import ExitCode, help_text, record_exit
+from partialfc.common.device_check import require_compiler, worker_device
+from partialfc.common.distributed import init_distributed, shard_range, shutdown
+from partialfc.common.exit_codes import ExitCode, record_exit
+from partialfc.config import Config, ConfigError, config_from_args, to_dict, train_argument_parser
+from partialfc.core.partial_fc import PartialFC
 from partialfc.models import create_model
 from partialfc.models.activation_memory import activation_bytes
 from partialfc.models.precision import DTYPES
-from partialfc.optimizer import centre_optimizer
-from partialfc.partial_fc import PartialFC
+from partialfc.training.optimizer import centre_optimizer
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="python -m partialfc.train",
-        description="Train a face-recognition backbone with a Partial-FC classifier. Options below override "
-        "the YAML file given with --config, which overrides the defaults shown.",
-        epilog=help_text(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", metavar="FILE", help="YAML file with the sections below (configs/*.yaml)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the resolved config and the memory plan per rank, then exit"
-    )
-    parser.add_argument(
-        "--world-size",
-        type=int,
-        default=None,
-        metavar="W",
-        help="with --dry-run: plan for W ranks (default: this launch's world size)",
-    )
-    add_config_arguments(parser)
-    return parser
+# The launcher parses the training arguments with the same parser, to refuse a bad one before torchrun starts.
+build_parser = train_argument_parser
 
 
 def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple[str, int]]:
@@ -91,7 +69,7 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
 
 
 def dry_run(config: Config, world_size: int) -> None:
-    from partialfc.data.prepare import is_synthetic_target
+    from partialfc.training.prepare import is_synthetic_target
 
     num_classes = config.data.num_classes
     if not num_classes and is_synthetic_target(config.data) and not Path(config.data.path).exists():
@@ -128,7 +106,7 @@ def main(argv: list[str] | None = None) -> ExitCode:
         if args.dry_run:
             dry_run(config, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
             return ExitCode.FINISHED
-        from partialfc.trainer import Trainer
+        from partialfc.training.trainer import Trainer
 
         warn_if_restarts_unsafe()
         device = worker_device(config.dist.device)  # before the process group: a node without GPUs ends here

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from k8s_policies import Pod, policy_verdicts
 
-from partialfc.exit_codes import AGENT_FAILURE, container_exit_code
+from partialfc.common.exit_codes import AGENT_FAILURE, container_exit_code
 
 
 @dataclass(frozen=True)

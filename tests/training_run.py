@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from partialfc.exit_codes import ExitCode
+from partialfc.common.exit_codes import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_MARKER = "PARTIALFC_TEST_JOB"
@@ -28,9 +28,9 @@ def make_trainer(dataset: Path, output: Path, clock=time.monotonic, **overrides:
     import torch
     import torch.distributed as dist
 
+    from partialfc.common.distributed import DistInfo
     from partialfc.config import load_config
-    from partialfc.distributed import DistInfo
-    from partialfc.trainer import Trainer
+    from partialfc.training.trainer import Trainer
 
     config = load_config(
         REPO / "configs" / "quickstart.yaml",

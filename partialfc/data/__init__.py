@@ -5,12 +5,14 @@ The RecordIO format itself (readers, writers, record headers) is in :mod:`partia
 the DALI loader, which needs ``nvidia.dali``, in :mod:`partialfc.data.loaders.dali`.
 """
 
+import importlib
+import warnings
+
 from partialfc.data.dataset import RecordDataset, RecordDecodeError
 from partialfc.data.integrity import IntegrityReport, verify_dataset
 from partialfc.data.layout import DatasetError
 from partialfc.data.loaders import LoaderParams, PlannedLoader, TorchLoader, build_loader, dali_available
 from partialfc.data.pack import pack_dataset
-from partialfc.data.prepare import prepare_dataset, resolve_val_targets
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.data.verification import VerificationError, VerificationSet, load_verification_sets
 
@@ -29,7 +31,24 @@ __all__ = [
     "generate_synthetic_dataset",
     "load_verification_sets",
     "pack_dataset",
-    "prepare_dataset",
-    "resolve_val_targets",
     "verify_dataset",
 ]
+
+# Names that moved out of this package, with where they live now; each still resolves here, with a
+# DeprecationWarning, until the next release.
+_MOVED = {
+    "prepare_dataset": "partialfc.training.prepare",
+    "resolve_val_targets": "partialfc.training.prepare",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _MOVED:
+        raise AttributeError(f"module 'partialfc.data' has no attribute {name!r}")
+    warnings.warn(
+        f"partialfc.data.{name} moved to {_MOVED[name]}.{name} (it reads the training config); "
+        "the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(_MOVED[name]), name)

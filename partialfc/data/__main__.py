@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.cli import ArgumentParser, error_line
+from partialfc.common.cli import ArgumentParser, error_line
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.data.recordio import RecordIOError
@@ -175,8 +175,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     import torch
 
-    from partialfc.checkpoint import CheckpointError
-    from partialfc.data.clean import clean_dataset
+    from partialfc.clean import clean_dataset
+    from partialfc.training.checkpoint import CheckpointError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from partialfc.eval.align import ARCFACE_TEMPLATE
-from partialfc.eval.ijb import (
+from partialfc.data.align import ARCFACE_TEMPLATE
+from partialfc.data.ijb_layout import (
     IMAGE_FOLDERS,
     META,
     gallery_name,

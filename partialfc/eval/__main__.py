@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from partialfc.cli import ArgumentParser, error_line
+from partialfc.common.cli import ArgumentParser, error_line
 from partialfc.data import VerificationSet
 from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME
-from partialfc.embed import add_model_options
-from partialfc.eval.embedder import embed_source, load_embedder
+from partialfc.eval.embedder import add_model_options, embed_source, load_embedder
 from partialfc.eval.identification import identification_metrics, pooled_closed_set_readout
 from partialfc.eval.ijb import IJBRelease, open_release, read_release_images, read_subject_csv
 from partialfc.eval.plots import line_plot

@@ -6,6 +6,7 @@ verification, the embed and eval commands and data cleaning all embed through th
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -17,8 +18,8 @@ from torch import nn
 
 from partialfc.data.progress import Progress
 from partialfc.eval.sources import ImageSource, ImageSourceError
-from partialfc.model_file import ModelFileError, load_model, read_onnx_input_config
 from partialfc.models.input_config import InputConfig, input_config_of
+from partialfc.models.model_file import ModelFileError, load_model, read_onnx_input_config
 
 __all__ = ["Embedder", "OnnxEmbedder", "TorchEmbedder", "embed_batch", "embed_source", "load_embedder"]
 
@@ -134,3 +135,28 @@ def embed_source(
     if not embeddings:
         return np.empty((0, embedder.embedding_size), np.float32), np.empty((0, width), np.float32)
     return np.concatenate(embeddings), np.concatenate(norms)
+
+
+DEFAULT_MODEL = "runs/quickstart/model.pt"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --batch-size and --device, shared by the embed and eval commands."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=128, help="images per forward pass (default 128)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device for the model, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
+    )

@@ -22,6 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from partialfc.data.ijb_layout import (
+    IMAGE_FOLDERS,
+    LANDMARKS_SUFFIX,
+    META,
+    gallery_name,
+    image_list_name,
+    landmark_list_name,
+    pair_list_name,
+    probe_name,
+)
 from partialfc.eval.templates import TemplateListError, read_image_list
 
 __all__ = [
@@ -33,30 +43,6 @@ __all__ = [
     "read_release_images",
     "read_subject_csv",
 ]
-
-IMAGE_FOLDERS = ("loose_crop", "images")
-META = "meta"
-LANDMARKS_SUFFIX = "_name_5pts_score.txt"
-
-
-def landmark_list_name(set_name: str) -> str:
-    return f"{set_name.lower()}{LANDMARKS_SUFFIX}"
-
-
-def image_list_name(set_name: str) -> str:
-    return f"{set_name.lower()}_face_tid_mid.txt"
-
-
-def pair_list_name(set_name: str) -> str:
-    return f"{set_name.lower()}_template_pair_label.txt"
-
-
-def gallery_name(set_name: str, gallery: str) -> str:
-    return f"{set_name.lower()}_1N_gallery_{gallery}.csv"
-
-
-def probe_name(set_name: str) -> str:
-    return f"{set_name.lower()}_1N_probe_mixed.csv"
 
 
 @dataclass(frozen=True)

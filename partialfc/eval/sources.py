@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from partialfc.data import RecordDataset, VerificationSet
+from partialfc.data.align import align_face, decode_bgr
+from partialfc.data.ijb_layout import META
 from partialfc.data.image import ImageDecodeError, decode_jpeg
-from partialfc.eval.align import align_face, decode_bgr
-from partialfc.eval.ijb import META, IJBRelease, ReleaseImages, open_release, read_release_images
+from partialfc.eval.ijb import IJBRelease, ReleaseImages, open_release, read_release_images
 
 __all__ = ["ImageSource", "ImageSourceError", "image_folder_source", "open_image_source", "release_image_source"]
 

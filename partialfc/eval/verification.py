@@ -21,8 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from partialfc.common.distributed import all_gather_into, shard_range
 from partialfc.data import VerificationSet
-from partialfc.distributed import all_gather_into, shard_range
 from partialfc.eval.embedder import Embedder, TorchEmbedder, embed_batch
 from partialfc.eval.protocol import grid_verification_accuracy, strict_tar_at_far, verification_accuracy
 

@@ -108,7 +108,7 @@ def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
 def test_dense_momentum_diagnostic_matches_lazy_sgd_when_every_row_is_sampled_and_moves_the_others() -> None:
     import torch
 
-    from partialfc.centre_optim import LazySGD
+    from partialfc.core.centre_optim import LazySGD
 
     def run(optimizer, rows_per_step: list[torch.Tensor | slice]) -> torch.Tensor:
         weight = torch.linspace(-1, 1, 24).view(6, 4).clone()

@@ -12,7 +12,7 @@ from training_run import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import train_throughput
 
-from partialfc.train_step import StepReport, TrainStep
+from partialfc.training.train_step import StepReport, TrainStep
 
 
 def test_the_timed_steps_are_the_trainers_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

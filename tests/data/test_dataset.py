@@ -280,7 +280,7 @@ del pipeline
 """
 # What a trainer built in this process leaves (SigtermFlag's handler), and what a worker's main does first.
 SIGTERM_TAKEN = """
-from partialfc.preemption import block_sigterm
+from partialfc.training.preemption import block_sigterm
 signal.signal(signal.SIGTERM, lambda signum, frame: None)
 block_sigterm()
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from partialfc.config import ConfigError, DataConfig, SyntheticConfig, load_config
-from partialfc.data.prepare import prepare_dataset, resolve_val_targets
+from partialfc.training.prepare import prepare_dataset, resolve_val_targets
 
 
 def synthetic_config(data_path: Path, synthetic_path: Path, **data: object) -> DataConfig:
@@ -37,7 +37,7 @@ def test_generated_at_its_path_once_then_reused(tmp_path, monkeypatch):
     def must_not_generate(*args: object, **kwargs: object) -> None:
         raise AssertionError("an existing synthetic dataset was generated again")
 
-    monkeypatch.setattr("partialfc.data.prepare.generate_synthetic_dataset", must_not_generate)
+    monkeypatch.setattr("partialfc.training.prepare.generate_synthetic_dataset", must_not_generate)
     assert prepare_dataset(synthetic_config(target, target), seed=0, is_main=True).num_images == 8
 
 
@@ -73,3 +73,16 @@ def test_val_targets_resolve_against_the_dataset_directory(tiny_synth):
         assert resolve_val_targets(data) == [expected] * 3
     with pytest.raises(ConfigError, match=r"data.val_targets: 'lfw' not found \(looked at lfw, .*lfw.bin\)"):
         resolve_val_targets(DataConfig(path=str(tiny_synth), val_targets=["lfw"]))
+
+
+def test_the_names_that_moved_to_training_still_import_from_data_with_a_warning():
+    """``prepare_dataset`` and ``resolve_val_targets`` read the training config, so they live in
+    partialfc.training now; the documented ``from partialfc.data import ...`` keeps working one release."""
+    import partialfc.data
+    from partialfc.training import prepare
+
+    for name in ("prepare_dataset", "resolve_val_targets"):
+        with pytest.warns(DeprecationWarning, match=f"partialfc.training.prepare.{name}"):
+            assert getattr(partialfc.data, name) is getattr(prepare, name)
+    with pytest.raises(AttributeError, match="no attribute 'prepare'"):
+        partialfc.data.prepare  # noqa: B018

@@ -23,13 +23,13 @@ from insightface_reference import (
 
 from partialfc import embed, export
 from partialfc.data import RecordDataset, VerificationSet
+from partialfc.data.align import ARCFACE_TEMPLATE, align_face, decode_bgr
 from partialfc.data.synth import HOLDOUT_DIR
 from partialfc.eval import __main__ as eval_cli
-from partialfc.eval.align import ARCFACE_TEMPLATE, align_face, decode_bgr
 from partialfc.eval.ijb import open_release, read_release_images, read_subject_csv
 from partialfc.eval.templates import read_template_pairs
-from partialfc.model_file import ModelFileError, load_model
 from partialfc.models import create_model
+from partialfc.models.model_file import ModelFileError, load_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from insightface_reference import (
     verification_scores,
 )
 
+from partialfc.data.align import ARCFACE_TEMPLATE, align_face, decode_bgr, similarity_transform
 from partialfc.data.synth import HOLDOUT_DIR, VARIATIONS, SyntheticImage
-from partialfc.eval.align import ARCFACE_TEMPLATE, align_face, decode_bgr, similarity_transform
 from partialfc.eval.ijb import open_release, read_release_images, read_subject_csv
 from partialfc.eval.templates import TemplateListError, aggregate_templates, image_features, template_pair_scores
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from partialfc.model_file import (
+from partialfc.models import create_model
+from partialfc.models.model_file import (
     ModelFileError,
     WeightsMismatch,
     init_from,
@@ -20,7 +21,6 @@ from partialfc.model_file import (
     read_onnx_input_config,
     save_model,
 )
-from partialfc.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -161,8 +161,8 @@ def test_no_library_module_imports_a_command_for_the_model_file():
     """The trainer, verification and data cleaning load no CLI module; embed and export not each other."""
     check = (
         "import sys\n"
-        "import partialfc.trainer, partialfc.eval.verification, partialfc.data.clean\n"
-        "clis = {'partialfc.embed', 'partialfc.export', 'partialfc.eval.__main__', 'partialfc.cli'}\n"
+        "import partialfc.training.trainer, partialfc.eval.verification, partialfc.clean\n"
+        "clis = {'partialfc.embed', 'partialfc.export', 'partialfc.eval.__main__', 'partialfc.train'}\n"
         "assert not clis & set(sys.modules), clis & set(sys.modules)\n"
         "import partialfc.export\n"
         "assert 'partialfc.embed' not in sys.modules\n"

@@ -9,7 +9,7 @@ from training_run import run_training, train_args
 
 from partialfc import report
 from partialfc.eval import __main__ as eval_cli
-from partialfc.run_log import format_record
+from partialfc.training.run_log import format_record
 
 
 @pytest.fixture(scope="module")

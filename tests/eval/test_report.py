@@ -9,7 +9,7 @@ import pytest
 
 from partialfc import report
 from partialfc.eval.plots import line_plot
-from partialfc.run_log import RECORD_FILE, RunLog, format_record
+from partialfc.training.run_log import RECORD_FILE, RunLog, format_record
 
 
 def _step(log: RunLog, step: int, loss: float, lr: float, samples: float, total: int = 40) -> dict:

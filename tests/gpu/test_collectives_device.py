@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from partialfc.distributed import all_gather_into, reduce_scatter_into
+from partialfc.common.distributed import all_gather_into, reduce_scatter_into
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from endings_table import ending, markdown
 from k8s_policies import Pod, policy_verdicts
 from training_run import REPO
 
-from partialfc.exit_codes import ExitCode
+from partialfc.common.exit_codes import ExitCode
 
 
 def test_the_operations_doc_holds_the_generated_truth_table():

@@ -19,7 +19,7 @@ from training_run import REPO, run_job, start_job, train_args
 
 from launcher.command import node_local_dir
 from launcher.environment import detect
-from partialfc.exit_codes import AGENT_FAILURE, ExitCode, container_exit_code, markdown_table, record_exit
+from partialfc.common.exit_codes import AGENT_FAILURE, ExitCode, container_exit_code, markdown_table, record_exit
 
 SCHEDULER_PREFIXES = (
     "PET_",
@@ -85,7 +85,7 @@ def test_record_exit_writes_this_ranks_code_for_the_launcher(tmp_path, monkeypat
 
 def test_operations_doc_and_help_show_the_one_table():
     doc = (REPO / "docs" / "operations.md").read_text()
-    assert markdown_table() in doc, "docs/operations.md's exit-code table differs from partialfc/exit_codes.py"
+    assert markdown_table() in doc, "docs/operations.md's exit-code table differs from partialfc/common/exit_codes.py"
     help_text = subprocess.run(
         [sys.executable, "-m", "partialfc.train", "--help"],
         cwd=REPO,

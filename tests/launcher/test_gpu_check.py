@@ -24,9 +24,9 @@ from training_run import REPO
 import launcher.__main__ as launcher_main
 from launcher.command import gpu_request, resolve_nproc
 from launcher.environment import LaunchEnvironmentError
-from partialfc import device_check
-from partialfc.device_check import CudaProbe, GpuRequest, missing_compiler, probe_cuda, worker_device
-from partialfc.options import ConfigError
+from partialfc.common import device_check
+from partialfc.common.device_check import CudaProbe, GpuRequest, missing_compiler, probe_cuda, worker_device
+from partialfc.common.options import ConfigError
 from partialfc.train import main as train_main
 
 PYTORCHJOB = REPO / "k8s/pytorchjob/pytorchjob.yaml"
@@ -122,7 +122,7 @@ def test_pytorchjob_on_a_node_without_usable_gpus_exits_2_before_torchrun(config
 def test_probe_sees_no_gpu_with_an_empty_cuda_visible_devices():
     code = (
         "import dataclasses, json\n"
-        "from partialfc.device_check import probe_cuda\n"
+        "from partialfc.common.device_check import probe_cuda\n"
         "probe = probe_cuda()\n"
         "print(json.dumps({**dataclasses.asdict(probe), 'explained': probe.explain()}))\n"
     )

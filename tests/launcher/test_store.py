@@ -27,7 +27,7 @@ from training_run import REPO
 from launcher.agent import STORE_LOST, STORE_UNREACHABLE
 from launcher.store import build_parser
 from launcher.supervise import run_torchrun
-from partialfc.exit_codes import ExitCode
+from partialfc.common.exit_codes import ExitCode
 
 TIMEOUT_S = 120
 

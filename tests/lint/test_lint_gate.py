@@ -1,10 +1,12 @@
-"""The code lint gate: CI runs `make lint` before the tests, and the pinned ruff and mypy with the
-project's settings refuse what they are there to refuse (mypy against torch's own annotations)."""
+"""The code lint gate: CI runs `make lint` no later than the tests, and the pinned import-linter, ruff
+and mypy with the project's settings refuse what they are there to refuse: an import across the
+layers (docs/architecture.md), unsorted imports, code mypy cannot type against torch's annotations."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +20,18 @@ SETTINGS = REPO / "pyproject.toml"
 
 @pytest.fixture(scope="module")
 def lint() -> Path:
-    if not (LINT / "ruff").exists() or not (LINT / "mypy").exists():
+    if not all((LINT / tool).exists() for tool in ("ruff", "mypy", "lint-imports")):
         if os.environ.get("PARTIALFC_REQUIRE_LINT"):
-            pytest.fail(f"{LINT} lacks ruff or mypy: run `make lint-venv`")
-        pytest.skip("ruff and mypy are not installed: `make lint-venv`")
+            pytest.fail(f"{LINT} lacks ruff, mypy or lint-imports: run `make lint-venv`")
+        pytest.skip("ruff, mypy and import-linter are not installed: `make lint-venv`")
     return LINT
 
 
-def run(*command: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True, timeout=300)
+def run(*command: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_ci_lints_no_later_than_it_tests_and_lint_runs_all_three_checks() -> None:
+def test_ci_lints_no_later_than_it_tests_and_lint_runs_all_four_checks() -> None:
     """.ci/run stops at the first failing command (set -e), and a make with several targets fails when any
     does: lint in the tests' make or an earlier one fails CI."""
     ci = (REPO / ".ci" / "run").read_text()
@@ -44,7 +46,13 @@ def test_ci_lints_no_later_than_it_tests_and_lint_runs_all_three_checks() -> Non
     assert lint_step <= test_step, steps
     recipe = re.search(r"^lint:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M)
     assert recipe, "the Makefile has no lint target"
-    for check in ("ruff check $(LINT_PATHS)", "ruff format --check $(LINT_PATHS)", "mypy --python-executable $(PY)"):
+    checks = (
+        "lint-imports",
+        "ruff check $(LINT_PATHS)",
+        "ruff format --check $(LINT_PATHS)",
+        "mypy --python-executable $(PY)",
+    )
+    for check in checks:
         assert check in recipe.group(1), check
 
 
@@ -73,3 +81,57 @@ def test_mypy_checks_against_torchs_annotations(lint: Path, tmp_path: Path) -> N
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert 'Incompatible return value type (got "Tensor", expected "int")' in result.stdout, result.stdout
+
+
+# Imports the layers forbid, each added to a copy of the package: (file, line appended, what the report names).
+PLANTED_IMPORTS = {
+    "data imports the checkpoint": (
+        "partialfc/data/progress.py",
+        "from partialfc.training.checkpoint import Checkpointer\n\n__all__ = ['Checkpointer']\n",
+        "partialfc.data.progress -> partialfc.training.checkpoint",
+    ),
+    "a cycle through an annotation": (
+        "partialfc/training/train_step.py",
+        "if TYPE_CHECKING:\n    from partialfc.training.log_window import LogWindow\n",
+        "No cycles are allowed in partialfc.training",
+    ),
+    "the launcher imports a command": (
+        "launcher/environment.py",
+        "from partialfc.train import main\n\n__all__ = ['main']\n",
+        "launcher.environment -> partialfc.train",
+    ),
+}
+
+
+@pytest.mark.parametrize("planted", list(PLANTED_IMPORTS))
+def test_make_lint_fails_on_an_import_the_layers_forbid(lint: Path, tmp_path: Path, planted: str) -> None:
+    """`make lint` in a copy of the tree with one forbidden import added fails, naming the import."""
+    for tree in ("partialfc", "launcher"):
+        shutil.copytree(REPO / tree, tmp_path / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    unplanted = run(lint / "lint-imports", "--no-logo", "--no-cache", cwd=tmp_path)
+    assert unplanted.returncode == 0, unplanted.stdout  # the copy itself keeps every contract
+    path, line, reported = PLANTED_IMPORTS[planted]
+    source = tmp_path / path
+    text = source.read_text()
+    if "TYPE_CHECKING" in line and "TYPE_CHECKING" not in text:
+        text = text.replace(
+            "from __future__ import annotations\n",
+            "from __future__ import annotations\n\nfrom typing import TYPE_CHECKING\n",
+            1,
+        )
+    source.write_text(text + "\n" + line)
+    make = [
+        "make",
+        "-o",
+        "setup",
+        "-o",
+        "lint-venv",
+        "lint",
+        f"LINT_VENV={REPO / '.venv-lint'}",
+        f"PY={sys.executable}",
+    ]
+    result = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "BROKEN" in result.stdout and reported in result.stdout, result.stdout + result.stderr

@@ -11,7 +11,7 @@ from endings_table import ending
 from netns_cluster import make_hosts
 from training_run import final_state
 
-from partialfc.exit_codes import ExitCode
+from partialfc.common.exit_codes import ExitCode
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and /proc are Linux-only")
 

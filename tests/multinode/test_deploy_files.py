@@ -586,7 +586,7 @@ def jobset_action(jobset: dict, replicated_job: str, reason: str, message: str =
 
 
 def test_indexed_job_replaces_disrupted_pods_without_counting():
-    """Exit codes from partialfc/exit_codes.py: 143 pre-empted, 2 config, 3 diverged, 1 crash, 4 stall."""
+    """Exit codes from partialfc/common/exit_codes.py: 143 pre-empted, 2 config, 3 diverged, 1 crash, 4 stall."""
     job = workload("indexed-job")["spec"]
     assert job["template"]["spec"]["restartPolicy"] == "Never"  # API validation: podFailurePolicy needs Never
     assert job_pod_failure(job, {"DisruptionTarget"}, 143)[0] == "Ignore"

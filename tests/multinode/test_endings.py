@@ -14,7 +14,7 @@ from endings_table import ending
 from k8s_policies import Pod, policy_verdicts
 from netns_cluster import make_hosts
 
-from partialfc.exit_codes import ExitCode
+from partialfc.common.exit_codes import ExitCode
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="network namespaces and /proc are Linux-only")
 

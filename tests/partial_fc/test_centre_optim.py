@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from partialfc import LazyAdamW, LazySGD
-from partialfc.centre_optim import store_rows
+from partialfc.core.centre_optim import store_rows
 
 ROWS, DIM = 12, 5
 

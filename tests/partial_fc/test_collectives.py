@@ -157,7 +157,7 @@ def test_ddp_backbone_gradient_equals_single_process_global_batch():
 def test_deferred_check_keeps_an_earlier_micro_batch():
     """The GPU path records every micro-batch and checks at step(): a later good micro-batch must
     not hide an earlier bad one."""
-    from partialfc._partial_fc_buffers import DeferredLabelCheck
+    from partialfc.core.buffers import DeferredLabelCheck
 
     check = DeferredLabelCheck(NUM_CLASSES)
     check.record(torch.tensor([1, NUM_CLASSES + 3]))

@@ -80,7 +80,7 @@ def test_every_registered_family_has_its_config_section():
     import dataclasses
 
     from partialfc.config import LossConfig
-    from partialfc.margins import MARGIN_FAMILIES
+    from partialfc.core.margins import MARGIN_FAMILIES
 
     sections = {f.name: f.default_factory for f in dataclasses.fields(LossConfig) if f.name in MARGIN_FAMILIES}
     assert sections == MARGIN_FAMILIES
@@ -89,7 +89,7 @@ def test_every_registered_family_has_its_config_section():
 
 def test_config_error_names_the_fields_of_the_family():
     from partialfc.config import ConfigError, LossConfig
-    from partialfc.margins import ElasticFaceConfig, MagFaceConfig
+    from partialfc.core.margins import ElasticFaceConfig, MagFaceConfig
 
     margin = LossConfig(family="elasticface", elasticface=ElasticFaceConfig(m=0.3, std=0.02, kind="cos")).build_margin()
     assert (margin.m, margin.std, margin.kind) == (0.3, 0.02, "cos")
@@ -98,7 +98,7 @@ def test_config_error_names_the_fields_of_the_family():
 
 
 def test_magface_regulariser_without_the_magnitudes_says_where_they_come_from():
-    from partialfc.margins import MagFace
+    from partialfc.core.margins import MagFace
 
     with pytest.raises(ValueError, match=r"MagFace.regulariser needs the magnitudes from sample_inputs"):
         MagFace().regulariser(None)

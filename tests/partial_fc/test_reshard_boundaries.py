@@ -10,8 +10,8 @@ import torch.distributed as dist
 from dist_harness import run_distributed
 
 from partialfc import CombinedMargin, PartialFC, shard_range
-from partialfc.checkpoint import Checkpointer, Component, _overlapping_ranks
-from partialfc.distributed import DistInfo
+from partialfc.common.distributed import DistInfo
+from partialfc.training.checkpoint import Checkpointer, Component, _overlapping_ranks
 
 DIM = 8
 # 3 ranks hold classes [0, 2) [2, 3) [3, 4), 2 ranks [0, 2) [2, 4): both ends of each new shard are saved

@@ -10,8 +10,8 @@ import torch
 from dist_harness import run_distributed
 
 from partialfc import AdaFace, CombinedMargin, CurricularFace, LazyAdamW, LazySGD, PartialFC
-from partialfc.checkpoint import Checkpointer, CheckpointError, Component
-from partialfc.distributed import DistInfo
+from partialfc.common.distributed import DistInfo
+from partialfc.training.checkpoint import Checkpointer, CheckpointError, Component
 
 DIM, NUM_CLASSES, LOCAL_BATCH = 8, 30, 4
 

@@ -15,8 +15,8 @@ from dist_harness import run_distributed
 from reference import CASES, batch, cosines, record_sample_inputs, relative_error, spread_norms
 
 from partialfc import CombinedMargin, LazySGD, PartialFC
-from partialfc.checkpoint import Checkpointer, Component
-from partialfc.distributed import DistInfo
+from partialfc.common.distributed import DistInfo
+from partialfc.training.checkpoint import Checkpointer, Component
 
 NUM_CLASSES, SUB_CENTERS, DIM, LOCAL_BATCH, STEPS = 23, 3, 16, 5, 2  # 23 splits unevenly over 2, 3, 4
 SGD = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)

@@ -10,9 +10,9 @@ from dist_harness import run_distributed
 from training_run import REPO, make_trainer, run_training, train_args
 
 from partialfc import CombinedMargin, LazySGD, PartialFC
-from partialfc.checkpoint import Checkpointer, Component, read_manifest
-from partialfc.distributed import DistInfo
-from partialfc.exit_codes import ExitCode
+from partialfc.common.distributed import DistInfo
+from partialfc.common.exit_codes import ExitCode
+from partialfc.training.checkpoint import Checkpointer, Component, read_manifest
 
 FIXTURE = REPO / "tests" / "fixtures" / "checkpoint_3f77083" / "step-00000002"
 CONTINUED = FIXTURE.parent / "step-00000004-centres"  # the same run's centres at step 4

@@ -16,8 +16,8 @@ import torch
 from dist_harness import run_distributed
 from training_run import make_trainer
 
+from partialfc.common.exit_codes import ExitCode
 from partialfc.config import ConfigError, load_config
-from partialfc.exit_codes import ExitCode
 from partialfc.train import main
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.checkpoint import Checkpointer, Component, find_latest_checkpoint
-from partialfc.distributed import DistInfo
-from partialfc.train_state import TrainProgress
+from partialfc.common.distributed import DistInfo
+from partialfc.training.checkpoint import Checkpointer, Component, find_latest_checkpoint
+from partialfc.training.train_state import TrainProgress
 
 
 @pytest.mark.parametrize("keep", [1, 2])

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC, shard_range
-from partialfc.checkpoint import Checkpointer, CheckpointError, Component
-from partialfc.distributed import DistInfo
-from partialfc.train_state import LoaderEpoch, TrainProgress
+from partialfc.common.distributed import DistInfo
+from partialfc.training.checkpoint import Checkpointer, CheckpointError, Component
+from partialfc.training.train_state import LoaderEpoch, TrainProgress
 
 SINGLE = DistInfo(0, 1, 0, 1, 0, torch.device("cpu"))
 
@@ -170,7 +170,7 @@ def test_the_epoch_is_a_shared_component_and_format_1_manifests_still_give_it(tm
 def test_resume_hashes_each_file_once_and_again_when_it_changed(tmp_path, monkeypatch):
     """newest_loadable hashes the files it needs; load() reads them without hashing them a second time
     (a resume of a large centre shard reads it twice, not three times), unless a file changed since."""
-    import partialfc.checkpoint as checkpoint
+    import partialfc.training.checkpoint as checkpoint
 
     components = {"model": Component(nn.Linear(3, 3), "shared"), "centres": Component(PartialFC(4, 6, 1.0), "sharded")}
     path = Checkpointer(tmp_path, SINGLE, 2, components).save(3)

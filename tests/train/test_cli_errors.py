@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.__main__ import main as launcher_main
-from partialfc.cli import closest
+from partialfc.common.cli import closest
 from partialfc.config import ConfigError, load_config
 from partialfc.train import main as train_main
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from partialfc.amp import LossScaler
-from partialfc.lr_schedule import LRSchedule
-from partialfc.train_state import RNGState, TrainProgress
+from partialfc.training.amp import LossScaler
+from partialfc.training.lr_schedule import LRSchedule
+from partialfc.training.train_state import RNGState, TrainProgress
 
 
 def test_warmup_is_linear_from_one_step_to_the_peak():

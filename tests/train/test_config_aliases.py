@@ -9,10 +9,9 @@ import json
 import pytest
 from training_run import REPO, make_trainer
 
-from partialfc.config import Config, ConfigError, leaf_fields, load_config
+from partialfc.common.exit_codes import ExitCode
+from partialfc.config import Config, ConfigError, is_meaning_field, leaf_fields, load_config
 from partialfc.config_aliases import ALIASES
-from partialfc.exit_codes import ExitCode
-from partialfc.resume import is_meaning_field
 from partialfc.train import main
 
 OLD_YAML = """

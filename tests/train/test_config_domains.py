@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import pytest
 
+from partialfc.common.options import FREE
 from partialfc.config import Config
-from partialfc.options import FREE
 from partialfc.train import main
 
 # Free-form by nature: paths and names checked where they are used (a missing path is an error there).

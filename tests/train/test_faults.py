@@ -12,10 +12,10 @@ import pytest
 import torch
 from training_run import fill_disk, make_trainer, run_training, train_args
 
-from partialfc.checkpoint import CheckpointError
+from partialfc.common.exit_codes import ExitCode
 from partialfc.config import ConfigError
 from partialfc.data import RecordDataset
-from partialfc.exit_codes import ExitCode
+from partialfc.training.checkpoint import CheckpointError
 
 GOOD = {"train.max_steps": 6, "checkpoint.every_steps": 3, "checkpoint.keep": 2}
 LONGER = {"train.max_steps": 8, "checkpoint.allow_changes": ["train.max_steps"]}  # the good run, extended
@@ -125,7 +125,7 @@ def test_a_full_disk_at_save_names_the_path(tiny_dataset, tmp_path, monkeypatch)
     def no_space(obj, f, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("partialfc.checkpoint.torch.save", no_space)
+    monkeypatch.setattr("partialfc.training.checkpoint.torch.save", no_space)
     with pytest.raises(CheckpointError, match="No space left on device") as raised:
         trainer.fit()
     assert str(output / "checkpoints" / "step-00000003.partial") in str(raised.value)

@@ -14,11 +14,11 @@ PACKAGE = REPO / "partialfc"
 CONFIG_MODULES = {
     "partialfc.config",
     "partialfc.config_aliases",
-    "partialfc.options",
-    "partialfc.resume",
-    "partialfc.train_state",
-    "partialfc.margins",
-    "partialfc.optimizer",
+    "partialfc.common.options",
+    "partialfc.training.resume",
+    "partialfc.training.train_state",
+    "partialfc.core.margins",
+    "partialfc.training.optimizer",
     "partialfc.metrics",
 }
 

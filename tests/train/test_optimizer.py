@@ -10,7 +10,8 @@ from dist_harness import run_distributed
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.optimizer import OptimConfig, TrainingOptimizer, centre_optimizer
+from partialfc.config import OptimConfig
+from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
 
 CLASSES, DIM = 10, 8
 
@@ -19,7 +20,7 @@ def make(config: OptimConfig, fp16: bool = False) -> tuple[nn.Module, PartialFC,
     torch.manual_seed(0)
     backbone = nn.Linear(4, DIM)
     pfc = PartialFC(DIM, CLASSES, 1.0, CombinedMargin(s=8.0, m2=0.3), optimizer=centre_optimizer(config))
-    return backbone, pfc, config.build(backbone, pfc, fp16=fp16)
+    return backbone, pfc, TrainingOptimizer(config, backbone, pfc, fp16=fp16)
 
 
 def backward(backbone: nn.Module, pfc: PartialFC, optimizer: TrainingOptimizer) -> None:

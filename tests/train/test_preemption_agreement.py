@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from dist_harness import run_distributed
 
-from partialfc.preemption import SigtermFlag
-from partialfc.trainer import any_rank
+from partialfc.training.preemption import SigtermFlag
+from partialfc.training.trainer import any_rank
 
 
 def _last_rank_signalled(rank: int, world_size: int) -> tuple[bool, bool, bool]:

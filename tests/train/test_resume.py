@@ -23,9 +23,9 @@ from training_run import (
 )
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.checkpoint import Checkpointer, Component
-from partialfc.distributed import DistInfo
-from partialfc.exit_codes import ExitCode
+from partialfc.common.distributed import DistInfo
+from partialfc.common.exit_codes import ExitCode
+from partialfc.training.checkpoint import Checkpointer, Component
 
 STEPS = 12  # the dataset has 960 images: 30 steps of 2 x 16 per epoch; 12 steps cover part of one
 

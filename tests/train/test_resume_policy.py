@@ -9,9 +9,9 @@ import shutil
 import pytest
 from training_run import make_trainer, run_training, train_args
 
+from partialfc.common.exit_codes import ExitCode
 from partialfc.config import ConfigError, load_config, to_dict
-from partialfc.exit_codes import ExitCode
-from partialfc.resume import ConfigChange, check_changes, meaning_changes
+from partialfc.training.resume import ConfigChange, check_changes, meaning_changes
 
 FIRST = {"train.max_steps": 3, "checkpoint.every_steps": 3}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from partialfc.run_log import RunLog
+from partialfc.training.run_log import RunLog
 
 
 def start(run_dir, **fields) -> dict:

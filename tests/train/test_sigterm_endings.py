@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from training_run import REPO, kill_job, start_job, train_args, training_env, wait_for
 
-from partialfc.exit_codes import EXIT_DIR_VAR, ExitCode, note_pod_sigterm
+from partialfc.common.exit_codes import EXIT_DIR_VAR, ExitCode, note_pod_sigterm
 
 # A worker's SIGTERM handling as partialfc.train sets it up (block_sigterm first, then the flag's
 # thread); stuck() counts its calls in a file and turns True once the test creates the "stuck" file.
 WORKER = """
 import os, signal, sys, time
 from pathlib import Path
-from partialfc.preemption import SigtermFlag, block_sigterm
+from partialfc.training.preemption import SigtermFlag, block_sigterm
 
 block_sigterm()
 stuck_file, calls_file = Path(sys.argv[1]), Path(sys.argv[2])
@@ -79,7 +79,7 @@ def test_a_rank_leaves_only_when_stuck_and_records_whose_sigterm_it_was(tmp_path
 
 def test_without_a_launcher_every_sigterm_counts_as_the_pods(monkeypatch):
     """A plain torchrun or a single process has no exit directory: nobody can tell whose SIGTERM it was."""
-    from partialfc.preemption import SigtermFlag
+    from partialfc.training.preemption import SigtermFlag
 
     monkeypatch.delenv(EXIT_DIR_VAR, raising=False)
     assert SigtermFlag.ending() == ExitCode.PREEMPTED

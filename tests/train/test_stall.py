@@ -10,7 +10,7 @@ import time
 
 from training_run import kill_job, start_job, train_args, training_command, training_env, wait_for
 
-from partialfc.exit_codes import EXIT_DIR_VAR, ExitCode
+from partialfc.common.exit_codes import EXIT_DIR_VAR, ExitCode
 
 STALL_TIMEOUT_S = 6
 

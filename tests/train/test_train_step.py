@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.ema import WeightAverage
-from partialfc.log_window import LogWindow
-from partialfc.optimizer import OptimConfig, TrainingOptimizer, centre_optimizer
-from partialfc.train_step import StepConfig, TrainStep
+from partialfc.config import OptimConfig
+from partialfc.training.ema import WeightAverage
+from partialfc.training.log_window import LogWindow
+from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.train_step import StepConfig, TrainStep
 
 
 def parts(seed: int = 0) -> tuple[nn.Module, PartialFC, TrainingOptimizer]:

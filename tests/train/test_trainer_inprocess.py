@@ -8,8 +8,8 @@ import pytest
 import torch
 from training_run import final_state, make_trainer, straight_and_resumed
 
-from partialfc.exit_codes import ExitCode
-from partialfc.log_window import LogWindow
+from partialfc.common.exit_codes import ExitCode
+from partialfc.training.log_window import LogWindow
 
 
 def test_the_scheduled_lr_reaches_both_optimizers_every_step(tiny_dataset, tmp_path):

@@ -13,12 +13,11 @@ from torch import nn
 from training_run import make_trainer, straight_and_resumed
 
 from partialfc import CombinedMargin, PartialFC
-from partialfc.config import ConfigError, OptimConfig, load_config
-from partialfc.ema import WeightAverage
-from partialfc.exit_codes import ExitCode
-from partialfc.log_window import LogWindow
-from partialfc.optimizer import TrainingOptimizer, centre_optimizer
-from partialfc.train_state import SampleRateSchedule
+from partialfc.common.exit_codes import ExitCode
+from partialfc.config import ConfigError, OptimConfig, SampleRateSchedule, load_config
+from partialfc.training.ema import WeightAverage
+from partialfc.training.log_window import LogWindow
+from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
 
 
 def load_weights(path) -> dict[str, torch.Tensor]:

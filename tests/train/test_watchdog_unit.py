@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from training_run import run_job, training_env
 
+from partialfc.common.exit_codes import EXIT_DIR_VAR, ExitCode, container_exit_code
 from partialfc.config import load_config
-from partialfc.exit_codes import EXIT_DIR_VAR, ExitCode, container_exit_code
-from partialfc.watchdog import StallWatchdog
+from partialfc.training.watchdog import StallWatchdog
 
 TIMEOUT_S = 60.0
 ROUND_S = 10.0
@@ -160,7 +160,7 @@ def test_stuck_never_counts_a_checkpoint_save(setup):
 BLOCKED_RANK = """
 import sys, threading
 from pathlib import Path
-from partialfc.watchdog import StallWatchdog
+from partialfc.training.watchdog import StallWatchdog
 
 report = lambda message, count: print(message, flush=True)
 watchdog = StallWatchdog(Path(sys.argv[1]), rank=1, world_size=2, timeout_s=1.0, on_stall=report, interval_s=0.1)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from partialfc.distributed import derive_seed
+from partialfc.common.distributed import derive_seed
 from partialfc.models.input_config import InputConfig
 
 

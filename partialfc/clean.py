@@ -20,13 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from partialfc.checkpoint import CheckpointError, find_latest_checkpoint, read_centres, read_manifest, verify_file
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.progress import Progress
 from partialfc.data.subset import write_subset
 from partialfc.eval.embedder import Embedder, TorchEmbedder, embed_source, load_embedder
 from partialfc.eval.sources import ImageSource
 from partialfc.models import create_model
+from partialfc.training.checkpoint import (
+    CheckpointError,
+    find_latest_checkpoint,
+    read_centres,
+    read_manifest,
+    verify_file,
+)
 
 __all__ = ["CleanReport", "clean_dataset", "load_run_embedder"]
 

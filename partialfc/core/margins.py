@@ -3,7 +3,7 @@ r"""Margins: how the logits of a sample are formed from its cosines, one page fo
 Every margin maps the cosines ``c_ij = cos θ_ij`` between embedding ``x_i`` and centre ``w_j`` to
 logits. Unless a family says otherwise, non-target logits are ``s·c_ij`` and the target logit of
 sample ``i`` (class ``y_i``) is ``ψ(c_{i,y_i})``. Gradients are always the exact derivative of
-the formula (no straight-through trick); :mod:`partialfc.partial_fc` evaluates ψ and its
+the formula (no straight-through trick); :mod:`partialfc.core.partial_fc` evaluates ψ and its
 derivatives in float64 on the N target cosines.
 
 **CombinedMargin** (SphereFace / ArcFace / CosFace / InsightFace combined; Liu et al. 2017,
@@ -77,7 +77,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from partialfc.options import FRACTION, above, at_least, option
+from partialfc.common.options import FRACTION, above, at_least, option
 
 __all__ = [
     "MARGIN_FAMILIES",

@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from partialfc.exit_codes import ExitCode, pod_sigterm_noted, record_exit
+from partialfc.common.exit_codes import ExitCode, pod_sigterm_noted, record_exit
 
 
 def block_sigterm() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from partialfc.options import ConfigError
+from partialfc.common.options import ConfigError
 
 # The loaded kernel module's version, readable without nvidia-smi (sysfs: "580.65.06"; the proc file:
 # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  <build date>").

@@ -2,11 +2,11 @@
 
 Per micro-batch the backbone embeds under autocast (DDP all-reduces its gradients after the last
 micro-batch only), Partial FC computes the margin loss and backward runs; then
-:class:`~partialfc.optimizer.TrainingOptimizer` takes one global gradient norm over the backbone and
+:class:`~partialfc.training.optimizer.TrainingOptimizer` takes one global gradient norm over the backbone and
 every rank's centre shard, clips, and steps both halves or drops the step on every rank; the EMA of
 the weights follows an applied step. Nothing here syncs the host with the device: the report's loss,
 norm and ``applied`` flag stay device scalars until a log line reads them, and the phases are timed
-by :class:`~partialfc.log_window.PhaseTimer` (CUDA events on GPU).
+by :class:`~partialfc.common.phase_timer.PhaseTimer` (CUDA events on GPU).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from partialfc.ema import WeightAverage
-from partialfc.log_window import PhaseTimer
-from partialfc.optimizer import TrainingOptimizer
-from partialfc.partial_fc import PartialFC
+from partialfc.common.phase_timer import PhaseTimer
+from partialfc.core.partial_fc import PartialFC
+from partialfc.training.ema import WeightAverage
+from partialfc.training.optimizer import TrainingOptimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

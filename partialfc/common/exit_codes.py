@@ -16,6 +16,7 @@ peers of a dead rank blocked) records a failure, so a crash never reads as a pre
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from enum import IntEnum
@@ -144,3 +145,33 @@ def container_exit_code(directory: Path, torchrun_code: int, sigterm_received: b
     if ExitCode.PREEMPTED in codes:
         return ExitCode.PREEMPTED
     return 128 - torchrun_code if torchrun_code < 0 else (torchrun_code or ExitCode.FAILED)
+
+
+_FAILURE = "first-failure.json"
+
+
+def clear_failure(directory: Path) -> None:
+    (directory / _FAILURE).unlink(missing_ok=True)
+
+
+def first_failure(directory: Path, rank: int, message: str) -> tuple[int, str]:
+    """Record this rank's failure unless one is already recorded; return the first one (rank, message).
+
+    A rank that fails on its own (a bad record, a full disk) records the cause before its process
+    ends; its peers then fail inside a collective with a bare connection error, and read the cause
+    here, so every rank reports the same line.
+    """
+    path = directory / _FAILURE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(path, "x") as f:  # exclusive: only the first writer wins
+            json.dump({"rank": rank, "message": message}, f)
+        return rank, message
+    except FileExistsError:
+        try:
+            recorded = json.loads(path.read_text())
+            return int(recorded["rank"]), str(recorded["message"])
+        except (OSError, ValueError, KeyError):
+            return rank, message
+    except OSError:
+        return rank, message

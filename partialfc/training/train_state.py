@@ -1,6 +1,5 @@
-"""Small pieces of trainer state: progress, the data epoch and the global RNGs (which survive a
-restart), and the sample-rate schedule (a pure function of the step, so a resume needs nothing
-saved for it).
+"""Small pieces of trainer state: progress, the data epoch and the global RNGs, which survive a
+restart.
 
 The first three offer ``state_dict``/``load_state_dict`` like every other checkpointed component, so
 the checkpointer can save a dict of components without knowing what is inside.
@@ -15,8 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from partialfc.options import ConfigError
 
 
 @dataclass
@@ -129,49 +126,3 @@ class RNGState:
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])
-
-
-@dataclass(frozen=True)
-class SampleRateSchedule:
-    """Partial-FC sample rate by step: ``base`` until the first change, then each change's rate.
-
-    Changes are (fraction of the training steps, rate), e.g. r = 0.1 for most of training and 1.0
-    for the last epochs. The rate at step ``s`` (0-based, the step about to be taken) depends on
-    ``s`` alone, so a resumed run samples exactly as the straight one.
-    """
-
-    base: float
-    changes: tuple[tuple[float, float], ...] = ()
-
-    @classmethod
-    def parse(cls, entries: list[str], base: float) -> SampleRateSchedule:
-        """From ``loss.sample_rate_schedule`` entries ``FRACTION:RATE``; ConfigError names the field and entry."""
-        changes: list[tuple[float, float]] = []
-        for entry in entries:
-            fraction, sep, rate = entry.partition(":")
-            try:
-                change = (float(fraction), float(rate))
-            except ValueError:
-                change = None
-            if not sep or change is None:
-                raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} is not FRACTION:RATE (e.g. 0.8:1.0)")
-            if not 0.0 <= change[0] < 1.0 or not 0.0 < change[1] <= 1.0:
-                raise ConfigError(
-                    f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) and RATE in (0, 1]"
-                )
-            if changes and change[0] <= changes[-1][0]:
-                raise ConfigError(
-                    f"loss.sample_rate_schedule: entry {entry!r} must come after {changes[-1][0]:g} "
-                    "(fractions strictly increasing)"
-                )
-            changes.append(change)
-        return cls(base, tuple(changes))
-
-    def rate(self, step: float, total_steps: int) -> float:
-        """The rate for the step about to be taken, ``step`` of ``total_steps`` (0-based; a fraction once a
-        restart changed the global batch)."""
-        current = self.base
-        for fraction, rate in self.changes:
-            if step >= round(fraction * total_steps):
-                current = rate
-        return current

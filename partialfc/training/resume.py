@@ -14,27 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from partialfc.common.options import ConfigError
+from partialfc.config import is_meaning_field
 from partialfc.config_aliases import current_names
-from partialfc.margins import MARGIN_FAMILIES
-from partialfc.options import ConfigError
-
-# Exact names, or a prefix ending in "." for a section.
-MEANING_FIELDS = (
-    "model.backbone",
-    "model.embedding_size",
-    "loss.family",
-    "loss.s",
-    *(f"loss.{family}." for family in MARGIN_FAMILIES),
-    "loss.sample_rate",
-    "loss.sample_rate_schedule",
-    "loss.sub_centers",
-    "optim.name",
-    "optim.lr",
-    "schedule.",
-    "train.epochs",
-    "train.max_steps",
-    "train.grad_accum",
-)
 
 
 @dataclass(frozen=True)
@@ -73,10 +55,6 @@ def check_changes(changes: list[ConfigChange], allowed: list[str], checkpoint: s
             f"change with --checkpoint.allow_changes {names}"
         )
     return changes
-
-
-def is_meaning_field(name: str) -> bool:
-    return any(name == field or (field.endswith(".") and name.startswith(field)) for field in MEANING_FIELDS)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

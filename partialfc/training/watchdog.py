@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from partialfc.exit_codes import ExitCode, record_exit
+from partialfc.common.exit_codes import ExitCode, record_exit
 
 
 @dataclass
@@ -177,33 +177,3 @@ class StallWatchdog:
             + "; ".join(culprits)
         )
         return message, len(culprits)
-
-
-_FAILURE = "first-failure.json"
-
-
-def clear_failure(directory: Path) -> None:
-    (directory / _FAILURE).unlink(missing_ok=True)
-
-
-def first_failure(directory: Path, rank: int, message: str) -> tuple[int, str]:
-    """Record this rank's failure unless one is already recorded; return the first one (rank, message).
-
-    A rank that fails on its own (a bad record, a full disk) records the cause before its process
-    ends; its peers then fail inside a collective with a bare connection error, and read the cause
-    here, so every rank reports the same line.
-    """
-    path = directory / _FAILURE
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(path, "x") as f:  # exclusive: only the first writer wins
-            json.dump({"rank": rank, "message": message}, f)
-        return rank, message
-    except FileExistsError:
-        try:
-            recorded = json.loads(path.read_text())
-            return int(recorded["rank"]), str(recorded["message"])
-        except (OSError, ValueError, KeyError):
-            return rank, message
-    except OSError:
-        return rank, message

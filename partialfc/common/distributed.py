@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from partialfc.device_check import worker_device
+from partialfc.common.device_check import worker_device
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class DistInfo:
 def init_distributed(backend: str = "auto", timeout_s: int = 1800, device: torch.device | None = None) -> DistInfo:
     """Join the job described by torchrun's environment, or run as a single process without it.
 
-    ``device`` is this worker's (:func:`partialfc.device_check.worker_device`, which refuses
+    ``device`` is this worker's (:func:`partialfc.common.device_check.worker_device`, which refuses
     ``dist.device cuda`` on a node without the GPUs); None: the local GPU when torch sees one, else
     the CPU. ``backend="auto"`` picks NCCL for GPUs and gloo for CPUs. A single process (no
     ``WORLD_SIZE``) creates no process group; under torchrun one is created even at world size 1,
@@ -125,7 +125,7 @@ def all_gather_rows(local: torch.Tensor, group: dist.ProcessGroup | None, world_
 def all_gather_with_grad(local: torch.Tensor, group: dist.ProcessGroup | None, world_size: int) -> torch.Tensor:
     """:func:`all_gather_rows` whose backward reduce-scatters (sums) the gradient and multiplies it by W.
 
-    The ×W is the DDP convention of :mod:`partialfc.partial_fc`: the gathered rows feed a loss
+    The ×W is the DDP convention of :mod:`partialfc.core.partial_fc`: the gathered rows feed a loss
     averaged over the global batch, and DDP divides backbone gradients by W again.
     """
     if world_size == 1:

@@ -1,6 +1,6 @@
 """The buffers behind :class:`~partialfc.PartialFC`'s step, and the in-place kernels that fill them.
 
-None of this changes the algorithm of :mod:`partialfc.partial_fc`; it is how the step avoids
+None of this changes the algorithm of :mod:`partialfc.core.partial_fc`; it is how the step avoids
 allocations, host syncs and cache misses:
 
 - :class:`MicroBatch` — what one training forward pass leaves for the update (sampled rows, their
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from partialfc.centre_optim import CentreOptimizer
+from partialfc.core.centre_optim import CentreOptimizer
 
 _UPDATE_CHUNK_BYTES = 16 << 20  # fp32 rows per optimizer call: bounds (and lets malloc reuse) its buffers
 _ROWDOT_SCRATCH_BYTES = 4 << 20  # CPU scratch for row dots, about a core's share of cache

@@ -42,10 +42,9 @@ from typing import IO, Any, Literal, Protocol, cast, runtime_checkable
 import torch
 import torch.distributed as dist
 
-from partialfc import shard_range
-from partialfc.distributed import DistInfo, barrier
-from partialfc.partial_fc import PartialFC
-from partialfc.resume import flatten
+from partialfc.common.distributed import DistInfo, barrier, shard_range
+from partialfc.core.partial_fc import PartialFC
+from partialfc.training.resume import flatten
 
 __all__ = [
     "CheckpointError",

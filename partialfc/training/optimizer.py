@@ -12,43 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from partialfc.amp import LossScaler
-from partialfc.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
-from partialfc.options import Domain, above, at_least, interval, option
-from partialfc.partial_fc import PartialFC
+from partialfc.config import OptimConfig
+from partialfc.core.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
+from partialfc.core.partial_fc import PartialFC
+from partialfc.training.amp import LossScaler
 
-__all__ = ["OptimConfig", "StepOutcome", "TrainingOptimizer", "centre_optimizer"]
-
-BETAS = Domain(
-    lambda betas: len(betas) == 2 and all(0 <= beta < 1 for beta in betas), "must be two values in [0, 1)", [0.9]
-)
-
-
-@dataclass
-class OptimConfig:
-    """``optim``: one optimizer family and its settings for the backbone and the class centres."""
-
-    name: Literal["sgd", "adamw"] = option("sgd", "optimizer of backbone and centres")
-    lr: float = option(0.1, "peak learning rate; linear scaling rule: 0.1 x global batch / 1024 for SGD", above(0))
-    momentum: float = option(0.9, "SGD momentum", interval(0, 1))
-    weight_decay: float = option(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", at_least(0))
-    betas: list[float] = option([0.9, 0.999], "AdamW betas", BETAS)
-    clip_grad_norm: float = option(
-        0.0, "clip the global gradient norm (backbone + all centre shards) to this; 0 disables", at_least(0)
-    )
-    centre_lr_scale: float = option(
-        1.0, "learning rate of the class centres = scheduled learning rate x this", above(0)
-    )
-
-    def build(self, backbone: nn.Module, pfc: PartialFC, *, fp16: bool = False) -> TrainingOptimizer:
-        """The optimizer of ``backbone`` and ``pfc``, whose centre optimizer must be :func:`centre_optimizer`'s."""
-        return TrainingOptimizer(self, backbone, pfc, fp16=fp16)
+__all__ = ["StepOutcome", "TrainingOptimizer", "centre_optimizer"]
 
 
 def _hyperparameters(config: OptimConfig) -> dict[str, object]:

@@ -1,12 +1,12 @@
 """The training job: data-parallel backbone + model-parallel Partial FC, step by step.
 
 ``Trainer.fit`` is the algorithm: resume, then repeat ``train_step`` (the scheduled learning rate and
-sample rate into one :class:`~partialfc.train_step.TrainStep`: per micro-batch embed under autocast,
+sample rate into one :class:`~partialfc.training.train_step.TrainStep`: per micro-batch embed under autocast,
 Partial-FC loss, backward; one global gradient norm, clip, step or skip; its report folded into the
 log window), observe (a run record: log line, metrics), verify and checkpoint at their intervals
 (every ``checkpoint.every_steps`` steps or ``checkpoint.every_minutes`` minutes, whichever comes first),
 export at the end. Everything that must survive a restart is a component with
-``state_dict``/``load_state_dict`` that the :class:`~partialfc.checkpoint.Checkpointer` saves by name.
+``state_dict``/``load_state_dict`` that the :class:`~partialfc.training.checkpoint.Checkpointer` saves by name.
 
 Options the field uses: an EMA of the backbone weights (``train.ema_decay``), updated after every
 applied step and used for verification and export in place of the raw weights; a sample-rate
@@ -35,29 +35,29 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 import partialfc
-from partialfc.checkpoint import Checkpointer, Component, Stateful, read_manifest
+from partialfc.common.distributed import DistInfo, barrier
+from partialfc.common.exit_codes import ExitCode, clear_failure, first_failure
 from partialfc.config import Config, ConfigError, to_dict
+from partialfc.core.partial_fc import PartialFC
 from partialfc.data.loaders import LoaderParams, build_loader
-from partialfc.data.prepare import prepare_dataset, resolve_val_targets
 from partialfc.data.verification import VerificationSet
-from partialfc.distributed import DistInfo, barrier
-from partialfc.ema import WeightAverage
 from partialfc.eval.verification import VerificationResult, evaluate
-from partialfc.exit_codes import ExitCode
-from partialfc.log_window import LogWindow
-from partialfc.lr_schedule import LRSchedule
 from partialfc.metrics import TrainingMetrics, resident_bytes
-from partialfc.model_file import ModelFileError, init_from, save_model
 from partialfc.models import create_model, input_config_of
+from partialfc.models.model_file import ModelFileError, init_from, save_model
 from partialfc.models.precision import DTYPES, autocast_dtype
-from partialfc.optimizer import NonFiniteReport, centre_optimizer
-from partialfc.partial_fc import PartialFC
-from partialfc.preemption import SigtermFlag
-from partialfc.resume import check_changes, meaning_changes
-from partialfc.run_log import RunLog
-from partialfc.train_state import LoaderEpoch, RNGState, TrainProgress
-from partialfc.train_step import StepConfig, StepReport, TrainStep
-from partialfc.watchdog import StallWatchdog, clear_failure, first_failure
+from partialfc.training.checkpoint import Checkpointer, Component, Stateful, read_manifest
+from partialfc.training.ema import WeightAverage
+from partialfc.training.log_window import LogWindow
+from partialfc.training.lr_schedule import LRSchedule
+from partialfc.training.optimizer import NonFiniteReport, TrainingOptimizer, centre_optimizer
+from partialfc.training.preemption import SigtermFlag
+from partialfc.training.prepare import prepare_dataset, resolve_val_targets
+from partialfc.training.resume import check_changes, meaning_changes
+from partialfc.training.run_log import RunLog
+from partialfc.training.train_state import LoaderEpoch, RNGState, TrainProgress
+from partialfc.training.train_step import StepConfig, StepReport, TrainStep
+from partialfc.training.watchdog import StallWatchdog
 
 
 class Trainer:
@@ -124,7 +124,7 @@ class Trainer:
             device=self.device,
             sub_centers=config.loss.sub_centers,
         )
-        self.optimizer = config.optim.build(self.backbone, self.pfc, fp16=config.train.amp == "fp16")
+        self.optimizer = TrainingOptimizer(config.optim, self.backbone, self.pfc, fp16=config.train.amp == "fp16")
         self.amp_dtype = autocast_dtype(config.train.amp)
         self.progress = TrainProgress()
         self.progress.set_plan(self.total_steps, self.global_batch)  # a resumed run's own plan replaces it
@@ -548,7 +548,7 @@ class Trainer:
         )
 
     def _write_model(self, path: Path) -> None:
-        """Backbone weights for inference (:func:`partialfc.model_file.save_model`)."""
+        """Backbone weights for inference (:func:`partialfc.models.model_file.save_model`)."""
         save_model(
             path, self.config.model.backbone, self.config.model.embedding_size, self.inference_backbone.state_dict()
         )

@@ -22,7 +22,7 @@ prints.
 3. *Logits* (normalised margins): ``cos θ_ij = x̂_i · ŵ_j`` for the S sampled centres, an N×S
    GEMM; non-target logits ``z_ij = s·cos θ_ij``; target logits ``z_{i,y_i} = ψ(cos θ_{i,y_i}, a_i)``,
    e.g. ArcFace ``s·cos(θ + m)``, where ``a_i`` are per-sample inputs a margin computes from X
-   (feature norms, random margins; every formula is in :mod:`partialfc.margins`). A sample's target
+   (feature norms, random margins; every formula is in :mod:`partialfc.core.margins`). A sample's target
    column lives on exactly one rank. A margin that rewrites non-target logits (CurricularFace)
    first gets every sample's target cosine: one more all-reduce of N floats.
 4. *Distributed cross-entropy*, three all-reduces of N scalars:
@@ -33,7 +33,7 @@ prints.
    ``p_ij = exp(z_ij − m_i) / Z_i`` computed locally; two local GEMMs give ∂L/∂X (N×D) and
    ∂L/∂w for the S sampled rows only; a single reduce-scatter sums ∂L/∂X over ranks and hands each
    rank the rows of its own samples. ψ's derivatives (by the cosine and by ``a_i``) are exact.
-6. *Update*: :mod:`partialfc.centre_optim` updates the S sampled rows (and their optimizer state)
+6. *Update*: :mod:`partialfc.core.centre_optim` updates the S sampled rows (and their optimizer state)
    and nothing else.
 
 **Sub-centres** (``sub_centers = K > 1``; Deng et al., ECCV 2020, "Sub-center ArcFace"): each
@@ -71,7 +71,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from partialfc._partial_fc_buffers import (
+from partialfc.common.distributed import (
+    all_gather_rows,
+    all_gather_with_grad,
+    all_reduce,
+    all_reduce_sum_pair,
+    derive_seed,
+    shard_range,
+)
+from partialfc.core.buffers import (
     DeferredLabelCheck,
     LabelRangeError,
     MicroBatch,
@@ -82,16 +90,8 @@ from partialfc._partial_fc_buffers import (
     update_rows_in_chunks,
     winning_rows,
 )
-from partialfc.centre_optim import CentreOptimizer, LazySGD
-from partialfc.distributed import (
-    all_gather_rows,
-    all_gather_with_grad,
-    all_reduce,
-    all_reduce_sum_pair,
-    derive_seed,
-    shard_range,
-)
-from partialfc.margins import CombinedMargin, Margin, MarginStep
+from partialfc.core.centre_optim import CentreOptimizer, LazySGD
+from partialfc.core.margins import CombinedMargin, Margin, MarginStep
 
 __all__ = ["LabelRangeError", "PartialFC", "sampled_classes"]
 

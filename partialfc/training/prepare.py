@@ -10,12 +10,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from partialfc.common.distributed import barrier
 from partialfc.config import ConfigError, DataConfig
 from partialfc.data.dataset import RecordDataset
 from partialfc.data.layout import DatasetError, resolve_shards
 from partialfc.data.subset import is_subset_directory, read_subset
 from partialfc.data.synth import generate_synthetic_dataset
-from partialfc.distributed import barrier
 
 
 def is_synthetic_target(data: DataConfig) -> bool:
