@@ -73,13 +73,19 @@ class TrainProgress:
 
 class LoaderEpoch:
     """The data loader's epoch as a shared component: a job on another world size, whose per-rank
-    loader positions do not apply, restarts the saved epoch instead of epoch 0."""
+    loader positions do not apply, restarts the saved epoch instead of epoch 0.
+
+    Saved on an epoch's last step, the loader has handed out every batch of epoch E but not yet
+    moved on; what the run trains next is E + 1, so that is what is saved (else a resume on
+    another world size would train the finished epoch again).
+    """
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.loader.epoch}
+        finished = self.loader.position >= len(self.loader)
+        return {"epoch": self.loader.epoch + int(finished)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loader.set_epoch(int(state["epoch"]))

@@ -1,4 +1,4 @@
-"""A run checkpointed on the last step of an epoch resumes into the next epoch, exactly.
+"""A run checkpointed on the last step of an epoch resumes into the next epoch, exactly, on any world size.
 
 At that step the loader has handed over its epoch's last batch but has not yet moved on: the
 checkpoint records epoch E with every batch of it consumed. A resume must read that as "the start
@@ -41,6 +41,8 @@ def test_a_resume_from_an_epochs_last_step_matches_the_straight_run(four_step_ep
     boundary = straight / "checkpoints" / f"step-{STEPS_PER_EPOCH:08d}"
     loader_state = torch.load(boundary / "rank-00000-of-00001.pt", weights_only=True)["loader"]
     assert (loader_state["epoch"], loader_state["batch"]) == (0, STEPS_PER_EPOCH)  # epoch 0, all of it consumed
+    # What a job on another world size reads instead of the per-rank positions: the epoch to train next.
+    assert torch.load(boundary / "trainer.pt", weights_only=True)["epoch"] == {"epoch": 1}
 
     shutil.copytree(boundary, resumed / "checkpoints" / boundary.name)
     second = make_trainer(four_step_epochs, resumed, **SETTINGS)
