@@ -30,9 +30,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-setup: $(PY)
+# A stamp, so that a second make in the same tree (CI's) does not run pip again; it is made again when
+# the dependencies (pyproject.toml) or their pins change.
+SETUP_STAMP = $(VENV)/.setup-$(shell echo '$(TORCH)' | cksum | cut -d' ' -f1)
+
+$(SETUP_STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q --constraint $(CONSTRAINTS) -e ".[dev,dali]"
+	touch $@
+
+setup: $(SETUP_STAMP)
 
 $(MXNET_VENV)/bin/python:
 	$(PYTHON) -m venv $(MXNET_VENV)

@@ -32,7 +32,7 @@ from partialfc.common.distributed import DistInfo, barrier, init_distributed, sh
 from partialfc.config import LossConfig, OptimConfig
 from partialfc.models import create_model
 from partialfc.training.checkpoint import Checkpointer, Component
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_state import RNGState, TrainProgress
 
 
@@ -71,7 +71,7 @@ def time_saves(args: argparse.Namespace, info: DistInfo, num_classes: int, root:
     optim = OptimConfig()
     backbone = create_model(args.backbone, embedding_size=args.embedding_size)
     pfc = PartialFC(
-        args.embedding_size, num_classes, 1.0, LossConfig().build_margin(), optimizer=centre_optimizer(optim)
+        args.embedding_size, num_classes, 1.0, LossConfig().build_margin(), optimizer=optim.build_centre_optimizer()
     )
     optimizer = TrainingOptimizer(optim, backbone, pfc)
     for param in backbone.parameters():  # one step on zero gradients: the momentum buffers exist, as in training

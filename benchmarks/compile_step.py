@@ -27,7 +27,7 @@ from partialfc import CombinedMargin, PartialFC
 from partialfc.config import OptimConfig
 from partialfc.models import create_model
 from partialfc.models.precision import autocast_dtype
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import StepConfig, TrainStep
 
 
@@ -39,7 +39,12 @@ class TimedStep:
     ) -> None:
         config = OptimConfig(lr=0.01)
         pfc = PartialFC(
-            embedding_size, num_classes, 1.0, CombinedMargin(), optimizer=centre_optimizer(config), device=images.device
+            embedding_size,
+            num_classes,
+            1.0,
+            CombinedMargin(),
+            optimizer=config.build_centre_optimizer(),
+            device=images.device,
         )
         labels = torch.arange(len(images), device=images.device) % num_classes
         self.step = TrainStep(model, pfc, TrainingOptimizer(config, model, pfc), StepConfig(amp_dtype=amp))

@@ -57,7 +57,7 @@ from partialfc.core.partial_fc import PartialFC
 from partialfc.eval.identification import identification_metrics
 from partialfc.eval.protocol import strict_tar_at_far, verification_accuracy
 from partialfc.training.lr_schedule import LRSchedule
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 
 HOLDOUT_BASE = 1 << 40  # held-out identity ids start here: disjoint from any training C
 _PROTOTYPE, _NUISANCE, _NOISE, _BASIS, _PAIRS = 1, 2, 3, 4, 5  # purposes of the generator's streams
@@ -345,7 +345,7 @@ def run_cell(cell: Cell, settings: Settings, rank: int, world_size: int) -> dict
     model: nn.Module = nn.parallel.DistributedDataParallel(backbone) if world_size > 1 else backbone
     optim = OptimConfig(name=settings.optimizer, lr=settings.lr)
     centre_optim = optim if settings.centre_momentum is None else replace(optim, momentum=settings.centre_momentum)
-    centres = centre_optimizer(centre_optim)
+    centres = centre_optim.build_centre_optimizer()
     if settings.dense_centre_momentum:
         centres = DenseMomentumSGD(**asdict(centres))
     pfc = PartialFC(

@@ -46,7 +46,7 @@ from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.synth import generate_synthetic_dataset
 from partialfc.models import InputConfig, create_model
 from partialfc.models.precision import autocast_dtype
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import Batch, StepConfig, TrainStep
 
 
@@ -142,7 +142,7 @@ def main() -> None:
         args.num_classes,
         args.sample_rate,
         CombinedMargin(),
-        optimizer=centre_optimizer(optim_config),
+        optimizer=optim_config.build_centre_optimizer(),
         device=device,
     )
     optimizer = TrainingOptimizer(optim_config, backbone, pfc)

@@ -19,12 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
+from torch import nn
 
 from partialfc.common.cli import ArgumentParser
+from partialfc.common.distributed import shard_range
 from partialfc.common.exit_codes import help_text
 from partialfc.common.options import FRACTION, FREE, ConfigError, Domain, above, at_least, interval, one_of, option
 from partialfc.config_aliases import ALIASES, current_name, current_names
+from partialfc.core.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
 from partialfc.core.margins import (
     MARGIN_FAMILIES,
     AdaFaceConfig,
@@ -35,8 +39,12 @@ from partialfc.core.margins import (
     Margin,
     SoftmaxConfig,
 )
+from partialfc.core.partial_fc import PartialFC
+from partialfc.data import RecordDataset
+from partialfc.data.loaders import LoaderParams, PlannedLoader, build_loader
 from partialfc.metrics import MetricsConfig
-from partialfc.models import list_models
+from partialfc.models import InputConfig, create_model, list_models
+from partialfc.models.precision import DTYPES
 
 __all__ = ["Config", "ConfigError", "OptimConfig", "add_config_arguments", "config_from_args", "load_config", "to_dict"]
 
@@ -131,6 +139,16 @@ class OptimConfig:
         1.0, "learning rate of the class centres = scheduled learning rate x this", above(0)
     )
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """Keyword arguments shared by the backbone's and the centres' optimizer of family ``name``."""
+        family = {"momentum": self.momentum} if self.name == "sgd" else {"betas": tuple(self.betas)}
+        return {"lr": self.lr, "weight_decay": self.weight_decay, **family}
+
+    def build_centre_optimizer(self) -> CentreOptimizer:
+        """The lazy row-sparse optimizer of the centre shard: the backbone's family and settings."""
+        family: type[LazySGD] | type[LazyAdamW] = LazySGD if self.name == "sgd" else LazyAdamW
+        return family(**self.hyperparameters())
+
 
 def _is_schedule(changes: list[str]) -> bool:
     """True, or the parser's ConfigError naming the entry at fault."""
@@ -186,6 +204,23 @@ class DataConfig:
     )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata={"help": "synthetic dataset"})
 
+    def build_loader(
+        self,
+        dataset: RecordDataset,
+        input_config: InputConfig,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device_id: int | None,
+    ) -> PlannedLoader:
+        """This rank's training loader over ``dataset``, normalising images as the backbone expects
+        (``input_config``); ``device_id`` None decodes on the CPU."""
+        params = LoaderParams(
+            self.batch_size, input_config, rank=rank, world_size=world_size, seed=seed, flip=self.flip
+        )
+        return build_loader(dataset, params, backend=self.backend, device_id=device_id, num_workers=self.num_workers)
+
 
 @dataclass
 class ModelConfig:
@@ -204,6 +239,18 @@ class ModelConfig:
         "names, strict); the classifier starts fresh; ignored when a checkpoint is resumed",
         FREE,
     )
+
+    def build(self, device: torch.device) -> nn.Module:
+        """The backbone on ``device`` (channels_last on GPU when asked); compiling is the trainer's,
+        after it has copied the weights it averages."""
+        backbone = create_model(self.backbone, embedding_size=self.embedding_size, dropout=self.dropout).to(device)
+        if self.channels_last_on(device):
+            # Module.to takes memory_format (torch's stub lists only its device/dtype overloads)
+            backbone = backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return backbone
+
+    def channels_last_on(self, device: torch.device) -> bool:
+        return device.type == "cuda" and self.channels_last
 
 
 @dataclass
@@ -247,6 +294,53 @@ class LossConfig:
         "first one: loss.sample_rate); e.g. 0.8:1.0 samples every centre in the last fifth of training",
         SCHEDULE,
     )
+
+    def build(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        optimizer: CentreOptimizer,
+        *,
+        seed: int,
+        device: torch.device | None = None,
+    ) -> PartialFC:
+        """This section's Partial-FC classifier; :meth:`buffer_plan` is its memory, for the dry run."""
+        return PartialFC(
+            embedding_size,
+            num_classes,
+            self.sample_rate,
+            self.build_margin(),
+            optimizer=optimizer,
+            seed=seed,
+            init_std=self.init_std,
+            param_dtype=DTYPES[self.param_dtype],
+            device=device,
+            sub_centers=self.sub_centers,
+        )
+
+    def buffer_plan(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        world_size: int,
+        global_batch: int,
+        optimizer: CentreOptimizer,
+        micro_batches: int,
+    ) -> list[tuple[str, int]]:
+        """Bytes per buffer of what :meth:`build`'s classifier keeps on rank 0 (the largest shard), at the
+        schedule's peak sample rate: the plan must hold at the peak."""
+        schedule = self.sample_rates
+        return PartialFC.buffer_plan(
+            embedding_size,
+            shard_range(num_classes, 0, world_size)[1],
+            global_batch,
+            max([schedule.base, *(rate for _, rate in schedule.changes)]),
+            self.build_margin(),
+            optimizer,
+            param_dtype=DTYPES[self.param_dtype],
+            sub_centers=self.sub_centers,
+            micro_batches=micro_batches,
+        )
 
     def build_margin(self) -> Margin:
         """The margin ``family`` selects, from its section; ConfigError names the section's fields."""

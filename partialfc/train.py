@@ -23,14 +23,11 @@ import torch
 import yaml
 
 from partialfc.common.device_check import require_compiler, worker_device
-from partialfc.common.distributed import init_distributed, shard_range, shutdown
+from partialfc.common.distributed import init_distributed, shutdown
 from partialfc.common.exit_codes import ExitCode, record_exit
 from partialfc.config import Config, ConfigError, config_from_args, to_dict, train_argument_parser
-from partialfc.core.partial_fc import PartialFC
 from partialfc.models import create_model
 from partialfc.models.activation_memory import activation_bytes
-from partialfc.models.precision import DTYPES
-from partialfc.training.optimizer import centre_optimizer
 
 # The launcher parses the training arguments with the same parser, to refuse a bad one before torchrun starts.
 build_parser = train_argument_parser
@@ -39,20 +36,15 @@ build_parser = train_argument_parser
 def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple[str, int]]:
     """Bytes per rank of what dominates memory (rank 0, the largest shard), activations included.
 
-    The Partial-FC lines are :meth:`PartialFC.buffer_plan` at the schedule's peak sample rate.
+    The Partial-FC lines are the loss section's :meth:`~partialfc.config.LossConfig.buffer_plan`.
     """
     dim = config.model.embedding_size
-    schedule = config.loss.sample_rates
-    peak_rate = max([schedule.base, *(rate for _, rate in schedule.changes)])  # the plan must hold at the peak
-    centres = PartialFC.buffer_plan(
+    centres = config.loss.buffer_plan(
         dim,
-        shard_range(num_classes, 0, world_size)[1],
+        num_classes,
+        world_size,
         config.data.batch_size * world_size,
-        peak_rate,
-        config.loss.build_margin(),
-        centre_optimizer(config.optim),
-        param_dtype=DTYPES[config.loss.param_dtype],
-        sub_centers=config.loss.sub_centers,
+        config.optim.build_centre_optimizer(),
         micro_batches=config.train.grad_accum,
     )
     with torch.device("meta"):

@@ -72,12 +72,12 @@ family is its config section (``loss.<family>`` of the training config, a :class
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
-from partialfc.common.options import FRACTION, above, at_least, option
+from partialfc.common.options import FRACTION, above, at_least, interval, one_of, option
 
 __all__ = [
     "MARGIN_FAMILIES",
@@ -155,20 +155,67 @@ class Margin(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
-class MarginConfig(Protocol):
-    """A family's section of the training config (``loss.<family>``): its parameters, and the margin they make."""
+_MARGIN_OF: dict[type[MarginConfig], type[BaseMargin]] = {}  # each family's margin, by its config (filled below)
+
+
+class MarginConfig:
+    """A family's parameters, declared once: each a dataclass field with its default, one-line doc and
+    domain (:func:`~partialfc.common.options.option`). The same class is the family's section of the
+    training config (``loss.<family>``) and what its margin checks and keeps its parameters in."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every subclass is a dataclass
+
+    def check(self) -> None:
+        """Rules that tie parameters together (a field's own domain is checked field by field)."""
 
     def build(self, s: float) -> Margin:
         """The margin with these parameters and the logit scale ``s`` (``loss.s``); ValueError names a bad one."""
-        ...
+        return _MARGIN_OF[type(self)](s, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 class BaseMargin:
-    """Defaults for the optional parts of :class:`Margin`: no per-sample inputs, no state."""
+    """A margin family built from its :class:`MarginConfig` (``Config``), with defaults for the
+    optional parts of :class:`Margin`: no per-sample inputs, no state.
 
+    ``Family(s, *parameters)`` (in the config's field order) or ``Family(s, name=value, ...)`` checks
+    every parameter against its domain and the family's rules; the parameters read as attributes
+    (``margin.m``).
+    """
+
+    Config: ClassVar[type[MarginConfig]]
     normalize = True
     needs_target_cosines = False
-    s: float
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _MARGIN_OF[cls.Config] = cls
+
+    def __init__(self, s: float = 64.0, *positional: Any, **parameters: Any) -> None:
+        name = type(self).__name__
+        if not s > 0:
+            raise ValueError(f"{name}: scale s must be > 0, got s={s}")
+        try:
+            config = self.Config(*positional, **parameters)
+        except TypeError as error:
+            raise TypeError(f"{name}: {error}") from None
+        for f in fields(config):
+            domain, value = f.metadata.get("domain"), getattr(config, f.name)
+            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(config, f.name, value)
+            if domain is not None and not domain.accepts(value):
+                raise ValueError(f"{name}: {f.name}={value!r} {domain.rule}")
+        try:
+            config.check()
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        self.s, self.config = float(s), config
+        self.__dict__.update((f.name, getattr(config, f.name)) for f in fields(config))  # margin.m reads config.m
+
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for a name that is neither an attribute nor a parameter; declared so that the
+        type checker accepts ``self.m`` for the parameters ``__init__`` sets from the config."""
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def scale(self) -> float:
@@ -195,19 +242,30 @@ class BaseMargin:
                 "it was saved with another margin family (loss.family)"
             )
 
+    def __repr__(self) -> str:
+        parameters = "".join(f", {f.name}={getattr(self.config, f.name)!r}" for f in fields(self.config))
+        return f"{type(self).__name__}(s={self.s}{parameters})"
+
+
+ANGLE = interval(0, math.pi)  # [0, pi): an angular margin
+
+
+@dataclass
+class CombinedMarginConfig(MarginConfig):
+    """``loss.combined``: SphereFace, ArcFace, CosFace and their combination in one formula."""
+
+    m1: float = option(1.0, "multiplicative angular margin (SphereFace)", at_least(1))
+    m2: float = option(0.5, "additive angular margin (ArcFace)", ANGLE)
+    m3: float = option(0.0, "additive cosine margin (CosFace)", at_least(0))
+
 
 class CombinedMargin(BaseMargin):
     """Normalised margin with target logit ``s · (cos(m1·θ + m2) − m3)``; see the module docstring."""
 
-    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0) -> None:
-        _check_scale("CombinedMargin", s)
-        if not m1 >= 1.0:
-            raise ValueError(f"CombinedMargin: m1 must be >= 1 (SphereFace multiplier), got m1={m1}")
-        if not 0.0 <= m2 < math.pi:
-            raise ValueError(f"CombinedMargin: m2 must be in [0, pi), got m2={m2}")
-        if not m3 >= 0.0:
-            raise ValueError(f"CombinedMargin: m3 must be >= 0, got m3={m3}")
-        self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
+    Config = CombinedMarginConfig
+
+    def __init__(self, s: float = 64.0, *positional: Any, **parameters: Any) -> None:
+        super().__init__(s, *positional, **parameters)
         self.theta_star = (math.pi - self.m2) / self.m1
 
     @property
@@ -222,21 +280,6 @@ class CombinedMargin(BaseMargin):
         if self.m1 == 1.0 and self.m2 == 0.0:  # CosFace: no angle needed, exact everywhere
             return (cos_theta - self.m3) * self.s
         return (angular_margin(cos_theta, self.m1, self.m2) - self.m3) * self.s
-
-    def __repr__(self) -> str:
-        return f"CombinedMargin(s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3})"
-
-
-@dataclass
-class CombinedMarginConfig(MarginConfig):
-    """``loss.combined``: SphereFace, ArcFace, CosFace and their combination in one formula."""
-
-    m1: float = option(1.0, "multiplicative angular margin (SphereFace)", above(0))
-    m2: float = option(0.5, "additive angular margin (ArcFace)", at_least(0))
-    m3: float = option(0.0, "additive cosine margin (CosFace)", at_least(0))
-
-    def build(self, s: float) -> CombinedMargin:
-        return CombinedMargin(s, self.m1, self.m2, self.m3)
 
 
 def angular_margin(cos_theta: torch.Tensor, m1: float, m2: float | torch.Tensor) -> torch.Tensor:
@@ -260,12 +303,20 @@ def angular_margin(cos_theta: torch.Tensor, m1: float, m2: float | torch.Tensor)
     return torch.where(theta <= theta_star, margin_branch, tail_branch)
 
 
+@dataclass
+class SoftmaxConfig(MarginConfig):
+    """``loss.softmax``: no parameters (the unnormalised baseline ignores ``loss.s``)."""
+
+
 class Softmax(BaseMargin):
     """Unnormalised softmax baseline: logits are raw dot products ``x · w``."""
 
+    Config = SoftmaxConfig
     normalize = False
-    s = 1.0
     is_identity = True
+
+    def __init__(self, s: float = 1.0) -> None:
+        super().__init__(1.0)  # no scale: loss.s does not apply
 
     def target_logit(self, logit: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         return logit
@@ -275,11 +326,12 @@ class Softmax(BaseMargin):
 
 
 @dataclass
-class SoftmaxConfig(MarginConfig):
-    """``loss.softmax``: no parameters (the unnormalised baseline ignores ``loss.s``)."""
+class AdaFaceConfig(MarginConfig):
+    """``loss.adaface``: the margin follows image quality through the feature norm."""
 
-    def build(self, s: float) -> Softmax:
-        return Softmax()
+    m: float = option(0.4, "margin m", ANGLE)
+    h: float = option(0.333, "how strongly the feature norm moves the margin", at_least(0))
+    t_alpha: float = option(0.01, "momentum of the running mean/std of feature norms", FRACTION)
 
 
 class AdaFace(BaseMargin):
@@ -287,15 +339,10 @@ class AdaFace(BaseMargin):
 
     _EPS = 1e-3  # the official head's clamp of cosines and angles, and σ's offset
 
-    def __init__(self, s: float = 64.0, m: float = 0.4, h: float = 0.333, t_alpha: float = 0.01) -> None:
-        _check_scale("AdaFace", s)
-        if not 0.0 <= m < math.pi:
-            raise ValueError(f"AdaFace: margin m must be in [0, pi), got m={m}")
-        if not h >= 0.0:
-            raise ValueError(f"AdaFace: h must be >= 0, got h={h}")
-        if not 0.0 < t_alpha <= 1.0:
-            raise ValueError(f"AdaFace: t_alpha must be in (0, 1], got t_alpha={t_alpha}")
-        self.s, self.m, self.h, self.t_alpha = float(s), float(m), float(h), float(t_alpha)
+    Config = AdaFaceConfig
+
+    def __init__(self, s: float = 64.0, *positional: Any, **parameters: Any) -> None:
+        super().__init__(s, *positional, **parameters)
         self.batch_mean = torch.tensor(20.0, dtype=torch.float64)
         self.batch_std = torch.tensor(100.0, dtype=torch.float64)
 
@@ -323,20 +370,12 @@ class AdaFace(BaseMargin):
             self.batch_mean = state["batch_mean"].to(torch.float64).clone()
             self.batch_std = state["batch_std"].to(torch.float64).clone()
 
-    def __repr__(self) -> str:
-        return f"AdaFace(s={self.s}, m={self.m}, h={self.h}, t_alpha={self.t_alpha})"
-
 
 @dataclass
-class AdaFaceConfig(MarginConfig):
-    """``loss.adaface``: the margin follows image quality through the feature norm."""
+class CurricularFaceConfig(MarginConfig):
+    """``loss.curricularface``: ArcFace target, hard negatives weighted by the training progress."""
 
-    m: float = option(0.4, "margin m", at_least(0))
-    h: float = option(0.333, "how strongly the feature norm moves the margin", at_least(0))
-    t_alpha: float = option(0.01, "momentum of the running mean/std of feature norms", FRACTION)
-
-    def build(self, s: float) -> AdaFace:
-        return AdaFace(s, self.m, self.h, self.t_alpha)
+    m: float = option(0.5, "additive angular margin m", ANGLE)
 
 
 class CurricularFace(BaseMargin):
@@ -344,11 +383,10 @@ class CurricularFace(BaseMargin):
 
     needs_target_cosines = True
 
-    def __init__(self, s: float = 64.0, m: float = 0.5) -> None:
-        _check_scale("CurricularFace", s)
-        if not 0.0 <= m < math.pi:
-            raise ValueError(f"CurricularFace: margin m must be in [0, pi), got m={m}")
-        self.s, self.m = float(s), float(m)
+    Config = CurricularFaceConfig
+
+    def __init__(self, s: float = 64.0, *positional: Any, **parameters: Any) -> None:
+        super().__init__(s, *positional, **parameters)
         self.threshold = math.cos(math.pi - self.m)
         self.t = torch.tensor(0.0, dtype=torch.float64)
 
@@ -386,41 +424,28 @@ class CurricularFace(BaseMargin):
         if state:
             self.t = state["t"].to(torch.float64).clone()
 
-    def __repr__(self) -> str:
-        return f"CurricularFace(s={self.s}, m={self.m})"
-
 
 @dataclass
-class CurricularFaceConfig(MarginConfig):
-    """``loss.curricularface``: ArcFace target, hard negatives weighted by the training progress."""
+class MagFaceConfig(MarginConfig):
+    """``loss.magface``: the margin grows with the feature magnitude, which a regulariser bounds."""
 
-    m: float = option(0.5, "additive angular margin m", at_least(0))
+    l_a: float = option(10.0, "lower bound of the feature magnitude", above(0))
+    u_a: float = option(110.0, "upper bound of the feature magnitude", above(0))
+    l_m: float = option(0.45, "margin at the lower magnitude bound", ANGLE)
+    u_m: float = option(0.8, "margin at the upper magnitude bound", ANGLE)
+    lambda_g: float = option(35.0, "weight of the magnitude regulariser", at_least(0))
 
-    def build(self, s: float) -> CurricularFace:
-        return CurricularFace(s, self.m)
+    def check(self) -> None:
+        if not self.l_a < self.u_a:
+            raise ValueError(f"need l_a < u_a, got l_a={self.l_a}, u_a={self.u_a}")
+        if not self.l_m <= self.u_m:
+            raise ValueError(f"need l_m <= u_m, got l_m={self.l_m}, u_m={self.u_m}")
 
 
 class MagFace(BaseMargin):
     """Margin growing with the feature magnitude, plus its magnitude regulariser; see the module docstring."""
 
-    def __init__(
-        self,
-        s: float = 64.0,
-        l_a: float = 10.0,
-        u_a: float = 110.0,
-        l_m: float = 0.45,
-        u_m: float = 0.8,
-        lambda_g: float = 35.0,
-    ) -> None:
-        _check_scale("MagFace", s)
-        if not 0.0 < l_a < u_a:
-            raise ValueError(f"MagFace: need 0 < l_a < u_a, got l_a={l_a}, u_a={u_a}")
-        if not 0.0 <= l_m <= u_m < math.pi:
-            raise ValueError(f"MagFace: need 0 <= l_m <= u_m < pi, got l_m={l_m}, u_m={u_m}")
-        if not lambda_g >= 0.0:
-            raise ValueError(f"MagFace: lambda_g must be >= 0, got lambda_g={lambda_g}")
-        self.s, self.l_a, self.u_a = float(s), float(l_a), float(u_a)
-        self.l_m, self.u_m, self.lambda_g = float(l_m), float(u_m), float(lambda_g)
+    Config = MagFaceConfig
 
     def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor:
         """The clamped magnitudes ``a_i``, with gradient (margin and regulariser depend on them)."""
@@ -437,39 +462,23 @@ class MagFace(BaseMargin):
             raise ValueError("MagFace.regulariser needs the magnitudes from sample_inputs")
         return self.lambda_g * (inputs / self.u_a**2 + 1.0 / inputs)
 
-    def __repr__(self) -> str:
-        return (
-            f"MagFace(s={self.s}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "
-            f"lambda_g={self.lambda_g})"
-        )
-
 
 @dataclass
-class MagFaceConfig(MarginConfig):
-    """``loss.magface``: the margin grows with the feature magnitude, which a regulariser bounds."""
+class ElasticFaceConfig(MarginConfig):
+    """``loss.elasticface``: ArcFace or CosFace with a margin drawn per sample."""
 
-    l_a: float = option(10.0, "lower bound of the feature magnitude", above(0))
-    u_a: float = option(110.0, "upper bound of the feature magnitude", above(0))
-    l_m: float = option(0.45, "margin at the lower magnitude bound", at_least(0))
-    u_m: float = option(0.8, "margin at the upper magnitude bound", at_least(0))
-    lambda_g: float = option(35.0, "weight of the magnitude regulariser", at_least(0))
-
-    def build(self, s: float) -> MagFace:
-        return MagFace(s, self.l_a, self.u_a, self.l_m, self.u_m, self.lambda_g)
+    m: float = option(0.5, "mean of the per-sample margins", ANGLE)
+    std: float = option(0.05, "standard deviation of the per-sample margins", at_least(0))
+    kind: Literal["arc", "cos"] = option("arc", "arc (angular margin) or cos (cosine margin)", one_of(("arc", "cos")))
 
 
 class ElasticFace(BaseMargin):
     """ArcFace or CosFace with a random margin per sample; see the module docstring."""
 
-    def __init__(self, s: float = 64.0, m: float = 0.5, std: float = 0.05, kind: Literal["arc", "cos"] = "arc") -> None:
-        _check_scale("ElasticFace", s)
-        if kind not in ("arc", "cos"):
-            raise ValueError(f"ElasticFace: kind must be 'arc' or 'cos', got kind={kind!r}")
-        if not 0.0 <= m < math.pi:
-            raise ValueError(f"ElasticFace: margin m must be in [0, pi), got m={m}")
-        if not std >= 0.0:
-            raise ValueError(f"ElasticFace: std must be >= 0, got std={std}")
-        self.s, self.m, self.std, self.kind = float(s), float(m), float(std), kind
+    Config = ElasticFaceConfig
+
+    def __init__(self, s: float = 64.0, *positional: Any, **parameters: Any) -> None:
+        super().__init__(s, *positional, **parameters)
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def sample_inputs(self, embeddings: torch.Tensor, step: MarginStep) -> torch.Tensor:
@@ -488,21 +497,6 @@ class ElasticFace(BaseMargin):
             return (cos_theta - inputs) * self.s
         return angular_margin(cos_theta, 1.0, inputs) * self.s
 
-    def __repr__(self) -> str:
-        return f"ElasticFace(s={self.s}, m={self.m}, std={self.std}, kind={self.kind!r})"
-
-
-@dataclass
-class ElasticFaceConfig(MarginConfig):
-    """``loss.elasticface``: ArcFace or CosFace with a margin drawn per sample."""
-
-    m: float = option(0.5, "mean of the per-sample margins", at_least(0))
-    std: float = option(0.05, "standard deviation of the per-sample margins", at_least(0))
-    kind: Literal["arc", "cos"] = option("arc", "arc (angular margin) or cos (cosine margin)")
-
-    def build(self, s: float) -> ElasticFace:
-        return ElasticFace(s, self.m, self.std, self.kind)
-
 
 MARGIN_FAMILIES: dict[str, type[MarginConfig]] = {
     "combined": CombinedMarginConfig,
@@ -518,8 +512,3 @@ MARGIN_FAMILIES: dict[str, type[MarginConfig]] = {
 def _clamp_eps(dtype: torch.dtype) -> float:
     # 1 − ε must stay representable below 1, and ε large enough that 1/sqrt(1 − (1−ε)²) is modest.
     return 1e-7 if dtype == torch.float64 else 1e-6
-
-
-def _check_scale(family: str, s: float) -> None:
-    if not s > 0:
-        raise ValueError(f"{family}: scale s must be > 0, got s={s}")

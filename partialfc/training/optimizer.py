@@ -18,29 +18,17 @@ import torch.distributed as dist
 from torch import nn
 
 from partialfc.config import OptimConfig
-from partialfc.core.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
 from partialfc.core.partial_fc import PartialFC
 from partialfc.training.amp import LossScaler
 
-__all__ = ["StepOutcome", "TrainingOptimizer", "centre_optimizer"]
+__all__ = ["StepOutcome", "TrainingOptimizer"]
 
 
-def _hyperparameters(config: OptimConfig) -> dict[str, object]:
-    """Keyword arguments shared by the backbone and the centre optimizer of ``config.name``."""
-    family = {"momentum": config.momentum} if config.name == "sgd" else {"betas": tuple(config.betas)}
-    return {"lr": config.lr, "weight_decay": config.weight_decay, **family}
-
-
-# Constructors called with _hyperparameters' keywords (the backbone's also with fused=True).
-_FAMILIES: dict[str, tuple[Callable[..., torch.optim.Optimizer], Callable[..., CentreOptimizer]]] = {
-    "sgd": (torch.optim.SGD, LazySGD),
-    "adamw": (torch.optim.AdamW, LazyAdamW),
+# The backbone's optimizer of each family, called with OptimConfig.hyperparameters() and fused=True.
+_BACKBONE_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adamw": torch.optim.AdamW,
 }
-
-
-def centre_optimizer(config: OptimConfig) -> CentreOptimizer:
-    """The lazy row-sparse optimizer for the centre shard, same family and settings as the backbone's."""
-    return _FAMILIES[config.name][1](**_hyperparameters(config))
 
 
 @dataclass
@@ -96,7 +84,7 @@ class NonFiniteCounter:
 class TrainingOptimizer:
     """Backbone optimizer + ``pfc``'s centre optimizer, driven as one (see the module docstring).
 
-    The centre optimizer must be the one ``pfc`` was built with (:func:`centre_optimizer`).
+    The centre optimizer must be the one ``pfc`` was built with (``config.build_centre_optimizer()``).
     A step whose loss or global gradient norm is not finite is dropped on every rank, both halves
     untouched: in fp16 by the host (the loss scaler needs the decision anyway), otherwise on the
     device (``found_inf`` of torch's fused optimizers and of the centre optimizers), so that no
@@ -108,7 +96,7 @@ class TrainingOptimizer:
         self.pfc = pfc
         self.params = list(backbone.parameters())
         # Fused kernels on CPU and GPU alike: they implement the on-device skip (found_inf).
-        self.backbone_optimizer = _FAMILIES[config.name][0](self.params, **_hyperparameters(config), fused=True)
+        self.backbone_optimizer = _BACKBONE_OPTIMIZERS[config.name](self.params, **config.hyperparameters(), fused=True)
         self.scaler = LossScaler(enabled=fp16)
         self.nonfinite = NonFiniteCounter(pfc.weight.device)
         self.skipped_steps = 0

@@ -21,7 +21,6 @@ what the exported model carries.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -38,120 +37,52 @@ import partialfc
 from partialfc.common.distributed import DistInfo, barrier
 from partialfc.common.exit_codes import ExitCode, clear_failure, first_failure
 from partialfc.config import Config, ConfigError, to_dict
-from partialfc.core.partial_fc import PartialFC
-from partialfc.data.loaders import LoaderParams, build_loader
-from partialfc.data.verification import VerificationSet
+from partialfc.data import RecordDataset, VerificationSet
+from partialfc.data.loaders import PlannedLoader
 from partialfc.eval.verification import VerificationResult, evaluate
 from partialfc.metrics import TrainingMetrics, resident_bytes
-from partialfc.models import create_model, input_config_of
+from partialfc.models import input_config_of
 from partialfc.models.model_file import ModelFileError, init_from, save_model
-from partialfc.models.precision import DTYPES, autocast_dtype
+from partialfc.models.precision import autocast_dtype
 from partialfc.training.checkpoint import Checkpointer, Component, Stateful, read_manifest
 from partialfc.training.ema import WeightAverage
 from partialfc.training.log_window import LogWindow
-from partialfc.training.lr_schedule import LRSchedule
-from partialfc.training.optimizer import NonFiniteReport, TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import NonFiniteReport, TrainingOptimizer
 from partialfc.training.preemption import SigtermFlag
 from partialfc.training.prepare import prepare_dataset, resolve_val_targets
 from partialfc.training.resume import check_changes, meaning_changes
 from partialfc.training.run_log import RunLog
+from partialfc.training.run_plan import RunPlan
 from partialfc.training.train_state import LoaderEpoch, RNGState, TrainProgress
 from partialfc.training.train_step import StepConfig, StepReport, TrainStep
 from partialfc.training.watchdog import StallWatchdog
 
 
 class Trainer:
+    """The training loop (:meth:`fit`), composed from the components the config's sections build."""
+
     def __init__(self, config: Config, info: DistInfo, clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (seconds) times ``checkpoint.every_minutes``."""
         self.config, self.info, self.device = config, info, info.device
         self.run_dir = Path(config.output)
         self.log = RunLog(self.run_dir, enabled=info.is_main, tensorboard=config.train.tensorboard)
-        torch.manual_seed(config.train.seed)  # identical backbone initialisation on every rank
-        if config.train.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
-            torch.use_deterministic_algorithms(True)
-
-        self.backbone = create_model(
-            config.model.backbone, embedding_size=config.model.embedding_size, dropout=config.model.dropout
-        ).to(self.device)
-        channels_last = self.device.type == "cuda" and config.model.channels_last
-        if channels_last:
-            # Module.to takes memory_format (torch's stub lists only its device/dtype overloads)
-            self.backbone = self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.ema = WeightAverage(self.backbone, config.train.ema_decay) if config.train.ema_decay else None
-        if config.model.compile:
-            self.backbone.compile()  # in place: parameter names, DDP and the checkpoint keys stay as they are
-        self.dataset = prepare_dataset(config.data, config.train.seed, info.is_main)
+        self._seed()
+        self.backbone, self.ema, self.model = self._backbone()
+        self.dataset, self.val_sets, self.loader = self._data()
         self.num_classes = self.dataset.num_classes
-        self.val_sets = [VerificationSet(path) for path in resolve_val_targets(config.data)]
-        loader_params = LoaderParams(
-            config.data.batch_size,
-            input_config_of(self.backbone),
-            rank=info.rank,
-            world_size=info.world_size,
-            seed=config.train.seed,
-            flip=config.data.flip,
-        )
-        self.loader = build_loader(
-            self.dataset,
-            loader_params,
-            backend=config.data.backend,
-            device_id=info.local_rank if self.device.type == "cuda" else None,
-            num_workers=config.data.num_workers,
-        )
-        self.steps_per_epoch = len(self.loader) // config.train.grad_accum
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"data.batch_size={config.data.batch_size} x world size {info.world_size} x grad_accum "
-                f"{config.train.grad_accum} exceeds the dataset ({self.dataset.num_images} images)"
-            )
-        self.total_steps = config.train.max_steps or math.ceil(config.train.epochs * self.steps_per_epoch)
-
-        self.model = self.backbone
-        if dist.is_initialized():
-            self.model = nn.parallel.DistributedDataParallel(
-                self.backbone, device_ids=[info.local_rank] if self.device.type == "cuda" else None
-            )
-        self.pfc = PartialFC(
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.pfc = config.loss.build(
             config.model.embedding_size,
             self.num_classes,
-            config.loss.sample_rate,
-            config.loss.build_margin(),
-            optimizer=centre_optimizer(config.optim),
+            config.optim.build_centre_optimizer(),
             seed=config.train.seed,
-            init_std=config.loss.init_std,
-            param_dtype=DTYPES[config.loss.param_dtype],
             device=self.device,
-            sub_centers=config.loss.sub_centers,
         )
         self.optimizer = TrainingOptimizer(config.optim, self.backbone, self.pfc, fp16=config.train.amp == "fp16")
-        self.amp_dtype = autocast_dtype(config.train.amp)
         self.progress = TrainProgress()
-        self.progress.set_plan(self.total_steps, self.global_batch)  # a resumed run's own plan replaces it
-        shared: dict[str, Stateful] = {
-            "model": self.backbone,
-            "optimizer": self.optimizer,
-            "progress": self.progress,
-            "epoch": LoaderEpoch(self.loader),
-            **({"ema": self.ema} if self.ema else {}),
-        }
-        self.checkpointer = Checkpointer(
-            self.run_dir / "checkpoints",
-            info,
-            config.checkpoint.keep,
-            {
-                **{name: Component(state, "shared") for name, state in shared.items()},
-                "rng": Component(RNGState(), "per_rank"),
-                "loader": Component(self.loader, "per_rank"),
-                "centres": Component(self.pfc, "sharded"),
-            },
-            config=to_dict(config),
-            log=self.log.info,
-            step_counters={
-                "progress.step": lambda: self.progress.step,
-                "PartialFC step_count": lambda: self.pfc.step_count,
-            },
-        )
+        self.plan = RunPlan.for_start(config, self.steps_per_epoch, self.global_batch, self.progress)
+        self.progress.set_plan(self.plan.steps, self.plan.batch)  # a resumed run's own plan replaces it
+        self.checkpointer = self._checkpointer()
         self.watchdog = StallWatchdog(
             self.run_dir / "heartbeats",
             info.rank,
@@ -165,17 +96,91 @@ class Trainer:
             self.optimizer,
             StepConfig(
                 grad_accum=config.train.grad_accum,
-                amp_dtype=self.amp_dtype,
+                amp_dtype=autocast_dtype(config.train.amp),
                 bf16_gemm=config.loss.bf16_gemm,
-                channels_last=channels_last,
+                channels_last=config.model.channels_last_on(self.device),
             ),
             ema=self.ema,
             on_phase=lambda phase: self.watchdog.beat(self.progress.step, phase),
         )
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
         self.save_timer = SaveTimer(config.checkpoint.every_minutes, clock)
-        self.metrics = TrainingMetrics(
-            config.metrics,
+        self.metrics = self._metrics()
+
+    # ------------------------------------------------------------------ composition
+    def _seed(self) -> None:
+        torch.manual_seed(self.config.train.seed)  # identical backbone initialisation on every rank
+        if self.config.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses deterministic mode without it
+            torch.use_deterministic_algorithms(True)
+
+    def _backbone(self) -> tuple[nn.Module, WeightAverage | None, nn.Module]:
+        """The backbone, its weight average (a copy made before compiling) and what the step runs (DDP)."""
+        config = self.config
+        backbone = config.model.build(self.device)
+        ema = WeightAverage(backbone, config.train.ema_decay) if config.train.ema_decay else None
+        if config.model.compile:
+            backbone.compile()  # in place: parameter names, DDP and the checkpoint keys stay as they are
+        model = backbone
+        if dist.is_initialized():
+            cuda = self.device.type == "cuda"
+            model = nn.parallel.DistributedDataParallel(backbone, device_ids=[self.info.local_rank] if cuda else None)
+        return backbone, ema, model
+
+    def _data(self) -> tuple[RecordDataset, list[VerificationSet], PlannedLoader]:
+        config, info = self.config, self.info
+        dataset = prepare_dataset(config.data, config.train.seed, info.is_main)
+        val_sets = [VerificationSet(path) for path in resolve_val_targets(config.data)]
+        loader = config.data.build_loader(
+            dataset,
+            input_config_of(self.backbone),
+            rank=info.rank,
+            world_size=info.world_size,
+            seed=config.train.seed,
+            device_id=info.local_rank if self.device.type == "cuda" else None,
+        )
+        return dataset, val_sets, loader
+
+    def _steps_per_epoch(self) -> int:
+        steps = len(self.loader) // self.config.train.grad_accum
+        if steps == 0:
+            raise ConfigError(
+                f"data.batch_size={self.config.data.batch_size} x world size {self.info.world_size} x grad_accum "
+                f"{self.config.train.grad_accum} exceeds the dataset ({self.dataset.num_images} images)"
+            )
+        return steps
+
+    def _checkpointer(self) -> Checkpointer:
+        """The checkpoint's components: shared (rank 0 writes), per rank, and the centres (sharded by class)."""
+        shared: dict[str, Stateful] = {
+            "model": self.backbone,
+            "optimizer": self.optimizer,
+            "progress": self.progress,
+            "epoch": LoaderEpoch(self.loader),
+            **({"ema": self.ema} if self.ema else {}),
+        }
+        return Checkpointer(
+            self.run_dir / "checkpoints",
+            self.info,
+            self.config.checkpoint.keep,
+            {
+                **{name: Component(state, "shared") for name, state in shared.items()},
+                "rng": Component(RNGState(), "per_rank"),
+                "loader": Component(self.loader, "per_rank"),
+                "centres": Component(self.pfc, "sharded"),
+            },
+            config=to_dict(self.config),
+            log=self.log.info,
+            step_counters={
+                "progress.step": lambda: self.progress.step,
+                "PartialFC step_count": lambda: self.pfc.step_count,
+            },
+        )
+
+    def _metrics(self) -> TrainingMetrics:
+        info = self.info
+        return TrainingMetrics(
+            self.config.metrics,
             output_dir=str(self.run_dir),
             rank=info.rank,
             local_rank=info.local_rank,
@@ -183,12 +188,11 @@ class Trainer:
             world_size=info.world_size,
             info={
                 "version": partialfc.__version__,
-                "backbone": config.model.backbone,
+                "backbone": self.config.model.backbone,
                 "num_classes": str(self.num_classes),
                 "world_size": str(info.world_size),
             },
         )
-        self._plan()
 
     # ------------------------------------------------------------------ the algorithm
     def fit(self) -> ExitCode:
@@ -228,7 +232,14 @@ class Trainer:
             )
             self.log.update_summary(status=ExitCode.FINISHED.status)
             return ExitCode.FINISHED
-        self._plan()
+        plan, progress = self.plan, self.progress
+        if plan.batch != self.global_batch:
+            self.log.info(
+                f"global batch {plan.batch} -> {self.global_batch} (world size {self.info.world_size}): the "
+                f"run's plan stays {plan.steps} steps of {plan.batch} samples; {progress.samples} "
+                f"trained, {plan.total_steps - progress.step} steps of {self.global_batch} remain; the LR and "
+                "sample-rate schedules follow the samples"
+            )
         if not resumed and self.config.model.init_from:
             self._init_backbone(Path(self.config.model.init_from))
         if self.info.is_main:  # an earlier start's failure record must not be blamed for this one's
@@ -245,13 +256,13 @@ class Trainer:
             device=self.device.type,
             images=self.dataset.num_images,
             global_batch=self.global_batch,
-            total_steps=self.total_steps,
+            total_steps=self.plan.total_steps,
             steps_per_epoch=self.steps_per_epoch,
             loader=self.loader.backend,
             start_step=self.progress.step,
             restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         )
-        self.log.update_summary(status="running", total_steps=self.total_steps, world_size=self.info.world_size)
+        self.log.update_summary(status="running", total_steps=self.plan.total_steps, world_size=self.info.world_size)
         with contextlib.closing(self._batches()) as batches:  # closing stops the loader's workers
             return self._train(batches)
 
@@ -259,7 +270,7 @@ class Trainer:
         window = LogWindow()
         self.watchdog.start()
         self.save_timer.restart()  # a resumed run counts its minutes from here
-        while self.progress.step < self.total_steps:
+        while self.progress.step < self.plan.total_steps:
             window.add(self.train_step(batches))
             step = self.progress.step
             log_step = self._is_log_step(step)
@@ -272,9 +283,9 @@ class Trainer:
                     and nonfinite.longest_run >= self.config.train.nonfinite_patience
                 ):
                     return self._stop_diverged(nonfinite)
-            if _due(step, self.config.eval.every_steps, self.total_steps) and self.val_sets:
+            if _due(step, self.config.eval.every_steps, self.plan.total_steps) and self.val_sets:
                 self._verify()
-            if _due(step, self.config.checkpoint.every_steps, self.total_steps):
+            if _due(step, self.config.checkpoint.every_steps, self.plan.total_steps):
                 self._save()
             elif log_step:
                 preempted, time_up = any_rank(self.device, self.sigterm.received, self.save_timer.due())
@@ -295,8 +306,8 @@ class Trainer:
         position = self.progress.position
         report = self.training_step(
             batches,
-            lr=self.schedule(position),
-            sample_rate=self.config.loss.sample_rates.rate(position, self.progress.plan_steps),
+            lr=self.plan.learning_rate(position),
+            sample_rate=self.plan.sample_rate(position),
             number=self.progress.step + 1,
         )
         self.progress.step += 1
@@ -308,7 +319,7 @@ class Trainer:
             epoch=self.loader.epoch,
             sampled_centres=report.sampled_centres,
         )
-        self.log.progress(self.progress.step, self.total_steps, f"lr {report.lr:.4g}")
+        self.log.progress(self.progress.step, self.plan.total_steps, f"lr {report.lr:.4g}")
         return report
 
     # ------------------------------------------------------------------ step helpers
@@ -322,7 +333,7 @@ class Trainer:
         return self.config.data.batch_size * self.info.world_size * self.config.train.grad_accum
 
     def _is_log_step(self, step: int) -> bool:
-        return step % self.config.train.log_every == 0 or step == self.total_steps
+        return step % self.config.train.log_every == 0 or step == self.plan.total_steps
 
     def _batches(self) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
         while True:
@@ -344,7 +355,7 @@ class Trainer:
         elapsed = window.elapsed()
         loss = window.mean_loss()  # the host syncs here, once per log line
         samples_per_s = window.steps * self.global_batch / elapsed
-        remaining = (self.total_steps - self.progress.step) * elapsed / max(window.steps, 1)
+        remaining = (self.plan.total_steps - self.progress.step) * elapsed / max(window.steps, 1)
         grad_norm = float(window.grad_norm) if window.grad_norm is not None else None
         memory = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else resident_bytes()
         scaler = self.optimizer.scaler
@@ -352,7 +363,7 @@ class Trainer:
         self.log.record(
             "step",
             step=self.progress.step,
-            total_steps=self.total_steps,
+            total_steps=self.plan.total_steps,
             epoch=self.loader.epoch,
             loss=loss,
             lr=window.lr,
@@ -402,7 +413,7 @@ class Trainer:
                 self.config.model.embedding_size,
                 self.device,
                 self.config.eval.batch_size,
-                self.amp_dtype,
+                self.training_step.config.amp_dtype,
                 self.config.eval.far,
             )
             for vset in self.val_sets
@@ -464,28 +475,6 @@ class Trainer:
         self.log.info(f"checkpoint {path} ({seconds:.1f}s)")
         self.log.update_summary(checkpoint=str(path))
 
-    def _plan(self) -> None:
-        """This start's length and schedules from the run's plan: a new run's plan is its config at this
-        global batch; a resumed run keeps its own, and on another global batch trains the plan's
-        remaining samples (the schedules follow the samples, so they end where they would have)."""
-        progress = self.progress
-        if not progress.plan_batch:
-            progress.set_plan(self.total_steps, self.global_batch)
-        self.total_steps = progress.steps_to_finish(self.global_batch)
-        if progress.plan_batch != self.global_batch:
-            self.log.info(
-                f"global batch {progress.plan_batch} -> {self.global_batch} (world size {self.info.world_size}): the "
-                f"run's plan stays {progress.plan_steps} steps of {progress.plan_batch} samples; {progress.samples} "
-                f"trained, {self.total_steps - progress.step} steps of {self.global_batch} remain; the LR and "
-                "sample-rate schedules follow the samples"
-            )
-        warmup = round(
-            self.config.schedule.warmup_epochs * self.steps_per_epoch * self.global_batch / progress.plan_batch
-        )
-        self.schedule = LRSchedule(
-            self.config.optim.lr, warmup, progress.plan_steps, self.config.schedule.decay, self.config.schedule.power
-        )
-
     def _resume(self) -> bool:
         """Load the checkpoint ``checkpoint.resume`` names, if any; True when one was loaded."""
         choice = self.config.checkpoint.resume
@@ -503,9 +492,12 @@ class Trainer:
         self.checkpointer.check_room(path)
         # A checkpoint written before plans were recorded, or an allowed new length (train.max_steps counts
         # steps of this job's global batch): the plan is this job's config, counted from the step reached.
-        if not self.progress.plan_batch or any(change.field.startswith("train.") for change in changes):
-            self.progress.samples = self.progress.step * self.global_batch
-            self.progress.set_plan(self.total_steps, self.global_batch)
+        progress = self.progress
+        if not progress.plan_batch or any(change.field.startswith("train.") for change in changes):
+            progress.samples = progress.step * self.global_batch
+            progress.set_plan(0, 0)
+        self.plan = RunPlan.for_start(self.config, self.steps_per_epoch, self.global_batch, progress)
+        progress.set_plan(self.plan.steps, self.plan.batch)
         if changes:
             for change in changes:
                 self.log.info(f"checkpoint.allow_changes: {change} from step {self.progress.step} on")

@@ -136,3 +136,28 @@ def test_sampled_step_equals_the_reference_on_the_sampled_centres(name):
     assert relative_error(loss, expected) < 1e-5
     assert relative_error(ours.grad, reference_embeddings.grad) < 1e-5
     assert relative_error(pfc._pending[0].grad, weight.grad) < 1e-5
+
+
+@pytest.mark.parametrize("family", ["combined", "adaface", "curricularface", "magface", "elasticface"])
+def test_a_familys_parameters_are_its_config_sections_fields(family):
+    """Declared once: the margin takes exactly its section's fields (by name or in order), with their
+    defaults, and refuses a value outside a field's domain naming the field, as loading the config does."""
+    import dataclasses
+
+    from partialfc.core.margins import _MARGIN_OF, MARGIN_FAMILIES
+
+    section = MARGIN_FAMILIES[family]
+    margin_type = _MARGIN_OF[section]
+    fields = dataclasses.fields(section)
+    default = margin_type(30.0)
+    assert (
+        repr(default) == f"{margin_type.__name__}(s=30.0" + "".join(f", {f.name}={f.default!r}" for f in fields) + ")"
+    )
+    values = [getattr(default, f.name) for f in fields]
+    assert repr(margin_type(30.0, *values)) == repr(default) == repr(section().build(30.0))
+    with pytest.raises(TypeError, match="no_such_parameter"):
+        margin_type(30.0, no_such_parameter=1.0)
+    for f in fields:
+        outside = f.metadata["domain"].outside
+        with pytest.raises(ValueError, match=f"{margin_type.__name__}: {f.name}={outside!r}"):
+            margin_type(30.0, **{f.name: outside})

@@ -138,11 +138,16 @@ def test_step_counters_that_disagree_with_the_checkpoint_are_refused(tmp_path):
 
 
 class FakeLoader:
-    def __init__(self, epoch: int = 0) -> None:
-        self.epoch = epoch
+    """A loader's epoch and position, 10 batches an epoch."""
+
+    def __init__(self, epoch: int = 0, position: int = 3) -> None:
+        self.epoch, self.position = epoch, position
+
+    def __len__(self) -> int:
+        return 10
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.position = epoch, 0
 
 
 def test_the_epoch_is_a_shared_component_and_format_1_manifests_still_give_it(tmp_path):

@@ -19,7 +19,7 @@ from torch import nn
 from partialfc import CombinedMargin, PartialFC
 from partialfc.config import OptimConfig
 from partialfc.training.log_window import LogWindow
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import StepConfig, TrainStep
 
 
@@ -52,7 +52,7 @@ def make_step(grad_accum: int) -> TrainStep:
     torch.manual_seed(0)
     backbone = nn.Linear(4, 8)
     config = OptimConfig(clip_grad_norm=1.0)
-    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=centre_optimizer(config), seed=0)
+    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=config.build_centre_optimizer(), seed=0)
     return TrainStep(backbone, pfc, TrainingOptimizer(config, backbone, pfc), StepConfig(grad_accum=grad_accum))
 
 

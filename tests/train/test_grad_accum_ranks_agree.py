@@ -20,7 +20,7 @@ from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
 from partialfc.config import OptimConfig
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import StepConfig, TrainStep
 
 STEPS, MICRO, BATCH, CLASSES = 3, 2, 6, 10
@@ -36,7 +36,7 @@ def backbone_after_steps(grad_accum: int, data: list[list[tuple[torch.Tensor, to
     backbone = make_backbone()
     model = nn.parallel.DistributedDataParallel(backbone)
     config = OptimConfig(clip_grad_norm=5.0)
-    pfc = PartialFC(8, CLASSES, 1.0, CombinedMargin(s=8.0), optimizer=centre_optimizer(config), seed=0)
+    pfc = PartialFC(8, CLASSES, 1.0, CombinedMargin(s=8.0), optimizer=config.build_centre_optimizer(), seed=0)
     step = TrainStep(model, pfc, TrainingOptimizer(config, backbone, pfc), StepConfig(grad_accum=grad_accum))
     for number, batches in enumerate(data, 1):
         report = step(iter(batches), lr=0.1, sample_rate=1.0, number=number)

@@ -11,7 +11,7 @@ from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
 from partialfc.config import OptimConfig
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 
 CLASSES, DIM = 10, 8
 
@@ -19,7 +19,7 @@ CLASSES, DIM = 10, 8
 def make(config: OptimConfig, fp16: bool = False) -> tuple[nn.Module, PartialFC, TrainingOptimizer]:
     torch.manual_seed(0)
     backbone = nn.Linear(4, DIM)
-    pfc = PartialFC(DIM, CLASSES, 1.0, CombinedMargin(s=8.0, m2=0.3), optimizer=centre_optimizer(config))
+    pfc = PartialFC(DIM, CLASSES, 1.0, CombinedMargin(s=8.0, m2=0.3), optimizer=config.build_centre_optimizer())
     return backbone, pfc, TrainingOptimizer(config, backbone, pfc, fp16=fp16)
 
 
@@ -95,7 +95,7 @@ def clipped_ddp_steps(rank: int, world_size: int, clip: float) -> dict:
     torch.manual_seed(0)
     backbone = nn.parallel.DistributedDataParallel(nn.Linear(4, DIM))
     config = OptimConfig(lr=0.5, momentum=0.9, weight_decay=0.0, clip_grad_norm=clip)
-    pfc = PartialFC(DIM, CLASSES, 1.0, CombinedMargin(s=8.0, m2=0.3), optimizer=centre_optimizer(config))
+    pfc = PartialFC(DIM, CLASSES, 1.0, CombinedMargin(s=8.0, m2=0.3), optimizer=config.build_centre_optimizer())
     optimizer = TrainingOptimizer(config, backbone, pfc)
     generator = torch.Generator().manual_seed(10 + rank)
     centre_sq, norms = [], []

@@ -11,7 +11,7 @@ from partialfc import CombinedMargin, PartialFC
 from partialfc.config import OptimConfig
 from partialfc.training.ema import WeightAverage
 from partialfc.training.log_window import LogWindow
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import StepConfig, TrainStep
 
 
@@ -19,7 +19,7 @@ def parts(seed: int = 0) -> tuple[nn.Module, PartialFC, TrainingOptimizer]:
     torch.manual_seed(seed)
     backbone = nn.Linear(4, 8)
     config = OptimConfig(clip_grad_norm=1.0)
-    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=centre_optimizer(config), seed=seed)
+    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=config.build_centre_optimizer(), seed=seed)
     return backbone, pfc, TrainingOptimizer(config, backbone, pfc)
 
 

@@ -17,8 +17,8 @@ def test_the_scheduled_lr_reaches_both_optimizers_every_step(tiny_dataset, tmp_p
     batches, window = trainer._batches(), LogWindow()
     for step in range(4):
         window.add(trainer.train_step(batches))
-        expected = trainer.schedule(step)
-        assert expected == (step + 1) * trainer.config.optim.lr / trainer.schedule.warmup_steps
+        expected = trainer.plan.learning_rate(step)
+        assert expected == (step + 1) * trainer.config.optim.lr / trainer.plan.lr.warmup_steps
         assert trainer.optimizer.backbone_optimizer.param_groups[0]["lr"] == expected
         assert trainer.pfc.optimizer.lr == expected
     assert trainer.progress.step == 4 and window.steps == 4

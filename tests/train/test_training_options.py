@@ -17,7 +17,7 @@ from partialfc.common.exit_codes import ExitCode
 from partialfc.config import ConfigError, OptimConfig, SampleRateSchedule, load_config
 from partialfc.training.ema import WeightAverage
 from partialfc.training.log_window import LogWindow
-from partialfc.training.optimizer import TrainingOptimizer, centre_optimizer
+from partialfc.training.optimizer import TrainingOptimizer
 
 
 def load_weights(path) -> dict[str, torch.Tensor]:
@@ -45,7 +45,7 @@ def run_steps(trainer, steps: int, after_each: Callable[[], None] = lambda: None
 def test_centre_lr_is_the_scheduled_lr_times_the_scale(name):
     backbone = nn.Linear(4, 8)
     config = OptimConfig(name=name, centre_lr_scale=2.5)
-    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=centre_optimizer(config))
+    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=config.build_centre_optimizer())
     optimizer = TrainingOptimizer(config, backbone, pfc)
     optimizer.set_lr(0.04)
     assert [group["lr"] for group in optimizer.backbone_optimizer.param_groups] == [0.04]
@@ -56,7 +56,7 @@ def test_centre_lr_is_the_scheduled_lr_times_the_scale(name):
 
 def test_a_dropped_step_is_reported_as_not_applied():
     backbone = nn.Linear(4, 8)
-    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=centre_optimizer(OptimConfig()))
+    pfc = PartialFC(8, 10, 1.0, CombinedMargin(s=8.0), optimizer=OptimConfig().build_centre_optimizer())
     optimizer = TrainingOptimizer(OptimConfig(), backbone, pfc)
     loss = pfc(backbone(torch.randn(6, 4)), torch.arange(6))
     loss.backward()
