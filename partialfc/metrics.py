@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import torch
 import torch.distributed as dist
 
+from partialfc.common.distributed import DistInfo
 from partialfc.common.options import FREE, at_least, interval, option
 from partialfc.common.phase_timer import PHASES
 
@@ -58,6 +59,18 @@ class MetricsConfig:
     final_scrape_timeout: float = option(
         0.0, "seconds close() waits for one more scrape so the last values reach Prometheus; 0: none", at_least(0)
     )
+
+    def build(self, output_dir: Path, info: DistInfo, labels: dict[str, str]) -> TrainingMetrics:
+        """This rank's metrics, ``labels`` on the info metric; with ``port`` 0, nothing is created or served."""
+        return TrainingMetrics(
+            self,
+            output_dir=str(output_dir),
+            rank=info.rank,
+            local_rank=info.local_rank,
+            node=info.node,
+            world_size=info.world_size,
+            info=labels,
+        )
 
 
 class MetricsEndpointError(RuntimeError):

@@ -40,7 +40,7 @@ from partialfc.config import Config, ConfigError, to_dict
 from partialfc.data import RecordDataset, VerificationSet
 from partialfc.data.loaders import PlannedLoader
 from partialfc.eval.verification import VerificationResult, evaluate
-from partialfc.metrics import TrainingMetrics, resident_bytes
+from partialfc.metrics import resident_bytes
 from partialfc.models import input_config_of
 from partialfc.models.model_file import ModelFileError, init_from, save_model
 from partialfc.models.precision import autocast_dtype
@@ -105,7 +105,16 @@ class Trainer:
         )
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
         self.save_timer = SaveTimer(config.checkpoint.every_minutes, clock)
-        self.metrics = self._metrics()
+        self.metrics = config.metrics.build(
+            self.run_dir,
+            info,
+            {
+                "version": partialfc.__version__,
+                "backbone": config.model.backbone,
+                "num_classes": str(self.num_classes),
+                "world_size": str(info.world_size),
+            },
+        )
 
     # ------------------------------------------------------------------ composition
     def _seed(self) -> None:
@@ -174,23 +183,6 @@ class Trainer:
             step_counters={
                 "progress.step": lambda: self.progress.step,
                 "PartialFC step_count": lambda: self.pfc.step_count,
-            },
-        )
-
-    def _metrics(self) -> TrainingMetrics:
-        info = self.info
-        return TrainingMetrics(
-            self.config.metrics,
-            output_dir=str(self.run_dir),
-            rank=info.rank,
-            local_rank=info.local_rank,
-            node=info.node,
-            world_size=info.world_size,
-            info={
-                "version": partialfc.__version__,
-                "backbone": self.config.model.backbone,
-                "num_classes": str(self.num_classes),
-                "world_size": str(info.world_size),
             },
         )
 
