@@ -23,7 +23,15 @@ import numpy as np
 
 from partialfc.common.cli import ArgumentParser
 from partialfc.eval.plots import line_plot
-from partialfc.training.run_log import RECORD_FIELDS, RECORD_FILE
+from partialfc.training.records import (
+    RUN_RECORD_TYPES,
+    StartRecord,
+    StepRecord,
+    VerificationRecord,
+    from_json,
+    required_fields,
+)
+from partialfc.training.run_log import RECORD_FILE
 
 
 class ReportError(ValueError):
@@ -56,7 +64,7 @@ class RunHistory:
     segments: list[Segment] = field(default_factory=list)
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[StartRecord | StepRecord | VerificationRecord]:
     """The records of a run record file, each checked for its event's fields; ReportError names the line."""
     if not path.is_file():
         raise ReportError(f"{path}: no {RECORD_FILE} (is this a run directory written by partialfc.train?)")
@@ -65,15 +73,16 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     records = []
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
+            values = json.loads(line)
         except json.JSONDecodeError as err:
             if number == len(lines) and not text.endswith("\n"):
                 break  # the last write of a killed run, cut short
             raise ReportError(f"{path}:{number}: not a JSON record: {err}") from None
-        missing = [name for name in ("time", *RECORD_FIELDS.get(record.get("event"), ())) if name not in record]
-        if record.get("event") not in RECORD_FIELDS or missing:
-            raise ReportError(f"{path}:{number}: a record of event {record.get('event')!r} lacking {missing}")
-        records.append(record)
+        kind = RUN_RECORD_TYPES.get(values.get("event"))
+        missing = [name for name in required_fields(kind) if name not in values] if kind else ["event"]
+        if kind is None or missing:
+            raise ReportError(f"{path}:{number}: a record of event {values.get('event')!r} lacking {missing}")
+        records.append(from_json(values))
     return records
 
 
@@ -85,31 +94,30 @@ def read_history(path: str | Path) -> RunHistory:
     total, times = 0, []
     segments: list[Segment] = []
     for record in read_records(path):
-        if record["event"] == "step":
-            step = record["step"]
-            by_step[step] = (record["loss"], record["lr"], record["samples_per_s"])
-            total = record["total_steps"]
-            times.append(record["time"])
+        if isinstance(record, StepRecord):
+            step = record.step
+            by_step[step] = (record.loss, record.lr, record.samples_per_s)
+            total = record.total_steps
+            times.append(record.time)
             if not segments:
                 segments.append(Segment("start 1"))
-            grad_norm = record["grad_norm"]
             row = {
                 "step": step,
-                "loss": record["loss"],
-                "lr": record["lr"],
-                "samples_per_s": record["samples_per_s"],
-                "grad_norm": float("nan") if grad_norm is None else grad_norm,
-                "data_wait": 100 * record["data_wait"],
-                "mem_gib": record["memory_bytes"] / 2**30,
+                "loss": record.loss,
+                "lr": record.lr,
+                "samples_per_s": record.samples_per_s,
+                "grad_norm": float("nan") if record.grad_norm is None else record.grad_norm,
+                "data_wait": 100 * record.data_wait,
+                "mem_gib": record.memory_bytes / 2**30,
             }
             for name, value in row.items():
                 segments[-1].values[name].append(value)
-        elif record["event"] == "start":
+        elif isinstance(record, StartRecord):
             segments.append(
-                Segment(f"start {len(segments) + 1}: {record['world_size']} rank(s) from step {record['start_step']}")
+                Segment(f"start {len(segments) + 1}: {record.world_size} rank(s) from step {record.start_step}")
             )
         else:
-            accuracy.setdefault(record["name"], {})[record["step"]] = (record["accuracy"], record["accuracy_std"])
+            accuracy.setdefault(record.name, {})[record.step] = (record.accuracy, record.accuracy_std)
     if not by_step:
         raise ReportError(f"{path}: no step records; nothing to plot")
     steps = np.array(sorted(by_step))

@@ -1,15 +1,15 @@
 """What a run reports: the run record, console lines (a live bar on a terminal), train.log, summary.json.
 
-Only rank 0 writes. The run record, ``train_log.jsonl``, holds one JSON object per line for each
-start of the job, log step and verification (:data:`RECORD_FIELDS`); the console and train.log line
-of such an event is made from its record by :func:`format_record`, and ``partialfc.report`` reads
-the records, never the text. Non-finite values are written as ``NaN``/``Infinity``, as Python's
-json module reads them back. ``summary.json`` is replaced atomically at every log and at the end, so
-scripts and dashboards can read a run's state without parsing logs. A restart updates the
-previous summary instead of starting a new one (``starts`` counts the starts), so the best
-scores, the newest checkpoint and the model survive a start that fails. ``status`` is one of
-``starting``, ``running``, ``finished``, ``preempted``, ``diverged`` and ``failed`` (with
-``error``, the error line).
+Only rank 0 writes. :class:`RunLog` is the trainer's first sink (:mod:`partialfc.training.records`):
+the run record, ``train_log.jsonl``, holds one JSON object per line for each start of the job, log
+step and verification; the console and train.log line of such an event is made from its record by
+:func:`format_record`, and ``partialfc.report`` reads the records, never the text. Non-finite
+values are written as ``NaN``/``Infinity``, as Python's json module reads them back.
+``summary.json`` is replaced atomically at every log and at the end, so scripts and dashboards can
+read a run's state without parsing logs. A restart updates the previous summary instead of starting
+a new one (``starts`` counts the starts), so the best scores, the newest checkpoint and the model
+survive a start that fails. ``status`` is one of ``starting``, ``running``, ``finished``,
+``preempted``, ``diverged`` and ``failed`` (with ``error``, the error line).
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from partialfc.training.records import CheckpointRecord, Record, StartRecord, StepRecord, to_json
+
 
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
         self.summary: dict[str, Any] = self._previous_summary() if enabled else {}
@@ -35,29 +37,45 @@ class RunLog:
         self._records: TextIO | None = None
         self._tty = enabled and sys.stdout.isatty()
         self._bar_shown = False
-        self._writer = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             self._file = self._open_files.enter_context(open(run_dir / "train.log", "a", buffering=1))  # noqa: SIM115 (closed by close())
             self._records = self._open_files.enter_context(open(run_dir / RECORD_FILE, "a", buffering=1))  # noqa: SIM115 (closed by close())
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-                self._writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def info(self, message: str) -> None:
         """A permanent line on the console and in train.log."""
         self._line(message, time.time())
 
-    def record(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append an ``event`` record to the run record and print its line; returns the record."""
-        record = {"event": event, "time": time.time(), **fields}
+    def write(self, record: Record) -> None:
+        """A record's run-record line, console and train.log line, and its figures in summary.json."""
+        if isinstance(record, CheckpointRecord):
+            if record.path is not None:
+                self.info(f"checkpoint {record.path} ({record.seconds:.1f}s)")
+                self.update_summary(checkpoint=record.path)
+            return
         if self.enabled:
-            line = format_record(record)  # first: a record its line cannot be made from is never written
+            values = to_json(record)
+            line = format_record(values)  # first: a record its line cannot be made from is never written
             assert self._records is not None
-            self._records.write(json.dumps(record) + "\n")
-            self._line(line, record["time"])
-        return record
+            self._records.write(json.dumps(values) + "\n")
+            self._line(line, record.time)
+        if isinstance(record, StartRecord):
+            self.update_summary(status="running", total_steps=record.total_steps, world_size=record.world_size)
+        elif isinstance(record, StepRecord):
+            self.update_summary(
+                step=record.step,
+                epoch=record.epoch,
+                loss=record.loss,
+                lr=record.lr,
+                samples_per_second=record.samples_per_s,
+                grad_norm=record.grad_norm,
+            )
+        else:
+            last = {"accuracy": record.accuracy, "tar_at_far": record.tar_at_far, "step": record.step}
+            self.update_summary(
+                best_verification={**self.summary.get("best_verification", {}), record.name: record.best},
+                last_verification={**self.summary.get("last_verification", {}), record.name: last},
+            )
 
     def _line(self, message: str, stamp: float) -> None:
         if not self.enabled:
@@ -80,11 +98,6 @@ class RunLog:
         sys.stdout.flush()
         self._bar_shown = True
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self._writer is not None:
-            for name, value in values.items():
-                self._writer.add_scalar(name, value, step)
-
     def _previous_summary(self) -> dict[str, Any]:
         """An earlier start's summary, kept so a failed resume does not erase the run's history."""
         try:
@@ -106,8 +119,6 @@ class RunLog:
         os.replace(tmp, self.run_dir / "summary.json")
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
         self._open_files.close()
 
 
@@ -118,41 +129,6 @@ def format_duration(seconds: float) -> str:
 
 
 RECORD_FILE = "train_log.jsonl"
-RECORD_FIELDS = {
-    "start": (
-        "version",
-        "backbone",
-        "num_classes",
-        "world_size",
-        "device",
-        "images",
-        "global_batch",
-        "total_steps",
-        "steps_per_epoch",
-        "loader",
-        "start_step",
-        "restart",
-    ),
-    "step": (
-        "step",
-        "total_steps",
-        "epoch",
-        "loss",
-        "lr",
-        "grad_norm",
-        "samples_per_s",
-        "data_wait",
-        "memory_bytes",
-        "eta_s",
-        "phase_seconds",
-    ),
-    "verification": ("name", "step", "accuracy", "accuracy_std", "far", "tar_at_far"),
-}
-"""Each event's fields (every record also has ``event`` and ``time``, Unix seconds). ``grad_norm`` is
-null when not measured; ``data_wait`` is the fraction of the interval spent waiting for data;
-``memory_bytes`` the device's peak allocation (CPU: resident set); ``phase_seconds`` the interval's
-forward/backward/optimizer seconds. A step record of an fp16 run adds ``loss_scale`` and
-``skipped_steps``; one after dropped non-finite steps adds ``nonfinite_steps`` and ``first_nonfinite_step``."""
 
 
 def format_record(record: dict[str, Any]) -> str:

@@ -50,9 +50,18 @@ from partialfc.training.log_window import LogWindow
 from partialfc.training.optimizer import NonFiniteReport, TrainingOptimizer
 from partialfc.training.preemption import SigtermFlag
 from partialfc.training.prepare import prepare_dataset, resolve_val_targets
+from partialfc.training.records import (
+    CheckpointRecord,
+    Record,
+    Sink,
+    StartRecord,
+    StepRecord,
+    VerificationRecord,
+)
 from partialfc.training.resume import check_changes, meaning_changes
 from partialfc.training.run_log import RunLog
 from partialfc.training.run_plan import RunPlan
+from partialfc.training.sinks import MetricsSink, TensorBoardSink
 from partialfc.training.train_state import LoaderEpoch, RNGState, TrainProgress
 from partialfc.training.train_step import StepConfig, StepReport, TrainStep
 from partialfc.training.watchdog import StallWatchdog
@@ -65,7 +74,7 @@ class Trainer:
         """``clock`` (seconds) times ``checkpoint.every_minutes``."""
         self.config, self.info, self.device = config, info, info.device
         self.run_dir = Path(config.output)
-        self.log = RunLog(self.run_dir, enabled=info.is_main, tensorboard=config.train.tensorboard)
+        self.log = RunLog(self.run_dir, enabled=info.is_main)
         self._seed()
         self.backbone, self.ema, self.model = self._backbone()
         self.dataset, self.val_sets, self.loader = self._data()
@@ -115,6 +124,8 @@ class Trainer:
                 "world_size": str(info.world_size),
             },
         )
+        tensorboard = [TensorBoardSink(self.run_dir)] if info.is_main and config.train.tensorboard else []
+        self.sinks: list[Sink] = [self.log, *tensorboard, MetricsSink(self.metrics, self.device)]
 
     # ------------------------------------------------------------------ composition
     def _seed(self) -> None:
@@ -211,8 +222,8 @@ class Trainer:
         finally:
             self.sigterm.close()
             self.watchdog.stop()
-            self.metrics.close()
-            self.log.close()
+            for sink in reversed(self.sinks):
+                sink.close()
 
     def _run(self) -> ExitCode:
         resumed = self._resume()
@@ -239,22 +250,22 @@ class Trainer:
         barrier()
         if self.info.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        self.log.record(
-            "start",
-            version=partialfc.__version__,
-            backbone=self.config.model.backbone,
-            num_classes=self.num_classes,
-            world_size=self.info.world_size,
-            device=self.device.type,
-            images=self.dataset.num_images,
-            global_batch=self.global_batch,
-            total_steps=self.plan.total_steps,
-            steps_per_epoch=self.steps_per_epoch,
-            loader=self.loader.backend,
-            start_step=self.progress.step,
-            restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        self._emit(
+            StartRecord(
+                version=partialfc.__version__,
+                backbone=self.config.model.backbone,
+                num_classes=self.num_classes,
+                world_size=self.info.world_size,
+                device=self.device.type,
+                images=self.dataset.num_images,
+                global_batch=self.global_batch,
+                total_steps=self.plan.total_steps,
+                steps_per_epoch=self.steps_per_epoch,
+                loader=self.loader.backend,
+                start_step=self.progress.step,
+                restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            )
         )
-        self.log.update_summary(status="running", total_steps=self.plan.total_steps, world_size=self.info.world_size)
         with contextlib.closing(self._batches()) as batches:  # closing stops the loader's workers
             return self._train(batches)
 
@@ -324,6 +335,10 @@ class Trainer:
     def global_batch(self) -> int:
         return self.config.data.batch_size * self.info.world_size * self.config.train.grad_accum
 
+    def _emit(self, record: Record) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+
     def _is_log_step(self, step: int) -> bool:
         return step % self.config.train.log_every == 0 or step == self.plan.total_steps
 
@@ -351,44 +366,24 @@ class Trainer:
         grad_norm = float(window.grad_norm) if window.grad_norm is not None else None
         memory = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else resident_bytes()
         scaler = self.optimizer.scaler
-        phases = self.training_step.phases.collect()
-        self.log.record(
-            "step",
-            step=self.progress.step,
-            total_steps=self.plan.total_steps,
-            epoch=self.loader.epoch,
-            loss=loss,
-            lr=window.lr,
-            grad_norm=grad_norm,
-            samples_per_s=samples_per_s,
-            data_wait=window.data_wait / elapsed,
-            memory_bytes=memory,
-            eta_s=remaining,
-            phase_seconds=phases,
-            **({"loss_scale": scaler.scale, "skipped_steps": self.optimizer.skipped_steps} if scaler.enabled else {}),
-            **(
-                {"nonfinite_steps": nonfinite.steps, "first_nonfinite_step": nonfinite.first_step}
-                if nonfinite.steps
-                else {}
-            ),
-        )
-        self.metrics.observe_log(
-            loss=loss,
-            lr=window.lr,
-            grad_norm=grad_norm,
-            loss_scale=scaler.scale if scaler.enabled else None,
-            skipped_steps_total=self.optimizer.skipped_steps,
-        )
-        self.metrics.observe_phases(phases)
-        self.metrics.observe_memory(self.device)
-        self.log.scalars(self.progress.step, {"loss": loss, "lr": window.lr, "samples_per_s": samples_per_s})
-        self.log.update_summary(
-            step=self.progress.step,
-            epoch=self.loader.epoch,
-            loss=loss,
-            lr=window.lr,
-            samples_per_second=samples_per_s,
-            grad_norm=grad_norm,
+        self._emit(
+            StepRecord(
+                step=self.progress.step,
+                total_steps=self.plan.total_steps,
+                epoch=self.loader.epoch,
+                loss=loss,
+                lr=window.lr,
+                grad_norm=grad_norm,
+                samples_per_s=samples_per_s,
+                data_wait=window.data_wait / elapsed,
+                memory_bytes=memory,
+                eta_s=remaining,
+                phase_seconds=self.training_step.phases.collect(),
+                loss_scale=scaler.scale if scaler.enabled else None,
+                skipped_steps=self.optimizer.skipped_steps if scaler.enabled else None,
+                nonfinite_steps=nonfinite.steps or None,
+                first_nonfinite_step=nonfinite.first_step if nonfinite.steps else None,
+            )
         )
 
     def _verify(self) -> None:
@@ -410,27 +405,22 @@ class Trainer:
             )
             for vset in self.val_sets
         ]
+        improved = []
         for result in results:
-            self.log.record(
-                "verification",
-                name=result.name,
-                step=self.progress.step,
-                accuracy=result.accuracy,
-                accuracy_std=result.accuracy_std,
-                far=result.far,
-                tar_at_far=result.tar_at_far,
+            improved.append(self.progress.record_accuracy(result.name, result.accuracy))
+            self._emit(
+                VerificationRecord(
+                    name=result.name,
+                    step=self.progress.step,
+                    accuracy=result.accuracy,
+                    accuracy_std=result.accuracy_std,
+                    far=result.far,
+                    tar_at_far=result.tar_at_far,
+                    best=self.progress.best[result.name],
+                )
             )
-            self.metrics.observe_verification(result.name, result.accuracy)
-        improved = [self.progress.record_accuracy(result.name, result.accuracy) for result in results]
         if improved[0] and self.info.is_main:  # the first set decides which model is "best"
             self._write_model(self.run_dir / "model_best.pt")
-        self.log.update_summary(
-            best_verification=self.progress.best,
-            last_verification={
-                r.name: {"accuracy": r.accuracy, "tar_at_far": r.tar_at_far, "step": self.progress.step}
-                for r in results
-            },
-        )
 
     def _stop_diverged(self, nonfinite: NonFiniteReport) -> ExitCode:
         """End the run: every step since the first non-finite one was dropped, checkpoints stay as they are."""
@@ -459,13 +449,11 @@ class Trainer:
         try:
             path = self.checkpointer.save(self.progress.step)
         except BaseException:
-            self.metrics.observe_checkpoint(seconds=time.perf_counter() - start, success=False)
+            self._emit(CheckpointRecord(self.progress.step, None, time.perf_counter() - start))
             raise
         seconds = time.perf_counter() - start
         self.save_timer.restart()
-        self.metrics.observe_checkpoint(seconds=seconds, success=True)
-        self.log.info(f"checkpoint {path} ({seconds:.1f}s)")
-        self.log.update_summary(checkpoint=str(path))
+        self._emit(CheckpointRecord(self.progress.step, str(path), seconds))
 
     def _resume(self) -> bool:
         """Load the checkpoint ``checkpoint.resume`` names, if any; True when one was loaded."""

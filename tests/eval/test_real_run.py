@@ -9,6 +9,7 @@ from training_run import run_training, train_args
 
 from partialfc import report
 from partialfc.eval import __main__ as eval_cli
+from partialfc.training.records import to_json
 from partialfc.training.run_log import format_record
 
 
@@ -39,9 +40,9 @@ def test_report_of_a_real_run(run_dir):
 def test_each_record_is_a_line_of_the_log(run_dir):
     """The trainer's start, step and verification lines are its records, formatted."""
     records = report.read_records(run_dir / "train_log.jsonl")
-    assert [r["event"] for r in records] == ["start", "step", "step", "verification", "step", "step", "verification"]
+    assert [r.event for r in records] == ["start", "step", "step", "verification", "step", "step", "verification"]
     lines = [line.split(" ", 2)[2] for line in (run_dir / "train.log").read_text().splitlines()]
-    assert all(format_record(record) in lines for record in records)
+    assert all(format_record(to_json(record)) in lines for record in records)
 
 
 def test_eval_verify_reproduces_the_trainers_verification(run_dir, tiny_dataset, capsys):

@@ -9,13 +9,14 @@ import pytest
 
 from partialfc import report
 from partialfc.eval.plots import line_plot
+from partialfc.training.records import StartRecord, StepRecord, VerificationRecord, to_json
 from partialfc.training.run_log import RECORD_FILE, RunLog, format_record
 
 
 def _step(log: RunLog, step: int, loss: float, lr: float, samples: float, total: int = 40) -> dict:
-    """A step record with the trainer's fields (fp16 runs add loss_scale and skipped_steps)."""
-    return log.record(
-        "step",
+    """A step record with the trainer's fields (fp16 runs add loss_scale and skipped_steps); its JSON."""
+    fp16 = {"loss_scale": 65536.0, "skipped_steps": 0} if step == 30 else {}
+    record = StepRecord(
         step=step,
         total_steps=total,
         epoch=step // 20,
@@ -27,32 +28,36 @@ def _step(log: RunLog, step: int, loss: float, lr: float, samples: float, total:
         memory_bytes=2**28,
         eta_s=10.0,
         phase_seconds={"forward": 0.1, "backward": 0.2, "optimizer": 0.01},
-        **({"loss_scale": 65536.0, "skipped_steps": 0} if step == 30 else {}),
+        **fp16,
     )
+    log.write(record)
+    return to_json(record)
 
 
 def _start(log: RunLog, world_size: int, start_step: int) -> None:
-    log.record(
-        "start",
-        version="0.1.0",
-        backbone="tiny",
-        num_classes=120,
-        world_size=world_size,
-        device="cpu",
-        images=960,
-        global_batch=16 * world_size,
-        total_steps=40,
-        steps_per_epoch=60 // world_size,
-        loader="torch",
-        start_step=start_step,
-        restart=0,
+    log.write(
+        StartRecord(
+            version="0.1.0",
+            backbone="tiny",
+            num_classes=120,
+            world_size=world_size,
+            device="cpu",
+            images=960,
+            global_batch=16 * world_size,
+            total_steps=40,
+            steps_per_epoch=60 // world_size,
+            loader="torch",
+            start_step=start_step,
+            restart=0,
+        )
     )
 
 
 def _verification(log: RunLog, step: int, accuracy: float, std: float, tar: float) -> None:
-    log.record(
-        "verification", name="synth_val", step=step, accuracy=accuracy, accuracy_std=std, far=0.001, tar_at_far=tar
+    record = VerificationRecord(
+        name="synth_val", step=step, accuracy=accuracy, accuracy_std=std, far=0.001, tar_at_far=tar, best=accuracy
     )
+    log.write(record)
 
 
 @pytest.fixture
@@ -90,7 +95,10 @@ def test_the_log_line_is_made_from_the_record(tmp_path):
     line changes with it."""
     log = RunLog(tmp_path, enabled=True)
     first = _step(log, 30, 6.5, 0.075, 1450.0)
-    second = log.record(**{**first, "loss": 5.25, "step": 31, "event": "step", "time": first["time"]})
+    fields = {name: value for name, value in first.items() if name != "event"}
+    second_record = StepRecord(**{**fields, "loss": 5.25, "step": 31})
+    log.write(second_record)
+    second = to_json(second_record)
     log.close()
     assert format_record(first) == (
         "step 30/40 epoch 1 loss 6.5000 lr 0.075 grad_norm 1.234 1,450 samples/s "
