@@ -75,10 +75,21 @@ def reshard_and_score(rank: int, world_size: int, checkpoint, embeddings, labels
     }
 
 
-def test_reshard_to_other_world_sizes(tiny_dataset, tmp_path):
-    output = tmp_path / "w2"
-    run_training(2, train_args(tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0"))
-    checkpoint = output / "checkpoints" / "step-00000004"
+@pytest.fixture(scope="module")
+def four_steps_on_two_ranks(tiny_dataset, tmp_path_factory):
+    """One 2-rank run of 4 steps (PyTorch loader, no verification); tests read it or resume a copy of it."""
+    output = tmp_path_factory.mktemp("w2") / "run"
+    run_training(
+        2,
+        train_args(
+            tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0", "--data.backend", "torch"
+        ),
+    )
+    return output
+
+
+def test_reshard_to_other_world_sizes(four_steps_on_two_ranks):
+    checkpoint = four_steps_on_two_ranks / "checkpoints" / "step-00000004"
     saved = [torch.load(checkpoint / f"centres-{r:05d}-of-00002.pt", weights_only=True)["state"] for r in range(2)]
     saved_weight = torch.cat([s["weight"] for s in saved])
     saved_momentum = torch.cat([s["optim_momentum"] for s in saved])
@@ -96,14 +107,9 @@ def test_reshard_to_other_world_sizes(tiny_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("world_size", [1, 3])
-def test_trainer_resumes_on_another_world_size(tiny_dataset, tmp_path, world_size):
+def test_trainer_resumes_on_another_world_size(tiny_dataset, four_steps_on_two_ranks, tmp_path, world_size):
     output = tmp_path / "run"
-    run_training(
-        2,
-        train_args(
-            tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0", "--data.backend", "torch"
-        ),
-    )
+    shutil.copytree(four_steps_on_two_ranks, output)
     result = run_training(
         world_size,
         train_args(
