@@ -13,9 +13,7 @@ A release folder (``IJBC/``, ``IJBB/``, or the synthetic ``holdout/``) holds::
     meta/<set>_1N_probe_mixed.csv      the same, probe templates                (1:N identification)
 
 ``<set>`` is the lower-case set name (``ijbc``, ``ijbb``, ``synth``). IJB-C's galleries are ``G1`` and
-``G2``, IJB-B's ``S1`` and ``S2`` (insightface's ``ijb_1n.py``); every ``<set>_1N_gallery_*.csv`` is read.
-insightface pairs the landmark lines with the template lines by position; here they are joined by
-image name, and an image missing from either file is an error naming it.
+``G2``, IJB-B's ``S1`` and ``S2`` (insightface's ``ijb_1n.py``).
 """
 
 from __future__ import annotations

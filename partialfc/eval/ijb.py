@@ -1,18 +1,9 @@
-"""The IJB-B / IJB-C release layout, as insightface's evaluation scripts read it.
+"""Reading an IJB-B / IJB-C release (its layout: :mod:`partialfc.data.ijb_layout`) as insightface's
+evaluation scripts read it.
 
-A release folder (``IJBC/``, ``IJBB/``, or the synthetic ``holdout/``) holds::
-
-    loose_crop/ (or images/)           the face crops as detected, not aligned
-    meta/<set>_name_5pts_score.txt     IMAGE x1 y1 ... x5 y5 DETECTOR_SCORE   (five landmarks per image)
-    meta/<set>_face_tid_mid.txt        IMAGE TEMPLATE_ID MEDIA_ID
-    meta/<set>_template_pair_label.txt TEMPLATE_ID TEMPLATE_ID LABEL         (1:1 verification)
-    meta/<set>_1N_gallery_G1.csv ...   TEMPLATE_ID,SUBJECT_ID,...  with a header, one row per image
-    meta/<set>_1N_probe_mixed.csv      the same, probe templates                (1:N identification)
-
-``<set>`` is the lower-case set name (``ijbc``, ``ijbb``, ``synth``). IJB-C's galleries are ``G1`` and
-``G2``, IJB-B's ``S1`` and ``S2`` (insightface's ``ijb_1n.py``); every ``<set>_1N_gallery_*.csv`` is read.
-insightface pairs the landmark lines with the template lines by position; here they are joined by
-image name, and an image missing from either file is an error naming it.
+Every ``<set>_1N_gallery_*.csv`` is read. insightface pairs the landmark lines with the template
+lines by position; here they are joined by image name, and an image missing from either file is an
+error naming it.
 """
 
 from __future__ import annotations

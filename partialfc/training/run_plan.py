@@ -22,8 +22,6 @@ from partialfc.training.train_state import TrainProgress
 class RunPlan:
     steps: int  # the run's length, in steps of `batch` samples
     batch: int  # the global batch the plan counts in: the run's first start's
-    global_batch: int  # this start's global batch
-    steps_per_epoch: int  # this start's optimizer steps per epoch
     total_steps: int  # the step this start ends at: steps done + the plan's remaining samples at global_batch
     lr: LRSchedule  # by position in the plan
     sample_rates: SampleRateSchedule  # by position in the plan
@@ -42,8 +40,6 @@ class RunPlan:
         return cls(
             steps=steps,
             batch=batch,
-            global_batch=global_batch,
-            steps_per_epoch=steps_per_epoch,
             total_steps=progress.step + math.ceil(remaining / global_batch),
             lr=LRSchedule(config.optim.lr, warmup, steps, config.schedule.decay, config.schedule.power),
             sample_rates=config.loss.sample_rates,
