@@ -221,7 +221,7 @@ def train(args: argparse.Namespace, data: Path, head: Head, seed: int) -> tuple[
         str(args.epochs),
         "--train.seed",
         str(seed),
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         str(args.eval_every),
         "--checkpoint.every_steps",
         "1000000",
@@ -261,7 +261,8 @@ def evaluate(data: Path, run: Path) -> dict:
             path = run / f"eval_{command}.json"
             if eval_cli.main([command, *argv, "--json", str(path)]) != 0:
                 raise SystemExit(f"eval {command} failed on {run}")
-            results[command] = json.loads(path.read_text())
+            (result,) = json.loads(path.read_text())["results"].values()
+            results[command] = result["summary"]
     return results
 
 
@@ -297,7 +298,8 @@ def main() -> int:
             train_seconds[head.name].append(seconds)
             metrics[head.name].append(evaluate(data, run))
             if seed == args.seeds[0]:
-                curves[head.name] = read_history(run / RECORD_FILE).verification[VERIFICATION_NAME]
+                curve = read_history(run / RECORD_FILE).evaluation[f"verify/{VERIFICATION_NAME}"]
+                curves[head.name] = (curve.steps, curve.values)
                 roc = np.loadtxt(run / "eval" / "roc.csv", delimiter=",", skiprows=1, ndmin=2)
                 rocs[head.name] = (roc[:, 1], roc[:, 2])
     total = time.perf_counter() - started
@@ -328,18 +330,18 @@ def main() -> int:
         name = head.name
         rows.append(
             f"| {name} | {head.description} "
-            f"| {column(name, lambda m: m['verify']['sets'][VERIFICATION_NAME]['accuracy'])} "
-            f"| {column(name, lambda m: m['verify']['sets'][VERIFICATION_NAME]['tar_at_far']['0.01'])} "
-            f"| {column(name, lambda m: m['pairs']['tar_at_far']['0.001'])} "
-            f"| {column(name, lambda m: m['pairs']['tar_at_far']['0.01'])} "
-            f"| {column(name, lambda m: m['identify']['mean']['rank-1'])} "
-            f"| {column(name, lambda m: m['identify']['mean']['rank-5'])} "
-            f"| {column(name, lambda m: m['identify']['mean']['TPIR@FPIR=0.1'])} "
+            f"| {column(name, lambda m: m['verify']['accuracy'])} "
+            f"| {column(name, lambda m: m['verify']['TAR@FAR=0.01'])} "
+            f"| {column(name, lambda m: m['pairs']['TAR@FAR=0.001'])} "
+            f"| {column(name, lambda m: m['pairs']['TAR@FAR=0.01'])} "
+            f"| {column(name, lambda m: m['identify']['rank-1'])} "
+            f"| {column(name, lambda m: m['identify']['rank-5'])} "
+            f"| {column(name, lambda m: m['identify']['TPIR@FPIR=0.1'])} "
             f"| {np.mean(train_seconds[name]) / 60:.1f} |"
         )
 
     def accuracy(name: str) -> float:
-        return float(np.mean([m["verify"]["sets"][VERIFICATION_NAME]["accuracy"] for m in metrics[name]]))
+        return float(np.mean([m["verify"]["accuracy"] for m in metrics[name]]))
 
     findings = []
     if "softmax" in metrics:

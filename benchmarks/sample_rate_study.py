@@ -55,7 +55,7 @@ from partialfc.core.centre_optim import LazySGD
 from partialfc.core.margins import CombinedMargin, Margin, Softmax
 from partialfc.core.partial_fc import PartialFC
 from partialfc.eval.identification import identification_metrics
-from partialfc.eval.protocol import strict_tar_at_far, verification_accuracy
+from partialfc.eval.scores import strict_tar_at_far, verification_accuracy
 from partialfc.training.lr_schedule import LRSchedule
 from partialfc.training.optimizer import TrainingOptimizer
 

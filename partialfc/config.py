@@ -26,7 +26,18 @@ from torch import nn
 from partialfc.common.cli import ArgumentParser
 from partialfc.common.distributed import shard_range
 from partialfc.common.exit_codes import help_text
-from partialfc.common.options import FRACTION, FREE, ConfigError, Domain, above, at_least, interval, one_of, option
+from partialfc.common.options import (
+    FRACTION,
+    FREE,
+    ConfigError,
+    Domain,
+    above,
+    at_least,
+    each_of,
+    interval,
+    one_of,
+    option,
+)
 from partialfc.config_aliases import ALIASES, current_name, current_names
 from partialfc.core.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
 from partialfc.core.margins import (
@@ -165,7 +176,7 @@ SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1
 ALLOWED_CHANGES = Domain(
     _are_meaning_fields,
     "may only name fields a resume refuses to change (MEANING_FIELDS)",
-    ["eval.every_steps"],
+    ["eval.batch_size"],
 )
 
 
@@ -421,11 +432,46 @@ class CheckpointConfig:
     )
 
 
+EVAL_PROTOCOLS = ("verify", "pairs", "identify")
+"""The evaluation protocols training can run: the names of ``partialfc.eval.registry.PROTOCOLS``."""
+
+
+@dataclass
+class VerifyEvalConfig:
+    every_steps: int = option(
+        2000,
+        "run .bin verification on data.val_targets every N steps (and at the end); 0: only at the end",
+        at_least(0),
+    )
+    far: float = option(1e-3, "false accept rate at which TAR is recorded", interval(0, 1, low_open=True))
+
+
+@dataclass
+class IJBEvalConfig:
+    release: str = option(
+        "",
+        "IJB-B/C release folder (loose_crop/ or images/, and meta/) that the pairs and identify protocols read; "
+        "a relative path is resolved against data.path's folder (a synthetic dataset's hold-out: holdout)",
+        FREE,
+    )
+    set: str = option("", "the release's set name (IJBB, IJBC); empty: the one landmark list in meta/", FREE)
+    every_steps: int = option(
+        0, "run the listed IJB protocols every N steps (and at the end); 0: only at the end", at_least(0)
+    )
+
+
 @dataclass
 class EvalConfig:
-    every_steps: int = option(2000, "run verification every N steps (and at the end); 0: only at the end", at_least(0))
-    batch_size: int = option(256, "images per rank per verification batch", at_least(1))
-    far: float = option(1e-3, "false accept rate at which TAR is reported", interval(0, 1, low_open=True))
+    protocols: list[str] = option(
+        ["verify"],
+        "evaluation protocols run during training, as the eval command's: verify (the .bin sets of "
+        "data.val_targets), pairs (IJB 1:1 TAR@FAR) and identify (IJB 1:N rank-1) on eval.ijb.release; the first "
+        "one's headline number on its first source decides model_best.pt",
+        each_of(EVAL_PROTOCOLS),
+    )
+    batch_size: int = option(256, "images per rank per evaluation batch", at_least(1))
+    verify: VerifyEvalConfig = field(default_factory=VerifyEvalConfig, metadata={"help": ".bin verification"})
+    ijb: IJBEvalConfig = field(default_factory=IJBEvalConfig, metadata={"help": "IJB-B/C protocols"})
 
 
 @dataclass
@@ -454,7 +500,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "learning-rate schedule"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "verification"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation during training"})
     dist: DistConfig = field(default_factory=DistConfig, metadata={"help": "distributed"})
     metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"help": "Prometheus metrics"})
 
@@ -474,6 +520,11 @@ class Config:
                 "must name where to generate the dataset when data.synthetic.identities > 0",
             ),
             ("train.epochs", self.train.epochs > 0 or self.train.max_steps > 0, "or train.max_steps must be > 0"),
+            (
+                "eval.ijb.release",
+                bool(self.eval.ijb.release) or not {"pairs", "identify"} & set(self.eval.protocols),
+                f"must name an IJB release folder: eval.protocols lists {', '.join(self.eval.protocols)}",
+            ),
             (
                 "train.stall_timeout_s",
                 self.train.stall_timeout_s < self.dist.timeout_s,

@@ -44,6 +44,9 @@ ALIASES: dict[str, Renamed] = {
     "loss.elastic_m": Renamed("loss.elasticface.m"),
     "loss.elastic_std": Renamed("loss.elasticface.std"),
     "loss.elastic_kind": Renamed("loss.elasticface.kind"),
+    # evaluation became a list of protocols, each with its section
+    "eval.every_steps": Renamed("eval.verify.every_steps"),
+    "eval.far": Renamed("eval.verify.far"),
 }
 """Every deprecated config key (YAML, ``--flag``, a checkpoint's saved config) -> its current name and values."""
 _RENAMED_VALUES = {

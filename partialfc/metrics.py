@@ -189,10 +189,17 @@ class TrainingMetrics:
             )
         }
         self._device_memory: dict[str, Gauge] = {}
-        self._accuracy = Gauge(
-            "partialfc_verification_accuracy_ratio",
-            "Verification accuracy (0..1) per dataset at the last evaluation.",
-            ["dataset"],
+        self._evaluation_score = Gauge(
+            "partialfc_evaluation_score",
+            "Each number of the latest evaluation of a protocol on a source (accuracy, TAR@FAR=..., rank-1, ...).",
+            ["protocol", "target", "metric"],
+            registry=None,
+            multiprocess_mode=GAUGE_MODE,
+        )
+        self._evaluation_seconds = Gauge(
+            "partialfc_evaluation_duration_seconds",
+            "Wall time of the latest evaluation of a protocol on a source.",
+            ["protocol", "target"],
             registry=None,
             multiprocess_mode=GAUGE_MODE,
         )
@@ -293,11 +300,13 @@ class TrainingMetrics:
         if success:
             self._last_checkpoint.set(time.time())
 
-    def observe_verification(self, dataset: str, accuracy: float) -> None:
-        """Record the accuracy (0..1) of the latest evaluation on a verification set."""
+    def observe_evaluation(self, protocol: str, target: str, summary: Mapping[str, float], seconds: float) -> None:
+        """Record the numbers and the wall time of the latest evaluation of ``protocol`` on ``target``."""
         if not self._active:
             return
-        self._accuracy.labels(dataset=dataset).set(accuracy)
+        for metric, value in summary.items():
+            self._evaluation_score.labels(protocol=protocol, target=target, metric=metric).set(value)
+        self._evaluation_seconds.labels(protocol=protocol, target=target).set(seconds)
 
     def close(self) -> None:
         """Stop serving (after one more scrape if configured) and release the files. Not collective.

@@ -1,10 +1,11 @@
 """A training run at a glance: ``python -m partialfc.report RUN_DIR`` (``--help``).
 
-Reads the run record ``train_log.jsonl`` (the start, step and verification records the trainer
+Reads the run record ``train_log.jsonl`` (the start, step and evaluation records the trainer
 writes, see :mod:`partialfc.training.run_log`) and ``summary.json``, and writes PNG plots over steps of loss,
 learning rate, throughput, gradient norm, data wait and memory, one line per start of the job (a
-restart on another world size is another curve, not a jump in one), and of verification accuracy per
-set with its spread over the 10 folds; plus ``report.md``, a short markdown summary that embeds them.
+restart on another world size is another curve, not a jump in one), and one per evaluation protocol of
+its headline number per source (``.bin`` accuracy with its spread over the 10 folds, IJB TAR@FAR,
+rank-1); plus ``report.md``, a short markdown summary that embeds them.
 A resumed run may record a step twice; in the summary figures the later record wins, as it describes
 the run that went on.
 """
@@ -23,14 +24,7 @@ import numpy as np
 
 from partialfc.common.cli import ArgumentParser
 from partialfc.eval.plots import line_plot
-from partialfc.training.records import (
-    RUN_RECORD_TYPES,
-    StartRecord,
-    StepRecord,
-    VerificationRecord,
-    from_json,
-    required_fields,
-)
+from partialfc.training.records import RUN_RECORD_TYPES, RunRecord, StartRecord, StepRecord, from_json, required_fields
 from partialfc.training.run_log import RECORD_FILE
 
 
@@ -50,6 +44,18 @@ class Segment:
 
 
 @dataclass
+class EvaluationCurve:
+    """One evaluation's headline number over steps (the later record of a step wins)."""
+
+    protocol: str
+    target: str
+    headline: str
+    steps: np.ndarray
+    values: np.ndarray
+    spread: np.ndarray | None  # the protocol's ``<headline>_std`` where it reports one (.bin: over the 10 folds)
+
+
+@dataclass
 class RunHistory:
     """Per-step values from the run record, sorted by step (the later record wins), and per start."""
 
@@ -59,12 +65,11 @@ class RunHistory:
     samples_per_s: np.ndarray
     total_steps: int
     seconds: float  # from the first to the last step record
-    # name -> (steps, accuracy, standard deviation over the folds)
-    verification: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    evaluation: dict[str, EvaluationCurve] = field(default_factory=dict)  # by "protocol/target", in record order
     segments: list[Segment] = field(default_factory=list)
 
 
-def read_records(path: Path) -> list[StartRecord | StepRecord | VerificationRecord]:
+def read_records(path: Path) -> list[RunRecord]:
     """The records of a run record file, each checked for its event's fields; ReportError names the line."""
     if not path.is_file():
         raise ReportError(f"{path}: no {RECORD_FILE} (is this a run directory written by partialfc.train?)")
@@ -90,7 +95,8 @@ def read_history(path: str | Path) -> RunHistory:
     """The run's history from its run record ``path`` (``RUN_DIR/train_log.jsonl``)."""
     path = Path(path)
     by_step: dict[int, tuple[float, float, float]] = {}
-    accuracy: dict[str, dict[int, tuple[float, float]]] = {}
+    evaluated: dict[str, dict[int, tuple[float, float]]] = {}
+    headlines: dict[str, tuple[str, str, str, bool]] = {}
     total, times = 0, []
     segments: list[Segment] = []
     for record in read_records(path):
@@ -117,15 +123,21 @@ def read_history(path: str | Path) -> RunHistory:
                 Segment(f"start {len(segments) + 1}: {record.world_size} rank(s) from step {record.start_step}")
             )
         else:
-            accuracy.setdefault(record.name, {})[record.step] = (record.accuracy, record.accuracy_std)
+            spread_name = f"{record.headline}_std"
+            headlines[record.key] = (record.protocol, record.target, record.headline, spread_name in record.summary)
+            evaluated.setdefault(record.key, {})[record.step] = (record.score, record.summary.get(spread_name, 0.0))
     if not by_step:
         raise ReportError(f"{path}: no step records; nothing to plot")
     steps = np.array(sorted(by_step))
     values = np.array([by_step[s] for s in steps])
-    verification = {
-        name: (np.array(sorted(v)), np.array([v[s][0] for s in sorted(v)]), np.array([v[s][1] for s in sorted(v)]))
-        for name, v in accuracy.items()
-    }
+    evaluation = {}
+    for key, by_eval_step in evaluated.items():
+        protocol, target, headline, has_spread = headlines[key]
+        order = sorted(by_eval_step)
+        spread = np.array([by_eval_step[s][1] for s in order]) if has_spread else None
+        evaluation[key] = EvaluationCurve(
+            protocol, target, headline, np.array(order), np.array([by_eval_step[s][0] for s in order]), spread
+        )
     return RunHistory(
         steps,
         values[:, 0],
@@ -133,7 +145,7 @@ def read_history(path: str | Path) -> RunHistory:
         values[:, 2],
         total,
         max(times) - min(times),
-        verification,
+        evaluation,
         [segment for segment in segments if segment.values["step"]],
     )
 
@@ -171,14 +183,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ]
         if series:
             plots[title] = line_plot(out / f"{file}.png", series, heading, "step", unit)
-    if history.verification:
-        low = min(float((a - e).min()) for _, a, e in history.verification.values())
-        plots["verification accuracy"] = line_plot(
-            out / "verification.png",
-            [(name, s, a, e) for name, (s, a, e) in history.verification.items()],
-            "Verification accuracy, mean ± std over 10 folds",
+    for protocol in dict.fromkeys(curve.protocol for curve in history.evaluation.values()):
+        curves = [curve for curve in history.evaluation.values() if curve.protocol == protocol]
+        headline, spread = curves[0].headline, curves[0].spread is not None
+        low = min(float((c.values - (c.spread if c.spread is not None else 0)).min()) for c in curves)
+        plots[f"{protocol} {headline}"] = line_plot(
+            out / f"{protocol}.png",
+            [
+                (c.target, c.steps, c.values, c.spread) if c.spread is not None else (c.target, c.steps, c.values)
+                for c in curves
+            ],
+            f"{protocol}: {headline}" + (", mean ± std over the folds" if spread else ""),
             "step",
-            "accuracy",
+            headline,
             ylim=(max(0.0, min(low - 0.01, 0.95)), 1.0),
         )
 
@@ -195,11 +212,16 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         f"(min {history.samples_per_s.min():,.0f}, max {history.samples_per_s.max():,.0f})",
         f"- final learning rate: {history.lr[last]:.5g}",
     ]
-    for name, (steps, accuracy, spread) in history.verification.items():
-        best = int(np.argmax(accuracy))
+    for curve in history.evaluation.values():
+        best, last_evaluation = int(np.argmax(curve.values)), len(curve.values) - 1
+
+        def reading(index: int, curve: EvaluationCurve = curve) -> str:
+            spread = f" ± {curve.spread[index]:.4f}" if curve.spread is not None else ""
+            return f"{curve.values[index]:.4f}{spread} at step {curve.steps[index]}"
+
         lines.append(
-            f"- {name}: best accuracy {accuracy[best]:.4f} ± {spread[best]:.4f} at step {steps[best]}, "
-            f"last {accuracy[-1]:.4f} ± {spread[-1]:.4f} at step {steps[-1]} (± std over the 10 folds)"
+            f"- {curve.protocol} {curve.target}: best {curve.headline} {reading(best)}, last {reading(last_evaluation)}"
+            + (" (± std over the 10 folds)" if curve.spread is not None else "")
         )
     if len(history.segments) > 1:
         lines.append(f"- starts: {len(history.segments)} ({'; '.join(s.label for s in history.segments)})")
@@ -216,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m partialfc.report",
         description=f"Turn a run directory's run record ({RECORD_FILE}) and summary.json into PNG plots over "
         "steps (loss, learning rate, throughput, gradient norm, data wait, memory: one line per start of the job; "
-        "verification accuracy per set with its spread over the folds) and a short markdown summary, report.md.",
+        "each evaluation protocol's headline per source) and a short markdown summary, report.md.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help=f"the training run's output directory (holds {RECORD_FILE})")
     parser.add_argument("--out", default=None, help="folder for the plots and report.md (default: RUN_DIR/report)")

@@ -41,7 +41,7 @@ def chaos_training(dataset: Path, output: Path) -> list[str]:
         dataset,
         output,
         *("--train.max_steps", str(STEPS), "--checkpoint.every_steps", str(EVERY), "--checkpoint.keep", "4"),
-        *("--eval.every_steps", "0", "--data.backend", "torch", "--loss.sample_rate", "0.5"),
+        *("--eval.verify.every_steps", "0", "--data.backend", "torch", "--loss.sample_rate", "0.5"),
         *("--dist.timeout_s", "60", "--train.stall_timeout_s", str(STALL_S)),
     )
 

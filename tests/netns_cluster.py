@@ -385,7 +385,7 @@ def training(dataset: Path, output: Path) -> list[str]:
         str(STEPS),
         "--checkpoint.every_steps",
         str(EVERY),
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--data.backend",
         "torch",

@@ -41,7 +41,7 @@ def make_trainer(dataset: Path, output: Path, clock=time.monotonic, **overrides:
             "data.backend": "torch",
             "data.num_workers": 1,
             "train.log_every": 2,
-            "eval.every_steps": 0,
+            "eval.verify.every_steps": 0,
             "metrics.port": 0,
             **overrides,
         },

@@ -81,6 +81,25 @@ def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * base + min(rank, remainder), base + (1 if rank < remainder else 0)
 
 
+def all_gather_shards(local: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Collective: every rank's :func:`shard_range` block of ``num_items`` rows, in rank order, on every rank.
+
+    The blocks differ by at most one row: each is padded to the largest, gathered once and trimmed.
+    Gathered on the backend's device (NCCL: this rank's GPU), returned on the CPU.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    world_size = dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    longest = shard_range(num_items, 0, world_size)[1]
+    padded = torch.zeros(longest, *local.shape[1:], dtype=local.dtype, device=device)
+    padded[: len(local)] = local.to(device)
+    gathered = torch.empty(world_size * longest, *local.shape[1:], dtype=local.dtype, device=device)
+    all_gather_into(gathered, padded)
+    blocks = [gathered[r * longest : r * longest + shard_range(num_items, r, world_size)[1]] for r in range(world_size)]
+    return torch.cat(blocks).cpu()
+
+
 def derive_seed(*parts: int, bits: int = 63) -> int:
     """A non-negative seed for the random stream named by ``parts`` (e.g. seed, purpose, step, rank).
 

@@ -46,6 +46,16 @@ def one_of(names: Collection[str]) -> Domain:
     return Domain(lambda value: value in names, f"is not one of {', '.join(names)}", "no-such-choice", tuple(names))
 
 
+def each_of(names: Collection[str]) -> Domain:
+    """A list of distinct items, each one of ``names``."""
+    return Domain(
+        lambda values: all(value in names for value in values) and len(set(values)) == len(values),
+        f"may only list each of {', '.join(names)} once",
+        ["no-such-choice"],
+        tuple(names),
+    )
+
+
 def interval(low: float, high: float, *, high_open: bool = True, low_open: bool = False) -> Domain:
     """``[low, high)`` by default; ``low_open`` / ``high_open`` choose the brackets."""
 

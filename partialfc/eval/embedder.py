@@ -9,19 +9,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from partialfc.common.distributed import all_gather_shards, shard_range
 from partialfc.data.progress import Progress
 from partialfc.eval.sources import ImageSource, ImageSourceError
 from partialfc.models.input_config import InputConfig, input_config_of
 from partialfc.models.model_file import ModelFileError, load_model, read_onnx_input_config
 
-__all__ = ["Embedder", "OnnxEmbedder", "TorchEmbedder", "embed_batch", "embed_source", "load_embedder"]
+__all__ = [
+    "Embedder",
+    "OnnxEmbedder",
+    "StoredEmbeddings",
+    "TorchEmbedder",
+    "embed_batch",
+    "embed_source",
+    "evaluating",
+    "load_embedder",
+]
 
 
 class Embedder(ABC):
@@ -36,7 +48,8 @@ class Embedder(ABC):
 
 
 class TorchEmbedder(Embedder):
-    """A PyTorch backbone on ``device``, optionally under autocast (``amp_dtype``)."""
+    """A PyTorch backbone on ``device``, optionally under autocast (``amp_dtype``); ``on_batch`` is called
+    after each batch (training's stall watchdog counts an evaluation's batches as progress)."""
 
     def __init__(
         self,
@@ -45,8 +58,9 @@ class TorchEmbedder(Embedder):
         embedding_size: int,
         amp_dtype: torch.dtype | None = None,
         description: str = "pytorch",
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
-        self.model, self.device, self.amp_dtype = model, device, amp_dtype
+        self.model, self.device, self.amp_dtype, self.on_batch = model, device, amp_dtype, on_batch
         self.input_config = input_config_of(model)
         self.embedding_size = embedding_size
         self.description = description
@@ -57,7 +71,10 @@ class TorchEmbedder(Embedder):
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
-            return self.model(images).float()
+            embeddings = self.model(images).float()
+        if self.on_batch is not None:
+            self.on_batch()
+        return embeddings
 
 
 class OnnxEmbedder(Embedder):
@@ -76,11 +93,33 @@ class OnnxEmbedder(Embedder):
         self.input_config = read_onnx_input_config(path, self.session.get_modelmeta().custom_metadata_map)
         self.input_name = self.session.get_inputs()[0].name
         self.embedding_size = int(self.session.get_outputs()[0].shape[-1])
-        self.description = f"onnxruntime {ort.__version__} ({self.session.get_providers()[0]})"
+        self.description = f"model {path} (onnxruntime {ort.__version__}, {self.session.get_providers()[0]})"
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         images = self.input_config.normalize(pixels.cpu()).numpy()
         return torch.from_numpy(self.session.run(None, {self.input_name: images})[0])
+
+
+class StoredEmbeddings:
+    """Embeddings ``PREFIX.npy`` written by ``partialfc.embed --raw``, looked up by the image names in
+    ``PREFIX.txt``: what a protocol reads in place of running a model."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+        self.description = f"embeddings {prefix}.npy"
+
+    def rows(self, names: list[str]) -> np.ndarray:
+        """The embedding of each of ``names``; ValueError names the file lacking one."""
+        prefix = self.prefix
+        matrix = np.load(prefix.with_name(prefix.name + ".npy"))
+        stored = prefix.with_name(prefix.name + ".txt").read_text().splitlines()
+        if len(stored) != len(matrix):
+            raise ValueError(f"{prefix}.txt lists {len(stored)} names for {len(matrix)} rows of {prefix}.npy")
+        row_of = {name: row for row, name in enumerate(stored)}
+        missing = [name for name in names if name not in row_of]
+        if missing:
+            raise ValueError(f"{prefix}.txt: {len(missing)} images of the image list are absent (first: {missing[:3]})")
+        return matrix[[row_of[name] for name in names]]
 
 
 def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
@@ -92,8 +131,22 @@ def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embed
         return OnnxEmbedder(path, device)
     trained = load_model(path)
     return TorchEmbedder(
-        trained.backbone.to(device), device, trained.embedding_size, description=f"pytorch {trained.name} ({device})"
+        trained.backbone.to(device),
+        device,
+        trained.embedding_size,
+        description=f"model {path} (pytorch {trained.name}, {device})",
     )
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then back in the mode it was in (a backbone in training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def embed_batch(
@@ -113,28 +166,41 @@ def embed_batch(
 
 
 def embed_source(
-    embedder: Embedder, source: ImageSource, batch_size: int, flip: bool, progress: bool = True, normalize: bool = True
+    embedder: Embedder,
+    source: ImageSource,
+    batch_size: int,
+    flip: bool,
+    progress: bool = True,
+    normalize: bool = True,
+    across_ranks: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings ``[N, D]`` float32, L2-normalised unless ``normalize=False``; raw-embedding norms
-    ``[N, 1 or 2]``) of every image."""
+    ``[N, 1 or 2]``) of every image.
+
+    ``across_ranks`` (collective when torch.distributed is initialised): each rank embeds its
+    :func:`~partialfc.common.distributed.shard_range` block and every rank gets every row, so that
+    no rank idles while another embeds a whole evaluation set.
+    """
     expected = tuple(embedder.input_config.size)
-    embeddings, norms = [], []
-    with Progress(len(source.names), "images") if progress else contextlib.nullcontext() as bar:
-        for pixels in source.batches(batch_size):
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if across_ranks and dist.is_initialized() else (0, 1)
+    first, count = shard_range(len(source.names), rank, world_size)
+    width = 2 if flip else 1
+    chunks = [torch.empty(0, embedder.embedding_size + width)]  # embeddings, then norms: one gather for both
+    with Progress(count, "images") if progress else contextlib.nullcontext() as bar:
+        for pixels in source.batches(batch_size, first, first + count):
             if pixels.shape[1:3] != expected:
                 raise ImageSourceError(
                     f"{source.origin}: images are {pixels.shape[1]}x{pixels.shape[2]}, the model expects "
                     f"{expected[0]}x{expected[1]} aligned crops"
                 )
             batch, batch_norms = embed_batch(embedder, pixels, flip, normalize)
-            embeddings.append(batch.cpu().numpy())
-            norms.append(batch_norms.cpu().numpy())
+            chunks.append(torch.cat([batch, batch_norms], dim=1).float().cpu())
             if bar is not None:
                 bar.update(len(pixels))
-    width = 2 if flip else 1
-    if not embeddings:
-        return np.empty((0, embedder.embedding_size), np.float32), np.empty((0, width), np.float32)
-    return np.concatenate(embeddings), np.concatenate(norms)
+    rows = torch.cat(chunks)
+    if world_size > 1:
+        rows = all_gather_shards(rows, len(source.names))
+    return rows[:, :-width].numpy(), rows[:, -width:].numpy()
 
 
 DEFAULT_MODEL = "runs/quickstart/model.pt"

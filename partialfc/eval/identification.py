@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from partialfc.eval.protocol import strict_tar_at_far
+from partialfc.eval.scores import strict_tar_at_far
 
 __all__ = ["IdentificationResult", "PooledReadout", "identification_metrics", "pooled_closed_set_readout"]
 

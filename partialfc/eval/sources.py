@@ -17,7 +17,14 @@ from partialfc.data.ijb_layout import META
 from partialfc.data.image import ImageDecodeError, decode_jpeg
 from partialfc.eval.ijb import IJBRelease, ReleaseImages, open_release, read_release_images
 
-__all__ = ["ImageSource", "ImageSourceError", "image_folder_source", "open_image_source", "release_image_source"]
+__all__ = [
+    "ImageSource",
+    "ImageSourceError",
+    "image_folder_source",
+    "open_image_source",
+    "release_image_source",
+    "verification_set_source",
+]
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -35,13 +42,14 @@ class ImageSource:
     decode: Callable[[list[int]], np.ndarray]  # indices -> uint8 [n, H, W, 3]
     origin: str
 
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Decoded batches in order; the next batch is decoded while the caller embeds this one."""
-        starts = range(0, len(self.names), batch_size)
+    def batches(self, batch_size: int, first: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Decoded batches of images ``first..stop`` in order; the next batch is decoded while the caller
+        embeds this one."""
+        stop = len(self.names) if stop is None else stop
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
-            for start in starts:
-                indices = list(range(start, min(start + batch_size, len(self.names))))
+            for start in range(first, stop, batch_size):
+                indices = list(range(start, min(start + batch_size, stop)))
                 future = pool.submit(self.decode, indices)
                 if pending is not None:
                     yield pending.result()
@@ -93,6 +101,12 @@ def release_image_source(release: IJBRelease, images: ReleaseImages) -> ImageSou
     return ImageSource(images.names, None, decode, f"{release.root} (aligned with {release.landmarks.name})")
 
 
+def verification_set_source(vset: VerificationSet) -> ImageSource:
+    """The images of a verification ``.bin`` in pair order: ``pairNNNNNN.a``, ``pairNNNNNN.b``, ..."""
+    names = [f"pair{k:06d}.{side}" for k in range(vset.num_pairs) for side in "ab"]
+    return ImageSource(names, None, vset.images, str(vset.path))
+
+
 def open_image_source(path: str | Path) -> ImageSource:
     """A folder of JPEGs, an IJB release folder (aligned on the fly), a RecordIO dataset (``.rec``,
     prefix or directory with one) or a verification ``.bin``."""
@@ -101,9 +115,7 @@ def open_image_source(path: str | Path) -> ImageSource:
         release = open_release(path)
         return release_image_source(release, read_release_images(release))
     if path.suffix == ".bin":
-        vset = VerificationSet(path)
-        names = [f"pair{k:06d}.{side}" for k in range(vset.num_pairs) for side in "ab"]
-        return ImageSource(names, None, vset.images, str(path))
+        return verification_set_source(VerificationSet(path))
     if path.is_dir() and not any(path.glob("*.rec")):
         return image_folder_source(path)
     dataset = RecordDataset(path)

@@ -69,15 +69,27 @@ def prepare_dataset(data: DataConfig, seed: int, is_main: bool) -> RecordDataset
     return dataset
 
 
-def resolve_val_targets(data: DataConfig) -> list[Path]:
-    """``data.val_targets`` as paths: as given, or relative to the dataset's directory (``.bin`` may be omitted).
-
-    For an image subset (a cleaned index) the dataset's directory is that of its source records.
-    """
+def dataset_directory(data: DataConfig) -> Path:
+    """The folder relative evaluation paths are resolved against: the dataset's; for an image subset
+    (a cleaned index) that of its source records."""
     data_path = Path(data.path)
-    base = data_path if data_path.is_dir() else data_path.parent
     if is_subset_directory(data_path):
-        base = read_subset(data_path).source[0].parent
+        return read_subset(data_path).source[0].parent
+    return data_path if data_path.is_dir() else data_path.parent
+
+
+def resolve_ijb_release(data: DataConfig, release: str) -> Path:
+    """``eval.ijb.release`` as a folder: as given, or relative to the dataset's directory."""
+    candidates = [Path(release), dataset_directory(data) / release]
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is None:
+        raise ConfigError(f"eval.ijb.release: {release!r} not found (looked at {', '.join(map(str, candidates))})")
+    return found
+
+
+def resolve_val_targets(data: DataConfig) -> list[Path]:
+    """``data.val_targets`` as paths: as given, or relative to the dataset's directory (``.bin`` may be omitted)."""
+    base = dataset_directory(data)
     resolved = []
     for target in data.val_targets:
         candidates = [Path(target), base / target, base / f"{target}.bin"]

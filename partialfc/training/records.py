@@ -1,11 +1,11 @@
 """What the trainer reports, as typed records, and the sinks that turn each record into one output.
 
-The trainer makes a record of each event (a start, a log step, a verification, a checkpoint) and
+The trainer makes a record of each event (a start, a log step, an evaluation, a checkpoint) and
 hands it to every sink in its list: the run log (``train_log.jsonl``, the console and train.log
 line, ``summary.json``; :mod:`partialfc.training.run_log`), TensorBoard and Prometheus
 (:mod:`partialfc.training.sinks`). Adding an output is one class with ``write`` and ``close``.
 
-The run record ``train_log.jsonl`` holds the start, step and verification records as JSON objects:
+The run record ``train_log.jsonl`` holds the start, step and evaluation records as JSON objects:
 the dataclass's fields (an optional field only when set) plus ``event`` and ``time`` (Unix seconds).
 ``partialfc.report`` reads them back into the same classes (:func:`from_json`).
 """
@@ -13,6 +13,7 @@ the dataclass's fields (an optional field only when set) plus ``event`` and ``ti
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -62,8 +63,32 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
-class VerificationRecord:
-    """One verification set's result at a step."""
+class EvaluationRecord:
+    """One evaluation protocol's result on one source at a step (:class:`partialfc.eval.protocols.EvalResult`)."""
+
+    event: ClassVar[str] = "evaluation"
+    protocol: str  # verify, pairs, identify
+    target: str  # the .bin set's or the IJB release's name
+    step: int
+    summary: dict[str, float]  # the protocol's numbers by name
+    headline: str  # the summary entry that ranks models
+    seconds: float  # wall time of the evaluation
+    best: float = field(default=0.0, metadata={"run_record": False})  # the run's best headline on it so far
+    time: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> str:
+        """``protocol/target``: the name of this evaluation in summary.json and the best-model record."""
+        return f"{self.protocol}/{self.target}"
+
+    @property
+    def score(self) -> float:
+        return self.summary[self.headline]
+
+
+@dataclass(frozen=True)
+class VerificationRecordV1:
+    """A ``.bin`` verification as run records before the evaluation record held it; read as one."""
 
     event: ClassVar[str] = "verification"
     name: str
@@ -72,8 +97,15 @@ class VerificationRecord:
     accuracy_std: float
     far: float
     tar_at_far: float
-    best: float = field(default=0.0, metadata={"run_record": False})  # the run's best accuracy on this set so far
     time: float = field(default_factory=time.time)
+
+    def upgrade(self) -> EvaluationRecord:
+        summary = {
+            "accuracy": self.accuracy,
+            "accuracy_std": self.accuracy_std,
+            f"TAR@FAR={self.far:g}": self.tar_at_far,
+        }
+        return EvaluationRecord("verify", self.name, self.step, summary, "accuracy", math.nan, time=self.time)
 
 
 @dataclass(frozen=True)
@@ -91,11 +123,12 @@ class CheckpointRecord:
         return self.path is not None
 
 
-Record = StartRecord | StepRecord | VerificationRecord | CheckpointRecord
-RUN_RECORD_TYPES: dict[str, type[StartRecord] | type[StepRecord] | type[VerificationRecord]] = {
-    kind.event: kind for kind in (StartRecord, StepRecord, VerificationRecord)
-}
-"""The events of the run record (``train_log.jsonl``), by name."""
+Record = StartRecord | StepRecord | EvaluationRecord | CheckpointRecord
+RunRecord = StartRecord | StepRecord | EvaluationRecord
+RUN_RECORD_TYPES: dict[
+    str, type[StartRecord] | type[StepRecord] | type[EvaluationRecord] | type[VerificationRecordV1]
+] = {kind.event: kind for kind in (StartRecord, StepRecord, EvaluationRecord, VerificationRecordV1)}
+"""The events of the run record (``train_log.jsonl``), by name; ``verification`` is an earlier release's."""
 
 
 def required_fields(kind: type) -> tuple[str, ...]:
@@ -107,7 +140,7 @@ def required_fields(kind: type) -> tuple[str, ...]:
     )
 
 
-def to_json(record: StartRecord | StepRecord | VerificationRecord) -> dict[str, Any]:
+def to_json(record: RunRecord) -> dict[str, Any]:
     """The run record's JSON object of ``record``: ``event``, ``time``, then its fields in order."""
     values: dict[str, Any] = {"event": record.event, "time": record.time}
     for f in dataclasses.fields(record):
@@ -120,11 +153,12 @@ def to_json(record: StartRecord | StepRecord | VerificationRecord) -> dict[str, 
     return values
 
 
-def from_json(values: dict[str, Any]) -> StartRecord | StepRecord | VerificationRecord:
+def from_json(values: dict[str, Any]) -> RunRecord:
     """The record a run record's JSON object holds; KeyError or TypeError when it is not one."""
     kind = RUN_RECORD_TYPES[values["event"]]
     names = {f.name for f in dataclasses.fields(kind)}
-    return kind(**{name: value for name, value in values.items() if name in names})
+    record = kind(**{name: value for name, value in values.items() if name in names})
+    return record.upgrade() if isinstance(record, VerificationRecordV1) else record
 
 
 class Sink(Protocol):

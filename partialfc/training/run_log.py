@@ -2,7 +2,7 @@
 
 Only rank 0 writes. :class:`RunLog` is the trainer's first sink (:mod:`partialfc.training.records`):
 the run record, ``train_log.jsonl``, holds one JSON object per line for each start of the job, log
-step and verification; the console and train.log line of such an event is made from its record by
+step and evaluation; the console and train.log line of such an event is made from its record by
 :func:`format_record`, and ``partialfc.report`` reads the records, never the text. Non-finite
 values are written as ``NaN``/``Infinity``, as Python's json module reads them back.
 ``summary.json`` is replaced atomically at every log and at the end, so scripts and dashboards can
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -71,10 +72,10 @@ class RunLog:
                 grad_norm=record.grad_norm,
             )
         else:
-            last = {"accuracy": record.accuracy, "tar_at_far": record.tar_at_far, "step": record.step}
+            last = {"step": record.step, **record.summary, "seconds": record.seconds}
             self.update_summary(
-                best_verification={**self.summary.get("best_verification", {}), record.name: record.best},
-                last_verification={**self.summary.get("last_verification", {}), record.name: last},
+                best_evaluation={**self.summary.get("best_evaluation", {}), record.key: record.best},
+                last_evaluation={**self.summary.get("last_evaluation", {}), record.key: last},
             )
 
     def _line(self, message: str, stamp: float) -> None:
@@ -154,9 +155,13 @@ def format_record(record: dict[str, Any]) -> str:
                 else ""
             )
         )
-    if r["event"] == "verification":
-        return (
-            f"verification {r['name']} step {r['step']}: accuracy {r['accuracy']:.4f} ± {r['accuracy_std']:.4f}, "
-            f"TAR@FAR={r['far']:g} {r['tar_at_far']:.4f}"
-        )
+    if r["event"] == "evaluation":
+        others = dict(r["summary"])
+        headline = f"{r['headline']} {others.pop(r['headline']):.4f}"
+        spread = others.pop(f"{r['headline']}_std", None)
+        if spread is not None:
+            headline += f" ± {spread:.4f}"
+        rest = "".join(f", {name} {value:.4f}" for name, value in others.items())
+        seconds = "" if math.isnan(r["seconds"]) else f" ({r['seconds']:.1f}s)"
+        return f"{r['protocol']} {r['target']} step {r['step']}: {headline}{rest}{seconds}"
     raise ValueError(f"run record: unknown event {r['event']!r}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from partialfc.metrics import TrainingMetrics
-from partialfc.training.records import CheckpointRecord, Record, StepRecord, VerificationRecord
+from partialfc.training.records import CheckpointRecord, EvaluationRecord, Record, StepRecord
 
 
 class TensorBoardSink:
@@ -45,8 +45,8 @@ class MetricsSink:
             )
             self.metrics.observe_phases(record.phase_seconds)
             self.metrics.observe_memory(self.device)
-        elif isinstance(record, VerificationRecord):
-            self.metrics.observe_verification(record.name, record.accuracy)
+        elif isinstance(record, EvaluationRecord):
+            self.metrics.observe_evaluation(record.protocol, record.target, record.summary, record.seconds)
         elif isinstance(record, CheckpointRecord):
             self.metrics.observe_checkpoint(seconds=record.seconds, success=record.success)
 

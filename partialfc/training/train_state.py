@@ -18,8 +18,8 @@ import torch
 
 @dataclass
 class TrainProgress:
-    """Where the run is: optimizer steps and samples trained, the run's plan, the best verification
-    accuracy per set.
+    """Where the run is: optimizer steps and samples trained, the run's plan, the best headline number
+    of each evaluation (``protocol/target``, e.g. ``verify/lfw``).
 
     The plan is ``plan_steps`` steps of ``plan_batch`` samples, fixed when the run starts: a restart
     on another world size (another global batch) trains the plan's remaining samples, and the LR and
@@ -32,11 +32,11 @@ class TrainProgress:
     plan_batch: int = 0
     best: dict[str, float] = field(default_factory=dict)
 
-    def record_accuracy(self, name: str, accuracy: float) -> bool:
-        """Keep the best accuracy of ``name``; True when ``accuracy`` improves on it."""
-        improved = accuracy > self.best.get(name, -1.0)
+    def record_best(self, key: str, score: float) -> bool:
+        """Keep the best score of evaluation ``key``; True when ``score`` improves on it."""
+        improved = score > self.best.get(key, -math.inf)
         if improved:
-            self.best[name] = accuracy
+            self.best[key] = score
         return improved
 
     def state_dict(self) -> dict[str, Any]:
@@ -49,7 +49,9 @@ class TrainProgress:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.best = int(state["step"]), {k: float(v) for k, v in state["best"].items()}
+        self.step = int(state["step"])
+        # An earlier release kept the best .bin accuracy by set name alone: it is "verify/<set>" now.
+        self.best = {(k if "/" in k else f"verify/{k}"): float(v) for k, v in state["best"].items()}
         self.samples, self.plan_steps, self.plan_batch = (
             int(state.get(key, 0)) for key in ("samples", "plan_steps", "plan_batch")
         )

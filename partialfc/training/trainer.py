@@ -3,13 +3,13 @@
 ``Trainer.fit`` is the algorithm: resume, then repeat ``train_step`` (the scheduled learning rate and
 sample rate into one :class:`~partialfc.training.train_step.TrainStep`: per micro-batch embed under autocast,
 Partial-FC loss, backward; one global gradient norm, clip, step or skip; its report folded into the
-log window), observe (a run record: log line, metrics), verify and checkpoint at their intervals
+log window), observe (a run record: log line, metrics), evaluate and checkpoint at their intervals
 (every ``checkpoint.every_steps`` steps or ``checkpoint.every_minutes`` minutes, whichever comes first),
 export at the end. Everything that must survive a restart is a component with
 ``state_dict``/``load_state_dict`` that the :class:`~partialfc.training.checkpoint.Checkpointer` saves by name.
 
 Options the field uses: an EMA of the backbone weights (``train.ema_decay``), updated after every
-applied step and used for verification and export in place of the raw weights; a sample-rate
+applied step and used for evaluation and export in place of the raw weights; a sample-rate
 schedule (``loss.sample_rate_schedule``), applied at step boundaries; ``model.compile``;
 fine-tuning from a pretrained backbone (``model.init_from``) when no checkpoint is resumed.
 
@@ -21,6 +21,7 @@ what the exported model carries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -37,27 +38,20 @@ import partialfc
 from partialfc.common.distributed import DistInfo, barrier
 from partialfc.common.exit_codes import ExitCode, clear_failure, first_failure
 from partialfc.config import Config, ConfigError, to_dict
-from partialfc.data import RecordDataset, VerificationSet
+from partialfc.data import RecordDataset
 from partialfc.data.loaders import PlannedLoader
-from partialfc.eval.verification import VerificationResult, evaluate
 from partialfc.metrics import resident_bytes
 from partialfc.models import input_config_of
 from partialfc.models.model_file import ModelFileError, init_from, save_model
 from partialfc.models.precision import autocast_dtype
 from partialfc.training.checkpoint import Checkpointer, Component, Stateful, read_manifest
 from partialfc.training.ema import WeightAverage
+from partialfc.training.evaluation import Evaluation
 from partialfc.training.log_window import LogWindow
 from partialfc.training.optimizer import NonFiniteReport, TrainingOptimizer
 from partialfc.training.preemption import SigtermFlag
-from partialfc.training.prepare import prepare_dataset, resolve_val_targets
-from partialfc.training.records import (
-    CheckpointRecord,
-    Record,
-    Sink,
-    StartRecord,
-    StepRecord,
-    VerificationRecord,
-)
+from partialfc.training.prepare import prepare_dataset
+from partialfc.training.records import CheckpointRecord, EvaluationRecord, Record, Sink, StartRecord, StepRecord
 from partialfc.training.resume import check_changes, meaning_changes
 from partialfc.training.run_log import RunLog
 from partialfc.training.run_plan import RunPlan
@@ -77,7 +71,7 @@ class Trainer:
         self.log = RunLog(self.run_dir, enabled=info.is_main)
         self._seed()
         self.backbone, self.ema, self.model = self._backbone()
-        self.dataset, self.val_sets, self.loader = self._data()
+        self.dataset, self.loader = self._data()
         self.num_classes = self.dataset.num_classes
         self.steps_per_epoch = self._steps_per_epoch()
         self.pfc = config.loss.build(
@@ -112,6 +106,7 @@ class Trainer:
             ema=self.ema,
             on_phase=lambda phase: self.watchdog.beat(self.progress.step, phase),
         )
+        self.evaluation = Evaluation.from_config(config, self.device, self.training_step.config.amp_dtype)
         self.sigterm = SigtermFlag(enabled=config.checkpoint.on_sigterm, stuck=self.watchdog.stuck)
         self.save_timer = SaveTimer(config.checkpoint.every_minutes, clock)
         self.metrics = config.metrics.build(
@@ -147,10 +142,9 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(backbone, device_ids=[self.info.local_rank] if cuda else None)
         return backbone, ema, model
 
-    def _data(self) -> tuple[RecordDataset, list[VerificationSet], PlannedLoader]:
+    def _data(self) -> tuple[RecordDataset, PlannedLoader]:
         config, info = self.config, self.info
         dataset = prepare_dataset(config.data, config.train.seed, info.is_main)
-        val_sets = [VerificationSet(path) for path in resolve_val_targets(config.data)]
         loader = config.data.build_loader(
             dataset,
             input_config_of(self.backbone),
@@ -159,7 +153,7 @@ class Trainer:
             seed=config.train.seed,
             device_id=info.local_rank if self.device.type == "cuda" else None,
         )
-        return dataset, val_sets, loader
+        return dataset, loader
 
     def _steps_per_epoch(self) -> int:
         steps = len(self.loader) // self.config.train.grad_accum
@@ -286,8 +280,8 @@ class Trainer:
                     and nonfinite.longest_run >= self.config.train.nonfinite_patience
                 ):
                     return self._stop_diverged(nonfinite)
-            if _due(step, self.config.eval.every_steps, self.plan.total_steps) and self.val_sets:
-                self._verify()
+            if self.evaluation.due(step, self.plan.total_steps):
+                self._evaluate()
             if _due(step, self.config.checkpoint.every_steps, self.plan.total_steps):
                 self._save()
             elif log_step:
@@ -328,7 +322,7 @@ class Trainer:
     # ------------------------------------------------------------------ step helpers
     @property
     def inference_backbone(self) -> nn.Module:
-        """What verification and model.pt use: the EMA weights when train.ema_decay is set."""
+        """What evaluation and model.pt use: the EMA weights when train.ema_decay is set."""
         return self.ema.module if self.ema else self.backbone
 
     @property
@@ -386,41 +380,18 @@ class Trainer:
             )
         )
 
-    def _verify(self) -> None:
-        self.watchdog.beat(self.progress.step, "verification")
-        if dist.is_initialized():
-            # Each rank's batch-norm statistics moved with its own last batch; evaluate what model.pt
-            # holds, rank 0's (DDP broadcasts them again before the next training forward anyway).
-            for buffer in self.inference_backbone.buffers():
-                dist.broadcast(buffer, 0)
-        results: list[VerificationResult] = [
-            evaluate(
-                self.inference_backbone,
-                vset,
-                self.config.model.embedding_size,
-                self.device,
-                self.config.eval.batch_size,
-                self.training_step.config.amp_dtype,
-                self.config.eval.far,
+    def _evaluate(self) -> None:
+        """The protocols due at this step; each result is a record, and the deciding one may make model_best.pt."""
+        step = self.progress.step
+        self.watchdog.beat(step, "evaluation")
+        for result in self.evaluation.run(self.inference_backbone, step, self.plan.total_steps, self.watchdog.working):
+            record = EvaluationRecord(
+                result.protocol, result.target, step, result.summary, result.headline, result.seconds
             )
-            for vset in self.val_sets
-        ]
-        improved = []
-        for result in results:
-            improved.append(self.progress.record_accuracy(result.name, result.accuracy))
-            self._emit(
-                VerificationRecord(
-                    name=result.name,
-                    step=self.progress.step,
-                    accuracy=result.accuracy,
-                    accuracy_std=result.accuracy_std,
-                    far=result.far,
-                    tar_at_far=result.tar_at_far,
-                    best=self.progress.best[result.name],
-                )
-            )
-        if improved[0] and self.info.is_main:  # the first set decides which model is "best"
-            self._write_model(self.run_dir / "model_best.pt")
+            improved = self.progress.record_best(record.key, record.score)
+            self._emit(dataclasses.replace(record, best=self.progress.best[record.key]))
+            if improved and self.evaluation.decides_best(result) and self.info.is_main:
+                self._write_model(self.run_dir / "model_best.pt")
 
     def _stop_diverged(self, nonfinite: NonFiniteReport) -> ExitCode:
         """End the run: every step since the first non-finite one was dropped, checkpoints stay as they are."""
@@ -511,12 +482,12 @@ class Trainer:
         self.log.info(f"backbone initialised from {path} (model.init_from); class centres start fresh")
 
     def _export(self) -> None:
-        """model.pt after the last step (verification and checkpoint ran at that step already)."""
+        """model.pt after the last step (evaluation and checkpoint ran at that step already)."""
         if self.info.is_main:
             self._write_model(self.run_dir / "model.pt")
             self.log.info(f"exported {self.run_dir / 'model.pt'}")
         self.log.update_summary(
-            step=self.progress.step, model=str(self.run_dir / "model.pt"), best_verification=self.progress.best
+            step=self.progress.step, model=str(self.run_dir / "model.pt"), best_evaluation=self.progress.best
         )
 
     def _write_model(self, path: Path) -> None:

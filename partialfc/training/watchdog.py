@@ -83,6 +83,11 @@ class StallWatchdog:
             self.step, self._progress_at = step, now
         self.phase = phase
 
+    def working(self) -> None:
+        """Progress inside a step (each batch of an evaluation, which may take minutes): resets the stall
+        clock, not the step."""
+        self._progress_at = self.clock()
+
     def stuck(self, min_seconds: float = 10.0) -> bool:
         """No step progress for ``min_seconds`` and ten recent step times, outside a checkpoint save."""
         waited = self.clock() - self._progress_at

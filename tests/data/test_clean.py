@@ -44,7 +44,7 @@ def test_clean_drops_planted_noise_and_training_accepts_the_index(noisy_dataset,
     val = (
         "--data.val_targets",
         str(tiny_dataset / "synth_val.bin"),
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--data.backend",
         "torch",

@@ -48,6 +48,12 @@ def _run_json(capsys, main, argv: list[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def _only_result(payload: dict) -> dict:
+    """The one result of an ``eval`` JSON object (one source), its summary merged in."""
+    (result,) = payload["results"].values()
+    return {**result, **result["summary"]}
+
+
 def test_holdout_release_is_consistent(tiny_dataset):
     release = open_release(tiny_dataset / HOLDOUT_DIR)
     assert (release.name, release.images.name, sorted(release.galleries)) == ("synth", "loose_crop", ["G1", "G2"])
@@ -141,30 +147,41 @@ def test_pairs_and_identify_from_model_or_embeddings(tiny_dataset, model_file, t
     prefix = tmp_path / "holdout"
     assert embed.main([holdout, "--model", str(model_file), "--out", str(prefix), "--quiet", "--raw"]) == 0
     capsys.readouterr()
-    by_model = _run_json(
-        capsys,
-        eval_cli.main,
-        ["pairs", "--model", str(model_file), "--data", holdout, "--out", str(tmp_path / "a"), "--quiet"],
+    by_model = _only_result(
+        _run_json(
+            capsys,
+            eval_cli.main,
+            ["pairs", "--model", str(model_file), "--data", holdout, "--out", str(tmp_path / "a"), "--quiet"],
+        )
     )
-    by_file = _run_json(
-        capsys, eval_cli.main, ["pairs", "--embeddings", str(prefix), "--data", holdout, "--out", str(tmp_path / "b")]
+    by_file = _only_result(
+        _run_json(
+            capsys,
+            eval_cli.main,
+            ["pairs", "--embeddings", str(prefix), "--data", holdout, "--out", str(tmp_path / "b")],
+        )
     )
     assert (by_model["genuine_pairs"], by_model["impostor_pairs"], by_model["templates"]) == (240, 2400, 160)
     assert by_model["mode_name"] == "F1 N1 D1" and by_model["set"] == "synth"
-    assert by_model["tar_at_far"] == pytest.approx(by_file["tar_at_far"], abs=1e-6)
-    assert (
-        set(by_model["tar_at_far"])
-        == set(by_model["tar_at_far_strict"])
-        == {"1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1"}
-    )
+    assert by_model["summary"] == pytest.approx(by_file["summary"], abs=1e-6)
+    fars = ("1e-06", "1e-05", "0.0001", "0.001", "0.01", "0.1")
+    assert set(by_model["summary"]) == {f"TAR@FAR={far}" for far in fars} and set(by_model["tar_at_far_strict"]) == {
+        *fars
+    }
+    assert by_model["artifacts"] == {
+        "roc_csv": str(tmp_path / "a" / "roc.csv"),
+        "roc_png": str(tmp_path / "a" / "roc.png"),
+    }
     roc = np.loadtxt(tmp_path / "a" / "roc.csv", delimiter=",", skiprows=1)
     assert (np.diff(roc[:, 2]) >= 0).all() and roc[-1, 1] == 1.0  # TAR rises with FAR up to accept-all
     assert (tmp_path / "a" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    result = _run_json(
-        capsys,
-        eval_cli.main,
-        ["identify", "--embeddings", str(prefix), "--data", holdout, "--out", str(tmp_path / "c")],
+    result = _only_result(
+        _run_json(
+            capsys,
+            eval_cli.main,
+            ["identify", "--embeddings", str(prefix), "--data", holdout, "--out", str(tmp_path / "c")],
+        )
     )
     assert set(result["galleries"]) == {"G1", "G2"}
     for gallery in result["galleries"].values():
@@ -174,7 +191,7 @@ def test_pairs_and_identify_from_model_or_embeddings(tiny_dataset, model_file, t
             and gallery["cmc"][0] == gallery["rank1"]
         )
         assert set(gallery["tpir_at_fpir"]) == {"0.01", "0.1"}
-    assert result["mean"]["rank-1"] == pytest.approx(np.mean([g["rank1"] for g in result["galleries"].values()]))
+    assert result["rank-1"] == pytest.approx(np.mean([g["rank1"] for g in result["galleries"].values()]))
     assert result["insightface_1n"]["probes"] == 120
     assert (tmp_path / "c" / "cmc.png").stat().st_size > 1000
 
@@ -204,12 +221,24 @@ def test_pairs_match_insightface_eval_ijbc(tiny_dataset, model_file, tmp_path, c
     first, second, labels = read_template_pairs(release.pairs)
     scores = verification_scores(template_features, unique, first, second)
     fars = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    ours = _run_json(
-        capsys,
-        eval_cli.main,
-        ["pairs", "--model", str(model_file), "--data", str(release.root), "--out", str(tmp_path), "--quiet", *mode],
+    ours = _only_result(
+        _run_json(
+            capsys,
+            eval_cli.main,
+            [
+                "pairs",
+                "--model",
+                str(model_file),
+                "--data",
+                str(release.root),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                *mode,
+            ],
+        )
     )
-    assert [ours["tar_at_far"][f"{far:g}"] for far in fars] == eval_ijbc_tar_at_far(labels, scores, fars)
+    assert [ours[f"TAR@FAR={far:g}"] for far in fars] == eval_ijbc_tar_at_far(labels, scores, fars)
     assert ours["mode_name"] == ("F1 N1 D1" if not mode else "F0 N0 D0")
 
 
@@ -218,9 +247,9 @@ def test_verify_table_and_json(tiny_dataset, model_file, tmp_path, capsys):
     assert eval_cli.main(["verify", bin_path, "--model", str(model_file), "--json", str(tmp_path / "v.json")]) == 0
     table = capsys.readouterr().out
     assert "synth_val" in table and "TAR@FAR=0.0001" in table
-    result = json.loads((tmp_path / "v.json").read_text())["sets"]["synth_val"]
+    result = _only_result(json.loads((tmp_path / "v.json").read_text()))
     assert result["pairs"] == 200 and 0.5 <= result["accuracy"] <= 1 and result["mean_norm"] > 0
-    assert set(result["tar_at_far"]) == {"0.0001", "0.001", "0.01"}
+    assert {"TAR@FAR=0.0001", "TAR@FAR=0.001", "TAR@FAR=0.01"} <= set(result["summary"])
     assert eval_cli.main(["verify", bin_path, "--model", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such model file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # argparse's type function names stay internal
@@ -252,8 +281,8 @@ def test_onnx_export_parity_and_verify_with_onnx(tiny_dataset, model_file, onnx_
     bin_path = str(tiny_dataset / "synth_val.bin")
     torch_result = _run_json(capsys, eval_cli.main, ["verify", bin_path, "--model", str(model_file)])
     onnx_result = _run_json(capsys, eval_cli.main, ["verify", bin_path, "--model", str(out)])
-    assert "onnxruntime" in onnx_result["runtime"]
-    a, b = torch_result["sets"]["synth_val"], onnx_result["sets"]["synth_val"]
+    assert "onnxruntime" in onnx_result["source"]
+    a, b = _only_result(torch_result), _only_result(onnx_result)
     assert a["accuracy"] == b["accuracy"] and a["mean_norm"] == pytest.approx(b["mean_norm"], rel=1e-5)
 
     del proto.metadata_props[:]  # an ONNX from elsewhere: how to normalise is unknown
@@ -372,4 +401,4 @@ def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_fil
     ours = _run_json(
         capsys, eval_cli.main, ["verify", str(bin_path), "--model", str(model_file), "--thresholds", "insightface-grid"]
     )
-    assert ours["sets"]["synth_val"]["accuracy"] == reference
+    assert _only_result(ours)["accuracy"] == reference

@@ -9,7 +9,7 @@ import pytest
 
 from partialfc import report
 from partialfc.eval.plots import line_plot
-from partialfc.training.records import StartRecord, StepRecord, VerificationRecord, to_json
+from partialfc.training.records import EvaluationRecord, StartRecord, StepRecord, to_json
 from partialfc.training.run_log import RECORD_FILE, RunLog, format_record
 
 
@@ -54,10 +54,8 @@ def _start(log: RunLog, world_size: int, start_step: int) -> None:
 
 
 def _verification(log: RunLog, step: int, accuracy: float, std: float, tar: float) -> None:
-    record = VerificationRecord(
-        name="synth_val", step=step, accuracy=accuracy, accuracy_std=std, far=0.001, tar_at_far=tar, best=accuracy
-    )
-    log.write(record)
+    summary = {"accuracy": accuracy, "accuracy_std": std, "TAR@FAR=0.001": tar}
+    log.write(EvaluationRecord("verify", "synth_val", step, summary, "accuracy", 1.5, best=accuracy))
 
 
 @pytest.fixture
@@ -83,8 +81,9 @@ def test_history_read_from_the_record(run_dir):
     assert history.loss.tolist() == [9.5, 8.25, 6.5, 5.75]  # step 30 from the resumed run
     assert history.lr.tolist() == [0.05, 0.1, 0.075, 0.0]
     assert history.samples_per_s.tolist() == [1234.0, 1500.0, 1450.0, 1480.0]
-    steps, accuracy, spread = history.verification["synth_val"]
-    assert steps.tolist() == [20, 40] and accuracy.tolist() == [0.8123, 0.9010] and spread.tolist() == [0.0311, 0.02]
+    curve = history.evaluation["verify/synth_val"]
+    assert curve.steps.tolist() == [20, 40] and curve.values.tolist() == [0.8123, 0.9010]
+    assert curve.spread is not None and curve.spread.tolist() == [0.0311, 0.02] and curve.headline == "accuracy"
     (segment,) = history.segments
     assert segment.values["grad_norm"] == [1.234] * 5 and segment.values["mem_gib"] == [0.25] * 5
     assert segment.values["data_wait"] == [3.0] * 5  # percent of the interval
@@ -146,16 +145,16 @@ def test_each_start_is_its_own_curve(tmp_path):
 def test_report_writes_plots_and_markdown(run_dir, capsys):
     assert report.main([str(run_dir)]) == 0
     out = run_dir / "report"
-    for name in ("loss", "lr", "throughput", "grad_norm", "data_wait", "memory", "verification"):
+    for name in ("loss", "lr", "throughput", "grad_norm", "data_wait", "memory", "verify"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()
     assert "- status: finished" in text
     assert "loss: 9.5000 at step 10 -> 5.7500 at step 40" in text
-    assert "synth_val: best accuracy 0.9010 ± 0.0200 at step 40, last 0.9010 ± 0.0200 at step 40" in text
+    assert "verify synth_val: best accuracy 0.9010 ± 0.0200 at step 40, last 0.9010 ± 0.0200 at step 40" in text
     for title in ("gradient norm", "data wait", "memory"):
         assert f"![{title}]" in text
     assert "median 1,465 samples/s" in text
-    assert "![verification accuracy](verification.png)" in text
+    assert "![verify accuracy](verify.png)" in text
     assert capsys.readouterr().out.strip() == str(out / "report.md")
 
 
@@ -200,11 +199,32 @@ def test_rate_plots_stop_at_one(tmp_path, monkeypatch):
     import ast
     import inspect
 
-    from partialfc.eval import __main__ as eval_cli
+    from partialfc.eval import ijb_protocols
 
     calls = [
         node
-        for node in ast.walk(ast.parse(inspect.getsource(eval_cli)))
+        for node in ast.walk(ast.parse(inspect.getsource(ijb_protocols)))
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "line_plot"
     ]
     assert calls and all(any(k.arg == "ylim" for k in call.keywords) for call in calls), "a rate plot without ylim"
+
+
+def test_an_earlier_releases_verification_records_read_as_evaluations(run_dir):
+    """Run records written before the evaluation record held a ``verification`` event per .bin set."""
+    record_file = run_dir / RECORD_FILE
+    earlier = {
+        "event": "verification",
+        "time": 2.0,
+        "name": "lfw",
+        "step": 40,
+        "accuracy": 0.75,
+        "accuracy_std": 0.05,
+        "far": 0.001,
+        "tar_at_far": 0.5,
+    }
+    record_file.write_text(record_file.read_text() + json.dumps(earlier) + "\n")
+    curve = report.read_history(record_file).evaluation["verify/lfw"]
+    assert (curve.protocol, curve.target, curve.headline) == ("verify", "lfw", "accuracy")
+    assert curve.values.tolist() == [0.75] and curve.spread is not None and curve.spread.tolist() == [0.05]
+    (record,) = [r for r in report.read_records(record_file) if getattr(r, "target", None) == "lfw"]
+    assert record.summary == {"accuracy": 0.75, "accuracy_std": 0.05, "TAR@FAR=0.001": 0.5}

@@ -61,7 +61,7 @@ def train(device: str, dataset: Path, output: Path, *extra: str) -> str:
         str(SEED),
         "--dist.backend",
         "nccl" if device == "cuda" else "gloo",
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--metrics.port",
         "0",

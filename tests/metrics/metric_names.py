@@ -20,7 +20,8 @@ EXPORTED = {
     "partialfc_checkpoint_last_success_timestamp_seconds",
     "partialfc_resident_memory_bytes",
     "partialfc_stalled_ranks",
-    "partialfc_verification_accuracy_ratio",
+    "partialfc_evaluation_score",
+    "partialfc_evaluation_duration_seconds",
     "partialfc_build_info",
 }
 DEVICE_MEMORY = {

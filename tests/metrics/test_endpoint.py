@@ -34,7 +34,7 @@ def exercise(metrics: TrainingMetrics, steps: int, loss: float = 2.5) -> None:
     metrics.observe_log(loss=loss, lr=0.1, grad_norm=3.0, loss_scale=65536.0, skipped_steps_total=1)
     metrics.observe_memory(torch.device("cpu"))
     metrics.observe_checkpoint(seconds=1.5, success=True)
-    metrics.observe_verification("lfw", 0.99)
+    metrics.observe_evaluation("verify", "lfw", {"accuracy": 0.99, "TAR@FAR=0.001": 0.9}, 2.5)
 
 
 def scrape(url: str, accept: str | None = None) -> tuple[str, str]:

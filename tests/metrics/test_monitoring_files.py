@@ -78,7 +78,7 @@ def test_dashboard_is_templated_on_datasource() -> None:
         "partialfc_step_duration_seconds_bucket",
         "partialfc_data_wait_seconds_total",
         "partialfc_device_memory_allocated_bytes",
-        "partialfc_verification_accuracy_ratio",
+        "partialfc_evaluation_score",
     ):
         assert metric in exprs, f"dashboard lacks {metric}"
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])

@@ -30,7 +30,7 @@ def job_command(dataset: Path, output: Path, port: int) -> list[str]:
             "constant",
             "--schedule.warmup_epochs",
             "0",
-            "--eval.every_steps",
+            "--eval.verify.every_steps",
             "0",
             "--data.val_targets",
             "",

@@ -51,15 +51,19 @@ def test_disabled_scaler_does_not_scale():
     assert scaler.factor == 1.0 and scaler.scale == 2.0**16
 
 
-def test_progress_keeps_the_best_accuracy_per_set():
+def test_progress_keeps_the_best_score_per_evaluation():
     progress = TrainProgress()
-    assert progress.record_accuracy("lfw", 0.9)
-    assert not progress.record_accuracy("lfw", 0.8)
-    assert progress.record_accuracy("cfp", 0.7)
+    assert progress.record_best("verify/lfw", 0.9)
+    assert not progress.record_best("verify/lfw", 0.8)
+    assert progress.record_best("verify/cfp", 0.7)
     progress.step = 7
     restored = TrainProgress()
     restored.load_state_dict(progress.state_dict())
-    assert restored == TrainProgress(step=7, best={"lfw": 0.9, "cfp": 0.7})
+    assert restored == TrainProgress(step=7, best={"verify/lfw": 0.9, "verify/cfp": 0.7})
+    # An earlier release's checkpoint kept the best .bin accuracy by set name alone.
+    earlier = TrainProgress()
+    earlier.load_state_dict({"step": 7, "best": {"lfw": 0.9}})
+    assert earlier.best == {"verify/lfw": 0.9}
 
 
 def test_rng_state_continues_every_global_stream():

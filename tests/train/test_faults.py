@@ -98,7 +98,7 @@ def test_when_no_checkpoint_verifies_the_error_names_them_and_the_summary_keeps_
     assert "step-00000003/trainer.pt: SHA-256 differs" in str(raised.value)
     after = summary(output)
     assert after["status"] == "failed" and after["error"].startswith("CheckpointError: no loadable checkpoint")
-    for kept in ("best_verification", "checkpoint", "model", "step"):
+    for kept in ("best_evaluation", "checkpoint", "model", "step"):
         assert after[kept] == before[kept], kept
     assert after["starts"] == 2
 
@@ -154,7 +154,7 @@ def test_a_bad_record_under_dali_is_named_by_every_rank(tiny_dataset, tmp_path):
             output,
             "--train.max_steps",
             "30",
-            "--eval.every_steps",
+            "--eval.verify.every_steps",
             "0",
             "--checkpoint.every_steps",
             "0",

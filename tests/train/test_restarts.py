@@ -29,7 +29,7 @@ def test_restarts_come_up_in_one_attempt(tiny_dataset, tmp_path):
         "60",
         "--checkpoint.every_steps",
         "4",
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--data.backend",
         "torch",

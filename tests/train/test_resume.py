@@ -37,7 +37,7 @@ def test_resume_is_bit_identical(tiny_dataset, tmp_path, backend):
         str(STEPS),
         "--checkpoint.every_steps",
         str(STEPS // 2),
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--data.backend",
         backend,
@@ -82,7 +82,7 @@ def four_steps_on_two_ranks(tiny_dataset, tmp_path_factory):
     run_training(
         2,
         train_args(
-            tiny_dataset, output, "--train.max_steps", "4", "--eval.every_steps", "0", "--data.backend", "torch"
+            tiny_dataset, output, "--train.max_steps", "4", "--eval.verify.every_steps", "0", "--data.backend", "torch"
         ),
     )
     return output
@@ -117,7 +117,7 @@ def test_trainer_resumes_on_another_world_size(tiny_dataset, four_steps_on_two_r
             output,
             "--train.max_steps",
             "6",
-            "--eval.every_steps",
+            "--eval.verify.every_steps",
             "0",
             "--data.backend",
             "torch",
@@ -143,7 +143,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path)
         "100000",
         "--checkpoint.every_steps",
         "0",
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--data.backend",
         "torch",
@@ -173,7 +173,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tiny_dataset, tmp_path)
             output,
             "--train.max_steps",
             str(stopped + 2),
-            "--eval.every_steps",
+            "--eval.verify.every_steps",
             "0",
             "--data.backend",
             "torch",
@@ -203,7 +203,7 @@ def test_a_reshard_restarts_the_saved_epoch(tiny_dataset, tmp_path):
             *(item for key, value in settings.items() for item in (f"--{key}", str(value))),
             "--data.backend",
             "torch",
-            "--eval.every_steps",
+            "--eval.verify.every_steps",
             "0",
         ),
     )

@@ -138,17 +138,17 @@ def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
 
 
 def test_allow_changes_names_only_fields_a_resume_refuses():
-    with pytest.raises(ConfigError, match=r"checkpoint\.allow_changes.*eval\.every_steps"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.allow_changes.*eval\.verify\.every_steps"):
         from partialfc.config import load_config
 
-        load_config(None, {"checkpoint.allow_changes": "eval.every_steps"})
+        load_config(None, {"checkpoint.allow_changes": "eval.verify.every_steps"})
 
 
 def test_a_finished_run_started_again_on_another_world_size_trains_nothing(tiny_dataset, tmp_path):
     """2 ranks, epochs-based length (6 steps of 32 images); started again on 1 rank, where the same
     epochs would be 12 steps: the run is finished and stays so."""
     output = tmp_path / "run"
-    length = ["--train.epochs", "0.2", "--eval.every_steps", "0", "--data.backend", "torch"]
+    length = ["--train.epochs", "0.2", "--eval.verify.every_steps", "0", "--data.backend", "torch"]
     run_training(2, train_args(tiny_dataset, output, *length))
     before = json.loads((output / "summary.json").read_text())
     assert (before["status"], before["step"]) == ("finished", 6)
@@ -169,7 +169,7 @@ def test_another_world_size_keeps_the_runs_plan(tiny_dataset, tmp_path):
         "12",
         "--checkpoint.every_steps",
         "6",
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--data.backend",
         "torch",

@@ -16,11 +16,11 @@ def start(run_dir, **fields) -> dict:
 
 
 def test_a_start_after_a_failed_one_clears_the_error_and_keeps_the_runs_history(tmp_path):
-    """The history (best_verification, checkpoint, model, step) survives a start that fails and the
+    """The history (best_evaluation, checkpoint, model, step) survives a start that fails and the
     next one; the failed start's error does not outlive it, or a running or finished run would
     still show why an earlier start failed."""
     history = {
-        "best_verification": {"synth_val": 0.875},
+        "best_evaluation": {"verify/synth_val": 0.875},
         "checkpoint": str(tmp_path / "checkpoints" / "step-00000006"),
         "model": str(tmp_path / "model.pt"),
         "step": 6,

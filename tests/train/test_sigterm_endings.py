@@ -104,7 +104,14 @@ def test_a_worker_with_blas_threads_still_saves_on_sigterm(tiny_dataset, tmp_pat
     single-process run or an operator's environment sets it (torchrun sets 1 only when it is unset)."""
     output = tmp_path / "run"
     args = train_args(
-        tiny_dataset, output, "--train.max_steps", "100000", "--checkpoint.every_steps", "0", "--eval.every_steps", "0"
+        tiny_dataset,
+        output,
+        "--train.max_steps",
+        "100000",
+        "--checkpoint.every_steps",
+        "0",
+        "--eval.verify.every_steps",
+        "0",
     )
     env = {**training_env(), "OMP_NUM_THREADS": "4"}
     log = output / "train.log"

@@ -24,7 +24,7 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(tiny_dataset, tmp_path
         "100000",
         "--checkpoint.every_steps",
         "0",
-        "--eval.every_steps",
+        "--eval.verify.every_steps",
         "0",
         "--data.backend",
         "torch",

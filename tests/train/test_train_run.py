@@ -22,7 +22,7 @@ def test_two_rank_run_learns(tiny_dataset, tmp_path):
             output,
             "--train.max_steps",
             "40",
-            "--eval.every_steps",
+            "--eval.verify.every_steps",
             "40",
             "--checkpoint.every_steps",
             "20",
@@ -43,7 +43,7 @@ def test_two_rank_run_learns(tiny_dataset, tmp_path):
     vset = VerificationSet(tiny_dataset / "synth_val.bin")
     torch.manual_seed(0)
     untrained = evaluate(create_model("tiny", embedding_size=128), vset, 128, torch.device("cpu"), 100).accuracy
-    trained = summary["best_verification"]["synth_val"]
+    trained = summary["best_evaluation"]["verify/synth_val"]
     assert trained > untrained + 0.05, (untrained, trained)  # chance is 0.5; colour alone gives ~0.85
 
     exported = torch.load(output / "model.pt", weights_only=True)
@@ -51,7 +51,7 @@ def test_two_rank_run_learns(tiny_dataset, tmp_path):
     model.load_state_dict(exported["state_dict"])
     # The trainer's last verification (2 ranks) scored exactly the exported model, BN statistics included.
     alone = evaluate(model, vset, 128, torch.device("cpu"), 100).accuracy
-    assert alone == summary["last_verification"]["synth_val"]["accuracy"], (alone, summary["last_verification"])
+    assert alone == summary["last_evaluation"]["verify/synth_val"]["accuracy"], (alone, summary["last_evaluation"])
     assert (output / "model_best.pt").is_file() and (output / "config.yaml").is_file()
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00000020", "step-00000040"]
 
@@ -81,7 +81,7 @@ def test_fp16_accumulation_and_clipping(tiny_dataset, tmp_path):
             "2",
             "--optim.clip_grad_norm",
             "1.0",
-            "--eval.every_steps",
+            "--eval.verify.every_steps",
             "0",
             "--data.backend",
             "torch",

@@ -59,7 +59,7 @@ def test_resume_with_margin_state_is_bit_identical(tiny_dataset, tmp_path, head)
 
 
 def test_a_sink_is_one_class_and_gets_every_record(tiny_dataset, tmp_path):
-    """The trainer hands each record (start, step, verification, checkpoint) to every sink in its list."""
+    """The trainer hands each record (start, step, evaluation, checkpoint) to every sink in its list."""
 
     class Collect:
         def __init__(self) -> None:
@@ -72,11 +72,11 @@ def test_a_sink_is_one_class_and_gets_every_record(tiny_dataset, tmp_path):
         def close(self) -> None:
             self.closed = True
 
-    settings = {"train.max_steps": 4, "train.log_every": 2, "eval.every_steps": 4, "checkpoint.every_steps": 2}
+    settings = {"train.max_steps": 4, "train.log_every": 2, "eval.verify.every_steps": 4, "checkpoint.every_steps": 2}
     trainer = make_trainer(tiny_dataset, tmp_path / "run", **settings)
     sink = Collect()
     trainer.sinks.append(sink)
     assert trainer.fit() == ExitCode.FINISHED
-    assert [r.event for r in sink.records] == ["start", "step", "checkpoint", "step", "verification", "checkpoint"]
+    assert [r.event for r in sink.records] == ["start", "step", "checkpoint", "step", "evaluation", "checkpoint"]
     assert [r.step for r in sink.records[1:]] == [2, 2, 4, 4, 4]
     assert sink.records[-1].path == str(tmp_path / "run" / "checkpoints" / "step-00000004") and sink.closed

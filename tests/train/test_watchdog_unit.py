@@ -87,6 +87,22 @@ def test_fires_at_the_timeout_not_later(setup):
     assert report is not None and "no step progress for 60 s" in report[0], report
 
 
+def test_an_evaluation_longer_than_the_timeout_is_progress_while_its_batches_go_on(setup):
+    """IJB-C during training embeds for minutes inside one step: each batch resets the stall clock;
+    when the batches stop (a hang inside the evaluation), the timeout counts from the last one."""
+    watchdog, clock, peers = setup
+    watchdog.beat(10, "evaluation")
+    for _ in range(int(3 * TIMEOUT_S / ROUND_S)):  # three timeouts of evaluation, a batch every round
+        clock.now += ROUND_S
+        watchdog.working()
+        peers.beat(1, 10, "evaluation")
+        peers.beat(2, 10, "evaluation")
+        assert watchdog.check() is None and not watchdog.stuck(min_seconds=ROUND_S / 2)  # SIGTERM still saves
+    last_batch = clock.now
+    (message, _), fired_at = run_rounds(watchdog, clock, peers, {1: 10, 2: 10})
+    assert fired_at == last_batch + TIMEOUT_S and "no step progress for 60 s" in message, message
+
+
 def test_a_peer_that_beats_but_lags_is_behind_not_silent_and_the_ranks_ahead_are_not_blamed(setup):
     watchdog, clock, peers = setup
     watchdog.beat(10, "forward")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from insightface_reference import calculate_roc_accuracy, eval_ijbc_tar_at_far, kfold_test_indices
 
-from partialfc.eval.protocol import (
+from partialfc.eval.scores import (
     best_threshold,
     grid_verification_accuracy,
     kfold_slices,
