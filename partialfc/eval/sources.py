@@ -5,7 +5,7 @@ whose decoded batches :func:`partialfc.eval.embedder.embed_source` runs through 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+DECODE_THREADS = 4
+"""Threads that decode (and align) each batch: one thread decodes IJB-C's crops at ~2,100/s, slower
+than a GPU embeds them (docs/benchmarks.md)."""
 
 
 class ImageSourceError(ValueError):
@@ -42,20 +45,40 @@ class ImageSource:
     decode: Callable[[list[int]], np.ndarray]  # indices -> uint8 [n, H, W, 3]
     origin: str
 
-    def batches(self, batch_size: int, first: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-        """Decoded batches of images ``first..stop`` in order; the next batch is decoded while the caller
-        embeds this one."""
+    def batches(
+        self, batch_size: int, first: int = 0, stop: int | None = None, threads: int = DECODE_THREADS
+    ) -> Iterator[np.ndarray]:
+        """Decoded batches of images ``first..stop`` in order, one batch ahead of the caller: while it
+        embeds a batch, ``threads`` threads decode the next one in parts (the JPEG decoders and the
+        OpenCV warp release the GIL)."""
         stop = len(self.names) if stop is None else stop
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = None
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+
+            def submit(start: int) -> list[tuple[int, Future[np.ndarray]]]:
+                indices = np.arange(start, min(start + batch_size, stop))
+                parts = np.array_split(indices, min(threads, len(indices)))
+                return [(int(part[0]), pool.submit(self.decode, part.tolist())) for part in parts]
+
+            pending: list[tuple[int, Future[np.ndarray]]] | None = None
             for start in range(first, stop, batch_size):
-                indices = list(range(start, min(start + batch_size, stop)))
-                future = pool.submit(self.decode, indices)
+                submitted = submit(start)
                 if pending is not None:
-                    yield pending.result()
-                pending = future
+                    yield self._join(pending)
+                pending = submitted
             if pending is not None:
-                yield pending.result()
+                yield self._join(pending)
+
+    def _join(self, parts: list[tuple[int, Future[np.ndarray]]]) -> np.ndarray:
+        """One batch from its decoded parts; an image size that differs between parts is named."""
+        decoded = [(index, future.result()) for index, future in parts]
+        shape = decoded[0][1].shape[1:]
+        for index, images in decoded:
+            if images.shape[1:] != shape:
+                raise ImageSourceError(
+                    f"{self.origin}: {self.names[index]} is {images.shape[1]}x{images.shape[2]}, "
+                    f"{self.names[decoded[0][0]]} {shape[0]}x{shape[1]}: the images of a source must share a size"
+                )
+        return np.concatenate([images for _, images in decoded])
 
 
 def _decode_files(root: Path, names: Sequence[str]) -> Callable[[list[int]], np.ndarray]:

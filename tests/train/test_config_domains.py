@@ -21,6 +21,8 @@ FREE_FIELDS = {
     "data.synthetic.path",
     "model.init_from",
     "checkpoint.resume",
+    "eval.ijb.release",
+    "eval.ijb.set",
     "metrics.address",
     "metrics.multiproc_dir",
 }
