@@ -68,6 +68,11 @@ def _rows(path: Path, columns: list[str], what: str) -> Iterator[tuple[int, list
         raise TemplateListError(f"{path}: empty {what} file")
 
 
+def _line_of_record(path: Path, columns: list[str], record: int) -> int:
+    """The line number of record ``record`` (from 0): comments and blank lines are not records."""
+    return next(number for k, (number, _) in enumerate(_rows(path, columns, "list")) if k == record)
+
+
 def _integer_columns(path: Path, columns: list[str], what: str, skip: int = 0) -> tuple[list[list[str]], np.ndarray]:
     """The first ``skip`` columns as strings, the others as an int64 ``[records, len(columns) - skip]`` array."""
     strings: list[list[str]] = [[] for _ in range(skip)]
@@ -100,11 +105,12 @@ def read_image_list(path: str | Path) -> ImageList:
 def read_template_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first template ids, second template ids, labels as bool)."""
     path = Path(path)
-    _, table = _integer_columns(path, ["TEMPLATE_ID", "TEMPLATE_ID", "LABEL"], "template pair list")
+    columns = ["TEMPLATE_ID", "TEMPLATE_ID", "LABEL"]
+    _, table = _integer_columns(path, columns, "template pair list")
     labels = table[:, 2]
     if not np.isin(labels, (0, 1)).all():
         bad = int(np.flatnonzero(~np.isin(labels, (0, 1)))[0])
-        raise TemplateListError(f"{path}: record {bad + 1}: LABEL {labels[bad]} is neither 0 nor 1")
+        raise TemplateListError(f"{path}:{_line_of_record(path, columns, bad)}: LABEL {labels[bad]} is neither 0 nor 1")
     return table[:, 0], table[:, 1], labels.astype(bool)
 
 

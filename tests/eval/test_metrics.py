@@ -126,7 +126,9 @@ def test_bin_verification_compares_directions_not_lengths(tmp_path):
         issame.append(False)
     vset = VerificationSet(write_verification_bin(tmp_path / "norms.bin", images, issame))
     result = evaluate(_ChannelMeans(), vset, 3, torch.device("cpu"), batch_size=6)
-    assert result.accuracy == 1.0 and result.accuracy_std == 0.0
+    # The exact best cut separates every pair; insightface's grid keeps its first best threshold (0.01), which a
+    # short genuine vector's JPEG noise can pass in a held-out fold.
+    assert result.best_cut_accuracy == 1.0 and result.best_cut_accuracy_std == 0.0
     assert result.tar_at_fars[1e-4] == 1.0
     raw_norms = [
         np.linalg.norm(np.round(127.5 + np.array(o)) - 127.5) / 127.5

@@ -82,6 +82,17 @@ def test_both_threshold_rules_match_insightface_calculate_roc(seed):
     assert list(verification_accuracy(1 - distances / 2, same).fold_accuracies) == reference
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_distance_on_a_grid_point_is_not_accepted_there(seed):
+    """insightface accepts a pair when ``distance < threshold``: a distance equal to a grid threshold (the
+    very float of ``np.arange(0, 4, 0.01)``) is rejected at that threshold and accepted at the next."""
+    rng = np.random.default_rng(seed)
+    grid = np.arange(0, 4, 0.01)
+    distances = grid[np.sort(rng.choice(np.arange(40, 360), 40, replace=False))][np.arange(1000) % 40]
+    same = rng.random(1000) < 1 / (1 + np.exp(6 * (distances - 1.6)))
+    assert list(grid_verification_accuracy(distances, same).fold_accuracies) == calculate_roc_accuracy(distances, same)
+
+
 # Twelve pairs, folds [0,1] [2,3] [4] ... [11]. Pair 2 is a negative scoring like the positives (0.75);
 # pair 5 is a negative at exactly 0.5, the threshold the other folds choose for its fold.
 SCORES = np.array([0.75, 0.25, 0.75, 0.25, 0.75, 0.5, 0.75, 0.25, 0.75, 0.25, 0.75, 0.75])
