@@ -15,13 +15,7 @@ from insightface_reference import (
 from partialfc.data.align import ARCFACE_TEMPLATE, align_face, decode_bgr, similarity_transform
 from partialfc.data.synth import HOLDOUT_DIR, VARIATIONS, SyntheticImage
 from partialfc.eval.ijb import open_release, read_release_images, read_subject_csv
-from partialfc.eval.templates import (
-    TemplateListError,
-    aggregate_templates,
-    image_features,
-    read_template_pairs,
-    template_pair_scores,
-)
+from partialfc.eval.templates import TemplateListError, aggregate_templates, image_features, template_pair_scores
 
 pytest.importorskip("cv2")
 
@@ -128,14 +122,3 @@ def test_release_errors_name_file_and_line(tiny_dataset, tmp_path):
     (tmp_path / "meta" / "g.csv").write_text("SUBJECT_ID,TEMPLATE_ID\n1,5\n")
     with pytest.raises(TemplateListError, match=r"g.csv:1: header must start TEMPLATE_ID,SUBJECT_ID"):
         read_subject_csv(tmp_path / "meta" / "g.csv")
-
-
-def test_pair_list_errors_name_the_line_not_the_record(tmp_path):
-    """Comments and blank lines are not records: an error names the line a reader opens the file at."""
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("# template pairs\n1 2 1\n\n3 4 0\n5 6 2\n7 8 0\n")
-    with pytest.raises(TemplateListError, match=r"pairs\.txt:5: LABEL 2 is neither 0 nor 1"):
-        read_template_pairs(pairs)
-    pairs.write_text("# template pairs\n1 2 1\n\n3 x 0\n")
-    with pytest.raises(TemplateListError, match=r"pairs\.txt:4: TEMPLATE_ID 'x' is not an integer"):
-        read_template_pairs(pairs)

@@ -13,7 +13,13 @@ from torch import nn
 from partialfc.data.image import encode_jpeg
 from partialfc.data.verification import VerificationSet, write_verification_bin
 from partialfc.eval.identification import identification_metrics, pooled_closed_set_readout
-from partialfc.eval.templates import TemplateListError, aggregate_templates, read_image_list, template_pair_scores
+from partialfc.eval.templates import (
+    TemplateListError,
+    aggregate_templates,
+    read_image_list,
+    read_template_pairs,
+    template_pair_scores,
+)
 from partialfc.eval.verification import evaluate
 from partialfc.models.input_config import InputConfig
 
@@ -36,14 +42,21 @@ def test_media_are_averaged_before_templates_are_summed():
         template_pair_scores(templates, np.array([7]), np.array([4]), "pairs.txt")
 
 
-def test_image_list_errors_name_file_and_line(tmp_path):
-    path = tmp_path / "tid_mid.txt"
-    path.write_text("a.jpg 1 1\nb.jpg 1\n")
-    with pytest.raises(TemplateListError, match=r"tid_mid.txt:2: expected 3 fields"):
-        read_image_list(path)
-    path.write_text("a.jpg 1 x\n")
-    with pytest.raises(TemplateListError, match=r"tid_mid.txt:1: MEDIA_ID .x. is not an integer"):
-        read_image_list(path)
+@pytest.mark.parametrize(
+    ("reader", "text", "message"),
+    [
+        (read_image_list, "a.jpg 1 1\nb.jpg 1\n", r"list.txt:2: expected 3 fields"),
+        (read_image_list, "a.jpg 1 x\n", r"list.txt:1: MEDIA_ID .x. is not an integer"),
+        # Comments and blank lines are not records: the error names the line a reader opens the file at.
+        (read_template_pairs, "# pairs\n1 2 1\n\n3 4 0\n5 6 2\n", r"list.txt:5: LABEL 2 is neither 0 nor 1"),
+        (read_template_pairs, "# pairs\n1 2 1\n\n3 x 0\n", r"list.txt:4: TEMPLATE_ID 'x' is not an integer"),
+    ],
+)
+def test_list_errors_name_file_and_line(tmp_path, reader, text, message):
+    path = tmp_path / "list.txt"
+    path.write_text(text)
+    with pytest.raises(TemplateListError, match=message):
+        reader(path)
 
 
 def test_open_set_identification_known_answer():
