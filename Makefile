@@ -11,6 +11,9 @@ CONSTRAINTS = docker/constraints.txt
 # torch's pin; on CPU machines its CPU build lies on local disk. Installed before the package so that
 # resolving the package's torch requirement never pulls a multi-GB CUDA build.
 TORCH  ?= $(shell grep '^torch==' $(CONSTRAINTS))
+# Where that torch comes from: on a machine without an NVIDIA GPU and without a local CPU build of it,
+# PyTorch's CPU wheel index, not PyPI's CUDA build (docker/torch-index.sh); TORCH_INDEX= for pip's own choice.
+TORCH_INDEX ?= $(shell PYTHON=$(PYTHON) sh docker/torch-index.sh '$(TORCH)')
 # MXNet is only a test oracle for .rec byte compatibility; it pins numpy<1.24, so it lives in
 # its own venv and is never imported by the package.
 MXNET_VENV ?= .venv-mxnet
@@ -35,7 +38,7 @@ $(PY):
 SETUP_STAMP = $(VENV)/.setup-$(shell echo '$(TORCH)' | cksum | cut -d' ' -f1)
 
 $(SETUP_STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH)"
 	$(PY) -m pip install -q --constraint $(CONSTRAINTS) -e ".[dev,dali]"
 	touch $@
 
@@ -80,7 +83,7 @@ test: setup oracle lint-venv
 install-check:
 	rm -rf $(INSTALL_CHECK_VENV)
 	$(PYTHON) -m venv $(INSTALL_CHECK_VENV)
-	$(INSTALL_CHECK_VENV)/bin/python -m pip install -q --no-compile "$(TORCH)"
+	$(INSTALL_CHECK_VENV)/bin/python -m pip install -q --no-compile $(TORCH_INDEX) "$(TORCH)"
 	PYTHON=$(INSTALL_CHECK_VENV)/bin/python bash docker/install.sh .
 	rm -rf $(INSTALL_CHECK_VENV)
 
