@@ -168,7 +168,17 @@ def _is_schedule(changes: list[str]) -> bool:
 
 
 def _are_meaning_fields(names: list[str]) -> bool:
-    return all(is_meaning_field(name) for name in names)
+    """True, or a ConfigError naming the first other name, the nearest accepted one and every accepted one."""
+    for name in names:
+        if not is_meaning_field(name):
+            accepted = [field for field, _, _ in leaf_fields(Config()) if is_meaning_field(field)]
+            nearest = difflib.get_close_matches(name, accepted, n=1)
+            hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+            raise ConfigError(
+                f"checkpoint.allow_changes: {name!r} is not a field a resume refuses to change{hint}; "
+                f"it accepts: {', '.join(accepted)}"
+            )
+    return True
 
 
 BACKBONES = Domain(lambda name: name in list_models(), f"is not one of {', '.join(list_models())}", "r51")

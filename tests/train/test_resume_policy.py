@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from training_run import make_trainer, run_training, train_args
@@ -138,10 +139,16 @@ def test_an_allowed_change_is_logged_and_recorded(tiny_dataset, tmp_path):
 
 
 def test_allow_changes_names_only_fields_a_resume_refuses():
-    with pytest.raises(ConfigError, match=r"checkpoint\.allow_changes.*eval\.verify\.every_steps"):
-        from partialfc.config import load_config
+    from partialfc.config import load_config
 
+    with pytest.raises(ConfigError, match=r"checkpoint\.allow_changes: 'eval\.verify\.every_steps' is not a field"):
         load_config(None, {"checkpoint.allow_changes": "eval.verify.every_steps"})
+    with pytest.raises(ConfigError) as typo:
+        load_config(None, {"checkpoint.allow_changes": "loss.sample_rat"})
+    assert "(did you mean loss.sample_rate?)" in str(typo.value)
+    accepted = str(typo.value).split("it accepts: ")[1].split(", ")
+    assert {"optim.lr", "optim.name", "train.grad_accum", "loss.combined.m2", "schedule.warmup_epochs"} <= set(accepted)
+    assert "eval.batch_size" not in accepted
 
 
 def test_a_finished_run_started_again_on_another_world_size_trains_nothing(tiny_dataset, tmp_path):
@@ -187,3 +194,14 @@ def test_another_world_size_keeps_the_runs_plan(tiny_dataset, tmp_path):
     assert " step 18/18 " in result.stdout and json.loads((output / "summary.json").read_text())["step"] == 18
     final_lr = float(result.stdout.split(" step 18/18 ")[1].split(" lr ")[1].split()[0])
     assert final_lr == pytest.approx(last_lr * 0.25, rel=1e-3)  # poly(2) at 11.5 of 12 vs 11 of 12: (0.5/1)^2
+
+
+def test_the_operations_guide_lists_every_field_a_resume_refuses_to_change():
+    from partialfc.config import MEANING_FIELDS
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    # A prefix ("schedule.") is named as "schedule.*"; every margin family's as "loss.<family>.*".
+    named = {field + "*" if field.endswith(".") else field for field in MEANING_FIELDS}
+    named = {"loss.<family>.*" if name.startswith("loss.") and name.endswith(".*") else name for name in named}
+    missing = [name for name in sorted(named) if f"`{name}`" not in guide]
+    assert not missing, f"docs/operations.md does not name {missing}"
