@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from partialfc.common.cli import ArgumentParser, error_line
+from partialfc.data.recordio import RecordIOError
 from partialfc.eval.embedder import add_model_options, embed_source, load_embedder
 from partialfc.eval.sources import open_image_source
 
@@ -60,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        source = open_image_source(args.source)  # first: a wrong source is named before the model is loaded
         embedder = load_embedder(args.model, args.device)
-        source = open_image_source(args.source)
         start = time.perf_counter()
         embeddings, _ = embed_source(
             embedder, source, args.batch_size, flip=not args.no_flip, progress=not args.quiet, normalize=not args.raw
         )
         seconds = time.perf_counter() - start
-    except (ValueError, OSError) as err:  # ModelFileError, DatasetError, VerificationError ...
+    except (ValueError, OSError, RecordIOError) as err:  # ModelFileError, ImageSourceError, a corrupt .rec ...
         print(error_line(err), file=sys.stderr)
         return 2
     out = Path(args.out)

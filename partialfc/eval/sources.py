@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from partialfc.data import RecordDataset, VerificationSet
+from partialfc.data.layout import DatasetError
 from partialfc.data.align import align_face, decode_bgr
 from partialfc.data.ijb_layout import META
 from partialfc.data.image import ImageDecodeError, decode_jpeg
@@ -141,7 +142,13 @@ def open_image_source(path: str | Path) -> ImageSource:
         return verification_set_source(VerificationSet(path))
     if path.is_dir() and not any(path.glob("*.rec")):
         return image_folder_source(path)
-    dataset = RecordDataset(path)
+    try:
+        dataset = RecordDataset(path)
+    except DatasetError as err:
+        raise ImageSourceError(
+            f"{path}: no images there: not a folder of JPEGs, an IJB release (with meta/), a verification .bin, "
+            f"or a RecordIO dataset ({err})"
+        ) from None
 
     def decode(indices: list[int]) -> np.ndarray:
         return np.stack([decode_jpeg(dataset.read_image(i)) for i in indices])

@@ -403,3 +403,11 @@ def test_verify_on_insightface_grid_matches_its_evaluate(tiny_dataset, model_fil
     assert ours["accuracy"] == reference  # the published read-out is the accuracy, by default
     cosines = np.sum(embeddings[0::2] * embeddings[1::2], 1)
     assert ours["best_cut_accuracy"] == verification_accuracy(cosines, vset.issame).mean  # the exact one, beside it
+
+
+def test_embed_names_a_missing_source_before_the_model(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    argv = [str(missing), "--model", str(tmp_path / "no-model.pt"), "--out", str(tmp_path / "out")]
+    assert embed.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {missing}: no images there") and "no-model.pt" not in err, err

@@ -59,6 +59,6 @@ def test_the_choice(tmp_path, gpu, local_wheel, via_config, expected):
 def test_the_makefile_installs_torch_through_it():
     makefile = (REPO / "Makefile").read_text()
     assert "TORCH_INDEX ?= $(shell PYTHON=$(PYTHON) sh docker/torch-index.sh '$(TORCH)')" in makefile
-    installs = [line.strip() for line in makefile.splitlines() if 'pip install -q' in line and '"$(TORCH)"' in line]
+    installs = [line.strip() for line in makefile.splitlines() if "pip install -q" in line and '"$(TORCH)"' in line]
     assert installs and all("$(TORCH_INDEX)" in line for line in installs), installs
     assert os.access(REPO / "docker" / "torch-index.sh", os.X_OK)
