@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from partialfc.data import RecordDataset, VerificationSet
-from partialfc.data.layout import DatasetError
 from partialfc.data.align import align_face, decode_bgr
 from partialfc.data.ijb_layout import META
 from partialfc.data.image import ImageDecodeError, decode_jpeg
+from partialfc.data.layout import DatasetError
 from partialfc.eval.ijb import IJBRelease, ReleaseImages, open_release, read_release_images
 
 __all__ = [
