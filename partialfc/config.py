@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import sys
 import types
 import typing
@@ -396,7 +397,10 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation, sampling, shuffling and augmentation", at_least(0))
     deterministic: bool = option(False, "deterministic kernels (slower; bit-identical resume on GPU)")
     log_every: int = option(50, "print a log line every N steps", at_least(1))
-    tensorboard: bool = option(False, "also write TensorBoard scalars (needs the tensorboard package)")
+    tensorboard: bool = option(
+        False,
+        "also write TensorBoard scalars to <output>/tensorboard (needs the extra: pip install 'partialfc[tensorboard]')",
+    )
     ema_decay: float = option(
         0.0,
         "keep an exponential moving average of the backbone weights with this decay (e.g. 0.999; 0: off), "
@@ -534,6 +538,11 @@ class Config:
                 "eval.ijb.release",
                 bool(self.eval.ijb.release) or not {"pairs", "identify"} & set(self.eval.protocols),
                 f"must name an IJB release folder: eval.protocols lists {', '.join(self.eval.protocols)}",
+            ),
+            (
+                "train.tensorboard",
+                not self.train.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+                "needs the tensorboard package, which is not installed: pip install 'partialfc[tensorboard]'",
             ),
             (
                 "train.stall_timeout_s",
