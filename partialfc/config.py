@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch import nn
 
-from partialfc.common.cli import ArgumentParser
+from partialfc.common.cli import ArgumentParser, positive_float, positive_int
 from partialfc.common.distributed import shard_range
 from partialfc.common.exit_codes import help_text
 from partialfc.common.options import (
@@ -749,10 +749,18 @@ def train_argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--world-size",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="W",
         help="with --dry-run: plan for W ranks (default: this launch's world size)",
+    )
+    parser.add_argument(
+        "--device-memory",
+        type=positive_float,
+        default=None,
+        metavar="GiB",
+        help="with --dry-run: say whether the plan fits a device of this many GiB (default: this machine's GPU, "
+        "when it has one)",
     )
     add_config_arguments(parser)
     return parser

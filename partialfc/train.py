@@ -60,7 +60,14 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
     ]
 
 
-def dry_run(config: Config, world_size: int) -> None:
+# Of a device's memory, the share the plan may take: the rest is the CUDA context, the caching allocator's
+# slack and the kernels' workspaces, which the plan does not count.
+PLANNED_SHARE = 0.9
+
+
+def dry_run(config: Config, world_size: int, device_memory: float | None = None) -> None:
+    """The resolved config and the memory plan per rank; whether it fits a device of ``device_memory``
+    GiB (None: this machine's GPU, if it has one)."""
     from partialfc.training.prepare import is_synthetic_target
 
     num_classes = config.data.num_classes
@@ -73,6 +80,11 @@ def dry_run(config: Config, world_size: int) -> None:
             num_classes = RecordDataset(config.data.path).num_classes
         except (DatasetError, OSError) as error:
             raise ConfigError(f"data.path={config.data.path!r}: {error}") from None
+    if world_size > num_classes:
+        raise ConfigError(
+            f"--world-size {world_size} exceeds the {num_classes} classes: every rank must own at least one class "
+            "centre; plan for fewer ranks or more classes"
+        )
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
     print(
         f"# memory plan per rank: W={world_size}, C={num_classes}, global batch {config.data.batch_size * world_size}"
@@ -80,8 +92,29 @@ def dry_run(config: Config, world_size: int) -> None:
     plan = memory_plan(config, num_classes, world_size)
     for name, size in plan:
         print(f"#   {name:<60} {_human_bytes(size):>12}")
-    total = _human_bytes(sum(size for _, size in plan))
-    print(f"#   {'total (without allocator slack and kernel workspaces)':<60} {total:>12}")
+    total = sum(size for _, size in plan)
+    print(f"#   {'total (without allocator slack and kernel workspaces)':<60} {_human_bytes(total):>12}")
+    print(f"# {fit_verdict(total, device_memory)}")
+
+
+def fit_verdict(total: int, device_memory: float | None) -> str:
+    """Whether ``total`` bytes fit ``device_memory`` GiB (None: this machine's first GPU) within PLANNED_SHARE."""
+    if device_memory is None:
+        if not torch.cuda.is_available():
+            return "fits a device: no GPU here to compare with; --device-memory GiB names one"
+        properties = torch.cuda.get_device_properties(0)
+        device_memory, name = properties.total_memory / 2**30, properties.name
+    else:
+        name = "a device"
+    budget = PLANNED_SHARE * device_memory * 2**30
+    share = f"{_human_bytes(total)} of {name}'s {device_memory:g} GiB ({100 * total / (device_memory * 2**30):.1f}%)"
+    if total <= budget:
+        return f"fits: {share}"
+    return (
+        f"does NOT fit: {share}, above the {100 * PLANNED_SHARE:.0f}% the plan may take (the rest: CUDA context, "
+        "allocator slack, workspaces); lower data.batch_size (with train.grad_accum), loss.sample_rate, or plan "
+        "for more ranks"
+    )
 
 
 def _human_bytes(size: int) -> str:
@@ -96,7 +129,7 @@ def main(argv: list[str] | None = None) -> ExitCode:
     try:
         config = config_from_args(args)
         if args.dry_run:
-            dry_run(config, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
+            dry_run(config, args.world_size or int(os.environ.get("WORLD_SIZE", "1")), args.device_memory)
             return ExitCode.FINISHED
         from partialfc.training.trainer import Trainer
 

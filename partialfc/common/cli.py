@@ -58,6 +58,22 @@ class ArgumentParser(argparse.ArgumentParser):
         return "; ".join(parts)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (the parser reports anything else in one line)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def error_line(error: BaseException) -> str:
     """The one-line ``error: …`` a command prints for a runtime failure: an OSError as ``FILE: reason``
     (not Python's ``[Errno 2] …`` with a repr'd path), anything else as its own message."""

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from partialfc.common.cli import positive_int
 from partialfc.common.distributed import all_gather_shards, shard_range
 from partialfc.data.progress import Progress
 from partialfc.eval.sources import ImageSource, ImageSourceError
@@ -206,13 +207,6 @@ def embed_source(
 DEFAULT_MODEL = "runs/quickstart/model.pt"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --batch-size and --device, shared by the embed and eval commands."""
     parser.add_argument(
@@ -220,7 +214,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=128, help="images per forward pass (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass (default 128)")
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",

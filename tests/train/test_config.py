@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from training_run import REPO
 
 from partialfc.config import Config, ConfigError, load_config
@@ -105,6 +106,37 @@ def test_dry_run_prints_config_and_plan(capsys):
         and "backbone activations kept for backward (bf16, 128 images)" in out
         and "total (without allocator slack" in out
     )
+
+
+def test_dry_run_says_whether_the_plan_fits_a_device(capsys):
+    quickstart = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--dry-run"]
+    assert main([*quickstart, "--device-memory", "80"]) == 0
+    assert "\n# fits: 80.85 MiB of a device's 80 GiB (0.1%)\n" in capsys.readouterr().out
+    assert main([*quickstart, "--device-memory", "0.08"]) == 0  # 80.85 MiB > 90% of 81.92 MiB
+    assert "# does NOT fit: 80.85 MiB of a device's 0.08 GiB (98.7%), above the 90%" in capsys.readouterr().out
+    assert main(quickstart) == 0
+    if not torch.cuda.is_available():
+        assert "# fits a device: no GPU here to compare with; --device-memory GiB names one" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--world-size", "-3"], "error: argument --world-size: must be at least 1, got -3"),
+        (["--world-size", "0"], "error: argument --world-size: must be at least 1, got 0"),
+        (["--device-memory", "-1"], "error: argument --device-memory: must be above 0, got -1"),
+        (["--world-size", "1001"], "config error: --world-size 1001 exceeds the 1000 classes"),
+    ],
+)
+def test_dry_run_refuses_a_plan_it_cannot_make_in_one_line(argv, message, capsys):
+    """No traceback: one line naming the option, exit 2."""
+    quickstart = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--dry-run"]
+    try:
+        code = main([*quickstart, *argv])
+    except SystemExit as stop:  # argparse's own refusals end the parser
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
 
 
 def test_dry_run_on_a_mistyped_path_is_a_config_error(tmp_path):
