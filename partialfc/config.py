@@ -399,7 +399,7 @@ class TrainConfig:
     log_every: int = option(50, "print a log line every N steps", at_least(1))
     tensorboard: bool = option(
         False,
-        "also write TensorBoard scalars to <output>/tensorboard (needs the extra: pip install 'partialfc[tensorboard]')",
+        "also write TensorBoard scalars to <output>/tensorboard (the extra: pip install 'partialfc[tensorboard]')",
     )
     ema_decay: float = option(
         0.0,
