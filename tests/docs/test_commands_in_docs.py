@@ -20,3 +20,36 @@ def test_the_dataset_load_starts_only_after_the_volume_owner_job_completed(guide
     for load in re.finditer(r"kubectl apply -f k8s/data/10-load-dataset\.yaml", text):
         before = text[: load.start()]
         assert "wait --for=condition=complete job/partialfc-volume-owner" in before, (guide.name, load.start())
+
+
+def _launcher_section() -> str:
+    text = (REPO / "docs" / "deploy.md").read_text()
+    return text.split("## The launcher", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_launcher_synopsis_shows_every_option_as_its_parser_takes_it():
+    from launcher.__main__ import build_parser
+
+    synopsis = _launcher_section().split("```", 2)[1]
+    for action in build_parser()._actions:
+        for option in action.option_strings:
+            if option in ("-h", "--help"):
+                continue
+            value = action.metavar or "|".join(action.choices or ())
+            shown = option if action.nargs == 0 else f"{option} {value}"
+            assert f"[{shown}]" in synopsis, f"docs/deploy.md's launcher synopsis lacks [{shown}]"
+
+
+def test_the_slurm_row_names_every_variable_the_launcher_reads_there():
+    source = (REPO / "launcher" / "environment.py").read_text()
+    slurm = source.split("def from_slurm", 1)[1].split("\ndef ", 1)[0]
+    read = set(re.findall(r'"((?:SLURM|MASTER)_[A-Z_]+)"', slurm))
+    assert {"SLURM_STEP_NODELIST", "MASTER_ADDR"} <= read, read  # what the row must not leave out again
+    (row,) = [line for line in _launcher_section().splitlines() if line.startswith("| SLURM |")]
+    assert all(f"`{name}`" in row for name in read), sorted(name for name in read if f"`{name}`" not in row)
+
+
+def test_no_guide_says_the_launcher_execs_torchrun():
+    """It stays torchrun's parent (launcher/supervise.py): an exec would lose the restart after a lost store."""
+    for path in [*GUIDES, *sorted((REPO / "launcher").glob("*.py"))]:
+        assert not re.search(r"\bexecs? `?torchrun", path.read_text()), path.name
