@@ -53,3 +53,25 @@ def test_no_guide_says_the_launcher_execs_torchrun():
     """It stays torchrun's parent (launcher/supervise.py): an exec would lose the restart after a lost store."""
     for path in [*GUIDES, *sorted((REPO / "launcher").glob("*.py"))]:
         assert not re.search(r"\bexecs? `?torchrun", path.read_text()), path.name
+
+
+def test_the_alert_table_is_the_rules_file():
+    """docs/observability.md's table lists every alert of k8s/monitoring/partialfc-rules.yaml, with its hold time
+    (`for`, — for none) and severity."""
+    import yaml
+
+    rules = yaml.safe_load((REPO / "k8s" / "monitoring" / "partialfc-rules.yaml").read_text())
+    alerts = {
+        rule["alert"]: (rule.get("for", "—"), rule["labels"]["severity"])
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    text = (REPO / "docs" / "observability.md").read_text()
+    rows = {
+        cells[0].strip("`"): (cells[2], cells[3])
+        for line in text.splitlines()
+        if line.startswith("| `PartialFC")
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    assert rows == alerts
