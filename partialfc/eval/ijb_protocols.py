@@ -122,10 +122,11 @@ class IJBProtocol(EvalProtocol[IJBSource]):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--data",
-            default=str(DEFAULT_DATA / HOLDOUT_DIR),
+            default=None,
             help="IJB-B/C release folder: loose_crop/ (or images/) and meta/ with <set>_name_5pts_score.txt, "
             "<set>_face_tid_mid.txt, <set>_template_pair_label.txt and the 1:N CSVs "
-            f"(default: {DEFAULT_DATA / HOLDOUT_DIR}, the synthetic hold-out written by the generator)",
+            f"(default with --model: {DEFAULT_DATA / HOLDOUT_DIR}, the synthetic hold-out written by the "
+            "generator; with --embeddings: required, the release they were made from)",
         )
         parser.add_argument(
             "--set",
@@ -162,8 +163,13 @@ class IJBProtocol(EvalProtocol[IJBSource]):
             out = Path(args.out)
         else:
             out = (Path(args.embeddings).parent if args.embeddings else Path(args.model).parent) / "eval"
+        if args.embeddings and args.data is None:
+            raise ValueError(
+                f"--embeddings {args.embeddings} needs --data RELEASE, the release those embeddings were made from"
+            )
         mode = TemplateMode(args.flip, args.norm_score, args.detector_score)
-        return cls(args.batch_size, mode, out, progress=not args.quiet), [IJBSource.open(args.data, args.set)]
+        release = IJBSource.open(args.data or DEFAULT_DATA / HOLDOUT_DIR, args.set)
+        return cls(args.batch_size, mode, out, progress=not args.quiet), [release]
 
     @classmethod
     def embedder_from_arguments(cls, args: argparse.Namespace) -> Embedder | StoredEmbeddings:

@@ -198,6 +198,8 @@ def test_pairs_and_identify_from_model_or_embeddings(tiny_dataset, model_file, t
 
     assert eval_cli.main(["identify", "--embeddings", str(prefix), "--data", str(tmp_path), "--quiet"]) == 2
     assert "no meta/ folder" in capsys.readouterr().err
+    assert eval_cli.main(["pairs", "--embeddings", str(prefix), "--quiet"]) == 2  # the default release is a guess
+    assert f"--embeddings {prefix} needs --data RELEASE" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", [[], ["--no-flip", "--no-norm-score", "--no-detector-score"]])
