@@ -35,7 +35,8 @@ SIMPLEJPEG_VERSION=1.9.0
 PYTEST_TIMEOUT_VERSION=2.4.0
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
-  # cp312 manylinux wheels for the device machine; pure-Python pytest-timeout gives per-test limits there.
+  # cp312 manylinux wheels for a GPU machine without PyPI access (Python 3.12); pytest-timeout gives
+  # per-test limits there.
   mkdir -p .whl
   exec "${PYTHON:-python3}" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
