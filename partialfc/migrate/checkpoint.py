@@ -52,7 +52,14 @@ from partialfc.training.train_state import LoaderEpoch, RNGState, TrainProgress
 __all__ = ["MigratedRun", "migrate_checkpoint", "read_rank_files"]
 
 FILE = re.compile(r"checkpoint_gpu_(\d+)\.pt")
-SAVED = ("epoch", "global_step", "state_dict_backbone", "state_dict_softmax_fc", "state_optimizer", "state_lr_scheduler")
+SAVED = (
+    "epoch",
+    "global_step",
+    "state_dict_backbone",
+    "state_dict_softmax_fc",
+    "state_optimizer",
+    "state_lr_scheduler",
+)
 """The keys of train_v2.py's checkpoint dict."""
 
 CENTRE_STATE = {"momentum_buffer": "optim_momentum", "exp_avg": "optim_exp_avg", "exp_avg_sq": "optim_exp_avg_sq"}
@@ -228,7 +235,9 @@ def _param_groups(first: RankFile, config: Config, backbone_params: int) -> list
         )
     family = "adamw" if "betas" in groups[0] else "sgd"
     if family != config.optim.name:
-        raise MigrationError(f"{first.path}: their optimizer is {family}, this config's optim.name is {config.optim.name}")
+        raise MigrationError(
+            f"{first.path}: their optimizer is {family}, this config's optim.name is {config.optim.name}"
+        )
     return ids
 
 

@@ -420,4 +420,3 @@ def _attributed(error: ConfigError, arcface: ArcfaceConfig, origin: dict[str, st
         return MigrationError(f"{arcface.job}: {message}")
     key = origin[named[0]]
     return _refused_at(arcface.keys[key], key, f"as {named[0]}: {message}")
-

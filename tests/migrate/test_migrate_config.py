@@ -38,16 +38,31 @@ def migrate_job(folder: Path, body: str, capsys, base: Path = CONFIGS / "base.py
 
 # (key, value, the fields it sets and their values here, a note it prints); values differ from base.py's.
 CARRIED = [
-    ("margin_list", (1.0, 0.0, 0.4), {"loss.family": "combined", "loss.combined.m1": 1.0, "loss.combined.m3": 0.4}, None),
+    (
+        "margin_list",
+        (1.0, 0.0, 0.4),
+        {"loss.family": "combined", "loss.combined.m1": 1.0, "loss.combined.m3": 0.4},
+        None,
+    ),
     ("margin_list", (1.0, 0.3, 0.2), {"loss.combined.m2": 0.3, "loss.combined.m3": 0.2}, None),
     *[
         ("network", name, {"model.backbone": name}, None)
         for name in ("r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large")
     ],
     ("network", "vit_t", {"model.backbone": "vit_t", "model.drop_path": 0.1, "model.mask_ratio": 0.1}, None),
-    ("network", "vit_t_dp005_mask0", {"model.backbone": "vit_t", "model.drop_path": 0.05, "model.mask_ratio": 0.0}, None),
+    (
+        "network",
+        "vit_t_dp005_mask0",
+        {"model.backbone": "vit_t", "model.drop_path": 0.05, "model.mask_ratio": 0.0},
+        None,
+    ),
     ("network", "vit_s", {"model.backbone": "vit_s", "model.drop_path": 0.1, "model.mask_ratio": 0.1}, None),
-    ("network", "vit_s_dp005_mask_0", {"model.backbone": "vit_s", "model.drop_path": 0.05, "model.mask_ratio": 0.0}, None),
+    (
+        "network",
+        "vit_s_dp005_mask_0",
+        {"model.backbone": "vit_s", "model.drop_path": 0.05, "model.mask_ratio": 0.0},
+        None,
+    ),
     ("network", "vit_b", {"model.backbone": "vit_b", "model.drop_path": 0.1, "model.mask_ratio": 0.1}, None),
     (
         "network",
@@ -71,6 +86,7 @@ CARRIED = [
     ("sample_rate", 0, {"loss.sample_rate": 0.0}, None),  # positives only, there and here
     ("interclass_filtering_threshold", 0.4, {"loss.interclass_filtering_threshold": 0.4}, None),
     ("fp16", True, {"train.amp": "fp16"}, None),
+    ("fp16", False, {"train.amp": "none"}, None),  # float32: this trainer's default is bf16
     ("batch_size", 64, {"data.batch_size": 64}, None),
     ("optimizer", "adamw", {"optim.name": "adamw"}, None),
     ("lr", 0.2, {"optim.lr": 0.2}, None),
@@ -118,7 +134,9 @@ def test_each_key_alone_is_carried_to_its_field(tmp_path, capsys, key, value, ex
 
 def test_gradient_accumulation_keeps_adamws_lr_and_weight_decay(tmp_path, capsys):
     code, out, _, err = migrate_job(
-        tmp_path, "config.optimizer = 'adamw'\nconfig.lr = 0.001\nconfig.weight_decay = 0.1\nconfig.gradient_acc = 12\n", capsys
+        tmp_path,
+        "config.optimizer = 'adamw'\nconfig.lr = 0.001\nconfig.weight_decay = 0.1\nconfig.gradient_acc = 12\n",
+        capsys,
     )
     assert code == 0, err
     fields = fields_of(out)
@@ -159,7 +177,9 @@ def test_each_key_that_cannot_be_carried_exits_2_naming_it(tmp_path, capsys, key
     code, out, stdout, err = migrate_job(tmp_path, f"config.{key} = {value!r}\n", capsys)
     assert code == 2
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"python -m partialfc.migrate: error: {tmp_path / 'job.py'} line {LINE}: config.{key}={value!r}: ")
+    assert err.startswith(
+        f"python -m partialfc.migrate: error: {tmp_path / 'job.py'} line {LINE}: config.{key}={value!r}: "
+    )
     assert reason in err, err
     assert not out.exists() and not stdout
 
@@ -191,8 +211,10 @@ def small_dataset(tmp_path_factory) -> Path:
         ("config.num_classes = 93431\nconfig.num_image = 33\n", 2, "config.num_classes=93431: the dataset at rec="),
     ],
 )
-def test_num_image_and_num_classes_must_match_a_dataset_readable_here(tmp_path, capsys, small_dataset, body, code, message):
-    result, out, _, err = migrate_job(tmp_path, f"config.rec = {str(small_dataset)!r}\n{body}", capsys)
+def test_num_image_and_num_classes_must_match_a_dataset_readable_here(
+    tmp_path, capsys, small_dataset, body, code, message
+):
+    result, _, _, err = migrate_job(tmp_path, f"config.rec = {str(small_dataset)!r}\n{body}", capsys)
     assert result == code and message in err, err
     assert "not checked" not in err
 

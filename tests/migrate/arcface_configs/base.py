@@ -1,4 +1,4 @@
-"""Defaults every job config here is merged onto, written like arcface_torch's configs/base.py (same keys, same values)."""
+"""What every job config here is merged onto, written like arcface_torch's configs/base.py (its keys and values)."""
 
 from easydict import EasyDict as edict
 
