@@ -66,7 +66,11 @@ class Context:
 
     @property
     def grad_accum(self) -> int:
-        return int(self.arcface.value("gradient_acc", 1))
+        """``gradient_acc``, which other keys' rules divide or multiply by (refused unless a count >= 1)."""
+        value = self.arcface.value("gradient_acc", 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _refused_at(self.arcface.keys["gradient_acc"], "gradient_acc", "must be a whole number >= 1")
+        return value
 
     @property
     def sgd(self) -> bool:
@@ -109,6 +113,12 @@ def _per_step(name: str) -> Rule:
     return rule
 
 
+def _number(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Refused("must be a number")
+    return value
+
+
 def _switch(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Refused("must be True or False")
@@ -144,16 +154,17 @@ NETWORKS: dict[str, dict[str, Any]] = {
 def _network(value: Any, context: Context) -> dict[str, Any]:
     if value == "r2060":
         raise Refused("iresnet2060 has no backbone here; the IResNets here are r18, r34, r50, r100 and r200")
-    if value not in NETWORKS:
+    if not isinstance(value, str) or value not in NETWORKS:
         raise Refused(f"not a network of arcface_torch's get_model; those carried are {', '.join(NETWORKS)}")
     return NETWORKS[value]
 
 
 def _resume(value: Any, context: Context) -> dict[str, Any]:
     if _switch(value):
+        output = context.arcface.value("output")
         context.notes.append(
-            "config.resume=True: their run resumes from checkpoint_gpu_*.pt in its output; carry those with "
-            "`python -m partialfc.migrate checkpoint OUTPUT --config THIS.yaml --out RUN_DIR`"
+            f"config.resume=True: their run resumes from checkpoint_gpu_*.pt in {output}; carry those with "
+            f"`python -m partialfc.migrate checkpoint {output} --config <this YAML> --out RUN_DIR`"
         )
     # auto starts a new run where the run directory holds no checkpoint, and resumes this trainer's own restarts.
     return {"checkpoint.resume": "auto"}
@@ -193,12 +204,12 @@ def _optimizer(value: Any, context: Context) -> dict[str, Any]:
 
 def _lr(value: Any, context: Context) -> dict[str, Any]:
     scale = context.grad_accum if context.sgd else 1
-    return {"optim.lr": value * scale if scale > 1 else value}
+    return {"optim.lr": _number(value) * scale if scale > 1 else value}
 
 
 def _weight_decay(value: Any, context: Context) -> dict[str, Any]:
     scale = context.grad_accum if context.sgd else 1
-    return {"optim.weight_decay": value / scale if scale > 1 else value}
+    return {"optim.weight_decay": _number(value) / scale if scale > 1 else value}
 
 
 def _momentum(value: Any, context: Context) -> dict[str, Any]:
@@ -213,7 +224,7 @@ def _momentum(value: Any, context: Context) -> dict[str, Any]:
 
 
 def _grad_accum(value: Any, context: Context) -> dict[str, Any]:
-    if value > 1 and context.sgd:
+    if context.grad_accum > 1 and context.sgd:
         context.notes.append(
             f"config.gradient_acc={value} with SGD: {TRAIN_V2} sums the batches' gradients, this trainer averages "
             f"them, so optim.lr is lr x {value} and optim.weight_decay is weight_decay / {value} (the same update)"

@@ -61,6 +61,7 @@ _KINDS: dict[type[ast.AST], str] = {
     ast.Dict: "a dict",
     ast.ListComp: "a comprehension",
     ast.AugAssign: "an augmented assignment",
+    ast.AnnAssign: "an annotated assignment",
 }
 
 
@@ -83,11 +84,6 @@ class ArcfaceConfig:
 
     job: Path
     keys: dict[str, Assignment]
-
-    @property
-    def name(self) -> str:
-        """The config's module name (their ``work_dirs/<name>``)."""
-        return self.job.stem
 
     def value(self, key: str, default: Any = None) -> Any:
         return self.keys[key].value if key in self.keys else default
@@ -152,7 +148,8 @@ class _Reader:
             if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
                 self._assign(statement, statement.targets[0])
                 continue
-            raise self.refuse(statement, _KINDS.get(type(statement), f"a {type(statement).__name__} statement"))
+            shown = statement.value if isinstance(statement, ast.Expr) else statement  # a call on its own line
+            raise self.refuse(statement, _KINDS.get(type(shown), f"a statement ({type(shown).__name__})"))
         if not self.created:
             raise MigrationError(f"{self.path}: defines no `{_OBJECT} = edict()` (the config get_config reads)")
         return self.keys
@@ -213,7 +210,7 @@ class _Reader:
                 return _BINARY[type(node.op)](left, right)
             except ArithmeticError as error:
                 raise MigrationError(f"{self.path} line {node.lineno}: {error}") from None
-        raise self.refuse(node, _KINDS.get(type(node), f"a {type(node).__name__} expression"))
+        raise self.refuse(node, _KINDS.get(type(node), f"an expression ({type(node).__name__})"))
 
     def _number(self, node: ast.expr) -> int | float:
         value = self._evaluate(node)

@@ -5,11 +5,14 @@ YAML files that load and pass the training command's --dry-run."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from training_run import REPO
 
 from partialfc.common.exit_codes import ExitCode
 from partialfc.config import leaf_fields, load_config
@@ -77,7 +80,7 @@ CARRIED = [
         None,
     ),
     ("network", "vit_h", {"model.backbone": "vit_h", "model.drop_path": 0.1, "model.mask_ratio": 0.0}, None),
-    ("resume", True, {"checkpoint.resume": "auto"}, "python -m partialfc.migrate checkpoint"),
+    ("resume", True, {"checkpoint.resume": "auto"}, "python -m partialfc.migrate checkpoint ms1mv3_arcface_r50 "),
     ("save_all_states", True, {}, None),
     ("output", "work_dirs/mine", {"output": "work_dirs/mine"}, None),
     ("output", None, {"output": "work_dirs/job"}, None),
@@ -166,6 +169,9 @@ REFUSED = [
     ("verbose", 2.5, "must be a whole number of steps"),
     ("val_targets", "lfw", "must be a list of .bin names"),
     ("lr_name", "poly", "not a key train_v2.py reads"),
+    ("gradient_acc", 0, "must be a whole number >= 1"),
+    ("network", ["r50"], "not a network of arcface_torch's get_model"),
+    ("lr", "fast", "as optim.lr: optim.lr: expected float, got 'fast'"),
     ("batch_size", 0, "as data.batch_size: data.batch_size=0 must be >= 1"),
     ("margin_list", (0.5, 0.5, 0.0), "as loss.combined.m1: loss.combined.m1=0.5 must be >= 1"),
     ("num_epoch", 0, "as train.epochs: train.epochs=0.0 or train.max_steps must be > 0"),
@@ -356,3 +362,15 @@ def test_every_option_of_the_command_is_explained():
         assert command.description, name
         for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest}"
+
+
+def test_the_command_runs_as_a_module(tmp_path):
+    out = tmp_path / "ms1mv3_r50.yaml"
+    command = [sys.executable, "-m", "partialfc.migrate", "config", str(CONFIGS / "ms1mv3_r50.py"), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stderr
+    assert fields_of(out)["model.backbone"] == "r50"
+    assert result.stderr.splitlines() == [
+        "python -m partialfc.migrate: note: config.num_image=5179510 not checked: "
+        "rec='/train_tmp/ms1m-retinaface-t1' does not exist here"
+    ]

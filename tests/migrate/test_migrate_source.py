@@ -70,6 +70,8 @@ def test_arithmetic_on_the_files_own_earlier_values(tmp_path, body, value):
         ("config.lr = 10 ** 100\n", 4, "an exponent above 64"),
         ("config.val_targets = {'lfw': 1}\n", 4, "a dict"),
         ("config.lr += 0.1\n", 4, "an augmented assignment"),
+        ("print(config)\n", 4, "a function call"),
+        ("config.lr = 0.1\ndel config.lr\n", 5, "a statement (Delete)"),
         ("config = dict()\n", 4, "`config = ...` other than `config = edict()`"),
     ],
 )
