@@ -132,7 +132,7 @@ def test_each_key_alone_is_carried_to_its_field(tmp_path, capsys, key, value, ex
     assert {name: fields[name] for name in expected} == expected
     cited = [line for line in out.read_text().splitlines() if f"# config.{key} (" in line]
     assert bool(cited) == bool(expected)  # a key carried as nothing names no field
-    assert (note or "note:") in err if note else "note:" not in err, err
+    assert (note in err) if note else ("note:" not in err), err
 
 
 def test_gradient_accumulation_keeps_adamws_lr_and_weight_decay(tmp_path, capsys):
