@@ -56,6 +56,7 @@ from partialfc.data import RecordDataset
 from partialfc.data.loaders import LoaderParams, PlannedLoader, build_loader
 from partialfc.metrics import MetricsConfig
 from partialfc.models import InputConfig, create_model, list_models
+from partialfc.models.registry import factory_options
 from partialfc.models.precision import DTYPES
 
 __all__ = ["Config", "ConfigError", "OptimConfig", "add_config_arguments", "config_from_args", "load_config", "to_dict"]
@@ -244,28 +245,69 @@ class DataConfig:
         return build_loader(dataset, params, backend=self.backend, device_id=device_id, num_workers=self.num_workers)
 
 
+# model.drop_path and model.mask_ratio: a rate, or -1 for the value the backbone's factory presets.
+RATE_OR_PRESET = Domain(lambda value: value == -1 or 0 <= value < 1, "must be in [0, 1), or -1 (the preset's)", 1.0)
+
+
 @dataclass
 class ModelConfig:
     backbone: str = option(
-        "r50", "backbone name from the registry (r18, r34, r50, r100, r200, mbf, tiny, ...)", BACKBONES
+        "r50",
+        "backbone name from the registry (r18, r34, r50, r100, r200, mbf, mbf_large, vit_t, vit_s, vit_b, vit_l, "
+        "vit_h, tiny, ...)",
+        BACKBONES,
     )
     embedding_size: int = option(512, "embedding dimension D", at_least(1))
     dropout: float = option(0.0, "dropout before the embedding layer", interval(0, 1))
+    drop_path: float = option(
+        -1.0,
+        "stochastic depth, ViT only: the last block's residual branches are dropped per sample at this rate "
+        "(rising linearly from 0 at the first), in training only; -1: the backbone's preset (vit_t/s/b/h 0.1, "
+        "vit_l 0.05, as arcface_torch's get_model); other backbones take -1 or 0",
+        RATE_OR_PRESET,
+    )
+    mask_ratio: float = option(
+        -1.0,
+        "patch masking, ViT only: the fraction of each image's 144 patch tokens dropped before the blocks, in "
+        "training only; -1: the backbone's preset (0.1; vit_h 0); other backbones take -1 or 0",
+        RATE_OR_PRESET,
+    )
     channels_last: bool = option(True, "channels_last memory format on GPU (ignored on CPU)")
     compile: bool = option(
         False, "torch.compile the backbone (first steps pay the compilation; see docs/benchmarks.md)"
     )
     init_from: str = option(
         "",
-        "fine-tune: start the backbone from this model.pt of partialfc or insightface backbone.pth (same key "
-        "names, strict); the classifier starts fresh; ignored when a checkpoint is resumed",
+        "fine-tune: start the backbone from this model.pt of partialfc or a bare state dict as arcface_torch saves "
+        "it (its model.pt, a released backbone.pth), which must be recognised as model.backbone (strict); the "
+        "classifier starts fresh; ignored when a checkpoint is resumed",
         FREE,
     )
+
+    def backbone_options(self) -> dict[str, float]:
+        """The factory's keyword options this section sets; ConfigError names a field the backbone does not take.
+
+        A field at -1 is left out, so that the factory applies its preset.
+        """
+        options = {"dropout": self.dropout}
+        accepted = factory_options(self.backbone)
+        for name in ("drop_path", "mask_ratio"):
+            value = getattr(self, name)
+            if value == -1 or (value == 0 and name not in accepted):
+                continue
+            if name not in accepted:
+                takers = ", ".join(model for model in list_models() if name in factory_options(model))
+                raise ConfigError(
+                    f"model.{name}={value!r}: backbone {self.backbone!r} has no {name} (backbones that do: "
+                    f"{takers}); leave it at -1 or 0"
+                )
+            options[name] = value
+        return options
 
     def build(self, device: torch.device) -> nn.Module:
         """The backbone on ``device`` (channels_last on GPU when asked); compiling is the trainer's,
         after it has copied the weights it averages."""
-        backbone = create_model(self.backbone, embedding_size=self.embedding_size, dropout=self.dropout).to(device)
+        backbone = create_model(self.backbone, embedding_size=self.embedding_size, **self.backbone_options()).to(device)
         if self.channels_last_on(device):
             # Module.to takes memory_format (torch's stub lists only its device/dtype overloads)
             backbone = backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

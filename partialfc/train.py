@@ -55,7 +55,9 @@ def memory_plan(config: Config, num_classes: int, world_size: int) -> list[tuple
         ("backbone weights + gradients + optimizer state", backbone_params * 4 * (1 + backbone_states)),
         (
             f"backbone activations kept for backward ({config.train.amp}, {config.data.batch_size} images)",
-            activation_bytes(config.model.backbone, dim, config.train.amp, config.data.batch_size),
+            activation_bytes(
+                config.model.backbone, dim, config.train.amp, config.data.batch_size, config.model.backbone_options()
+            ),
         ),
     ]
 

@@ -7,7 +7,7 @@ L2-normalised; the margin loss normalises). Mixed precision: wrap the forward in
 """
 
 # The model modules are imported for their @register_model side effect.
-from partialfc.models import face_resnet, iresnet, mobilefacenet, tiny  # noqa: F401
+from partialfc.models import face_resnet, iresnet, mobilefacenet, tiny, vit  # noqa: F401
 from partialfc.models.input_config import InputConfig, input_config_of
 from partialfc.models.registry import create_model, list_models, register_model
 

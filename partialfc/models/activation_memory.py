@@ -11,6 +11,8 @@ same bytes (tests/models/test_activation_memory.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -40,10 +42,15 @@ def saved_bytes(model: nn.Module, images: torch.Tensor, amp: str) -> int:
     return sum(saved.values())
 
 
-def activation_bytes(backbone: str, embedding_size: int, amp: str, batch: int) -> int:
-    """Bytes a training forward of ``batch`` images keeps for backward (fake tensors: no memory, no compute)."""
+def activation_bytes(
+    backbone: str, embedding_size: int, amp: str, batch: int, options: Mapping[str, object] | None = None
+) -> int:
+    """Bytes a training forward of ``batch`` images keeps for backward (fake tensors: no memory, no compute).
+
+    ``options`` go to the backbone's factory: those that shape a training forward (a ViT's patch masking
+    keeps fewer tokens through its blocks) change the figure."""
     with FakeTensorMode():
-        model = create_model(backbone, embedding_size=embedding_size)
+        model = create_model(backbone, embedding_size=embedding_size, **(options or {}))
         size = input_config_of(model).size
         one, two = (saved_bytes(model, torch.empty(n, 3, *size), amp) for n in (2, 4))
     per_image = (two - one) // 2

@@ -2,10 +2,13 @@
 
 A ``torch.save`` of ``{"backbone": registry name, "embedding_size": int, "state_dict": weights}``
 (:data:`MODEL_KEYS`), readable with ``torch.load(weights_only=True)``. The trainer saves it
-(:func:`save_model`), inference opens it (:func:`load_model`), fine-tuning starts from it or from a
-bare state dict such as insightface's ``backbone.pth`` (:func:`init_from`), and an ONNX export
-carries the same facts as metadata (:func:`onnx_metadata`, :func:`read_onnx_input_config`). It lives
-here, not in a command, so the trainer and the commands share one reader and one set of errors.
+(:func:`save_model`), inference opens it (:func:`load_model`), fine-tuning starts from it
+(:func:`init_from`), and an ONNX export carries the same facts as metadata (:func:`onnx_metadata`,
+:func:`read_onnx_input_config`). Every reader also takes a bare state dict as arcface_torch's
+``train_v2.py`` writes it (``torch.save(backbone.state_dict())``: its ``model.pt``, a released
+``backbone.pth``); the backbone and embedding size are recognised from its keys and shapes
+(:mod:`partialfc.models.recognise`). It lives here, not in a command, so the trainer and the
+commands share one reader and one set of errors.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 from torch import nn
 
 from partialfc.models import create_model
 from partialfc.models.input_config import InputConfig, input_config_of
+from partialfc.models.recognise import UnrecognisedWeights, fitting_backbones, layout_difference, recognise_backbone
 
 __all__ = [
     "MODEL_KEYS",
@@ -49,7 +54,7 @@ class WeightsMismatch(ValueError):
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A ``model.pt`` opened: the backbone (eval mode, CPU), its registry name and embedding size."""
+    """A model file opened: the backbone (eval mode, CPU), its registry name and embedding size."""
 
     backbone: nn.Module
     name: str
@@ -86,11 +91,11 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> No
         )
 
 
-def _is_model_file(saved: object) -> bool:
+def _is_model_file(saved: object) -> TypeGuard[dict]:
     return isinstance(saved, dict) and all(key in saved for key in MODEL_KEYS)
 
 
-def _is_state_dict(saved: object) -> bool:
+def _is_state_dict(saved: object) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(saved, dict) and all(isinstance(value, torch.Tensor) for value in saved.values())
 
 
@@ -98,9 +103,8 @@ def _fit_description(saved: dict) -> str:
     return f"weights do not fit backbone {saved['backbone']!r} with embedding size {saved['embedding_size']}"
 
 
-def load_model(path: str | Path) -> TrainedModel:
-    """The backbone of a ``model.pt``, with strict key matching; every failure is a :class:`ModelFileError`."""
-    path = Path(path)
+def _read(path: Path) -> object:
+    """``torch.load`` of a model file (weights only); a file that is not one is a :class:`ModelFileError`."""
     if path.is_dir():
         inside = path / "model.pt"
         hint = (
@@ -113,41 +117,78 @@ def load_model(path: str | Path) -> TrainedModel:
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
         raise ModelFileError(f"{path}: no such model file{where}")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise ModelFileError(
             f"{path}: not a model.pt written by partialfc.train: {' '.join(str(err).split())[:300]}"
         ) from None
+
+
+def load_model(path: str | Path, backbone: str | None = None) -> TrainedModel:
+    """The backbone of a ``model.pt`` or of a bare state dict, with strict key matching; every failure is a
+    :class:`ModelFileError`.
+
+    A bare state dict's backbone is recognised from its keys and shapes; ``backbone`` (a registry name)
+    says which it is where several registered backbones fit alike. A ``model.pt`` names its own, which
+    ``backbone``, if given, must equal.
+    """
+    path = Path(path)
+    saved = _read(path)
     if saved and _is_state_dict(saved):
-        raise ModelFileError(
-            f"{path}: a bare state_dict ({len(saved)} tensors, e.g. {next(iter(saved))!r}), such as insightface's "
-            "backbone.pth: it does not say which backbone or embedding size it is. Start a run from it with "
-            f"`python -m partialfc.train --model.init_from {path} --model.backbone NAME`; that run's model.pt "
-            "then works here"
-        )
-    if not _is_model_file(saved):
+        try:
+            recognised = recognise_backbone(saved, backbone)
+        except UnrecognisedWeights as err:
+            raise ModelFileError(f"{path}: a bare state dict: {err}") from None
+        name, embedding_size, weights = recognised.name, recognised.embedding_size, saved
+    elif _is_model_file(saved):
+        name, embedding_size, weights = str(saved["backbone"]), int(saved["embedding_size"]), saved["state_dict"]
+        if backbone is not None and backbone != name:
+            raise ModelFileError(f"{path}: holds backbone {name!r}, not {backbone!r} (--backbone)")
+    else:
         found = (
             (f"keys {sorted(map(str, saved))[:8]}" + (" ..." if len(saved) > 8 else ""))
             if isinstance(saved, dict)
             else type(saved).__name__
         )
         raise ModelFileError(
-            f"{path}: not a model.pt written by partialfc.train (keys {list(MODEL_KEYS)}); found {found}"
+            f"{path}: not a model.pt written by partialfc.train (keys {list(MODEL_KEYS)}); found {found}; "
+            "nor a bare state dict (tensors only, as arcface_torch saves its backbone)"
         )
     try:
-        model = create_model(str(saved["backbone"]), int(saved["embedding_size"]))
+        model = create_model(name, embedding_size)
     except ValueError as err:
         raise ModelFileError(f"{path}: {err}") from None
     try:
-        load_strict(model, saved["state_dict"])
+        load_strict(model, weights)
     except WeightsMismatch as err:
-        raise ModelFileError(f"{path}: {_fit_description(saved)}: {err}") from None
-    return TrainedModel(model.eval(), str(saved["backbone"]), int(saved["embedding_size"]))
+        raise ModelFileError(
+            f"{path}: weights do not fit backbone {name!r} with embedding size {embedding_size}: {err}"
+        ) from None
+    return TrainedModel(model.eval(), name, embedding_size)
+
+
+def _bare_fit(path: Path, saved: dict[str, torch.Tensor], name: str, embedding_size: int) -> str:
+    """The strict-load error prefix for a bare state dict given to a job of backbone ``name``; a
+    :class:`ModelFileError` when it is recognised as another backbone or embedding size."""
+    fits = fitting_backbones(saved)
+    own = next((fit for fit in fits if fit.name == name), None)
+    if own is not None and own.embedding_size != embedding_size:
+        raise ModelFileError(
+            f"{path}: a bare state dict of {name!r} with embedding size {own.embedding_size}; this job has "
+            f"model.embedding_size={embedding_size}"
+        )
+    if own is None and fits:
+        found = " or ".join(f"{fit.name!r} (embedding size {fit.embedding_size})" for fit in fits)
+        raise ModelFileError(
+            f"{path}: a bare state dict of backbone {found}; this job has model.backbone={name!r}: "
+            f"{layout_difference(name, saved)}"
+        )
+    return f"does not fit model.backbone={name!r}"
 
 
 def init_from(path: Path, backbone: nn.Module, name: str, embedding_size: int) -> None:
     """Fine-tuning: load ``backbone`` (registry ``name``, ``embedding_size``) from a ``model.pt`` of the
-    same backbone or from a bare state dict with its key names, strictly; the file is read once."""
+    same backbone or from a bare state dict recognised as it, strictly; the file is read once."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, pickle.UnpicklingError, RuntimeError, EOFError) as error:
@@ -160,7 +201,7 @@ def init_from(path: Path, backbone: nn.Module, name: str, embedding_size: int) -
             )
         weights, fit = saved["state_dict"], _fit_description(saved)
     elif _is_state_dict(saved):
-        weights, fit = saved, f"does not fit model.backbone={name!r}"
+        weights, fit = saved, _bare_fit(path, saved, name, embedding_size)
     else:
         raise ModelFileError(
             f"{path}: neither a partialfc model.pt (keys {list(MODEL_KEYS)}) nor a "

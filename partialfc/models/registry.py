@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import TypedDict
 
@@ -35,6 +36,20 @@ def register_model(factory: ModelFactory) -> ModelFactory:
 def list_models() -> list[str]:
     """Registered model names, sorted."""
     return sorted(_REGISTRY)
+
+
+def factory_options(name: str) -> frozenset[str]:
+    """The keyword options backbone ``name``'s factory declares (``**options: Unpack[...Options]``), so that
+    a config can refuse an option a backbone would not use, naming the field."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    declared = typing.get_type_hints(factory).get("options")
+    if declared is None:
+        return frozenset()
+    (options,) = typing.get_args(declared)
+    return frozenset(options.__required_keys__ | options.__optional_keys__)
 
 
 def create_model(name: str, embedding_size: int = 512, **kwargs: object) -> nn.Module:

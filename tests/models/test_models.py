@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
+from arcface_torch_reference import IRESNET_LAYERS, iresnet_layout, mbf_layout, random_state_dict
 from torch import nn
 
 from partialfc.models import create_model, list_models, register_model
 
 SIZE = 112
-# Deeper siblings of r18 / mbf / face_resnet20: the same modules and code paths with more blocks,
-# seconds to tens of seconds per CPU pass each. Behaviour is checked on their shallow siblings; their
-# layout (every key and shape) is checked on the meta device below.
-HEAVY = {"r34", "r50", "r100", "r200", "mbf_large", "face_resnet36", "face_resnet64"}
-# arcface_torch's blocks per stage (backbones/iresnet.py: iresnet18 .. iresnet200).
-IRESNET_LAYERS = {
-    "r18": [2, 2, 2, 2],
-    "r34": [3, 4, 6, 3],
-    "r50": [3, 4, 14, 3],
-    "r100": [3, 13, 30, 3],
-    "r200": [6, 26, 60, 6],
+# Deeper or wider siblings of r18 / mbf / face_resnet20 / vit_t: the same modules and code paths with more
+# blocks or channels, seconds to tens of seconds per CPU pass each. Behaviour is checked on their small
+# siblings; their layout (every key and shape) is checked on the meta device below and in test_vit.py.
+HEAVY = {
+    "r34",
+    "r50",
+    "r100",
+    "r200",
+    "mbf_large",
+    "face_resnet36",
+    "face_resnet64",
+    "vit_s",
+    "vit_b",
+    "vit_l",
+    "vit_h",
 }
 MODELS = [name for name in list_models() if name not in HEAVY]
 
@@ -71,6 +76,11 @@ def test_registry_lists_all_families():
         "face_resnet36",
         "face_resnet64",
         "tiny",
+        "vit_t",
+        "vit_s",
+        "vit_b",
+        "vit_l",
+        "vit_h",
     } <= names
     assert list_models() == sorted(names)
 
@@ -169,93 +179,8 @@ def test_zero_init_residual_makes_blocks_identity():
 
 
 # --- arcface_torch checkpoint layout -------------------------------------------------------------
-# Key names and shapes written from insightface recognition/arcface_torch/backbones/iresnet.py
-# and mobilefacenet.py naming, independently of partialfc's modules.
-
-
-def bn_keys(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
-    return {
-        f"{prefix}.weight": (channels,),
-        f"{prefix}.bias": (channels,),
-        f"{prefix}.running_mean": (channels,),
-        f"{prefix}.running_var": (channels,),
-        f"{prefix}.num_batches_tracked": (),
-    }
-
-
-def iresnet_layout(layers: list[int], embedding_size: int) -> dict[str, tuple[int, ...]]:
-    keys = {"conv1.weight": (64, 3, 3, 3), **bn_keys("bn1", 64), "prelu.weight": (64,)}
-    in_channels = 64
-    for stage, (blocks, channels) in enumerate(zip(layers, (64, 128, 256, 512), strict=True), start=1):
-        for b in range(blocks):
-            p = f"layer{stage}.{b}"
-            cin = in_channels if b == 0 else channels
-            keys.update(bn_keys(f"{p}.bn1", cin))
-            keys[f"{p}.conv1.weight"] = (channels, cin, 3, 3)
-            keys.update(bn_keys(f"{p}.bn2", channels))
-            keys[f"{p}.prelu.weight"] = (channels,)
-            keys[f"{p}.conv2.weight"] = (channels, channels, 3, 3)
-            keys.update(bn_keys(f"{p}.bn3", channels))
-            if b == 0:
-                keys[f"{p}.downsample.0.weight"] = (channels, cin, 1, 1)
-                keys.update(bn_keys(f"{p}.downsample.1", channels))
-        in_channels = channels
-    keys.update(bn_keys("bn2", 512))
-    keys["fc.weight"] = (embedding_size, 512 * 7 * 7)
-    keys["fc.bias"] = (embedding_size,)
-    keys.update(bn_keys("features", embedding_size))
-    return keys
-
-
-def conv_block(prefix: str, cin: int, cout: int, kernel: int, groups: int = 1, prelu: bool = True) -> dict:
-    keys = {
-        f"{prefix}.layers.0.weight": (cout, cin // groups, kernel, kernel),
-        **bn_keys(f"{prefix}.layers.1", cout),
-    }
-    if prelu:
-        keys[f"{prefix}.layers.2.weight"] = (cout,)
-    return keys
-
-
-def depthwise(prefix: str, cin: int, cout: int, width: int) -> dict:
-    return {
-        **conv_block(f"{prefix}.layers.0", cin, width, 1),
-        **conv_block(f"{prefix}.layers.1", width, width, 3, groups=width),
-        **conv_block(f"{prefix}.layers.2", width, cout, 1, prelu=False),
-    }
-
-
-def residual(prefix: str, channels: int, blocks: int, width: int) -> dict:
-    keys = {}
-    for b in range(blocks):
-        keys.update(depthwise(f"{prefix}.layers.{b}", channels, channels, width))
-    return keys
-
-
-def mbf_layout(embedding_size: int) -> dict[str, tuple[int, ...]]:
-    """arcface_torch ``get_mbf``: blocks (1, 4, 6, 2), scale 2."""
-    return {
-        **conv_block("layers.0", 3, 128, 3),
-        **conv_block("layers.1", 128, 128, 3, groups=64),
-        **depthwise("layers.2", 128, 128, 128),
-        **residual("layers.3", 128, 4, 128),
-        **depthwise("layers.4", 128, 256, 256),
-        **residual("layers.5", 256, 6, 256),
-        **depthwise("layers.6", 256, 256, 512),
-        **residual("layers.7", 256, 2, 256),
-        **conv_block("conv_sep", 256, 512, 1),
-        **conv_block("features.layers.0", 512, 512, 7, groups=512, prelu=False),
-        "features.layers.2.weight": (embedding_size, 512),
-        **bn_keys("features.layers.3", embedding_size),
-    }
-
-
-def random_state_dict(layout: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        k: torch.tensor(7) if k.endswith("num_batches_tracked") else torch.rand(shape, generator=g) + 0.5
-        for k, shape in layout.items()
-    }
+# Key names and shapes restated from insightface recognition/arcface_torch/backbones/iresnet.py and
+# mobilefacenet.py (tests/arcface_torch_reference.py), independently of partialfc's modules.
 
 
 def parameter_count(layout: dict[str, tuple[int, ...]]) -> int:
@@ -311,7 +236,12 @@ def test_every_iresnet_has_the_arcface_torch_layout(name):
 
 @pytest.mark.parametrize(
     ("heavy", "light"),
-    [("mbf_large", "mbf"), ("face_resnet36", "face_resnet20"), ("face_resnet64", "face_resnet20")],
+    [
+        ("mbf_large", "mbf"),
+        ("face_resnet36", "face_resnet20"),
+        ("face_resnet64", "face_resnet20"),
+        *((vit, "vit_t") for vit in ("vit_s", "vit_b", "vit_l", "vit_h")),
+    ],
 )
 def test_heavy_models_are_built_from_their_tested_siblings_modules(heavy, light):
     def module_types(name: str) -> set[type]:
