@@ -56,8 +56,8 @@ from partialfc.data import RecordDataset
 from partialfc.data.loaders import LoaderParams, PlannedLoader, build_loader
 from partialfc.metrics import MetricsConfig
 from partialfc.models import InputConfig, create_model, list_models
-from partialfc.models.registry import factory_options
 from partialfc.models.precision import DTYPES
+from partialfc.models.registry import factory_options
 
 __all__ = ["Config", "ConfigError", "OptimConfig", "add_config_arguments", "config_from_args", "load_config", "to_dict"]
 

@@ -1,8 +1,8 @@
 """Face embeddings from a trained model: ``python -m partialfc.embed --help``.
 
-Writes the embeddings of an image source (:mod:`partialfc.eval.sources`) under a ``model.pt`` or an
-exported ``.onnx`` (:mod:`partialfc.eval.embedder`); ``--model``, ``--batch-size`` and ``--device``
-are shared with ``python -m partialfc.eval``.
+Writes the embeddings of an image source (:mod:`partialfc.eval.sources`) under a ``model.pt``, a bare
+state dict as arcface_torch saves it, or an exported ``.onnx`` (:mod:`partialfc.eval.embedder`);
+``--model``, ``--backbone``, ``--batch-size`` and ``--device`` are shared with ``python -m partialfc.eval``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         source = open_image_source(args.source)  # first: a wrong source is named before the model is loaded
-        embedder = load_embedder(args.model, args.device)
+        embedder = load_embedder(args.model, args.device, args.backbone)
         start = time.perf_counter()
         embeddings, _ = embed_source(
             embedder, source, args.batch_size, flip=not args.no_flip, progress=not args.quiet, normalize=not args.raw

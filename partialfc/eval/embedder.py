@@ -1,7 +1,8 @@
-"""Models as embedders: a ``model.pt`` under PyTorch or an exported ``.onnx`` under onnxruntime,
-both mapping uint8 RGB ``[B, H, W, 3]`` batches to float32 embeddings with the model's own input
-normalisation (``model.input_config``, or the ONNX metadata written by the exporter). The trainer's
-verification, the embed and eval commands and data cleaning all embed through this one interface.
+"""Models as embedders: a ``model.pt`` (or a bare state dict as arcface_torch saves it) under PyTorch or
+an exported ``.onnx`` under onnxruntime, both mapping uint8 RGB ``[B, H, W, 3]`` batches to float32
+embeddings with the model's own input normalisation (``model.input_config``, or the ONNX metadata
+written by the exporter). The trainer's verification, the embed and eval commands and data cleaning
+all embed through this one interface.
 """
 
 from __future__ import annotations
@@ -123,14 +124,17 @@ class StoredEmbeddings:
         return matrix[[row_of[name] for name in names]]
 
 
-def load_embedder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
-    """A ``model.pt`` (PyTorch) or ``.onnx`` (onnxruntime) as an :class:`Embedder` on ``device``."""
+def load_embedder(path: str | Path, device: str | torch.device = "cpu", backbone: str | None = None) -> Embedder:
+    """A ``model.pt`` or a bare state dict as arcface_torch saves it (PyTorch), or an ``.onnx`` (onnxruntime),
+    as an :class:`Embedder` on ``device``; ``backbone`` names a bare state dict's backbone where several fit."""
     path, device = Path(path), torch.device(device)
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ModelFileError(f"{path}: no such ONNX file")
+        if backbone is not None:
+            raise ModelFileError(f"{path}: an ONNX model carries its own backbone; --backbone is for a state dict")
         return OnnxEmbedder(path, device)
-    trained = load_model(path)
+    trained = load_model(path, backbone)
     return TorchEmbedder(
         trained.backbone.to(device),
         device,
@@ -208,11 +212,20 @@ DEFAULT_MODEL = "runs/quickstart/model.pt"
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --batch-size and --device, shared by the embed and eval commands."""
+    """--model, --backbone, --batch-size and --device, shared by the embed and eval commands."""
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"model.pt written by partialfc.train, or an .onnx from partialfc.export (default: {DEFAULT_MODEL})",
+        help="model.pt written by partialfc.train, a bare state dict as arcface_torch saves it (its model.pt, a "
+        f"released backbone.pth; the backbone recognised from its keys and shapes), or an .onnx from "
+        f"partialfc.export (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--backbone",
+        metavar="NAME",
+        default=None,
+        help="the registered backbone of a bare state dict whose keys and shapes fit several (default: recognised "
+        "from them)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass (default 128)")
     parser.add_argument(

@@ -175,7 +175,7 @@ class IJBProtocol(EvalProtocol[IJBSource]):
     def embedder_from_arguments(cls, args: argparse.Namespace) -> Embedder | StoredEmbeddings:
         if args.embeddings:
             return StoredEmbeddings(Path(args.embeddings))
-        return load_embedder(args.model, args.device)
+        return load_embedder(args.model, args.device, args.backbone)
 
     def _templates(self, embedder: Embedder | StoredEmbeddings, source: IJBSource) -> TemplateFeatures:
         return source.template_features(embedder, self.mode, self.batch_size, self.progress)

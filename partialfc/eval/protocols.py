@@ -106,7 +106,7 @@ class EvalProtocol(ABC, Generic[SourceT]):
     @classmethod
     def embedder_from_arguments(cls, args: argparse.Namespace) -> Embedder | StoredEmbeddings:
         """What embeds the images: ``--model`` on ``--device`` (a protocol may read stored embeddings instead)."""
-        return load_embedder(args.model, args.device)
+        return load_embedder(args.model, args.device, args.backbone)
 
     @abstractmethod
     def run(self, embedder: Embedder | StoredEmbeddings, source: SourceT) -> EvalResult:

@@ -73,7 +73,9 @@ def _shapes(name: str, embedding_size: int) -> dict[str, Shape]:
 def _layout(name: str) -> _Layout:
     one, two = _shapes(name, 1), _shapes(name, 2)
     growth = {
-        key: tuple(b - a for a, b in zip(shape, two[key], strict=True)) for key, shape in one.items() if shape != two[key]
+        key: tuple(b - a for a, b in zip(shape, two[key], strict=True))
+        for key, shape in one.items()
+        if shape != two[key]
     }
     return _Layout(one, growth)
 
