@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite: every GPU measurement in one command, in at most ~8 minutes on one
+# The GPU suite: every GPU measurement in one command, in at most ~9 minutes on one
 # H100/H200. Each step is time-boxed (`timeout`), so a slow or hung step cannot starve the rest:
 #
 #   1. pytest -m gpu tests/gpu                                   (box 140 s)
@@ -10,6 +10,7 @@
 #   4. training throughput, W = 1, r50, bf16, B = 128, C = 1M, r = 0.1: a batch already on the GPU
 #      (compute bound) and through the PyTorch loader with every CPU core; images/s and the share of
 #      the step in Partial FC                                   (box 90 s)
+#   5. the same for ViT-B, bf16, AdamW, B = 384 (the per-GPU batch of configs/wf42m_vit_b.yaml)  (box 90 s)
 #
 # After every step it rewrites $OUT/gpu_report.md, $OUT/gpu_report.json (benchmarks/gpu_report.py) and
 # $OUT/gpu_suite.log (every step's output), so a run stopped from outside keeps what finished.
@@ -46,7 +47,7 @@ elif [[ $# -gt 0 ]]; then
   exit 2
 fi
 
-ALL_STEPS="pytest layer_fp32 layer_bf16 capacity throughput"
+ALL_STEPS="pytest layer_fp32 layer_bf16 capacity throughput throughput_vit_b"
 for chosen in ${GPU_SUITE_STEPS:-}; do
   if [[ " $ALL_STEPS " != *" $chosen "* ]]; then
     echo "gpu_suite: GPU_SUITE_STEPS names an unknown step '$chosen' (steps: $ALL_STEPS)" >&2
@@ -129,11 +130,13 @@ if [[ "$DRY" == 1 ]]; then
   LAYER=(--num-classes 2000 8000 --sample-rate 0.1 1.0 --dim 64 --batch 16 --steps 2 --warmup 1)
   CAPACITY=(--start 1000 --ceiling 8000 --dim 64 --batch 16 --time-box 10)
   THROUGHPUT=(--backbone tiny --num-classes 2000 --batch 8 --embedding-size 64 --synthetic-identities 20 --steps 1 --warmup 0)
+  THROUGHPUT_VIT=(--backbone vit_t --num-classes 2000 --batch 4 --embedding-size 64 --synthetic-identities 20 --steps 1 --warmup 0)
 else
   DEVICE=cuda
   LAYER=(--num-classes 1000000 8000000 --sample-rate 0.1 1.0)
   CAPACITY=(--time-box 45)
   THROUGHPUT=(--backbone r50 --num-classes 1000000 --batch 128)
+  THROUGHPUT_VIT=(--backbone vit_b --num-classes 1000000 --batch 384)
 fi
 
 run_step pytest 140 "$PYTHON" -m pytest -m gpu tests/gpu -v -rA -p no:cacheprovider --junitxml="$WORK/pytest.xml"
@@ -143,5 +146,8 @@ run_step capacity 60 "$PYTHON" benchmarks/capacity.py --device "$DEVICE" "${CAPA
   --param-dtype bf16 --json "$WORK/capacity.json"
 run_step throughput 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/train_throughput.py \
   "${THROUGHPUT[@]}" --sample-rate 0.1 --amp bf16 --data-backend torch --data-dir "$WORK/data" --json "$WORK/throughput.json"
+run_step throughput_vit_b 90 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 \
+  benchmarks/train_throughput.py "${THROUGHPUT_VIT[@]}" --optimizer adamw --sample-rate 0.1 --amp bf16 --data-backend torch \
+  --data-dir "$WORK/data" --json "$WORK/throughput_vit_b.json"
 
 echo "gpu_suite: report in $OUT/gpu_report.md"

@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 benchmarks/train_throughput.py --backbone tiny --num-classes 1000000
     torchrun --nproc_per_node 1 benchmarks/train_throughput.py --backbone r50 --amp bf16 --data-backend torch  # 1 GPU
+    torchrun --nproc_per_node 1 benchmarks/train_throughput.py --backbone vit_b --optimizer adamw --batch 384
 
 Every rank times, median over ``--steps`` after ``--warmup``:
 
@@ -11,7 +12,7 @@ Every rank times, median over ``--steps`` after ``--warmup``:
 - **resident step**: the same step on one batch already on the device (compute bound: what the
   step costs when input keeps up);
 - **data**: fetching one batch from the loader alone (DALI, or the PyTorch fallback);
-- **backbone**: forward + backward + the step's SGD step of the backbone alone on a fixed batch (no DDP);
+- **backbone**: forward + backward + the step's optimizer step of the backbone alone on a fixed batch (no DDP);
 - **partial fc**: forward + backward + centre update of Partial FC alone on fixed embeddings;
 - **comm**: the step's collectives alone: the backbone's gradient all-reduce (one flat buffer, as
   DDP buckets it) plus Partial FC's all-gathers, three N-sized all-reduces and reduce-scatter.
@@ -21,6 +22,9 @@ overlaps with compute, and DDP overlaps its all-reduce with the backward pass). 
 InsightFace-layout dataset written to ``--data-dir`` once (112×112 JPEGs), and labels are drawn
 uniformly over the ``--num-classes`` classes so that the classifier has its real size.
 ``--json`` writes every figure to a file as well (``benchmarks/gpu_suite.sh`` collects it).
+``--optimizer`` picks the optimizer family of backbone and centres with the settings of the presets
+that use it: SGD as the IResNet presets (lr 0.1, momentum 0.9, weight decay 5e-4), AdamW as the
+ViT ones (``configs/wf42m_vit_*.yaml``: lr 0.001, weight decay 0.1).
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ from partialfc.models.precision import autocast_dtype
 from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import Batch, StepConfig, TrainStep
 
+# The optimizer settings of the presets that train with each family (configs/ms1mv3_r50.yaml, wf42m_vit_b.yaml).
+OPTIMIZERS = {
+    "sgd": OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4),
+    "adamw": OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1),
+}
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +68,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=128, help="images per rank")
     parser.add_argument("--embedding-size", type=int, default=512, help="D")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="bf16", help="backbone autocast dtype")
+    parser.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        default="sgd",
+        help="optimizer of backbone and centres: sgd (the IResNet presets') or adamw (the ViT presets')",
+    )
     parser.add_argument("--data-backend", choices=["auto", "dali", "torch"], default="auto", help="input pipeline")
     parser.add_argument(
         "--data-workers",
@@ -136,7 +152,7 @@ def main() -> None:
     if dist.is_initialized():
         device_ids = [info.local_rank] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(backbone, device_ids=device_ids)
-    optim_config = OptimConfig()  # SGD, lr 0.1, momentum 0.9, weight decay 5e-4
+    optim_config = OPTIMIZERS[args.optimizer]
     pfc = PartialFC(
         args.embedding_size,
         args.num_classes,
@@ -206,7 +222,8 @@ def main() -> None:
         global_batch = args.batch * info.world_size
         resident = seconds["resident step"]
         print(
-            f"device={device.type} W={info.world_size} backbone={args.backbone} amp={args.amp} C={args.num_classes} "
+            f"device={device.type} W={info.world_size} backbone={args.backbone} amp={args.amp} "
+            f"optimizer={args.optimizer} C={args.num_classes} "
             f"r={args.sample_rate} B/rank={args.batch} loader={loader.backend} workers/rank={workers} "
             f"threads/rank={torch.get_num_threads()}"
         )
@@ -225,6 +242,7 @@ def main() -> None:
                         "world_size": info.world_size,
                         "backbone": args.backbone,
                         "amp": args.amp,
+                        "optimizer": args.optimizer,
                         "num_classes": args.num_classes,
                         "sample_rate": args.sample_rate,
                         "batch_per_rank": args.batch,

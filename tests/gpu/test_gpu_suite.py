@@ -13,7 +13,7 @@ import pytest
 from training_run import REPO
 
 SUITE = REPO / "benchmarks" / "gpu_suite.sh"
-STEPS = ["pytest", "layer_fp32", "layer_bf16", "capacity", "throughput"]
+STEPS = ["pytest", "layer_fp32", "layer_bf16", "capacity", "throughput", "throughput_vit_b"]
 
 
 def load_benchmark(name: str):
@@ -79,11 +79,15 @@ def test_report_holds_every_figure(dry_run):
     assert capacity["largest_classes"] == 8000 and capacity["stopped_by"] == "ceiling"
     assert [trial["num_classes"] for trial in capacity["trials"]] == [1000, 2000, 4000, 8000]
 
-    throughput = report["throughput"]
-    assert throughput["backbone"] == "tiny" and throughput["loader"] == "torch"
-    assert set(throughput["ms"]) == {"step", "resident step", "data", "backbone", "partial fc", "comm"}
-    assert throughput["images_per_s"]["resident"] > 0 and throughput["images_per_s"]["loader"] > 0
-    assert throughput["partial_fc_share"] > 0
+    # The ViT row runs vit_t in the dry run (vit_b on a GPU) with the ViT presets' AdamW.
+    for step, backbone, optimizer in (("throughput", "tiny", "sgd"), ("throughput_vit_b", "vit_t", "adamw")):
+        throughput = report[step]
+        assert (throughput["backbone"], throughput["optimizer"], throughput["amp"]) == (backbone, optimizer, "bf16")
+        assert throughput["loader"] == "torch"
+        assert set(throughput["ms"]) == {"step", "resident step", "data", "backbone", "partial fc", "comm"}
+        assert throughput["images_per_s"]["resident"] > 0 and throughput["images_per_s"]["loader"] > 0
+        assert throughput["partial_fc_share"] > 0
+    assert "targets" in report["throughput"] and "targets" not in report["throughput_vit_b"]
 
     assert report["environment"]["torch"] and report["problems"] == []
     for text in (
@@ -91,6 +95,9 @@ def test_report_holds_every_figure(dry_run):
         "## Partial FC layer",
         "## Capacity",
         "## Training throughput",
+        "| throughput | tiny | bf16 | sgd | 8 | 2,000 | 0.1 | 1 | **",
+        "| throughput_vit_b | vit_t | bf16 | adamw | 4 | 2,000 | 0.1 | 1 | **",
+        "| part | tiny ms | vit_t ms |",
         "DALI `mixed`",
         "| layer_bf16 | timed out | ",
     ):
@@ -101,7 +108,38 @@ def test_a_chosen_step_runs_alone(tmp_path):
     report, markdown, _ = run_dry_suite(tmp_path / "out", tmp_path / "work", STEPS="capacity")
     assert [step["name"] for step in report["steps"]] == ["capacity"]
     assert report["capacity"]["largest_classes"] == 8000 and report["throughput"] is None
+    assert report["throughput_vit_b"] is None
     assert "No result (the step did not finish)." in markdown
+
+
+def test_a_throughput_row_without_the_other_is_reported_and_the_missing_one_named(tmp_path):
+    """Only the ViT-B step finished (the r50 one was stopped): its row is in the table, unjudged (the targets are
+    r50's), and the r50 row is named as missing instead of hiding the section."""
+    gpu_report = load_benchmark("gpu_report")
+    vit = {
+        "device": "NVIDIA H100 80GB HBM3",
+        "world_size": 1,
+        "backbone": "vit_b",
+        "amp": "bf16",
+        "optimizer": "adamw",
+        "num_classes": 1_000_000,
+        "sample_rate": 0.1,
+        "batch_per_rank": 384,
+        "loader": "torch",
+        "workers_per_rank": 16,
+        "ms": {"step": 250.0, "resident step": 200.0},
+        "images_per_s": {"loader": 1536.0, "resident": 1920.0},
+        "partial_fc_share": 0.02,
+    }
+    (tmp_path / "throughput_vit_b.json").write_text(json.dumps(vit))
+    report = gpu_report.build_report(tmp_path, dry=False)
+    assert report["throughput"] is None and "targets" not in report["throughput_vit_b"]
+    markdown = gpu_report.render_markdown(report)
+    assert (
+        "| throughput_vit_b | vit_b | bf16 | adamw | 384 | 1,000,000 | 0.1 | 1 | **1,920** | 1,536 | 2.0% |" in markdown
+    )
+    assert "- throughput: no result (the step did not finish)." in markdown
+    assert "| part | vit_b ms |" in markdown and "| resident step | 200.0 |" in markdown
 
 
 def test_capacity_search_doubles_then_bisects():
