@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from partialfc.models import create_model
+from partialfc.models import create_model, register_model
 from partialfc.models.model_file import (
     ModelFileError,
     WeightsMismatch,
@@ -21,6 +21,7 @@ from partialfc.models.model_file import (
     read_onnx_input_config,
     save_model,
 )
+from partialfc.models.registry import _REGISTRY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,6 +143,54 @@ def test_init_from_errors_name_the_file_and_the_problem(tiny, tmp_path):
         init_from(tmp_path / "list.pt", target, "tiny", 32)
     with pytest.raises(ModelFileError, match=r"none.pt: cannot read it: "):
         init_from(tmp_path / "none.pt", target, "tiny", 32)
+
+
+def test_load_model_recognises_a_bare_state_dict(tiny, tmp_path):
+    """arcface_torch's model.pt / backbone.pth: torch.save of the state dict alone; ``backbone`` names it too."""
+    torch.save(tiny.state_dict(), tmp_path / "backbone.pth")
+    trained = load_model(tmp_path / "backbone.pth")
+    assert (trained.name, trained.embedding_size, trained.backbone.training) == ("tiny", 32, False)
+    _assert_same_weights(tiny.state_dict(), trained.backbone.state_dict())
+    assert load_model(tmp_path / "backbone.pth", "tiny").name == "tiny"
+    with pytest.raises(ModelFileError, match=r"backbone.pth: a bare state dict: does not fit backbone 'r18': "):
+        load_model(tmp_path / "backbone.pth", "r18")
+    _save_as_before(tmp_path / "model.pt", tiny)
+    with pytest.raises(ModelFileError, match=r"model.pt: holds backbone 'tiny', not 'mbf' \(--backbone\)"):
+        load_model(tmp_path / "model.pt", "mbf")
+
+
+def test_init_from_refuses_a_bare_state_dict_of_another_backbone_or_embedding_size(tiny, tmp_path):
+    torch.save(tiny.state_dict(), tmp_path / "backbone.pth")
+    with pytest.raises(ModelFileError) as raised:
+        init_from(tmp_path / "backbone.pth", create_model("face_resnet20", embedding_size=32), "face_resnet20", 32)
+    assert str(raised.value).startswith(
+        f"{tmp_path / 'backbone.pth'}: a bare state dict of backbone 'tiny' (embedding size 32); this job has "
+        "model.backbone='face_resnet20': "
+    )
+    with pytest.raises(
+        ModelFileError,
+        match=r"backbone.pth: a bare state dict of 'tiny' with embedding size 32; this job has "
+        r"model.embedding_size=64$",
+    ):
+        init_from(tmp_path / "backbone.pth", create_model("tiny", embedding_size=64), "tiny", 64)
+
+
+def test_init_from_takes_a_bare_state_dict_that_fits_model_backbone_among_others(tiny, tmp_path):
+    """Keys and shapes that two registered backbones share: model.backbone names which, so no error."""
+
+    def tiny_twin(embedding_size: int = 512) -> torch.nn.Module:
+        return create_model("tiny", embedding_size)
+
+    register_model(tiny_twin)
+    try:
+        torch.save(tiny.state_dict(), tmp_path / "backbone.pth")
+        started = create_model("tiny", embedding_size=32)
+        init_from(tmp_path / "backbone.pth", started, "tiny_twin", 32)
+        _assert_same_weights(tiny.state_dict(), started.state_dict())
+        with pytest.raises(ModelFileError, match=r"fit several registered backbones \(tiny, tiny_twin\)"):
+            load_model(tmp_path / "backbone.pth")
+    finally:
+        del _REGISTRY["tiny_twin"]
 
 
 def test_onnx_metadata_round_trips_the_input_config(tiny, tmp_path):
