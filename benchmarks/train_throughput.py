@@ -223,7 +223,7 @@ def main() -> None:
         resident = seconds["resident step"]
         print(
             f"device={device.type} W={info.world_size} backbone={args.backbone} amp={args.amp} "
-            f"optimizer={args.optimizer} C={args.num_classes} "
+            f"optimizer={optim_config.name} C={args.num_classes} "
             f"r={args.sample_rate} B/rank={args.batch} loader={loader.backend} workers/rank={workers} "
             f"threads/rank={torch.get_num_threads()}"
         )
@@ -242,7 +242,7 @@ def main() -> None:
                         "world_size": info.world_size,
                         "backbone": args.backbone,
                         "amp": args.amp,
-                        "optimizer": args.optimizer,
+                        "optimizer": optim_config.name,
                         "num_classes": args.num_classes,
                         "sample_rate": args.sample_rate,
                         "batch_per_rank": args.batch,

@@ -33,7 +33,7 @@ from partialfc.eval.registry import PROTOCOLS
 from partialfc.eval.sources import open_image_source
 from partialfc.models import create_model
 from partialfc.models.iresnet import IResNet
-from partialfc.models.model_file import save_model
+from partialfc.models.model_file import ModelFileError, save_model
 from partialfc.models.registry import _REGISTRY, register_model
 
 EMBEDDING = 64
@@ -96,7 +96,8 @@ def test_embed_takes_a_bare_state_dict_without_a_backbone_name(name, bare_files,
 
 
 def test_every_eval_command_takes_a_bare_state_dict(bare_files, crops):
-    """verify, pairs and identify open --model through the same embedder: each recognises the backbone."""
+    """verify, pairs and identify open --model through the same embedder: each recognises the backbone and
+    passes --backbone on."""
     path, module = bare_files["mbf"]
     pixels = crops[1]
     with torch.no_grad():
@@ -107,6 +108,9 @@ def test_every_eval_command_takes_a_bare_state_dict(bare_files, crops):
         embedder = protocol.embedder_from_arguments(args)
         assert embedder.description == f"model {path} (pytorch mbf, cpu)", command
         assert (embedder(pixels) - expected).abs().max() <= 1e-5 * expected.abs().max()
+        args = eval_cli.build_parser().parse_args([command, *sources, "--model", str(path), "--backbone", "r18"])
+        with pytest.raises(ModelFileError, match=r"a bare state dict: does not fit backbone 'r18': "):
+            protocol.embedder_from_arguments(args)  # --backbone reaches the loader
 
 
 def test_verify_runs_on_a_bare_state_dict_and_refuses_a_backbone_its_model_file_denies(

@@ -92,7 +92,7 @@ def test_a_width_or_embedding_size_that_differs_is_named_with_both_shapes():
 
 def test_a_named_backbone_must_fit_and_exist():
     weights = meta_weights(arcface_layout("r34", 512))
-    with pytest.raises(UnrecognisedWeights, match=r"^does not fit backbone 'r50': 144 missing keys layer3.6.bn1.weight, "):
+    with pytest.raises(UnrecognisedWeights, match=r"^does not fit backbone 'r50': 144 missing keys layer3\.6\.bn1\."):
         recognise_backbone(weights, "r50")
     with pytest.raises(UnrecognisedWeights, match=r"^unknown backbone 'r51'; known: face_resnet20, "):
         recognise_backbone(weights, "r51")

@@ -38,8 +38,13 @@ def images(batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def twins(reference: nn.Module, ours: nn.Module, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """The restated arcface_torch ViT with random weights, and ours loaded strictly from its state dict."""
+    """The restated arcface_torch ViT with random weights, and ours loaded strictly from its state dict.
+
+    The MLPs' first layers are scaled up so that their ReLU6 clips a share of the units at 6."""
     init_like_training(reference, seed)
+    with torch.no_grad():
+        for block in reference.blocks:
+            block.mlp.fc1.weight.mul_(8)
     ours.load_state_dict(reference.state_dict(), strict=True)
     return reference, ours.eval()
 
@@ -83,9 +88,14 @@ def test_eval_embeddings_equal_arcface_torchs(vit_t):
     reference, ours = vit_t
     reference.eval(), ours.eval()
     x = images(3)
+    clipped: list[float] = []
+    hook = reference.blocks[5].mlp.fc1.register_forward_hook(
+        lambda module, inputs, output: clipped.append((output > 6).float().mean().item())
+    )
     with torch.no_grad():
         expected, got = reference(x), ours(x)
-    assert expected.abs().max() > 1  # not a degenerate output
+    hook.remove()
+    assert expected.abs().max() > 1 and 0.01 < clipped[0] < 0.5  # not degenerate; ReLU6 clips some units
     assert (got - expected).abs().max() <= 1e-5
 
 
