@@ -18,7 +18,7 @@ Training only (identity in eval mode, so inference never depends on them):
   ``vit_l_dp005_mask_005`` trained with 0.1. Here ``mask_ratio`` is the fraction dropped.
   Without masking the mask token takes no gradient (``requires_grad`` off, which DDP needs).
 * **Stochastic depth** (``drop_path``): each residual branch of block ``i`` is dropped per sample
-  with probability ``drop_path * i / (depth - 1)`` and the kept ones scaled by its inverse, as
+  with probability ``p = drop_path * i / (depth - 1)`` and the kept ones scaled by ``1 / (1 - p)``, as
   timm's ``DropPath`` (same random draws in the same order).
 
 Differences, none of which touch the weights: the attention core runs as
