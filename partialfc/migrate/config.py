@@ -144,8 +144,10 @@ NETWORKS: dict[str, dict[str, Any]] = {
     "vit_s": _vit("vit_s", 0.1, 0.1),
     "vit_s_dp005_mask_0": _vit("vit_s", 0.05, 0.0),
     "vit_b": _vit("vit_b", 0.1, 0.1),
-    "vit_b_dp005_mask_005": _vit("vit_b", 0.05, 0.05),
-    "vit_l_dp005_mask_005": _vit("vit_l", 0.05, 0.05),
+    # Built with mask_ratio=0.05, but their forward_features calls random_masking(x) without it, so its
+    # default 0.1 of the patches is what such a model drops in training (backbones/vit.py).
+    "vit_b_dp005_mask_005": _vit("vit_b", 0.05, 0.1),
+    "vit_l_dp005_mask_005": _vit("vit_l", 0.05, 0.1),
     "vit_h": _vit("vit_h", 0.1, 0.0),
 }
 """Their ``network`` names -> our backbone, and for a ViT its stochastic depth and patch-mask ratio."""
