@@ -494,12 +494,11 @@ class PartialFC(nn.Module):
         """Bytes of what a rank holding ``num_local`` classes keeps after a step, by buffer.
 
         The shapes are those :meth:`forward` asks its workspace for (one set per micro-batch of a
-        step) at their largest: ``sample_rate``'s share of the classes, or all the positives a global
-        batch can bring when they are more (at most one class per sample; ``sample_rate`` 0 samples
-        nothing else).
+        step) at their largest: ``⌈r·L⌉`` sampled classes, or the positives when a global batch brings
+        more, at most ``min(L, N)`` (at ``sample_rate`` 0 they are the whole sample).
         """
-        dense = sampled_classes(num_local, sample_rate) == num_local
-        sampled = max(sampled_classes(num_local, sample_rate), min(num_local, global_batch))
+        by_rate = sampled_classes(num_local, sample_rate)
+        sampled = max(by_rate, min(num_local, global_batch))
         rows, sampled_rows = num_local * sub_centers, sampled * sub_centers
         with torch.device("meta"):
             weight = torch.empty(rows, embedding_size, dtype=param_dtype)
@@ -508,7 +507,7 @@ class PartialFC(nn.Module):
         per_micro = [
             (
                 "sampled centres (fp32)",
-                0 if dense and param_dtype == torch.float32 else sampled_rows * embedding_size * fp32,
+                0 if by_rate == num_local and param_dtype == torch.float32 else sampled_rows * embedding_size * fp32,
             ),  # dense fp32 reads the weight itself
             ("sampled centres' gradient (fp32)", sampled_rows * embedding_size * fp32),
             ("logits / softmax buffer (fp32)", global_batch * sampled_rows * fp32),
