@@ -301,8 +301,8 @@ class LossConfig:
     )
     sample_rate: float = option(
         1.0,
-        "fraction of each rank's centres sampled per step besides the batch's positives, which are always kept "
-        "(Partial FC r); 1.0 = no sampling; 0 = the positives alone",
+        "fraction of each rank's centres sampled per step (Partial FC r), the batch's positives always among "
+        "them; 1.0 = no sampling; 0 = the positives alone",
         SAMPLE_RATE,
     )
     sub_centers: int = option(
