@@ -28,7 +28,6 @@ from partialfc.common.cli import ArgumentParser, positive_float, positive_int
 from partialfc.common.distributed import shard_range
 from partialfc.common.exit_codes import help_text
 from partialfc.common.options import (
-    FRACTION,
     FREE,
     ConfigError,
     Domain,
@@ -85,6 +84,9 @@ def is_meaning_field(name: str) -> bool:
     return any(name == field or (field.endswith(".") and name.startswith(field)) for field in MEANING_FIELDS)
 
 
+SAMPLE_RATE = interval(0, 1, high_open=False)  # [0, 1]: 0 keeps the positive centres alone
+
+
 @dataclass(frozen=True)
 class SampleRateSchedule:
     """Partial-FC sample rate by step: ``base`` until the first change, then each change's rate.
@@ -109,9 +111,9 @@ class SampleRateSchedule:
                 change = None
             if not sep or change is None:
                 raise ConfigError(f"loss.sample_rate_schedule: entry {entry!r} is not FRACTION:RATE (e.g. 0.8:1.0)")
-            if not 0.0 <= change[0] < 1.0 or not 0.0 < change[1] <= 1.0:
+            if not 0.0 <= change[0] < 1.0 or not SAMPLE_RATE.accepts(change[1]):
                 raise ConfigError(
-                    f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) and RATE in (0, 1]"
+                    f"loss.sample_rate_schedule: entry {entry!r} needs FRACTION in [0, 1) and RATE in [0, 1]"
                 )
             if changes and change[0] <= changes[-1][0]:
                 raise ConfigError(
@@ -184,7 +186,7 @@ def _are_meaning_fields(names: list[str]) -> bool:
 
 
 BACKBONES = Domain(lambda name: name in list_models(), f"is not one of {', '.join(list_models())}", "r51")
-SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1) rising, rates in (0, 1]", ["1.5:0.5"])
+SCHEDULE = Domain(_is_schedule, "must be FRACTION:RATE items, fractions in (0, 1) rising, rates in [0, 1]", ["1.5:0.5"])
 ALLOWED_CHANGES = Domain(
     _are_meaning_fields,
     "may only name fields a resume refuses to change (MEANING_FIELDS)",
@@ -340,7 +342,10 @@ class LossConfig:
         default_factory=ElasticFaceConfig, metadata={"help": "loss.family=elasticface"}
     )
     sample_rate: float = option(
-        1.0, "fraction of each rank's centres sampled per step (Partial FC r); 1.0 = no sampling", FRACTION
+        1.0,
+        "fraction of each rank's centres sampled per step (Partial FC r), the batch's positives always among "
+        "them; 1.0 = no sampling; 0 = the positives alone",
+        SAMPLE_RATE,
     )
     sub_centers: int = option(
         1,
@@ -357,6 +362,13 @@ class LossConfig:
         "sample-rate changes FRACTION:RATE: from FRACTION of the training steps on, sample RATE (before the "
         "first one: loss.sample_rate); e.g. 0.8:1.0 samples every centre in the last fifth of training",
         SCHEDULE,
+    )
+    interclass_filtering_threshold: float = option(
+        0.0,
+        "inter-class filtering (insightface arcface_torch): non-target cosines above this become 0 before the "
+        "margin, with no gradient (a negative class that may be the same identity stops being pushed away); "
+        "0 = off; below 1, which no cosine exceeds; every family but softmax (no cosines)",
+        interval(0, 1),
     )
 
     def build(
@@ -380,6 +392,7 @@ class LossConfig:
             param_dtype=DTYPES[self.param_dtype],
             device=device,
             sub_centers=self.sub_centers,
+            interclass_filtering_threshold=self.interclass_filtering_threshold,
         )
 
     def buffer_plan(
@@ -404,6 +417,7 @@ class LossConfig:
             param_dtype=DTYPES[self.param_dtype],
             sub_centers=self.sub_centers,
             micro_batches=micro_batches,
+            interclass_filtering=self.interclass_filtering_threshold > 0,
         )
 
     def build_margin(self) -> Margin:
@@ -585,6 +599,13 @@ class Config:
                 "train.tensorboard",
                 not self.train.tensorboard or importlib.util.find_spec("tensorboard") is not None,
                 "needs the tensorboard package, which is not installed: pip install 'partialfc[tensorboard]'",
+            ),
+            (
+                "loss.interclass_filtering_threshold",
+                self.loss.interclass_filtering_threshold == 0
+                or not MARGIN_FAMILIES[self.loss.family].no_interclass_filtering,
+                f"is not defined for loss.family={self.loss.family}: "
+                f"{MARGIN_FAMILIES[self.loss.family].no_interclass_filtering}",
             ),
             (
                 "train.stall_timeout_s",

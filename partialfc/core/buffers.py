@@ -40,6 +40,7 @@ class MicroBatch:
     grad: torch.Tensor  # [S, D] buffer the backward pass writes ∂L/∂w into
     logits: torch.Tensor  # [N, S] buffer for logits → exp → ∂L/∂z
     negative_factor: torch.Tensor | None = None  # [N, S] ∂z/∂(s·cos θ) where a margin rewrites non-targets
+    filtered: torch.Tensor | None = None  # [N, S] bool: cosines inter-class filtering set to 0 (no gradient)
     class_logits: torch.Tensor | None = None  # sub-centres: [N, S/K] per-class logits (max over K)
     winners: torch.Tensor | None = None  # sub-centres: [N, S/K] column of each class's winning sub-centre
     has_grad: bool = False
@@ -71,12 +72,14 @@ class Workspace:
         num_samples: int,
         index: int,
         negative_factor: bool,
+        filtered: bool = False,
         sub_centers: int = 1,
     ) -> MicroBatch:
         """fp32 values of the sampled centres and the buffers their gradient and logits go to.
 
         ``index`` numbers the micro-batches of one step: buffers of pending ones are never reused.
-        ``negative_factor`` adds an ``[N, S]`` buffer for margins that rewrite non-target logits.
+        ``negative_factor`` adds an ``[N, S]`` buffer for margins that rewrite non-target logits,
+        ``filtered`` an ``[N, S]`` mask for inter-class filtering.
         With ``sub_centers = K > 1`` the logits buffer holds the N×(S·K) sub-centre logits, and the
         per-class logits and winners get N×S buffers of their own.
         """
@@ -99,6 +102,7 @@ class Workspace:
             grad=self.get(f"grad{index}", shape, torch.float32, device),
             logits=self.get(f"logits{index}", (num_samples, num_rows), torch.float32, device),
             negative_factor=self.get(f"factor{index}", class_shape, torch.float32, device) if negative_factor else None,
+            filtered=self.get(f"filtered{index}", class_shape, torch.bool, device) if filtered else None,
             class_logits=self.get(f"class_logits{index}", class_shape, torch.float32, device)
             if sub_centers > 1
             else None,

@@ -59,6 +59,20 @@ back up there.
 
 **Softmax** is the unnormalised baseline: ``logit = x · w``, no scale, no margin.
 
+**Inter-class filtering** (``PartialFC(..., interclass_filtering_threshold=t)``,
+``loss.interclass_filtering_threshold``; insightface recognition/arcface_torch ``losses.py``,
+CombinedMarginLoss) runs before every family's formula: a non-target cosine ``c_ij > t`` becomes 0,
+a constant (its logit is 0, its gradient 0); target cosines are never filtered. Whether a family
+defines it (:attr:`MarginConfig.no_interclass_filtering`):
+
+- CombinedMargin, ElasticFace: their non-target logits are ``s·c``; the margin touches the target only.
+- AdaFace, MagFace: their per-sample inputs and statistics are feature norms, not cosines; filtering
+  leaves them, and MagFace's regulariser, unchanged.
+- CurricularFace: ``t`` is the mean *target* cosine, never filtered; a filtered negative, ``c = 0``,
+  is rewritten to ``s·0·(t + 0) = 0`` if it counts as hard, so its logit is 0 either way.
+- Softmax: **not defined**; its logits are raw dot products ``x · w``, not cosines, so a threshold
+  on the cosine has nothing to compare with.
+
 **Sub-centres** (``PartialFC(..., sub_centers=K)``, ``loss.sub_centers``; Deng et al., ECCV 2020)
 combine with every family: a class's cosine is ``c_ij = max_k cos θ_ijk`` over its K centres
 (Softmax: the max of the raw logits), the family's formula applies to it unchanged, and
@@ -164,6 +178,8 @@ class MarginConfig:
     training config (``loss.<family>``) and what its margin checks and keeps its parameters in."""
 
     __dataclass_fields__: ClassVar[dict[str, Any]]  # every subclass is a dataclass
+    no_interclass_filtering: ClassVar[str] = ""
+    """Why inter-class filtering is not defined for the family ("": it is); the config refuses a threshold then."""
 
     def check(self) -> None:
         """Rules that tie parameters together (a field's own domain is checked field by field)."""
@@ -306,6 +322,8 @@ def angular_margin(cos_theta: torch.Tensor, m1: float, m2: float | torch.Tensor)
 @dataclass
 class SoftmaxConfig(MarginConfig):
     """``loss.softmax``: no parameters (the unnormalised baseline ignores ``loss.s``)."""
+
+    no_interclass_filtering = "its logits are raw dot products x·w, not cosines, so there is no cosine to threshold"
 
 
 class Softmax(BaseMargin):

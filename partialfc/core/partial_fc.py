@@ -19,18 +19,30 @@ prints.
    Keep ``S = max(|P|, ⌈r·num_local⌉)`` centres: all of P plus ``S − |P|`` others drawn uniformly
    without replacement. The draw is a deterministic function of (seed, step, micro-batch, rank).
    ``sampled_index`` is the sorted list of kept local rows; labels are remapped to columns in it.
+   ``r = 0`` keeps the positives alone, ``S = |P|`` (insightface recognition/arcface_torch
+   ``partial_fc_v2.py``, ``sample()``: fewer sampled than positives leaves the positives). A rank
+   with no positive then has no column: it adds nothing to the sums of step 4 but takes part in them.
 3. *Logits* (normalised margins): ``cos θ_ij = x̂_i · ŵ_j`` for the S sampled centres, an N×S
    GEMM; non-target logits ``z_ij = s·cos θ_ij``; target logits ``z_{i,y_i} = ψ(cos θ_{i,y_i}, a_i)``,
    e.g. ArcFace ``s·cos(θ + m)``, where ``a_i`` are per-sample inputs a margin computes from X
    (feature norms, random margins; every formula is in :mod:`partialfc.core.margins`). A sample's target
    column lives on exactly one rank. A margin that rewrites non-target logits (CurricularFace)
    first gets every sample's target cosine: one more all-reduce of N floats.
+   *Inter-class filtering* (``interclass_filtering_threshold = t``, 0 = off; insightface
+   recognition/arcface_torch ``losses.py``, CombinedMarginLoss, which PartialFC_V2 calls on its
+   sampled logits): before the margin, every non-target cosine ``cos θ_ij > t`` (strictly) becomes
+   the constant 0, so ``z_ij = 0`` with no gradient. Every row is filtered, also one whose target is
+   on another rank (all its local columns are non-targets), so the result does not depend on W; a
+   row's own target never is. Only sampled negatives exist to be filtered; with sub-centres the class
+   cosine (max over K) is compared. Their cosines are clamped to [−1, 1] first: for t < 1 that
+   changes no comparison. Families without cosines (Softmax) refuse it.
 4. *Distributed cross-entropy*, three all-reduces of N scalars:
    ``m_i = max_r max_j z_ij`` (MAX), ``Z_i = Σ_r Σ_j exp(z_ij − m_i)`` (SUM),
    ``t_i = Σ_r z_{i,y_i}·[y_i on r]`` (SUM); ``L = (1/N) Σ_i (log Z_i + m_i − t_i)``, the exact
    global mean, identical on every rank. A margin's per-sample regulariser (MagFace) adds its mean.
 5. *Backward*, no further collective but one: ``∂L/∂z_ij = (p_ij − [j = y_i]) / N`` with
-   ``p_ij = exp(z_ij − m_i) / Z_i`` computed locally; two local GEMMs give ∂L/∂X (N×D) and
+   ``p_ij = exp(z_ij − m_i) / Z_i`` computed locally, 0 at filtered cosines (a filtered negative still
+   counts in ``Z_i``, with ``exp(−m_i)``, but passes no gradient); two local GEMMs give ∂L/∂X (N×D) and
    ∂L/∂w for the S sampled rows only; a single reduce-scatter sums ∂L/∂X over ranks and hands each
    rank the rows of its own samples. ψ's derivatives (by the cosine and by ``a_i``) are exact.
 6. *Update*: :mod:`partialfc.core.centre_optim` updates the S sampled rows (and their optimizer state)
@@ -102,9 +114,9 @@ _CLASS_RANGE = ("class_start", "num_local")  # the per-rank part of the extra st
 
 
 def sampled_classes(num_local: int, sample_rate: float) -> int:
-    """Classes a rank samples per step (before positives beyond it): ``min(L, ⌈r·L⌉)``."""
-    if not 0.0 < sample_rate <= 1.0:
-        raise ValueError(f"PartialFC: sample_rate must be in (0, 1], got {sample_rate}")
+    """Classes a rank samples per step (before positives beyond it): ``min(L, ⌈r·L⌉)``; 0 = the positives alone."""
+    if not 0.0 <= sample_rate <= 1.0:
+        raise ValueError(f"PartialFC: sample_rate must be in [0, 1], got {sample_rate}")
     return min(num_local, math.ceil(sample_rate * num_local))
 
 
@@ -129,6 +141,7 @@ class PartialFC(nn.Module):
         param_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         sub_centers: int = 1,
+        interclass_filtering_threshold: float = 0.0,
     ) -> None:
         super().__init__()
         if embedding_size <= 0 or num_classes <= 0:
@@ -143,6 +156,13 @@ class PartialFC(nn.Module):
         self.num_classes = num_classes
         self.sample_rate = sample_rate
         self.margin = margin if margin is not None else CombinedMargin()
+        if not 0.0 <= interclass_filtering_threshold < 1.0:
+            raise ValueError(
+                f"PartialFC: interclass_filtering_threshold must be in [0, 1), got {interclass_filtering_threshold}"
+            )
+        if interclass_filtering_threshold > 0 and not self.margin.normalize:
+            raise ValueError(f"PartialFC: inter-class filtering thresholds cosines; {self.margin} has none")
+        self.interclass_filtering_threshold = interclass_filtering_threshold
         self.optimizer = optimizer if optimizer is not None else LazySGD()
         self.seed = seed
         self.sub_centers = sub_centers
@@ -222,6 +242,7 @@ class PartialFC(nn.Module):
             labels.numel(),
             index=len(self._pending),
             negative_factor=self.margin.needs_target_cosines,
+            filtered=self.interclass_filtering_threshold > 0,
             sub_centers=self.sub_centers,
         )
         if margin_step.training:
@@ -242,6 +263,7 @@ class PartialFC(nn.Module):
             self.margin,
             margin_step,
             micro,
+            self.interclass_filtering_threshold,
             self.process_group,
             self.world_size,
         )
@@ -467,15 +489,17 @@ class PartialFC(nn.Module):
         param_dtype: torch.dtype = torch.float32,
         sub_centers: int = 1,
         micro_batches: int = 1,
+        interclass_filtering: bool = False,
     ) -> list[tuple[str, int]]:
         """Bytes of what a rank holding ``num_local`` classes keeps after a step, by buffer.
 
         The shapes are those :meth:`forward` asks its workspace for (one set per micro-batch of a
-        step), at ``sample_rate`` with no more positives on the rank than it samples; a batch
-        with more raises the sampled count to its positives.
+        step) at their largest: ``⌈r·L⌉`` sampled classes, or the positives when a global batch brings
+        more, at most ``min(L, N)`` (at ``sample_rate`` 0 they are the whole sample).
         """
-        rows, sampled = num_local * sub_centers, sampled_classes(num_local, sample_rate)
-        sampled_rows = sampled * sub_centers
+        by_rate = sampled_classes(num_local, sample_rate)
+        sampled = max(by_rate, min(num_local, global_batch))
+        rows, sampled_rows = num_local * sub_centers, sampled * sub_centers
         with torch.device("meta"):
             weight = torch.empty(rows, embedding_size, dtype=param_dtype)
             optimizer_bytes = sum(_nbytes(t) for t in optimizer.init_state(weight).values())
@@ -483,13 +507,15 @@ class PartialFC(nn.Module):
         per_micro = [
             (
                 "sampled centres (fp32)",
-                0 if sampled == num_local and param_dtype == torch.float32 else sampled_rows * embedding_size * fp32,
+                0 if by_rate == num_local and param_dtype == torch.float32 else sampled_rows * embedding_size * fp32,
             ),  # dense fp32 reads the weight itself
             ("sampled centres' gradient (fp32)", sampled_rows * embedding_size * fp32),
             ("logits / softmax buffer (fp32)", global_batch * sampled_rows * fp32),
         ]
         if margin.needs_target_cosines:
             per_micro.append(("negative-logit factor (fp32)", global_batch * sampled * fp32))
+        if interclass_filtering:
+            per_micro.append(("inter-class filtered cosines (bool)", global_batch * sampled))
         if sub_centers > 1:
             per_micro += [
                 ("class logits over sub-centres (fp32)", global_batch * sampled * fp32),
@@ -508,7 +534,7 @@ class PartialFC(nn.Module):
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, rank={self.rank}/"
             f"{self.world_size}, class_start={self.class_start}, num_local={self.num_local}, "
             f"sample_rate={self.sample_rate}, num_sample={self.num_sample}, sub_centers={self.sub_centers}, "
-            f"margin={self.margin}, "
+            f"interclass_filtering_threshold={self.interclass_filtering_threshold}, margin={self.margin}, "
             f"optimizer={self.optimizer}, param_dtype={self.weight.dtype}"
         )
 
@@ -572,7 +598,20 @@ class _MarginCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, margin_inputs, target_col, in_shard, margin, margin_step, micro, group, world_size):
+    def forward(
+        ctx,
+        x,
+        w,
+        margin_inputs,
+        target_col,
+        in_shard,
+        margin,
+        margin_step,
+        micro,
+        filtering_threshold,
+        group,
+        world_size,
+    ):
         device_type = x.device.type
         gemm_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         with torch.autocast(device_type, enabled=False):
@@ -588,24 +627,36 @@ class _MarginCrossEntropy(torch.autograd.Function):
                 logits = _max_over_sub_centres(logits, micro.class_logits, micro.winners)
 
             column = target_col.unsqueeze(1)
-            raw_target = logits.gather(1, column).squeeze(1)
             factor = micro.negative_factor
-            if factor is not None:  # margins that rewrite non-target logits (CurricularFace)
-                target_cos = torch.where(in_shard, raw_target / margin.scale, 0.0)
-                all_reduce(target_cos, dist.ReduceOp.SUM, group, world_size)
-                margin.modulate_negatives_(logits, target_cos, margin_step, factor)
-                factor.scatter_(1, column, torch.where(in_shard, 1.0, factor.gather(1, column).squeeze(1)).unsqueeze(1))
-                other_rank_value = logits.gather(1, column).squeeze(1)
+            if logits.shape[1] == 0:  # sample_rate 0 and no positive here: no logit, but every collective joined
+                target_logit = dpsi_draw = logits.new_zeros(logits.shape[0])
+                dpsi_dinputs = None
+                if factor is not None:  # the target-cosine all-reduce, and the statistic it moves
+                    target_cos = logits.new_zeros(logits.shape[0])
+                    all_reduce(target_cos, dist.ReduceOp.SUM, group, world_size)
+                    margin.modulate_negatives_(logits, target_cos, margin_step, factor)
+                row_max = torch.full_like(target_logit, -math.inf)
             else:
-                other_rank_value = raw_target
-            target_logit, dpsi_draw, dpsi_dinputs = _margin_with_derivative(
-                raw_target, margin, margin_inputs, with_input_grad=ctx.needs_input_grad[2]
-            )
-            target_logit = torch.where(in_shard, target_logit, other_rank_value)  # other ranks' rows: unchanged
-            logits.scatter_(1, column, target_logit.unsqueeze(1))
+                if micro.filtered is not None:
+                    _filter_negatives_(logits, micro.filtered, filtering_threshold * margin.scale, column, in_shard)
+                raw_target = logits.gather(1, column).squeeze(1)
+                if factor is not None:  # margins that rewrite non-target logits (CurricularFace)
+                    target_cos = torch.where(in_shard, raw_target / margin.scale, 0.0)
+                    all_reduce(target_cos, dist.ReduceOp.SUM, group, world_size)
+                    margin.modulate_negatives_(logits, target_cos, margin_step, factor)
+                    at_column = factor.gather(1, column).squeeze(1)
+                    factor.scatter_(1, column, torch.where(in_shard, 1.0, at_column).unsqueeze(1))
+                    other_rank_value = logits.gather(1, column).squeeze(1)
+                else:
+                    other_rank_value = raw_target
+                target_logit, dpsi_draw, dpsi_dinputs = _margin_with_derivative(
+                    raw_target, margin, margin_inputs, with_input_grad=ctx.needs_input_grad[2]
+                )
+                target_logit = torch.where(in_shard, target_logit, other_rank_value)  # other ranks' rows: unchanged
+                logits.scatter_(1, column, target_logit.unsqueeze(1))
+                row_max = logits.amax(dim=1)
 
             # Step 4: distributed cross-entropy; three all-reduces of N scalars.
-            row_max = logits.amax(dim=1)
             all_reduce(row_max, dist.ReduceOp.MAX, group, world_size)
             exp_logits = logits.sub_(row_max.unsqueeze(1)).exp_()
             sum_exp = exp_logits.sum(dim=1)
@@ -624,11 +675,16 @@ class _MarginCrossEntropy(torch.autograd.Function):
         micro = ctx.micro
         grad = ctx.logits
         num_rows = grad.shape[0]
+        micro.has_grad = True
+        if grad.shape[1] == 0:  # a rank without sampled classes: no gradient from here
+            return torch.zeros_like(x_gemm, dtype=ctx.input_dtype), *(None,) * 10
         column = target_col.unsqueeze(1)
         # Step 5: ∂L/∂z = (p − onehot)·g/N with p = exp/Z; folded into one pass over the N×S buffer.
         grad.mul_((grad_loss / num_rows) / sum_exp.unsqueeze(1))
         if micro.negative_factor is not None:
             grad.mul_(micro.negative_factor)  # through the rewritten non-target logits (1 at targets)
+        if micro.filtered is not None:
+            grad.masked_fill_(micro.filtered, 0.0)  # filtered cosines are constants
         grad_at_column = grad.gather(1, column).squeeze(1)
         grad_z_target = torch.where(in_shard, grad_at_column - grad_loss / num_rows, 0.0)
         grad.scatter_(1, column, torch.where(in_shard, grad_z_target * dpsi_draw, grad_at_column).unsqueeze(1))
@@ -642,8 +698,17 @@ class _MarginCrossEntropy(torch.autograd.Function):
         matmul_into(micro.grad, grad.t(), x_gemm)
         if inv_norm is not None:
             project_out_radial(micro.grad, w, inv_norm)
-        micro.has_grad = True
-        return grad_x, None, grad_inputs, None, None, None, None, None, None, None
+        return grad_x, None, grad_inputs, *(None,) * 8
+
+
+def _filter_negatives_(
+    logits: torch.Tensor, filtered: torch.Tensor, threshold: float, column: torch.Tensor, in_shard: torch.Tensor
+) -> None:
+    """Inter-class filtering: logits above ``threshold`` (= s·t) become 0, but a row's own target;
+    ``filtered`` marks them for the backward pass."""
+    torch.gt(logits, threshold, out=filtered)
+    filtered.scatter_(1, column, filtered.gather(1, column) & ~in_shard.unsqueeze(1))
+    logits.masked_fill_(filtered, 0.0)
 
 
 def _max_over_sub_centres(logits: torch.Tensor, class_logits: torch.Tensor, winners: torch.Tensor) -> torch.Tensor:

@@ -37,13 +37,13 @@ def reference_psi(cos: torch.Tensor, s: float, m1: float, m2: float, m3: float) 
 
 
 def reference_loss(
-    spec, embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, sub_centers: int = 1
+    spec, embeddings: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, sub_centers: int = 1, threshold=0.0
 ) -> torch.Tensor:
     _, s, m1, m2, m3 = spec
     if s is None:
         logits = class_scores(embeddings @ weight.t(), sub_centers)
     else:
-        cos = cosines(embeddings, weight, sub_centers)
+        cos = interclass_filtered(cosines(embeddings, weight, sub_centers), labels, threshold)
         target = reference_psi(cos.gather(1, labels[:, None]).squeeze(1), s, m1, m2, m3)
         logits = (s * cos).scatter(1, labels[:, None], target[:, None])
     return F.cross_entropy(logits, labels)
@@ -79,8 +79,20 @@ def cosines(embeddings: torch.Tensor, weight: torch.Tensor, sub_centers: int = 1
     return class_scores(F.normalize(embeddings, dim=1) @ F.normalize(weight, dim=1).t(), sub_centers)
 
 
+def interclass_filtered(cos: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """insightface recognition/arcface_torch losses.py (CombinedMarginLoss), dense: with a threshold > 0,
+    each cosine strictly above it, but a sample's own class, is replaced by the constant 0; the mask is
+    taken without gradient, so a filtered cosine passes none."""
+    if threshold <= 0:
+        return cos
+    with torch.no_grad():
+        above = cos > threshold
+        above.scatter_(1, labels[:, None], False)
+    return torch.where(above, torch.zeros_like(cos), cos)
+
+
 def adaface_loss(
-    embeddings, weight, labels, state: dict, s=64.0, m=0.4, h=0.333, t_alpha=0.01, sub_centers=1
+    embeddings, weight, labels, state: dict, s=64.0, m=0.4, h=0.333, t_alpha=0.01, sub_centers=1, threshold=0.0
 ) -> torch.Tensor:
     """mk-minchul/AdaFace head.py, dense; ``state`` holds batch_mean / batch_std and is updated."""
     eps = 1e-3
@@ -88,16 +100,18 @@ def adaface_loss(
     state["batch_mean"] = norms.mean() * t_alpha + (1 - t_alpha) * state["batch_mean"]
     state["batch_std"] = norms.std() * t_alpha + (1 - t_alpha) * state["batch_std"]
     scaler = ((norms - state["batch_mean"]) / (state["batch_std"] + eps) * h).clip(-1, 1)
-    cos = cosines(embeddings, weight, sub_centers).clamp(-1 + eps, 1 - eps)
+    cos = interclass_filtered(cosines(embeddings, weight, sub_centers), labels, threshold).clamp(-1 + eps, 1 - eps)
     onehot = F.one_hot(labels, cos.shape[1]).double()
     theta = (cos.acos() + onehot * (-m * scaler[:, None])).clip(eps, math.pi - eps)
     logits = (theta.cos() - onehot * (m + m * scaler)[:, None]) * s
     return F.cross_entropy(logits, labels)
 
 
-def curricularface_loss(embeddings, weight, labels, state: dict, s=64.0, m=0.5, sub_centers=1) -> torch.Tensor:
+def curricularface_loss(
+    embeddings, weight, labels, state: dict, s=64.0, m=0.5, sub_centers=1, threshold=0.0
+) -> torch.Tensor:
     """HuangYG123/CurricularFace head, dense; ``state["t"]`` is updated."""
-    cos = cosines(embeddings, weight, sub_centers).clamp(-1, 1)
+    cos = interclass_filtered(cosines(embeddings, weight, sub_centers), labels, threshold).clamp(-1, 1)
     target = cos.gather(1, labels[:, None])
     sin = (1.0 - target**2).sqrt()
     target_m = target * math.cos(m) - sin * math.sin(m)
@@ -121,11 +135,12 @@ def magface_loss(
     u_m=0.8,
     lambda_g=35.0,
     sub_centers=1,
+    threshold=0.0,
 ) -> torch.Tensor:
     """IrvingMeng/MagFace MagLinear (easy_margin) + MagLoss + lambda_g·loss_g, dense."""
     x_norm = embeddings.norm(dim=1, keepdim=True).clamp(l_a, u_a)
     margin = (u_m - l_m) / (u_a - l_a) * (x_norm - l_a) + l_m
-    cos = cosines(embeddings, weight, sub_centers).clamp(-1, 1)
+    cos = interclass_filtered(cosines(embeddings, weight, sub_centers), labels, threshold).clamp(-1, 1)
     sin = (1.0 - cos**2).sqrt()
     cos_m = torch.where(cos > 0, cos * torch.cos(margin) - sin * torch.sin(margin), cos)
     onehot = F.one_hot(labels, cos.shape[1]).double()
@@ -135,10 +150,10 @@ def magface_loss(
 
 
 def elasticface_loss(
-    embeddings, weight, labels, margins: torch.Tensor, s=64.0, kind="arc", sub_centers=1
+    embeddings, weight, labels, margins: torch.Tensor, s=64.0, kind="arc", sub_centers=1, threshold=0.0
 ) -> torch.Tensor:
     """fdbtrs/ElasticFace ElasticArcFace / ElasticCosFace, dense, with the given per-sample margins."""
-    cos = cosines(embeddings, weight, sub_centers).clamp(-1, 1)
+    cos = interclass_filtered(cosines(embeddings, weight, sub_centers), labels, threshold).clamp(-1, 1)
     m_hot = F.one_hot(labels, cos.shape[1]).double() * margins[:, None]
     logits = (cos.acos() + m_hot).cos() if kind == "arc" else cos - m_hot
     return F.cross_entropy(logits * s, labels)
@@ -149,13 +164,18 @@ class Case:
     """One margin under test: how to build it, and its independent dense reference."""
 
     make_margin: Callable[[], Any]
-    loss: Callable[..., torch.Tensor]  # (embeddings, weight, labels, state, drawn sample inputs, sub_centers) -> loss
+    loss: Callable[..., torch.Tensor]  # (embeddings, weight, labels, state, drawn inputs, sub_centers, threshold)
     initial_state: dict
     spread_norms: bool  # feed embeddings with norms spread over [5, 120] (the norm-reading families)
 
 
 def _combined_case(spec) -> Case:
-    return Case(lambda: make_head(spec), lambda e, w, y, state, drawn, k=1: reference_loss(spec, e, w, y, k), {}, False)
+    return Case(
+        lambda: make_head(spec),
+        lambda e, w, y, state, drawn, k=1, t=0.0: reference_loss(spec, e, w, y, k, t),
+        {},
+        False,
+    )
 
 
 def _families() -> dict[str, Case]:
@@ -164,7 +184,7 @@ def _families() -> dict[str, Case]:
     return {
         "adaface": Case(
             lambda: AdaFace(s=64.0, m=0.4, h=0.333, t_alpha=0.01),
-            lambda e, w, y, state, drawn, k=1: adaface_loss(e, w, y, state, sub_centers=k),
+            lambda e, w, y, state, drawn, k=1, t=0.0: adaface_loss(e, w, y, state, sub_centers=k, threshold=t),
             {
                 "batch_mean": torch.tensor(20.0, dtype=torch.float64),
                 "batch_std": torch.tensor(100.0, dtype=torch.float64),
@@ -173,25 +193,29 @@ def _families() -> dict[str, Case]:
         ),
         "curricularface": Case(
             lambda: CurricularFace(s=64.0, m=0.5),
-            lambda e, w, y, state, drawn, k=1: curricularface_loss(e, w, y, state, sub_centers=k),
+            lambda e, w, y, state, drawn, k=1, t=0.0: curricularface_loss(e, w, y, state, sub_centers=k, threshold=t),
             {"t": torch.tensor(0.0, dtype=torch.float64)},
             True,
         ),
         "magface": Case(
             lambda: MagFace(s=64.0, l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0),
-            lambda e, w, y, state, drawn, k=1: magface_loss(e, w, y, state, sub_centers=k),
+            lambda e, w, y, state, drawn, k=1, t=0.0: magface_loss(e, w, y, state, sub_centers=k, threshold=t),
             {},
             True,
         ),
         "elasticface_arc": Case(
             lambda: ElasticFace(s=64.0, m=0.5, std=0.05, kind="arc"),
-            lambda e, w, y, state, drawn, k=1: elasticface_loss(e, w, y, drawn, kind="arc", sub_centers=k),
+            lambda e, w, y, state, drawn, k=1, t=0.0: elasticface_loss(
+                e, w, y, drawn, kind="arc", sub_centers=k, threshold=t
+            ),
             {},
             True,
         ),
         "elasticface_cos": Case(
             lambda: ElasticFace(s=64.0, m=0.35, std=0.05, kind="cos"),
-            lambda e, w, y, state, drawn, k=1: elasticface_loss(e, w, y, drawn, kind="cos", sub_centers=k),
+            lambda e, w, y, state, drawn, k=1, t=0.0: elasticface_loss(
+                e, w, y, drawn, kind="cos", sub_centers=k, threshold=t
+            ),
             {},
             True,
         ),

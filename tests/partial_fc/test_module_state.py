@@ -116,8 +116,8 @@ def test_no_grad_forward_leaves_no_pending_update():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(sample_rate=0.0), "sample_rate"),
-        (dict(sample_rate=1.5), "sample_rate"),
+        (dict(sample_rate=-0.1), r"sample_rate must be in \[0, 1\]"),
+        (dict(sample_rate=1.5), r"sample_rate must be in \[0, 1\]"),
         (dict(param_dtype=torch.float16), "param_dtype"),
     ],
 )

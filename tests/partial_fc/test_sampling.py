@@ -104,3 +104,62 @@ def test_a_scheduled_sample_rate_samples_as_many_rows_as_the_constructor(rate):
     for pfc in (scheduled, built):
         pfc(torch.randn(2, DIM, requires_grad=True), torch.tensor([3, 700])).backward()
         assert pfc.num_sample == expected and pfc.last_sampled_rows.numel() == expected
+
+
+def positives_alone(rank: int, world_size: int) -> list[dict]:
+    """Two steps at sample_rate 0: a batch with positives on every rank, then one with none on the last."""
+    pfc = PartialFC(DIM, NUM_CLASSES, 0.0, CombinedMargin(), seed=2)
+    steps = []
+    for batch_labels in (torch.tensor([[7, 7, 990], [500, 3, 600]]), torch.tensor([[5, 9, 5], [1, 2, 3]])):
+        labels = batch_labels[:world_size].view(-1)
+        local = labels.view(world_size, -1)[rank]
+        embeddings = torch.randn(local.numel(), DIM, generator=torch.Generator().manual_seed(rank), requires_grad=True)
+        before = pfc.weight.detach().clone()
+        loss = pfc(embeddings, local)
+        loss.backward()
+        rows = pfc.last_sampled_rows.clone()
+        pfc.step()
+        steps.append(
+            {
+                "rows": rows,
+                "labels": labels,
+                "loss": loss.detach(),
+                "class_start": pfc.class_start,
+                "num_local": pfc.num_local,
+                "moved": (pfc.weight != before).any(dim=1).nonzero().squeeze(1),
+            }
+        )
+    return steps
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_rate_zero_samples_exactly_the_positives(world_size):
+    """insightface recognition/arcface_torch partial_fc_v2.py sample(): fewer sampled than positives
+    leaves the positives alone. A rank with none samples nothing, moves nothing, and still takes part."""
+    ranks = [positives_alone(0, 1)] if world_size == 1 else run_distributed(positives_alone, world_size)
+    for rank, steps in enumerate(ranks):
+        for number, step in enumerate(steps):
+            local = step["labels"] - step["class_start"]
+            positives = local[(local >= 0) & (local < step["num_local"])].unique(sorted=True)
+            assert torch.equal(step["rows"], positives), f"rank {rank} step {number}"
+            assert torch.equal(step["moved"], positives), f"rank {rank} step {number}: only sampled rows move"
+            assert torch.isfinite(step["loss"]) and torch.equal(step["loss"], ranks[0][number]["loss"])
+    if world_size == 2:
+        assert ranks[1][0]["rows"].numel() == 2 and ranks[1][1]["rows"].numel() == 0  # the second batch: none
+
+
+def test_rate_zero_is_a_sample_rate_of_the_config_and_of_its_schedule():
+    """0 is the same rule wherever a rate is given: a schedule may enter or leave positives-only sampling."""
+    from partialfc.common.options import ConfigError
+    from partialfc.config import load_config
+
+    config = load_config(None, {"loss.sample_rate": 0.0, "loss.sample_rate_schedule": ["0.5:1.0", "0.9:0"]})
+    assert [config.loss.sample_rates.rate(step, 10) for step in (0, 5, 9)] == [0.0, 1.0, 0.0]
+    with pytest.raises(ConfigError, match=r"loss.sample_rate=-0.1 must be in \[0, 1\]"):
+        load_config(None, {"loss.sample_rate": -0.1})
+    with pytest.raises(ConfigError, match=r"entry '0.5:-0.1' needs FRACTION in \[0, 1\) and RATE in \[0, 1\]"):
+        load_config(None, {"loss.sample_rate_schedule": ["0.5:-0.1"]})
+    scheduled = PartialFC(DIM, NUM_CLASSES, 1.0, CombinedMargin())
+    scheduled.set_sample_rate(0.0)
+    scheduled(torch.randn(2, DIM, requires_grad=True), torch.tensor([700, 3])).backward()
+    assert torch.equal(scheduled.last_sampled_rows, torch.tensor([3, 700]))

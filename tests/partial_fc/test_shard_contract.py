@@ -129,18 +129,21 @@ def live_storages() -> dict[int, int]:
 
 
 @pytest.mark.parametrize(
-    "margin, optimizer, sample_rate, sub_centers, param_dtype, micro_batches",
+    "margin, optimizer, sample_rate, sub_centers, param_dtype, micro_batches, filtering",
     [
-        (CombinedMargin(), LazySGD(), 0.5, 1, torch.float32, 1),
-        (CombinedMargin(), LazySGD(), 1.0, 1, torch.float32, 1),  # dense fp32: the weight is the sampled centres
-        (CurricularFace(), LazyAdamW(), 0.4, 3, torch.bfloat16, 2),  # factor, winners, class logits, two workspaces
-        (AdaFace(), LazySGD(momentum=0.0), 1.0, 2, torch.float32, 1),
+        (CombinedMargin(), LazySGD(), 0.5, 1, torch.float32, 1, 0.0),
+        (CombinedMargin(), LazySGD(), 1.0, 1, torch.float32, 1, 0.0),  # dense fp32: the weight is the sampled centres
+        (CurricularFace(), LazyAdamW(), 0.4, 3, torch.bfloat16, 2, 0.0),  # factor, winners, class logits, 2 workspaces
+        (AdaFace(), LazySGD(momentum=0.0), 1.0, 2, torch.float32, 1, 0.0),
+        (CombinedMargin(), LazySGD(), 0.5, 1, torch.float32, 1, 0.3),  # the inter-class filtering mask
+        (CurricularFace(), LazySGD(), 0.0, 2, torch.float32, 1, 0.3),  # positives alone: as many as samples
     ],
 )
 def test_buffer_plan_equals_the_measured_allocation(
-    margin, optimizer, sample_rate, sub_centers, param_dtype, micro_batches
+    margin, optimizer, sample_rate, sub_centers, param_dtype, micro_batches, filtering
 ):
-    num_classes, batch = 200, 6  # fewer positives than sampled classes: the plan's case
+    # The plan's largest case: r > 0 samples more classes than the 6 positives; r = 0 samples the 6.
+    num_classes, batch = 200, 6
     generator = torch.Generator().manual_seed(0)
     inputs = [
         (
@@ -149,9 +152,17 @@ def test_buffer_plan_equals_the_measured_allocation(
         )
         for _ in range(micro_batches)
     ]
+    assert all(labels.unique().numel() == batch for _, labels in inputs)
     before = live_storages()
     pfc = PartialFC(
-        DIM, num_classes, sample_rate, margin, optimizer=optimizer, param_dtype=param_dtype, sub_centers=sub_centers
+        DIM,
+        num_classes,
+        sample_rate,
+        margin,
+        optimizer=optimizer,
+        param_dtype=param_dtype,
+        sub_centers=sub_centers,
+        interclass_filtering_threshold=filtering,
     )
     for _ in range(2):
         for embeddings, labels in inputs:
@@ -170,5 +181,6 @@ def test_buffer_plan_equals_the_measured_allocation(
         param_dtype=param_dtype,
         sub_centers=sub_centers,
         micro_batches=micro_batches,
+        interclass_filtering=filtering > 0,
     )
     assert sum(size for _, size in plan) == measured, plan

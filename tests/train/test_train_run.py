@@ -104,7 +104,7 @@ def test_bad_configs_fail_clearly(tiny_dataset, tmp_path):
     cases = [
         (["--optim.lr", "fast"], "optim.lr: expected float"),
         (["--data.num_classes", "7"], "data.num_classes=7 but dataset"),
-        (["--loss.sample_rate", "1.5"], "loss.sample_rate=1.5 must be in (0, 1]"),
+        (["--loss.sample_rate", "1.5"], "loss.sample_rate=1.5 must be in [0, 1]"),
         (["--model.backbone", "nope"], "model.backbone='nope' is not one of"),
     ]
     for extra, message in cases:

@@ -108,7 +108,7 @@ def test_resume_with_ema_is_bit_identical_and_model_pt_holds_the_average(tiny_da
 def test_sample_rate_schedule_parses_and_names_the_field():
     schedule = SampleRateSchedule.parse(["0.5:0.3", "0.9:1.0"], base=0.1)
     assert [schedule.rate(step, 10) for step in range(10)] == [0.1] * 5 + [0.3] * 4 + [1.0]
-    for bad in ("0.5", "x:1", "1.0:0.5", "0.5:0", "0.5:1.5"):
+    for bad in ("0.5", "x:1", "1.0:0.5", "0.5:-0.1", "0.5:1.5"):
         with pytest.raises(ConfigError, match=f"loss.sample_rate_schedule: entry '{bad}'"):
             load_config(None, {"loss.sample_rate_schedule": bad})
     with pytest.raises(ConfigError, match="strictly increasing"):
