@@ -65,9 +65,12 @@ __all__ = ["Config", "ConfigError", "OptimConfig", "add_config_arguments", "conf
 MEANING_FIELDS = (
     "model.backbone",
     "model.embedding_size",
+    "model.drop_path",
+    "model.mask_ratio",
     "loss.family",
     "loss.s",
     *(f"loss.{family}." for family in MARGIN_FAMILIES),
+    "loss.interclass_filtering_threshold",
     "loss.sample_rate",
     "loss.sample_rate_schedule",
     "loss.sub_centers",

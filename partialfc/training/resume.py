@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from partialfc.common.options import ConfigError
-from partialfc.config import is_meaning_field
+from partialfc.config import Config, is_meaning_field, to_dict
 from partialfc.config_aliases import current_names
 
 
@@ -33,9 +33,12 @@ def meaning_changes(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> list[C
     """The fields in MEANING_FIELDS whose value differs between a checkpoint's config and this job's.
 
     The checkpoint's config is read under today's names (config_aliases.ALIASES): a run saved as ``loss.head:
-    margin`` is the same run as ``loss.family: combined``.
+    margin`` is the same run as ``loss.family: combined``. A field it lacks was added after it was written,
+    and the run it saved had that field's default.
     """
-    saved_flat, ours_flat = flatten(current_names(saved, "checkpoint config", warn=False)), flatten(ours)
+    defaults = flatten(to_dict(Config()))
+    saved_flat = {**defaults, **flatten(current_names(saved, "checkpoint config", warn=False))}
+    ours_flat = {**defaults, **flatten(ours)}
     return [
         ConfigChange(name, saved_flat.get(name), ours_flat.get(name))
         for name in sorted(set(saved_flat) | set(ours_flat))

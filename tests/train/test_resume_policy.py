@@ -46,6 +46,16 @@ def test_meaning_changes_are_the_run_defining_fields_only():
         check_changes(meaning_changes(saved, ours), ["schedule.decay"], "ckpt")  # the allowed one is not named
 
 
+def test_a_field_added_after_the_checkpoint_reads_as_its_default():
+    """A checkpoint written before loss.interclass_filtering_threshold or model.drop_path existed trained with
+    their defaults: the same values resume, another value is a change."""
+    saved = to_dict(load_config(None, {}))
+    del saved["loss"]["interclass_filtering_threshold"], saved["model"]["drop_path"]
+    assert meaning_changes(saved, to_dict(load_config(None, {}))) == []
+    ours = to_dict(load_config(None, {"loss.interclass_filtering_threshold": 0.4}))
+    assert meaning_changes(saved, ours) == [ConfigChange("loss.interclass_filtering_threshold", 0.0, 0.4)]
+
+
 def test_another_grad_accum_is_refused_unless_allowed():
     """train.grad_accum sets how many micro-batches make one step: under another value the checkpoint's
     step count, LR schedule and sampling stream would stand for other samples. Compared the way the
