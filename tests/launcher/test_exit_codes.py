@@ -4,13 +4,16 @@ torch/distributed/run.py + elastic/multiprocessing/api.py), and a deterministic 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,9 +104,14 @@ def test_operations_doc_and_help_show_the_one_table():
 def launch(args: list[str], tmp_path: Path) -> subprocess.Popen:
     """``python -m launcher`` on one node, as a container would run it (no scheduler variables), with a
     temporary directory of its own (TMPDIR): the workers record their exit codes in
-    ``$TMPDIR/partialfc-exit-<rdzv id>-<host>``, a name every single-node launcher on this machine shares."""
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    ``$TMPDIR/partialfc-exit-<rdzv id>-<host>``, a name every single-node launcher on this machine shares.
+
+    The folder is a short one under /tmp (``tmp_path / "tmp"`` links to it): the loader's worker processes
+    open AF_UNIX sockets in it, whose paths may not exceed 107 bytes, and pytest's own folders (numbered
+    per run, named after the test) come close to that alone."""
+    temp = Path(tempfile.mkdtemp(prefix="pfc-"))
+    atexit.register(shutil.rmtree, temp, ignore_errors=True)
+    (tmp_path / "tmp").symlink_to(temp)
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCHEDULER_PREFIXES)}
     with (tmp_path / "launcher.log").open("wb") as sink:
         return start_job(
