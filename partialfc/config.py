@@ -16,6 +16,7 @@ import importlib.util
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ from partialfc.common.options import (
 from partialfc.config_aliases import ALIASES, current_name, current_names
 from partialfc.core.centre_optim import CentreOptimizer, LazyAdamW, LazySGD
 from partialfc.core.margins import (
+    COMBINED_PRESETS,
     MARGIN_FAMILIES,
     AdaFaceConfig,
     CombinedMarginConfig,
@@ -328,8 +330,10 @@ class LossConfig:
         "combined",
         "margin family (formulas in partialfc/core/margins.py), its parameters in the section of the same "
         "name: combined: m1/m2/m3 (ArcFace, CosFace, SphereFace); softmax: plain unnormalised softmax; adaface, "
-        "curricularface, magface, elasticface: their official definitions",
-        one_of(MARGIN_FAMILIES),
+        "curricularface, magface, elasticface: their official definitions; arcface (m2 0.5), cosface (m3 0.35), "
+        "sphereface (m1 1.35): combined with that margin (read as combined; the section of a family not in "
+        "use must keep its defaults)",
+        one_of([*MARGIN_FAMILIES, *COMBINED_PRESETS]),
     )
     s: float = option(64.0, "logit scale s (every family but softmax)", above(0))
     combined: CombinedMarginConfig = field(
@@ -373,6 +377,31 @@ class LossConfig:
         "0 = off; below 1, which no cosine exceeds; every family but softmax (no cosines)",
         interval(0, 1),
     )
+
+    def resolve_preset(self) -> None:
+        """``family: arcface | cosface | sphereface`` as ``combined`` with that margin; other margins set
+        beside it are refused (they would be silently replaced)."""
+        preset = COMBINED_PRESETS.get(self.family)
+        if preset is None:
+            return
+        margins = dict(zip(("m1", "m2", "m3"), preset))
+        default = CombinedMarginConfig()
+        for name, value in margins.items():
+            given = getattr(self.combined, name)
+            if given not in (value, getattr(default, name)):
+                raise ConfigError(
+                    f"loss.combined.{name}={given!r} conflicts with loss.family={self.family}, which means "
+                    f"loss.combined (m1, m2, m3) = {preset}: for other margins use loss.family combined"
+                )
+        self.family = "combined"
+        self.combined = CombinedMarginConfig(**margins)
+
+    def check_families(self) -> None:
+        """The family in use passes its own cross-field rules (MagFace's l_a < u_a, ...)."""
+        try:
+            getattr(self, self.family).check()
+        except ValueError as error:
+            raise ConfigError(f"loss.{self.family}: {error}") from None
 
     def build(
         self,
@@ -620,6 +649,7 @@ class Config:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name}={_get(self, name)!r} {rule}")
+        self.loss.check_families()
 
 
 def leaf_fields(node: Any, prefix: str = "") -> list[tuple[str, Any, Domain | None]]:
@@ -638,6 +668,7 @@ def leaf_fields(node: Any, prefix: str = "") -> list[tuple[str, Any, Domain | No
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults < YAML file < overrides (dotted keys), validated."""
     config = Config()
+    sources: list[tuple[str, dict[str, Any]]] = []  # (where, its dotted keys), in the order applied
     if path is not None:
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -653,14 +684,52 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-        _merge(config, current_names(raw, str(path)), prefix="", source=str(path))
+        renamed = current_names(raw, str(path))
+        _merge(config, renamed, prefix="", source=str(path))
+        sources.append((str(path), flatten(renamed)))
     for key, value in (overrides or {}).items():
         key, value, note = current_name(key, value)
         if note:
             print(f"partialfc: command line: {note}", file=sys.stderr)
         _set(config, key, value, source="command line")
+    sources.append(("command line", dict(current_name(key, value)[:2] for key, value in (overrides or {}).items())))
+    config.loss.resolve_preset()
+    _refuse_parameters_of_other_families(sources)
     config.validate()
     return config
+
+
+def _family_of(name: str) -> str:
+    return "combined" if name in COMBINED_PRESETS else name
+
+
+def _refuse_parameters_of_other_families(sources: list[tuple[str, dict[str, Any]]]) -> None:
+    """A margin family's parameter set where another family is chosen would be ignored: refused, naming both.
+
+    Each source is read on its own: a file's parameters belong to the family that file chooses (or the one
+    in effect before it), so ``--loss.family adaface`` on a file that tunes ``combined`` switches families,
+    while ``--loss.family adaface --loss.combined.m2 0.2`` is a mistake. A value equal to the default (a
+    config written out whole holds every family's) sets nothing.
+    """
+    family, defaults = "combined", flatten(to_dict(Config()))
+    for source, keys in sources:
+        family = _family_of(str(keys.get("loss.family", family)))
+        for key, value in keys.items():
+            parts = key.split(".")
+            other_family = len(parts) == 3 and parts[0] == "loss" and parts[1] in MARGIN_FAMILIES and parts[1] != family
+            if other_family and value != defaults.get(key):  # a whole config written out holds every default
+                raise ConfigError(
+                    f"{source}: {key}={value!r} is a parameter of loss.family {parts[1]}, but the family chosen "
+                    f"there is {family}: remove it, or set loss.family {parts[1]}"
+                )
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"s": 64}}`` -> ``{"loss.s": 64}``: a config mapping's leaves by dotted name."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, Mapping) else {f"{prefix}{key}": value})
+    return flat
 
 
 def _nearby_config(path: Path) -> str:

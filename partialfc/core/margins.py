@@ -526,6 +526,15 @@ MARGIN_FAMILIES: dict[str, type[MarginConfig]] = {
 }
 """The margin families by the name ``loss.family`` selects; ``loss.<name>`` is the family's config section."""
 
+COMBINED_PRESETS: dict[str, tuple[float, float, float]] = {
+    "arcface": (1.0, 0.5, 0.0),
+    "cosface": (1.0, 0.0, 0.35),
+    "sphereface": (1.35, 0.0, 0.0),
+}
+"""``loss.family`` names that stand for ``combined`` with a published margin (m1, m2, m3): ArcFace's additive
+angular 0.5 and CosFace's additive cosine 0.35, as insightface's ``recognition/ArcFace/sample_config.py`` sets
+them, and SphereFace's multiplicative angular margin in the combined form the ArcFace paper compares (1.35)."""
+
 
 def _clamp_eps(dtype: torch.dtype) -> float:
     # 1 − ε must stay representable below 1, and ε large enough that 1/sqrt(1 − (1−ε)²) is modest.

@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 
 from partialfc.common.distributed import DistInfo, barrier, shard_range
+from partialfc.config import flatten
 from partialfc.core.partial_fc import PartialFC
-from partialfc.training.resume import flatten
 
 __all__ = [
     "CheckpointError",

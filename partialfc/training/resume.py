@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from partialfc.common.options import ConfigError
-from partialfc.config import Config, is_meaning_field, to_dict
+from partialfc.config import Config, flatten, is_meaning_field, to_dict
 from partialfc.config_aliases import current_names
 
 
@@ -58,14 +58,3 @@ def check_changes(changes: list[ConfigChange], allowed: list[str], checkpoint: s
             f"change with --checkpoint.allow_changes {names}"
         )
     return changes
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"loss": {"s": 64}}`` -> ``{"loss.s": 64}``."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -5,6 +5,7 @@ deprecation line on stderr naming the old and the new name."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from training_run import REPO, make_trainer
@@ -76,26 +77,67 @@ def test_every_alias_names_a_current_field():
     assert renamed_meaning == {renamed.key for renamed in ALIASES.values() if renamed.key.startswith("loss.")}
 
 
+def _family_files(text: str) -> dict[str, str]:
+    """OLD_YAML as one file per margin family: a run uses one family, and another family's parameters are
+    refused, so each family's old keys are loaded under ``head: <family>``; the rest go with ``margin``."""
+    lines = text.strip().splitlines()[1:]  # the keys under loss:
+    owners = {"adaface_": "adaface", "curricular_": "curricularface", "magface_": "magface", "elastic_": "elasticface"}
+    files: dict[str, list[str]] = {"margin": [], **{family: [] for family in owners.values()}}
+    tail = text.split("eval:", 1)[1]
+    for line in lines:
+        if line.startswith("eval:"):
+            break
+        key = line.strip().split(":")[0]
+        if key == "head":
+            continue
+        family = next((f for prefix, f in owners.items() if key.startswith(prefix)), "margin")
+        files[family].append(line)
+    return {
+        family: "loss:\n  head: "
+        + family
+        + "\n"
+        + "\n".join(keys)
+        + "\n"
+        + ("eval:" + tail if family == "margin" else "")
+        for family, keys in files.items()
+    }
+
+
 def test_a_yaml_file_with_the_old_keys_loads_as_the_new_ones(tmp_path, capsys):
-    path = tmp_path / "old.yaml"
-    path.write_text(OLD_YAML)
-    loaded = values(load_config(path))
+    lines, loaded = [], {}
+    for family, text in _family_files(OLD_YAML).items():
+        path = tmp_path / f"old_{family}.yaml"
+        path.write_text(text)
+        config = values(load_config(path))
+        loaded |= {
+            name: config[name] for name in NEW_VALUES if name.startswith(f"loss.{family}.") or family == "margin"
+        }
+        lines += capsys.readouterr().err.splitlines()
     assert {name: loaded[name] for name in NEW_VALUES} == NEW_VALUES
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == len(ALIASES)  # one per deprecated key; loss.head's value rename shares its line
-    assert f"partialfc: {path}: 'loss.head margin' is deprecated, use 'loss.family combined'" in lines
-    assert f"partialfc: {path}: 'loss.curricular_m' is deprecated, use 'loss.curricularface.m'" in lines
+    # One line per deprecated key in each file; loss.head's value rename shares its line.
+    named = {re.search(r": '([^' ]+)", line).group(1) for line in lines}
+    assert named == set(ALIASES), sorted(named ^ set(ALIASES))
+    assert (
+        f"partialfc: {tmp_path / 'old_margin.yaml'}: 'loss.head margin' is deprecated, use 'loss.family combined'"
+        in lines
+    )
+    curricular = tmp_path / "old_curricularface.yaml"
+    assert f"partialfc: {curricular}: 'loss.curricular_m' is deprecated, use 'loss.curricularface.m'" in lines
 
 
 def test_old_flags_and_values_on_the_command_line(capsys):
-    flags = ["--loss.head", "margin", "--loss.m2", "0.25", "--loss.curricular_m", "0.4", "--loss.elastic_kind", "cos"]
+    flags = ["--loss.head", "margin", "--loss.m2", "0.25"]
     assert main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--dry-run", *flags]) == 0
     captured = capsys.readouterr()
     assert "family: combined" in captured.out and "m2: 0.25" in captured.out and "head:" not in captured.out
     assert captured.err.splitlines() == [
         "partialfc: command line: 'loss.head margin' is deprecated, use 'loss.family combined'",
         "partialfc: command line: 'loss.m2' is deprecated, use 'loss.combined.m2'",
-        "partialfc: command line: 'loss.curricular_m' is deprecated, use 'loss.curricularface.m'",
+    ]
+    flags = ["--loss.head", "elasticface", "--loss.elastic_kind", "cos"]
+    assert main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--dry-run", *flags]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "partialfc: command line: 'loss.head' is deprecated, use 'loss.family'",
         "partialfc: command line: 'loss.elastic_kind' is deprecated, use 'loss.elasticface.kind'",
     ]
     config = load_config(None, {"loss.head": "curricularface", "loss.curricular_m": "0.4"})
@@ -107,8 +149,8 @@ def test_an_old_value_under_the_new_key_is_renamed_and_unknown_ones_are_refused(
     assert capsys.readouterr().err == (
         "partialfc: command line: 'loss.family margin' is deprecated, use 'loss.family combined'\n"
     )
-    with pytest.raises(ConfigError, match=r"loss\.family='arcface' is not one of combined, softmax, adaface"):
-        load_config(None, {"loss.head": "arcface"})
+    with pytest.raises(ConfigError, match=r"loss\.family='arcfase' is not one of combined, softmax, adaface.*arcface"):
+        load_config(None, {"loss.head": "arcfase"})
 
 
 def test_allow_changes_may_name_a_field_by_its_old_name(tmp_path, capsys):
