@@ -76,15 +76,17 @@ def test_every_family_builds_from_the_config(family, margin):
 
 
 def test_every_registered_family_has_its_config_section():
-    """The registry is the family list: ``loss.family``'s choices, and one ``loss.<family>`` section each."""
+    """The registry is the family list: ``loss.family``'s choices (then the named margins of ``combined``), and
+    one ``loss.<family>`` section each."""
     import dataclasses
 
     from partialfc.config import LossConfig
-    from partialfc.core.margins import MARGIN_FAMILIES
+    from partialfc.core.margins import COMBINED_PRESETS, MARGIN_FAMILIES
 
     sections = {f.name: f.default_factory for f in dataclasses.fields(LossConfig) if f.name in MARGIN_FAMILIES}
     assert sections == MARGIN_FAMILIES
-    assert dataclasses.fields(LossConfig)[0].metadata["domain"].choices == tuple(MARGIN_FAMILIES)
+    choices = dataclasses.fields(LossConfig)[0].metadata["domain"].choices
+    assert choices == (*MARGIN_FAMILIES, *COMBINED_PRESETS)
 
 
 def test_config_error_names_the_fields_of_the_family():
