@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from partialfc.common.cli import ArgumentParser, error_line
+from partialfc.eval.embedder import DEFAULT_MODEL, add_backbone_option
 from partialfc.models.input_config import input_config_of
 from partialfc.models.model_file import ModelFileError, TrainedModel, load_model, onnx_metadata
 
@@ -156,17 +157,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "model",
         metavar="MODEL",
         nargs="?",
-        default="runs/quickstart/model.pt",
+        default=DEFAULT_MODEL,
         help="model.pt written by partialfc.train, or a bare state dict as arcface_torch saves it (its model.pt, "
-        "a released backbone.pth) (default: runs/quickstart/model.pt)",
+        f"a released backbone.pth) (default: {DEFAULT_MODEL})",
     )
-    parser.add_argument(
-        "--backbone",
-        metavar="NAME",
-        default=None,
-        help="the registered backbone of a bare state dict whose keys and shapes fit several (default: recognised "
-        "from them)",
-    )
+    add_backbone_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ __all__ = [
     "OnnxEmbedder",
     "StoredEmbeddings",
     "TorchEmbedder",
+    "add_backbone_option",
     "embed_batch",
     "embed_source",
     "evaluating",
@@ -211,6 +212,17 @@ def embed_source(
 DEFAULT_MODEL = "runs/quickstart/model.pt"
 
 
+def add_backbone_option(parser: argparse.ArgumentParser) -> None:
+    """--backbone: which registered backbone a bare state dict is, where its keys and shapes fit several."""
+    parser.add_argument(
+        "--backbone",
+        metavar="NAME",
+        default=None,
+        help="the registered backbone of a bare state dict whose keys and shapes fit several (default: recognised "
+        "from them)",
+    )
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --backbone, --batch-size and --device, shared by the embed and eval commands."""
     parser.add_argument(
@@ -220,13 +232,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         f"released backbone.pth; the backbone recognised from its keys and shapes), or an .onnx from "
         f"partialfc.export (default: {DEFAULT_MODEL})",
     )
-    parser.add_argument(
-        "--backbone",
-        metavar="NAME",
-        default=None,
-        help="the registered backbone of a bare state dict whose keys and shapes fit several (default: recognised "
-        "from them)",
-    )
+    add_backbone_option(parser)
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass (default 128)")
     parser.add_argument(
         "--device",
