@@ -35,7 +35,6 @@ import io
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -51,8 +50,10 @@ from partialfc.eval import __main__ as eval_cli
 from partialfc.eval.plots import line_plot
 from partialfc.report import read_history
 from partialfc.training.run_log import RECORD_FILE
+from study_report import append_result, read_results, write_generated
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = "results.jsonl"
 
 SCALE = "32"
 ARCFACE = [
@@ -188,6 +189,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="tiny data and 12 steps per head: checks the pipeline, not the losses"
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only regenerate the results section of OUT/loss_study.md from OUT/loss_study/results.jsonl",
+    )
     args = parser.parse_args()
     if args.out is None:
         args.out = str(Path(args.work) / "report")
@@ -266,137 +272,188 @@ def evaluate(data: Path, run: Path) -> dict:
     return results
 
 
+ROC_POINTS = np.geomspace(1e-4, 1.0, 41)  # the ROC kept in the results: TAR at these FARs
+
+
+def run_record(args: argparse.Namespace, data: Path, head: Head, seed: int) -> dict:
+    """Train and evaluate one head at one seed: the raw result, everything the report needs."""
+    run, train_seconds = train(args, data, head, seed)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    metrics = evaluate(data, run)
+    curve = read_history(run / RECORD_FILE).evaluation[f"verify/{VERIFICATION_NAME}"]
+    roc = np.loadtxt(run / "eval" / "roc.csv", delimiter=",", skiprows=1, ndmin=2)
+    order = np.argsort(roc[:, 1], kind="stable")
+    return {
+        "head": head.name,
+        "seed": seed,
+        "settings": settings_of(args),
+        **metrics,
+        "verify_curve": {"steps": curve.steps.tolist(), "accuracy": curve.values.tolist()},
+        "roc": {"far": ROC_POINTS.tolist(), "tar": np.interp(ROC_POINTS, roc[order, 1], roc[order, 2]).tolist()},
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - started, 1),
+        "load_average": round(load_before, 2),
+    }
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """What a result depends on besides head and seed: a result is reused only under the same settings."""
+    names = ("identities", "images_per_identity", "holdout_identities", "pairs", "epochs", "batch_size", "data_seed")
+    return {"quick": args.quick, **{name: getattr(args, name) for name in names}}
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
-def main() -> int:
-    args = parse_args()
-    started = time.perf_counter()
-    data = Path(args.work) / ("data_quick" if args.quick else "data")
-    if not (data / HOLDOUT_DIR).is_dir():
-        print(f"generating the hard synthetic set in {data}", flush=True)
-        generate_synthetic_dataset(
-            data,
-            args.identities,
-            args.images_per_identity,
-            seed=args.data_seed,
-            holdout_identities=args.holdout_identities,
-            pairs=args.pairs,
-            variation="hard",
-        )
-    heads = [h for h in HEADS + FAMILIES if h.name in args.heads]
-    metrics: dict[str, list[dict]] = {h.name: [] for h in heads}
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    rocs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    train_seconds: dict[str, list[float]] = {h.name: [] for h in heads}
-    for seed in args.seeds:
-        for head in heads:
-            run, seconds = train(args, data, head, seed)
-            train_seconds[head.name].append(seconds)
-            metrics[head.name].append(evaluate(data, run))
-            if seed == args.seeds[0]:
-                curve = read_history(run / RECORD_FILE).evaluation[f"verify/{VERIFICATION_NAME}"]
-                curves[head.name] = (curve.steps, curve.values)
-                roc = np.loadtxt(run / "eval" / "roc.csv", delimiter=",", skiprows=1, ndmin=2)
-                rocs[head.name] = (roc[:, 1], roc[:, 2])
-    total = time.perf_counter() - started
-
-    out = Path(args.out)
-    figures = out / "loss_study"
+def report(args: argparse.Namespace, records: list[dict], figures: Path) -> str:
+    """The generated section of loss_study.md, from the raw results alone."""
+    names = [h.name for h in HEADS + FAMILIES if any(r["head"] == h.name for r in records)]
+    by_head = {name: [r for r in records if r["head"] == name] for name in names}
+    described = {h.name: h.description for h in HEADS + FAMILIES}
+    seeds = sorted({r["seed"] for r in records})
+    first = seeds[0]
     roc_png = line_plot(
         figures / "roc.png",
-        [(n, np.maximum(f, 1e-6), t) for n, (f, t) in rocs.items()],
-        f"Template verification ROC, held-out identities (seed {args.seeds[0]})",
+        [
+            (name, np.array(r["roc"]["far"]), np.array(r["roc"]["tar"]))
+            for name in names
+            for r in by_head[name]
+            if r["seed"] == first
+        ],
+        f"Template verification ROC, held-out identities (seed {first})",
         "false accept rate",
         "true accept rate",
         logx=True,
     )
     curve_png = line_plot(
         figures / "accuracy.png",
-        [(n, s, a) for n, (s, a) in curves.items()],
-        f"Verification accuracy over steps (seed {args.seeds[0]})",
+        [
+            (name, np.array(r["verify_curve"]["steps"]), np.array(r["verify_curve"]["accuracy"]))
+            for name in names
+            for r in by_head[name]
+            if r["seed"] == first
+        ],
+        f"Verification accuracy (0.01 grid) over steps (seed {first})",
         "step",
         "10-fold accuracy",
     )
 
-    def column(head: str, pick) -> str:
-        return _mean_std([float(pick(m)) for m in metrics[head]])
-
-    rows = []
-    for head in heads:
-        name = head.name
-        rows.append(
-            f"| {name} | {head.description} "
-            f"| {column(name, lambda m: m['verify']['accuracy'])} "
-            f"| {column(name, lambda m: m['verify']['TAR@FAR=0.01'])} "
-            f"| {column(name, lambda m: m['pairs']['TAR@FAR=0.001'])} "
-            f"| {column(name, lambda m: m['pairs']['TAR@FAR=0.01'])} "
-            f"| {column(name, lambda m: m['identify']['rank-1'])} "
-            f"| {column(name, lambda m: m['identify']['rank-5'])} "
-            f"| {column(name, lambda m: m['identify']['TPIR@FPIR=0.1'])} "
-            f"| {np.mean(train_seconds[name]) / 60:.1f} |"
-        )
+    def column(name: str, command: str, key: str) -> str:
+        return _mean_std([float(r[command][key]) for r in by_head[name]])
 
     def accuracy(name: str) -> float:
-        return float(np.mean([m["verify"]["accuracy"] for m in metrics[name]]))
+        return float(np.mean([r["verify"]["accuracy"] for r in by_head[name]]))
 
+    rows = [
+        f"| {name} | {described[name]} | {column(name, 'verify', 'accuracy')} "
+        f"| {column(name, 'verify', 'best_cut_accuracy')} | {column(name, 'verify', 'accuracy_std')} "
+        f"| {column(name, 'verify', 'TAR@FAR=0.01')} | {column(name, 'pairs', 'TAR@FAR=0.001')} "
+        f"| {column(name, 'pairs', 'TAR@FAR=0.01')} | {column(name, 'identify', 'rank-1')} "
+        f"| {column(name, 'identify', 'rank-5')} | {column(name, 'identify', 'TPIR@FPIR=0.1')} "
+        f"| {np.mean([r['train_seconds'] for r in by_head[name]]) / 60:.1f} |"
+        for name in names
+    ]
     findings = []
-    if "softmax" in metrics:
-        margin = [n for n in ("sphereface", "cosface", "arcface", "combined") if n in metrics]
-        if margin:
-            delta = np.mean([accuracy(n) for n in margin]) - accuracy("softmax")
-            findings.append(
-                f"- Margin heads ({', '.join(margin)}) average {delta * 100:+.2f} points of verification "
-                "accuracy over plain softmax."
-            )
+    margin = [n for n in ("sphereface", "cosface", "arcface", "combined") if n in by_head]
+    if "softmax" in by_head and margin:
+        delta = np.mean([accuracy(n) for n in margin]) - accuracy("softmax")
+        findings.append(
+            f"- Margin heads ({', '.join(margin)}) average {delta * 100:+.2f} points of verification "
+            "accuracy over plain softmax."
+        )
     for rate in ("arcface_r0.3", "arcface_r0.1"):
-        if rate in metrics and "arcface" in metrics:
+        if rate in by_head and "arcface" in by_head:
             findings.append(
                 f"- Partial FC r={rate.split('_r')[1]}: {(accuracy(rate) - accuracy('arcface')) * 100:+.2f} "
                 "points of verification accuracy against r=1.0."
             )
-    best = max(metrics, key=accuracy)
+    best = max(names, key=accuracy)
     findings.append(f"- Best verification accuracy: {best} ({accuracy(best):.4f}).")
 
-    hard = "quick smoke settings, not a study" if args.quick else "the hard variation"
-    lines = [
-        "# Loss study: softmax, NormFace, SphereFace, CosFace, ArcFace, combined margin, Partial FC",
-        "",
-        f"Produced by `{shlex.join(['python', 'benchmarks/loss_study.py', *sys.argv[1:]])}` "
-        f"on {os.cpu_count()} CPU cores "
-        f"({platform.processor() or platform.machine()}), torch {torch.__version__}: training took "
-        f"{sum(map(sum, train_seconds.values())) / 60:.1f} min in all, this invocation {total / 60:.1f} min "
-        "(finished runs of an earlier invocation are reused).",
-        "",
-        "## Setting",
-        "",
-        f"- Data: synthetic, {hard}: {args.identities} training identities × {args.images_per_identity} images, "
-        f"{args.holdout_identities} held-out identities (data seed {args.data_seed}); {args.pairs} verification "
-        "pairs and the IJB-layout release `holdout/` for `pairs` and `identify`.",
-        f"- Model: `tiny` backbone, 128-d embedding, SGD lr 0.1 (momentum 0.9, weight decay 5e-4), batch "
-        f"{args.batch_size}, {args.epochs:g} epochs, polynomial decay, fp32, one process (configs/quickstart.yaml).",
-        f"- Repeats: {len(args.seeds)} (training seeds {', '.join(map(str, args.seeds))}); mean ± std over repeats "
-        "when there are several.",
-        "",
-        "## Results on held-out identities",
-        "",
-        "| head | definition | verify accuracy | verify TAR@FAR=1e-2 | pairs TAR@FAR=1e-3 | pairs TAR@FAR=1e-2 "
-        "| rank-1 | rank-5 | TPIR@FPIR=1e-1 | train min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        *findings,
-        "",
-        f"![ROC]({figures.name}/{roc_png.name})",
-        f"![accuracy over steps]({figures.name}/{curve_png.name})",
-        "",
+    settings = records[0]["settings"]
+    train_minutes = sum(r["train_seconds"] for r in records) / 60
+    eval_minutes = sum(r["eval_seconds"] for r in records) / 60
+    loads = [r["load_average"] for r in records]
+    hard = "quick smoke settings, not a study" if settings["quick"] else "the hard variation"
+    return "\n".join(
+        [
+            f"Runs: {len(records)} (heads × seeds); training took {train_minutes:.1f} min summed over runs and "
+            f"evaluation {eval_minutes:.1f} min, on {os.cpu_count()} CPU cores "
+            f"({platform.processor() or platform.machine()}), torch {torch.__version__}; the 1-minute load "
+            f"average when each run's evaluation began ranged {min(loads):.1f}–{max(loads):.1f}. "
+            f"Raw results, one line per run: [`{figures.name}/{RESULTS}`]({figures.name}/{RESULTS}).",
+            "",
+            "### Setting",
+            "",
+            f"- Data: synthetic, {hard}: {settings['identities']} training identities × "
+            f"{settings['images_per_identity']} images, {settings['holdout_identities']} held-out identities "
+            f"(data seed {settings['data_seed']}); {settings['pairs']} verification pairs and the IJB-layout "
+            "release `holdout/` for `pairs` and `identify`.",
+            f"- Model: `tiny` backbone, 128-d embedding, SGD lr 0.1 (momentum 0.9, weight decay 5e-4), batch "
+            f"{settings['batch_size']}, {settings['epochs']:g} epochs, polynomial decay, fp32, one process "
+            "(configs/quickstart.yaml).",
+            f"- Repeats: {len(seeds)} (training seeds {', '.join(map(str, seeds))}); mean ± sample std over "
+            "repeats when there are several.",
+            "",
+            "### Results on held-out identities",
+            "",
+            "Verify accuracy is insightface's read-out (thresholds on a 0.01 grid of squared L2 distances, "
+            "10 folds), the one published LFW/CFP-FP/AgeDB columns use; best cut is the exact best threshold "
+            "per fold; fold std is the grid accuracy's std over the 10 folds.",
+            "",
+            "| head | definition | verify accuracy | verify best cut | verify fold std | verify TAR@FAR=1e-2 "
+            "| pairs TAR@FAR=1e-3 | pairs TAR@FAR=1e-2 | rank-1 | rank-5 | TPIR@FPIR=1e-1 | train min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            *findings,
+            "",
+            f"![ROC]({figures.name}/{roc_png.name})",
+            f"![accuracy over steps]({figures.name}/{curve_png.name})",
+        ]
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    out = Path(args.out)
+    figures = out / "loss_study"
+    results = figures / RESULTS
+    if not args.report:
+        data = Path(args.work) / ("data_quick" if args.quick else "data")
+        if not (data / HOLDOUT_DIR).is_dir():
+            print(f"generating the hard synthetic set in {data}", flush=True)
+            generate_synthetic_dataset(
+                data,
+                args.identities,
+                args.images_per_identity,
+                seed=args.data_seed,
+                holdout_identities=args.holdout_identities,
+                pairs=args.pairs,
+                variation="hard",
+            )
+        done = {(r["head"], r["seed"]) for r in read_results(results) if r["settings"] == settings_of(args)}
+        for seed in args.seeds:
+            for head in (h for h in HEADS + FAMILIES if h.name in args.heads):
+                if (head.name, seed) not in done:
+                    append_result(results, run_record(args, data, head, seed))
+    records = [
+        r
+        for r in read_results(results)
+        if r["settings"] == settings_of(args) and r["head"] in args.heads and r["seed"] in args.seeds
     ]
-    report = out / "loss_study.md"
-    report.write_text("\n".join(lines))
-    print(f"{report} ({total / 60:.1f} min)")
+    if not records:
+        raise SystemExit(f"no results in {results} for these settings, heads and seeds: run without --report first")
+    doc = write_generated(
+        out / "loss_study.md",
+        report(args, records, figures),
+        "Loss study: softmax, NormFace, SphereFace, CosFace, ArcFace, combined margin, Partial FC",
+    )
+    print(doc)
     return 0
 
 

@@ -58,6 +58,7 @@ from partialfc.eval.identification import identification_metrics
 from partialfc.eval.scores import strict_tar_at_far, verification_accuracy
 from partialfc.training.lr_schedule import LRSchedule
 from partialfc.training.optimizer import TrainingOptimizer
+from study_report import append_result, read_results, write_generated
 
 HOLDOUT_BASE = 1 << 40  # held-out identity ids start here: disjoint from any training C
 _PROTOTYPE, _NUISANCE, _NOISE, _BASIS, _PAIRS = 1, 2, 3, 4, 5  # purposes of the generator's streams
@@ -422,12 +423,6 @@ def grid(classes: Sequence[int], rates: Sequence[float], seeds: Sequence[int], h
     return unique
 
 
-def read_results(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def pending_cells(cells: Sequence[Cell], results: Sequence[dict], settings: Settings) -> list[Cell]:
     done = {
         (r["num_classes"], r["sample_rate"], r["head"], r["seed"])
@@ -450,8 +445,7 @@ def _worker(rank: int, world_size: int, port: int, cells: list[Cell], settings: 
                 continue
             record = run_cell(cell, settings, rank, world_size)
             if rank == 0:
-                with open(results, "a") as out:
-                    out.write(json.dumps(record) + "\n")
+                append_result(Path(results), record)
                 print(
                     f"{time.strftime('%H:%M:%S')} {cell.name()}: verify {record['verify_accuracy']:.4f} "
                     f"rank-1 {record['rank1']:.4f} loss {record['final_loss']:.3f} "
@@ -762,9 +756,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-START, END = "<!-- results start -->", "<!-- results end -->"
-
-
 def write_report(args: argparse.Namespace, settings: Settings, cells: Sequence[Cell]) -> Path:
     """Regenerate the results section of ``OUTPUT.md`` (between the markers; the prose around it stays)."""
     results = [
@@ -779,12 +770,7 @@ def write_report(args: argparse.Namespace, settings: Settings, cells: Sequence[C
     )
     doc = args.output.parent / f"{args.output.name}.md"
     text = report(results, cells, args.output, wall)
-    current = doc.read_text() if doc.is_file() else f"# Sample-rate study (generated)\n\n{START}\n{END}\n"
-    if START not in current or END not in current:
-        current += f"\n{START}\n{END}\n"
-    head, rest = current.split(START, 1)
-    doc.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
-    return doc
+    return write_generated(doc, text, "Sample-rate study (generated)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from training_run import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # spawned ranks import the module by name, so it must be importable
 import sample_rate_study as study
+import study_report
 
 
 def test_samples_are_a_function_of_seed_identity_and_index_only() -> None:
@@ -97,7 +98,7 @@ def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
     assert study.pending_cells(cells, records, study.Settings()) == cells  # other settings: nothing reused
 
     doc = tmp_path / "srs.md"
-    doc.write_text(f"# prose kept\n\n{study.START}\nold\n{study.END}\n\ntail kept\n")
+    doc.write_text(f"# prose kept\n\n{study_report.START}\nold\n{study_report.END}\n\ntail kept\n")
     args = study.parse_args(["--output", str(output), "--report"])
     study.write_report(args, settings, cells)
     text = doc.read_text()
