@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from study_report import append_result, read_results, write_generated
 from torch import nn
 
 from partialfc.common.distributed import derive_seed
@@ -58,7 +59,6 @@ from partialfc.eval.identification import identification_metrics
 from partialfc.eval.scores import strict_tar_at_far, verification_accuracy
 from partialfc.training.lr_schedule import LRSchedule
 from partialfc.training.optimizer import TrainingOptimizer
-from study_report import append_result, read_results, write_generated
 
 HOLDOUT_BASE = 1 << 40  # held-out identity ids start here: disjoint from any training C
 _PROTOTYPE, _NUISANCE, _NOISE, _BASIS, _PAIRS = 1, 2, 3, 4, 5  # purposes of the generator's streams
