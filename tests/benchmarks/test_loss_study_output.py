@@ -53,6 +53,12 @@ def test_a_rerun_trains_only_the_runs_missing_under_the_same_settings(monkeypatc
     )
     args = module.parse_args()
     same, other = module.settings_of(args), {**module.settings_of(args), "epochs": 9.0}
-    records = [{"head": "softmax", "seed": 0, "settings": same}, {"head": "arcface", "seed": 0, "settings": other}]
+    softmax, arcface = (module.definition(module.HEAD_NAMED[name]) for name in ("softmax", "arcface"))
+    records = [
+        {"head": "softmax", "seed": 0, "settings": same, "definition": softmax},
+        {"head": "arcface", "seed": 0, "settings": other, "definition": arcface},
+    ]
     assert [(head.name, seed) for head, seed in module.pending(args, records)] == [("arcface", 0)]
+    records[1]["settings"], records[0]["definition"] = same, {**softmax, "sample_rate": 0.5}  # an older definition
+    assert [(head.name, seed) for head, seed in module.pending(args, records)] == [("softmax", 0)]
     assert [(head.name, seed) for head, seed in module.pending(args, [])] == [("softmax", 0), ("arcface", 0)]
