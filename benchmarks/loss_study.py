@@ -11,7 +11,7 @@ and accuracy-over-steps curves, with the settings, seeds, repeats and the time i
 
     python benchmarks/loss_study.py --identities 1500 --out docs   # 35 min on 2 shared cores: docs/loss_study.md
     python benchmarks/loss_study.py --identities 1500 --out docs --report   # the doc again, from its raw results
-    python benchmarks/loss_study.py --seeds 0 1 2        # three repeats (about 1.75 h), report in runs/loss_study/report
+    python benchmarks/loss_study.py --seeds 0 1 2        # three repeats (about 1.75 h), into runs/loss_study/report
     python benchmarks/loss_study.py --quick              # a two-minute smoke run of the pipeline, never into docs/
     python benchmarks/loss_study.py --heads arcface adaface curricularface magface elasticface
 
