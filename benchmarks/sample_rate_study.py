@@ -677,6 +677,8 @@ def run_jobs(jobs: Sequence[Job], results: Path, world_size: int = 2, budget_hou
     """Run ``jobs`` in order on ``world_size`` gloo ranks (one process group for all), appending to
     ``results``; with a budget, stop before the first job that would take the summed cell time of
     ``results`` past it."""
+    if not jobs:
+        return
     results.parent.mkdir(parents=True, exist_ok=True)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1437,6 +1439,7 @@ def factorial_report(
             if timing
             else "(no timing runs)"
         ),
+        "",
     ]
     for c in design.classes:
         present = [r for r in results if r["num_classes"] == c]
