@@ -34,7 +34,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+from study_report import append_result, read_results, write_generated
 
 from partialfc import embed
 from partialfc.data.synth import HOLDOUT_DIR, VERIFICATION_NAME, generate_synthetic_dataset
@@ -50,7 +49,6 @@ from partialfc.eval import __main__ as eval_cli
 from partialfc.eval.plots import line_plot
 from partialfc.report import read_history
 from partialfc.training.run_log import RECORD_FILE
-from study_report import append_result, read_results, write_generated
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = "results.jsonl"
@@ -382,9 +380,8 @@ def report(args: argparse.Namespace, records: list[dict], figures: Path) -> str:
     return "\n".join(
         [
             f"Runs: {len(records)} (heads × seeds); training took {train_minutes:.1f} min summed over runs and "
-            f"evaluation {eval_minutes:.1f} min, on {os.cpu_count()} CPU cores "
-            f"({platform.processor() or platform.machine()}), torch {torch.__version__}; the 1-minute load "
-            f"average when each run's evaluation began ranged {min(loads):.1f}–{max(loads):.1f}. "
+            f"evaluation {eval_minutes:.1f} min; the 1-minute load average when each run's evaluation began "
+            f"ranged {min(loads):.1f}–{max(loads):.1f}. "
             f"Raw results, one line per run: [`{figures.name}/{RESULTS}`]({figures.name}/{RESULTS}).",
             "",
             "### Setting",
@@ -418,6 +415,13 @@ def report(args: argparse.Namespace, records: list[dict], figures: Path) -> str:
     )
 
 
+def pending(args: argparse.Namespace, records: list[dict]) -> list[tuple[Head, int]]:
+    """The (head, seed) runs asked for that the results do not hold under these settings yet, in run order."""
+    done = {(r["head"], r["seed"]) for r in records if r["settings"] == settings_of(args)}
+    heads = [h for h in HEADS + FAMILIES if h.name in args.heads]
+    return [(head, seed) for seed in args.seeds for head in heads if (head.name, seed) not in done]
+
+
 def main() -> int:
     args = parse_args()
     out = Path(args.out)
@@ -436,11 +440,8 @@ def main() -> int:
                 pairs=args.pairs,
                 variation="hard",
             )
-        done = {(r["head"], r["seed"]) for r in read_results(results) if r["settings"] == settings_of(args)}
-        for seed in args.seeds:
-            for head in (h for h in HEADS + FAMILIES if h.name in args.heads):
-                if (head.name, seed) not in done:
-                    append_result(results, run_record(args, data, head, seed))
+        for head, seed in pending(args, read_results(results)):
+            append_result(results, run_record(args, data, head, seed))
     records = [
         r
         for r in read_results(results)

@@ -41,7 +41,11 @@ budget estimated by a per-step timing model (``--timing``, ``OUTPUT/timing.jsonl
 
 Each finished cell appends one JSON line to ``OUTPUT/results.jsonl``; a rerun skips cells already
 there with the same settings, so the grid can be extended later. ``--report`` (also run after the
-grid) writes ``OUTPUT/../sample_rate_study.md`` and the plots from whatever results exist.
+grid) writes ``OUTPUT/../sample_rate_study.md`` and the plots from whatever results exist, and from
+nothing else, so the text is the same on any machine. Each sampled cell is compared with r = 1.0 at
+its C (each head with ArcFace) through per-seed paired differences, labelled by
+:func:`study_stats.verdict`: a t-interval with n − 1 d.f., then TOST at the metric's margin in
+``MARGINS``; the seeds share one data set, so the intervals hold optimisation noise only.
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -61,24 +64,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from study_report import append_result, read_results, write_generated
+from study_stats import Estimate, t_half_width, t_interval, verdict
 from torch import nn
 
-from partialfc.common.distributed import derive_seed
+from partialfc.common.distributed import derive_seed, shard_range
 from partialfc.config import OptimConfig
 from partialfc.core.centre_optim import LazySGD
 from partialfc.core.margins import CombinedMargin, Margin, Softmax
-from partialfc.core.partial_fc import PartialFC
+from partialfc.core.partial_fc import PartialFC, sampled_classes
 from partialfc.eval.identification import identification_metrics
 from partialfc.eval.scores import strict_tar_at_far, verification_accuracy
 from partialfc.training.lr_schedule import LRSchedule
 from partialfc.training.optimizer import TrainingOptimizer
-from study_report import append_result, read_results, write_generated
-from study_stats import t_interval, verdict
 
 HOLDOUT_BASE = 1 << 40  # held-out identity ids start here: disjoint from any training C
 _PROTOTYPE, _NUISANCE, _NOISE, _BASIS, _PAIRS = 1, 2, 3, 4, 5  # purposes of the generator's streams
 _SHUFFLE = 6  # purpose of the training seed's epoch permutations
-_TAIL, _NOISY, _NOISY_LABEL, _DUPLICATE, _IMPOSTORS = 7, 8, 9, 10, 11  # purposes of the factorial grid's knobs
+_TAIL, _NOISY, _DUPLICATE, _IMPOSTORS = 7, 8, 10, 11  # purposes of the factorial grid's knobs
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 HEADS: dict[str, str] = {
@@ -985,31 +988,14 @@ def plan(jobs: Sequence[Job], results: Sequence[dict], budget_hours: float) -> s
 
 
 # ---------------------------------------------------------------------- the report
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-@dataclass(frozen=True)
-class Summary:
-    n: int
-    mean: float
-    std: float
-    low: float
-    high: float
-
-
-def summarise(values: Sequence[float]) -> Summary:
-    """Mean, sample std and the 95% t-interval of the mean (a point when n = 1)."""
-    values = np.asarray(values, dtype=np.float64)
-    n, mean = len(values), float(np.mean(values))
-    if n < 2:
-        return Summary(n, mean, math.nan, mean, mean)
-    std = float(np.std(values, ddof=1))
-    half = _T95.get(n - 1, 1.96) * std / math.sqrt(n)
-    return Summary(n, mean, std, mean - half, mean + half)
-
-
-def overlaps(a: Summary, b: Summary) -> bool:
-    return a.n >= 2 and b.n >= 2 and a.low <= b.high and b.low <= a.high
+METRICS = {
+    "verify_accuracy": "verification accuracy",
+    "rank1": "rank-1 identification",
+    "tar_at_far_1e-3": "TAR@FAR=1e-3",
+    "tpir_at_fpir_1e-2": "TPIR@FPIR=1e-2",
+}
+MARGINS = {"verify_accuracy": 0.3, "rank1": 1.0, "tar_at_far_1e-3": 1.0, "tpir_at_fpir_1e-2": 2.0}
+"""Equivalence margin of each metric, in points; docs/sample_rate_study.md gives the reason for each value."""
 
 
 def _cells(results: Sequence[dict]) -> dict[tuple[str, int, float], list[dict]]:
@@ -1019,146 +1005,210 @@ def _cells(results: Sequence[dict]) -> dict[tuple[str, int, float], list[dict]]:
     return groups
 
 
-def _points(s: Summary) -> str:
-    if s.n < 2:
-        return f"{100 * s.mean:.2f} (n=1)"
-    return f"{100 * s.mean:.2f} ± {100 * s.std:.2f} [{100 * s.low:.2f}, {100 * s.high:.2f}]"
+def _same_runs(a: Sequence[dict], b: Sequence[dict]) -> bool:
+    """Whether two cells are the same runs: for every seed the same centres per step and the same results."""
+
+    def fingerprint(records: Sequence[dict]) -> list[tuple]:
+        return sorted((r["seed"], r["centres_per_step"], *(r[m] for m in METRICS)) for r in records)
+
+    return fingerprint(a) == fingerprint(b)
 
 
-METRICS = {"verify_accuracy": "verification accuracy", "rank1": "rank-1 identification"}
+def requested_centres(num_classes: int, rate: float, world_size: int) -> int:
+    """Centres per step that ``rate`` asks for, all ranks: what the softmax holds unless the batch's positives
+    outnumber it."""
+    return sum(sampled_classes(shard_range(num_classes, rank, world_size)[1], rate) for rank in range(world_size))
 
 
 @dataclass(frozen=True)
-class Loss:
-    """A sampled cell against r = 1.0 at the same C, for one metric (points)."""
+class Row:
+    """A row of the ArcFace tables: one C and the rates whose runs are identical there (usually one rate)."""
 
-    rate: float
-    centres: float
-    delta: float
-    """Mean of r = 1.0 minus mean of r (positive: sampling lost accuracy)."""
-    error: float
-    """95% half-width of the difference of means (Welch, normal approximation; 0 with one seed)."""
-    overlap: bool
-    paired: Summary
-    """Per-seed differences (r = 1.0 minus r, same training seed), points: mean and 95% t-interval."""
+    num_classes: int
+    rates: tuple[float, ...]
+    records: tuple[dict, ...]
+
+    def centres(self) -> float:
+        return float(np.mean([r["centres_per_step"] for r in self.records]))
+
+    def positives_bound(self) -> bool:
+        """More centres per step than the rate asks for: the batch's positives, not r, filled the softmax."""
+        world = self.records[0]["world_size"]
+        return self.centres() > min(requested_centres(self.num_classes, rate, world) for rate in self.rates)
 
 
-def losses_vs_full(results: Sequence[dict], metric: str) -> dict[int, list[Loss]]:
-    """Per C, every sampled ArcFace rate against r = 1.0 on ``metric``."""
-    groups = _cells([r for r in results if r["head"] == "arcface"])
-    out: dict[int, list[Loss]] = {}
-    for (_, c, rate), records in sorted(groups.items()):
-        full = groups.get(("arcface", c, 1.0))
-        if rate == 1.0 or not full:
+def arcface_rows(results: Sequence[dict]) -> list[Row]:
+    """ArcFace cells by C, then r from 1.0 down; a rate whose runs are identical to the row above joins that row,
+    so that one experiment is not counted as several."""
+    rows: list[Row] = []
+    for (head, c, rate), records in sorted(_cells(results).items(), key=lambda item: (item[0][1], -item[0][2])):
+        if head != "arcface":
             continue
-        a, f = summarise([r[metric] for r in records]), summarise([r[metric] for r in full])
-        error = 1.96 * math.sqrt((a.std**2 / a.n if a.n > 1 else 0.0) + (f.std**2 / f.n if f.n > 1 else 0.0))
-        by_seed = {r["seed"]: r[metric] for r in full}
-        paired = summarise(
-            [100 * (by_seed[r["seed"]] - r[metric]) for r in records if r["seed"] in by_seed] or [math.nan]
-        )
-        out.setdefault(c, []).append(
-            Loss(
-                rate,
-                float(np.mean([r["centres_per_step"] for r in records])),
-                100 * (f.mean - a.mean),
-                100 * error,
-                overlaps(a, f),
-                paired,
-            )
-        )
+        if rows and rows[-1].num_classes == c and _same_runs(rows[-1].records, records):
+            rows[-1] = replace(rows[-1], rates=(*rows[-1].rates, rate))
+        else:
+            rows.append(Row(c, (rate,), tuple(records)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A cell against its reference on one metric: the per-seed differences (cell minus reference, same
+    training seed, so the same initialisation and data order), in points."""
+
+    metric: str
+    differences: tuple[float, ...]
+
+    def estimate(self) -> Estimate:
+        return t_interval(self.differences)
+
+    def label(self) -> str:
+        return verdict(self.differences, MARGINS[self.metric])
+
+    def text(self) -> str:
+        d = self.estimate()
+        interval = f" [{d.low:+.2f}, {d.high:+.2f}]" if d.n > 1 else ""
+        return f"{d.mean:+.2f}{interval} {self.label()}"
+
+
+def compare(records: Sequence[dict], reference: Sequence[dict], metric: str) -> Comparison | None:
+    """``records`` against ``reference`` on ``metric``, paired by training seed; None when no seed is in both."""
+    by_seed = {r["seed"]: r[metric] for r in reference}
+    differences = tuple(100 * (r[metric] - by_seed[r["seed"]]) for r in records if r["seed"] in by_seed)
+    return Comparison(metric, differences) if differences else None
+
+
+def sampled_vs_full(rows: Sequence[Row]) -> list[tuple[Row, dict[str, Comparison]]]:
+    """Every sampled row against r = 1.0 at the same C, on every metric."""
+    full = {row.num_classes: row for row in rows if 1.0 in row.rates}
+    out = []
+    for row in rows:
+        reference = full.get(row.num_classes)
+        if reference is None or row is reference:
+            continue
+        found = {m: c for m in METRICS if (c := compare(row.records, reference.records, m)) is not None}
+        if found:
+            out.append((row, found))
     return out
 
 
-def smallest_rate_within(losses: Sequence[Loss], points: float = 0.3) -> float:
-    """The smallest r whose mean is within ``points`` of r = 1.0, every larger sampled r too (1.0 if none)."""
-    best = 1.0
-    for loss in sorted(losses, key=lambda entry: -entry.rate):
-        if loss.delta > points:
-            break
-        best = loss.rate
-    return best
+def _points(records: Sequence[dict], metric: str) -> str:
+    s = t_interval([100 * r[metric] for r in records])
+    return f"{s.mean:.2f} (n=1)" if s.n < 2 else f"{s.mean:.2f} ± {s.std:.2f}"
 
 
-def _rate_text(rate: float) -> str:
-    return "no sampled r (only r = 1.0)" if rate == 1.0 else f"r = {rate:g}"
+def _rates(row: Row) -> str:
+    return ", ".join(f"{rate:g}" for rate in row.rates)
 
 
-def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wall: str) -> str:
-    """The markdown tables (ArcFace over (C, r), heads at r = 1.0), the recommendation and the plot."""
+def _centres(row: Row) -> str:
+    return f"{row.centres():,.0f}" + (" ‡" if row.positives_bound() else "")
+
+
+_COLUMNS = " | ".join(f"{name} %" for name in ("verify acc", "rank-1", "TAR@FAR=1e-3", "TPIR@FPIR=1e-2"))
+_DELTAS = " | ".join(f"Δ {name}" for name in ("verify", "rank-1", "TAR@FAR=1e-3", "TPIR@FPIR=1e-2"))
+
+
+def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path) -> str:
+    """The markdown tables (ArcFace over (C, r) and its paired verdicts against r = 1.0, heads at r = 1.0
+    against ArcFace) and the plot, from the results alone: the same results give the same text anywhere."""
     groups = _cells(results)
-    deltas = {metric: losses_vs_full(results, metric) for metric in METRICS}
-
-    def delta_text(metric: str, c: int, rate: float) -> str:
-        found = [entry for entry in deltas[metric].get(c, []) if entry.rate == rate]
-        if not found:
-            return "—"
-        loss = found[0]
-        paired = f" paired [{-loss.paired.high:+.2f}, {-loss.paired.low:+.2f}]" if loss.paired.n > 1 else ""
-        return f"{-loss.delta:+.2f}{paired}" + (" (no difference measured)" if loss.overlap else "")
-
-    lines = [
-        "| C | r | centres/step | seeds | verify acc % (mean ± std [95% CI]) | Δ verify "
-        "| rank-1 % (mean ± std [95% CI]) | Δ rank-1 | TAR@FAR=1e-3 % | train s/seed |",
+    rows = arcface_rows(results)
+    versus = sampled_vs_full(rows)
+    levels = [
+        f"| C | r | centres/step | steps | seeds | {_COLUMNS} | train s/seed |",
         "|---|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {row.num_classes:,} | {_rates(row)} | {_centres(row)} | {row.records[0]['steps']:,} "
+            f"| {len(row.records)} | "
+            + " | ".join(_points(row.records, m) for m in METRICS)
+            + f" | {np.mean([r['train_seconds'] for r in row.records]):.0f} |"
+            for row in rows
+        ),
     ]
-    for (head, c, rate), records in sorted(groups.items(), key=lambda item: (item[0][1], -item[0][2])):
-        if head != "arcface":
-            continue
-        acc, rank1 = summarise([r["verify_accuracy"] for r in records]), summarise([r["rank1"] for r in records])
-        tar = summarise([r["tar_at_far_1e-3"] for r in records])
-        lines.append(
-            f"| {c:,} | {rate:g} | {np.mean([r['centres_per_step'] for r in records]):,.0f} | {acc.n} "
-            f"| {_points(acc)} | {delta_text('verify_accuracy', c, rate)} | {_points(rank1)} "
-            f"| {delta_text('rank1', c, rate)} | {_points(tar)} "
-            f"| {np.mean([r['train_seconds'] for r in records]):.0f} |"
+    deltas = [
+        f"| C | r | centres/step | {_DELTAS} |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {row.num_classes:,} | {_rates(row)} | {_centres(row)} | "
+            + " | ".join(found[m].text() if m in found else "—" for m in METRICS)
+            + " |"
+            for row, found in versus
+        ),
+    ]
+    notes = []
+    if any(row.positives_bound() for row in rows):
+        notes.append(
+            "‡ More centres per step than r asks for (⌈r·C/ranks⌉ per rank): the batch's positives outnumber "
+            "the sample, so the softmax holds the positives alone on most steps and r is not what varies."
         )
-    head_rows = [
-        "| C | head | seeds | verify acc % (mean ± std [95% CI]) | rank-1 % (mean ± std [95% CI]) | TAR@FAR=1e-3 % |",
-        "|---|---|---|---|---|---|",
-    ]
+    for row in rows:
+        if len(row.rates) > 1:
+            notes.append(
+                f"r = {_rates(row)} at C = {row.num_classes:,}: identical runs (for every seed the same centres "
+                "per step and the same results), shown once: one data point, not several."
+            )
+    head_levels = [f"| C | head | seeds | {_COLUMNS} |", "|---|---|---|---|---|---|---|"]
+    head_deltas = [f"| C | head | {_DELTAS} |", "|---|---|---|---|---|---|"]
     for c in sorted({c for h, c, _ in groups if h != "arcface"}):
+        arcface = groups.get(("arcface", c, 1.0), [])
         for head in HEADS:
             records = groups.get((head, c, 1.0))
-            if records:
-                summaries = [
-                    summarise([r[m] for r in records]) for m in ("verify_accuracy", "rank1", "tar_at_far_1e-3")
-                ]
-                head_rows.append(
-                    f"| {c:,} | {HEADS[head]} | {summaries[0].n} | " + " | ".join(_points(s) for s in summaries) + " |"
+            if not records:
+                continue
+            head_levels.append(
+                f"| {c:,} | {HEADS[head]} | {len(records)} | " + " | ".join(_points(records, m) for m in METRICS) + " |"
+            )
+            found = {m: compare(records, arcface, m) for m in METRICS} if head != "arcface" else {}
+            if any(found.values()):
+                head_deltas.append(
+                    f"| {c:,} | {HEADS[head]} | "
+                    + " | ".join(comparison.text() if comparison else "—" for comparison in found.values())
+                    + " |"
                 )
-    recommendation = [
-        f"- C = {c:,} (global batch {groups[('arcface', c, 1.0)][0]['global_batch']}): "
-        + ", ".join(f"{METRICS[m]} " + _rate_text(smallest_rate_within(deltas[m].get(c, []))) for m in METRICS)
-        for c in sorted({c for h, c, r in groups if h == "arcface" and r == 1.0})
-    ]
+    heads_text = [*head_levels]
+    if len(head_deltas) > 2:
+        heads_text += ["", "Δ against ArcFace at the same C, paired by training seed:", "", *head_deltas]
+    data_sets = {json.dumps(r["settings"].get("space"), sort_keys=True) for r in results}
+    shared = (
+        " Every seed trains on the same data set, so the intervals hold optimisation noise only (initialisation, "
+        "data order, sampling)."
+        if len(data_sets) == 1
+        else ""
+    )
     done = {(r["num_classes"], r["sample_rate"], r["head"], r["seed"]) for r in results}
     missing = [c.name() for c in expected if (c.num_classes, c.sample_rate, c.head, c.seed) not in done]
-    plot = _plot(deltas, figures) if any(deltas.values()) else None
+    plot = _plot(versus, figures) if versus else None
+    minutes = sum(r["train_seconds"] for r in results) / 60
+    ranks = "/".join(str(w) for w in sorted({r["world_size"] for r in results}))
     return "\n".join(
         [
             "<!-- generated by benchmarks/sample_rate_study.py (--report): everything up to the end marker -->",
             "### ArcFace over (C, r), held-out identities",
             "",
-            *lines,
+            *levels,
             "",
-            'Δ: mean of r minus mean of r = 1.0 at the same C, in points; "no difference measured" where the two '
-            '95% t-intervals (over seeds) overlap. "paired": 95% t-interval of the per-seed differences (the '
-            "same training seed gives both cells the same initialisation and data order), a sharper test than the "
-            "overlap. Intervals are t-intervals of the mean and can pass 100%. centres/step: centres in the "
-            "softmax per step, all ranks (the batch's positives included).",
+            "Mean ± sample std over training seeds, in %. centres/step: centres in the softmax per step, all ranks "
+            "(the batch's positives included), mean over steps and seeds.",
+            "",
+            "### Sampled r against r = 1.0 at the same C, paired by training seed",
+            "",
+            *deltas,
+            "",
+            "Δ: per-seed difference, sampled r minus r = 1.0 (the same training seed gives both the same "
+            "initialisation and data order), in points: mean [95% t-interval, n − 1 d.f.] and the verdict: lower "
+            "or higher where the interval excludes 0; equivalent (±margin) where two one-sided t-tests at 5% put "
+            "the difference inside that margin; inconclusive otherwise." + shared,
+            *(line for note in notes for line in ("", note)),
             "",
             "### Heads at r = 1.0",
             "",
-            *(head_rows if len(head_rows) > 2 else ["(no head-comparison cells finished)"]),
+            *(heads_text if len(head_levels) > 2 else ["(no head-comparison cells finished)"]),
             "",
-            "### Smallest r within 0.3 points of r = 1.0 (means; every larger sampled r also within)",
+            f"![accuracy change vs r]({figures.name}/{plot.name})" if plot else "",
             "",
-            *recommendation,
-            "",
-            f"![accuracy lost vs r]({figures.name}/{plot.name})" if plot else "",
-            "",
-            f"Cells finished: {len(results)} of {len(expected)} planned; {wall}.",
+            f"Cells finished: {len(results)} of {len(expected)} planned; {minutes:.1f} min of training summed over "
+            f"cells, {ranks} gloo ranks.",
             "",
             ("Missing cells (not run yet; rerun the command to add them): " + "; ".join(missing))
             if missing
@@ -1167,39 +1217,59 @@ def report(results: Sequence[dict], expected: Sequence[Cell], figures: Path, wal
     )
 
 
-def _plot(deltas: dict[str, dict[int, list[Loss]]], figures: Path) -> Path:
-    """Points lost vs r and vs centres sampled per step, one line per C, 95% error bars; a row per metric."""
+def _plot(versus: Sequence[tuple[Row, dict[str, Comparison]]], figures: Path) -> Path:
+    """Δ against r and against centres sampled per step, one line per C, error bars the t-based half-width of
+    the paired differences; a row per metric, dashed lines at ± its equivalence margin; hollow markers where
+    the positives filled the softmax."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(deltas), 2, figsize=(11, 4 * len(deltas)), dpi=100, squeeze=False)
+    figure, axes = plt.subplots(len(METRICS), 2, figsize=(11, 3.6 * len(METRICS)), dpi=100, squeeze=False)
     try:
-        for row, (metric, per_c) in enumerate(deltas.items()):
-            for c, losses in sorted(per_c.items()):
-                losses = sorted(losses, key=lambda entry: entry.rate)
-                y, err = [entry.delta for entry in losses], [entry.error for entry in losses]
-                axes[row][0].errorbar(
-                    [entry.rate for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}"
+        for (metric, name), pair in zip(METRICS.items(), axes):
+            for c in sorted({row.num_classes for row, _ in versus}):
+                points = sorted(
+                    ((row, found[metric]) for row, found in versus if row.num_classes == c and metric in found),
+                    key=lambda item: -item[0].rates[0],
                 )
-                axes[row][1].errorbar(
-                    [entry.centres for entry in losses], y, yerr=err, marker="o", capsize=3, label=f"C={c:,}"
-                )
-            for ax, xlabel in zip(axes[row], ("sample rate r", "centres in the softmax per step (all ranks)")):
+                y = [comparison.estimate().mean for _, comparison in points]
+                err = [np.nan_to_num(t_half_width(comparison.differences)) for _, comparison in points]
+                per_rate = [(rate, i) for i, (row, _) in enumerate(points) for rate in row.rates]
+                for ax, xs, ys, errs, hollow in (
+                    (
+                        pair[0],
+                        [rate for rate, _ in per_rate],
+                        [y[i] for _, i in per_rate],
+                        [err[i] for _, i in per_rate],
+                        [points[i][0].positives_bound() for _, i in per_rate],
+                    ),
+                    (pair[1], [row.centres() for row, _ in points], y, err, [r.positives_bound() for r, _ in points]),
+                ):
+                    line = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"C={c:,}")
+                    bound = [i for i, flag in enumerate(hollow) if flag]
+                    if bound:
+                        colour = line.lines[0].get_color()
+                        ax.plot([xs[i] for i in bound], [ys[i] for i in bound], "o", mfc="white", mec=colour, zorder=3)
+            for ax, xlabel in zip(pair, ("sample rate r", "centres in the softmax per step (all ranks)")):
                 ax.set_xscale("log")
                 ax.axhline(0.0, color="grey", lw=0.8)
-                ax.axhline(0.3, color="grey", lw=0.8, ls="--")
+                for bound in (-MARGINS[metric], MARGINS[metric]):
+                    ax.axhline(bound, color="grey", lw=0.8, ls="--")
                 ax.set_xlabel(xlabel)
-                ax.set_ylabel(f"{METRICS[metric]} lost vs r=1.0 (points)")
+                ax.set_ylabel(f"Δ {name} (points)")
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend()
-            rates = sorted({entry.rate for losses in per_c.values() for entry in losses})
-            axes[row][0].xaxis.set_major_locator(matplotlib.ticker.FixedLocator(rates))
-            axes[row][0].xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{r:g}" for r in rates]))
-            axes[row][0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        figure.suptitle("Partial FC: accuracy lost to sampling (ArcFace, mean over seeds, 95% interval)")
+            rates = sorted({rate for row, _ in versus for rate in row.rates})
+            pair[0].xaxis.set_major_locator(matplotlib.ticker.FixedLocator(rates))
+            pair[0].xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{r:g}" for r in rates]))
+            pair[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        figure.suptitle(
+            "Partial FC: sampled r minus r = 1.0 (ArcFace, paired by seed, mean and 95% t-interval)\n"
+            "dashed: equivalence margins; hollow: the batch's positives filled the softmax"
+        )
         figure.tight_layout()
         figures.mkdir(parents=True, exist_ok=True)
         path = figures / "accuracy_loss.png"
@@ -1287,7 +1357,7 @@ def delta_table(results: Sequence[dict], design: Design, c: int, noisy: bool, me
                 continue
             estimate = t_interval(differences)
             interval = f" [{estimate.low:+.2f}, {estimate.high:+.2f}]" if estimate.n > 1 else ""
-            mark = " †" if _positives_only(cell) else ""
+            mark = " ‡" if _positives_only(cell) else ""
             row.append(f"{estimate.mean:+.2f}{interval} {verdict(differences, margin)}{mark}")
         lines.append(f"| {n:,} | " + " | ".join(row) + " |")
     return lines
@@ -1485,7 +1555,7 @@ def factorial_report(
         "Cells: Δ = cell minus the reference at the same (C, N, label noise), paired by seed (a seed fixes the "
         "data and the initialisation of both); [low, high]: the 95% t-interval of the paired differences; "
         "the verdict: lower / higher (interval excludes 0), equivalent (TOST inside the margin), inconclusive. "
-        "†: the batch's positives outnumber M, so the softmax held more than M centres (not the rate it names).",
+        "‡: the batch's positives outnumber M, so the softmax held more than M centres (not the rate it names).",
         "",
         f"Cells finished: {len(results)} of {len(jobs)} planned; {sum(map(cell_seconds, results)) / 3600:.2f} h "
         "of cell time summed.",
@@ -1582,14 +1652,8 @@ def write_report(args: argparse.Namespace, settings: Settings, cells: Sequence[C
         for r in read_results(args.output / "results.jsonl")
         if json.dumps(r["settings"], sort_keys=True) == settings.key()
     ]
-    seconds = sum(r["train_seconds"] for r in results)
-    wall = (
-        f"{seconds / 60:.1f} min of training summed over cells, 2 gloo ranks on {os.cpu_count()} CPU cores "
-        f"({platform.processor() or platform.machine()}), torch {torch.__version__}"
-    )
     doc = args.output.parent / f"{args.output.name}.md"
-    text = report(results, cells, args.output, wall)
-    return write_generated(doc, text, "Sample-rate study (generated)")
+    return write_generated(doc, report(results, cells, args.output), "Sample-rate study (generated)")
 
 
 def quick_design() -> Design:

@@ -1,9 +1,11 @@
 """``benchmarks/sample_rate_study.py``: its generator (deterministic from seeds, the stated difficulty
-structure), its statistics, and a two-step run of the real 2-rank step with a resume and a report."""
+structure), its report (paired verdicts, identical runs shown once, the committed doc regenerated exactly),
+and a two-step run of the real 2-rank step with a resume and a report."""
 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,13 +66,76 @@ def test_held_out_pairs_are_fixed_interleaved_and_correct() -> None:
     assert ids.min() >= study.HOLDOUT_BASE
 
 
-def test_t_interval_and_overlap() -> None:
-    s = study.summarise([1.0, 2.0, 3.0])
-    assert (s.n, s.mean, s.std) == (3, 2.0, 1.0)
-    assert math.isclose(s.high - s.mean, 4.303 / math.sqrt(3))
-    assert study.overlaps(s, study.summarise([4.0, 5.0, 6.0]))
-    assert not study.overlaps(s, study.summarise([10.0, 10.5, 11.0]))
-    assert not study.overlaps(study.summarise([1.0]), study.summarise([1.0]))  # one seed measures no interval
+def record(num_classes: int, rate: float, seed: int, centres: float, **metrics: float) -> dict:
+    """A finished ArcFace cell as results.jsonl holds it; metrics not given are 0.5."""
+    return {
+        "num_classes": num_classes,
+        "sample_rate": rate,
+        "head": "arcface",
+        "seed": seed,
+        **{metric: metrics.get(metric, 0.5) for metric in study.METRICS},
+        "centres_per_step": centres,
+        "steps": 62,
+        "global_batch": 128,
+        "train_seconds": 1.0,
+        "world_size": 2,
+        "settings": {"space": {"seed": 0}},
+    }
+
+
+def test_identical_runs_share_one_row_and_rows_filled_by_positives_are_marked(tmp_path: Path) -> None:
+    results = [
+        *(record(1000, 1.0, s, 1000.0, rank1=0.4 + s / 100) for s in range(3)),
+        *(record(1000, 0.3, s, 300.0, rank1=0.41 + s / 100) for s in range(3)),
+        *(record(1000, 0.1, s, 121.2, rank1=0.42 + s / 100) for s in range(3)),
+        *(record(1000, 0.05, s, 121.0 + s / 100, rank1=0.43) for s in range(3)),
+        *(record(1000, 0.02, s, 121.0 + s / 100, rank1=0.43) for s in range(3)),  # the same runs as r = 0.05
+        *(record(1000, 0.01, s, 121.0 + s / 100, rank1=0.43 + (s == 2) / 100) for s in range(3)),  # one seed differs
+    ]
+    rows = study.arcface_rows(results)
+    assert [row.rates for row in rows] == [(1.0,), (0.3,), (0.1,), (0.05, 0.02), (0.01,)]
+    # r = 0.1 asks for 2 x ceil(0.1 x 500) = 100 centres per step, r = 0.3 for 300: only the former got more.
+    # 1,001 classes split 501 + 500: ceil(50.1) + ceil(50) = 101.
+    assert study.requested_centres(1000, 0.1, 2) == 100 and study.requested_centres(1001, 0.1, 2) == 101
+    assert [row.positives_bound() for row in rows] == [False, False, True, True, True]
+    text = study.report(results, [], tmp_path / "figures")
+    assert "| 1,000 | 0.05, 0.02 | 121 ‡ |" in text
+    assert "r = 0.05, 0.02 at C = 1,000: identical runs" in text
+
+
+def test_sampled_cells_are_judged_from_paired_differences(tmp_path: Path) -> None:
+    # Seeds spread r = 1.0's rank-1 over 10 points; every seed loses exactly 2 with sampling. Unpaired intervals
+    # would overlap; the per-seed differences show the loss. Verification moves by ±0.01 points: equivalent.
+    full = [record(10_000, 1.0, s, 1e4, rank1=r1, verify_accuracy=0.99) for s, r1 in enumerate((0.90, 0.95, 0.85))]
+    sampled = [
+        record(10_000, 0.1, s, 1e3, rank1=r1 - 0.02, verify_accuracy=0.99 + d)
+        for s, r1, d in zip((0, 1, 2, 3), (0.90, 0.95, 0.85, 0.5), (1e-4, -1e-4, 0.0, 0.0))
+    ]
+    rank1 = study.compare(sampled, full, "rank1")
+    assert rank1 is not None and len(rank1.differences) == 3  # seed 3 has no reference: left out, not paired
+    assert math.isclose(rank1.estimate().mean, -2.0) and rank1.label() == "lower"
+    verify = study.compare(sampled, full, "verify_accuracy")
+    assert verify is not None and verify.label() == "equivalent (±0.3)"
+    assert study.compare(sampled, [record(10_000, 1.0, 9, 1e4)], "rank1") is None
+
+    text = study.report(full + sampled[:3], [], tmp_path / "figures")
+    (row,) = [line for line in text.splitlines() if line.startswith("| 10,000 | 0.1 | 1,000 | ") and "lower" in line]
+    assert row.count("equivalent") == 3  # verification, TAR and TPIR (unchanged) against rank-1's loss
+    assert "TPIR@FPIR=1e-2" in text and (tmp_path / "figures" / "accuracy_loss.png").is_file()
+
+
+def test_the_report_regenerates_the_committed_doc(tmp_path: Path) -> None:
+    """The committed doc is exactly what --report writes from the committed results, on any machine."""
+    committed = REPO / "docs" / "sample_rate_study.md"
+    text = committed.read_text()
+    head, rest = text.split(study_report.START, 1)
+    (tmp_path / "sample_rate_study").mkdir()
+    (tmp_path / "sample_rate_study.md").write_text(
+        f"{head}{study_report.START}\nstale\n{study_report.END}{rest.split(study_report.END, 1)[1]}"
+    )
+    shutil.copy(REPO / "docs" / "sample_rate_study" / "results.jsonl", tmp_path / "sample_rate_study" / "results.jsonl")
+    assert study.main(["--output", str(tmp_path / "sample_rate_study"), "--report"]) == 0
+    assert (tmp_path / "sample_rate_study.md").read_text() == text
 
 
 def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
@@ -98,11 +163,11 @@ def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
     assert study.pending_cells(cells, records, study.Settings()) == cells  # other settings: nothing reused
 
     doc = tmp_path / "srs.md"
-    doc.write_text(f"# prose kept\n\n{study_report.START}\nold\n{study_report.END}\n\ntail kept\n")
+    doc.write_text(f"# prose kept\n\n{study_report.START}\nstale report\n{study_report.END}\n\ntail kept\n")
     args = study.parse_args(["--output", str(output), "--report"])
     study.write_report(args, settings, cells)
     text = doc.read_text()
-    assert text.startswith("# prose kept") and text.endswith("tail kept\n") and "old" not in text
+    assert text.startswith("# prose kept") and text.endswith("tail kept\n") and "stale report" not in text
     assert "| 64 | 0.25 |" in text and (output / "accuracy_loss.png").is_file()
 
 
@@ -315,8 +380,8 @@ def test_factorial_report_tables_verdicts_and_cut_cells(tmp_path: Path) -> None:
     row = next(line for line in rank1.splitlines() if line.startswith("| 128 |"))
     reference, at_3000, at_500 = row.strip("| ").split(" | ")[1:]
     assert reference.startswith("91.00 [")
-    assert at_3000.startswith("-5.00 [") and "lower" in at_3000 and "†" not in at_3000
-    assert "equivalent (±1)" in at_500 and "†" in at_500  # 1,000 centres per step for M = 500: positives
+    assert at_3000.startswith("-5.00 [") and "lower" in at_3000 and "‡" not in at_3000
+    assert "equivalent (±1)" in at_500 and "‡" in at_500  # 1,000 centres per step for M = 500: positives
     gap = text.split("**Noise on minus noise off, Δ rank-1 identification**")[1].split("**")[0]
     assert "+3.00 [" in gap and "higher" in gap  # sampling lost 3 points less under label noise
     assert "C=10,000 N=128 noise on: 1 cells" in text and "not calibrated: C=100,000" in text
