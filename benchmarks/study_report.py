@@ -28,12 +28,21 @@ def append_result(path: Path, record: Mapping[str, object]) -> None:
         out.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def write_generated(doc: Path, text: str, title: str) -> Path:
-    """Replace what lies between the markers of ``doc`` with ``text``; a new doc gets ``title`` and the markers."""
-    current = doc.read_text() if doc.is_file() else f"# {title}\n\n{START}\n{END}\n"
-    if START not in current or END not in current:
-        current += f"\n{START}\n{END}\n"
-    head, rest = current.split(START, 1)
+def markers(section: str | None = None) -> tuple[str, str]:
+    """The start and end markers of a doc's generated section; a named section has its own pair."""
+    if section is None:
+        return START, END
+    return f"<!-- results start: {section} -->", f"<!-- results end: {section} -->"
+
+
+def write_generated(doc: Path, text: str, title: str, section: str | None = None) -> Path:
+    """Replace what lies between the markers of ``doc`` (of ``section``'s pair, if named) with ``text``;
+    a new doc gets ``title`` and the markers, a doc without them gets them appended."""
+    start, end = markers(section)
+    current = doc.read_text() if doc.is_file() else f"# {title}\n\n{start}\n{end}\n"
+    if start not in current or end not in current:
+        current += f"\n{start}\n{end}\n"
+    head, rest = current.split(start, 1)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    doc.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
     return doc

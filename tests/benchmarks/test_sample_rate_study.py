@@ -192,3 +192,211 @@ def test_dense_momentum_diagnostic_matches_lazy_sgd_when_every_row_is_sampled_an
     lazy, dense = run(LazySGD(**settings), once_then_other), run(study.DenseMomentumSGD(**settings), once_then_other)
     assert torch.equal(lazy[:2], run(LazySGD(**settings), once_then_other[:1])[:2])  # lazy: rows 0, 1 wait
     assert (dense[:2] < lazy[:2]).all()  # dense: their momentum keeps pushing them while row 2 is sampled
+
+
+# ---------------------------------------------------------------------- the factorial grid
+FIRST_GRID = REPO / "docs" / "sample_rate_study" / "results.jsonl"
+
+
+def test_long_tail_counts_are_deterministic_in_range_with_mean_near_k() -> None:
+    space = study.IdentitySpace(seed=4, images_tail=(1.7, 2, 64))
+    ids = np.arange(200_000)
+    counts = space.images(ids, 8)
+    assert np.array_equal(counts[::-1], space.images(ids[::-1], 8))  # a function of (seed, identity) alone
+    assert counts.min() == 2 and counts.max() == 64
+    assert abs(counts.mean() - 8) < 0.2 and abs(space.mean_images(8) - counts.mean()) < 0.05
+    assert np.mean(counts == 2) > 0.3  # the head of the tail: most identities have few images
+    assert not np.array_equal(counts, study.IdentitySpace(seed=5, images_tail=(1.7, 2, 64)).images(ids, 8))
+    assert (study.IdentitySpace().images(ids[:10], 8) == 8).all()  # off: K each
+
+
+def test_label_noise_share_and_never_the_true_identity() -> None:
+    space = study.IdentitySpace(seed=1, label_noise=0.1)
+    ids, index = np.repeat(np.arange(5000), 8), np.tile(np.arange(8), 5000)
+    labels = space.labels(ids, index, 5000)
+    noisy = labels != ids
+    assert abs(noisy.mean() - 0.1) < 0.01
+    assert labels.min() >= 0 and labels.max() < 5000
+    assert np.array_equal(space.labels(ids[::-1], index[::-1], 5000), labels[::-1])
+    # A noisy label is another identity, never the true one: with two classes every noisy label is the
+    # other class, so the share of changed labels stays at 10% (a draw that could keep the identity: 5%).
+    pair, index = np.repeat(np.arange(2), 20_000), np.tile(np.arange(20_000), 2)
+    assert abs(np.mean(space.labels(pair, index, 2) != pair) - 0.1) < 0.01
+    assert np.array_equal(study.IdentitySpace(seed=1).labels(ids, index, 5000), ids)
+
+
+def test_near_duplicates_have_the_stated_cosine_share_and_spare_held_out_identities() -> None:
+    space = study.IdentitySpace(seed=2, duplicates=0.05, duplicate_cosine=0.9)
+    ids = np.arange(20_000)
+    original = space.duplicate_of(ids)
+    copies = original >= 0
+    assert abs(copies.mean() - 0.05) < 0.01
+    assert (original[copies] == ids[copies] - 1).all() and (original[original[copies]] == -1).all()
+    prototypes = space.prototypes(ids)
+    assert np.allclose(np.sum(prototypes[copies] * prototypes[original[copies]], axis=1), 0.9)
+    assert np.allclose(prototypes[~copies], study.IdentitySpace(seed=2).prototypes(ids[~copies]))
+    assert (space.duplicate_of(study.HOLDOUT_BASE + ids) == -1).all()
+
+
+def test_first_grid_records_still_match_the_default_settings() -> None:
+    records = study.read_results(FIRST_GRID)
+    arcface_default = [r for r in records if r["settings"] == records[0]["settings"]]
+    assert len(arcface_default) == 57
+    assert json_key(records[0]["settings"]) == study.Settings().key()
+    cells = study.grid([1000, 10_000, 100_000], [0.02, 0.05, 0.1, 0.3, 1.0], [0, 1, 2], [10_000, 100_000])
+    assert study.pending_cells(cells, records, study.Settings()) == []
+
+
+def json_key(settings: dict) -> str:
+    import json
+
+    return json.dumps(settings, sort_keys=True)
+
+
+def test_factorial_order_and_budget_cut_from_a_fake_timing_model() -> None:
+    design = study.Design(
+        seeds=(0, 1),
+        centres=(500, 3000, 30_000),
+        blocks=((10_000, (128, 2048), True), (100_000, (2048,), True), (1_000_000, (2048,), True)),
+    )
+    calibration = [_probe(design, c, 0.08, rank1) for c, rank1 in ((10_000, 0.91), (100_000, 0.95))] + [
+        _pilot(design, rule, batch, rank1)
+        for rule, rank1 in (("fixed", 0.8), ("linear", 0.9))
+        for batch in design.pilot_batches
+    ]
+    timing = study.TimingModel((0.0, 0.0, 0.0, 0.0), 100.0)  # every cell: 100 s
+    jobs, uncalibrated = study.factorial_jobs(design, calibration, timing)
+    assert uncalibrated == [100_000, 1_000_000]  # 100k: one probe at 0.95, outside 0.90 ± 0.02: search goes on
+    cells = [
+        (j.cell.num_classes, j.settings.batch_per_rank * 2, round(j.cell.sample_rate * j.cell.num_classes), j.cell.seed)
+        for j in jobs
+    ]
+    assert cells[:6] == [(10_000, 128, m, 0) for m in (10_000, 3000, 500)] + [
+        (10_000, 2048, m, 0) for m in (10_000, 3000, 500)
+    ]
+    assert cells[6][3] == 1 and [c for c, *_ in cells[:12]] == [10_000] * 12
+    assert cells[12] == (100_000, 2048, 100_000, 0) and len(cells) == 12 + 2 * 4 + 2 * 3  # 1M: reference M = 30k
+    assert jobs[12].settings.space.noise_std == 0.05  # not calibrated: the default, for the plan only
+    assert jobs[3].settings.lr == 0.1 * 2048 / 128  # the pilot chose linear scaling
+    assert jobs[0].settings.space.noise_std == 0.08 and jobs[0].settings.space.seed == 0
+    assert jobs[6].settings.space.seed == 1  # data seed = training seed
+    text = study.plan(jobs, [], budget_hours=500 / 3600)
+    assert "cells 1-5 (0.14 h) and cuts 21" in text
+    assert text.splitlines()[6].endswith(" CUT") and not text.splitlines()[5].endswith(" CUT")
+
+
+def _probe(design: study.Design, c: int, noise_std: float, rank1: float) -> dict:
+    job = design.job(c, design.centres_at(c)[0], design.calibration_batch, True, 0, noise_std, 0.1)
+    return _record(job, {"rank1": rank1}, purpose="difficulty")
+
+
+def _pilot(design: study.Design, rule: str, batch: int, rank1: float) -> dict:
+    c = design.classes[0]
+    job = design.job(c, c, batch, True, 0, design.settings.space.noise_std, design.lr(rule, batch))
+    return _record(job, {"rank1": rank1}, purpose=f"lr:{rule}")
+
+
+def _record(job: study.Job, metrics: dict[str, float], purpose: str | None = None) -> dict:
+    import json
+
+    cell, settings = job.cell, job.settings
+    record = {
+        "num_classes": cell.num_classes,
+        "sample_rate": cell.sample_rate,
+        "head": cell.head,
+        "seed": cell.seed,
+        "global_batch": settings.batch_per_rank * 2,
+        "settings": json.loads(settings.key()),
+        "train_seconds": 10.0,
+        **metrics,
+    }
+    return record if purpose is None else {**record, "purpose": purpose}
+
+
+def test_difficulty_search_steps_then_bisects() -> None:
+    design = study.Design()
+    assert study.next_noise_std([], design, 0.05) == 0.05
+    assert study.next_noise_std([(0.05, 0.97)], design, 0.05) == 0.05 * 1.25
+    assert study.next_noise_std([(0.05, 0.97), (0.0625, 0.5)], design, 0.05) == math.sqrt(0.05 * 0.0625)
+    assert study.next_noise_std([(0.05, 0.97), (0.0625, 0.89)], design, 0.05) is None
+    assert study.next_noise_std([(0.05, 0.2)], design, 0.05) == 0.05 / 1.25
+    too_many = [(0.01 * (i + 1), 0.5) for i in range(design.max_probes)]
+    assert study.next_noise_std(too_many, design, 0.05) is None
+
+
+def test_tiny_factorial_cells_on_two_ranks_record_the_new_metrics_and_stop_at_the_budget(tmp_path: Path) -> None:
+    settings = study.Settings(
+        space=study.IdentitySpace(images_tail=(1.7, 2, 8), label_noise=0.1, duplicates=0.05, duplicate_cosine=0.95),
+        holdout=study.HeldOut(identities=40, samples=3, pairs=200, non_mated=10, impostors=400),
+        samples_per_identity=4,
+        batch_per_rank=16,
+        embedding_size=8,
+        hidden=16,
+        max_steps=4,
+        curve_points=4,
+        rank1_points=2,
+    )
+    cheap = study.Job(study.Cell(64, 0.25, "arcface", 0), settings, estimate=1.0)
+    dear = study.Job(study.Cell(64, 1.0, "arcface", 0), settings, estimate=1e9)
+    results = tmp_path / "results.jsonl"
+    study.run_jobs([cheap, dear], results, budget_hours=1.0)
+    (record,) = study.read_results(results)  # the second would pass the budget: never started
+    assert record["sample_rate"] == 0.25 and record["steps"] == 4
+    assert 0.0 <= record["tar_at_far_1e-4"] <= 1.0 and 0.0 <= record["rank1"] <= 1.0
+    assert record["loss_steps"] == [1, 2, 3, 4] and len(record["loss_curve"]) == 4
+    assert [step for step, _ in record["rank1_curve"]] == [2, 4]
+    assert study.cell_seconds(record) == record["train_seconds"] + record["eval_seconds"] >= record["train_seconds"]
+    assert study.pending_jobs([cheap, dear], [record]) == [dear]
+
+
+def test_factorial_report_tables_verdicts_and_cut_cells(tmp_path: Path) -> None:
+    design = study.Design(
+        seeds=(0, 1, 2), centres=(500, 3000), blocks=((10_000, (128,), True), (10_000, (128,), False))
+    )
+    rng = np.random.default_rng(0)
+    results = []
+    for noisy in (True, False):
+        for seed in design.seeds:
+            base = 0.9 + 0.01 * seed  # the seed moves both cells alike: paired differences cancel it
+            for m, shift in ((10_000, 0.0), (3000, -0.05 if noisy else -0.08), (500, 0.0)):
+                job = design.job(10_000, m, 128, noisy, seed, 0.08, 0.1)
+                metrics = {name: base + shift + 1e-4 * rng.standard_normal() for name in study.FACTORIAL_METRICS}
+                results.append(
+                    {
+                        **_record(job, metrics),
+                        "centres_per_step": float(max(m, 1000)),
+                        "steps": 100,
+                        "loss_steps": [1, 50, 100],
+                        "loss_curve": [30.0, 10.0, 8.0],
+                        "rank1_curve": [[50, 0.5], [100, base + shift]],
+                        "eval_seconds": 5.0,
+                    }
+                )
+    jobs = [design.job(10_000, 10_000, 128, True, 3, 0.08, 0.1)] + [
+        design.job(10_000, m, 128, True, seed, 0.08, 0.1) for seed in design.seeds for m in (10_000, 3000, 500)
+    ]
+    text = study.factorial_report(results, [], jobs, [100_000], design, None, tmp_path / "figures")
+    rank1 = text.split("**rank-1 identification, label noise on**")[1].split("**")[0]
+    row = next(line for line in rank1.splitlines() if line.startswith("| 128 |"))
+    reference, at_3000, at_500 = row.strip("| ").split(" | ")[1:]
+    assert reference.startswith("91.00 [")
+    assert at_3000.startswith("-5.00 [") and "lower" in at_3000 and "‡" not in at_3000
+    assert "equivalent (±1)" in at_500 and "‡" in at_500  # 1,000 centres per step for M = 500: positives
+    gap = text.split("**Noise on minus noise off, Δ rank-1 identification**")[1].split("**")[0]
+    assert "+3.00 [" in gap and "higher" in gap  # sampling lost 3 points less under label noise
+    assert "C=10,000 N=128 noise on: 1 cells" in text and "not calibrated: C=100,000" in text
+    assert (tmp_path / "figures" / "curves_10000.png").is_file() and (
+        tmp_path / "figures" / "deltas_10000.png"
+    ).is_file()
+    assert text == study.factorial_report(results, [], jobs, [100_000], design, None, tmp_path / "figures")
+
+
+def test_write_generated_keeps_the_other_sections(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# t\n\n{study_report.START}\nfirst\n{study_report.END}\n\nprose\n")
+    study_report.write_generated(doc, "second", "t", section="factorial")
+    study_report.write_generated(doc, "second, again", "t", section="factorial")
+    text = doc.read_text()
+    assert "first" in text and "prose" in text and text.count("second") == 1 and text.endswith("-->\n")
+    start, end = study_report.markers("factorial")
+    assert text.index(study_report.END) < text.index(start) < text.index("second, again") < text.index(end)
