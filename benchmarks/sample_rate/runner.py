@@ -62,6 +62,7 @@ class Job:
 
 
 def done_key(cell: Cell, settings_key: str, purpose: str | None) -> tuple[object, ...]:
+    """What identifies a finished run: the cell, its settings (as :meth:`Settings.key`) and its purpose."""
     return (cell.num_classes, cell.sample_rate, cell.head, cell.seed, settings_key, purpose)
 
 
@@ -75,10 +76,12 @@ def pending_jobs(jobs: Sequence[Job], results: Sequence[dict]) -> list[Job]:
 
 
 def record_key(record: dict) -> str:
+    """A record's settings as :meth:`Settings.key` wrote them, so that records and jobs compare."""
     return json.dumps(record["settings"], sort_keys=True)
 
 
 def pending_cells(cells: Sequence[Cell], results: Sequence[dict], settings: Settings) -> list[Cell]:
+    """The first grid's cells without a record under ``settings``."""
     return [job.cell for job in pending_jobs([Job(cell, settings) for cell in cells], results)]
 
 
