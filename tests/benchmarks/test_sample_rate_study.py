@@ -1,6 +1,7 @@
-"""``benchmarks/sample_rate_study.py``: its generator (deterministic from seeds, the stated difficulty
-structure), its report (paired verdicts, identical runs shown once, the committed doc regenerated exactly),
-and a two-step run of the real 2-rank step with a resume and a report."""
+"""``benchmarks/sample_rate_study.py`` and its modules in ``benchmarks/sample_rate/``: the generator
+(deterministic from seeds, the stated difficulty structure), the reports (paired verdicts, identical runs
+shown once, the committed doc regenerated exactly), and a two-step run of the real 2-rank step with a
+resume and a report."""
 
 from __future__ import annotations
 
@@ -15,29 +16,42 @@ from training_run import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))  # spawned ranks import the module by name, so it must be importable
 import sample_rate_study as study
 import study_report
+from sample_rate.cell import Cell, DenseMomentumSGD, Settings
+from sample_rate.design import Design, TimingModel, factorial_jobs, next_noise_std, plan
+from sample_rate.identities import HOLDOUT_BASE, HeldOut, IdentitySpace, counter_gaussians
+from sample_rate.report import (
+    FACTORIAL_METRICS,
+    METRICS,
+    arcface_rows,
+    compare,
+    factorial_report,
+    report,
+    requested_centres,
+)
+from sample_rate.runner import Job, cell_seconds, grid, pending_cells, pending_jobs, run_grid, run_jobs
 
 
 def test_samples_are_a_function_of_seed_identity_and_index_only() -> None:
-    space = study.IdentitySpace(seed=7)
+    space = IdentitySpace(seed=7)
     ids, index = np.array([5, 900_000, 5, 3]), np.array([0, 2, 1, 0])
     batch = space.samples(ids, index)
     # Any row is the same whether asked alone, in another order, or in another batch: nothing is streamed.
     assert np.array_equal(space.samples(ids[::-1], index[::-1]), batch[::-1])
     assert np.array_equal(space.samples(ids[1:2], index[1:2])[0], batch[1])
     assert not np.allclose(batch[0], batch[2])  # two samples of identity 5 differ
-    assert not np.allclose(study.IdentitySpace(seed=8).samples(ids, index), batch)
+    assert not np.allclose(IdentitySpace(seed=8).samples(ids, index), batch)
     assert batch.dtype == np.float32 and batch.shape == (4, space.input_dim)
 
 
 def test_counter_gaussians_are_standard_normal() -> None:
-    values = study.counter_gaussians(0, 1, np.arange(4000), np.zeros(4000, np.uint64), 63)
+    values = counter_gaussians(0, 1, np.arange(4000), np.zeros(4000, np.uint64), 63)
     assert values.shape == (4000, 63)
     assert abs(values.mean()) < 0.01 and abs(values.std() - 1.0) < 0.01
     assert abs(np.corrcoef(values[:, 0], values[:, 31])[0, 1]) < 0.05  # cos and sin halves are independent
 
 
 def test_difficulty_structure_is_prototype_plus_low_rank_nuisance_plus_noise() -> None:
-    space = study.IdentitySpace(seed=3, input_dim=32, nuisance_rank=4, nuisance_std=0.5, noise_std=0.1)
+    space = IdentitySpace(seed=3, input_dim=32, nuisance_rank=4, nuisance_std=0.5, noise_std=0.1)
     basis = space.basis()
     assert np.allclose(basis.T @ basis, np.eye(4), atol=1e-10)
     ids = np.repeat(np.arange(50), 200)
@@ -49,13 +63,13 @@ def test_difficulty_structure_is_prototype_plus_low_rank_nuisance_plus_noise() -
     assert np.allclose(inside.std(axis=0), 0.5, rtol=0.05)
     assert math.isclose(outside.var(axis=0).sum() / (32 - 4), 0.1**2, rel_tol=0.05)
     # The nuisance directions are shared: the same U for every identity and for held-out identities.
-    held_out = study.HOLDOUT_BASE + np.repeat(np.arange(20), 200)
+    held_out = HOLDOUT_BASE + np.repeat(np.arange(20), 200)
     held_dev = space.samples(held_out, np.tile(np.arange(200), 20), basis) - space.prototypes(held_out)
     assert np.allclose((held_dev @ basis).std(axis=0), 0.5, rtol=0.08)
 
 
 def test_held_out_pairs_are_fixed_interleaved_and_correct() -> None:
-    holdout = study.HeldOut(identities=50, samples=4, pairs=400)
+    holdout = HeldOut(identities=50, samples=4, pairs=400)
     first, second, issame = holdout.pair_rows(0)
     again = holdout.pair_rows(0)
     assert all(np.array_equal(a, b) for a, b in zip((first, second, issame), again))
@@ -63,7 +77,7 @@ def test_held_out_pairs_are_fixed_interleaved_and_correct() -> None:
     assert np.array_equal(ids[first] == ids[second], issame)
     assert not np.any(first == second)
     assert issame[::2].all() and not issame[1::2].any()  # every fold of 40 pairs holds both kinds
-    assert ids.min() >= study.HOLDOUT_BASE
+    assert ids.min() >= HOLDOUT_BASE
 
 
 def record(num_classes: int, rate: float, seed: int, centres: float, **metrics: float) -> dict:
@@ -73,7 +87,7 @@ def record(num_classes: int, rate: float, seed: int, centres: float, **metrics: 
         "sample_rate": rate,
         "head": "arcface",
         "seed": seed,
-        **{metric: metrics.get(metric, 0.5) for metric in study.METRICS},
+        **{metric: metrics.get(metric, 0.5) for metric in METRICS},
         "centres_per_step": centres,
         "steps": 62,
         "global_batch": 128,
@@ -92,13 +106,13 @@ def test_identical_runs_share_one_row_and_rows_filled_by_positives_are_marked(tm
         *(record(1000, 0.02, s, 121.0 + s / 100, rank1=0.43) for s in range(3)),  # the same runs as r = 0.05
         *(record(1000, 0.01, s, 121.0 + s / 100, rank1=0.43 + (s == 2) / 100) for s in range(3)),  # one seed differs
     ]
-    rows = study.arcface_rows(results)
+    rows = arcface_rows(results)
     assert [row.rates for row in rows] == [(1.0,), (0.3,), (0.1,), (0.05, 0.02), (0.01,)]
     # r = 0.1 asks for 2 x ceil(0.1 x 500) = 100 centres per step, r = 0.3 for 300: only the former got more.
     # 1,001 classes split 501 + 500: ceil(50.1) + ceil(50) = 101.
-    assert study.requested_centres(1000, 0.1, 2) == 100 and study.requested_centres(1001, 0.1, 2) == 101
+    assert requested_centres(1000, 0.1, 2) == 100 and requested_centres(1001, 0.1, 2) == 101
     assert [row.positives_bound() for row in rows] == [False, False, True, True, True]
-    text = study.report(results, [], tmp_path / "figures")
+    text = report(results, [], tmp_path / "figures")
     assert "| 1,000 | 0.05, 0.02 | 121 ‡ |" in text
     assert "r = 0.05, 0.02 at C = 1,000: identical runs" in text
 
@@ -111,14 +125,14 @@ def test_sampled_cells_are_judged_from_paired_differences(tmp_path: Path) -> Non
         record(10_000, 0.1, s, 1e3, rank1=r1 - 0.02, verify_accuracy=0.99 + d)
         for s, r1, d in zip((0, 1, 2, 3), (0.90, 0.95, 0.85, 0.5), (1e-4, -1e-4, 0.0, 0.0))
     ]
-    rank1 = study.compare(sampled, full, "rank1")
+    rank1 = compare(sampled, full, "rank1")
     assert rank1 is not None and len(rank1.differences) == 3  # seed 3 has no reference: left out, not paired
     assert math.isclose(rank1.estimate().mean, -2.0) and rank1.label() == "lower"
-    verify = study.compare(sampled, full, "verify_accuracy")
+    verify = compare(sampled, full, "verify_accuracy")
     assert verify is not None and verify.label() == "equivalent (±0.3)"
-    assert study.compare(sampled, [record(10_000, 1.0, 9, 1e4)], "rank1") is None
+    assert compare(sampled, [record(10_000, 1.0, 9, 1e4)], "rank1") is None
 
-    text = study.report(full + sampled[:3], [], tmp_path / "figures")
+    text = report(full + sampled[:3], [], tmp_path / "figures")
     (row,) = [line for line in text.splitlines() if line.startswith("| 10,000 | 0.1 | 1,000 | ") and "lower" in line]
     assert row.count("equivalent") == 3  # verification, TAR and TPIR (unchanged) against rank-1's loss
     assert "TPIR@FPIR=1e-2" in text and (tmp_path / "figures" / "accuracy_loss.png").is_file()
@@ -139,18 +153,18 @@ def test_the_report_regenerates_the_committed_doc(tmp_path: Path) -> None:
 
 
 def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
-    settings = study.Settings(
-        holdout=study.HeldOut(identities=40, samples=3, pairs=200),
+    settings = Settings(
+        holdout=HeldOut(identities=40, samples=3, pairs=200),
         samples_per_identity=4,
         batch_per_rank=16,
         embedding_size=8,
         hidden=16,
         max_steps=2,
     )
-    cells = study.grid([64], [0.25, 1.0], [0], heads_at=[])
+    cells = grid([64], [0.25, 1.0], [0], heads_at=[])
     output = tmp_path / "srs"
-    study.run_grid(cells, settings, output / "results.jsonl")
-    records = study.read_results(output / "results.jsonl")
+    run_grid(cells, settings, output / "results.jsonl")
+    records = study_report.read_results(output / "results.jsonl")
     assert [(r["sample_rate"], r["steps"], r["global_batch"]) for r in records] == [(1.0, 2, 32), (0.25, 2, 32)]
     full, sampled = records
     assert full["centres_per_step"] == 64
@@ -159,8 +173,8 @@ def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
     for record in records:
         assert 0.0 <= record["verify_accuracy"] <= 1.0 and 0.0 <= record["rank1"] <= 1.0
         assert np.isfinite(record["final_loss"])
-    assert study.pending_cells(cells, records, settings) == []
-    assert study.pending_cells(cells, records, study.Settings()) == cells  # other settings: nothing reused
+    assert pending_cells(cells, records, settings) == []
+    assert pending_cells(cells, records, Settings()) == cells  # other settings: nothing reused
 
     doc = tmp_path / "srs.md"
     doc.write_text(f"# prose kept\n\n{study_report.START}\nstale report\n{study_report.END}\n\ntail kept\n")
@@ -187,9 +201,9 @@ def test_dense_momentum_diagnostic_matches_lazy_sgd_when_every_row_is_sampled_an
 
     settings = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
     full = [slice(0, 6)] * 3
-    assert torch.allclose(run(study.DenseMomentumSGD(**settings), full), run(LazySGD(**settings), full), atol=1e-6)
+    assert torch.allclose(run(DenseMomentumSGD(**settings), full), run(LazySGD(**settings), full), atol=1e-6)
     once_then_other = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([2])]
-    lazy, dense = run(LazySGD(**settings), once_then_other), run(study.DenseMomentumSGD(**settings), once_then_other)
+    lazy, dense = run(LazySGD(**settings), once_then_other), run(DenseMomentumSGD(**settings), once_then_other)
     assert torch.equal(lazy[:2], run(LazySGD(**settings), once_then_other[:1])[:2])  # lazy: rows 0, 1 wait
     assert (dense[:2] < lazy[:2]).all()  # dense: their momentum keeps pushing them while row 2 is sampled
 
@@ -199,19 +213,19 @@ FIRST_GRID = REPO / "docs" / "sample_rate_study" / "results.jsonl"
 
 
 def test_long_tail_counts_are_deterministic_in_range_with_mean_near_k() -> None:
-    space = study.IdentitySpace(seed=4, images_tail=(1.7, 2, 64))
+    space = IdentitySpace(seed=4, images_tail=(1.7, 2, 64))
     ids = np.arange(200_000)
     counts = space.images(ids, 8)
     assert np.array_equal(counts[::-1], space.images(ids[::-1], 8))  # a function of (seed, identity) alone
     assert counts.min() == 2 and counts.max() == 64
     assert abs(counts.mean() - 8) < 0.2 and abs(space.mean_images(8) - counts.mean()) < 0.05
     assert np.mean(counts == 2) > 0.3  # the head of the tail: most identities have few images
-    assert not np.array_equal(counts, study.IdentitySpace(seed=5, images_tail=(1.7, 2, 64)).images(ids, 8))
-    assert (study.IdentitySpace().images(ids[:10], 8) == 8).all()  # off: K each
+    assert not np.array_equal(counts, IdentitySpace(seed=5, images_tail=(1.7, 2, 64)).images(ids, 8))
+    assert (IdentitySpace().images(ids[:10], 8) == 8).all()  # off: K each
 
 
 def test_label_noise_share_and_never_the_true_identity() -> None:
-    space = study.IdentitySpace(seed=1, label_noise=0.1)
+    space = IdentitySpace(seed=1, label_noise=0.1)
     ids, index = np.repeat(np.arange(5000), 8), np.tile(np.arange(8), 5000)
     labels = space.labels(ids, index, 5000)
     noisy = labels != ids
@@ -222,11 +236,11 @@ def test_label_noise_share_and_never_the_true_identity() -> None:
     # other class, so the share of changed labels stays at 10% (a draw that could keep the identity: 5%).
     pair, index = np.repeat(np.arange(2), 20_000), np.tile(np.arange(20_000), 2)
     assert abs(np.mean(space.labels(pair, index, 2) != pair) - 0.1) < 0.01
-    assert np.array_equal(study.IdentitySpace(seed=1).labels(ids, index, 5000), ids)
+    assert np.array_equal(IdentitySpace(seed=1).labels(ids, index, 5000), ids)
 
 
 def test_near_duplicates_have_the_stated_cosine_share_and_spare_held_out_identities() -> None:
-    space = study.IdentitySpace(seed=2, duplicates=0.05, duplicate_cosine=0.9)
+    space = IdentitySpace(seed=2, duplicates=0.05, duplicate_cosine=0.9)
     ids = np.arange(20_000)
     original = space.duplicate_of(ids)
     copies = original >= 0
@@ -234,17 +248,17 @@ def test_near_duplicates_have_the_stated_cosine_share_and_spare_held_out_identit
     assert (original[copies] == ids[copies] - 1).all() and (original[original[copies]] == -1).all()
     prototypes = space.prototypes(ids)
     assert np.allclose(np.sum(prototypes[copies] * prototypes[original[copies]], axis=1), 0.9)
-    assert np.allclose(prototypes[~copies], study.IdentitySpace(seed=2).prototypes(ids[~copies]))
-    assert (space.duplicate_of(study.HOLDOUT_BASE + ids) == -1).all()
+    assert np.allclose(prototypes[~copies], IdentitySpace(seed=2).prototypes(ids[~copies]))
+    assert (space.duplicate_of(HOLDOUT_BASE + ids) == -1).all()
 
 
 def test_first_grid_records_still_match_the_default_settings() -> None:
-    records = study.read_results(FIRST_GRID)
+    records = study_report.read_results(FIRST_GRID)
     arcface_default = [r for r in records if r["settings"] == records[0]["settings"]]
     assert len(arcface_default) == 57
-    assert json_key(records[0]["settings"]) == study.Settings().key()
-    cells = study.grid([1000, 10_000, 100_000], [0.02, 0.05, 0.1, 0.3, 1.0], [0, 1, 2], [10_000, 100_000])
-    assert study.pending_cells(cells, records, study.Settings()) == []
+    assert json_key(records[0]["settings"]) == Settings().key()
+    cells = grid([1000, 10_000, 100_000], [0.02, 0.05, 0.1, 0.3, 1.0], [0, 1, 2], [10_000, 100_000])
+    assert pending_cells(cells, records, Settings()) == []
 
 
 def json_key(settings: dict) -> str:
@@ -254,7 +268,7 @@ def json_key(settings: dict) -> str:
 
 
 def test_factorial_order_and_budget_cut_from_a_fake_timing_model() -> None:
-    design = study.Design(
+    design = Design(
         seeds=(0, 1),
         centres=(500, 3000, 30_000),
         blocks=((10_000, (128, 2048), True), (100_000, (2048,), True), (1_000_000, (2048,), True)),
@@ -264,8 +278,8 @@ def test_factorial_order_and_budget_cut_from_a_fake_timing_model() -> None:
         for rule, rank1 in (("fixed", 0.8), ("linear", 0.9))
         for batch in design.pilot_batches
     ]
-    timing = study.TimingModel((0.0, 0.0, 0.0, 0.0), 100.0)  # every cell: 100 s
-    jobs, uncalibrated = study.factorial_jobs(design, calibration, timing)
+    timing = TimingModel((0.0, 0.0, 0.0, 0.0), 100.0)  # every cell: 100 s
+    jobs, uncalibrated = factorial_jobs(design, calibration, timing)
     assert uncalibrated == [100_000, 1_000_000]  # 100k: one probe at 0.95, outside 0.90 ± 0.02: search goes on
     cells = [
         (j.cell.num_classes, j.settings.batch_per_rank * 2, round(j.cell.sample_rate * j.cell.num_classes), j.cell.seed)
@@ -280,23 +294,23 @@ def test_factorial_order_and_budget_cut_from_a_fake_timing_model() -> None:
     assert jobs[3].settings.lr == 0.1 * 2048 / 128  # the pilot chose linear scaling
     assert jobs[0].settings.space.noise_std == 0.08 and jobs[0].settings.space.seed == 0
     assert jobs[6].settings.space.seed == 1  # data seed = training seed
-    text = study.plan(jobs, [], budget_hours=500 / 3600)
+    text = plan(jobs, [], budget_hours=500 / 3600)
     assert "cells 1-5 (0.14 h) and cuts 21" in text
     assert text.splitlines()[6].endswith(" CUT") and not text.splitlines()[5].endswith(" CUT")
 
 
-def _probe(design: study.Design, c: int, noise_std: float, rank1: float) -> dict:
+def _probe(design: Design, c: int, noise_std: float, rank1: float) -> dict:
     job = design.job(c, design.centres_at(c)[0], design.calibration_batch, True, 0, noise_std, 0.1)
     return _record(job, {"rank1": rank1}, purpose="difficulty")
 
 
-def _pilot(design: study.Design, rule: str, batch: int, rank1: float) -> dict:
+def _pilot(design: Design, rule: str, batch: int, rank1: float) -> dict:
     c = design.classes[0]
     job = design.job(c, c, batch, True, 0, design.settings.space.noise_std, design.lr(rule, batch))
     return _record(job, {"rank1": rank1}, purpose=f"lr:{rule}")
 
 
-def _record(job: study.Job, metrics: dict[str, float], purpose: str | None = None) -> dict:
+def _record(job: Job, metrics: dict[str, float], purpose: str | None = None) -> dict:
     import json
 
     cell, settings = job.cell, job.settings
@@ -314,20 +328,20 @@ def _record(job: study.Job, metrics: dict[str, float], purpose: str | None = Non
 
 
 def test_difficulty_search_steps_then_bisects() -> None:
-    design = study.Design()
-    assert study.next_noise_std([], design, 0.05) == 0.05
-    assert study.next_noise_std([(0.05, 0.97)], design, 0.05) == 0.05 * 1.25
-    assert study.next_noise_std([(0.05, 0.97), (0.0625, 0.5)], design, 0.05) == math.sqrt(0.05 * 0.0625)
-    assert study.next_noise_std([(0.05, 0.97), (0.0625, 0.89)], design, 0.05) is None
-    assert study.next_noise_std([(0.05, 0.2)], design, 0.05) == 0.05 / 1.25
+    design = Design()
+    assert next_noise_std([], design, 0.05) == 0.05
+    assert next_noise_std([(0.05, 0.97)], design, 0.05) == 0.05 * 1.25
+    assert next_noise_std([(0.05, 0.97), (0.0625, 0.5)], design, 0.05) == math.sqrt(0.05 * 0.0625)
+    assert next_noise_std([(0.05, 0.97), (0.0625, 0.89)], design, 0.05) is None
+    assert next_noise_std([(0.05, 0.2)], design, 0.05) == 0.05 / 1.25
     too_many = [(0.01 * (i + 1), 0.5) for i in range(design.max_probes)]
-    assert study.next_noise_std(too_many, design, 0.05) is None
+    assert next_noise_std(too_many, design, 0.05) is None
 
 
 def test_tiny_factorial_cells_on_two_ranks_record_the_new_metrics_and_stop_at_the_budget(tmp_path: Path) -> None:
-    settings = study.Settings(
-        space=study.IdentitySpace(images_tail=(1.7, 2, 8), label_noise=0.1, duplicates=0.05, duplicate_cosine=0.95),
-        holdout=study.HeldOut(identities=40, samples=3, pairs=200, non_mated=10, impostors=400),
+    settings = Settings(
+        space=IdentitySpace(images_tail=(1.7, 2, 8), label_noise=0.1, duplicates=0.05, duplicate_cosine=0.95),
+        holdout=HeldOut(identities=40, samples=3, pairs=200, non_mated=10, impostors=400),
         samples_per_identity=4,
         batch_per_rank=16,
         embedding_size=8,
@@ -336,23 +350,21 @@ def test_tiny_factorial_cells_on_two_ranks_record_the_new_metrics_and_stop_at_th
         curve_points=4,
         rank1_points=2,
     )
-    cheap = study.Job(study.Cell(64, 0.25, "arcface", 0), settings, estimate=1.0)
-    dear = study.Job(study.Cell(64, 1.0, "arcface", 0), settings, estimate=1e9)
+    cheap = Job(Cell(64, 0.25, "arcface", 0), settings, estimate=1.0)
+    dear = Job(Cell(64, 1.0, "arcface", 0), settings, estimate=1e9)
     results = tmp_path / "results.jsonl"
-    study.run_jobs([cheap, dear], results, budget_hours=1.0)
-    (record,) = study.read_results(results)  # the second would pass the budget: never started
+    run_jobs([cheap, dear], results, budget_hours=1.0)
+    (record,) = study_report.read_results(results)  # the second would pass the budget: never started
     assert record["sample_rate"] == 0.25 and record["steps"] == 4
     assert 0.0 <= record["tar_at_far_1e-4"] <= 1.0 and 0.0 <= record["rank1"] <= 1.0
     assert record["loss_steps"] == [1, 2, 3, 4] and len(record["loss_curve"]) == 4
     assert [step for step, _ in record["rank1_curve"]] == [2, 4]
-    assert study.cell_seconds(record) == record["train_seconds"] + record["eval_seconds"] >= record["train_seconds"]
-    assert study.pending_jobs([cheap, dear], [record]) == [dear]
+    assert cell_seconds(record) == record["train_seconds"] + record["eval_seconds"] >= record["train_seconds"]
+    assert pending_jobs([cheap, dear], [record]) == [dear]
 
 
 def test_factorial_report_tables_verdicts_and_cut_cells(tmp_path: Path) -> None:
-    design = study.Design(
-        seeds=(0, 1, 2), centres=(500, 3000), blocks=((10_000, (128,), True), (10_000, (128,), False))
-    )
+    design = Design(seeds=(0, 1, 2), centres=(500, 3000), blocks=((10_000, (128,), True), (10_000, (128,), False)))
     rng = np.random.default_rng(0)
     results = []
     for noisy in (True, False):
@@ -360,7 +372,7 @@ def test_factorial_report_tables_verdicts_and_cut_cells(tmp_path: Path) -> None:
             base = 0.9 + 0.01 * seed  # the seed moves both cells alike: paired differences cancel it
             for m, shift in ((10_000, 0.0), (3000, -0.05 if noisy else -0.08), (500, 0.0)):
                 job = design.job(10_000, m, 128, noisy, seed, 0.08, 0.1)
-                metrics = {name: base + shift + 1e-4 * rng.standard_normal() for name in study.FACTORIAL_METRICS}
+                metrics = {name: base + shift + 1e-4 * rng.standard_normal() for name in FACTORIAL_METRICS}
                 results.append(
                     {
                         **_record(job, metrics),
@@ -375,7 +387,7 @@ def test_factorial_report_tables_verdicts_and_cut_cells(tmp_path: Path) -> None:
     jobs = [design.job(10_000, 10_000, 128, True, 3, 0.08, 0.1)] + [
         design.job(10_000, m, 128, True, seed, 0.08, 0.1) for seed in design.seeds for m in (10_000, 3000, 500)
     ]
-    text = study.factorial_report(results, [], jobs, [100_000], design, None, tmp_path / "figures")
+    text = factorial_report(results, [], jobs, [100_000], design, None, tmp_path / "figures")
     rank1 = text.split("**rank-1 identification, label noise on**")[1].split("**")[0]
     row = next(line for line in rank1.splitlines() if line.startswith("| 128 |"))
     reference, at_3000, at_500 = row.strip("| ").split(" | ")[1:]
@@ -388,7 +400,7 @@ def test_factorial_report_tables_verdicts_and_cut_cells(tmp_path: Path) -> None:
     assert (tmp_path / "figures" / "curves_10000.png").is_file() and (
         tmp_path / "figures" / "deltas_10000.png"
     ).is_file()
-    assert text == study.factorial_report(results, [], jobs, [100_000], design, None, tmp_path / "figures")
+    assert text == factorial_report(results, [], jobs, [100_000], design, None, tmp_path / "figures")
 
 
 def test_write_generated_keeps_the_other_sections(tmp_path: Path) -> None:
