@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class Settings:
     batch_per_rank: int = 64
     embedding_size: int = 32
     hidden: int = 256
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     """``optim.name`` of backbone and centres (momentum 0.9 / AdamW betas, weight decay 5e-4: the package's
     defaults)."""
     lr: float = 0.1
@@ -262,6 +263,7 @@ def run_cell(cell: Cell, settings: Settings, rank: int, world_size: int) -> dict
     centre_optim = optim if settings.centre_momentum is None else replace(optim, momentum=settings.centre_momentum)
     centres = centre_optim.build_centre_optimizer()
     if settings.dense_centre_momentum:
+        assert isinstance(centres, LazySGD), "the dense-momentum diagnostic replaces the SGD centre optimizer"
         centres = DenseMomentumSGD(**asdict(centres))
     pfc = PartialFC(
         settings.embedding_size,

@@ -312,8 +312,8 @@ def _plot(versus: Sequence[tuple[Row, dict[str, Comparison]]], figures: Path) ->
             for ax, xlabel in zip(pair, ("sample rate r", "centres in the softmax per step (all ranks)")):
                 ax.set_xscale("log")
                 ax.axhline(0.0, color="grey", lw=0.8)
-                for bound in (-MARGINS[metric], MARGINS[metric]):
-                    ax.axhline(bound, color="grey", lw=0.8, ls="--")
+                for limit in (-MARGINS[metric], MARGINS[metric]):
+                    ax.axhline(limit, color="grey", lw=0.8, ls="--")
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(f"Δ {name} (points)")
                 ax.grid(True, which="both", alpha=0.3)
