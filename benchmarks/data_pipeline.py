@@ -45,7 +45,7 @@ def _decode_normalise(lo: int, hi: int) -> int:
 
 
 def _decode_nvimgcodec(lo: int, hi: int) -> int:
-    from nvidia import nvimgcodec
+    import nvidia.nvimgcodec as nvimgcodec
 
     decoder = nvimgcodec.Decoder(
         device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]

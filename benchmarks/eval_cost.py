@@ -115,8 +115,8 @@ def write_release(root: Path, scale: float, dim: int) -> tuple[Path, np.ndarray]
     labels[rng.choice(pairs, genuine, replace=False)] = 1
     with open(meta / pair_list_name("ijbc"), "w") as out:
         for start in range(0, pairs, 1 << 20):
-            rows = zip(first[start : start + (1 << 20)], second[start:], labels[start:])
-            out.write("".join(f"{a} {b} {c}\n" for a, b, c in rows))
+            chunk = zip(first[start : start + (1 << 20)], second[start:], labels[start:])
+            out.write("".join(f"{a} {b} {c}\n" for a, b, c in chunk))
     # Every template in one of G1, G2 and the probes; a subject per gallery template, probes of either gallery's.
     order = rng.permutation(templates) + 1
     g1, g2 = order[: galleries["G1"]], order[galleries["G1"] : galleries["G1"] + galleries["G2"]]

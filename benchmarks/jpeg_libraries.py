@@ -13,11 +13,14 @@ import argparse
 import io
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
 from partialfc.data.image import decode_jpeg, encode_jpeg
 from partialfc.data.synth import render
+
+T = TypeVar("T")
 
 
 def libraries() -> dict[str, tuple[Callable[[bytes], np.ndarray], Callable[[np.ndarray], bytes]]]:
@@ -30,10 +33,16 @@ def libraries() -> dict[str, tuple[Callable[[bytes], np.ndarray], Callable[[np.n
         import cv2
 
         def cv2_decode(data: bytes) -> np.ndarray:
-            return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:  # OpenCV reports a corrupt image by returning None
+                raise ValueError(f"OpenCV could not decode a JPEG of {len(data)} bytes")
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
         def cv2_encode(image: np.ndarray) -> bytes:
-            return cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+            ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise ValueError(f"OpenCV could not encode an image of shape {image.shape}")
+            return encoded.tobytes()  # bytes, as the other encoders return
 
         found[f"opencv {cv2.__version__}"] = (cv2_decode, cv2_encode)
     except ImportError:
@@ -55,11 +64,12 @@ def libraries() -> dict[str, tuple[Callable[[bytes], np.ndarray], Callable[[np.n
     return found
 
 
-def best_seconds(step: Callable[[], object], repeats: int) -> float:
+def best_seconds(function: Callable[[T], object], inputs: list[T], repeats: int) -> float:
+    """Best of ``repeats`` times of ``function`` over every input, the slower runs being other work's noise."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step()
+        [function(item) for item in inputs]
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -80,10 +90,8 @@ def main() -> int:
     for name, (decode, encode) in libraries().items():
         decoded = [decode(data) for data in jpegs]
         assert all(image.shape == (112, 112, 3) for image in decoded), name
-        decode_s = best_seconds(lambda decode=decode: [decode(data) for data in jpegs], args.repeats) / len(jpegs)
-        encode_s = best_seconds(
-            lambda encode=encode, decoded=decoded: [encode(image) for image in decoded], args.repeats
-        ) / len(jpegs)
+        decode_s = best_seconds(decode, jpegs, args.repeats) / len(jpegs)
+        encode_s = best_seconds(encode, decoded, args.repeats) / len(jpegs)
         print(f"| {name} | {decode_s * 1e6:.0f} µs | {1 / decode_s:,.0f} img/s | {encode_s * 1e6:.0f} µs |")
     return 0
 

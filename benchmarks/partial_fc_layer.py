@@ -192,8 +192,9 @@ def main() -> None:
         print(header)
     configs = itertools.product(args.family, args.sub_centers, args.num_classes, args.sample_rate)
     for family, sub_centers, num_classes, sample_rate in configs:
-        result = run_config(args, family, sub_centers, num_classes, sample_rate, device, world_size)
-        result = torch.tensor(result, dtype=torch.float64)
+        result = torch.tensor(
+            run_config(args, family, sub_centers, num_classes, sample_rate, device, world_size), dtype=torch.float64
+        )
         if dist.is_initialized():
             dist.all_reduce(result, op=dist.ReduceOp.MAX)  # slowest rank, largest memory
         step_time, floor, peak, centre_ratio, num_sample = result.tolist()

@@ -44,11 +44,11 @@ from torch import nn
 
 from partialfc import CombinedMargin, PartialFC
 from partialfc.common.distributed import all_gather_into, init_distributed, reduce_scatter_into
-from partialfc.config import OptimConfig
+from partialfc.config import ModelConfig, OptimConfig
 from partialfc.data import RecordDataset
 from partialfc.data.loaders import LoaderParams, build_loader
 from partialfc.data.synth import generate_synthetic_dataset
-from partialfc.models import InputConfig, create_model
+from partialfc.models import InputConfig
 from partialfc.models.precision import autocast_dtype
 from partialfc.training.optimizer import TrainingOptimizer
 from partialfc.training.train_step import Batch, StepConfig, TrainStep
@@ -144,10 +144,9 @@ def main() -> None:
         return torch.randint(0, args.num_classes, (args.batch,), generator=generator, device=device)
 
     torch.manual_seed(0)
-    backbone = create_model(args.backbone, embedding_size=args.embedding_size).to(device)
-    channels_last = device.type == "cuda"  # as the trainer does (model.channels_last)
-    if channels_last:
-        backbone = backbone.to(memory_format=torch.channels_last)
+    model_config = ModelConfig(backbone=args.backbone, embedding_size=args.embedding_size)
+    backbone = model_config.build(device)  # as the trainer builds it: channels_last on GPU
+    channels_last = model_config.channels_last_on(device)
     model = backbone
     if dist.is_initialized():
         device_ids = [info.local_rank] if device.type == "cuda" else None

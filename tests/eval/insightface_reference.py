@@ -130,7 +130,8 @@ def ijb_1n_evaluation(
     similarity = np.dot(query_feats, gallery_feats.T)
     top = np.argsort(-similarity, kind="stable")
     hits = {k: sum(mask[i] in top[i, :k] for i in range(len(mask))) / len(mask) for k in (1, 5, 10)}
-    positives, negatives = [], []
+    positives: list[float] = []
+    negatives: list[float] = []
     for i in range(len(mask)):
         for j in range(similarity.shape[1]):
             (positives if j == mask[i] else negatives).append(similarity[i, j])
