@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,6 @@ def test_mypy_checks_against_torchs_annotations(lint: Path, tmp_path: Path) -> N
 
 def test_mypy_covers_the_benchmarks_as_their_scripts_import_each_other() -> None:
     """`make lint` runs mypy on its configured files: the studies and benchmarks are code users run too."""
-    import tomllib
-
     settings = tomllib.loads(SETTINGS.read_text())["tool"]["mypy"]
     assert {"partialfc", "launcher", "benchmarks"} <= set(settings["files"])
     assert "benchmarks" in settings["mypy_path"]  # study_report, study_stats and sample_rate import by name
