@@ -152,6 +152,20 @@ def test_the_report_regenerates_the_committed_doc(tmp_path: Path) -> None:
     assert (tmp_path / "sample_rate_study.md").read_text() == text
 
 
+def test_the_factorial_report_regenerates_the_committed_doc(tmp_path: Path) -> None:
+    """The factorial section is what --factorial --report writes from the committed results, calibration and
+    timing records alone."""
+    committed = REPO / "docs" / "sample_rate_study.md"
+    text = committed.read_text()
+    start, end = study_report.markers("factorial")
+    head, rest = text.split(start, 1)
+    (tmp_path / "sample_rate_study.md").write_text(f"{head}{start}\nstale\n{end}{rest.split(end, 1)[1]}")
+    shutil.copytree(REPO / "docs" / "sample_rate_study" / "factorial", tmp_path / "factorial")
+    argv = ["--factorial", "--output", str(tmp_path / "factorial"), "--doc", str(tmp_path / "sample_rate_study.md")]
+    assert study.main([*argv, "--report"]) == 0
+    assert (tmp_path / "sample_rate_study.md").read_text() == text
+
+
 def test_two_step_run_on_two_ranks_resumes_and_reports(tmp_path: Path) -> None:
     settings = Settings(
         holdout=HeldOut(identities=40, samples=3, pairs=200),
